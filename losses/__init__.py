@@ -1,0 +1,1 @@
+"""Loss terms as Keras layers and losses, and the composition wrapper (see docs/losses.md)."""

@@ -1,0 +1,32 @@
+"""segzoo: semantic segmentation models for TensorFlow 2 / Keras 3.
+
+Importing `zoo` registers every encoder and model (and their Keras serialization names),
+so `keras.saving.load_model("model.keras")` works after `import zoo` with no custom_objects.
+"""
+
+from zoo.registry import (
+    create_encoder,
+    create_model,
+    encoder_info,
+    list_encoders,
+    list_models,
+    model_info,
+    register_encoder,
+    register_model,
+)
+
+# Auto-discovery: every module in zoo/encoders and zoo/models registers itself on import.
+from zoo import encoders as encoders  # noqa: E402  (import order matters: registry first)
+from zoo import models as models  # noqa: E402
+
+__all__ = [
+    "create_encoder",
+    "create_model",
+    "encoder_info",
+    "list_encoders",
+    "list_models",
+    "model_info",
+    "register_encoder",
+    "register_model",
+]
+__version__ = "0.1.0"
