@@ -1,0 +1,29 @@
+"""Shared building blocks: normalization/conv helpers and small serializable layers.
+
+Every batch normalization in the native encoders and decoders is created by `batch_norm`, so
+the whole zoo shares one setting (synchronized across replicas, PyTorch momentum/epsilon).
+"""
+
+from zoo.layers.blocks import (
+    batch_norm,
+    conv_bn_act,
+    separable_conv_bn_act,
+)
+from zoo.layers.spatial import (
+    BroadcastSpatial,
+    ChannelAffine,
+    CheckDivisible,
+    CropToReference,
+    PadToMultiple,
+)
+
+__all__ = [
+    "BroadcastSpatial",
+    "ChannelAffine",
+    "CheckDivisible",
+    "CropToReference",
+    "PadToMultiple",
+    "batch_norm",
+    "conv_bn_act",
+    "separable_conv_bn_act",
+]

@@ -1,0 +1,72 @@
+"""Functional helpers that add conv / norm / activation layers with stable names."""
+
+from __future__ import annotations
+
+import keras
+
+# PyTorch defaults (momentum 0.1 in its convention = 0.9 here, eps 1e-5): short trainings
+# get usable moving statistics, and ported recipes behave the same.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def batch_norm(name: str) -> keras.layers.BatchNormalization:
+    """The one BatchNormalization every zoo block uses.
+
+    `synchronized=True` makes MirroredStrategy on N replicas compute the statistics of the
+    global batch, so N replicas train exactly like one device with the same global batch.
+
+    Args:
+        name: layer name, e.g. ``"encoder_stem_bn"``.
+    """
+    return keras.layers.BatchNormalization(
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=True, name=name
+    )
+
+
+def conv_bn_act(
+    x,
+    filters: int,
+    kernel_size: int,
+    name: str,
+    strides: int = 1,
+    dilation_rate: int = 1,
+    activation: str | None = "relu",
+):
+    """`Conv2D` (no bias: BN has one) -> `batch_norm` -> activation. Layers are named
+    ``{name}_conv``, ``{name}_bn`` and ``{name}_{activation}``."""
+    x = keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        dilation_rate=dilation_rate,
+        use_bias=False,
+        name=f"{name}_conv",
+    )(x)
+    x = batch_norm(f"{name}_bn")(x)
+    if activation is not None:
+        x = keras.layers.Activation(activation, name=f"{name}_{activation}")(x)
+    return x
+
+
+def separable_conv_bn_act(
+    x,
+    filters: int,
+    name: str,
+    kernel_size: int = 3,
+    dilation_rate: int = 1,
+    activation: str = "relu",
+):
+    """Depthwise conv -> BN -> act -> pointwise 1x1 conv -> BN -> act (DeepLabV3+ style,
+    normalization after both halves)."""
+    x = keras.layers.DepthwiseConv2D(
+        kernel_size,
+        padding="same",
+        dilation_rate=dilation_rate,
+        use_bias=False,
+        name=f"{name}_depthwise",
+    )(x)
+    x = batch_norm(f"{name}_depthwise_bn")(x)
+    x = keras.layers.Activation(activation, name=f"{name}_depthwise_{activation}")(x)
+    return conv_bn_act(x, filters, 1, f"{name}_pointwise", activation=activation)

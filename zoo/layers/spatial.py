@@ -1,0 +1,185 @@
+"""Small serializable layers for shape handling and preprocessing (instead of `Lambda`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+from keras import ops
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"Invalid value for argument `{name}`: expected a positive integer. "
+            f"Received: {name}={value!r}"
+        )
+
+
+def _round_up(size: int | None, divisor: int) -> int | None:
+    return None if size is None else -(-size // divisor) * divisor
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class PadToMultiple(keras.layers.Layer):
+    """Zero-pads height and width (bottom/right) up to the next multiple of `divisor`.
+
+    Args:
+        divisor: the padded height and width are multiples of it.
+
+    Example:
+
+    ```python
+    y = PadToMultiple(32)(keras.ops.ones((1, 70, 100, 3)))  # (1, 96, 128, 3)
+    ```
+    """
+
+    def __init__(self, divisor: int, **kwargs):
+        super().__init__(**kwargs)
+        _check_positive_int("divisor", divisor)
+        self.divisor = divisor
+
+    def call(self, inputs):
+        shape = ops.shape(inputs)
+        pad_h = (-shape[1]) % self.divisor
+        pad_w = (-shape[2]) % self.divisor
+        return ops.pad(inputs, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        return (b, _round_up(h, self.divisor), _round_up(w, self.divisor), c)
+
+    def get_config(self):
+        return {**super().get_config(), "divisor": self.divisor}
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class CropToReference(keras.layers.Layer):
+    """Crops `x` (top-left anchored) to the height and width of `reference`.
+
+    Undoes `PadToMultiple`. Call arguments: a list ``[x, reference]``.
+
+    Example:
+
+    ```python
+    y = CropToReference()([keras.ops.ones((1, 96, 128, 2)), keras.ops.ones((1, 70, 100, 3))])
+    ```
+    """
+
+    def call(self, inputs):
+        x, reference = inputs
+        shape = ops.shape(reference)
+        return x[:, : shape[1], : shape[2], :]
+
+    def compute_output_shape(self, input_shape):
+        x_shape, ref_shape = input_shape
+        return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class CheckDivisible(keras.layers.Layer):
+    """Identity that raises at run time if the height or width is not a multiple of `divisor`.
+
+    Used only when the spatial size is unknown when the model is built (``None`` dims);
+    static sizes are checked in Python instead.
+
+    Args:
+        divisor: required divisor of height and width.
+    """
+
+    def __init__(self, divisor: int, **kwargs):
+        super().__init__(**kwargs)
+        _check_positive_int("divisor", divisor)
+        self.divisor = divisor
+
+    def call(self, inputs):
+        import tensorflow as tf  # the zoo runs on the TensorFlow backend
+
+        shape = tf.shape(inputs)
+        ok = tf.logical_and(
+            tf.equal(shape[1] % self.divisor, 0), tf.equal(shape[2] % self.divisor, 0)
+        )
+        check = tf.debugging.Assert(
+            ok,
+            [
+                f"Input height and width must be multiples of {self.divisor} "
+                "(or build the model with pad_to_divisor=True). Received (H, W):",
+                shape[1:3],
+            ],
+        )
+        with tf.control_dependencies([check]):
+            return tf.identity(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "divisor": self.divisor}
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class BroadcastSpatial(keras.layers.Layer):
+    """Broadcasts a ``(B, 1, 1, C)`` tensor to the height and width of `reference`.
+
+    The image-pooling branch of ASPP: works when the spatial size is only known at run time.
+    Call arguments: a list ``[pooled, reference]``.
+    """
+
+    def call(self, inputs):
+        pooled, reference = inputs
+        ref = ops.shape(reference)
+        return ops.broadcast_to(pooled, (ops.shape(pooled)[0], ref[1], ref[2], pooled.shape[-1]))
+
+    def compute_output_shape(self, input_shape):
+        pooled_shape, ref_shape = input_shape
+        return (pooled_shape[0], ref_shape[1], ref_shape[2], pooled_shape[3])
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class ChannelAffine(keras.layers.Layer):
+    """Per-channel ``x * scale + offset``, optionally reversing the channel order first.
+
+    Maps our [0, 1] RGB input to what a pretrained network expects, e.g. Caffe-style
+    BGR minus the ImageNet mean for `keras.applications.ResNet50`.
+
+    Args:
+        scale: one value per channel (or a single value).
+        offset: one value per channel (or a single value).
+        reverse_channels: RGB -> BGR before scaling.
+
+    Example:
+
+    ```python
+    layer = ChannelAffine(scale=[255.0] * 3, offset=[-103.939, -116.779, -123.68],
+                          reverse_channels=True)
+    ```
+    """
+
+    def __init__(
+        self,
+        scale: Sequence[float] | float = 1.0,
+        offset: Sequence[float] | float = 0.0,
+        reverse_channels: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.scale = [float(v) for v in scale] if isinstance(scale, Sequence) else float(scale)
+        self.offset = [float(v) for v in offset] if isinstance(offset, Sequence) else float(offset)
+        self.reverse_channels = bool(reverse_channels)
+
+    def call(self, inputs):
+        x = ops.flip(inputs, axis=-1) if self.reverse_channels else inputs
+        scale = ops.convert_to_tensor(self.scale, dtype=x.dtype)
+        offset = ops.convert_to_tensor(self.offset, dtype=x.dtype)
+        return x * scale + offset
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "scale": self.scale,
+            "offset": self.offset,
+            "reverse_channels": self.reverse_channels,
+        }

@@ -1,0 +1,109 @@
+"""U-Net: an encoder, then decoder blocks that upsample and concatenate the skip features."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+
+import zoo
+from zoo.layers import conv_bn_act
+from zoo.models.base import (
+    SegmentationModel,
+    check_activation,
+    check_channels,
+    check_num_classes,
+    encoder_features,
+    model_input,
+    model_output,
+    require_strides,
+)
+
+
+@zoo.register_model(
+    "unet",
+    divisor=32,
+    output_stride=32,
+    tiny_config={
+        "encoder": "resnet18",
+        "encoder_kwargs": {"base_width": 8},
+        "decoder_channels": (16, 16, 8, 8, 8),
+    },
+    description="U-Net decoder (skip concatenation, two conv-BN-ReLU per stage).",
+)
+@keras.saving.register_keras_serializable(package="zoo")
+class UNet(SegmentationModel):
+    """U-Net with a registered encoder (segmentation_models_pytorch layout).
+
+    The decoder has one block per entry of `decoder_channels`: with ``d`` entries it starts
+    from the encoder's stride-``2**d`` features and each block upsamples 2x (nearest),
+    concatenates the encoder features of the new stride if the encoder has them (none at
+    stride 1, none at stride 2 for encoders such as ConvNeXt), then applies two 3x3
+    conv-BN-ReLU. A 3x3 conv head (with bias) gives the logits. Input sizes must be
+    multiples of ``2**d``.
+
+    Args:
+        num_classes: output channels (1 for binary segmentation).
+        input_shape: (height, width, channels); height/width may be None.
+        encoder: registered encoder name (see `zoo.list_encoders()`).
+        encoder_kwargs: keyword arguments of the encoder builder, e.g. ``{"weights": None}``.
+        decoder_channels: channels of each decoder block, deepest first; its length is the
+            depth.
+        activation: None (logits), "sigmoid" or "softmax".
+        pad_to_divisor: pad inputs to a multiple of the divisor and crop the logits back.
+
+    Example:
+
+    ```python
+    model = zoo.create_model("unet", num_classes=1, input_shape=(256, 256, 3))
+    logits = model(images)  # (B, 256, 256, 1)
+    ```
+
+    Reference:
+        Ronneberger et al., "U-Net: Convolutional Networks for Biomedical Image
+        Segmentation", MICCAI 2015.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1,
+        input_shape: Sequence[int | None] = (None, None, 3),
+        encoder: str = "resnet34",
+        encoder_kwargs: dict[str, Any] | None = None,
+        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+        activation: str | None = None,
+        pad_to_divisor: bool = False,
+        **kwargs,
+    ):
+        check_num_classes(num_classes)
+        check_activation(activation)
+        channels = check_channels("decoder_channels", decoder_channels)
+        depth = len(channels)
+        divisor = 2**depth
+
+        # === Encoder ===
+        image, x = model_input(input_shape, divisor, pad_to_divisor)
+        features = encoder_features(encoder, x, encoder_kwargs)
+        require_strides(features, (divisor,), "unet", encoder)
+
+        # === Decoder ===
+        x = features[divisor]
+        for i, filters in enumerate(channels):
+            stride = divisor // 2 ** (i + 1)
+            name = f"decoder_block{i + 1}"
+            x = keras.layers.UpSampling2D(2, name=f"{name}_upsample")(x)
+            if stride in features and stride > 1:
+                x = keras.layers.Concatenate(name=f"{name}_concat")([x, features[stride]])
+            x = conv_bn_act(x, filters, 3, f"{name}_conv1")
+            x = conv_bn_act(x, filters, 3, f"{name}_conv2")
+
+        # === Head ===
+        logits = keras.layers.Conv2D(
+            num_classes, 3, padding="same", name="head_conv", dtype="float32"
+        )(x)
+        outputs = model_output(logits, image, activation, pad_to_divisor)
+        super().__init__(inputs=image, outputs=outputs, **{"name": "unet", **kwargs})
+
+        # === Config ===
+        self._init_config(locals(), divisor)
