@@ -1,0 +1,338 @@
+"""Pure loss math on `keras.ops`: every term of the `losses` package, computed in float32.
+
+All functions take `y_true` (a mask), `y_pred` (per-pixel *logits*, channels last) and an
+optional per-pixel `weight` map and return a scalar. One rule holds everywhere: a pixel whose
+mask value equals `ignore_index`, or whose weight is 0, is left out of the numerator *and* the
+denominator of every term (see docs/losses.md).
+
+Modes:
+- `"binary"`: `y_pred` has 1 channel (sigmoid), `y_true` holds 0/1 (B, H, W, 1).
+- `"multiclass"`: `y_pred` has C channels (softmax), `y_true` holds class ids (B, H, W, 1).
+- `"multilabel"`: `y_pred` has C channels (sigmoid each), `y_true` holds 0/1 (B, H, W, C);
+  `ignore_index` applies per element.
+
+Under `tf.distribute` every sum is taken over the *global* batch (an all-reduce in the replica
+context), so a replica's loss equals the single-device loss of the global batch; see
+`global_sum` for how the gradient stays correct under Keras' 1/num_replicas loss scaling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+from keras import ops
+
+BINARY = "binary"
+MULTICLASS = "multiclass"
+MULTILABEL = "multilabel"
+MODES = (BINARY, MULTICLASS, MULTILABEL)
+NORMALIZATIONS = ("weighted", "mean")
+REDUCTIONS = ("batch", "image")
+
+# Floor of every denominator that may be 0 (all pixels ignored): 0 / floor = 0, never nan.
+_TINY = 1e-12
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def global_sum(x: Any) -> Any:
+    """`x` summed over the replicas of a `tf.distribute` strategy (identity elsewhere).
+
+    The value is the all-reduced sum; the gradient flows only through this replica's `x`,
+    multiplied by the number of replicas. Keras scales each replica's loss by 1/replicas and
+    sums the replicas' gradients, so the update equals the single-device gradient of the
+    global-batch loss.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return x
+    import tensorflow as tf
+
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return x
+    const = tf.stop_gradient(x)
+    total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, const)
+    return total + float(ctx.num_replicas_in_sync) * (x - const)
+
+
+def _safe_div(num: Any, den: Any) -> Any:
+    return num / ops.maximum(den, _TINY)
+
+
+def validate_mode(mode: str, allowed: Sequence[str] = MODES, term: str = "loss") -> str:
+    if mode not in allowed:
+        raise ValueError(
+            f"Invalid value for argument `mode` of {term}: expected one of {list(allowed)}. "
+            f"Received: mode={mode!r}"
+        )
+    return mode
+
+
+def prepare(
+    y_true: Any,
+    y_pred: Any,
+    weight: Any = None,
+    *,
+    mode: str = BINARY,
+    ignore_index: int | None = None,
+) -> tuple[Any, Any, Any]:
+    """Float32 `(target, logits, w)` with `target` shaped like `y_pred` (one-hot in multiclass).
+
+    `w` is the per-pixel weight times the valid-pixel indicator, shaped (B, H, W, 1), or
+    (B, H, W, C) in multilabel mode (ignore applies per element there).
+    """
+    validate_mode(mode)
+    logits = ops.cast(y_pred, "float32")
+    y_true = ops.convert_to_tensor(y_true)
+    rank = len(logits.shape)
+    if len(y_true.shape) == rank - 1:
+        y_true = ops.expand_dims(y_true, -1)
+    if ignore_index is not None:
+        valid = ops.not_equal(y_true, ops.cast(ignore_index, y_true.dtype))
+        y_true = ops.where(valid, y_true, ops.zeros_like(y_true))
+        w = ops.cast(valid, "float32")
+    else:
+        w = None
+    if mode == MULTICLASS:
+        num_classes = logits.shape[-1]
+        target = ops.one_hot(ops.cast(ops.squeeze(y_true, -1), "int32"), num_classes)
+    else:
+        target = ops.cast(y_true, "float32")
+    if weight is not None:
+        weight = ops.cast(weight, "float32")
+        # (B,) per-image or (B, H, W) maps broadcast as (B, 1, 1, 1) / (B, H, W, 1).
+        while len(weight.shape) < rank:
+            weight = ops.expand_dims(weight, -1)
+        w = weight if w is None else w * weight
+    if w is None:
+        w = ops.ones_like(logits[..., :1])
+    return target, logits, w
+
+
+def _normalize(wl: Any, w: Any, normalization: str) -> Any:
+    """sum(w * l) / sum(w) ("weighted") or sum(w * l) / count(w > 0) ("mean")."""
+    num = global_sum(ops.sum(wl))
+    w = ops.broadcast_to(w, ops.shape(wl))
+    if normalization == "weighted":
+        den = ops.sum(w)
+    else:
+        den = ops.sum(ops.cast(w > 0, "float32"))
+    return _safe_div(num, global_sum(den))
+
+
+def _bce_with_logits(target: Any, logits: Any, pos_weight: float = 1.0) -> Any:
+    # Stable form: (1 - t) x + (1 + (pw - 1) t) softplus(-x); softplus never overflows.
+    if pos_weight == 1.0:
+        return ops.softplus(logits) - target * logits
+    return (1.0 - target) * logits + (1.0 + (pos_weight - 1.0) * target) * ops.softplus(-logits)
+
+
+def _probs(logits: Any, mode: str) -> Any:
+    return ops.softmax(logits, axis=-1) if mode == MULTICLASS else ops.sigmoid(logits)
+
+
+def _select(values: Any, classes: Sequence[int] | None) -> Any:
+    if classes is None:
+        return values
+    return ops.take(values, list(classes), axis=-1)
+
+
+def _confusion(target: Any, logits: Any, w: Any, mode: str, reduction: str) -> tuple[Any, Any, Any]:
+    """Soft, weighted tp / fp / fn per class: shape (C,) ("batch") or (B, C) ("image")."""
+    p = _probs(logits, mode)
+    rank = len(logits.shape)
+    axes = tuple(range(rank - 1)) if reduction == "batch" else tuple(range(1, rank - 1))
+    wp = w * p
+    tp = ops.sum(wp * target, axis=axes)
+    fp = ops.sum(wp, axis=axes) - tp
+    fn = ops.sum(w * target, axis=axes) - tp
+    return tp, fp, fn
+
+
+def _region_loss(per_class: Any, reduction: str, classes: Sequence[int] | None) -> Any:
+    per_class = _select(per_class, classes)
+    if reduction == "batch":
+        # Statistics were summed over the global batch already: identical on every replica.
+        return ops.mean(per_class)
+    # Mean over the images of the global batch of the per-image class mean.
+    per_image = ops.mean(per_class, axis=-1)
+    count = ops.cast(ops.shape(per_image)[0], "float32")
+    return _safe_div(global_sum(ops.sum(per_image)), global_sum(count))
+
+
+def _global_confusion(tp: Any, fp: Any, fn: Any, reduction: str) -> tuple[Any, Any, Any]:
+    if reduction == "batch":
+        return global_sum(tp), global_sum(fp), global_sum(fn)
+    return tp, fp, fn
+
+
+# --------------------------------------------------------------------------- terms
+
+
+def wbce(
+    y_true: Any,
+    y_pred: Any,
+    weight: Any = None,
+    *,
+    mode: str = BINARY,
+    ignore_index: int | None = None,
+    pos_weight: float = 1.0,
+    label_smoothing: float = 0.0,
+    normalization: str = "weighted",
+) -> Any:
+    """Weighted binary cross-entropy on logits (binary or multilabel mode).
+
+    l = -(pos_weight * t * log(sigmoid(x)) + (1 - t) * log(1 - sigmoid(x))), with
+    t = y * (1 - label_smoothing) + label_smoothing / 2; reduced by `_normalize`.
+    """
+    validate_mode(mode, (BINARY, MULTILABEL), "wbce")
+    target, logits, w = prepare(y_true, y_pred, weight, mode=mode, ignore_index=ignore_index)
+    if label_smoothing:
+        target = target * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    loss = _bce_with_logits(target, logits, pos_weight)
+    return _normalize(w * loss, w, normalization)
+
+
+def wce(
+    y_true: Any,
+    y_pred: Any,
+    weight: Any = None,
+    *,
+    mode: str = MULTICLASS,
+    ignore_index: int | None = None,
+    class_weights: Sequence[float] | None = None,
+    label_smoothing: float = 0.0,
+    normalization: str = "weighted",
+) -> Any:
+    """Weighted sparse categorical cross-entropy on logits (multiclass mode).
+
+    l = -sum_c t_c log softmax(x)_c; a pixel of class k weighs w * class_weights[k].
+    """
+    validate_mode(mode, (MULTICLASS,), "wce")
+    target, logits, w = prepare(y_true, y_pred, weight, mode=mode, ignore_index=ignore_index)
+    if class_weights is not None:
+        cw = ops.convert_to_tensor(list(class_weights), "float32")
+        w = w * ops.sum(target * cw, axis=-1, keepdims=True)
+    if label_smoothing:
+        target = target * (1.0 - label_smoothing) + label_smoothing / logits.shape[-1]
+    logp = ops.log_softmax(logits, axis=-1)
+    loss = -ops.sum(target * logp, axis=-1, keepdims=True)
+    return _normalize(w * loss, w, normalization)
+
+
+def focal(
+    y_true: Any,
+    y_pred: Any,
+    weight: Any = None,
+    *,
+    mode: str = BINARY,
+    ignore_index: int | None = None,
+    alpha: float | None = 0.25,
+    gamma: float = 2.0,
+    normalization: str = "weighted",
+) -> Any:
+    """Focal loss (Lin et al. 2017): alpha_t * (1 - p_t)^gamma * CE.
+
+    Binary/multilabel: sigmoid per channel, alpha_t = alpha t + (1 - alpha)(1 - t).
+    Multiclass: softmax, CE of the true class, `alpha` (if given) scales every pixel.
+    """
+    validate_mode(mode, MODES, "focal")
+    target, logits, w = prepare(y_true, y_pred, weight, mode=mode, ignore_index=ignore_index)
+    if mode == MULTICLASS:
+        logp = ops.sum(target * ops.log_softmax(logits, axis=-1), axis=-1, keepdims=True)
+        one_minus_pt = 1.0 - ops.exp(logp)
+        ce = -logp
+        alpha_t = alpha
+    else:
+        ce = _bce_with_logits(target, logits)
+        # 1 - p_t from sigmoid(-x) / sigmoid(x): exact near 0, where 1 - sigmoid(x) is not.
+        one_minus_pt = target * ops.sigmoid(-logits) + (1.0 - target) * ops.sigmoid(logits)
+        alpha_t = None if alpha is None else alpha * target + (1.0 - alpha) * (1.0 - target)
+    # The floor keeps d/dq q^gamma finite at q = 0 for gamma < 1.
+    loss = ops.power(ops.maximum(one_minus_pt, _TINY), gamma) * ce
+    if alpha_t is not None:
+        loss = alpha_t * loss
+    return _normalize(w * loss, w, normalization)
+
+
+def dice(
+    y_true: Any,
+    y_pred: Any,
+    weight: Any = None,
+    *,
+    mode: str = BINARY,
+    ignore_index: int | None = None,
+    smooth: float = 1.0,
+    eps: float = 1e-7,
+    reduction: str = "batch",
+    classes: Sequence[int] | None = None,
+) -> Any:
+    """Soft Dice loss: 1 - mean_c (2 tp_c + smooth) / (2 tp_c + fp_c + fn_c + smooth + eps)."""
+    validate_mode(mode, MODES, "dice")
+    target, logits, w = prepare(y_true, y_pred, weight, mode=mode, ignore_index=ignore_index)
+    tp, fp, fn = _global_confusion(*_confusion(target, logits, w, mode, reduction), reduction)
+    score = (2.0 * tp + smooth) / (2.0 * tp + fp + fn + smooth + eps)
+    return _region_loss(1.0 - score, reduction, classes)
+
+
+def jaccard(
+    y_true: Any,
+    y_pred: Any,
+    weight: Any = None,
+    *,
+    mode: str = BINARY,
+    ignore_index: int | None = None,
+    smooth: float = 1.0,
+    eps: float = 1e-7,
+    reduction: str = "batch",
+    classes: Sequence[int] | None = None,
+) -> Any:
+    """Soft Jaccard (IoU) loss: 1 - mean_c (tp_c + smooth) / (tp_c + fp_c + fn_c + smooth + eps)."""
+    validate_mode(mode, MODES, "jaccard")
+    target, logits, w = prepare(y_true, y_pred, weight, mode=mode, ignore_index=ignore_index)
+    tp, fp, fn = _global_confusion(*_confusion(target, logits, w, mode, reduction), reduction)
+    score = (tp + smooth) / (tp + fp + fn + smooth + eps)
+    return _region_loss(1.0 - score, reduction, classes)
+
+
+def tversky(
+    y_true: Any,
+    y_pred: Any,
+    weight: Any = None,
+    *,
+    mode: str = BINARY,
+    ignore_index: int | None = None,
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    gamma: float = 1.0,
+    smooth: float = 1.0,
+    eps: float = 1e-7,
+    reduction: str = "batch",
+    classes: Sequence[int] | None = None,
+) -> Any:
+    """(Focal) Tversky loss: mean_c (1 - TI_c)^gamma,
+    TI_c = (tp_c + smooth) / (tp_c + alpha fp_c + beta fn_c + smooth + eps).
+
+    `alpha` weighs false positives and `beta` false negatives, as in Salehi et al. 2017.
+    """
+    validate_mode(mode, MODES, "tversky")
+    target, logits, w = prepare(y_true, y_pred, weight, mode=mode, ignore_index=ignore_index)
+    tp, fp, fn = _global_confusion(*_confusion(target, logits, w, mode, reduction), reduction)
+    score = (tp + smooth) / (tp + alpha * fp + beta * fn + smooth + eps)
+    loss = 1.0 - score
+    if gamma != 1.0:
+        loss = ops.power(ops.maximum(loss, _TINY), gamma)
+    return _region_loss(loss, reduction, classes)
+
+
+FUNCTIONS = {
+    "wbce": wbce,
+    "wce": wce,
+    "focal": focal,
+    "dice": dice,
+    "jaccard": jaccard,
+    "tversky": tversky,
+}
