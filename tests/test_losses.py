@@ -1,0 +1,385 @@
+"""Loss terms: hand-worked values, an independent NumPy reference, Keras agreement, invariants."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import losses
+from losses import functional as F
+
+RNG = np.random.default_rng(0)
+TERMS = ["wbce", "wce", "focal", "dice", "jaccard", "tversky"]
+MODES_OF = {
+    "wbce": ["binary", "multilabel"],
+    "wce": ["multiclass"],
+    "focal": ["binary", "multiclass", "multilabel"],
+    "dice": ["binary", "multiclass", "multilabel"],
+    "jaccard": ["binary", "multiclass", "multilabel"],
+    "tversky": ["binary", "multiclass", "multilabel"],
+}
+CASES = [(t, m) for t in TERMS for m in MODES_OF[t]]
+
+
+# --------------------------------------------------------------------------- NumPy reference
+
+
+def np_sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def np_softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def np_prepare(y, x, w, mode, ignore):
+    """Independent re-derivation: targets shaped like x, weight per element of x."""
+    x = x.astype(np.float64)
+    y = y.astype(np.int64)
+    valid = np.ones(y.shape, bool) if ignore is None else (y != ignore)
+    y = np.where(valid, y, 0)
+    if mode == "multiclass":
+        t = np.eye(x.shape[-1])[y[..., 0]]
+    else:
+        t = y.astype(np.float64)
+    ww = valid.astype(np.float64) * (1.0 if w is None else w.astype(np.float64))
+    return t, x, np.broadcast_to(ww, x.shape if mode == "multilabel" else ww.shape)
+
+
+def np_reduce(l, w, normalization):
+    w = np.broadcast_to(w, l.shape)
+    den = w.sum() if normalization == "weighted" else (w > 0).sum()
+    return (w * l).sum() / den
+
+
+def np_loss(term, y, x, w=None, mode="binary", ignore=None, **o):
+    t, x, ww = np_prepare(y, x, w, mode, ignore)
+    norm = o.get("normalization", "weighted")
+    if term == "wbce":
+        pw, ls = o.get("pos_weight", 1.0), o.get("label_smoothing", 0.0)
+        t = t * (1 - ls) + 0.5 * ls
+        p = np_sigmoid(x)
+        return np_reduce(-(pw * t * np.log(p) + (1 - t) * np.log(1 - p)), ww, norm)
+    if term == "wce":
+        p = np_softmax(x)
+        l = -np.log((p * t).sum(-1, keepdims=True))
+        cw = o.get("class_weights")
+        if cw is not None:
+            ww = ww * (t * np.asarray(cw)).sum(-1, keepdims=True)
+        return np_reduce(l, ww, norm)
+    if term == "focal":
+        a, g = o.get("alpha", 0.25), o.get("gamma", 2.0)
+        if mode == "multiclass":
+            pt = (np_softmax(x) * t).sum(-1, keepdims=True)
+            l = -((1 - pt) ** g) * np.log(pt) * (1.0 if a is None else a)
+        else:
+            p = np_sigmoid(x)
+            pt = np.where(t == 1, p, 1 - p)
+            at = 1.0 if a is None else np.where(t == 1, a, 1 - a)
+            l = -at * (1 - pt) ** g * np.log(pt)
+        return np_reduce(l, ww, norm)
+    # Region terms: explicit per-class (and per-image) loops.
+    p = np_softmax(x) if mode == "multiclass" else np_sigmoid(x)
+    ww = np.broadcast_to(ww, p.shape)
+    smooth, eps = o.get("smooth", 1.0), o.get("eps", 1e-7)
+    classes = o.get("classes") or range(x.shape[-1])
+    groups = [slice(None)] if o.get("reduction", "batch") == "batch" else range(x.shape[0])
+    per_group = []
+    for g in groups:
+        vals = []
+        for c in classes:
+            pc, tc, wc = p[g, ..., c], t[g, ..., c], ww[g, ..., c]
+            tp, fp, fn = (
+                (wc * pc * tc).sum(),
+                (wc * pc * (1 - tc)).sum(),
+                (wc * (1 - pc) * tc).sum(),
+            )
+            if term == "dice":
+                vals.append(1 - (2 * tp + smooth) / (2 * tp + fp + fn + smooth + eps))
+            elif term == "jaccard":
+                vals.append(1 - (tp + smooth) / (tp + fp + fn + smooth + eps))
+            else:
+                a, b, gm = o.get("alpha", 0.5), o.get("beta", 0.5), o.get("gamma", 1.0)
+                ti = (tp + smooth) / (tp + a * fp + b * fn + smooth + eps)
+                vals.append((1 - ti) ** gm)
+        per_group.append(np.mean(vals))
+    return float(np.mean(per_group))
+
+
+def make_batch(mode, b=2, h=6, w=5, c=3, ignore=None, seed=0):
+    rng = np.random.default_rng(seed)
+    ch = 1 if mode == "binary" else c
+    x = rng.normal(0, 2, (b, h, w, ch)).astype(np.float32)
+    if mode == "multiclass":
+        y = rng.integers(0, c, (b, h, w, 1)).astype(np.int32)
+    else:
+        y = (rng.random((b, h, w, ch)) > 0.6).astype(np.int32)
+    if ignore is not None:
+        y = np.where(rng.random(y.shape) < 0.2, ignore, y).astype(np.int32)
+    weight = rng.uniform(0.2, 3.0, (b, h, w, 1)).astype(np.float32)
+    return y, x, weight
+
+
+def value(term, y, x, w=None, **kw):
+    return float(F.FUNCTIONS[term](y, x, w, **kw))
+
+
+# --------------------------------------------------------------------------- hand-worked values
+
+
+def test_wbce_hand_worked():
+    # Logits 0 -> p = 0.5, BCE = ln 2 everywhere; logit ln 3 -> p = 0.75 -> -ln 0.75 for t = 1.
+    y = np.array([[[[1], [0]]]], np.int32)
+    x = np.array([[[[math.log(3.0)], [0.0]]]], np.float32)
+    w = np.array([[[[3.0], [1.0]]]], np.float32)
+    expected = (3 * -math.log(0.75) + 1 * math.log(2)) / 4
+    assert value("wbce", y, x, w) == pytest.approx(expected, rel=1e-6)
+    assert value("wbce", y, x, w, normalization="mean") == pytest.approx(
+        (3 * -math.log(0.75) + math.log(2)) / 2, rel=1e-6
+    )
+    # pos_weight 2 doubles the positive pixel's term (weights 1 here).
+    assert value("wbce", y, x, pos_weight=2.0) == pytest.approx(
+        (2 * -math.log(0.75) + math.log(2)) / 2, rel=1e-6
+    )
+
+
+def test_dice_jaccard_tversky_hand_worked():
+    # Probabilities 0.75 / 0.25 (logits +-ln 3), targets 1 / 0 / 1 / 0 with one wrong pixel.
+    lg = math.log(3.0)
+    x = np.array([[[[lg], [-lg], [-lg], [lg]]]], np.float32)
+    y = np.array([[[[1], [0], [1], [0]]]], np.int32)
+    tp, fp, fn = 0.75 + 0.25, 0.25 + 0.75, 0.25 + 0.75
+    assert value("dice", y, x, smooth=0.0, eps=0.0) == pytest.approx(
+        1 - 2 * tp / (2 * tp + fp + fn)
+    )
+    assert value("jaccard", y, x, smooth=0.0, eps=0.0) == pytest.approx(1 - tp / (tp + fp + fn))
+    assert value("tversky", y, x, smooth=0.0, eps=0.0, alpha=0.2, beta=0.8) == pytest.approx(
+        1 - tp / (tp + 0.2 * fp + 0.8 * fn)
+    )
+    assert 1 - 2 * tp / (2 * tp + fp + fn) == pytest.approx(0.5)
+
+
+def test_wce_class_weights_hand_worked():
+    # Two pixels, 2 classes, logits 0 -> CE ln 2 each; class weights 1 and 3 -> mean still ln 2.
+    y = np.array([[[[0], [1]]]], np.int32)
+    x = np.zeros((1, 1, 2, 2), np.float32)
+    assert value("wce", y, x, mode="multiclass", class_weights=[1.0, 3.0]) == pytest.approx(
+        math.log(2)
+    )
+    x[0, 0, 1] = [0.0, math.log(3.0)]  # pixel 2: p(class 1) = 0.75
+    expected = (1 * math.log(2) + 3 * -math.log(0.75)) / 4
+    assert value("wce", y, x, mode="multiclass", class_weights=[1.0, 3.0]) == pytest.approx(
+        expected, rel=1e-6
+    )
+
+
+# --------------------------------------------------------------------------- NumPy agreement
+
+OPTIONS = {
+    "wbce": [{}, {"pos_weight": 2.5, "label_smoothing": 0.1, "normalization": "mean"}],
+    "wce": [{}, {"class_weights": [0.5, 1.0, 2.0], "normalization": "mean"}],
+    "focal": [{}, {"alpha": None, "gamma": 1.5, "normalization": "mean"}],
+    "dice": [{}, {"smooth": 0.0, "reduction": "image", "classes": [0, 2]}],
+    "jaccard": [{}, {"smooth": 0.5, "reduction": "image"}],
+    "tversky": [{}, {"alpha": 0.3, "beta": 0.7, "gamma": 0.75, "reduction": "image"}],
+}
+
+
+@pytest.mark.parametrize("term,mode", CASES)
+def test_matches_numpy_reference(term, mode):
+    y, x, w = make_batch(mode, ignore=255)
+    for opts in OPTIONS[term]:
+        if mode == "binary" and opts.get("classes"):
+            opts = {**opts, "classes": [0]}
+        for weight in (None, w):
+            got = value(term, y, x, weight, mode=mode, ignore_index=255, **opts)
+            want = np_loss(term, y, x, weight, mode=mode, ignore=255, **opts)
+            assert got == pytest.approx(want, rel=2e-5, abs=1e-6), (opts, weight is None)
+
+
+# --------------------------------------------------------------------------- Keras agreement
+
+
+def test_wbce_matches_keras_binary_crossentropy():
+    y, x, w = make_batch("binary")
+    ref = keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=0.2)
+    want = float(ref(y.astype(np.float32), x, sample_weight=w))
+    got = value("wbce", y, x, w, normalization="mean", label_smoothing=0.2)
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_focal_matches_keras_binary_focal_crossentropy():
+    y, x, w = make_batch("multilabel")
+    ref = keras.losses.BinaryFocalCrossentropy(
+        apply_class_balancing=True, alpha=0.25, gamma=2.0, from_logits=True
+    )
+    want = float(ref(y.astype(np.float32), x))
+    assert value("focal", y, x, mode="multilabel", normalization="mean") == pytest.approx(
+        want, rel=1e-5
+    )
+
+
+def test_wce_matches_keras_sparse_categorical_crossentropy():
+    y, x, w = make_batch("multiclass")
+    ref = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    want = float(ref(y, x, sample_weight=w))
+    assert value("wce", y, x, w, mode="multiclass", normalization="mean") == pytest.approx(
+        want, rel=1e-5
+    )
+
+
+def test_dice_and_tversky_match_keras():
+    y, x, _ = make_batch("binary")
+    p = keras.ops.sigmoid(x)
+    yf = y.astype(np.float32)
+    want = float(keras.losses.dice(yf, p))
+    assert value("dice", y, x, smooth=0.0, eps=1e-7) == pytest.approx(want, rel=1e-5)
+    # Keras' `alpha` multiplies sum(t * (1 - p)) (false negatives); ours follows Salehi et al.
+    # (alpha on false positives), so the two agree with alpha and beta swapped.
+    want = float(keras.losses.tversky(yf, p, alpha=0.3, beta=0.7))
+    got = value("tversky", y, x, smooth=0.0, eps=1e-7, alpha=0.7, beta=0.3)
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- layer == Loss
+
+
+@pytest.mark.parametrize("term,mode", CASES)
+def test_layer_and_loss_agree(term, mode):
+    y, x, w = make_batch(mode, ignore=255, seed=3)
+    layer = losses.get(term, mode=mode, ignore_index=255)
+    loss = losses.get_loss(term, mode=mode, ignore_index=255)
+    with_w = float(layer([y, w, x]))
+    assert with_w == pytest.approx(float(loss(y, x, sample_weight=w)), rel=1e-6)
+    assert float(layer([y, x])) == pytest.approx(float(loss(y, x)), rel=1e-6)
+    # (B, H, W) maps are the same as (B, H, W, 1).
+    assert float(loss(y, x, sample_weight=w[..., 0])) == pytest.approx(with_w, rel=1e-6)
+
+
+def test_layer_logs_weighted_value_and_adds_loss():
+    y, x, w = make_batch("binary")
+    layer = losses.WeightedBCE(loss_weight=0.5)
+    out = float(layer([y, w, x]))
+    assert out == pytest.approx(0.5 * np_loss("wbce", y, x, w), rel=1e-5)
+    assert float(layer.losses[0]) == pytest.approx(out)
+    assert layer.tracker.name == "wbce_loss"
+    assert float(layer.tracker.result()) == pytest.approx(out)
+
+
+def test_loss_in_compile_with_sample_weight_map():
+    image = keras.Input((8, 8, 2))
+    model = keras.Model(image, keras.layers.Conv2D(1, 1)(image))
+    model.compile(optimizer="sgd", loss=losses.DiceLoss())
+    x = RNG.random((4, 8, 8, 2)).astype(np.float32)
+    y = (RNG.random((4, 8, 8, 1)) > 0.5).astype(np.float32)
+    w = RNG.uniform(0, 2, (4, 8, 8, 1)).astype(np.float32)
+    got = model.evaluate(x, y, sample_weight=w, batch_size=4, verbose=0)
+    assert got == pytest.approx(np_loss("dice", y, model.predict(x, verbose=0), w), rel=1e-5)
+
+
+# --------------------------------------------------------------------------- invariants
+
+
+@pytest.mark.parametrize("term", ["dice", "jaccard", "tversky"])
+@pytest.mark.parametrize("mode", ["binary", "multiclass", "multilabel"])
+def test_perfect_prediction_is_zero(term, mode):
+    y, _, w = make_batch(mode, ignore=255)
+    t, _, _ = np_prepare(
+        y, np.zeros(y.shape[:-1] + (1 if mode == "binary" else 3,)), None, mode, 255
+    )
+    x = (np.where(t > 0, 50.0, -50.0)).astype(np.float32)
+    assert value(term, y, x, w, mode=mode, ignore_index=255) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("term,mode", CASES)
+def test_ignored_pixels_do_not_matter_and_zero_weight_equals_ignore(term, mode):
+    y, x, w = make_batch(mode, ignore=255, seed=5)
+    ignored = y == 255
+    if mode != "multilabel":
+        ignored = np.broadcast_to(ignored, x.shape)
+    x2 = np.where(ignored, RNG.normal(0, 20, x.shape), x).astype(np.float32)
+    a = value(term, y, x, w, mode=mode, ignore_index=255)
+    assert value(term, y, x2, w, mode=mode, ignore_index=255) == pytest.approx(a, rel=1e-6)
+    if mode != "multilabel":  # weight maps are per pixel; multilabel ignore is per element
+        w0 = np.where(y == 255, 0.0, w).astype(np.float32)
+        y0 = np.where(y == 255, 0, y).astype(np.int32)
+        assert value(term, y0, x2, w0, mode=mode) == pytest.approx(a, rel=1e-6)
+
+
+@pytest.mark.parametrize("term,mode", CASES)
+def test_extreme_logits_and_empty_masks_are_finite(term, mode):
+    ch = 1 if mode == "binary" else 3
+    shape = (2, 4, 4, ch)
+    for sign in (100.0, -100.0):
+        x = tf.Variable(np.full(shape, sign, np.float32) * np.where(RNG.random(shape) > 0.5, 1, -1))
+        for y in (
+            np.zeros(shape[:3] + (1 if mode != "multilabel" else ch,), np.int32),
+            np.full(shape[:3] + (1 if mode != "multilabel" else ch,), 255, np.int32),  # all ignored
+            make_batch(mode, 2, 4, 4)[0],
+        ):
+            with tf.GradientTape() as tape:
+                loss = F.FUNCTIONS[term](y, x, None, mode=mode, ignore_index=255)
+            grad = tape.gradient(loss, x)
+            assert np.isfinite(float(loss))
+            assert np.all(np.isfinite(grad.numpy()))
+
+
+def test_focal_gamma_below_one_has_finite_gradient_at_perfect_prediction():
+    x = tf.Variable(np.full((1, 2, 2, 1), 100.0, np.float32))
+    y = np.ones((1, 2, 2, 1), np.int32)
+    with tf.GradientTape() as tape:
+        loss = F.focal(y, x, gamma=0.5)
+    assert np.all(np.isfinite(tape.gradient(loss, x).numpy()))
+
+
+def test_mixed_precision_inputs_are_computed_in_float32():
+    y, x, w = make_batch("binary")
+    got = F.wbce(y, x.astype(np.float16), w.astype(np.float16))
+    assert got.dtype == "float32"
+    layer = losses.Dice()
+    assert layer.compute_dtype == "float32"
+
+
+# --------------------------------------------------------------------------- registry, config
+
+
+def test_registry_lists_and_errors():
+    assert losses.list_losses() == sorted(TERMS)
+    assert losses.list_losses("w*ce") == ["wbce", "wce"]
+    with pytest.raises(ValueError, match="Unknown loss 'dise'.*Did you mean 'dice'"):
+        losses.get("dise")
+
+
+@pytest.mark.parametrize(
+    "term,kwargs,match",
+    [
+        ("wbce", {"pos_weight": -1.0}, "pos_weight"),
+        ("wbce", {"normalization": "sum"}, "normalization"),
+        ("wbce", {"mode": "multiclass"}, "mode"),
+        ("dice", {"reduction": "pixel"}, "reduction"),
+        ("dice", {"classes": [-1]}, "classes"),
+        ("focal", {"alpha": 1.5}, "alpha"),
+        ("tversky", {"gamma": 0.0}, "gamma"),
+        ("wce", {"class_weights": [1.0, float("nan")]}, "class_weights"),
+        ("dice", {"smoth": 1.0}, "Unknown option"),
+        ("dice", {"ignore_index": 2.5}, "ignore_index"),
+        ("dice", {"loss_weight": 0.0}, "loss_weight"),
+    ],
+)
+def test_bad_options_raise(term, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        losses.get(term, **kwargs)
+
+
+@pytest.mark.parametrize("term", TERMS)
+def test_get_config_round_trip(term):
+    mode = "multiclass" if term == "wce" else "multilabel"
+    layer = losses.get(term, mode=mode, ignore_index=255, loss_weight=2.0)
+    again = type(layer).from_config(layer.get_config())
+    assert again.get_config() == layer.get_config()
+    loss = losses.get_loss(term, mode=mode, ignore_index=7)
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert type(restored) is type(loss) and restored.get_config() == loss.get_config()
