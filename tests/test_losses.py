@@ -49,10 +49,10 @@ def np_prepare(y, x, w, mode, ignore):
     return t, x, np.broadcast_to(ww, x.shape if mode == "multilabel" else ww.shape)
 
 
-def np_reduce(l, w, normalization):
-    w = np.broadcast_to(w, l.shape)
+def np_reduce(loss, w, normalization):
+    w = np.broadcast_to(w, loss.shape)
     den = w.sum() if normalization == "weighted" else (w > 0).sum()
-    return (w * l).sum() / den
+    return (w * loss).sum() / den
 
 
 def np_loss(term, y, x, w=None, mode="binary", ignore=None, **o):
@@ -65,22 +65,22 @@ def np_loss(term, y, x, w=None, mode="binary", ignore=None, **o):
         return np_reduce(-(pw * t * np.log(p) + (1 - t) * np.log(1 - p)), ww, norm)
     if term == "wce":
         p = np_softmax(x)
-        l = -np.log((p * t).sum(-1, keepdims=True))
+        loss = -np.log((p * t).sum(-1, keepdims=True))
         cw = o.get("class_weights")
         if cw is not None:
             ww = ww * (t * np.asarray(cw)).sum(-1, keepdims=True)
-        return np_reduce(l, ww, norm)
+        return np_reduce(loss, ww, norm)
     if term == "focal":
         a, g = o.get("alpha", 0.25), o.get("gamma", 2.0)
         if mode == "multiclass":
             pt = (np_softmax(x) * t).sum(-1, keepdims=True)
-            l = -((1 - pt) ** g) * np.log(pt) * (1.0 if a is None else a)
+            loss = -((1 - pt) ** g) * np.log(pt) * (1.0 if a is None else a)
         else:
             p = np_sigmoid(x)
             pt = np.where(t == 1, p, 1 - p)
             at = 1.0 if a is None else np.where(t == 1, a, 1 - a)
-            l = -at * (1 - pt) ** g * np.log(pt)
-        return np_reduce(l, ww, norm)
+            loss = -at * (1 - pt) ** g * np.log(pt)
+        return np_reduce(loss, ww, norm)
     # Region terms: explicit per-class (and per-image) loops.
     p = np_softmax(x) if mode == "multiclass" else np_sigmoid(x)
     ww = np.broadcast_to(ww, p.shape)
