@@ -1,0 +1,241 @@
+"""`build_datasets`: the one entry point of the training app into the data package."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from zoo.data import pipeline, weights
+from zoo.data.config import (
+    DataConfig,
+    FolderDataConfig,
+    PetsDataConfig,
+    ShapesDataConfig,
+    parse_data_config,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataInfo:
+    """What the rest of the app needs to know about the data.
+
+    Attributes:
+        name: the dataset config's name.
+        num_classes: 1 for binary masks, else the number of classes.
+        mode: "binary" or "multiclass".
+        ignore_index: mask value of ignored pixels, or None.
+        steps_per_epoch: train_size // global_batch_size (full batches per epoch).
+        train_size: number of training samples.
+        val_size: number of validation samples.
+        image_size: (height, width) of every batch.
+        class_names: one name per class (binary: ("background", <foreground>)).
+        global_batch_size: batch size of `train` and `val`.
+        class_weights: w_c per class used by the class-balance / U-Net weight maps.
+        weight_map: the weight map kind.
+        skipped: files skipped as unreadable (folder dataset with skip_corrupt).
+    """
+
+    name: str
+    num_classes: int
+    mode: str
+    ignore_index: int | None
+    steps_per_epoch: int
+    train_size: int
+    val_size: int
+    image_size: tuple[int, int]
+    class_names: tuple[str, ...]
+    global_batch_size: int
+    class_weights: tuple[float, ...] = ()
+    weight_map: str = "none"
+    skipped: tuple[str, ...] = ()
+
+
+@dataclass
+class DataBundle:
+    """The datasets built by `build_datasets`.
+
+    Attributes:
+        train: infinite stream of augmented batches (dicts of image, mask, weight).
+        val: finite, ordered, unaugmented batches with the same layout.
+        info: `DataInfo`.
+    """
+
+    train: tf.data.Dataset
+    val: tf.data.Dataset
+    info: DataInfo
+    _val_store: Any = field(default=None, repr=False)
+
+    def val_images(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """First `n` validation samples: images f32 (n,H,W,3), masks int32 (n,H,W,1)."""
+        images, masks = [], []
+        for batch in self.val.unbatch().take(n):
+            images.append(batch["image"].numpy())
+            masks.append(batch["mask"].numpy())
+        h, w = self.info.image_size
+        if not images:
+            return np.zeros((0, h, w, 3), np.float32), np.zeros((0, h, w, 1), np.int32)
+        return np.stack(images), np.stack(masks)
+
+
+def _weight_maps(
+    masks: Sequence[np.ndarray],
+    instances: Sequence[np.ndarray] | None,
+    c: DataConfig,
+    class_weights: np.ndarray,
+    workers: int = 4,
+) -> list[np.ndarray]:
+    def one(i: int) -> np.ndarray:
+        inst = instances[i] if instances is not None else None
+        return weights.weight_map(
+            masks[i], c.weight_map, class_weights, inst, c.w0, c.sigma, c.ignore_index
+        )
+
+    if c.weight_map != "unet_border":
+        return [one(i) for i in range(len(masks))]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, range(len(masks))))
+
+
+def make_samples(
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    instances: Sequence[np.ndarray] | None,
+    c: DataConfig,
+    class_weights: np.ndarray,
+) -> pipeline.Samples:
+    """Attach weight maps (computed once, before augmentation) to decoded images and masks."""
+    return pipeline.Samples(images, masks, _weight_maps(masks, instances, c, class_weights))
+
+
+def _shapes(c: ShapesDataConfig):
+    from zoo.data import shapes
+
+    kw = dict(
+        image_size=c.image_size,
+        seed=c.generator_seed,
+        min_objects=c.min_objects,
+        max_objects=c.max_objects,
+        noise=c.noise,
+        cache=c.cache,
+    )
+    train = shapes.generate_shapes(c.train_size, split="train", **kw)
+    val = shapes.generate_shapes(c.val_size, split="val", **kw) if c.val_size else None
+    names = ("background", "shape") if c.num_classes == 1 else shapes.CLASS_NAMES
+
+    def split(arrays):
+        if arrays is None:
+            return None
+        return list(arrays.images), list(arrays.masks(c.num_classes)), list(arrays.instances)
+
+    return split(train), split(val), names, ()
+
+
+def build_datasets(
+    data_cfg: Any, global_batch_size: int, seed: int = 0, start_step: int = 0
+) -> DataBundle:
+    """Build the training stream and validation set described by a data config.
+
+    Every input problem (missing files, bad masks, NaN images, ...) raises here, before training.
+
+    Args:
+        data_cfg: the `data` config node (DictConfig, mapping or a schema dataclass).
+        global_batch_size: batch size across all replicas.
+        seed: seed of the sample order and the augmentation.
+        start_step: index of the first training batch (resume); the stream equals the stream of
+            `start_step=0` with its first `start_step` batches dropped.
+
+    Returns:
+        `DataBundle` with `train`, `val` and `info`.
+
+    Example:
+        >>> bundle = build_datasets({"name": "shapes", "train_size": 32, "val_size": 8,
+        ...                          "image_size": [64, 64]}, global_batch_size=8)
+        >>> next(iter(bundle.train))["image"].shape
+        TensorShape([8, 64, 64, 3])
+    """
+    c = parse_data_config(data_cfg)
+    if int(global_batch_size) < 1:
+        raise ValueError(f"Invalid global_batch_size={global_batch_size}; expected >= 1")
+    if isinstance(c, ShapesDataConfig):
+        train, val, names, skipped = _shapes(c)
+    elif isinstance(c, FolderDataConfig):
+        from zoo.data import folder
+
+        train, val, names, skipped = folder.load(c)
+    elif isinstance(c, PetsDataConfig):
+        from zoo.data import tfds
+
+        train, val, names, skipped = tfds.load_pets(c)
+    else:  # pragma: no cover - parse_data_config only returns the schemas above
+        raise ValueError(f"Invalid data.name={c.name!r}")
+
+    counts = weights.class_counts(train[1], c.num_classes)
+    class_weights = weights.class_balance_weights(counts)
+    train_samples = make_samples(*train, c, class_weights)
+    n_train = len(train_samples)
+    steps = n_train // int(global_batch_size)
+    if steps < 1:
+        raise ValueError(
+            f"The training set has {n_train} samples, fewer than global_batch_size="
+            f"{global_batch_size}; lower data.batch_size or add data"
+        )
+    size = (c.image_size[0], c.image_size[1])
+    train_ds = pipeline.train_stream(
+        pipeline.SampleStore(train_samples),
+        batch_size=int(global_batch_size),
+        steps_per_epoch=steps,
+        seed=int(seed),
+        start_step=int(start_step),
+        size=size,
+        augment_cfg=c.augment,
+        num_parallel_calls=c.num_parallel_calls,
+    )
+    if val is not None and len(val[0]):
+        val_store = pipeline.SampleStore(make_samples(*val, c, class_weights))
+        val_ds = pipeline.eval_stream(
+            val_store,
+            batch_size=int(global_batch_size),
+            size=size,
+            num_parallel_calls=c.num_parallel_calls,
+        )
+        n_val = val_store.size
+    else:
+        n_val = 0
+        spec = train_ds.element_spec
+        val_ds = tf.data.Dataset.from_tensor_slices(
+            {k: tf.zeros([0, *v.shape[1:]], v.dtype) for k, v in spec.items()}
+        ).batch(int(global_batch_size))
+    info = DataInfo(
+        name=c.name,
+        num_classes=c.num_classes,
+        mode="binary" if c.num_classes == 1 else "multiclass",
+        ignore_index=c.ignore_index,
+        steps_per_epoch=steps,
+        train_size=n_train,
+        val_size=n_val,
+        image_size=size,
+        class_names=tuple(names),
+        global_batch_size=int(global_batch_size),
+        class_weights=tuple(float(x) for x in class_weights),
+        weight_map=c.weight_map,
+        skipped=tuple(skipped),
+    )
+    log.info(
+        "Data %s: %d train / %d val samples of %dx%d, %d steps per epoch, weight map %s",
+        c.name,
+        n_train,
+        n_val,
+        size[0],
+        size[1],
+        steps,
+        c.weight_map,
+    )
+    return DataBundle(train_ds, val_ds, info)

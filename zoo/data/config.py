@@ -1,0 +1,206 @@
+"""Typed schemas of the data configs (`conf/data/<name>.yaml`).
+
+The training app stores each schema in Hydra's ConfigStore as `<name>_schema`, so a typo in a key
+or a wrong type fails at composition time. `parse_data_config` applies the same schemas to plain
+mappings (tests, notebooks) and adds the checks a type system cannot express.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+WEIGHT_MAPS = ("none", "class_balance", "unet_border")
+RESIZE_MODES = ("resize", "crop")
+MASK_TYPES = ("class", "instance")
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation; validation data is never augmented.
+
+    `scale` is the range of the crop window's area relative to the base window (the whole stored
+    image when `resize: resize`, an `image_size` window when `resize: crop`); the window is
+    resized back to `image_size`. `brightness` is the largest additive shift, `contrast` the
+    largest relative change of the contrast factor (0 disables either).
+    """
+
+    enabled: bool = True
+    hflip: bool = True
+    vflip: bool = True
+    rot90: bool = True
+    scale: list[float] = field(default_factory=lambda: [0.6, 1.0])
+    brightness: float = 0.1
+    contrast: float = 0.1
+
+
+@dataclass
+class DataConfig:
+    """Keys shared by every dataset."""
+
+    name: str = "???"
+    num_classes: int = 1
+    ignore_index: int | None = None
+    image_size: list[int] = field(default_factory=lambda: [96, 96])
+    batch_size: int = 16  # per replica; the app passes the global batch size
+    weight_map: str = "none"
+    w0: float = 10.0
+    sigma: float = 5.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    cache: bool = True
+    num_parallel_calls: int = -1  # -1: tf.data.AUTOTUNE
+
+
+@dataclass
+class ShapesDataConfig(DataConfig):
+    """Procedurally generated shapes (see `zoo.data.shapes`). num_classes: 1 or 5."""
+
+    name: str = "shapes"
+    num_classes: int = 1
+    weight_map: str = "unet_border"
+    train_size: int = 512
+    val_size: int = 64
+    generator_seed: int = 0
+    min_objects: int = 3
+    max_objects: int = 7
+    noise: float = 0.04
+
+
+@dataclass
+class FolderDataConfig(DataConfig):
+    """Images and masks on disk (see docs/data.md for the layout)."""
+
+    name: str = "folder"
+    root: str = "???"
+    val_ratio: float = 0.2
+    split_seed: int = 0
+    mask_type: str = "class"
+    resize: str = "resize"
+    skip_corrupt: bool = False
+    max_corrupt_ratio: float = 0.05
+    num_workers: int = 8
+
+
+@dataclass
+class PetsDataConfig(DataConfig):
+    """Oxford-IIIT Pet through tensorflow-datasets (optional extra `tfds`): pet vs background."""
+
+    name: str = "pets"
+    num_classes: int = 1
+    ignore_index: int | None = 255  # the trimap's "border" pixels
+    image_size: list[int] = field(default_factory=lambda: [128, 128])
+    data_dir: str | None = None
+    train_split: str = "train"
+    val_split: str = "test[:10%]"
+    border_as_ignore: bool = True
+
+
+DATA_SCHEMAS: dict[str, type[DataConfig]] = {
+    "shapes": ShapesDataConfig,
+    "folder": FolderDataConfig,
+    "pets": PetsDataConfig,
+}
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover - omegaconf ships with hydra
+        pass
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return dataclasses.asdict(cfg)
+    if isinstance(cfg, Mapping):
+        return {k: (_plain(v) if isinstance(v, Mapping) else v) for k, v in cfg.items()}
+    raise TypeError(f"data config must be a mapping or dataclass, got {type(cfg).__name__}")
+
+
+def _build(schema: type, values: dict[str, Any], where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(schema)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(
+            f"Unknown key {where}.{unknown[0]}; valid keys: {', '.join(sorted(names))}"
+        )
+    return schema(**values)
+
+
+def parse_data_config(cfg: Any) -> DataConfig:
+    """Turn a DictConfig / mapping / dataclass into the typed schema and check its values.
+
+    Args:
+        cfg: the `data` node of the training config (or any mapping with the same keys).
+
+    Returns:
+        An instance of the schema named by `cfg["name"]` (e.g. `ShapesDataConfig`).
+
+    Example:
+        >>> parse_data_config({"name": "shapes", "image_size": [64, 64]}).train_size
+        512
+    """
+    values = _plain(cfg)
+    name = values.get("name")
+    if name not in DATA_SCHEMAS:
+        raise ValueError(f"Invalid data.name={name!r}; choose one of: {', '.join(DATA_SCHEMAS)}")
+    values = dict(values)
+    augment = values.pop("augment", None) or {}
+    out = _build(DATA_SCHEMAS[name], values, "data")
+    out.augment = _build(AugmentConfig, dict(augment), "data.augment")
+    _check(out)
+    return out
+
+
+def _check(c: DataConfig) -> None:
+    def bad(key: str, value: Any, expected: str) -> ValueError:
+        return ValueError(f"Invalid data.{key}={value!r}; expected {expected}")
+
+    if int(c.num_classes) < 1:
+        raise bad("num_classes", c.num_classes, "an integer >= 1")
+    if c.ignore_index is not None and 0 <= c.ignore_index < c.num_classes:
+        raise bad("ignore_index", c.ignore_index, f"null or a value outside 0..{c.num_classes - 1}")
+    size = list(c.image_size)
+    if len(size) != 2 or any(int(s) < 8 for s in size):
+        raise bad("image_size", size, "[height, width], each >= 8")
+    c.image_size = [int(s) for s in size]
+    if int(c.batch_size) < 1:
+        raise bad("batch_size", c.batch_size, "an integer >= 1")
+    if c.weight_map not in WEIGHT_MAPS:
+        raise bad("weight_map", c.weight_map, f"one of {', '.join(WEIGHT_MAPS)}")
+    if c.sigma <= 0:
+        raise bad("sigma", c.sigma, "a positive number of pixels")
+    if c.w0 < 0:
+        raise bad("w0", c.w0, "a number >= 0")
+    scale = list(c.augment.scale)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise bad("augment.scale", scale, "[min, max] with 0 < min <= max <= 1")
+    if not 0 <= c.augment.brightness <= 1:
+        raise bad("augment.brightness", c.augment.brightness, "a number in [0, 1]")
+    if not 0 <= c.augment.contrast < 1:
+        raise bad("augment.contrast", c.augment.contrast, "a number in [0, 1)")
+    if c.num_parallel_calls == 0 or c.num_parallel_calls < -1:
+        raise bad("num_parallel_calls", c.num_parallel_calls, "-1 (autotune) or >= 1")
+    if isinstance(c, ShapesDataConfig):
+        if c.num_classes not in (1, 5):
+            raise bad("num_classes", c.num_classes, "1 (binary) or 5 (background + 4 shape kinds)")
+        if c.train_size < 1 or c.val_size < 0:
+            raise bad("train_size", (c.train_size, c.val_size), "train_size >= 1, val_size >= 0")
+        if not 1 <= c.min_objects <= c.max_objects:
+            raise bad("min_objects", (c.min_objects, c.max_objects), "1 <= min <= max")
+    if isinstance(c, FolderDataConfig):
+        if c.root in ("???", "", None):
+            raise ValueError("Missing data.root: pass data.root=/path/to/dataset")
+        if not 0 <= c.val_ratio < 1:
+            raise bad("val_ratio", c.val_ratio, "a number in [0, 1)")
+        if c.mask_type not in MASK_TYPES:
+            raise bad("mask_type", c.mask_type, f"one of {', '.join(MASK_TYPES)}")
+        if c.mask_type == "instance" and c.num_classes != 1:
+            expected = "'class' when num_classes > 1 (instances are binarized)"
+            raise bad("mask_type", c.mask_type, expected)
+        if c.resize not in RESIZE_MODES:
+            raise bad("resize", c.resize, f"one of {', '.join(RESIZE_MODES)}")
+        if not 0 <= c.max_corrupt_ratio <= 1:
+            raise bad("max_corrupt_ratio", c.max_corrupt_ratio, "a number in [0, 1]")

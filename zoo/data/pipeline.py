@@ -1,0 +1,253 @@
+"""The tf.data pipeline: in-memory samples -> deterministic, resumable, augmented batches.
+
+All decoded samples live in memory as flat buffers (one per field) plus per-sample offsets and
+shapes, so samples of different sizes share one code path and every per-sample step is a TF op.
+
+Determinism: batch s of the training stream belongs to epoch e = s // steps_per_epoch. Epoch e
+visits the first steps_per_epoch * batch samples of a permutation seeded by (seed, e) only, and
+every random augmentation decision of a sample is drawn with stateless ops seeded by
+(seed, e, sample index). Starting at `start_step` therefore skips whole epochs arithmetically and
+then skips inside the first epoch, without generating the skipped batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from zoo.data.config import AugmentConfig
+
+# Salts keep the permutation and augmentation streams independent for the same (seed, epoch).
+_PERM_SALT = 0x5EED
+_AUG_SALT = 0xA06
+
+
+@dataclass
+class Samples:
+    """Decoded samples of one split, ready for the pipeline.
+
+    Attributes:
+        images: per-sample (H, W, 3) arrays, uint8 (0..255) or float32 in [0, 1].
+        masks: per-sample (H, W) int class ids.
+        weights: per-sample (H, W) float32 weight maps.
+    """
+
+    images: Sequence[np.ndarray]
+    masks: Sequence[np.ndarray]
+    weights: Sequence[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+class SampleStore:
+    """Flat in-memory buffers of a `Samples` set with a TF random-access `load(index)`."""
+
+    def __init__(self, samples: Samples):
+        n = len(samples)
+        if n == 0:
+            raise ValueError("SampleStore needs at least one sample")
+        hw = np.array([im.shape[:2] for im in samples.images], np.int64)
+        for i in range(n):
+            shape = tuple(hw[i])
+            if samples.masks[i].shape[:2] != shape or samples.weights[i].shape[:2] != shape:
+                raise ValueError(f"sample {i}: image, mask and weight map sizes differ")
+        self.size = n
+        self.uint8 = all(im.dtype == np.uint8 for im in samples.images)
+        dtype = np.uint8 if self.uint8 else np.float32
+        pix = hw[:, 0] * hw[:, 1]
+        offsets = np.concatenate([[0], np.cumsum(pix)[:-1]]).astype(np.int64)
+        self._hw = tf.constant(hw)
+        self._off = tf.constant(offsets)
+        self._images = tf.constant(
+            np.concatenate([np.asarray(im, dtype).ravel() for im in samples.images])
+        )
+        self._masks = tf.constant(
+            np.concatenate([np.asarray(m, np.int32).ravel() for m in samples.masks])
+        )
+        self._weights = tf.constant(
+            np.concatenate([np.asarray(w, np.float32).ravel() for w in samples.weights])
+        )
+
+    def load(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(image f32 (h,w,3) in [0,1], mask int32 (h,w,1), weight f32 (h,w,1)) of one sample."""
+        hw = self._hw[index]
+        h, w = hw[0], hw[1]
+        o = self._off[index]
+        n = h * w
+        image = tf.reshape(self._images[o * 3 : (o + n) * 3], tf.stack([h, w, 3]))
+        image = tf.cast(image, tf.float32)
+        if self.uint8:
+            image = image / 255.0
+        mask = tf.reshape(self._masks[o : o + n], tf.stack([h, w, 1]))
+        weight = tf.reshape(self._weights[o : o + n], tf.stack([h, w, 1]))
+        return image, mask, weight
+
+
+def epoch_permutation(seed: int | tf.Tensor, epoch: int | tf.Tensor, n: int) -> tf.Tensor:
+    """The sample order of one epoch: a permutation of range(n) depending only on (seed, epoch)."""
+    key = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    key = tf.random.experimental.stateless_fold_in(key, _PERM_SALT)
+    return tf.argsort(tf.random.stateless_uniform([n], seed=key), stable=True)
+
+
+def _window(h: tf.Tensor, w: tf.Tensor, size: tuple[int, int]) -> tuple[tf.Tensor, tf.Tensor]:
+    """Base crop window: the whole stored image, or at most `size` (crop mode)."""
+    return tf.minimum(h, size[0]), tf.minimum(w, size[1])
+
+
+def _resize_triplet(image, mask, weight, size):
+    image = tf.image.resize(image, size, method="bilinear")
+    weight = tf.image.resize(weight, size, method="bilinear")
+    mask = tf.image.resize(mask, size, method="nearest")
+    return image, mask, weight
+
+
+def center_view(image, mask, weight, size: tuple[int, int]):
+    """Validation transform: centered base window, resized to `size` (identity if already so)."""
+    shape = tf.shape(mask, out_type=tf.int64)
+    h, w = shape[0], shape[1]
+    ch, cw = _window(h, w, size)
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    image = image[y0 : y0 + ch, x0 : x0 + cw]
+    mask = mask[y0 : y0 + ch, x0 : x0 + cw]
+    weight = weight[y0 : y0 + ch, x0 : x0 + cw]
+    image, mask, weight = _resize_triplet(image, mask, weight, size)
+    return _finish(image, mask, weight, size)
+
+
+def _finish(image, mask, weight, size):
+    image = tf.ensure_shape(image, [size[0], size[1], 3])
+    mask = tf.ensure_shape(tf.cast(mask, tf.int32), [size[0], size[1], 1])
+    weight = tf.ensure_shape(weight, [size[0], size[1], 1])
+    return {"image": image, "mask": mask, "weight": weight}
+
+
+def augment(image, mask, weight, key: tf.Tensor, size: tuple[int, int], cfg: AugmentConfig):
+    """Random resized crop, flips, rot90 (all fields together); brightness/contrast (image only).
+
+    Args:
+        image, mask, weight: one sample, (h, w, C) tensors.
+        key: int64 (2,) stateless seed of this sample (derived from seed, epoch, index).
+        size: output (height, width).
+        cfg: augmentation options.
+
+    Returns:
+        dict with "image", "mask", "weight" of spatial size `size`.
+    """
+    keys = tf.random.experimental.stateless_split(key, 8)
+    shape = tf.shape(mask, out_type=tf.int64)
+    h, w = shape[0], shape[1]
+    bh, bw = _window(h, w, size)
+    if cfg.enabled:
+        s = tf.random.stateless_uniform([], keys[0], cfg.scale[0], cfg.scale[1], tf.float64)
+        side = tf.sqrt(s)
+        ch = tf.maximum(tf.cast(tf.round(side * tf.cast(bh, tf.float64)), tf.int64), 1)
+        cw = tf.maximum(tf.cast(tf.round(side * tf.cast(bw, tf.float64)), tf.int64), 1)
+        u = tf.random.stateless_uniform([2], keys[1], 0.0, 1.0, tf.float64)
+        y0 = tf.cast(tf.floor(u[0] * tf.cast(h - ch + 1, tf.float64)), tf.int64)
+        x0 = tf.cast(tf.floor(u[1] * tf.cast(w - cw + 1, tf.float64)), tf.int64)
+    else:
+        ch, cw = bh, bw
+        y0, x0 = (h - ch) // 2, (w - cw) // 2
+    image = image[y0 : y0 + ch, x0 : x0 + cw]
+    mask = mask[y0 : y0 + ch, x0 : x0 + cw]
+    weight = weight[y0 : y0 + ch, x0 : x0 + cw]
+    image, mask, weight = _resize_triplet(image, mask, weight, size)
+    if not cfg.enabled:
+        return _finish(image, mask, weight, size)
+    # One stacked tensor so geometric ops are applied identically to every field.
+    stack = tf.concat([image, weight, tf.cast(mask, tf.float32)], axis=-1)
+    u = tf.random.stateless_uniform([2], keys[2])
+    if cfg.hflip:
+        stack = tf.cond(u[0] < 0.5, lambda: tf.reverse(stack, [1]), lambda: stack)
+    if cfg.vflip:
+        stack = tf.cond(u[1] < 0.5, lambda: tf.reverse(stack, [0]), lambda: stack)
+    if cfg.rot90:
+        if size[0] == size[1]:
+            k = tf.random.stateless_uniform([], keys[3], 0, 4, tf.int32)
+        else:  # a quarter turn would change a non-square shape
+            k = 2 * tf.random.stateless_uniform([], keys[3], 0, 2, tf.int32)
+        stack = tf.image.rot90(stack, k)
+    image, weight, maskf = stack[..., :3], stack[..., 3:4], stack[..., 4:5]
+    mask = tf.cast(tf.round(maskf), tf.int32)
+    if cfg.brightness > 0:
+        image = image + tf.random.stateless_uniform([], keys[4], -cfg.brightness, cfg.brightness)
+    if cfg.contrast > 0:
+        f = tf.random.stateless_uniform([], keys[5], 1.0 - cfg.contrast, 1.0 + cfg.contrast)
+        mean = tf.reduce_mean(image)
+        image = (image - mean) * f + mean
+    image = tf.clip_by_value(image, 0.0, 1.0)
+    return _finish(image, mask, weight, size)
+
+
+def sample_key(seed, epoch, index) -> tf.Tensor:
+    """The stateless seed of sample `index` in epoch `epoch`."""
+    key = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    key = tf.random.experimental.stateless_fold_in(key, _AUG_SALT)
+    return tf.random.experimental.stateless_fold_in(key, tf.cast(index, tf.int64))
+
+
+def _options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    return options
+
+
+def _calls(num_parallel_calls: int) -> int:
+    return tf.data.AUTOTUNE if num_parallel_calls == -1 else int(num_parallel_calls)
+
+
+def train_stream(
+    store: SampleStore,
+    *,
+    batch_size: int,
+    steps_per_epoch: int,
+    seed: int,
+    start_step: int,
+    size: tuple[int, int],
+    augment_cfg: AugmentConfig,
+    num_parallel_calls: int = -1,
+) -> tf.data.Dataset:
+    """The infinite training stream of batches, starting at batch `start_step`."""
+    if start_step < 0:
+        raise ValueError(f"Invalid start_step={start_step}; expected >= 0")
+    per_epoch = steps_per_epoch * batch_size
+    first_epoch = start_step // steps_per_epoch
+    first_offset = (start_step % steps_per_epoch) * batch_size
+    n = store.size
+
+    def epoch_items(epoch):
+        order = epoch_permutation(seed, epoch, n)[:per_epoch]
+        start = tf.where(epoch == first_epoch, tf.constant(first_offset, tf.int64), 0)
+        order = tf.cast(order[start:], tf.int64)
+        epochs = tf.fill(tf.shape(order), epoch)
+        return tf.data.Dataset.from_tensor_slices((epochs, order))
+
+    def load(epoch, index):
+        image, mask, weight = store.load(index)
+        return augment(image, mask, weight, sample_key(seed, epoch, index), size, augment_cfg)
+
+    ds = tf.data.Dataset.counter(start=first_epoch, dtype=tf.int64).flat_map(epoch_items)
+    ds = ds.map(load, num_parallel_calls=_calls(num_parallel_calls), deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def eval_stream(
+    store: SampleStore, *, batch_size: int, size: tuple[int, int], num_parallel_calls: int = -1
+) -> tf.data.Dataset:
+    """A finite, ordered, unaugmented dataset of batches (last batch may be smaller)."""
+
+    def load(index):
+        image, mask, weight = store.load(index)
+        return center_view(image, mask, weight, size)
+
+    ds = tf.data.Dataset.range(store.size)
+    ds = ds.map(load, num_parallel_calls=_calls(num_parallel_calls), deterministic=True)
+    ds = ds.cache().batch(batch_size, drop_remainder=False)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
