@@ -1,0 +1,83 @@
+"""Shared test helpers: each model check in the test modules is a few lines."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+import keras
+import zoo
+
+# Keras' automatic names: a layer called like this was created without a stable name.
+AUTO_NAMES = (
+    "conv2d",
+    "batch_normalization",
+    "activation",
+    "add",
+    "concatenate",
+    "up_sampling2d",
+    "depthwise_conv2d",
+    "max_pooling2d",
+    "dropout",
+)
+
+
+def build_tiny(name: str, num_classes: int = 2, input_shape=(None, None, 3), **overrides):
+    """The registered model `name` built from its `tiny_config` (plus `overrides`)."""
+    config = {**zoo.model_info(name).tiny_config, **overrides}
+    return zoo.create_model(name, num_classes=num_classes, input_shape=input_shape, **config)
+
+
+def fixed_batch(batch: int, height: int, width: int, num_classes: int, seed: int = 0):
+    """Images in [0, 1] and integer masks whose classes follow image brightness, so a
+    segmentation net can actually fit them."""
+    rng = np.random.default_rng(seed)
+    images = rng.random((batch, height, width, 3), dtype=np.float32)
+    masks = np.minimum((images.mean(-1) * num_classes).astype(np.int32), num_classes - 1)
+    return images, masks
+
+
+def pixel_loss(masks, logits):
+    """Plain per-pixel loss: BCE for one channel, softmax cross-entropy otherwise."""
+    if logits.shape[-1] == 1:
+        labels = tf.cast(masks[..., None], logits.dtype)
+        return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels, logits))
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(masks, logits))
+
+
+def train_steps(model, images, masks, steps: int = 3, learning_rate: float = 1e-2):
+    """Adam steps on one batch; returns (losses, gradients of the first step)."""
+    optimizer = keras.optimizers.Adam(learning_rate)
+    losses, first_grads = [], None
+    for _ in range(steps):
+        with tf.GradientTape() as tape:
+            loss = pixel_loss(masks, model(images, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        first_grads = grads if first_grads is None else first_grads
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        losses.append(float(loss))
+    return losses, first_grads
+
+
+def eval_loss(model, images, masks) -> float:
+    return float(pixel_loss(masks, model(images, training=False)))
+
+
+def count_trainable(model) -> int:
+    return int(sum(np.prod(v.shape) for v in model.trainable_variables))
+
+
+def all_layers(model):
+    """Every layer, nested models included."""
+    return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+def assert_save_load_identical(model, images, path) -> keras.Model:
+    """Save to `.keras`, load with safe_mode and no custom_objects, compare outputs."""
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert type(loaded) is type(model)
+    np.testing.assert_array_equal(
+        np.asarray(model(images, training=False)), np.asarray(loaded(images, training=False))
+    )
+    return loaded

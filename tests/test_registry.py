@@ -1,0 +1,78 @@
+"""Registry behaviour: decorator, create, list, errors and per-entry metadata."""
+
+import pytest
+
+import zoo
+from zoo.registry import Registry
+
+
+def test_decorator_create_and_list_with_patterns():
+    registry = Registry("widget", required=("size",))
+
+    @registry.register("small_widget", size=1, description="A small one.")
+    def small(scale=1):
+        return ("small", scale)
+
+    @registry.register(size=2)
+    class BigWidget:
+        """Big widget."""
+
+    assert registry.create("small_widget", scale=3) == ("small", 3)
+    assert registry.list() == ["bigwidget", "small_widget"]
+    assert registry.list("small*") == ["small_widget"]
+    assert registry.list("*widget") == ["bigwidget", "small_widget"]
+    assert registry.list("nothing*") == []
+    assert registry.get("bigwidget").description == "Big widget."
+    assert registry.get("small_widget").size == 1
+
+
+def test_duplicate_name_raises_naming_first_registration():
+    with pytest.raises(ValueError, match=r"'unet' is already registered .*zoo\.models\.unet"):
+        zoo.register_model("unet", divisor=1, output_stride=1, tiny_config={})(object)
+
+
+def test_missing_metadata_raises():
+    registry = Registry("widget", required=("size",))
+    with pytest.raises(ValueError, match=r"needs metadata \['size'\]"):
+        registry.register("w")(object)
+
+
+@pytest.mark.parametrize(
+    "create, name, suggestion",
+    [(zoo.create_model, "unett", "unet"), (zoo.create_encoder, "resnet43", "resnet34")],
+)
+def test_unknown_name_lists_choices_and_suggests_closest(create, name, suggestion):
+    with pytest.raises(ValueError, match=f"Did you mean '{suggestion}'") as info:
+        create(name)
+    assert "fpn" in str(info.value) or "resnet18" in str(info.value)
+
+
+def test_builtin_names_and_patterns():
+    assert {"unet", "fpn", "deeplab_lite"} <= set(zoo.list_models())
+    assert zoo.list_encoders("resnet*") == ["resnet18", "resnet34"]
+    assert set(zoo.list_encoders("keras_*")) >= {
+        "keras_resnet50",
+        "keras_mobilenetv2",
+        "keras_efficientnetv2b0",
+        "keras_convnext_tiny",
+    }
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_model_metadata(name):
+    info = zoo.model_info(name)
+    assert isinstance(info.divisor, int) and info.divisor >= 1
+    assert isinstance(info.output_stride, int) and info.output_stride >= 1
+    assert isinstance(info.tiny_config, dict)
+    assert info.description
+
+
+@pytest.mark.parametrize("name", zoo.list_encoders())
+def test_encoder_metadata(name):
+    info = zoo.encoder_info(name)
+    assert isinstance(info.strides, tuple) and list(info.strides) == sorted(info.strides)
+    assert info.strides[-1] == 32 and info.strides[0] in (2, 4)
+    assert isinstance(info.tiny_config, dict)
+    assert isinstance(info.output_strides, tuple) and 32 in info.output_strides
+    assert isinstance(info.pretrained, bool)
+    assert info.description
