@@ -9,12 +9,10 @@ import math
 import re
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import yaml
-
-import keras
-import zoo
 from helpers import (
     AUTO_NAMES,
     all_layers,
@@ -25,6 +23,8 @@ from helpers import (
     fixed_batch,
     train_steps,
 )
+
+import zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = zoo.list_models()
