@@ -13,6 +13,10 @@ MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".npy")
 _16BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
+class UnreadableFileError(ValueError):
+    """A file exists but cannot be decoded (what `skip_corrupt` may skip)."""
+
+
 def _open(path: Path, what: str) -> Image.Image:
     if not path.exists():
         raise FileNotFoundError(f"{what} file not found: '{path}'")
@@ -20,7 +24,7 @@ def _open(path: Path, what: str) -> Image.Image:
         img = Image.open(path)
         img.load()
     except Exception as e:  # Pillow raises many types for broken files
-        raise ValueError(f"Cannot read {what} '{path}': {type(e).__name__}: {e}") from None
+        raise UnreadableFileError(f"Cannot read {what} '{path}': {type(e).__name__}: {e}") from None
     return img
 
 
@@ -50,7 +54,9 @@ def read_image_raw(path: str | os.PathLike) -> np.ndarray:
         try:
             arr = np.load(path, allow_pickle=False)
         except Exception as e:
-            raise ValueError(f"Cannot read image '{path}': {type(e).__name__}: {e}") from None
+            raise UnreadableFileError(
+                f"Cannot read image '{path}': {type(e).__name__}: {e}"
+            ) from None
         arr = _to_rgb(arr, path)
         if arr.dtype == np.uint8:
             return np.ascontiguousarray(arr)
@@ -118,7 +124,9 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
         try:
             arr = np.load(path, allow_pickle=False)
         except Exception as e:
-            raise ValueError(f"Cannot read mask '{path}': {type(e).__name__}: {e}") from None
+            raise UnreadableFileError(
+                f"Cannot read mask '{path}': {type(e).__name__}: {e}"
+            ) from None
         if arr.dtype.kind not in "iub":
             raise ValueError(f"Mask '{path}' has dtype {arr.dtype}; expected integers")
     else:

@@ -100,10 +100,11 @@ def _window(h: tf.Tensor, w: tf.Tensor, size: tuple[int, int]) -> tuple[tf.Tenso
 
 
 def _resize_triplet(image, mask, weight, size):
+    # Nearest for the weight too: it stays aligned with the mask (ignored pixels keep weight 0).
     image = tf.image.resize(image, size, method="bilinear")
-    weight = tf.image.resize(weight, size, method="bilinear")
-    mask = tf.image.resize(mask, size, method="nearest")
-    return image, mask, weight
+    labels = tf.concat([tf.cast(mask, tf.float32), weight], axis=-1)
+    labels = tf.image.resize(labels, size, method="nearest")
+    return image, tf.cast(tf.round(labels[..., :1]), tf.int32), labels[..., 1:]
 
 
 def center_view(image, mask, weight, size: tuple[int, int]):

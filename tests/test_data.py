@@ -1,0 +1,486 @@
+"""Data package: shapes generator, weight maps, folder dataset, pipeline determinism and resume."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from omegaconf import OmegaConf
+from PIL import Image
+
+from zoo.data import (
+    build_datasets,
+    generate_shapes,
+    parse_data_config,
+    pipeline,
+    read_image,
+    read_mask,
+    shapes,
+    weights,
+)
+from zoo.data.config import AugmentConfig
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
+
+
+def tiny_shapes(**kw):
+    cfg = {
+        "name": "shapes",
+        "train_size": 12,
+        "val_size": 5,
+        "image_size": [32, 32],
+        "cache": False,
+        "min_objects": 2,
+        "max_objects": 4,
+    }
+    cfg.update(kw)
+    return cfg
+
+
+def take(ds, n):
+    return [{k: v.numpy() for k, v in b.items()} for b in ds.take(n)]
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+def test_shapes_deterministic_and_seeded():
+    a = generate_shapes(4, (40, 48), seed=3)
+    shapes._MEMORY.clear()  # regenerate rather than return the in-memory copy
+    b = generate_shapes(4, (40, 48), seed=3)
+    assert a is not b
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.instances, b.instances)
+    c = generate_shapes(4, (40, 48), seed=4)
+    assert not np.array_equal(a.images, c.images)
+    # Image i depends only on (seed, split, i): a larger set shares the prefix.
+    d = generate_shapes(6, (40, 48), seed=3)
+    np.testing.assert_array_equal(d.images[:4], a.images)
+    v = generate_shapes(4, (40, 48), seed=3, split="val")
+    assert not np.array_equal(v.images, a.images)
+    assert a.images.shape == (4, 40, 48, 3) and a.images.dtype == np.uint8
+
+
+def test_shapes_masks_consistent_with_instances():
+    data = generate_shapes(8, (48, 48), seed=0, min_objects=3, max_objects=6)
+    for inst, cls in zip(data.instances, data.classes):
+        ids = np.unique(inst)
+        assert ids[0] == 0 and len(ids) >= 2
+        np.testing.assert_array_equal(ids, np.arange(len(ids)))  # renumbered 1..K
+        np.testing.assert_array_equal(cls > 0, inst > 0)
+        for i in ids[1:]:
+            assert len(np.unique(cls[inst == i])) == 1  # one shape kind per instance
+    np.testing.assert_array_equal(data.masks(1), (data.instances > 0).astype(np.int32))
+    assert set(np.unique(data.masks(5))) <= set(range(5))
+    # Objects touch or overlap somewhere: some pair of different instances is 4-adjacent.
+    inst = data.instances
+    a, b = inst[:, :, 1:], inst[:, :, :-1]
+    assert np.any((a > 0) & (b > 0) & (a != b))
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def brute_border(inst, w0, sigma):
+    """Independent O(N^2) reference: distances from each pixel to every pixel of each instance."""
+    ys, xs = np.mgrid[0 : inst.shape[0], 0 : inst.shape[1]]
+    dists = []
+    for i in np.unique(inst)[1:]:
+        py, px = np.nonzero(inst == i)
+        d = np.sqrt((ys[..., None] - py) ** 2 + (xs[..., None] - px) ** 2).min(-1)
+        dists.append(d)
+    d = np.sort(np.stack(dists), axis=0)
+    return np.where(inst == 0, w0 * np.exp(-((d[0] + d[1]) ** 2) / (2 * sigma**2)), 0.0)
+
+
+def test_unet_border_two_squares_hand_checked():
+    inst = np.zeros((12, 13), np.int32)
+    inst[2:6, 1:5] = 1  # square A: columns 1..4
+    inst[2:6, 7:11] = 2  # square B: columns 7..10, gap = columns 5 and 6
+    mask = (inst > 0).astype(np.int32)
+    cw = np.array([0.5, 2.0], np.float32)
+    w = weights.weight_map(mask, "unet_border", cw, inst, w0=10, sigma=5)
+    # Gap pixel (3, 5): 1 px from A, 2 px from B.
+    assert w[3, 5] == pytest.approx(0.5 + 10 * math.exp(-((1 + 2) ** 2) / 50), rel=1e-6)
+    assert w[3, 6] == pytest.approx(0.5 + 10 * math.exp(-((2 + 1) ** 2) / 50), rel=1e-6)
+    # Corner (11, 12): nearest A pixel (5, 4), nearest B pixel (5, 10).
+    d1, d2 = math.hypot(6, 8), math.hypot(6, 2)
+    assert w[11, 12] == pytest.approx(0.5 + 10 * math.exp(-((d1 + d2) ** 2) / 50), rel=1e-6)
+    assert w[3, 2] == pytest.approx(2.0)  # foreground: class weight only
+    np.testing.assert_allclose(weights.border_term(inst, 10, 5), brute_border(inst, 10, 5), 1e-5)
+
+
+def test_unet_border_matches_brute_force_and_single_instance():
+    data = generate_shapes(2, (24, 24), seed=5)
+    for inst in data.instances:
+        np.testing.assert_allclose(
+            weights.border_term(inst, 7.0, 3.0), brute_border(inst, 7.0, 3.0), rtol=1e-5, atol=1e-6
+        )
+    one = np.zeros((8, 8), np.int32)
+    one[2:4, 2:4] = 1
+    assert not weights.border_term(one).any()  # d2 is infinite: no border term
+
+
+def test_class_balance_closed_form():
+    masks = [np.array([[0, 0], [0, 1]]), np.array([[0, 255], [1, 1]])]
+    counts = weights.class_counts(masks, num_classes=1)
+    np.testing.assert_array_equal(counts, [4, 3])  # 255 (ignored) not counted
+    cw = weights.class_balance_weights(counts)
+    np.testing.assert_allclose(cw, [7 / (2 * 4), 7 / (2 * 3)], rtol=1e-6)
+    maps = [weights.weight_map(m, "class_balance", cw, ignore_index=255) for m in masks]
+    valid = np.concatenate([w[m != 255] for w, m in zip(maps, masks)])
+    assert valid.mean() == pytest.approx(1.0)
+    assert maps[1][0, 1] == 0.0  # ignored pixel
+    np.testing.assert_array_equal(weights.weight_map(masks[0], "none"), np.ones((2, 2)))
+    # Absent classes get weight 0; multiclass counts.
+    np.testing.assert_allclose(weights.class_balance_weights(np.array([2, 0, 6])), [2, 0, 8 / 12])
+    with pytest.raises(ValueError, match="weight_map='bogus'"):
+        weights.weight_map(masks[0], "bogus", cw)
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def test_build_shapes_layout_and_info():
+    bundle = build_datasets(tiny_shapes(weight_map="unet_border"), global_batch_size=4, seed=0)
+    info = bundle.info
+    assert (info.num_classes, info.mode, info.ignore_index) == (1, "binary", None)
+    assert (info.train_size, info.val_size, info.steps_per_epoch) == (12, 5, 3)
+    assert info.image_size == (32, 32)
+    batch = take(bundle.train, 1)[0]
+    assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == np.float32
+    assert batch["mask"].shape == (4, 32, 32, 1) and batch["mask"].dtype == np.int32
+    assert batch["weight"].shape == (4, 32, 32, 1) and batch["weight"].dtype == np.float32
+    assert 0 <= batch["image"].min() and batch["image"].max() <= 1
+    assert set(np.unique(batch["mask"])) <= {0, 1}
+    assert tf.data.experimental.cardinality(bundle.train) == tf.data.INFINITE_CARDINALITY
+    val = take(bundle.val, 10)
+    assert [b["image"].shape[0] for b in val] == [4, 1]
+    # Validation is unaugmented: exactly the generated images and masks, in order.
+    data = generate_shapes(5, (32, 32), seed=0, split="val", min_objects=2, max_objects=4)
+    images, masks = bundle.val_images(3)
+    np.testing.assert_allclose(images, data.images[:3] / 255.0, atol=1e-6)
+    np.testing.assert_array_equal(masks[..., 0], data.masks(1)[:3])
+    multi = build_datasets(tiny_shapes(num_classes=5), global_batch_size=4)
+    assert multi.info.mode == "multiclass" and len(multi.info.class_names) == 5
+
+
+def test_resume_equals_dropping_batches():
+    cfg = tiny_shapes(weight_map="class_balance")
+    full = take(build_datasets(cfg, global_batch_size=4, seed=7).train, 8)  # 3 steps/epoch
+    for k in (2, 5):
+        resumed = take(build_datasets(cfg, global_batch_size=4, seed=7, start_step=k).train, 8 - k)
+        for a, b in zip(full[k:], resumed):
+            for key in a:
+                np.testing.assert_array_equal(a[key], b[key])
+    again = take(build_datasets(cfg, global_batch_size=4, seed=7).train, 2)
+    np.testing.assert_array_equal(again[1]["image"], full[1]["image"])
+    other = take(build_datasets(cfg, global_batch_size=4, seed=8).train, 1)
+    assert not np.array_equal(other[0]["image"], full[0]["image"])
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+    # Augmentation off: every batch image is a stored image, so its index can be recovered.
+    cfg = tiny_shapes(augment={"enabled": False}, train_size=10)
+    data = generate_shapes(10, (32, 32), seed=0, min_objects=2, max_objects=4)
+    flat = data.images.reshape(10, -1).astype(np.float32) / 255.0
+
+    def order(seed, start_step, steps, parallel=-1):
+        c = dict(cfg, num_parallel_calls=parallel)
+        bundle = build_datasets(c, global_batch_size=3, seed=seed, start_step=start_step)
+        out = []
+        for b in take(bundle.train, steps):
+            for img in b["image"].reshape(3, -1):
+                out.append(int(np.argmin(np.abs(flat - img).max(1))))
+        return out
+
+    base = order(seed=1, start_step=0, steps=9)  # 3 epochs of 3 batches (one sample dropped)
+    epochs = [base[0:9], base[9:18], base[18:27]]
+    for e in epochs:
+        assert len(set(e)) == 9  # no repeats within an epoch
+    assert epochs[0] != epochs[1]
+    assert order(seed=1, start_step=3, steps=3) == epochs[1]
+    assert order(seed=1, start_step=0, steps=3, parallel=1) == epochs[0]
+    assert order(seed=2, start_step=0, steps=3) != epochs[0]
+    p = pipeline.epoch_permutation(1, 4, 10).numpy()
+    np.testing.assert_array_equal(np.sort(p), np.arange(10))
+    np.testing.assert_array_equal(p, pipeline.epoch_permutation(1, 4, 10).numpy())
+
+
+def coded_sample(size=32, block=8, seed=0):
+    """Mask of constant blocks; the image encodes the mask, the weight encodes it too."""
+    rng = np.random.default_rng(seed)
+    grid = rng.integers(0, 4, (size // block, size // block))
+    mask = np.kron(grid, np.ones((block, block), np.int64)).astype(np.int32)
+    image = np.repeat((mask / 3.0)[..., None], 3, -1).astype(np.float32)
+    weight = (1.0 + mask).astype(np.float32)
+    return tf.constant(image), tf.constant(mask[..., None]), tf.constant(weight[..., None])
+
+
+def test_augmentation_keeps_image_mask_weight_aligned():
+    image, mask, weight = coded_sample()
+    geo = AugmentConfig(scale=[1.0, 1.0], brightness=0.0, contrast=0.0)
+    seen = set()
+    for i in range(12):
+        key = tf.constant([3, i], tf.int64)
+        out = pipeline.augment(image, mask, weight, key, (32, 32), geo)
+        m = out["mask"].numpy()[..., 0]
+        np.testing.assert_array_equal(np.round(out["image"].numpy()[..., 0] * 3), m)
+        np.testing.assert_allclose(out["weight"].numpy()[..., 0], 1.0 + m)
+        seen.add(m.tobytes())
+    assert len(seen) > 4  # flips / rotations really happened
+    # Random resized crops: bilinear image vs nearest mask agree away from block edges.
+    crop = AugmentConfig(scale=[0.3, 0.7], brightness=0.0, contrast=0.0)
+    for i in range(6):
+        out = pipeline.augment(image, mask, weight, tf.constant([4, i], tf.int64), (32, 32), crop)
+        m = out["mask"].numpy()[..., 0]
+        code = np.round(out["image"].numpy()[..., 0] * 3)
+        assert (code == m).mean() > 0.9
+        np.testing.assert_array_equal(out["weight"].numpy()[..., 0], 1.0 + m)
+    # Photometric changes touch the image only.
+    photo = AugmentConfig(hflip=False, vflip=False, rot90=False, scale=[1, 1], brightness=0.3)
+    out = pipeline.augment(image, mask, weight, tf.constant([5, 0], tf.int64), (32, 32), photo)
+    np.testing.assert_array_equal(out["mask"].numpy(), mask.numpy())
+    np.testing.assert_array_equal(out["weight"].numpy(), weight.numpy())
+    assert not np.allclose(out["image"].numpy(), image.numpy())
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def test_yaml_configs_match_schemas(tmp_path):
+    for path in sorted(CONF.glob("*.yaml")):
+        values = OmegaConf.to_container(OmegaConf.load(path))
+        values.pop("defaults", None)
+        if values.get("root") == "???":
+            values["root"] = str(tmp_path)
+        cfg = parse_data_config(values)
+        assert cfg.name == path.stem
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"name": "nope"}, r"data.name='nope'.*shapes, folder"),
+        ({"weight_map": "border"}, r"data.weight_map='border'.*unet_border"),
+        ({"bogus": 1}, r"Unknown key data.bogus"),
+        ({"augment": {"flip": True}}, r"Unknown key data.augment.flip"),
+        ({"augment": {"scale": [0.5, 2.0]}}, r"data.augment.scale"),
+        ({"image_size": [32]}, r"data.image_size"),
+        ({"num_classes": 3}, r"data.num_classes=3"),
+    ],
+)
+def test_bad_config(override, message):
+    with pytest.raises(ValueError, match=message):
+        build_datasets(tiny_shapes(**override), global_batch_size=2)
+
+
+def test_batch_larger_than_train_set():
+    with pytest.raises(ValueError, match="global_batch_size=64"):
+        build_datasets(tiny_shapes(), global_batch_size=64)
+
+
+# ----------------------------------------------------------------------------- folder
+
+
+def write_pair(folder: Path, stem: str, image: np.ndarray, mask: np.ndarray):
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    if image.dtype == np.float32:
+        np.save(folder / "images" / f"{stem}.npy", image)
+    else:
+        Image.fromarray(image).save(folder / "images" / f"{stem}.png")
+    Image.fromarray(mask).save(folder / "masks" / f"{stem}.png")  # uint16 -> 16-bit PNG
+
+
+def rand_pair(rng, h=16, w=16, values=(0, 255)):
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    mask = rng.choice(np.array(values, np.uint8), (h, w))
+    return image, mask
+
+
+def folder_cfg(root, **kw):
+    cfg = {"name": "folder", "root": str(root), "image_size": [16, 16], "num_workers": 2}
+    cfg.update(kw)
+    return cfg
+
+
+def test_folder_ratio_split_binary_0_255(tmp_path):
+    rng = np.random.default_rng(0)
+    pairs = {f"s{i}": rand_pair(rng) for i in range(10)}
+    for stem, (img, mask) in pairs.items():
+        write_pair(tmp_path, stem, img, mask)
+    bundle = build_datasets(folder_cfg(tmp_path, val_ratio=0.3), global_batch_size=2)
+    assert (bundle.info.train_size, bundle.info.val_size) == (7, 3)
+    images, masks = bundle.val_images(3)
+    # Match every val sample with its file: image / 255 and 0/255 -> 0/1.
+    for img, m in zip(images, masks):
+        stem = min(pairs, key=lambda s: np.abs(pairs[s][0] / 255.0 - img).max())
+        np.testing.assert_allclose(img, pairs[stem][0] / 255.0, atol=1e-6)
+        np.testing.assert_array_equal(m[..., 0], pairs[stem][1] // 255)
+    batch = take(bundle.train, 1)[0]
+    assert set(np.unique(batch["mask"])) <= {0, 1}
+    # The split depends on split_seed only.
+    again = build_datasets(folder_cfg(tmp_path, val_ratio=0.3), global_batch_size=2)
+    np.testing.assert_array_equal(again.val_images(3)[0], images)
+
+
+def test_folder_subfolders_16bit_multiclass_resize_and_npy(tmp_path):
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 4), ("val", 2)):
+        for i in range(n):
+            img, mask = rand_pair(rng, 24, 20, values=(0, 1, 2, 255))
+            write_pair(tmp_path / split, f"{split}{i}", img, mask.astype(np.uint16))
+    write_pair(
+        tmp_path / "train",
+        "float",
+        rng.random((24, 20, 3)).astype(np.float32),
+        np.zeros((24, 20), np.uint8),
+    )
+    cfg = folder_cfg(tmp_path, num_classes=3, ignore_index=255, image_size=[12, 10])
+    bundle = build_datasets(cfg, global_batch_size=2)
+    assert (bundle.info.train_size, bundle.info.val_size) == (5, 2)
+    src = read_mask(tmp_path / "val" / "masks" / "val0.png")
+    assert src.max() == 255 and src.dtype == np.int32
+    _, masks = bundle.val_images(1)
+    # Nearest-neighbour downscale by 2: only values of the source, no blends.
+    assert set(np.unique(masks)) <= {0, 1, 2, 255}
+    assert masks.shape == (1, 12, 10, 1)
+    batch = take(bundle.train, 1)[0]
+    assert batch["image"].shape == (2, 12, 10, 3)
+    assert set(np.unique(batch["mask"])) <= {0, 1, 2, 255}
+    # weight_map none: ones, except ignored pixels (weight 0).
+    np.testing.assert_array_equal(batch["weight"], (batch["mask"] != 255).astype(np.float32))
+
+
+def test_folder_crop_mode_and_instance_masks(tmp_path):
+    rng = np.random.default_rng(2)
+    for i in range(4):
+        img = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+        inst = np.zeros((20, 30), np.uint8)
+        inst[2:8, 2:12], inst[2:8, 13:25] = 1, 2  # two touching-ish instances
+        write_pair(tmp_path, f"i{i}", img, inst)
+    cfg = folder_cfg(
+        tmp_path, mask_type="instance", resize="crop", weight_map="unet_border", val_ratio=0.25
+    )
+    bundle = build_datasets(cfg, global_batch_size=3)
+    _, masks = bundle.val_images(1)
+    assert masks.shape == (1, 16, 16, 1) and set(np.unique(masks)) <= {0, 1}
+    batch = take(bundle.train, 1)[0]
+    assert batch["weight"].max() > 1.0  # border term between the two instances
+
+
+def test_read_image_formats(tmp_path):
+    gray16 = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000).astype(np.uint16)
+    Image.fromarray(gray16).save(tmp_path / "g16.png")
+    img = read_image(tmp_path / "g16.png")
+    assert img.shape == (3, 4, 3) and img.dtype == np.float32
+    np.testing.assert_allclose(img[..., 1], gray16 / 65535.0, atol=1e-6)
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[..., 0] = 255
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    np.testing.assert_allclose(read_image(tmp_path / "a.png")[..., 0], 1.0)
+
+
+def make_valid(root, n=4):
+    rng = np.random.default_rng(3)
+    for i in range(n):
+        write_pair(root, f"x{i}", *rand_pair(rng))
+
+
+BAD_CASES = {
+    "missing_root": (lambda r: None, FileNotFoundError, r"data.root not found: '.*nowhere'"),
+    "missing_masks_dir": (
+        lambda r: [p.unlink() for p in (r / "masks").iterdir()] and (r / "masks").rmdir(),
+        FileNotFoundError,
+        r"Missing folder '.*masks'",
+    ),
+    "image_without_mask": (
+        lambda r: (r / "masks" / "x1.png").unlink(),
+        ValueError,
+        r"Image '.*x1.png' has no mask",
+    ),
+    "mask_without_image": (
+        lambda r: (r / "images" / "x2.png").unlink(),
+        ValueError,
+        r"Mask '.*x2.png' has no image",
+    ),
+    "size_mismatch": (
+        lambda r: Image.fromarray(np.zeros((8, 16), np.uint8)).save(r / "masks" / "x0.png"),
+        ValueError,
+        r"Image '.*x0.png' is 16x16 but its mask '.*x0.png' is 8x16",
+    ),
+    "value_out_of_range": (
+        lambda r: Image.fromarray(np.full((16, 16), 7, np.uint8)).save(r / "masks" / "x3.png"),
+        ValueError,
+        r"Mask '.*x3.png' has value 7 out of range for num_classes=1",
+    ),
+    "nan_image": (
+        lambda r: (
+            (r / "images" / "x1.png").unlink(),
+            np.save(r / "images" / "x1.npy", np.full((16, 16, 3), np.nan, np.float32)),
+        ),
+        ValueError,
+        r"Image '.*x1.npy' contains NaN or Inf",
+    ),
+    "inf_image": (
+        lambda r: (
+            (r / "images" / "x1.png").unlink(),
+            np.save(r / "images" / "x1.npy", np.where(np.eye(16)[..., None] > 0, np.inf, 0.5)),
+        ),
+        ValueError,
+        r"Image '.*x1.npy' contains NaN or Inf",
+    ),
+    "corrupt_image": (
+        lambda r: (r / "images" / "x2.png").write_bytes(b"\x89PNG not really"),
+        ValueError,
+        r"Cannot read image '.*x2.png'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_folder_bad_input(tmp_path, case):
+    make_valid(tmp_path)
+    damage, error, message = BAD_CASES[case]
+    damage(tmp_path)
+    root = tmp_path / "nowhere" if case == "missing_root" else tmp_path
+    with pytest.raises(error, match=message):
+        build_datasets(folder_cfg(root), global_batch_size=2)
+
+
+def test_folder_255_needs_ignore_index(tmp_path):
+    rng = np.random.default_rng(4)
+    for i in range(4):
+        write_pair(tmp_path, f"m{i}", *rand_pair(rng, values=(0, 1, 2, 255)))
+    with pytest.raises(ValueError, match=r"value 255 out of range .*set data.ignore_index=255"):
+        build_datasets(folder_cfg(tmp_path, num_classes=3), global_batch_size=2)
+    bundle = build_datasets(
+        folder_cfg(tmp_path, num_classes=3, ignore_index=255), global_batch_size=2
+    )
+    assert bundle.info.ignore_index == 255
+
+
+def test_skip_corrupt_counts_and_limits(tmp_path):
+    make_valid(tmp_path, n=10)
+    (tmp_path / "images" / "x4.png").write_bytes(b"garbage")
+    cfg = folder_cfg(tmp_path, skip_corrupt=True, max_corrupt_ratio=0.1)
+    bundle = build_datasets(cfg, global_batch_size=2)
+    assert len(bundle.info.skipped) == 1 and bundle.info.skipped[0].endswith("x4.png")
+    assert bundle.info.train_size + bundle.info.val_size == 9
+    (tmp_path / "masks" / "x5.png").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"2 of 10 samples are unreadable .*max_corrupt_ratio=0.1"):
+        build_datasets(cfg, global_batch_size=2)
+
+
+def test_pets_without_tfds_has_clear_error():
+    try:
+        import tensorflow_datasets  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"segzoo\[tfds\]"):
+            build_datasets({"name": "pets"}, global_batch_size=2)
+    else:
+        pytest.skip("tensorflow-datasets is installed; the download path is not tested")
