@@ -1,9 +1,10 @@
 """Loss specs ("0.5*wbce+dice") and the composition wrapper `attach`.
 
 `attach(model, spec)` returns a training model whose inputs are the model's inputs plus
-"mask" and "weight"; a `LossTerms` layer inside it adds every term with `add_loss` and logs
-each as `<term>_loss`, so `compile(optimizer=...)` and `fit(dataset_of_dicts)` train it and
-`loss` on the progress bar is the sum of the logged terms (plus regularization losses).
+"mask" and "weight"; a `LossTerms` layer inside it computes every term over the global batch
+and logs each as `<term>_loss`, and the model's `compute_loss` sums them, so
+`compile(optimizer=...)` and `fit(dataset_of_dicts)` train it and `loss` on the progress bar
+is the sum of the logged terms (plus regularization losses).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
+from keras import ops
 
 from losses import functional as F
-from losses.terms import LOSSES, PACKAGE, LossLayer
+from losses.terms import LOSSES, PACKAGE, LossLayer, _unpack, scale_loss_for_distribution
 
 _SYNTAX = "e.g. 'wbce+dice', '0.5*wbce + 2*dice', ['wbce', 'dice'], [(0.5, 'wbce'), 'dice']"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -117,9 +119,11 @@ def parse_spec(spec: Any) -> list[tuple[float, str]]:
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class LossTerms(keras.layers.Layer):
-    """Applies several loss layers to `[y_true, y_weight, y_pred]` and passes `y_pred` on.
+    """Computes several loss terms on `[y_true, y_weight, y_pred]` and logs each one.
 
-    Each term adds its (weighted) value with `add_loss` and logs it as `<name>_loss`.
+    Each term is computed over the global batch (all replicas of a `tf.distribute`
+    strategy), multiplied by its `loss_weight` and logged as `<name>_loss`. The values are
+    returned, not added with `add_loss`: `LossModel.compute_loss` sums them.
 
     Args:
         terms: list of loss layers (`losses.get(...)` or the term classes).
@@ -128,13 +132,13 @@ class LossTerms(keras.layers.Layer):
         inputs: `[y_true, y_weight, y_pred]` or `[y_true, y_pred]`.
 
     Returns:
-        `y_pred`, unchanged (so the training model's output is still the logits).
+        A (B, num_terms) tensor: every row holds the batch's term values.
 
     Example:
 
     ```python
     terms = LossTerms([losses.get("wbce", loss_weight=0.5), losses.get("dice")])
-    logits = terms([mask, weight, logits])
+    values = terms([mask, weight, logits])
     ```
     """
 
@@ -153,17 +157,45 @@ class LossTerms(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs: Sequence[Any]) -> Any:
+        y_true, y_weight, y_pred = _unpack(self.name, inputs)
+        values = []
         for term in self.terms:
-            term(inputs)
-        return inputs[-1]
+            value = term.compute(y_true, y_pred, y_weight)
+            term.log(value, y_pred)
+            values.append(value)
+        # One row per image so `predict` can concatenate batches.
+        batch = ops.shape(y_pred)[0]
+        return ops.broadcast_to(ops.stack(values)[None], (batch, len(values)))
 
-    def compute_output_shape(self, input_shape: Any) -> Any:
-        return input_shape[-1]
+    def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
+        return (input_shape[-1][0], len(self.terms))
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config["terms"] = [keras.saving.serialize_keras_object(t) for t in self.terms]
         return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LossModel(keras.Model):
+    """Functional training model whose output "losses" (from `LossTerms`) is its loss.
+
+    Built by `attach`; `compute_loss` returns the sum of the term values plus any
+    regularization losses, scaled for `tf.distribute` like Keras' own losses.
+    """
+
+    def compute_loss(
+        self,
+        x: Any = None,
+        y: Any = None,
+        y_pred: Any = None,
+        sample_weight: Any = None,
+        training: bool = True,
+    ) -> Any:
+        total = scale_loss_for_distribution(ops.sum(y_pred["losses"][0]))
+        for loss in self.losses:  # regularization (and any add_loss) losses
+            total = total + scale_loss_for_distribution(ops.sum(ops.cast(loss, "float32")))
+        return total
 
 
 def _infer_mode(mode: str | None, channels: int | None) -> str:
@@ -202,7 +234,8 @@ def attach(
     Returns:
         A `keras.Model` with dict inputs: the model's inputs (by name), "mask" (int32,
         (B, H, W, 1), or (B, H, W, C) in multilabel mode) and "weight" (float32, (B, H, W, 1));
-        its output is the logits. It shares every weight with `model`, which stays the
+        its outputs are {"logits": (B, H, W, C), "losses": (B, num_terms)}. It shares every
+        weight with `model`, which stays the
         inference model. Train with ``compile(optimizer=...)`` and ``fit(dataset)``; each term
         is logged as `<term>_loss` (already multiplied by its spec weight), and `loss` is their
         sum plus the model's regularization losses.
@@ -246,7 +279,7 @@ def attach(
         if isinstance(term, str):
             opts = dict(term_options.get(term, {}))
             layers.append(
-                LOSSES.create(term, mode=mode, ignore_index=ignore_index, loss_weight=w, **opts)
+                LOSSES.get(term).obj(mode=mode, ignore_index=ignore_index, loss_weight=w, **opts)
             )
         elif w != 1.0:
             config = {**term.get_config(), "loss_weight": w * term.loss_weight}
@@ -277,5 +310,6 @@ def attach(
         targets = [inputs["mask"], inputs["weight"], logits]
     else:
         targets = [inputs["mask"], logits]
-    outputs = LossTerms(layers, name="loss_terms")(targets)
-    return keras.Model(inputs, outputs, name=f"{model.name}_train")
+    values = LossTerms(layers, name="loss_terms")(targets)
+    outputs = {"logits": logits, "losses": values}
+    return LossModel(inputs, outputs, name=f"{model.name}_train")

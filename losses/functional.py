@@ -18,7 +18,9 @@ context), so a replica's loss equals the single-device loss of the global batch;
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import keras
@@ -37,6 +39,24 @@ _TINY = 1e-12
 
 # --------------------------------------------------------------------------- helpers
 
+_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def replica_local() -> Iterator[None]:
+    """Within this block `global_sum` is the identity: sums stay on the local replica.
+
+    Needed where a cross-replica sync inside the forward pass would break Keras'
+    bookkeeping: `Layer.add_loss` keeps one list per layer that MirroredStrategy's replica
+    threads share, and a sync point lets them interleave their entries.
+    """
+    previous = getattr(_STATE, "local", False)
+    _STATE.local = True
+    try:
+        yield
+    finally:
+        _STATE.local = previous
+
 
 def global_sum(x: Any) -> Any:
     """`x` summed over the replicas of a `tf.distribute` strategy (identity elsewhere).
@@ -46,7 +66,7 @@ def global_sum(x: Any) -> Any:
     sums the replicas' gradients, so the update equals the single-device gradient of the
     global-batch loss.
     """
-    if keras.backend.backend() != "tensorflow":
+    if keras.backend.backend() != "tensorflow" or getattr(_STATE, "local", False):
         return x
     import tensorflow as tf
 

@@ -34,14 +34,17 @@ def register_loss(
     return LOSSES.register(name, description=description, **metadata)
 
 
-def get(name: str, **options: Any) -> keras.layers.Layer:
-    """A loss layer of term `name` (e.g. ``get("dice", mode="multiclass", smooth=0.0)``)."""
-    return LOSSES.create(name, **options)
+def get(term: str, /, **options: Any) -> keras.layers.Layer:
+    """A loss layer of `term` (e.g. ``get("dice", mode="multiclass", smooth=0.0)``).
+
+    `options` are the layer's arguments (mode, ignore_index, loss_weight, name, term options).
+    """
+    return LOSSES.get(term).obj(**options)
 
 
-def get_loss(name: str, **options: Any) -> keras.losses.Loss:
-    """The `keras.losses.Loss` of term `name`, for ``compile(loss=...)``."""
-    return LOSSES.get(name).loss_class(**options)
+def get_loss(term: str, /, **options: Any) -> keras.losses.Loss:
+    """The `keras.losses.Loss` of `term`, for ``compile(loss=...)``."""
+    return LOSSES.get(term).loss_class(**options)
 
 
 def list_losses(pattern: str = "*") -> list[str]:
@@ -140,6 +143,18 @@ def _unknown(term: str, fn: Callable[..., Any], kwargs: dict[str, Any], allowed:
 # --------------------------------------------------------------------------- base classes
 
 
+def _unpack(name: str, inputs: Sequence[Any]) -> tuple[Any, Any, Any]:
+    """`(y_true, y_weight, y_pred)` from `[y_true, y_weight, y_pred]` or `[y_true, y_pred]`."""
+    if len(inputs) == 3:
+        return tuple(inputs)
+    if len(inputs) == 2:
+        return inputs[0], None, inputs[1]
+    raise ValueError(
+        f"Loss layer '{name}' expects [y_true, y_weight, y_pred] or [y_true, y_pred]. "
+        f"Received {len(inputs)} inputs."
+    )
+
+
 class LossLayer(keras.layers.Layer):
     """Base of the loss layers: `call([y_true, y_weight, y_pred])` adds and returns the loss.
 
@@ -186,27 +201,36 @@ class LossLayer(keras.layers.Layer):
         self.tracker = keras.metrics.Mean(name=f"{self.name}_loss")
         self.built = True
 
-    def compute(self, y_true: Any, y_pred: Any, y_weight: Any = None) -> Any:
-        """The weighted loss value, without adding or logging it."""
-        value = type(self).fn(
-            y_true, y_pred, y_weight, mode=self.mode, ignore_index=self.ignore_index, **self.options
-        )
+    def compute(
+        self, y_true: Any, y_pred: Any, y_weight: Any = None, *, global_batch: bool = True
+    ) -> Any:
+        """The weighted loss value, without adding or logging it.
+
+        With `global_batch` (and a `tf.distribute` replica context) the statistics are
+        summed over all replicas, so the value is the loss of the global batch.
+        """
+        fn = type(self).fn
+        kwargs = {"mode": self.mode, "ignore_index": self.ignore_index, **self.options}
+        if global_batch:
+            value = fn(y_true, y_pred, y_weight, **kwargs)
+        else:
+            with F.replica_local():
+                value = fn(y_true, y_pred, y_weight, **kwargs)
         return value if self.loss_weight == 1.0 else self.loss_weight * value
 
-    def call(self, inputs: Sequence[Any]) -> Any:
-        if len(inputs) == 3:
-            y_true, y_weight, y_pred = inputs
-        elif len(inputs) == 2:
-            (y_true, y_pred), y_weight = inputs, None
-        else:
-            raise ValueError(
-                f"Loss layer '{self.name}' expects [y_true, y_weight, y_pred] or "
-                f"[y_true, y_pred]. Received {len(inputs)} inputs."
-            )
-        value = self.compute(y_true, y_pred, y_weight)
-        self.add_loss(value)
+    def log(self, value: Any, y_pred: Any) -> None:
+        """Record `value` in the `<name>_loss` metric."""
         # Weighted by batch size like Keras' own `loss` tracker, so epoch averages add up.
         self.tracker.update_state(value, sample_weight=ops.shape(y_pred)[0])
+
+    def call(self, inputs: Sequence[Any]) -> Any:
+        y_true, y_weight, y_pred = _unpack(self.name, inputs)
+        # `add_loss` is not safe with a cross-replica sync in the forward pass (see
+        # `functional.replica_local`), so a standalone layer normalizes per replica, as
+        # Keras' own losses do; `losses.attach` gives exact global-batch losses.
+        value = self.compute(y_true, y_pred, y_weight, global_batch=False)
+        self.add_loss(value)
+        self.log(value, y_pred)
         return value
 
     def compute_output_shape(self, input_shape: Any) -> tuple[int, ...]:
