@@ -162,8 +162,14 @@ def test_attach_modes_options_and_ignore():
     train.compile(optimizer="sgd")
     data = batch(channels=3, mode="multiclass", ignore=255)
     first = train.evaluate(data, batch_size=4, return_dict=True, verbose=0)
-    # Predictions on ignored pixels do not matter: change the images there, same terms.
-    assert np.all(data["mask"][:, :4] == 255)
+    expected = losses.functional.wce(
+        data["mask"],
+        model.predict(data["image"], verbose=0),
+        data["weight"],
+        ignore_index=255,
+        class_weights=[1.0, 2.0, 0.5],
+    )
+    assert first["wce_loss"] == pytest.approx(float(expected), rel=1e-5)
     ml = losses.attach(tiny_model(channels=3), "wbce+jaccard", mode="multilabel")
     assert tuple(ml.input["mask"].shape) == (None, 16, 16, 3)
     assert np.isfinite(first["loss"])
@@ -282,6 +288,32 @@ def test_mirrored_strategy_keras_loss_path():
     args = (data["image"], data["mask"])
     kw = {"sample_weight": data["weight"], "batch_size": 4, "verbose": 0}
     assert mirrored.evaluate(*args, **kw) == pytest.approx(single.evaluate(*args, **kw), rel=1e-5)
+
+
+def test_mirrored_strategy_standalone_layer_is_replica_local_and_not_duplicated():
+    strategy = _two_cpus()
+    data = batch(seed=3)
+    single = tiny_model()
+
+    def seed_model(base):
+        label = keras.Input((16, 16, 1), dtype="int32", name="mask")
+        weight = keras.Input((16, 16, 1), name="weight")
+        logits = base.output
+        loss = WeightedBCE(normalization="mean")([label, weight, logits])
+        return keras.Model({"image": base.input, "mask": label, "weight": weight}, [logits, loss])
+
+    with strategy.scope():
+        mirrored = tiny_model()
+        mirrored.set_weights(single.get_weights())
+        model_m = seed_model(mirrored)
+        model_m.compile(optimizer="sgd")
+    model_s = seed_model(single)
+    model_s.compile(optimizer="sgd")
+    # "mean" over equal per-replica pixel counts: the mean of replica means is the global mean.
+    got_m = model_m.evaluate(data, batch_size=4, return_dict=True, verbose=0)
+    got_s = model_s.evaluate(data, batch_size=4, return_dict=True, verbose=0)
+    assert got_m["loss"] == pytest.approx(got_s["loss"], rel=1e-5)
+    assert got_m["wbce_loss"] == pytest.approx(got_s["wbce_loss"], rel=1e-5)
 
 
 # --------------------------------------------------------------------------- registry models
