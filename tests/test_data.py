@@ -92,6 +92,8 @@ def brute_border(inst, w0, sigma):
         py, px = np.nonzero(inst == i)
         d = np.sqrt((ys[..., None] - py) ** 2 + (xs[..., None] - px) ** 2).min(-1)
         dists.append(d)
+    if len(dists) < 2:
+        return np.zeros(inst.shape)
     d = np.sort(np.stack(dists), axis=0)
     return np.where(inst == 0, w0 * np.exp(-((d[0] + d[1]) ** 2) / (2 * sigma**2)), 0.0)
 
@@ -114,7 +116,8 @@ def test_unet_border_two_squares_hand_checked():
 
 
 def test_unet_border_matches_brute_force_and_single_instance():
-    data = generate_shapes(2, (24, 24), seed=5)
+    data = generate_shapes(3, (40, 40), seed=5, min_objects=4)
+    assert max(len(np.unique(i)) for i in data.instances) > 3
     for inst in data.instances:
         np.testing.assert_allclose(
             weights.border_term(inst, 7.0, 3.0), brute_border(inst, 7.0, 3.0), rtol=1e-5, atol=1e-6
@@ -484,3 +487,14 @@ def test_pets_without_tfds_has_clear_error():
             build_datasets({"name": "pets"}, global_batch_size=2)
     else:
         pytest.skip("tensorflow-datasets is installed; the download path is not tested")
+
+
+def test_shapes_disk_cache_roundtrip(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path))
+    a = generate_shapes(3, (24, 24), seed=11, cache=True)
+    assert len(list(tmp_path.glob("shapes-*.npz"))) == 1
+    shapes._MEMORY.clear()
+    b = generate_shapes(3, (24, 24), seed=11, cache=True)  # read back from disk
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.instances, b.instances)
+    assert b.instances.dtype == np.int32

@@ -142,7 +142,13 @@ def generate_image(
             cy, cx = py + dist * np.sin(a), px + dist * np.cos(a)
         else:
             cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
-        inside = _shape_mask(KINDS[kind], yy, xx, cy, cx, r, rng)
+        # Work in the object's bounding window only (every kind fits in 1.3 r).
+        y0, y1 = max(int(cy - 1.3 * r), 0), min(int(cy + 1.3 * r) + 2, h)
+        x0, x1 = max(int(cx - 1.3 * r), 0), min(int(cx + 1.3 * r) + 2, w)
+        if y1 - y0 < 3 or x1 - x0 < 3:
+            continue
+        win = (slice(y0, y1), slice(x0, x1))
+        inside = _shape_mask(KINDS[kind], yy[win], xx[win], cy, cx, r, rng)
         if inside.sum() < 6:
             continue
         centers.append((cy, cx, r))
@@ -151,10 +157,10 @@ def generate_image(
         color[rng.integers(3)] = rng.uniform(0.75, 1.0)
         if rng.random() < 0.3:
             color = 1.0 - color
-        shade = color[None, None, :] + 0.12 * _texture(rng, yy, xx)[..., None]
-        image[inside] = shade[inside]
-        instances[inside] = i
-        classes[inside] = kind + 1
+        shade = color[None, None, :] + 0.12 * _texture(rng, yy[win], xx[win])[..., None]
+        image[win][inside] = shade[inside]
+        instances[win][inside] = i
+        classes[win][inside] = kind + 1
     image += rng.normal(0, noise, image.shape).astype(np.float32)
     image = np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
     # Renumber instances 1..K (occluded objects may have vanished).
@@ -214,7 +220,7 @@ def generate_shapes(
         min_objects=min_objects,
         max_objects=max_objects,
         noise=float(noise),
-        version=1,
+        version=2,
     )
     key = json.dumps(params, sort_keys=True)
     if key in _MEMORY:
@@ -223,7 +229,9 @@ def generate_shapes(
     if cache and path.exists():
         try:
             with np.load(path) as z:
-                out = ShapesArrays(z["images"], z["instances"], z["classes"])
+                out = ShapesArrays(
+                    z["images"], z["instances"].astype(np.int32), z["classes"].astype(np.int32)
+                )
             _MEMORY[key] = out
             return out
         except (OSError, ValueError, KeyError):
@@ -242,7 +250,10 @@ def generate_shapes(
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, images=images, instances=instances, classes=classes)
+            small = np.uint8 if max_objects < 256 else np.int32  # 4x smaller files
+            np.savez(
+                tmp, images=images, instances=instances.astype(small), classes=classes.astype(small)
+            )
             os.replace(tmp, path)
         except OSError:
             pass  # caching is an optimization only
