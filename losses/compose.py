@@ -217,6 +217,7 @@ def attach(
     mode: str | None = None,
     ignore_index: int | None = None,
     weight: bool = True,
+    metrics: Sequence[keras.layers.Layer] | None = None,
     **term_options: Mapping[str, Any],
 ) -> keras.Model:
     """Wrap `model` (per-pixel logits) into a training model that carries its own losses.
@@ -228,6 +229,9 @@ def attach(
             multiclass otherwise.
         ignore_index: mask value excluded from every term, or None.
         weight: whether the training model has a "weight" input (B, H, W, 1).
+        metrics: layers called as ``logits = layer([mask, logits])`` that update metrics in the
+            graph and pass the logits through (e.g. `zoo.metrics.MetricsLayer`), so metrics
+            reach the targets the same way the loss terms do.
         **term_options: per-term option dicts keyed by term name, e.g.
             ``wbce={"pos_weight": 2.0}, dice={"smooth": 0.0}``.
 
@@ -305,6 +309,8 @@ def attach(
     inputs["mask"] = keras.Input((height, width, mask_channels), dtype="int32", name="mask")
     args = list(model_inputs.values())
     logits = model(args[0] if len(args) == 1 else args)
+    for layer in metrics or ():
+        logits = layer([inputs["mask"], logits])
     if weight:
         inputs["weight"] = keras.Input((height, width, 1), dtype="float32", name="weight")
         targets = [inputs["mask"], inputs["weight"], logits]

@@ -43,14 +43,12 @@ def build_model(cfg: DictConfig) -> keras.Model:
 def build_training_model(model: keras.Model, cfg: DictConfig, info: Any) -> keras.Model:
     """`losses.attach` plus in-graph Dice/IoU, so `fit` shows every loss term and the metrics."""
     spec, options = zconfig.loss_spec(cfg)
-    attached = losses.attach(
-        model, spec, mode=info.mode, ignore_index=info.ignore_index, **options
-    )
-    # Metrics see the mask through the graph, like the loss layers; under a distribution
+    # Metrics see the mask through the graph, like the loss terms; under a distribution
     # strategy their confusion counts are summed over replicas, so val_dice is exact.
     metrics = MetricsLayer(info.num_classes, info.ignore_index, name="seg_metrics")
-    logits = metrics([attached.input["mask"], attached.outputs[0]])
-    return keras.Model(attached.input, logits, name=attached.name)
+    return losses.attach(
+        model, spec, mode=info.mode, ignore_index=info.ignore_index, metrics=[metrics], **options
+    )
 
 
 def build_optimizer(cfg: DictConfig, total_steps: int) -> keras.optimizers.Optimizer:
