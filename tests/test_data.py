@@ -354,6 +354,9 @@ def test_folder_subfolders_16bit_multiclass_resize_and_npy(tmp_path):
     assert masks.shape == (1, 12, 10, 1)
     batch = take(bundle.train, 1)[0]
     assert batch["image"].shape == (2, 12, 10, 3)
+    # Mixed 8-bit PNG and float .npy sources: everything scaled to [0, 1] exactly once.
+    assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+    assert batch["image"].max() > 0.3  # not scaled twice
     assert set(np.unique(batch["mask"])) <= {0, 1, 2, 255}
     # weight_map none: ones, except ignored pixels (weight 0).
     np.testing.assert_array_equal(batch["weight"], (batch["mask"] != 255).astype(np.float32))

@@ -57,13 +57,19 @@ class SampleStore:
                 raise ValueError(f"sample {i}: image, mask and weight map sizes differ")
         self.size = n
         self.uint8 = all(im.dtype == np.uint8 for im in samples.images)
-        dtype = np.uint8 if self.uint8 else np.float32
+
+        def as_stored(im: np.ndarray) -> np.ndarray:
+            if self.uint8:
+                return im
+            # Mixed sources: everything becomes float in [0, 1].
+            return im.astype(np.float32) / 255.0 if im.dtype == np.uint8 else im.astype(np.float32)
+
         pix = hw[:, 0] * hw[:, 1]
         offsets = np.concatenate([[0], np.cumsum(pix)[:-1]]).astype(np.int64)
         self._hw = tf.constant(hw)
         self._off = tf.constant(offsets)
         self._images = tf.constant(
-            np.concatenate([np.asarray(im, dtype).ravel() for im in samples.images])
+            np.concatenate([as_stored(np.asarray(im)).ravel() for im in samples.images])
         )
         self._masks = tf.constant(
             np.concatenate([np.asarray(m, np.int32).ravel() for m in samples.masks])
