@@ -75,14 +75,13 @@ class DataBundle:
 
     def val_images(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """First `n` validation samples: images f32 (n,H,W,3), masks int32 (n,H,W,1)."""
-        images, masks = [], []
-        for batch in self.val.unbatch().take(n):
-            images.append(batch["image"].numpy())
-            masks.append(batch["mask"].numpy())
         h, w = self.info.image_size
-        if not images:
+        if self._val_store is None or n <= 0:
             return np.zeros((0, h, w, 3), np.float32), np.zeros((0, h, w, 1), np.int32)
-        return np.stack(images), np.stack(masks)
+        # An uncached copy: a partial read of `val` would leave its cache half-filled.
+        ds = pipeline.eval_stream(self._val_store, batch_size=int(n), size=(h, w), cache=False)
+        batch = next(iter(ds))
+        return batch["image"].numpy(), batch["mask"].numpy()
 
 
 def _weight_maps(
@@ -209,6 +208,7 @@ def build_datasets(
         n_val = val_store.size
     else:
         n_val = 0
+        val_store = None
         spec = train_ds.element_spec
         val_ds = tf.data.Dataset.from_tensor_slices(
             {k: tf.zeros([0, *v.shape[1:]], v.dtype) for k, v in spec.items()}
@@ -238,4 +238,4 @@ def build_datasets(
         steps,
         c.weight_map,
     )
-    return DataBundle(train_ds, val_ds, info)
+    return DataBundle(train_ds, val_ds, info, val_store)

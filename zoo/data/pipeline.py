@@ -246,7 +246,12 @@ def train_stream(
 
 
 def eval_stream(
-    store: SampleStore, *, batch_size: int, size: tuple[int, int], num_parallel_calls: int = -1
+    store: SampleStore,
+    *,
+    batch_size: int,
+    size: tuple[int, int],
+    num_parallel_calls: int = -1,
+    cache: bool = True,
 ) -> tf.data.Dataset:
     """A finite, ordered, unaugmented dataset of batches (last batch may be smaller)."""
 
@@ -256,5 +261,7 @@ def eval_stream(
 
     ds = tf.data.Dataset.range(store.size)
     ds = ds.map(load, num_parallel_calls=_calls(num_parallel_calls), deterministic=True)
-    ds = ds.cache().batch(batch_size, drop_remainder=False)
+    if cache:
+        ds = ds.cache()
+    ds = ds.batch(batch_size, drop_remainder=False)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
