@@ -63,10 +63,11 @@ def test_static_input_shape_and_io_names(tiny):
 
 def test_training_lowers_loss_and_every_weight_gets_a_gradient(tiny):
     name, _ = tiny
+    keras.utils.set_random_seed(0)  # initial weights and dropout masks: reproducible
     model = build_tiny(name)  # fresh weights: other tests share the fixture
     images, masks = fixed_batch(2, 64, 64, num_classes=2)
     before = eval_loss(model, images, masks)
-    losses, grads = train_steps(model, images, masks, steps=3)
+    losses, grads = train_steps(model, images, masks, steps=4)
     assert losses[-1] < losses[0]
     assert all(np.isfinite(losses))
     zero = [v.path for v, g in zip(model.trainable_variables, grads) if not np.any(np.asarray(g))]
@@ -289,3 +290,30 @@ def test_docs_model_table_matches_registry():
         assert int(divisor) == info.divisor == model.divisor
         assert int(output_stride) == info.output_stride
         assert math.log2(info.divisor).is_integer()
+
+
+def test_batch_norm_helper_gives_global_batch_statistics_across_replicas():
+    import tensorflow as tf
+
+    from zoo.layers import batch_norm
+
+    devices = tf.config.list_logical_devices("CPU")
+    if len(devices) < 2:
+        pytest.skip("needs the two logical CPUs of conftest.py")
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(4, 3, 3, 2)) * [1.0, 5.0] + [0.0, 3.0]).astype(np.float32)
+    # Independent NumPy reference: normalize with the statistics of the whole batch.
+    mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    expected = (x - mean) / np.sqrt(var + 1e-5)
+    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+    with strategy.scope():
+        bn = batch_norm("bn")
+        bn.build(x.shape)
+    halves = strategy.experimental_distribute_values_from_function(
+        lambda ctx: x[2 * ctx.replica_id_in_sync_group : 2 * ctx.replica_id_in_sync_group + 2]
+    )
+    out = strategy.run(tf.function(lambda t: bn(t, training=True)), args=(halves,))
+    got = np.concatenate([np.asarray(o) for o in strategy.experimental_local_results(out)])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    # One replica, no strategy: the same numbers.
+    np.testing.assert_allclose(np.asarray(batch_norm("bn1")(x, training=True)), expected, atol=1e-4)

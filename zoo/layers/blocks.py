@@ -3,11 +3,35 @@
 from __future__ import annotations
 
 import keras
+from keras import ops
 
 # PyTorch defaults (momentum 0.1 in its convention = 0.9 here, eps 1e-5): short trainings
 # get usable moving statistics, and ported recipes behave the same.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class SyncBatchNormalization(keras.layers.BatchNormalization):
+    """`BatchNormalization(synchronized=True)` that skips the cross-replica path on one replica.
+
+    Keras' synchronized moments build a full-size tensor of ones and all-reduce three sums
+    even without a distribution strategy; on a CPU that costs about a quarter of a U-Net
+    training step. With more than one replica in sync this layer does exactly what Keras
+    does (global-batch statistics); with one, it uses the plain moments.
+    """
+
+    def _moments(self, inputs, mask):
+        if self.synchronized and mask is None and _replicas_in_sync() == 1:
+            return ops.moments(inputs, axes=self._reduction_axes)
+        return super()._moments(inputs, mask)
+
+
+def _replicas_in_sync() -> int:
+    import tensorflow as tf  # the zoo runs on the TensorFlow backend
+
+    context = tf.distribute.get_replica_context()
+    return 0 if context is None else context.num_replicas_in_sync
 
 
 def batch_norm(name: str) -> keras.layers.BatchNormalization:
@@ -19,7 +43,7 @@ def batch_norm(name: str) -> keras.layers.BatchNormalization:
     Args:
         name: layer name, e.g. ``"encoder_stem_bn"``.
     """
-    return keras.layers.BatchNormalization(
+    return SyncBatchNormalization(
         momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=True, name=name
     )
 
