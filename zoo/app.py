@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 import losses
 import zoo
 from zoo import config as zconfig
-from zoo import outputs
+from zoo import outputs, reliability
 from zoo.metrics import ConfusionMatrix, MetricsLayer
 
 log = logging.getLogger("zoo")
@@ -105,14 +106,19 @@ class BestModelCheckpoint(keras.callbacks.Callback):
 def build_callbacks(
     cfg: DictConfig, model: keras.Model, out_dir: Path, has_val: bool
 ) -> tuple[list[keras.callbacks.Callback], BestModelCheckpoint | None]:
-    """Progress, logs, best checkpoint, optional TensorBoard and early stopping."""
+    """NaN guard (first, see zoo.reliability), best checkpoint, early stopping, logs, TensorBoard.
+
+    `train` appends the backup callback last, so backups record what these callbacks did.
+    """
     t = cfg.trainer
     cbs: list[keras.callbacks.Callback] = []
     if t.nan_guard:
-        cbs.append(keras.callbacks.TerminateOnNaN())
+        cbs.append(reliability.NonFiniteGuard())
     best = None
     if has_val:
-        best = BestModelCheckpoint(model, out_dir / "checkpoints" / "best.keras", t.monitor, t.monitor_mode)
+        best = BestModelCheckpoint(
+            model, out_dir / "checkpoints" / "best.keras", t.monitor, t.monitor_mode
+        )
         cbs.append(best)
         if t.early_stopping_patience:
             cbs.append(
@@ -122,12 +128,18 @@ def build_callbacks(
             )
     cbs.append(keras.callbacks.CSVLogger(str(out_dir / "train_log.csv"), append=True))
     if t.tensorboard:
-        cbs.append(keras.callbacks.TensorBoard(log_dir=str(out_dir / "tensorboard"), write_graph=False))
+        cbs.append(
+            keras.callbacks.TensorBoard(log_dir=str(out_dir / "tensorboard"), write_graph=False)
+        )
     return cbs, best
 
 
 def evaluate_model(
-    model: keras.Model, dataset: Any, num_classes: int, ignore_index: int | None, steps: int | None = None
+    model: keras.Model,
+    dataset: Any,
+    num_classes: int,
+    ignore_index: int | None,
+    steps: int | None = None,
 ) -> dict[str, float]:
     """Exact Dice/IoU (mean and per class) of an inference model over a dataset of dicts."""
     cm = ConfusionMatrix(num_classes, ignore_index, per_class=True)
@@ -155,7 +167,11 @@ def float32_copy(model: keras.Model) -> keras.Model:
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Compose -> strategy -> data -> model -> losses -> fit -> evaluate -> save."""
+    """Compose -> strategy -> data -> model -> losses -> fit -> evaluate -> save.
+
+    Continues from the last backup in `run_dir` (or `trainer.resume`) and exits with code 130
+    after Ctrl-C, leaving a backup (docs/reliability.md).
+    """
     from zoo import distribute
     from zoo.data import build_datasets
 
@@ -164,9 +180,17 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     set_precision(t.precision)
     strategy = distribute.build_strategy(cfg.strategy)
     replicas = distribute.num_replicas(strategy)
-    bundle = build_datasets(cfg.data, global_batch_size=cfg.data.batch_size * replicas, seed=cfg.seed)
+    resumed = reliability.find_resume(t.resume, run_dir)
+    start_step = resumed.step if resumed else 0
+    bundle = build_datasets(
+        cfg.data,
+        global_batch_size=cfg.data.batch_size * replicas,
+        seed=cfg.seed,
+        start_step=start_step,
+    )
     info = bundle.info
     steps_per_epoch = t.steps_per_epoch or info.steps_per_epoch
+    config = OmegaConf.to_container(cfg, resolve=True)
     with distribute.worker_output_dir(strategy, run_dir) as out_dir:
         out_dir = Path(out_dir)
         with strategy.scope():
@@ -177,44 +201,95 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 jit_compile=t.jit_compile,
                 steps_per_execution=t.steps_per_execution,
             )
+            reliability.build_optimizer_state(train_model)
         has_val = info.val_size > 0
         callbacks, best = build_callbacks(cfg, model, out_dir, has_val)
+        backup = reliability.BackupCallback(
+            run_dir / reliability.BACKUP_DIR,
+            train_model,
+            steps_per_epoch,
+            t.backup_every_steps,
+            stateful=callbacks,
+            config=config,
+            resumed=resumed,
+            write=distribute.is_chief(strategy),
+        )
+        callbacks.append(backup)
+        if (fault := reliability.fault_injector_from_env()) is not None:
+            callbacks.append(fault)
+        if resumed is not None:
+            reliability.warn_config_changes(resumed, config)
+            reliability.restore_variables(backup.variables, resumed)
+            if distribute.is_chief(strategy):
+                reliability.prepare_resume_dir(
+                    resumed, run_dir, best.path if best else None, out_dir / "train_log.csv"
+                )
+            log.info(
+                "Resuming from %s (step %d, %d epoch(s) done)",
+                resumed.path,
+                resumed.step,
+                resumed.epochs_done,
+            )
         log.info(
-            "Training %s (%s params) with loss %s on %s: %d epochs x %d steps, global batch %d, %d replica(s)",
-            cfg.model.name, f"{model.count_params():,}", cfg.loss, cfg.data.name, t.epochs,
-            steps_per_epoch, cfg.data.batch_size * replicas, replicas,
+            "Training %s (%s params) with loss %s on %s: %d epochs x %d steps, "
+            "global batch %d, %d replica(s)",
+            cfg.model.name,
+            f"{model.count_params():,}",
+            cfg.loss,
+            cfg.data.name,
+            t.epochs,
+            steps_per_epoch,
+            cfg.data.batch_size * replicas,
+            replicas,
         )
         start = time.perf_counter()
-        history = train_model.fit(
-            distribute.shard(bundle.train, strategy),
-            epochs=t.epochs,
-            steps_per_epoch=steps_per_epoch,
-            validation_data=distribute.shard(bundle.val, strategy) if has_val else None,
-            validation_steps=t.validation_steps,
-            callbacks=callbacks,
-            verbose=t.verbose if distribute.is_chief(strategy) else 0,
-            shuffle=False,  # the pipeline shuffles by (seed, epoch)
-        )
+        try:
+            reliability.resumable_fit(
+                train_model,
+                bundle.train,
+                start_step=start_step,
+                epochs=t.epochs,
+                steps_per_epoch=steps_per_epoch,
+                stopped=backup.stopped,
+                shard=lambda ds: distribute.shard(ds, strategy),
+                validation_data=distribute.shard(bundle.val, strategy) if has_val else None,
+                validation_steps=t.validation_steps,
+                callbacks=callbacks,
+                verbose=t.verbose if distribute.is_chief(strategy) else 0,
+                shuffle=False,  # the pipeline shuffles by (seed, epoch)
+            )
+        except KeyboardInterrupt:
+            path = backup.save_on_interrupt()
+            print(
+                reliability.interrupted_message(path, backup.backup_dir, backup.step),
+                file=sys.stderr,
+            )
+            raise SystemExit(130) from None
         train_time = time.perf_counter() - start
-        if "loss" in history.history and not np.isfinite(history.history["loss"][-1]):
-            raise FloatingPointError("Training stopped: the loss became NaN/Inf (see docs/reliability.md)")
+        history = backup.history  # all epochs, across resumes
         if best is not None and best.best_epoch is not None:
             model.load_weights(best.path)  # evaluate and export the best epoch, not the last
         export = model if t.precision == "float32" else float32_copy(model)
         results: dict[str, Any] = {}
         if has_val:
-            results = evaluate_model(export, bundle.val, info.num_classes, info.ignore_index, t.validation_steps)
+            results = evaluate_model(
+                export, bundle.val, info.num_classes, info.ignore_index, t.validation_steps
+            )
             results = {f"val_{k}": v for k, v in results.items()}
         results.update(
             {
                 "model": cfg.model.name,
-                "loss": OmegaConf.to_container(cfg.loss) if not isinstance(cfg.loss, str) else cfg.loss,
+                "loss": OmegaConf.to_container(cfg.loss)
+                if not isinstance(cfg.loss, str)
+                else cfg.loss,
                 "data": cfg.data.name,
-                "epochs": len(history.history.get("loss", [])),
-                "best_epoch": (best.best_epoch + 1) if best and best.best_epoch is not None else None,
+                "epochs": len(history.get("loss", [])),
+                "best_epoch": (best.best_epoch + 1)
+                if best and best.best_epoch is not None
+                else None,
                 "train_time_s": round(train_time, 2),
                 "params": int(model.count_params()),
-                "history": {k: [float(x) for x in v] for k, v in history.history.items()},
+                "history": history,
             }
         )
         outputs.save_model(export, out_dir / "model.keras")
@@ -223,9 +298,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if has_val and t.num_overlays > 0 and distribute.is_chief(strategy):
             images, masks = bundle.val_images(t.num_overlays)
             logits = export.predict(images, verbose=0)
-            outputs.write_overlays(out_dir / "overlays", images, masks, logits, info.num_classes, info.ignore_index)
+            outputs.write_overlays(
+                out_dir / "overlays", images, masks, logits, info.num_classes, info.ignore_index
+            )
     if "val_dice" in results:
-        print(f"Validation Dice: {results['val_dice']:.4f}  IoU: {results['val_iou']:.4f}  ({train_time:.0f} s training)")
+        print(
+            f"Validation Dice: {results['val_dice']:.4f}  IoU: {results['val_iou']:.4f}  "
+            f"({train_time:.0f} s training)"
+        )
     return results
 
 
@@ -240,4 +320,6 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> Any:
 
     if cfg.mode == "evaluate":
         return predict.evaluate_checkpoint(cfg, run_dir)
-    return predict.predict_folder(cfg.checkpoint, cfg.predict.input, cfg.predict.output, cfg.predict.threshold)
+    return predict.predict_folder(
+        cfg.checkpoint, cfg.predict.input, cfg.predict.output, cfg.predict.threshold
+    )
