@@ -4,6 +4,9 @@ Importing `zoo` registers every encoder and model (and their Keras serialization
 so `keras.saving.load_model("model.keras")` works after `import zoo` with no custom_objects.
 """
 
+# Auto-discovery: importing zoo.encoders / zoo.models runs every module's registration decorator.
+from zoo import encoders as encoders
+from zoo import models as models
 from zoo.registry import (
     create_encoder,
     create_model,
@@ -14,10 +17,6 @@ from zoo.registry import (
     register_encoder,
     register_model,
 )
-
-# Auto-discovery: every module in zoo/encoders and zoo/models registers itself on import.
-from zoo import encoders as encoders  # noqa: E402  (import order matters: registry first)
-from zoo import models as models  # noqa: E402
 
 __all__ = [
     "create_encoder",

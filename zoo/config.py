@@ -102,7 +102,11 @@ def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
 
 
 def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else node
+    return (
+        OmegaConf.to_container(node, resolve=True)
+        if isinstance(node, DictConfig | ListConfig)
+        else node
+    )
 
 
 def model_kwargs(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
@@ -143,7 +147,9 @@ def loss_spec(cfg: DictConfig) -> tuple[Any, dict[str, dict[str, Any]]]:
     valid = losses.list_losses()
     for term, opts in options.items():
         if term not in valid:
-            raise ConfigError(f"Unknown loss term loss_options.{term}; valid terms: {', '.join(valid)}")
+            raise ConfigError(
+                f"Unknown loss term loss_options.{term}; valid terms: {', '.join(valid)}"
+            )
         try:
             # Building a term is cheap (no weights) and runs its own argument checks.
             losses.get(term, **(opts or {}))
@@ -172,4 +178,6 @@ def validate(cfg: DictConfig) -> None:
     if cfg.mode in ("evaluate", "predict") and not cfg.checkpoint:
         raise ConfigError(f"mode={cfg.mode} needs checkpoint=<path to model.keras>")
     if cfg.mode == "predict" and not (cfg.predict.input and cfg.predict.output):
-        raise ConfigError("mode=predict needs predict.input=<image folder> and predict.output=<dir>")
+        raise ConfigError(
+            "mode=predict needs predict.input=<image folder> and predict.output=<dir>"
+        )

@@ -1,4 +1,4 @@
-"""Segmentation metrics from streaming confusion counts (exact over a whole set and across replicas).
+"""Segmentation metrics from streaming confusion counts: exact over a set and across replicas.
 
 `ConfusionMatrix` accumulates a (K, K) matrix of pixel counts (rows: true class, columns: predicted
 class). Dice and IoU are computed from the counts at the end, so they are exact over the whole
@@ -70,7 +70,9 @@ class ConfusionMatrix(keras.metrics.Metric):
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
         y_pred = ops.convert_to_tensor(y_pred)
-        y_true = ops.cast(ops.reshape(ops.convert_to_tensor(y_true), ops.shape(y_pred)[:-1]), "int32")
+        y_true = ops.cast(
+            ops.reshape(ops.convert_to_tensor(y_true), ops.shape(y_pred)[:-1]), "int32"
+        )
         if self.num_classes == 1:
             pred = ops.cast(y_pred[..., 0] > 0, "int32")
         else:

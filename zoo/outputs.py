@@ -20,7 +20,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: 
     """Call `write(tmp_path)`, then atomically rename the result to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix or path.suffix)
+    fd, tmp = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.stem}.", suffix=suffix or path.suffix
+    )
     os.close(fd)
     try:
         write(tmp)

@@ -19,6 +19,15 @@ import numpy as np
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy", ".bmp", ".tif", ".tiff")
 
 
+def predict_image(model: Any, image: np.ndarray) -> np.ndarray:
+    """Logits for one (H, W, 3) image of any size: padded to the model's divisor, cropped back."""
+    divisor = int(getattr(model, "divisor", 1) or 1)
+    h, w = image.shape[:2]
+    # Edge padding keeps the statistics near the border; the padded logits are cut off.
+    padded = np.pad(image, ((0, -h % divisor), (0, -w % divisor), (0, 0)), mode="edge")
+    return model.predict(padded[None], verbose=0)[0, :h, :w]
+
+
 def predict_folder(
     model_path: str | os.PathLike,
     input_dir: str | os.PathLike,
@@ -43,19 +52,21 @@ def predict_folder(
     written = []
     for path in files:
         image = read_image(path)
-        logits = model.predict(image[None], verbose=0)[0]
+        logits = predict_image(model, image)
         mask = predicted_mask(logits, threshold)
         if logits.shape[-1] == 1:
             mask = mask * 255  # viewable binary masks; read back as 0/1 by the folder dataset
         out = output_dir / f"{path.stem}.png"
-        atomic_write(out, lambda tmp, m=mask: Image.fromarray(m.astype(np.uint8)).save(tmp, format="PNG"))
+        atomic_write(
+            out, lambda tmp, m=mask: Image.fromarray(m.astype(np.uint8)).save(tmp, format="PNG")
+        )
         written.append(out)
     print(f"Wrote {len(written)} masks to {output_dir}")
     return written
 
 
 def evaluate_checkpoint(cfg: Any, run_dir: str | os.PathLike) -> float:
-    """Dice/IoU of `cfg.checkpoint` on the validation split of `cfg.data`; writes eval_metrics.json."""
+    """Dice/IoU of `cfg.checkpoint` on the validation split of `cfg.data` -> eval_metrics.json."""
     from zoo.app import evaluate_model
     from zoo.data import build_datasets
     from zoo.outputs import write_json
@@ -73,11 +84,15 @@ def evaluate_checkpoint(cfg: Any, run_dir: str | os.PathLike) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m zoo.predict", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m zoo.predict", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--model", required=True, help="a .keras file written by train.py")
     parser.add_argument("--input", required=True, help="folder of images")
     parser.add_argument("--output", required=True, help="folder for the PNG masks")
-    parser.add_argument("--threshold", type=float, default=0.5, help="binary models: probability cut")
+    parser.add_argument(
+        "--threshold", type=float, default=0.5, help="binary models: probability cut"
+    )
     args = parser.parse_args(argv)
     predict_folder(args.model, args.input, args.output, args.threshold)
 

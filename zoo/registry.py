@@ -64,7 +64,9 @@ class Registry:
         def decorator(obj: Callable[..., Any]) -> Callable[..., Any]:
             key = name or obj.__name__.lower()
             if not isinstance(key, str) or not key:
-                raise ValueError(f"A {self.kind} name must be a non-empty string. Received: {key!r}")
+                raise ValueError(
+                    f"A {self.kind} name must be a non-empty string. Received: {key!r}"
+                )
             if key in self._entries:
                 raise ValueError(
                     f"{self.kind.capitalize()} '{key}' is already registered "

@@ -17,7 +17,7 @@ COLUMNS = ("val_dice", "val_iou", "train_time_s", "epochs", "params")
 
 
 def comparison_table(sweep_dir: str | Path) -> tuple[str, list[dict[str, Any]]]:
-    """Markdown table (best val_dice first) and the rows, from every metrics.json below `sweep_dir`."""
+    """Markdown table (best val_dice first) and rows from each metrics.json below `sweep_dir`."""
     rows = []
     for path in sorted(Path(sweep_dir).glob("*/metrics.json")):
         metrics = json.loads(path.read_text())
@@ -34,7 +34,10 @@ def comparison_table(sweep_dir: str | Path) -> tuple[str, list[dict[str, Any]]]:
     header = ["run", "model", "loss", *COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [f"{r[h]:.4f}" if isinstance(r[h], float) and h.startswith("val") else str(r[h]) for h in header]
+        cells = [
+            f"{r[h]:.4f}" if isinstance(r[h], float) and h.startswith("val") else str(r[h])
+            for h in header
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n", rows
 

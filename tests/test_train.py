@@ -1,0 +1,243 @@
+"""End to end through train.py: every registered model trains, writes its outputs, and bad input
+fails early with one clear line without touching an earlier run's files."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import zoo
+
+ROOT = Path(__file__).resolve().parents[1]
+# Tiny data and one short epoch: these tests check plumbing, not accuracy.
+TINY = [
+    "data.image_size=[64,64]",
+    "data.train_size=16",
+    "data.val_size=8",
+    "data.batch_size=4",
+    "trainer.epochs=1",
+    "trainer.steps_per_epoch=2",
+    "trainer.tensorboard=false",
+    "trainer.num_overlays=2",
+    "trainer.verbose=2",
+]
+
+
+def hydra_value(value):
+    """A Python value as Hydra override syntax."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def tiny_model_overrides(name):
+    # `++` replaces dict values (encoder_kwargs starts as an empty, closed dict).
+    return [f"model={name}"] + [
+        f"{'++' if isinstance(v, dict) else ''}model.{k}={hydra_value(v)}"
+        for k, v in zoo.model_info(name).tiny_config.items()
+    ]
+
+
+def train(args, run_dir, timeout=600):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_every_model_trains_end_to_end(name, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = train([*tiny_model_overrides(name), "loss=wbce+dice", *TINY], run_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert math.isfinite(metrics["val_dice"]) and 0.0 <= metrics["val_dice"] <= 1.0
+    assert metrics["model"] == name
+    for term in ("loss", "wbce_loss", "dice_loss", "val_dice"):
+        assert term in metrics["history"], term
+    # The logged terms add up to the total loss (weights 1 and 1).
+    h = metrics["history"]
+    assert h["loss"][-1] == pytest.approx(h["wbce_loss"][-1] + h["dice_loss"][-1], rel=1e-4)
+    assert (run_dir / "train_log.csv").read_text().count("\n") == 2  # header + 1 epoch
+    assert "loss" in (run_dir / "config.yaml").read_text()
+    overlays = sorted((run_dir / "overlays").glob("*.png"))
+    assert len(overlays) == 2
+    assert Image.open(overlays[0]).size == (3 * 64, 64)  # image | truth | prediction
+
+    from zoo.saving import load_model
+
+    model = load_model(run_dir / "model.keras")
+    assert [t.name for t in model.inputs] == ["image"]  # the bare inference model
+    out = model.predict(np.zeros((1, 64, 96, 3), np.float32), verbose=0)
+    assert out.shape == (1, 64, 96, 1)
+
+
+def test_evaluate_and_predict_modes(tmp_path):
+    run_dir = tmp_path / "run"
+    assert train([*tiny_model_overrides("unet"), *TINY], run_dir).returncode == 0
+    ckpt = run_dir / "model.keras"
+    proc = train(["mode=evaluate", f"checkpoint={ckpt}", *TINY], tmp_path / "eval")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    evaluated = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    # Same model, same validation data: the same exact Dice.
+    assert evaluated["val_dice"] == pytest.approx(trained["val_dice"], abs=1e-6)
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((40, 56, 3), 60 * i, np.uint8)).save(images / f"im{i}.png")
+    masks = tmp_path / "masks"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zoo.predict",
+            "--model",
+            str(ckpt),
+            "--input",
+            str(images),
+            "--output",
+            str(masks),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = sorted(masks.glob("*.png"))
+    assert [p.name for p in written] == ["im0.png", "im1.png"]
+    m = np.asarray(Image.open(written[0]))
+    assert m.shape == (40, 56) and set(np.unique(m)) <= {0, 255}
+
+
+@pytest.mark.slow
+def test_multirun_sweep_writes_comparison_table(tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    args = [*tiny_model_overrides("unet"), *TINY, "trainer.num_overlays=0"]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "--multirun",
+            "loss=wbce,dice",
+            *args,
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (tmp_path / "comparison.md").read_text()
+    rows = [line for line in table.splitlines()[2:] if line.startswith("|")]
+    assert len(rows) == 2
+    assert {"wbce", "dice"} == {r.split("|")[3].strip() for r in rows}
+    for row in json.loads((tmp_path / "comparison.json").read_text()):
+        assert math.isfinite(row["val_dice"])
+
+
+def write_pair(root, stem, image, mask):
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    if image is not None:
+        if isinstance(image, np.ndarray) and image.dtype == np.float32:
+            np.save(root / "images" / f"{stem}.npy", image)
+        elif isinstance(image, bytes):
+            (root / "images" / f"{stem}.png").write_bytes(image)
+        else:
+            Image.fromarray(image).save(root / "images" / f"{stem}.png")
+    if mask is not None:
+        Image.fromarray(mask).save(root / "masks" / f"{stem}.png")
+
+
+def folder(tmp_path, bad=None):
+    """A small valid folder dataset, then one bad item of the given kind."""
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        write_pair(
+            root,
+            f"ok{i}",
+            rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+            (rng.random((32, 32)) > 0.5).astype(np.uint8),
+        )
+    img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    if bad == "no_mask":
+        write_pair(root, "lonely", img, None)
+    elif bad == "size":
+        write_pair(root, "mismatch", img, np.zeros((16, 32), np.uint8))
+    elif bad == "range":
+        write_pair(root, "range", img, np.full((32, 32), 7, np.uint8))
+    elif bad == "nan":
+        arr = rng.random((32, 32, 3)).astype(np.float32)
+        arr[3, 3, 0] = np.nan
+        write_pair(root, "nan", arr, np.zeros((32, 32), np.uint8))
+    elif bad == "corrupt":
+        write_pair(root, "corrupt", b"not a png at all", np.zeros((32, 32), np.uint8))
+    return root
+
+
+FOLDER = [
+    "data=folder",
+    "data.image_size=[32,32]",
+    "data.batch_size=2",
+    "trainer.epochs=1",
+    "trainer.steps_per_epoch=1",
+    "trainer.tensorboard=false",
+]
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["model=unte"], "unte"),
+        (["loss=wbce+dcie"], "dcie"),
+        (["strategy=mirorred"], "mirorred"),
+        (["data.weight_map=borders"], "borders"),
+        (["data=folder", "data.root=/nonexistent/segzoo-data"], "/nonexistent/segzoo-data"),
+        (["folder:no_mask"], "lonely"),
+        (["folder:size"], "mismatch"),
+        (["folder:range"], "range"),
+        (["folder:nan"], "nan"),
+        (["folder:corrupt"], "corrupt"),
+    ],
+)
+def test_bad_input_fails_early_and_leaves_earlier_outputs(args, needle, tmp_path):
+    if args[0].startswith("folder:"):
+        args = [*FOLDER, f"data.root={folder(tmp_path, args[0].split(':')[1])}"]
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    earlier = {"metrics.json": b'{"val_dice": 0.93}\n', "model.keras": b"earlier model bytes"}
+    for name, content in earlier.items():
+        (run_dir / name).write_bytes(content)
+    proc = train(args, run_dir, timeout=300)
+    assert proc.returncode != 0
+    # Hydra's composition errors list the choices over a few lines; ours are one "Error:" line.
+    assert needle in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) <= 1
+    assert "Traceback" not in proc.stderr
+    for name, content in earlier.items():
+        assert (run_dir / name).read_bytes() == content
+    assert not (run_dir / "train_log.csv").exists()
