@@ -4,9 +4,6 @@ Importing `zoo` registers every encoder and model (and their Keras serialization
 so `keras.saving.load_model("model.keras")` works after `import zoo` with no custom_objects.
 """
 
-# Auto-discovery: importing zoo.encoders / zoo.models runs every module's registration decorator.
-from zoo import encoders as encoders
-from zoo import models as models
 from zoo.registry import (
     create_encoder,
     create_model,
@@ -18,6 +15,13 @@ from zoo.registry import (
     register_model,
 )
 
+__version__ = "0.1.0"
+
+# Auto-discovery, after the registry functions exist: importing zoo.encoders / zoo.models runs
+# every module's registration decorator.
+from zoo import encoders as encoders  # noqa: E402
+from zoo import models as models  # noqa: E402
+
 __all__ = [
     "create_encoder",
     "create_model",
@@ -28,4 +32,3 @@ __all__ = [
     "register_encoder",
     "register_model",
 ]
-__version__ = "0.1.0"
