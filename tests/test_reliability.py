@@ -1,0 +1,275 @@
+"""Fault tolerance and safety (docs/reliability.md).
+
+Subprocess tests run `train.py` on a tiny U-Net and kill it at a chosen global step through the
+`ZOO_TEST_FAULT` hook (zoo/reliability.py); the resumed run must end with every variable (model,
+optimizer, metric accumulators) bitwise equal to an uninterrupted run. Fast in-process tests
+cover the backup files, the NaN guard's ordering and safe loading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from zoo import reliability
+from zoo.saving import UnsafeModelError, load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+# 4 steps per epoch, 2 epochs, ~200k parameters; deterministic=true is part of the promise.
+TINY = [
+    "data.image_size=[32,32]",
+    "data.train_size=16",
+    "data.val_size=8",
+    "data.batch_size=4",
+    "data.cache=false",
+    "model.encoder=resnet18",
+    "+model.encoder_kwargs.base_width=8",
+    "model.decoder_channels=[16,8,8,8,8]",
+    "trainer.epochs=2",
+    "trainer.tensorboard=false",
+    "trainer.num_overlays=0",
+    "trainer.verbose=0",
+    "deterministic=true",
+    "seed=3",
+]
+
+
+def train(run_dir: Path, *extra: str, fault: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != reliability.FAULT_ENV}
+    if fault:
+        env[reliability.FAULT_ENV] = fault
+    return subprocess.run(
+        [sys.executable, "train.py", *TINY, f"hydra.run.dir={run_dir}", *extra],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def final_state(run_dir: Path) -> dict[str, np.ndarray]:
+    """Every variable of the last backup (training model, optimizer, metrics) by name."""
+    backup = reliability.read_backup(reliability.list_backups(run_dir / "backup")[0])
+    return dict(zip(backup.meta["variables"], backup.arrays, strict=True)) | {
+        "__step__": np.array(backup.step)
+    }
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    sa, sb = final_state(a), final_state(b)
+    assert sa.keys() == sb.keys()
+    differ = [k for k in sa if not np.array_equal(sa[k], sb[k])]
+    assert not differ, f"{len(differ)} variables differ, e.g. {differ[:5]}"
+    wa = load_model(a / "model.keras").get_weights()
+    wb = load_model(b / "model.keras").get_weights()
+    assert all(np.array_equal(x, y) for x, y in zip(wa, wb, strict=True))
+    assert (a / "train_log.csv").read_text() == (b / "train_log.csv").read_text()
+    ha = json.loads((a / "metrics.json").read_text())["history"]
+    assert ha == json.loads((b / "metrics.json").read_text())["history"]
+
+
+def digests(run_dir: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.name != "train.log" and ".hydra" not in p.parts
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """One uninterrupted run, the ground truth of the resume tests."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    ok(train(run_dir))
+    return run_dir
+
+
+# --- Resume -----------------------------------------------------------------------------------
+
+
+def test_sigkill_mid_epoch_then_damaged_latest_backup_resumes_bitwise(reference, tmp_path):
+    # Backups after every step; SIGKILL after step 7 (mid epoch 2) leaves steps 6 and 7.
+    run_dir = tmp_path / "run"
+    proc = train(run_dir, "trainer.backup_every_steps=1", fault="KILL@7")
+    assert proc.returncode == -9
+    assert [p.name for p in reliability.list_backups(run_dir / "backup")] == [
+        "step-000000007.npz",
+        "step-000000006.npz",
+    ]
+    assert not (run_dir / "model.keras").exists()
+    # A half-written newest backup: the rerun must fall back to step 6 and say so.
+    latest = run_dir / "backup" / "step-000000007.npz"
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    proc = train(run_dir, "trainer.backup_every_steps=1")
+    ok(proc)
+    assert "step-000000007.npz is damaged" in proc.stderr
+    assert "Resuming from" in proc.stderr and "step-000000006.npz (step 6" in proc.stderr
+    assert_same_run(reference, run_dir)
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_backup_exits_130_and_resumes_bitwise(reference, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = train(run_dir, fault="INT@5")
+    assert proc.returncode == 130
+    assert "Interrupted at step 5; backup" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # Epoch-end backup at step 4 plus the interrupt's own backup at step 5.
+    names = [p.name for p in reliability.list_backups(run_dir / "backup")]
+    assert names == ["step-000000005.npz", "step-000000004.npz"]
+    ok(train(run_dir))
+    assert_same_run(reference, run_dir)
+
+
+@pytest.mark.slow
+def test_two_fresh_processes_with_seed_and_deterministic_are_identical(reference, tmp_path):
+    ok(train(tmp_path / "again"))
+    assert_same_run(reference, tmp_path / "again")
+
+
+def test_nan_stops_with_message_and_leaves_good_files_untouched(reference, tmp_path):
+    # Continue the finished reference run for a third epoch with an absurd learning rate.
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    before = digests(run_dir)
+    proc = train(run_dir, "trainer.epochs=3", "trainer.learning_rate=1e30")
+    assert proc.returncode != 0
+    assert "Training stopped at step" in proc.stderr and "nothing was saved" in proc.stderr
+    assert digests(run_dir) == before  # no new backup, checkpoint, model, metrics or log row
+    for path in reliability.list_backups(run_dir / "backup"):
+        assert reliability.all_finite(reliability.read_backup(path).arrays)
+    for path in (run_dir / "model.keras", run_dir / "checkpoints" / "best.keras"):
+        assert reliability.all_finite(load_model(path).get_weights())
+
+
+# --- Backup files (in-process) ----------------------------------------------------------------
+
+
+def variables(value: float = 1.0) -> list[keras.Variable]:
+    return [
+        keras.Variable(np.full((2, 3), value, np.float32), name="w"),
+        keras.Variable(np.array(7, np.int64), name="iterations"),
+    ]
+
+
+def test_backups_roundtrip_and_keep_the_newest_two(tmp_path):
+    for step in (3, 1, 2, 4):
+        reliability.write_backup(tmp_path, step, variables(step), {"history": {"loss": [0.5]}})
+    # Written out of order on purpose: "newest" means the highest step.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "step-000000003.npz",
+        "step-000000004.npz",
+    ]
+    backup = reliability.load_latest(tmp_path)
+    assert backup.step == 4 and backup.epochs_done == 1
+    assert np.array_equal(backup.arrays[0], np.full((2, 3), 4.0, np.float32))
+    assert backup.arrays[1] == 7
+
+
+def test_damaged_backups_fall_back_then_fail_clearly(tmp_path, caplog):
+    reliability.write_backup(tmp_path, 1, variables(1), {})
+    reliability.write_backup(tmp_path, 2, variables(2), {})
+    (tmp_path / "step-000000002.npz").write_bytes(b"PK\x03\x04 truncated")
+    assert reliability.load_latest(tmp_path).step == 1
+    assert "step-000000002.npz is damaged" in caplog.text
+    (tmp_path / "step-000000001.npz").write_bytes(b"")
+    with pytest.raises(reliability.BackupError, match="Every backup .* is damaged"):
+        reliability.load_latest(tmp_path)
+    assert reliability.load_latest(tmp_path / "missing") is None
+
+
+def test_failed_or_non_finite_write_keeps_the_good_backup(tmp_path, monkeypatch):
+    good = reliability.write_backup(tmp_path, 1, variables(1), {})
+    digest = good.read_bytes()
+    with pytest.raises(reliability.NonFiniteError, match="non-finite"):
+        reliability.write_backup(tmp_path, 2, variables(np.nan), {})
+
+    def crash(f, **arrays):  # dies half-way through writing
+        f.write(b"PK\x03\x04 partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(OSError, match="disk full"):
+        reliability.write_backup(tmp_path, 3, variables(3), {})
+    assert [p.name for p in tmp_path.iterdir()] == [good.name]  # no temp file left either
+    assert good.read_bytes() == digest
+
+
+def test_restore_refuses_a_backup_of_another_model(tmp_path):
+    reliability.write_backup(tmp_path, 1, variables(), {})
+    backup = reliability.load_latest(tmp_path)
+    with pytest.raises(reliability.BackupError, match="different model"):
+        reliability.restore_variables([keras.Variable(np.zeros((3, 3), np.float32))] * 2, backup)
+    with pytest.raises(reliability.BackupError, match="holds 2 variables"):
+        reliability.restore_variables(variables()[:1], backup)
+
+
+def test_fault_hook_spec_is_checked(monkeypatch):
+    monkeypatch.setenv(reliability.FAULT_ENV, "KILL@7")
+    assert reliability.fault_injector_from_env().at == 7
+    monkeypatch.setenv(reliability.FAULT_ENV, "BOOM")
+    with pytest.raises(ValueError, match="KILL@<step>"):
+        reliability.fault_injector_from_env()
+
+
+# --- NaN guard ordering (in-process) ----------------------------------------------------------
+
+
+class Recorder(keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        self.batches.append(batch)
+
+
+def test_guard_raises_before_later_callbacks_see_the_bad_batch():
+    x = np.ones((8, 2), np.float32)
+    x[5] = np.inf  # third batch of 2
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    recorder = Recorder()
+    with pytest.raises(reliability.NonFiniteError, match="step 3"):
+        model.fit(
+            x,
+            np.zeros((8, 1)),
+            batch_size=2,
+            shuffle=False,
+            verbose=0,
+            callbacks=[reliability.NonFiniteGuard(), recorder],
+        )
+    assert recorder.batches == [0, 1]
+
+
+# --- Safe loading -----------------------------------------------------------------------------
+
+
+def test_lambda_model_is_refused(tmp_path):
+    inputs = keras.Input((4,))
+    crafted = keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2)(inputs))
+    path = tmp_path / "crafted.keras"
+    crafted.save(path)
+    with pytest.raises(UnsafeModelError, match="Lambda layer"):
+        load_model(path)
+
+
+def test_h5_is_not_offered(tmp_path):
+    path = tmp_path / "model.h5"
+    path.write_bytes(b"\x89HDF\r\n")
+    with pytest.raises(ValueError, match="only .keras files"):
+        load_model(path)
