@@ -142,18 +142,30 @@ def list_backups(backup_dir: str | os.PathLike) -> list[Path]:
     return sorted((p for p in d.iterdir() if _NAME.match(p.name)), reverse=True)
 
 
+def read_value(variable: Any) -> np.ndarray:
+    """A variable's value as NumPy (also for distributed variables: Keras converts, TF reduces).
+
+    Under multi-worker strategies reading a sync-on-read variable is a collective, so every
+    worker must read the same variables in the same order.
+    """
+    return np.asarray(keras.ops.convert_to_numpy(variable))
+
+
 def write_backup(
     backup_dir: str | os.PathLike, step: int, variables: list[Any], meta: dict[str, Any]
 ) -> Path:
     """Write one backup atomically (temp file, fsync, rename) and keep only the newest `KEEP`.
 
+    `variables` may be Keras variables or their NumPy values.
+
     Raises:
         NonFiniteError: a variable holds NaN/Inf; nothing is written.
     """
-    arrays = [np.asarray(keras.ops.convert_to_numpy(v)) for v in variables]
+    names = [getattr(v, "path", f"v{i}") for i, v in enumerate(variables)]
+    arrays = [v if isinstance(v, np.ndarray) else read_value(v) for v in variables]
     if not all_finite(arrays):
         raise NonFiniteError(f"Refusing to write a backup at step {step}: non-finite variables")
-    meta = {**meta, "step": int(step), "variables": [v.path for v in variables]}
+    meta = {"variables": names, **meta, "step": int(step)}
     payload = {f"v{i:05d}": a for i, a in enumerate(arrays)}
     payload["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     d = Path(backup_dir)
@@ -296,7 +308,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
         return bool(self._check())
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        step = int(self.model.optimizer.iterations)
+        step = int(read_value(self.model.optimizer.iterations))
         loss = (logs or {}).get("loss")
         if loss is not None and not np.all(np.isfinite(np.asarray(loss))):
             raise NonFiniteError(
@@ -362,7 +374,7 @@ class BackupCallback(keras.callbacks.Callback):
 
     @property
     def step(self) -> int:
-        return int(self.train_model.optimizer.iterations)
+        return int(read_value(self.train_model.optimizer.iterations))
 
     def _set_callback_state(self) -> None:
         for cb in self.stateful:
@@ -379,15 +391,17 @@ class BackupCallback(keras.callbacks.Callback):
         """Back up the current state now (also used after Ctrl-C)."""
         step = self.step
         self.last_step = step
+        arrays = [read_value(v) for v in self.variables]  # on every worker: may be collective
         if not self.write:
             return None
         meta = {
+            "variables": [v.path for v in self.variables],
             "history": self.history,
             "callbacks": self.callback_state,
             "stopped": self.stopped,
             "config": self.config,
         }
-        path = write_backup(self.backup_dir, step, self.variables, meta)
+        path = write_backup(self.backup_dir, step, arrays, meta)
         log.debug("Backup written: %s", path)
         return path
 
@@ -445,7 +459,7 @@ class FaultInjector(keras.callbacks.Callback):
         self.sig, self.at = sig, step
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if int(self.model.optimizer.iterations) == self.at:
+        if int(read_value(self.model.optimizer.iterations)) == self.at:
             os.kill(os.getpid(), self.sig)
 
 
