@@ -3,7 +3,7 @@
 `safe_mode=True` makes Keras refuse to deserialize Lambda layers (arbitrary Python bytecode);
 we turn that refusal into one clear message. Legacy `.h5` files are not offered: their loader
 has no safe mode. Keras is pinned (pyproject.toml) to releases with the known safe_mode bypasses
-fixed (CVE-2025-1550, CVE-2025-8747, CVE-2025-9905).
+fixed (CVE-2025-1550, CVE-2025-8747, CVE-2025-9905, CVE-2026-1462): keras>=3.14.
 """
 
 from __future__ import annotations
