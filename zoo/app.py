@@ -295,6 +295,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         outputs.save_model(export, out_dir / "model.keras")
         outputs.write_json(out_dir / "metrics.json", results)
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+        if distribute.is_chief(strategy):
+            # Training is over: one backup (a rerun re-exports from it) is enough on disk.
+            reliability.prune_backups(run_dir / reliability.BACKUP_DIR, keep=1)
         if has_val and t.num_overlays > 0 and distribute.is_chief(strategy):
             images, masks = bundle.val_images(t.num_overlays)
             logits = export.predict(images, verbose=0)

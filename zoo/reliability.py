@@ -181,9 +181,14 @@ def write_backup(
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    for old in list_backups(d)[KEEP:]:
-        old.unlink(missing_ok=True)
+    prune_backups(d, KEEP)
     return path
+
+
+def prune_backups(backup_dir: str | os.PathLike, keep: int = 1) -> None:
+    """Delete all but the newest `keep` backups (a finished run needs one to re-export)."""
+    for old in list_backups(backup_dir)[keep:]:
+        old.unlink(missing_ok=True)
 
 
 def read_backup(path: str | os.PathLike) -> Backup:
