@@ -1,0 +1,81 @@
+"""The benchmark scripts keep working: `bench/run.py all --smoke` writes complete JSON and the
+report turns it into the docs tables. No timing is asserted (CI machines vary)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def smoke_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "smoke.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "all", "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def _positive(x: object) -> bool:
+    return isinstance(x, (int, float)) and x > 0
+
+
+def test_machine_facts(smoke_result: dict) -> None:
+    m = smoke_result["machine"]
+    for key in ("cpu", "logical_cores", "tensorflow", "keras", "intra_op_threads"):
+        assert key in m
+    assert len(smoke_result["load_start"]) == 3 and len(smoke_result["load_end"]) == 3
+    assert smoke_result["settings"]["smoke"] is True
+
+
+def test_every_part_has_numbers(smoke_result: dict) -> None:
+    rows = smoke_result["throughput"]["rows"]
+    assert rows and all("error" not in r for r in rows)
+    assert all(_positive(r["train_img_s"]) and _positive(r["infer_img_s"]) for r in rows)
+
+    flops = smoke_result["flops"]
+    assert _positive(flops["peak"]["float32"]["flops_per_s"])
+    assert all(_positive(m["forward_gflop_per_img"]) for m in flops["models"])
+    assert all(_positive(e["train_pct_of_peak"]) for e in flops["efficiency"])
+
+    (ov,) = smoke_result["overhead"]["rows"]
+    assert _positive(ov["attach_step_s"]) and _positive(ov["plain_step_s"])
+
+    for case in smoke_result["pipeline"]["cases"]:
+        assert _positive(case["tf_data"]["img_s"]) and _positive(case["pydataset"]["img_s"])
+        assert _positive(case["tf_data_x_train"])
+
+    (mem,) = smoke_result["memory"]["rows"]
+    assert mem["peak_rss_mib"] >= mem["import_rss_mib"] > 0
+
+
+def test_report_fills_the_doc_markers(smoke_result: dict, tmp_path: Path) -> None:
+    result = tmp_path / "r.json"
+    result.write_text(json.dumps(smoke_result))
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "# T\n<!-- bench:tables:start -->\nOLD-TABLES\n<!-- bench:tables:end -->\ntail\n"
+    )
+    subprocess.run(
+        [sys.executable, str(SCRIPT), "report", str(result), "--doc", str(doc)],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
+    text = doc.read_text()
+    assert (
+        "OLD-TABLES" not in text and "| unet | float32 | off |" in text and text.endswith("tail\n")
+    )
