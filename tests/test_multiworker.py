@@ -220,12 +220,6 @@ def train_cmd(run_dir: Path, batch: int, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,  # XPASS fails: then drop this marker
-    reason="zoo/reliability.py under MultiWorkerMirroredStrategy: int(optimizer.iterations) "
-    "raises on a MirroredVariable, and only the chief reads the backup variables (a collective "
-    "for sync-on-read variables), so it hangs/aborts once the other worker has finished",
-)
 def test_train_py_multi_worker_matches_single_process(tmp_path):
     """train.py strategy=multi_worker with two processes vs the same global batch in one."""
     import keras
