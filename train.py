@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from zoo.config import register_configs  # noqa: E402
+from zoo.distribute import hydra_worker_overrides  # noqa: E402
 
 register_configs()
 
@@ -35,4 +36,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    # Multi-worker runs: only the chief writes Hydra's files and train.log into the run dir.
+    sys.argv.extend(hydra_worker_overrides())
     main()

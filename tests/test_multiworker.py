@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import zoo
-from zoo import multiworker
+from zoo import distribute, multiworker
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "_mw_worker.py"
@@ -249,3 +249,32 @@ def test_train_py_multi_worker_matches_single_process(tmp_path):
     m_mw = json.loads((tmp_path / "mw" / "metrics.json").read_text())
     m_ref = json.loads((tmp_path / "single" / "metrics.json").read_text())
     np.testing.assert_allclose(m_mw["history"]["loss"], m_ref["history"]["loss"], rtol=1e-3)
+
+
+def tf_config(cluster: dict, task_type: str, index: int) -> dict:
+    return {
+        "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": task_type, "index": index}})
+    }
+
+
+TWO = {"worker": ["a:1", "b:2"]}
+WITH_CHIEF = {"chief": ["c:0"], "worker": ["a:1"]}
+
+
+@pytest.mark.parametrize(
+    "env,non_chief",
+    [
+        ({}, False),
+        (tf_config(TWO, "worker", 0), False),
+        (tf_config(TWO, "worker", 1), True),
+        (tf_config(WITH_CHIEF, "chief", 0), False),
+        (tf_config(WITH_CHIEF, "worker", 0), True),
+        ({"SLURM_NTASKS": "4", "SLURM_PROCID": "0"}, False),
+        ({"SLURM_NTASKS": "4", "SLURM_PROCID": "3"}, True),
+    ],
+)
+def test_non_chief_workers_keep_hydra_files_out_of_the_run_dir(env, non_chief):
+    overrides = distribute.hydra_worker_overrides(env)
+    assert bool(overrides) is non_chief
+    if non_chief:
+        assert "hydra.output_subdir=null" in overrides

@@ -391,3 +391,26 @@ def shard(
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = auto_shard_policy(workers, num_files)
     return dataset.with_options(options)
+
+
+def hydra_worker_overrides(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Hydra overrides that keep a non-chief worker out of the shared run directory.
+
+    Hydra writes `.hydra/` and `train.log` into the run directory before our code runs, so
+    `train.py` adds these overrides on non-chief workers (known from `TF_CONFIG`, or
+    `SLURM_PROCID` > 0 in a multi-task SLURM step): no Hydra files, logs to the console only.
+    """
+    env = os.environ if environ is None else environ
+    overrides = ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+    if env.get("TF_CONFIG"):
+        try:
+            tf_config = json.loads(env["TF_CONFIG"])
+            task = tf_config.get("task", {})
+            cluster = tf_config.get("cluster", {})
+            chief = chief_task(task.get("type"), int(task.get("index", 0)), cluster)
+        except (ValueError, TypeError, AttributeError):
+            return []  # build_strategy reports a malformed TF_CONFIG clearly
+        return [] if chief else overrides
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and int(env.get("SLURM_PROCID", "0") or 0) > 0:
+        return overrides
+    return []
