@@ -1,5 +1,7 @@
 """Loss specs and the composition wrapper `losses.attach`."""
 
+import inspect
+
 import keras
 import numpy as np
 import pytest
@@ -333,7 +335,10 @@ def test_attach_trains_every_registered_model(name):
     info = zoo.model_info(name)
     size = max(32, info.divisor)
     keras.utils.set_random_seed(0)
-    model = zoo.create_model(name, num_classes=1, input_shape=(size, size, 3), **info.tiny_config)
+    kwargs = dict(info.tiny_config)
+    if "dropout" in inspect.signature(info.obj).parameters:
+        kwargs["dropout"] = 0.0  # random masks make a 4-step loss curve noisy
+    model = zoo.create_model(name, num_classes=1, input_shape=(size, size, 3), **kwargs)
     train = losses.attach(model, "wbce+dice")
     train.compile(optimizer=keras.optimizers.Adam(3e-3))
     data = batch(n=2, size=size, seed=4)
