@@ -483,7 +483,7 @@ def run_overhead(s: Settings) -> dict[str, Any]:
 
     name = "unet"
     rows = []
-    rounds = max(s.steps, 2) if s.smoke else max(3 * s.steps, 16)
+    rounds = max(s.steps, 2) if s.smoke else max(2 * s.steps, 12)
     for xla in s.xla:
         data = synthetic_batch(s.batch, s.size, s.classes)
         _, attached = attached_train_model(name, s, "float32", xla)

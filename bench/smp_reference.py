@@ -1,0 +1,120 @@
+"""The PyTorch reference: segmentation_models_pytorch Unet("resnet34") on CPU, same setting as
+`bench/run.py throughput` (256x256, batch 8, 1 class, BCE + Dice, AdamW).
+
+Runs only where `torch` and `segmentation_models_pytorch` are installed; neither is a project
+dependency. Use a separate virtual environment:
+
+    python -m venv /tmp/smp && /tmp/smp/bin/pip install torch segmentation-models-pytorch
+    /tmp/smp/bin/python bench/smp_reference.py --out bench/results/smp_reference.json
+
+Float32 runs in channels-last memory format (faster on CPU); bfloat16 uses
+`torch.autocast("cpu", dtype=torch.bfloat16)`. Medians of `--steps` steps after warm-up,
+the two precisions interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--out")
+    args = p.parse_args()
+    try:
+        import segmentation_models_pytorch as smp
+        import torch
+    except ImportError as e:
+        print(f"skipped: {e} (install torch and segmentation-models-pytorch to run this)")
+        return 0
+    import numpy as np
+
+    torch.manual_seed(0)
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    x = torch.rand(args.batch, 3, args.size, args.size).contiguous(
+        memory_format=torch.channels_last
+    )
+    y = (torch.rand(args.batch, 1, args.size, args.size) > 0.5).float()
+    dice = smp.losses.DiceLoss("binary", from_logits=True)
+    bce = torch.nn.BCEWithLogitsLoss()
+
+    def make(dtype: Any) -> dict[str, Any]:
+        model = smp.Unet("resnet34", encoder_weights=None, classes=1)
+        model = model.to(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        autocast = dtype is not None
+
+        def train() -> None:
+            model.train()
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                logits = model(x)
+            logits = logits.float()
+            loss = bce(logits, y) + dice(logits, y)
+            loss.backward()
+            opt.step()
+
+        @torch.inference_mode()
+        def infer() -> None:
+            model.eval()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                model(x)
+
+        return {"train": train, "infer": infer}
+
+    variants = {"float32": make(None), "bfloat16_autocast": make(torch.bfloat16)}
+    times: dict[str, dict[str, list[float]]] = {v: {"train": [], "infer": []} for v in variants}
+    names = list(variants)
+    for kind in ("train", "infer"):
+        for r in range(args.warmup + args.steps):
+            for v in names if r % 2 == 0 else names[::-1]:
+                t0 = time.perf_counter()
+                variants[v][kind]()
+                if r >= args.warmup:
+                    times[v][kind].append(time.perf_counter() - t0)
+    rows = []
+    for v in names:
+        row = {
+            "precision": v,
+            "train_img_s": args.batch / float(np.median(times[v]["train"])),
+            "infer_img_s": args.batch / float(np.median(times[v]["infer"])),
+            "train_times_s": [round(t, 4) for t in times[v]["train"]],
+            "infer_times_s": [round(t, 4) for t in times[v]["infer"]],
+        }
+        rows.append(row)
+        print(
+            f"smp Unet(resnet34) {v:<18} train {row['train_img_s']:6.2f} img/s   "
+            f"infer {row['infer_img_s']:6.2f} img/s"
+        )
+    result = {
+        "torch": torch.__version__,
+        "segmentation_models_pytorch": smp.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "size": args.size,
+        "batch": args.batch,
+        "steps": args.steps,
+        "load_start": load_start,
+        "load_end": [round(x, 2) for x in os.getloadavg()],
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "rows": rows,
+    }
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

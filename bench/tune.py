@@ -1,0 +1,237 @@
+"""Interleaved A/B of process-level speed settings for U-Net (ResNet-34) training on CPU.
+
+Thread pools and oneDNN options are fixed when TensorFlow starts, so each variant runs in its
+own child process. The children build and warm up their model, then wait; the parent tells
+them to take one step in turn (A B B A ...), so only one computes at a time and a change of
+load on the machine hits every variant alike. Reported: median step time and the paired ratio
+to the first variant.
+
+    python bench/tune.py --variants default inter1 fused_bn --rounds 6
+    python bench/tune.py --variants default onednn_off --precision mixed_bfloat16
+
+Variants (`--list` prints them): thread settings, oneDNN switches, XLA, steps_per_execution,
+and `fused_bn`, a BatchNormalization that trains with TF's fused kernel (a proposal for
+`zoo.layers.batch_norm`, patched in here only to measure it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "inter1": {"inter": 1, "intra": 0, "doc": "inter_op_parallelism_threads=1"},
+    "intra1": {"intra": 1, "inter": 2, "doc": "one thread per op, two ops at once"},
+    "onednn_off": {"env": {"TF_ENABLE_ONEDNN_OPTS": "0"}, "doc": "Eigen kernels, no oneDNN"},
+    "fpmath_bf16": {
+        "env": {"ONEDNN_DEFAULT_FPMATH_MODE": "BF16"},
+        "doc": "oneDNN may compute float32 convs/matmuls in bfloat16 (lower precision)",
+    },
+    "xla": {"xla": True, "doc": "compile(jit_compile=True)"},
+    "spe4": {"spe": 4, "doc": "steps_per_execution=4"},
+    "fused_bn": {"fused_bn": True, "doc": "BatchNormalization on FusedBatchNormV3"},
+    "unsync_bn": {"unsync_bn": True, "doc": "BatchNormalization(synchronized=False)"},
+}
+
+
+def _patch_batch_norm(kind: str) -> None:
+    """Swap the zoo's `batch_norm` factory (in every module that imported it)."""
+    import keras
+    import tensorflow as tf
+
+    import zoo.encoders.resnet as resnet
+    import zoo.layers.blocks as blocks
+
+    class FusedBatchNormalization(keras.layers.BatchNormalization):
+        """Training-mode BN on TF's fused kernel (one op forward, one backward)."""
+
+        def call(self, inputs: Any, training: Any = None, mask: Any = None) -> Any:
+            if not (training and self.trainable) or mask is not None or self.axis != [3]:
+                return super().call(inputs, training=training, mask=mask)
+            x = inputs if inputs.dtype != tf.float16 else tf.cast(inputs, tf.float32)
+            y, mean, var, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+                x=x,
+                scale=self.gamma,
+                offset=self.beta,
+                mean=self.moving_mean,
+                variance=self.moving_variance,
+                epsilon=self.epsilon,
+                exponential_avg_factor=1.0 - self.momentum,
+                data_format="NHWC",
+                is_training=True,
+            )
+            # The kernel returns the updated moving statistics (Bessel-corrected variance).
+            self.moving_mean.assign(mean)
+            self.moving_variance.assign(var)
+            return tf.cast(y, self.compute_dtype)
+
+    def factory(name: str) -> keras.layers.BatchNormalization:
+        if kind == "fused":
+            return FusedBatchNormalization(
+                momentum=blocks.BN_MOMENTUM, epsilon=blocks.BN_EPSILON, axis=-1, name=name
+            )
+        return keras.layers.BatchNormalization(
+            momentum=blocks.BN_MOMENTUM, epsilon=blocks.BN_EPSILON, name=name
+        )
+
+    blocks.batch_norm = factory
+    resnet.batch_norm = factory
+
+
+def child(variant: str, precision: str, size: int, batch: int) -> None:
+    """Build, warm up, then run one step per stdin line ("train" / "infer"); print seconds."""
+    v = VARIANTS[variant]
+    import numpy as np
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    if v.get("intra"):
+        tf.config.threading.set_intra_op_parallelism_threads(v["intra"])
+    if v.get("inter"):
+        tf.config.threading.set_inter_op_parallelism_threads(v["inter"])
+    import keras
+
+    import losses
+    import zoo
+
+    if v.get("fused_bn"):
+        _patch_batch_norm("fused")
+    if v.get("unsync_bn"):
+        _patch_batch_norm("unsync")
+    keras.mixed_precision.set_dtype_policy(precision)
+    keras.utils.set_random_seed(0)
+    model = zoo.create_model("unet", num_classes=1, input_shape=(size, size, 3))
+    train_model = losses.attach(model, "wbce+dice")
+    keras.mixed_precision.set_dtype_policy("float32")
+    spe = int(v.get("spe", 1))
+    train_model.compile(
+        optimizer=keras.optimizers.AdamW(1e-4),
+        jit_compile=bool(v.get("xla")),
+        steps_per_execution=spe,
+    )
+    rng = np.random.default_rng(0)
+    data = {
+        "image": rng.random((batch, size, size, 3), dtype=np.float32),
+        "mask": (rng.random((batch, size, size, 1)) > 0.5).astype(np.int32),
+        "weight": np.ones((batch, size, size, 1), np.float32),
+    }
+    ds = tf.data.Dataset.from_tensors(data).repeat()
+    train_model.fit(ds, steps_per_epoch=2 * spe, epochs=1, verbose=0)
+    fn, it = train_model.train_function, iter(ds)
+    infer = tf.function(lambda x: model(x, training=False), jit_compile=bool(v.get("xla")))
+    x = tf.constant(data["image"])
+    infer(x).numpy()
+    print("READY", flush=True)
+    for line in sys.stdin:
+        t0 = time.perf_counter()
+        if line.strip() == "train":
+            float(fn(it)["loss"])
+            dt = (time.perf_counter() - t0) / spe
+        else:
+            infer(x).numpy()
+            dt = time.perf_counter() - t0
+        print(f"{dt:.6f}", flush=True)
+
+
+def _spawn(variant: str, args: argparse.Namespace) -> subprocess.Popen:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **VARIANTS[variant].get("env", {})}
+    cmd = [sys.executable, __file__, "--child", variant, "--precision", args.precision]
+    cmd += ["--size", str(args.size), "--batch", str(args.batch)]
+    return subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, bufsize=1
+    )
+
+
+def _wait_ready(proc: subprocess.Popen, variant: str) -> None:
+    for line in proc.stdout:
+        if line.startswith("READY"):
+            return
+    raise RuntimeError(f"variant {variant} exited before it was ready (rc {proc.wait()})")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variants", nargs="+", default=["default", "inter1"])
+    p.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16"))
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--out", help="JSON file to append this comparison to")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.list:
+        for k, v in VARIANTS.items():
+            print(f"{k:<12} {v.get('doc', 'TensorFlow defaults')}")
+        return 0
+    if args.child:
+        child(args.child, args.precision, args.size, args.batch)
+        return 0
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choices: {list(VARIANTS)}")
+
+    import numpy as np
+
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    procs = {}
+    for v in args.variants:  # build one at a time: building is not what we time
+        procs[v] = _spawn(v, args)
+        _wait_ready(procs[v], v)
+    times: dict[str, dict[str, list[float]]] = {v: {"train": [], "infer": []} for v in procs}
+    names = list(procs)
+    for kind in ("train", "infer"):
+        for r in range(args.warmup + args.rounds):
+            for v in names if r % 2 == 0 else names[::-1]:
+                procs[v].stdin.write(kind + "\n")
+                dt = float(procs[v].stdout.readline())
+                if r >= args.warmup:
+                    times[v][kind].append(dt)
+    for proc in procs.values():
+        proc.stdin.close()
+        proc.wait()
+    base = names[0]
+    rows = []
+    for v in names:
+        row = {"variant": v, "doc": VARIANTS[v].get("doc", "TensorFlow defaults")}
+        for kind in ("train", "infer"):
+            t = np.asarray(times[v][kind])
+            ratio = float(np.median(np.asarray(times[base][kind]) / t))
+            row[f"{kind}_img_s"] = float(args.batch / np.median(t))
+            row[f"{kind}_speedup_vs_{base}"] = ratio
+            row[f"{kind}_times_s"] = [round(float(x), 4) for x in t]
+        rows.append(row)
+        tx, ix = row[f"train_speedup_vs_{base}"], row[f"infer_speedup_vs_{base}"]
+        print(
+            f"{v:<12} train {row['train_img_s']:6.2f} img/s (x{tx:.3f})   "
+            f"infer {row['infer_img_s']:6.2f} img/s (x{ix:.3f})   {row['doc']}"
+        )
+    result = {
+        "precision": args.precision,
+        "size": args.size,
+        "batch": args.batch,
+        "rounds": args.rounds,
+        "load_start": load_start,
+        "load_end": [round(x, 2) for x in os.getloadavg()],
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "rows": rows,
+    }
+    print(f"load start {result['load_start']} end {result['load_end']}")
+    if args.out:
+        out = Path(args.out)
+        previous = json.loads(out.read_text()) if out.exists() else []
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps([*previous, result], indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
