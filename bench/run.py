@@ -941,7 +941,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"== {cmd} (load {load_average()})", flush=True)
         t_part = time.perf_counter()
         if cmd == "throughput":
-            result["throughput"] = run_throughput(s)
+            # Rows of other models/variants from an earlier run of the same file are kept.
+            new = run_throughput(s)
+            keys = {(r["model"], r["precision"], r["xla"]) for r in new["rows"]}
+            kept = [
+                r
+                for r in result.get("throughput", {}).get("rows", [])
+                if (r["model"], r["precision"], r["xla"]) not in keys
+            ]
+            rows = sorted(kept + new["rows"], key=lambda r: (r["model"], r["precision"], r["xla"]))
+            result["throughput"] = {"rows": rows}
         elif cmd == "flops":
             result["flops"] = run_flops(s, result.get("throughput"))
         elif cmd == "overhead":
