@@ -17,14 +17,44 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
 
     Keras' synchronized moments build a full-size tensor of ones and all-reduce three sums
     even without a distribution strategy; on a CPU that costs about a quarter of a U-Net
-    training step. With more than one replica in sync this layer does exactly what Keras
-    does (global-batch statistics); with one, it uses the plain moments.
+    training step. With more than one replica in sync this layer computes Keras'
+    global-batch statistics, but in two passes like the plain moments (`_global_moments`);
+    with one, it uses the plain moments.
     """
 
     def _moments(self, inputs, mask):
-        if self.synchronized and mask is None and _replicas_in_sync() == 1:
+        if not self.synchronized or mask is not None:
+            return super()._moments(inputs, mask)
+        if _replicas_in_sync() <= 1:  # one replica, or cross-replica context: local moments
             return ops.moments(inputs, axes=self._reduction_axes)
-        return super()._moments(inputs, mask)
+        return _global_moments(inputs, self._reduction_axes)
+
+
+def _global_moments(x, axes):
+    """Mean and variance over the global batch, computed like `ops.moments` (two passes).
+
+    Keras' synchronized moments take ``E[x^2] - E[x]^2`` in float32 while one device uses
+    `tf.nn.moments` (mean of squared deviations): where a channel's variance is small next to
+    its squared mean (e.g. 1x1 maps of a small batch) the subtraction cancels most digits,
+    so N replicas and one device normalized differently (mean 20, std 0.1: outputs 1% apart,
+    see tests/test_distribute.py). Squaring deviations from the global mean, like one device
+    does, keeps the replicas within float32 rounding of it.
+    """
+    import tensorflow as tf  # the zoo runs on the TensorFlow backend
+
+    ctx = tf.distribute.get_replica_context()
+    dtype = x.dtype
+    if dtype in (tf.float16, tf.bfloat16):  # statistics in float32, as ops.moments does
+        x = tf.cast(x, tf.float32)
+    count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), x.dtype)
+    total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(x, axis=axes, keepdims=True))
+    count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
+    mean = tf.math.divide_no_nan(total, count)
+    # As in tf.nn.moments: the variance's gradient through the mean is zero in exact math.
+    squares = tf.reduce_sum(tf.square(x - tf.stop_gradient(mean)), axis=axes, keepdims=True)
+    variance = tf.math.divide_no_nan(ctx.all_reduce(tf.distribute.ReduceOp.SUM, squares), count)
+    mean, variance = tf.squeeze(mean, axes), tf.squeeze(variance, axes)
+    return tf.cast(mean, dtype), tf.cast(variance, dtype)
 
 
 def _replicas_in_sync() -> int:
