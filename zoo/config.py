@@ -30,7 +30,7 @@ class ConfigError(ValueError):
 class TrainerConfig:
     """`trainer` group: optimization, precision, callbacks and outputs."""
 
-    epochs: int = 5
+    epochs: int = 4
     steps_per_epoch: int | None = None  # None: one pass over the training set
     validation_steps: int | None = None  # None: the whole validation set
     optimizer: str = "adamw"
