@@ -27,13 +27,18 @@ from zoo.layers import CheckDivisible, CropToReference, PadToMultiple
 ACTIVATIONS = (None, "sigmoid", "softmax")
 
 
-def check_num_classes(num_classes: Any) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+def check_positive_int(name: str, value: Any, hint: str = "") -> int:
+    """`value` if it is a positive int (not a bool), else a ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(
-            "Invalid value for argument `num_classes`: expected a positive integer "
-            f"(1 for binary segmentation). Received: num_classes={num_classes!r}"
+            f"Invalid value for argument `{name}`: expected a positive integer{hint}. "
+            f"Received: {name}={value!r}"
         )
-    return num_classes
+    return value
+
+
+def check_num_classes(num_classes: Any) -> int:
+    return check_positive_int("num_classes", num_classes, " (1 for binary segmentation)")
 
 
 def check_input_shape(input_shape: Any) -> tuple[int | None, int | None, int]:

@@ -13,6 +13,7 @@ from zoo.models.base import (
     SegmentationModel,
     check_activation,
     check_num_classes,
+    check_positive_int,
     encoder_features,
     model_input,
     model_output,
@@ -22,14 +23,6 @@ from zoo.models.base import (
 OUTPUT_STRIDES = (8, 16)
 # Atrous rates at output stride 16; doubled at 8 (same receptive field in pixels).
 RATES_AT_16 = (6, 12, 18)
-
-
-def _check_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"Invalid value for argument `{name}`: expected a positive integer. "
-            f"Received: {name}={value!r}"
-        )
 
 
 @zoo.register_model(
@@ -104,7 +97,7 @@ class DeepLabLite(SegmentationModel):
                 f"Received: output_stride={output_stride!r}"
             )
         for arg in ("aspp_channels", "low_level_channels", "decoder_channels"):
-            _check_int(arg, locals()[arg])
+            check_positive_int(arg, locals()[arg])
         if (
             isinstance(dropout, bool)
             or not isinstance(dropout, (int, float))

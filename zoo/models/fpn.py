@@ -13,6 +13,7 @@ from zoo.models.base import (
     SegmentationModel,
     check_activation,
     check_num_classes,
+    check_positive_int,
     encoder_features,
     model_input,
     model_output,
@@ -21,14 +22,6 @@ from zoo.models.base import (
 
 MERGES = ("add", "concat")
 LEVELS = (4, 8, 16, 32)
-
-
-def _check_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"Invalid value for argument `{name}`: expected a positive integer. "
-            f"Received: {name}={value!r}"
-        )
 
 
 @zoo.register_model(
@@ -93,8 +86,8 @@ class FPN(SegmentationModel):
     ):
         check_num_classes(num_classes)
         check_activation(activation)
-        _check_int("pyramid_channels", pyramid_channels)
-        _check_int("segmentation_channels", segmentation_channels)
+        check_positive_int("pyramid_channels", pyramid_channels)
+        check_positive_int("segmentation_channels", segmentation_channels)
         if merge not in MERGES:
             raise ValueError(
                 f"Invalid value for argument `merge`: expected one of {MERGES}. "
