@@ -19,3 +19,21 @@ if _cpus:
         )
     except RuntimeError:  # devices already initialized by an earlier import
         pass
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mirrored_strategy():
+    """The one MirroredStrategy over the two logical CPUs, shared by every test.
+
+    Several MirroredStrategy objects in one process reuse collective instance keys, and a later
+    one's synchronized-BN all-reduce then collides with an earlier one's ("Shape mismatch in the
+    collective instance"), so tests must not create their own.
+    """
+    from zoo import distribute
+
+    if len(tf.config.list_logical_devices("CPU")) < 2:
+        pytest.skip("needs the two logical CPUs configured above")
+    return distribute.build_strategy({"name": "mirrored", "devices": ["/cpu:0", "/cpu:1"]})

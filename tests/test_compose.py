@@ -242,15 +242,8 @@ def test_save_and_load_without_custom_objects(tmp_path):
 # --------------------------------------------------------------------------- distribution
 
 
-def _two_cpus():
-    devices = tf.config.list_logical_devices("CPU")
-    if len(devices) < 2:
-        pytest.skip("needs the two logical CPUs of tests/conftest.py")
-    return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
-
-
-def test_mirrored_strategy_matches_single_device():
-    strategy = _two_cpus()
+def test_mirrored_strategy_matches_single_device(mirrored_strategy):
+    strategy = mirrored_strategy
     spec = "0.5*wbce+dice+0.5*jaccard"
     options = {"dice": {"reduction": "image"}}
     data = batch(ignore=255, seed=1)
@@ -277,8 +270,8 @@ def test_mirrored_strategy_matches_single_device():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_mirrored_strategy_keras_loss_path():
-    strategy = _two_cpus()
+def test_mirrored_strategy_keras_loss_path(mirrored_strategy):
+    strategy = mirrored_strategy
     data = batch(ignore=255, seed=2)
     data["mask"][:2, :, :12] = 255
     single = tiny_model()
@@ -292,8 +285,8 @@ def test_mirrored_strategy_keras_loss_path():
     assert mirrored.evaluate(*args, **kw) == pytest.approx(single.evaluate(*args, **kw), rel=1e-5)
 
 
-def test_mirrored_strategy_standalone_layer_is_replica_local_and_not_duplicated():
-    strategy = _two_cpus()
+def test_mirrored_strategy_standalone_layer_is_replica_local_and_not_duplicated(mirrored_strategy):
+    strategy = mirrored_strategy
     data = batch(seed=3)
     single = tiny_model()
 

@@ -189,11 +189,11 @@ def train(name: str, strategy: tf.distribute.Strategy, init: list[np.ndarray] | 
     return start, history.history, model.get_weights()
 
 
-@pytest.fixture(scope="module")
-def mirrored():
-    # One MirroredStrategy per process: a second one in the same process made unet's
-    # synchronized-BN collectives collide ("Shape mismatch in the collective instance").
-    return distribute.build_strategy({"name": "mirrored", "devices": ["/cpu:0", "/cpu:1"]})
+@pytest.fixture
+def mirrored(mirrored_strategy):
+    # The session's one MirroredStrategy (tests/conftest.py): a second one in the same process
+    # makes synchronized-BN collectives collide ("Shape mismatch in the collective instance").
+    return mirrored_strategy
 
 
 def _sync_bn_step(strategy, x, upstream):

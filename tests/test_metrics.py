@@ -64,8 +64,8 @@ def test_reset_and_empty_binary():
     assert float(np.sum(metric.counts.numpy())) == 0.0
 
 
-def test_exact_across_replicas():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_exact_across_replicas(mirrored_strategy):
+    strategy = mirrored_strategy
     rng = np.random.default_rng(0)
     masks = rng.integers(0, 3, size=(4, 5, 5, 1)).astype(np.int32)
     logits = rng.normal(size=(4, 5, 5, 3)).astype(np.float32)

@@ -292,20 +292,17 @@ def test_docs_model_table_matches_registry():
         assert math.log2(info.divisor).is_integer()
 
 
-def test_batch_norm_helper_gives_global_batch_statistics_across_replicas():
+def test_batch_norm_helper_gives_global_batch_statistics_across_replicas(mirrored_strategy):
     import tensorflow as tf
 
     from zoo.layers import batch_norm
 
-    devices = tf.config.list_logical_devices("CPU")
-    if len(devices) < 2:
-        pytest.skip("needs the two logical CPUs of conftest.py")
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(4, 3, 3, 2)) * [1.0, 5.0] + [0.0, 3.0]).astype(np.float32)
     # Independent NumPy reference: normalize with the statistics of the whole batch.
     mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
     expected = (x - mean) / np.sqrt(var + 1e-5)
-    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+    strategy = mirrored_strategy
     with strategy.scope():
         bn = batch_norm("bn")
         bn.build(x.shape)
