@@ -28,6 +28,16 @@ def _open(path: Path, what: str) -> Image.Image:
     return img
 
 
+def _load_npy(path: Path, what: str) -> np.ndarray:
+    """`np.load` with the same errors as `_open`: missing file, then unreadable file."""
+    if not path.exists():
+        raise FileNotFoundError(f"{what} file not found: '{path}'")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:  # numpy raises several types for broken files
+        raise UnreadableFileError(f"Cannot read {what} '{path}': {type(e).__name__}: {e}") from None
+
+
 def _to_rgb(arr: np.ndarray, path: Path) -> np.ndarray:
     if arr.ndim == 2:
         arr = arr[..., None]
@@ -49,14 +59,7 @@ def read_image_raw(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        if not path.exists():
-            raise FileNotFoundError(f"image file not found: '{path}'")
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except Exception as e:
-            raise UnreadableFileError(
-                f"Cannot read image '{path}': {type(e).__name__}: {e}"
-            ) from None
+        arr = _load_npy(path, "image")
         arr = _to_rgb(arr, path)
         if arr.dtype == np.uint8:
             return np.ascontiguousarray(arr)
@@ -119,14 +122,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        if not path.exists():
-            raise FileNotFoundError(f"mask file not found: '{path}'")
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except Exception as e:
-            raise UnreadableFileError(
-                f"Cannot read mask '{path}': {type(e).__name__}: {e}"
-            ) from None
+        arr = _load_npy(path, "mask")
         if arr.dtype.kind not in "iub":
             raise ValueError(f"Mask '{path}' has dtype {arr.dtype}; expected integers")
     else:
