@@ -6,12 +6,12 @@ them to take one step in turn (A B B A ...), so only one computes at a time and 
 load on the machine hits every variant alike. Reported: median step time and the paired ratio
 to the first variant.
 
-    python bench/tune.py --variants default inter1 fused_bn --rounds 6
+    python bench/tune.py --variants default inter1 keras_bn --rounds 6
     python bench/tune.py --variants default onednn_off --precision mixed_bfloat16
 
 Variants (`--list` prints them): thread settings, oneDNN switches, XLA, steps_per_execution,
-and `fused_bn`, a BatchNormalization that trains with TF's fused kernel (a proposal for
-`zoo.layers.batch_norm`, patched in here only to measure it).
+and `keras_bn`, the zoo's BatchNormalization forced onto Keras' element-wise path (what it
+ran before it used TF's fused kernel), patched in here only to measure the difference.
 """
 
 from __future__ import annotations
@@ -36,53 +36,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "xla": {"xla": True, "doc": "compile(jit_compile=True)"},
     "spe4": {"spe": 4, "doc": "steps_per_execution=4"},
-    "fused_bn": {"fused_bn": True, "doc": "BatchNormalization on FusedBatchNormV3"},
-    "unsync_bn": {"unsync_bn": True, "doc": "BatchNormalization(synchronized=False)"},
+    "keras_bn": {"keras_bn": True, "doc": "BatchNormalization on Keras' ops, not FusedBatchNormV3"},
 }
 
 
-def _patch_batch_norm(kind: str) -> None:
-    """Swap the zoo's `batch_norm` factory (in every module that imported it)."""
-    import keras
-    import tensorflow as tf
+def _use_keras_batch_norm() -> None:
+    """Send every zoo BatchNormalization down Keras' own (unfused) path."""
+    from zoo.layers.blocks import SyncBatchNormalization
 
-    import zoo.encoders.resnet as resnet
-    import zoo.layers.blocks as blocks
-
-    class FusedBatchNormalization(keras.layers.BatchNormalization):
-        """Training-mode BN on TF's fused kernel (one op forward, one backward)."""
-
-        def call(self, inputs: Any, training: Any = None, mask: Any = None) -> Any:
-            if not (training and self.trainable) or mask is not None or self.axis != [3]:
-                return super().call(inputs, training=training, mask=mask)
-            x = inputs if inputs.dtype != tf.float16 else tf.cast(inputs, tf.float32)
-            y, mean, var, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-                x=x,
-                scale=self.gamma,
-                offset=self.beta,
-                mean=self.moving_mean,
-                variance=self.moving_variance,
-                epsilon=self.epsilon,
-                exponential_avg_factor=1.0 - self.momentum,
-                data_format="NHWC",
-                is_training=True,
-            )
-            # The kernel returns the updated moving statistics (Bessel-corrected variance).
-            self.moving_mean.assign(mean)
-            self.moving_variance.assign(var)
-            return tf.cast(y, self.compute_dtype)
-
-    def factory(name: str) -> keras.layers.BatchNormalization:
-        if kind == "fused":
-            return FusedBatchNormalization(
-                momentum=blocks.BN_MOMENTUM, epsilon=blocks.BN_EPSILON, axis=-1, name=name
-            )
-        return keras.layers.BatchNormalization(
-            momentum=blocks.BN_MOMENTUM, epsilon=blocks.BN_EPSILON, name=name
-        )
-
-    blocks.batch_norm = factory
-    resnet.batch_norm = factory
+    SyncBatchNormalization._fusable = lambda self, inputs, mask: False
 
 
 def child(variant: str, precision: str, size: int, batch: int) -> None:
@@ -101,10 +63,8 @@ def child(variant: str, precision: str, size: int, batch: int) -> None:
     import losses
     import zoo
 
-    if v.get("fused_bn"):
-        _patch_batch_norm("fused")
-    if v.get("unsync_bn"):
-        _patch_batch_norm("unsync")
+    if v.get("keras_bn"):
+        _use_keras_batch_norm()
     keras.mixed_precision.set_dtype_policy(precision)
     keras.utils.set_random_seed(0)
     model = zoo.create_model("unet", num_classes=1, input_shape=(size, size, 3))

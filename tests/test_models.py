@@ -314,3 +314,59 @@ def test_batch_norm_helper_gives_global_batch_statistics_across_replicas(mirrore
     np.testing.assert_allclose(got, expected, atol=1e-4)
     # One replica, no strategy: the same numbers.
     np.testing.assert_allclose(np.asarray(batch_norm("bn1")(x, training=True)), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_batch_norm_fused_path_matches_keras_layer(policy):
+    # One replica: zoo's batch norm runs TF's FusedBatchNormV3 (the kernel returns an unbiased
+    # variance; Keras keeps the biased one). Reference: Keras' own BatchNormalization.
+    import keras
+    import tensorflow as tf
+
+    from zoo.layers import batch_norm
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(3.0, 2.0, (4, 5, 6, 8)).astype("float32"))
+    upstream = tf.constant(rng.normal(size=x.shape).astype("float32"))
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        ours = batch_norm("ours")
+        ref = keras.layers.BatchNormalization(momentum=ours.momentum, epsilon=ours.epsilon)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    for layer in (ours, ref):
+        layer.build(x.shape)
+    ours.gamma.assign(rng.uniform(0.5, 2.0, 8))
+    ours.beta.assign(rng.normal(size=8))
+    ref.set_weights(ours.get_weights())
+
+    def run(layer):
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x, training=True)
+                loss = tf.reduce_sum(tf.cast(y, "float32") * upstream)
+            return y, tape.gradient(loss, [x, layer.gamma, layer.beta])
+
+        y, grads = step(x)
+        graph = step.get_concrete_function(x).graph.as_graph_def()
+        fused = any(n.op.startswith("FusedBatchNorm") for n in graph.node)
+        stats = [np.asarray(v) for v in (layer.moving_mean, layer.moving_variance)]
+        return fused, [y, *grads, *stats, layer(x, training=False)]
+
+    fused, got = run(ours)
+    ref_fused, want = run(ref)
+    assert fused and not ref_fused
+    tol = 1e-5 if policy == "float32" else 2e-2
+    names = ["y", "dx", "dgamma", "dbeta", "moving_mean", "moving_variance", "y_inference"]
+    for name, a, b in zip(names, got, want):
+        a, b = (np.asarray(tf.cast(t, "float32")) for t in (a, b))
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=name)
+    if policy == "mixed_bfloat16":
+        assert got[0].dtype == tf.bfloat16
+    # Independent NumPy check of the moving statistics (momentum 0.9, biased variance).
+    xn = x.numpy()
+    m = 0.9
+    np.testing.assert_allclose(got[4], (1 - m) * xn.mean((0, 1, 2)), rtol=tol)
+    np.testing.assert_allclose(got[5], m + (1 - m) * xn.var((0, 1, 2)), rtol=tol)
