@@ -848,6 +848,43 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+# our precision -> (smp_reference.py's row, how the smp side ran)
+REFERENCE_PRECISION = {
+    "float32": ("float32", "float32, channels-last"),
+    "mixed_bfloat16": ("bfloat16_autocast", "bfloat16 autocast"),
+}
+
+
+def reference_markdown(result: dict[str, Any], ref: dict[str, Any]) -> str:
+    """Our U-Net rows next to `bench/smp_reference.py`'s, as ratios (ours / smp)."""
+    ours = {
+        r["precision"]: r
+        for r in result.get("throughput", {}).get("rows", [])
+        if r["model"] == "unet" and not r["xla"] and "error" not in r
+    }
+    theirs = {r["precision"]: r for r in ref.get("rows", [])}
+    out = [
+        f"Against segmentation_models_pytorch {ref.get('segmentation_models_pytorch')} "
+        f"(torch {ref.get('torch')}, {ref.get('threads')} threads) on this machine, "
+        f"`bench/smp_reference.py`, {ref.get('date')}, load {ref.get('load_start')} -> "
+        f"{ref.get('load_end')}; U-Net ResNet-34, {ref.get('size')}x{ref.get('size')}, "
+        f"batch {ref.get('batch')}:\n",
+        "| ours vs smp | train img/s | smp train | ratio | infer img/s | smp infer | "
+        "ratio |\n|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for precision, (theirs_name, how) in REFERENCE_PRECISION.items():
+        a, b = ours.get(precision), theirs.get(theirs_name)
+        if a is None or b is None:
+            continue
+        out.append(
+            f"| {precision} vs {how} | {a['train_img_s']:.2f} | {b['train_img_s']:.2f} | "
+            f"{a['train_img_s'] / b['train_img_s']:.2f}x | {a['infer_img_s']:.2f} | "
+            f"{b['infer_img_s']:.2f} | {a['infer_img_s'] / b['infer_img_s']:.2f}x |"
+        )
+    out.append("")
+    return "\n".join(out)
+
+
 def update_doc(doc: Path, tables: str) -> None:
     """Replace the text between the bench markers of `doc` with `tables`."""
     text = doc.read_text()
@@ -878,6 +915,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--inter-op-threads", type=int, default=0, help="0 = TF default")
     p.add_argument("--out", help="result JSON (merged into when it exists)")
     p.add_argument("--doc", help="report: markdown file whose bench markers get the tables")
+    p.add_argument("--reference", help="report: bench/smp_reference.py's JSON to compare with")
     return p
 
 
@@ -904,7 +942,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "report":
         if not args.result:
             raise SystemExit("report needs the result JSON path")
-        tables = markdown(json.loads(Path(args.result).read_text()))
+        result = json.loads(Path(args.result).read_text())
+        tables = markdown(result)
+        if args.reference:
+            tables += "\n" + reference_markdown(
+                result, json.loads(Path(args.reference).read_text())
+            )
         print(tables)
         if args.doc:
             update_doc(Path(args.doc), tables)

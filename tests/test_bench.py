@@ -79,3 +79,55 @@ def test_report_fills_the_doc_markers(smoke_result: dict, tmp_path: Path) -> Non
     assert (
         "OLD-TABLES" not in text and "| unet | float32 | off |" in text and text.endswith("tail\n")
     )
+
+
+def test_report_compares_with_the_reference(tmp_path: Path) -> None:
+    # Hand-made numbers: ours 4.0 / 20.0 img/s against smp's 2.0 / 25.0 gives 2.00x and 0.80x.
+    ours = {
+        "throughput": {
+            "rows": [
+                {
+                    "model": "unet",
+                    "precision": "float32",
+                    "xla": False,
+                    "train_img_s": 4.0,
+                    "infer_img_s": 20.0,
+                },
+                {
+                    "model": "fpn",
+                    "precision": "float32",
+                    "xla": False,
+                    "train_img_s": 9.0,
+                    "infer_img_s": 9.0,
+                },
+            ]
+        }
+    }
+    ref = {
+        "torch": "x",
+        "rows": [
+            {"precision": "float32", "train_img_s": 2.0, "infer_img_s": 25.0},
+            {"precision": "bfloat16_autocast", "train_img_s": 1.0, "infer_img_s": 1.0},
+        ],
+    }
+    (tmp_path / "r.json").write_text(json.dumps(ours))
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "report",
+            str(tmp_path / "r.json"),
+            "--reference",
+            str(tmp_path / "ref.json"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    ).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| float32 vs")]
+    assert rows == [
+        "| float32 vs float32, channels-last | 4.00 | 2.00 | 2.00x | 20.00 | 25.00 | 0.80x |"
+    ]
+    assert "mixed_bfloat16 vs" not in out  # no bfloat16 row of ours: no comparison row
