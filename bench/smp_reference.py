@@ -24,6 +24,19 @@ from pathlib import Path
 from typing import Any
 
 
+def matmul_peak(torch: Any, dtype: Any, n: int = 4096, reps: int = 5) -> float:
+    """Median FLOP/s of an n x n `torch.matmul` (the PyTorch side of bench/run.py's peak)."""
+    a = torch.rand(n, n).to(dtype)
+    b = torch.rand(n, n).to(dtype)
+    torch.matmul(a, b)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n**3 / sorted(times)[reps // 2]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=256)
@@ -97,6 +110,9 @@ def main() -> int:
             f"smp Unet(resnet34) {v:<18} train {row['train_img_s']:6.2f} img/s   "
             f"infer {row['infer_img_s']:6.2f} img/s"
         )
+    peak = {str(d).split(".")[-1]: matmul_peak(torch, d) for d in (torch.float32, torch.bfloat16)}
+    for dtype, flops in peak.items():
+        print(f"torch.matmul 4096x4096 {dtype:<10} {flops / 1e9:6.1f} GFLOP/s")
     result = {
         "torch": torch.__version__,
         "segmentation_models_pytorch": smp.__version__,
@@ -109,6 +125,7 @@ def main() -> int:
         "load_end": [round(x, 2) for x in os.getloadavg()],
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "rows": rows,
+        "matmul_peak_flops_per_s": peak,
     }
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 # every module's registration decorator.
 from zoo import encoders as encoders  # noqa: E402
 from zoo import models as models  # noqa: E402
+from zoo import optimizers as optimizers  # noqa: E402  (registers zoo>Adam, zoo>AdamW)
 
 __all__ = [
     "create_encoder",

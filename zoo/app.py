@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 import losses
 import zoo
 from zoo import config as zconfig
-from zoo import outputs, reliability
+from zoo import optimizers, outputs, reliability
 from zoo.metrics import ConfusionMatrix, MetricsLayer
 
 log = logging.getLogger("zoo")
@@ -67,11 +67,11 @@ def build_optimizer(cfg: DictConfig, total_steps: int) -> keras.optimizers.Optim
         )
     common = {"learning_rate": lr, "clipnorm": t.clipnorm}
     if t.optimizer == "adamw":
-        opt = keras.optimizers.AdamW(weight_decay=t.weight_decay, **common)
+        opt = optimizers.AdamW(weight_decay=t.weight_decay, **common)
         # Decay conv/dense kernels only: decaying BN scales and biases hurts and is unusual.
         opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     elif t.optimizer == "adam":
-        opt = keras.optimizers.Adam(**common)
+        opt = optimizers.Adam(**common)
     else:
         opt = keras.optimizers.SGD(momentum=t.momentum, nesterov=True, **common)
     return opt
