@@ -284,6 +284,9 @@ def infer_fn(model: Any, images: Any, xla: bool) -> Callable[[], Any]:
 # --------------------------------------------------------------------------- throughput
 
 
+INFER_STEPS_FACTOR = 3
+
+
 def run_throughput(s: Settings) -> dict[str, Any]:
     """Train and inference images/s of every model in each precision, XLA off and on."""
     import keras
@@ -303,7 +306,8 @@ def run_throughput(s: Settings) -> dict[str, Any]:
                 except Exception as e:  # noqa: BLE001 - one failing variant must not stop the run
                     errors[key] = _error_text(e)
         train_t = interleave(train_fns, s.steps, s.warmup)
-        infer_t = interleave(infer_fns, s.steps, s.warmup)
+        # An inference call is ~3x cheaper than a training step and noisier: 3x the samples.
+        infer_t = interleave(infer_fns, INFER_STEPS_FACTOR * s.steps, s.warmup)
         for precision in s.precisions:
             for xla in s.xla:
                 key = f"{precision}|{'xla' if xla else 'graph'}"
@@ -765,7 +769,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{m.get('intra_op_threads')}/{m.get('inter_op_threads')} (0 = default). "
         f"Input {st.get('input_size')}, batch {st.get('batch')}, {st.get('num_classes')} class, "
         f"loss `{st.get('loss')}`, {st.get('optimizer')}; medians of {st.get('timed_steps')} "
-        f"timed steps after {st.get('warmup_steps')} warm-up. Load average (1/5/15 min) at "
+        f"timed training steps (inference: x{INFER_STEPS_FACTOR}) "
+        f"after {st.get('warmup_steps')} warm-up. Load average (1/5/15 min) at "
         f"start {result.get('load_start')}, at end {result.get('load_end')}; "
         f"git {m.get('git_commit')}, {result.get('date')}.\n"
     )

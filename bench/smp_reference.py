@@ -90,7 +90,8 @@ def main() -> int:
     times: dict[str, dict[str, list[float]]] = {v: {"train": [], "infer": []} for v in variants}
     names = list(variants)
     for kind in ("train", "infer"):
-        for r in range(args.warmup + args.steps):
+        steps = args.steps * (3 if kind == "infer" else 1)  # as bench/run.py
+        for r in range(args.warmup + steps):
             for v in names if r % 2 == 0 else names[::-1]:
                 t0 = time.perf_counter()
                 variants[v][kind]()
