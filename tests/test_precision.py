@@ -68,6 +68,21 @@ def test_mixed_bfloat16_trains_and_exports_float32(name, policy, tmp_path):
     )
 
 
+@pytest.mark.slow  # XLA compiles the training step: ~10-30 s per model on 2 cores
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_mixed_bfloat16_trains_under_xla(name, policy):
+    # TF 2.21's XLA rejects a bfloat16 bilinear resize in training (its gradient comes back
+    # in float32: "mixed precision is disallowed"); the models resize in float32.
+    policy("mixed_bfloat16")
+    model = zoo.create_model(
+        name, num_classes=1, input_shape=(SIZE, SIZE, 3), **zoo.model_info(name).tiny_config
+    )
+    train_model = losses.attach(model, "wbce+dice")
+    train_model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
+    history = train_model.fit(batches(), epochs=1, verbose=0, shuffle=False)
+    assert np.all(np.isfinite(history.history["loss"])), history.history
+
+
 def test_policy_fixture_restores_float32(policy):
     # Runs after the mixed tests in file order: the fixture put float32 back.
     assert keras.config.dtype_policy().name == "float32"

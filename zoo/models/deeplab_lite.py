@@ -138,8 +138,12 @@ class DeepLabLite(SegmentationModel):
             y = keras.layers.Dropout(dropout, name="aspp_dropout")(y)
 
         # === Decoder ===
+        # float32: TF 2.21's XLA rejects a bfloat16 bilinear resize in training.
         y = keras.layers.UpSampling2D(
-            output_stride // 4, interpolation="bilinear", name="decoder_upsample"
+            output_stride // 4,
+            interpolation="bilinear",
+            name="decoder_upsample",
+            dtype="float32",
         )(y)
         low = conv_bn_act(features[4], low_level_channels, 1, "decoder_low_level")
         y = keras.layers.Concatenate(name="decoder_concat")([y, low])

@@ -130,8 +130,9 @@ class FPN(SegmentationModel):
                 name = f"decoder_p{stride}_stage{step + 1}"
                 y = conv_bn_act(y, segmentation_channels, 3, name)
                 if stride > 4:
+                    # float32: TF 2.21's XLA rejects a bfloat16 bilinear resize in training.
                     y = keras.layers.UpSampling2D(
-                        2, interpolation="bilinear", name=f"{name}_upsample"
+                        2, interpolation="bilinear", name=f"{name}_upsample", dtype="float32"
                     )(y)
             branches.append(y)
         if merge == "add":
