@@ -19,9 +19,9 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
       passes like the plain moments (`_global_moments`).
     * One replica, training, and every inference call on 4D channels-last inputs: TensorFlow's
       fused kernel (`FusedBatchNormV3`), one op forward and one backward instead of about ten
-      element-wise ones, and in inference a pattern Grappler folds into the preceding
-      convolution. Same statistics as Keras' layer: the moving variance stays the biased
-      batch variance (the kernel's n/(n-1) correction is undone).
+      element-wise ones (+8% float32, +22% mixed_bfloat16 U-Net training on a CPU, see
+      docs/benchmarks.md). Same statistics as Keras' layer: the moving variance stays the
+      biased batch variance (the kernel's n/(n-1) correction is undone).
     * Anything else (masks, renorm, other ranks or axes): Keras' own path. Keras'
       synchronized moments would otherwise build a full-size tensor of ones and all-reduce
       three sums even without a distribution strategy.
@@ -80,9 +80,7 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
         variance = variance * tf.math.divide_no_nan(n - 1.0, n)
         momentum = self.momentum
         self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
-        self.moving_variance.assign(
-            self.moving_variance * momentum + variance * (1.0 - momentum)
-        )
+        self.moving_variance.assign(self.moving_variance * momentum + variance * (1.0 - momentum))
         return tf.cast(y, self.compute_dtype)
 
     def _moments(self, inputs, mask):
