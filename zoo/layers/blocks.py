@@ -48,32 +48,23 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
     def _fused_call(self, inputs, training: bool):
         import tensorflow as tf  # only reached on the TensorFlow backend
 
-        gamma = tf.cast(self.gamma.value, tf.float32)
-        beta = tf.cast(self.beta.value, tf.float32)
-        if not training:
-            y = tf.raw_ops.FusedBatchNormV3(
-                x=inputs,
-                scale=gamma,
-                offset=beta,
-                mean=tf.cast(self.moving_mean.value, tf.float32),
-                variance=tf.cast(self.moving_variance.value, tf.float32),
-                epsilon=self.epsilon,
-                data_format="NHWC",
-                is_training=False,
-            )[0]
-            return tf.cast(y, self.compute_dtype)
-        empty = tf.constant([], tf.float32)
+        if training:  # batch statistics; the kernel ignores these inputs
+            mean = variance = tf.constant([], tf.float32)
+        else:
+            mean = tf.cast(self.moving_mean.value, tf.float32)
+            variance = tf.cast(self.moving_variance.value, tf.float32)
         y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
             x=inputs,
-            scale=gamma,
-            offset=beta,
-            mean=empty,
-            variance=empty,
+            scale=tf.cast(self.gamma.value, tf.float32),
+            offset=tf.cast(self.beta.value, tf.float32),
+            mean=mean,
+            variance=variance,
             epsilon=self.epsilon,
-            exponential_avg_factor=1.0,
             data_format="NHWC",
-            is_training=True,
+            is_training=training,
         )
+        if not training:
+            return tf.cast(y, self.compute_dtype)
         # The kernel normalizes by the biased variance but returns the unbiased one
         # (n / (n - 1)); Keras keeps the biased one in moving_variance.
         n = tf.cast(tf.reduce_prod(tf.shape(inputs)[:3]), tf.float32)
