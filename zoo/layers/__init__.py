@@ -8,6 +8,7 @@ from zoo.layers.blocks import (
     batch_norm,
     conv_bn_act,
     separable_conv_bn_act,
+    upsample_conv_bn_act,
 )
 from zoo.layers.spatial import (
     BroadcastSpatial,
@@ -16,6 +17,7 @@ from zoo.layers.spatial import (
     CropToReference,
     PadToMultiple,
 )
+from zoo.layers.upsample_concat_conv2d import UpsampleConcatConv2D
 
 __all__ = [
     "BroadcastSpatial",
@@ -23,7 +25,9 @@ __all__ = [
     "CheckDivisible",
     "CropToReference",
     "PadToMultiple",
+    "UpsampleConcatConv2D",
     "batch_norm",
     "conv_bn_act",
     "separable_conv_bn_act",
+    "upsample_conv_bn_act",
 ]

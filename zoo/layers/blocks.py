@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from zoo.layers.upsample_concat_conv2d import UpsampleConcatConv2D
+
 # PyTorch defaults (momentum 0.1 in its convention = 0.9 here, eps 1e-5): short trainings
 # get usable moving statistics, and ported recipes behave the same.
 BN_MOMENTUM = 0.9
@@ -154,6 +156,15 @@ def conv_bn_act(
     if activation is not None:
         x = keras.layers.Activation(activation, name=f"{name}_{activation}")(x)
     return x
+
+
+def upsample_conv_bn_act(x, skips: list, filters: int, name: str, activation: str = "relu"):
+    """Nearest 2x upsampling of `x`, concatenation with `skips`, then 3x3 conv -> `batch_norm`
+    -> activation, the first three as one `UpsampleConcatConv2D` (same function, 2.25x fewer
+    multiply-adds on the upsampled channels). Layers are named like `conv_bn_act`'s."""
+    x = UpsampleConcatConv2D(filters, name=f"{name}_conv")([x, *skips])
+    x = batch_norm(f"{name}_bn")(x)
+    return keras.layers.Activation(activation, name=f"{name}_{activation}")(x)
 
 
 def separable_conv_bn_act(

@@ -8,7 +8,7 @@ from typing import Any
 import keras
 
 import zoo
-from zoo.layers import conv_bn_act
+from zoo.layers import conv_bn_act, upsample_conv_bn_act
 from zoo.models.base import (
     SegmentationModel,
     check_activation,
@@ -41,7 +41,10 @@ class UNet(SegmentationModel):
     concatenates the encoder features of the new stride if the encoder has them (none at
     stride 1, none at stride 2 for encoders such as ConvNeXt), then applies two 3x3
     conv-BN-ReLU. A 3x3 conv head (with bias) gives the logits. Input sizes must be
-    multiples of ``2**d``.
+    multiples of ``2**d``. The upsampling, concatenation and first convolution of a block
+    are one `zoo.layers.UpsampleConcatConv2D`: the same function with 2.25x fewer
+    multiply-adds on the upsampled channels (U-Net ResNet-34: 13.95 instead of 15.63
+    forward GFLOP per 256x256 image).
 
     Args:
         num_classes: output channels (1 for binary segmentation).
@@ -92,10 +95,9 @@ class UNet(SegmentationModel):
         for i, filters in enumerate(channels):
             stride = divisor // 2 ** (i + 1)
             name = f"decoder_block{i + 1}"
-            x = keras.layers.UpSampling2D(2, name=f"{name}_upsample")(x)
-            if stride in features and stride > 1:
-                x = keras.layers.Concatenate(name=f"{name}_concat")([x, features[stride]])
-            x = conv_bn_act(x, filters, 3, f"{name}_conv1")
+            skips = [features[stride]] if stride in features and stride > 1 else []
+            # upsample + concatenate + conv1 as one layer: fewer FLOPs, no upsampled copy
+            x = upsample_conv_bn_act(x, skips, filters, f"{name}_conv1")
             x = conv_bn_act(x, filters, 3, f"{name}_conv2")
 
         # === Head ===

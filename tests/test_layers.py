@@ -1,0 +1,104 @@
+"""Zoo layers checked against the plain Keras layers they stand for."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def _layer_and_reference(num_skips: int, size: tuple[int, int], policy: str = "float32"):
+    """Our layer and Keras' UpSampling2D -> Concatenate -> Conv2D(3, same, no bias) with the
+    same kernel, plus random inputs."""
+    import keras
+    import tensorflow as tf
+
+    from zoo.layers import UpsampleConcatConv2D
+
+    rng = np.random.default_rng(num_skips)
+    h, w = size
+    x = tf.constant(rng.normal(size=(2, h, w, 5)), tf.float32)
+    skips = [
+        tf.constant(rng.normal(size=(2, 2 * h, 2 * w, 3 + i)), tf.float32) for i in range(num_skips)
+    ]
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        layer = UpsampleConcatConv2D(4)
+        conv = keras.layers.Conv2D(4, 3, padding="same", use_bias=False)
+        up, concat = keras.layers.UpSampling2D(2), keras.layers.Concatenate()
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    inputs = [x, *skips] if num_skips else x
+    layer.build([t.shape for t in inputs] if num_skips else x.shape)
+    conv.build((2, 2 * h, 2 * w, 5 + sum(3 + i for i in range(num_skips))))
+    conv.kernel.assign(layer.kernel.numpy() * 0 + rng.normal(size=layer.kernel.shape))
+    layer.kernel.assign(conv.kernel.numpy())
+
+    def reference(x, *skips):
+        u = up(x)
+        return conv(concat([u, *skips]) if skips else u)
+
+    return layer, conv, reference, x, skips
+
+
+def _value_and_grads(fn, args, variable, upstream):
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        tape.watch(args)
+        y = fn(*args)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * upstream)
+    return y, tape.gradient(loss, [*args, variable])
+
+
+@pytest.mark.parametrize("num_skips", [0, 1, 2])
+@pytest.mark.parametrize("size", [(4, 6), (5, 3)])
+def test_upsample_concat_conv_equals_upsample_concat_conv2d(num_skips, size):
+    # Forward, input gradients and kernel gradient against Keras' three layers.
+    import tensorflow as tf
+
+    layer, conv, reference, x, skips = _layer_and_reference(num_skips, size)
+    h, w = size
+    upstream = tf.constant(np.random.default_rng(9).normal(size=(2, 2 * h, 2 * w, 4)), tf.float32)
+    args = [x, *skips]
+    y, grads = _value_and_grads(
+        lambda *a: layer(list(a) if num_skips else a[0]), args, layer.kernel, upstream
+    )
+    y_ref, grads_ref = _value_and_grads(reference, args, conv.kernel, upstream)
+    assert tuple(y.shape) == (2, 2 * h, 2 * w, 4)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, grads_ref):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_upsample_concat_conv_mixed_bfloat16_close_to_float32():
+    # Computes in bfloat16 (kernel folded in float32, rounded once): bfloat16-level error.
+    import tensorflow as tf
+
+    layer, _, reference, x, skips = _layer_and_reference(1, (4, 4), "mixed_bfloat16")
+    y = layer([x, *skips])
+    assert y.dtype == tf.bfloat16 and layer.kernel.dtype == "float32"
+    want = reference(x, *skips).numpy()
+    err = np.abs(y.numpy().astype(np.float32) - want).max() / np.abs(want).max()
+    assert err < 2e-2, err
+
+
+def test_upsample_concat_conv_symbolic_shapes_and_config():
+    import keras
+
+    from zoo.layers import UpsampleConcatConv2D
+
+    x, skip = keras.Input((None, 7, 6)), keras.Input((None, 14, 2))
+    layer = UpsampleConcatConv2D(3, kernel_initializer="he_normal", name="up")
+    y = layer([x, skip])
+    assert tuple(y.shape) == (None, None, 14, 3)
+    assert tuple(layer.kernel.shape) == (3, 3, 8, 3)  # upsampled channels first
+    clone = UpsampleConcatConv2D.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, "8", True])
+def test_upsample_concat_conv_rejects_bad_filters(bad):
+    from zoo.layers import UpsampleConcatConv2D
+
+    with pytest.raises(ValueError, match="filters"):
+        UpsampleConcatConv2D(bad)
