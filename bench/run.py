@@ -379,10 +379,18 @@ def forward_flops(model: Any, size: int) -> dict[str, float]:
     opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     opts["output"] = "none"
     prof = tf.compat.v1.profiler.profile(
-        graph=graph, run_meta=tf.compat.v1.RunMetadata(), cmd="op", options=opts
+        graph=graph, run_meta=tf.compat.v1.RunMetadata(), cmd="scope", options=opts
     )
-    by_op = {c.name: int(c.total_float_ops) for c in prof.children}
-    conv = sum(v for k, v in by_op.items() if k in MATMUL_OPS)
+    # Per node, classified by the node's op type (the profiler's "op" view lumps all types
+    # together for a graph without run metadata).
+    types = {op.name: op.type for op in graph.get_operations()}
+    flops, stack = {}, list(prof.children)
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        if node.float_ops and types.get(node.name) in MATMUL_OPS:
+            flops[node.name] = int(node.float_ops)
+    conv = sum(flops.values())
     return {"conv_matmul": float(conv), "total": float(prof.total_float_ops)}
 
 

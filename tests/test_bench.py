@@ -131,3 +131,34 @@ def test_report_compares_with_the_reference(tmp_path: Path) -> None:
         "| float32 vs float32, channels-last | 4.00 | 2.00 | 2.00x | 20.00 | 25.00 | 0.80x |"
     ]
     assert "mixed_bfloat16 vs" not in out  # no bfloat16 row of ours: no comparison row
+
+
+def test_forward_flops_count_every_convolution() -> None:
+    # The profiler's count for a tiny U-Net against a layer-by-layer count: 2 FLOPs per
+    # multiply-add; the decoder's UpsampleConcatConv2D does 4 (not 9) per output pixel and
+    # upsampled channel, 9 per skip channel.
+    import importlib.util
+
+    import keras
+
+    import zoo
+
+    spec = importlib.util.spec_from_file_location("bench_run", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    size = 64
+    model = zoo.create_model(
+        "unet", num_classes=1, input_shape=(size, size, 3), **zoo.model_info("unet").tiny_config
+    )
+    expected = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw, c_in, _ = layer.kernel.shape
+            expected += 2 * h * w * c_out * kh * kw * c_in
+        elif isinstance(layer, zoo.layers.UpsampleConcatConv2D):
+            _, h, w, c_out = layer.output.shape
+            up = layer.upsampled_channels
+            expected += 2 * h * w * c_out * (4 * up + 9 * (layer.kernel.shape[2] - up))
+    counted = bench.forward_flops(model, size)["conv_matmul"]
+    assert counted == pytest.approx(expected, rel=1e-3)
