@@ -37,6 +37,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "xla": {"xla": True, "doc": "compile(jit_compile=True)"},
     "spe4": {"spe": 4, "doc": "steps_per_execution=4"},
     "keras_bn": {"keras_bn": True, "doc": "BatchNormalization on Keras' ops, not FusedBatchNormV3"},
+    "unfused_up": {
+        "unfused_up": True,
+        "doc": "U-Net decoder as UpSampling2D -> Concatenate -> Conv2D (before the fold)",
+    },
+    "bfc": {
+        "env": {"TF_CPU_ALLOCATOR_USE_BFC": "true"},
+        "doc": "TF's BFC allocator for CPU memory",
+    },
+    "spin": {
+        "env": {"TF_THREAD_PINNING_MODE": "none,1,400"},
+        "doc": "TF_THREAD_PINNING_MODE=none,1,400 (thread-pool spinning, Intel's setting)",
+    },
+    "advanced": {"env": {"TF_USE_ADVANCED_CPU_OPS": "1"}, "doc": "TF_USE_ADVANCED_CPU_OPS=1"},
+    "mallopt": {"mallopt": True, "doc": "glibc malloc keeps freed large blocks (no mmap/munmap)"},
 }
 
 
@@ -47,9 +61,32 @@ def _use_keras_batch_norm() -> None:
     SyncBatchNormalization._fusable = lambda self, inputs, mask: False
 
 
+def _use_unfused_upsampling() -> None:
+    """Run every `UpsampleConcatConv2D` as Keras' UpSampling2D -> Concatenate -> 3x3 Conv2D
+    (the same kernel and function, what the U-Net decoder ran before)."""
+    import tensorflow as tf
+    from keras import ops
+
+    from zoo.layers import UpsampleConcatConv2D
+
+    def call(self, inputs):
+        xs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        up = ops.repeat(ops.repeat(xs[0], 2, axis=1), 2, axis=2)  # as UpSampling2D does
+        x = tf.concat([up, *xs[1:]], axis=-1) if len(xs) > 1 else up
+        return tf.nn.conv2d(x, tf.cast(self.kernel.value, x.dtype), 1, "SAME")
+
+    UpsampleConcatConv2D.call = call
+
+
 def child(variant: str, precision: str, size: int, batch: int) -> None:
     """Build, warm up, then run one step per stdin line ("train" / "infer"); print seconds."""
     v = VARIANTS[variant]
+    if v.get("mallopt"):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
     import numpy as np
     import tensorflow as tf
 
@@ -62,9 +99,12 @@ def child(variant: str, precision: str, size: int, batch: int) -> None:
 
     import losses
     import zoo
+    from zoo.optimizers import AdamW
 
     if v.get("keras_bn"):
         _use_keras_batch_norm()
+    if v.get("unfused_up"):
+        _use_unfused_upsampling()
     keras.mixed_precision.set_dtype_policy(precision)
     keras.utils.set_random_seed(0)
     model = zoo.create_model("unet", num_classes=1, input_shape=(size, size, 3))
@@ -72,7 +112,7 @@ def child(variant: str, precision: str, size: int, batch: int) -> None:
     keras.mixed_precision.set_dtype_policy("float32")
     spe = int(v.get("spe", 1))
     train_model.compile(
-        optimizer=keras.optimizers.AdamW(1e-4),
+        optimizer=AdamW(1e-4),
         jit_compile=bool(v.get("xla")),
         steps_per_execution=spe,
     )
