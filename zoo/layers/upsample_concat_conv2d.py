@@ -94,8 +94,10 @@ class UpsampleConcatConv2D(keras.layers.Layer):
         c = self.upsampled_channels
         # Folded from the variable's float32 value, rounded once to the compute dtype.
         kernel = tf.convert_to_tensor(self.kernel.value)
+        # split, not slicing: its gradient is one concat, a slice's a zero-filled full copy
+        up_kernel, skip_kernel = tf.split(kernel, [c, kernel.shape[2] - c], axis=2)
         fold = tf.constant(_FOLD, kernel.dtype)
-        folded = tf.einsum("ar,bc,rcio->aboi", fold, fold, kernel[:, :, :c])
+        folded = tf.einsum("ar,bc,rcio->aboi", fold, fold, up_kernel)
         folded = tf.cast(folded, self.compute_dtype)
         x = tf.cast(x, self.compute_dtype)
         dynamic = tf.shape(x)
@@ -104,7 +106,7 @@ class UpsampleConcatConv2D(keras.layers.Layer):
         y = tf.nn.conv2d_transpose(x, folded, out_shape, strides=2, padding="SAME")
         if skips:
             skip = skips[0] if len(skips) == 1 else tf.concat(skips, axis=-1)
-            skip_kernel = tf.cast(kernel[:, :, c:], self.compute_dtype)
+            skip_kernel = tf.cast(skip_kernel, self.compute_dtype)
             y = y + tf.nn.conv2d(tf.cast(skip, self.compute_dtype), skip_kernel, 1, "SAME")
         return y
 
