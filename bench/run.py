@@ -899,6 +899,41 @@ def reference_markdown(result: dict[str, Any], ref: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def head_to_head_markdown(entries: list[dict[str, Any]]) -> str:
+    """`bench/tune.py --variants default smp` runs (a list of them, one per precision): the
+    zoo and smp stepped in turn, ratio = median over rounds of smp's time / ours."""
+    rows = []
+    for e in entries:
+        by = {r["variant"]: r for r in e.get("rows", [])}
+        if "default" not in by or "smp" not in by:
+            continue
+        ours, smp = by["default"], by["smp"]
+        cells = [f"{e['precision']}", f"{e['rounds']}"]
+        for kind in ("train", "infer"):
+            pairs = zip(smp[f"{kind}_times_s"], ours[f"{kind}_times_s"])
+            ratio = median([a / b for a, b in pairs])
+            cells += [
+                f"{ours[f'{kind}_img_s']:.2f}",
+                f"{smp[f'{kind}_img_s']:.2f}",
+                f"{ratio:.2f}x",
+            ]
+        cells.append(f"{e.get('date', '')}, load {e.get('load_start')} -> {e.get('load_end')}")
+        rows.append("| " + " | ".join(cells) + " |")
+        versions = smp.get("versions", {})
+    if not rows:
+        return ""
+    head = (
+        "Head to head, `bench/tune.py --variants default smp` (our U-Net and smp "
+        f"{versions.get('segmentation_models_pytorch', '?')} on torch "
+        f"{versions.get('torch', '?')} in separate processes, stepped in turn A B B A; "
+        "smp float32 in channels-last memory format, bfloat16 under autocast for "
+        "mixed_bfloat16; ratio = median over rounds of smp's step time / ours):\n\n"
+        "| precision | rounds | ours train img/s | smp train | ratio | ours infer img/s | "
+        "smp infer | ratio | when |\n|---|---:|---:|---:|---:|---:|---:|---:|---|"
+    )
+    return "\n".join([head, *rows, ""])
+
+
 def update_doc(doc: Path, tables: str) -> None:
     """Replace the text between the bench markers of `doc` with `tables`."""
     text = doc.read_text()
@@ -930,6 +965,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="result JSON (merged into when it exists)")
     p.add_argument("--doc", help="report: markdown file whose bench markers get the tables")
     p.add_argument("--reference", help="report: bench/smp_reference.py's JSON to compare with")
+    p.add_argument(
+        "--head-to-head", help="report: JSON of `bench/tune.py --variants default smp` runs"
+    )
     return p
 
 
@@ -962,6 +1000,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             tables += "\n" + reference_markdown(
                 result, json.loads(Path(args.reference).read_text())
             )
+        if args.head_to_head:
+            tables += "\n" + head_to_head_markdown(json.loads(Path(args.head_to_head).read_text()))
         print(tables)
         if args.doc:
             update_doc(Path(args.doc), tables)

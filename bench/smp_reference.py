@@ -37,6 +37,53 @@ def matmul_peak(torch: Any, dtype: Any, n: int = 4096, reps: int = 5) -> float:
     return 2.0 * n**3 / sorted(times)[reps // 2]
 
 
+def build(torch: Any, smp: Any, size: int, batch: int, bfloat16: bool) -> dict[str, Any]:
+    """smp Unet("resnet34") with a fixed batch: {"train": step, "infer": forward} callables."""
+    x = torch.rand(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = (torch.rand(batch, 1, size, size) > 0.5).float()
+    dice = smp.losses.DiceLoss("binary", from_logits=True)
+    bce = torch.nn.BCEWithLogitsLoss()
+    model = smp.Unet("resnet34", encoder_weights=None, classes=1)
+    model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def train() -> None:
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+            logits = model(x)
+        logits = logits.float()
+        loss = bce(logits, y) + dice(logits, y)
+        loss.backward()
+        opt.step()
+
+    @torch.inference_mode()
+    def infer() -> None:
+        model.eval()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+            model(x)
+
+    return {"train": train, "infer": infer}
+
+
+def child(precision: str, size: int, batch: int) -> None:
+    """`bench/tune.py`'s child protocol: build, warm up, print READY, then run one step per
+    stdin line ("train" / "infer") and print its seconds. Lets tune.py interleave smp with
+    the zoo step by step (`--smp-python`)."""
+    import segmentation_models_pytorch as smp
+    import torch
+
+    torch.manual_seed(0)
+    fns = build(torch, smp, size, batch, bfloat16=precision != "float32")
+    fns["train"](), fns["infer"]()
+    versions = {"torch": torch.__version__, "segmentation_models_pytorch": smp.__version__}
+    print("READY " + json.dumps({**versions, "threads": torch.get_num_threads()}), flush=True)
+    for line in sys.stdin:
+        t0 = time.perf_counter()
+        fns["train" if line.strip() == "train" else "infer"]()
+        print(f"{time.perf_counter() - t0:.6f}", flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=256)
@@ -44,7 +91,11 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--out")
+    p.add_argument("--child", choices=("float32", "mixed_bfloat16"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.child:
+        child(args.child, args.size, args.batch)
+        return 0
     try:
         import segmentation_models_pytorch as smp
         import torch
@@ -55,38 +106,11 @@ def main() -> int:
 
     torch.manual_seed(0)
     load_start = [round(x, 2) for x in os.getloadavg()]
-    x = torch.rand(args.batch, 3, args.size, args.size).contiguous(
-        memory_format=torch.channels_last
-    )
-    y = (torch.rand(args.batch, 1, args.size, args.size) > 0.5).float()
-    dice = smp.losses.DiceLoss("binary", from_logits=True)
-    bce = torch.nn.BCEWithLogitsLoss()
 
-    def make(dtype: Any) -> dict[str, Any]:
-        model = smp.Unet("resnet34", encoder_weights=None, classes=1)
-        model = model.to(memory_format=torch.channels_last)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        autocast = dtype is not None
+    def make(bfloat16: bool) -> dict[str, Any]:
+        return build(torch, smp, args.size, args.batch, bfloat16)
 
-        def train() -> None:
-            model.train()
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                logits = model(x)
-            logits = logits.float()
-            loss = bce(logits, y) + dice(logits, y)
-            loss.backward()
-            opt.step()
-
-        @torch.inference_mode()
-        def infer() -> None:
-            model.eval()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                model(x)
-
-        return {"train": train, "infer": infer}
-
-    variants = {"float32": make(None), "bfloat16_autocast": make(torch.bfloat16)}
+    variants = {"float32": make(False), "bfloat16_autocast": make(True)}
     times: dict[str, dict[str, list[float]]] = {v: {"train": [], "infer": []} for v in variants}
     names = list(variants)
     for kind in ("train", "infer"):

@@ -8,10 +8,15 @@ to the first variant.
 
     python bench/tune.py --variants default inter1 keras_bn --rounds 6
     python bench/tune.py --variants default onednn_off --precision mixed_bfloat16
+    python bench/tune.py --variants default smp --smp-python /tmp/smp/bin/python
 
-Variants (`--list` prints them): thread settings, oneDNN switches, XLA, steps_per_execution,
-and `keras_bn`, the zoo's BatchNormalization forced onto Keras' element-wise path (what it
-ran before it used TF's fused kernel), patched in here only to measure the difference.
+Variants (`--list` prints them): thread settings, allocator and oneDNN switches, XLA,
+steps_per_execution; `keras_bn` (the zoo's BatchNormalization forced onto Keras' element-wise
+path) and `unfused_up` (the U-Net decoder as UpSampling2D -> Concatenate -> Conv2D), what
+the zoo ran before its fast paths, patched in here only to measure the difference; and
+`smp`, segmentation_models_pytorch's Unet("resnet34") in a PyTorch environment
+(`bench/smp_reference.py` speaks the same protocol), float32 in channels-last memory format
+or bfloat16 autocast for mixed_bfloat16: the head-to-head comparison, step by step.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "unfused_up": {
         "unfused_up": True,
         "doc": "U-Net decoder as UpSampling2D -> Concatenate -> Conv2D (before the fold)",
+    },
+    "smp": {
+        "doc": "segmentation_models_pytorch Unet(resnet34) (needs --smp-python)",
     },
     "bfc": {
         "env": {"TF_CPU_ALLOCATOR_USE_BFC": "true"},
@@ -128,7 +136,8 @@ def child(variant: str, precision: str, size: int, batch: int) -> None:
     infer = tf.function(lambda x: model(x, training=False), jit_compile=bool(v.get("xla")))
     x = tf.constant(data["image"])
     infer(x).numpy()
-    print("READY", flush=True)
+    versions = {"tensorflow": tf.__version__, "keras": keras.__version__}
+    print("READY " + json.dumps(versions), flush=True)
     for line in sys.stdin:
         t0 = time.perf_counter()
         if line.strip() == "train":
@@ -142,17 +151,23 @@ def child(variant: str, precision: str, size: int, batch: int) -> None:
 
 def _spawn(variant: str, args: argparse.Namespace) -> subprocess.Popen:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **VARIANTS[variant].get("env", {})}
-    cmd = [sys.executable, __file__, "--child", variant, "--precision", args.precision]
+    if variant == "smp":  # the PyTorch reference, same protocol (bench/smp_reference.py)
+        script = Path(__file__).with_name("smp_reference.py")
+        cmd = [args.smp_python, str(script), "--child", args.precision]
+    else:
+        cmd = [sys.executable, __file__, "--child", variant, "--precision", args.precision]
     cmd += ["--size", str(args.size), "--batch", str(args.batch)]
     return subprocess.Popen(
         cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, bufsize=1
     )
 
 
-def _wait_ready(proc: subprocess.Popen, variant: str) -> None:
+def _wait_ready(proc: subprocess.Popen, variant: str) -> dict[str, Any]:
+    """Wait for the child's READY line; return the versions it reports after the word."""
     for line in proc.stdout:
         if line.startswith("READY"):
-            return
+            rest = line[len("READY") :].strip()
+            return json.loads(rest) if rest else {}
     raise RuntimeError(f"variant {variant} exited before it was ready (rc {proc.wait()})")
 
 
@@ -164,7 +179,12 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--pause", type=float, default=0.5, help="seconds of quiet before each step")
     p.add_argument("--out", help="JSON file to append this comparison to")
+    p.add_argument(
+        "--smp-python",
+        help="a Python with torch and segmentation_models_pytorch, for the `smp` variant",
+    )
     p.add_argument("--list", action="store_true")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -178,19 +198,22 @@ def main() -> int:
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choices: {list(VARIANTS)}")
+    if "smp" in args.variants and not args.smp_python:
+        raise SystemExit("variant smp needs --smp-python (a Python with torch and smp)")
 
     import numpy as np
 
     load_start = [round(x, 2) for x in os.getloadavg()]
-    procs = {}
+    procs, versions = {}, {}
     for v in args.variants:  # build one at a time: building is not what we time
         procs[v] = _spawn(v, args)
-        _wait_ready(procs[v], v)
+        versions[v] = _wait_ready(procs[v], v)
     times: dict[str, dict[str, list[float]]] = {v: {"train": [], "infer": []} for v in procs}
     names = list(procs)
     for kind in ("train", "infer"):
         for r in range(args.warmup + args.rounds):
             for v in names if r % 2 == 0 else names[::-1]:
+                time.sleep(args.pause)  # the last child's spinning threads go to sleep
                 procs[v].stdin.write(kind + "\n")
                 dt = float(procs[v].stdout.readline())
                 if r >= args.warmup:
@@ -202,6 +225,7 @@ def main() -> int:
     rows = []
     for v in names:
         row = {"variant": v, "doc": VARIANTS[v].get("doc", "TensorFlow defaults")}
+        row["versions"] = versions[v]
         for kind in ("train", "infer"):
             t = np.asarray(times[v][kind])
             ratio = float(np.median(np.asarray(times[base][kind]) / t))
@@ -219,6 +243,7 @@ def main() -> int:
         "size": args.size,
         "batch": args.batch,
         "rounds": args.rounds,
+        "pause_s": args.pause,
         "load_start": load_start,
         "load_end": [round(x, 2) for x in os.getloadavg()],
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

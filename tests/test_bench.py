@@ -162,3 +162,84 @@ def test_forward_flops_count_every_convolution() -> None:
             expected += 2 * h * w * c_out * (4 * up + 9 * (layer.kernel.shape[2] - up))
     counted = bench.forward_flops(model, size)["conv_matmul"]
     assert counted == pytest.approx(expected, rel=1e-3)
+
+
+def _load(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_profile_conv_flops_from_onednn_descriptors() -> None:
+    profile = _load("profile_step")
+    # 3x3, 64 -> 64 channels, 64x64 output, batch 8: 2 * 8*64*64 * 64 * 9*64 by hand.
+    desc = "mb8_ic64oc64_ih64oh64kh3sh1dh0ph1_iw64ow64kw3sw1dw0pw1"
+    assert profile.conv_flops(desc) == 2 * 8 * 64 * 64 * 64 * 9 * 64
+    # Depthwise (32 groups of one channel): each output sees 9 inputs.
+    desc = "g32mb2_ic32oc32_ih8oh8kh3sh1dh0ph1_iw8ow8kw3sw1dw0pw1"
+    assert profile.conv_flops(desc) == 2 * 2 * 8 * 8 * 32 * 9
+    log = [
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core,"
+        "forward_training,src:f32::blocked:acdb::f0,,alg:convolution_direct,"
+        "mb8_ic64oc64_ih64oh64kh3sh1dh0ph1_iw64ow64kw3sw1dw0pw1,20.0",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core,"
+        "forward_training,src:f32::blocked:acdb::f0,,alg:convolution_direct,"
+        "mb8_ic64oc64_ih64oh64kh3sh1dh0ph1_iw64ow64kw3sw1dw0pw1,30.0",
+        "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src:f32 dst:f32,,,64x3,1.5",
+        "something else",
+    ]
+    parsed = profile.parse_onednn_log(log)
+    conv = next(g for g in parsed["by_kind"] if g["primitive"] == "convolution")
+    assert conv["calls"] == 2 and conv["ms"] == 50.0 and parsed["total_ms"] == 51.5
+    assert conv["gflop_s"] == pytest.approx(2 * 2 * 8 * 64 * 64 * 64 * 9 * 64 / 1e9 / 0.05)
+
+
+def test_profile_smoke_runs(tmp_path: Path) -> None:
+    out = tmp_path / "profile.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "profile_step.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    tfp = result["tf_profile"]
+    assert _positive(tfp["step_ms"]) and _positive(tfp["op_ms_total"])
+    assert any("Conv2D" in t for t in tfp["op_ms_by_type"])
+    if result["machine"].get("onednn"):  # oneDNN's log exists only where it runs
+        kinds = {g["kind"] for g in result["onednn"]["by_kind"] if g["primitive"] == "convolution"}
+        assert {"forward_training", "backward_weights"} <= kinds
+
+
+def test_head_to_head_table_uses_paired_round_ratios() -> None:
+    # Ratio = median over rounds of smp's time / ours, round by round: [1.5, 1.5, 0.75] -> 1.5
+    # (the ratio of the medians would be 3 / 2 = 1.5 too, the mean of the ratios 1.25).
+    bench = _load("run")
+    row = {"train_times_s": [2.0, 2.0, 4.0], "infer_times_s": [1.0, 1.0, 1.0]}
+    entry = {
+        "precision": "float32",
+        "rounds": 3,
+        "rows": [
+            {"variant": "default", "train_img_s": 4.0, "infer_img_s": 8.0, **row},
+            {
+                "variant": "smp",
+                "train_img_s": 2.67,
+                "infer_img_s": 4.0,
+                "train_times_s": [3.0, 3.0, 3.0],
+                "infer_times_s": [2.0, 3.0, 2.0],
+                "versions": {"torch": "9.9", "segmentation_models_pytorch": "0.6.0"},
+            },
+        ],
+    }
+    table = bench.head_to_head_markdown([entry, {"precision": "x", "rounds": 1, "rows": []}])
+    (line,) = [x for x in table.splitlines() if x.startswith("| float32")]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:8] == ["float32", "3", "4.00", "2.67", "1.50x", "8.00", "4.00", "2.00x"]
+    assert "smp 0.6.0 on torch 9.9" in table
+    assert bench.head_to_head_markdown([]) == ""
