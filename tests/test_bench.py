@@ -14,11 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "run.py"
 
 
-@pytest.fixture(scope="module")
-def smoke_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    out = tmp_path_factory.mktemp("bench") / "smoke.json"
+def _run_script(script: Path, *args: str, out: Path) -> dict:
+    """Run a bench script with `--out out`; its JSON."""
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "all", "--smoke", "--out", str(out)],
+        [sys.executable, str(script), *args, "--out", str(out)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -27,6 +26,11 @@ def smoke_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def smoke_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return _run_script(SCRIPT, "all", "--smoke", out=tmp_path_factory.mktemp("bench") / "s.json")
 
 
 def _positive(x: object) -> bool:
@@ -198,17 +202,8 @@ def test_profile_conv_flops_from_onednn_descriptors() -> None:
 
 
 def test_profile_smoke_runs(tmp_path: Path) -> None:
-    out = tmp_path / "profile.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "profile_step.py"), "--smoke", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    script = ROOT / "bench" / "profile_step.py"
+    result = _run_script(script, "--smoke", out=tmp_path / "profile.json")
     tfp = result["tf_profile"]
     assert _positive(tfp["step_ms"]) and _positive(tfp["op_ms_total"])
     assert any("Conv2D" in t for t in tfp["op_ms_by_type"])
