@@ -102,3 +102,14 @@ def test_upsample_concat_conv_rejects_bad_filters(bad):
 
     with pytest.raises(ValueError, match="filters"):
         UpsampleConcatConv2D(bad)
+
+
+def test_upsample_concat_conv_rejects_mismatched_skip():
+    import keras
+
+    from zoo.layers import UpsampleConcatConv2D
+
+    with pytest.raises(ValueError, match=r"skip input of shape \(None, 14, 13, 2\)"):
+        UpsampleConcatConv2D(3)([keras.Input((7, 6, 4)), keras.Input((14, 13, 2))])
+    # Unknown sizes are checked by the ops at run time, not here.
+    UpsampleConcatConv2D(3)([keras.Input((None, 6, 4)), keras.Input((14, None, 2))])

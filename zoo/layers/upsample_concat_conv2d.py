@@ -76,6 +76,13 @@ class UpsampleConcatConv2D(keras.layers.Layer):
         channels = [x_shape[-1], *(s[-1] for s in skip_shapes)]
         if any(c is None for c in channels):
             raise ValueError(f"the channel axis of every input must be known, got {channels}")
+        up = [None if d is None else 2 * d for d in x_shape[1:3]]
+        for skip in skip_shapes:  # each skip must match the upsampled map, where both are known
+            if any(u is not None and d not in (None, u) for u, d in zip(up, skip[1:3])):
+                raise ValueError(
+                    f"skip input of shape {skip} does not match the 2x upsampled input "
+                    f"{x_shape} (expected height and width {up})"
+                )
         self.upsampled_channels = int(x_shape[-1])
         self.kernel = self.add_weight(
             name="kernel",
