@@ -370,3 +370,35 @@ def test_batch_norm_fused_path_matches_keras_layer(policy):
     m = 0.9
     np.testing.assert_allclose(got[4], (1 - m) * xn.mean((0, 1, 2)), rtol=tol)
     np.testing.assert_allclose(got[5], m + (1 - m) * xn.var((0, 1, 2)), rtol=tol)
+
+
+def test_unknown_argument_raises_naming_it_and_the_valid_ones(tiny):
+    name, _ = tiny
+    with pytest.raises(ValueError, match=r"Unknown argument bogus=3 .*valid arguments: .*encoder"):
+        build_tiny(name, bogus=3)
+    with pytest.raises(ValueError, match=r"encoder_weights='no-such-weights-source'"):
+        build_tiny(name, encoder_weights="no-such-weights-source")
+
+
+def test_loading_never_rereads_encoder_weight_sources(tmp_path, monkeypatch):
+    # A model built with encoder_kwargs.weights="imagenet" must load from its own file: record
+    # what the keras.applications constructor is asked for (and never download).
+    import dataclasses
+
+    from zoo.encoders import applications
+
+    asked = []
+    spec = applications.SPECS["keras_mobilenetv2"]
+
+    def app(**kwargs):
+        asked.append(kwargs["weights"])
+        return spec.app(**{**kwargs, "weights": None})
+
+    monkeypatch.setitem(applications.SPECS, "keras_mobilenetv2", dataclasses.replace(spec, app=app))
+    model = build_tiny(
+        "unet", encoder="keras_mobilenetv2", encoder_kwargs={"alpha": 0.35, "weights": "imagenet"}
+    )
+    images, _ = fixed_batch(1, 64, 64, num_classes=2)
+    loaded = assert_save_load_identical(model, images, tmp_path / "m.keras")
+    assert asked == ["imagenet", None]
+    assert loaded.get_config()["encoder_kwargs"]["weights"] == "imagenet"  # provenance kept

@@ -8,11 +8,36 @@ fixed (CVE-2025-1550, CVE-2025-8747, CVE-2025-9905, CVE-2026-1462): keras>=3.14.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import keras
+
+_RESTORING = threading.local()
+
+
+@contextlib.contextmanager
+def restoring_from_file() -> Iterator[None]:
+    """Within this block models are rebuilt to receive saved weights (`from_config`).
+
+    Weight sources named in a config (`encoder_weights`, an adapter's `weights="imagenet"`) are
+    not read: a saved model loads from its own file only, offline too.
+    """
+    previous = getattr(_RESTORING, "active", False)
+    _RESTORING.active = True
+    try:
+        yield
+    finally:
+        _RESTORING.active = previous
+
+
+def is_restoring() -> bool:
+    """True inside `restoring_from_file()`."""
+    return getattr(_RESTORING, "active", False)
 
 
 class UnsafeModelError(ValueError):

@@ -26,6 +26,7 @@ import zoo
 from zoo.encoders._common import run_encoder
 from zoo.layers import ChannelAffine
 from zoo.layers.blocks import BN_MOMENTUM
+from zoo.saving import is_restoring
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -110,6 +111,8 @@ def application_features(
             "Invalid value for argument `weights`: expected None or 'imagenet'. "
             f"Received: weights={weights!r}"
         )
+    if is_restoring():
+        weights = None  # a saved model's own file holds the weights: no download on load
     x = ChannelAffine(spec.scale, spec.offset, spec.reverse_channels, name=f"{name}_preprocess")(x)
     app = spec.app(
         include_top=False,

@@ -23,8 +23,11 @@ import keras
 
 import zoo
 from zoo.layers import CheckDivisible, CropToReference, PadToMultiple
+from zoo.saving import is_restoring, restoring_from_file
 
 ACTIVATIONS = (None, "sigmoid", "softmax")
+# Keyword arguments a model passes on to `keras.Model` besides its own (from_config gives them).
+BASE_KWARGS = ("name", "trainable", "dtype")
 
 
 def check_positive_int(name: str, value: Any, hint: str = "") -> int:
@@ -146,6 +149,17 @@ class SegmentationModel(keras.Model):
 
     divisor: int = 32
 
+    def __init__(self, inputs: Any, outputs: Any, name: str | None = None, **kwargs: Any) -> None:
+        unknown = sorted(set(kwargs) - set(BASE_KWARGS))
+        if unknown:
+            params = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+            valid = [p for p in params if p not in ("args", "kwargs")] + ["name", "trainable"]
+            raise ValueError(
+                f"Unknown argument {unknown[0]}={kwargs[unknown[0]]!r} for model "
+                f"{type(self).__name__}; valid arguments: {', '.join(valid)}"
+            )
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+
     def _init_config(self, local_vars: dict[str, Any], divisor: int) -> None:
         params = inspect.signature(type(self).__init__).parameters
         self._config = {
@@ -154,6 +168,14 @@ class SegmentationModel(keras.Model):
             if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
         }
         self.divisor = divisor
+        weights = self._config.get("encoder_weights")
+        if weights is not None and not is_restoring():
+            # Placeholder until the pretrained-weights module lands (issue: pretrained encoders).
+            raise ValueError(
+                f"Invalid value for argument `encoder_weights`: no pretrained weights source is "
+                f"available yet for encoder {self._config.get('encoder')!r}. "
+                f"Received: encoder_weights={weights!r}"
+            )
 
     def get_config(self) -> dict[str, Any]:
         config = {"name": self.name, "trainable": self.trainable}
@@ -163,4 +185,6 @@ class SegmentationModel(keras.Model):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> SegmentationModel:
-        return cls(**config)
+        # The saved weights follow: never re-read the config's weight sources (network, files).
+        with restoring_from_file():
+            return cls(**config)

@@ -55,6 +55,8 @@ class DeepLabLite(SegmentationModel):
         input_shape: (height, width, channels); height/width may be None.
         encoder: registered encoder name supporting ``output_stride`` (dilation).
         encoder_kwargs: keyword arguments of the encoder builder.
+        encoder_weights: pretrained encoder weights: None (random) or a source named in
+            docs/models.md; read when the model is built, never when a saved model loads.
         output_stride: 16 or 8; input sizes must be multiples of it.
         aspp_channels: channels of each ASPP branch and of its projection.
         low_level_channels: channels of the projected stride-4 skip.
@@ -80,6 +82,7 @@ class DeepLabLite(SegmentationModel):
         input_shape: Sequence[int | None] = (None, None, 3),
         encoder: str = "mobilenet_lite",
         encoder_kwargs: dict[str, Any] | None = None,
+        encoder_weights: str | None = None,
         output_stride: int = 16,
         aspp_channels: int = 256,
         low_level_channels: int = 48,

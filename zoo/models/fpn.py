@@ -53,6 +53,8 @@ class FPN(SegmentationModel):
         input_shape: (height, width, channels); height/width may be None.
         encoder: registered encoder name with stride 4, 8, 16 and 32 features.
         encoder_kwargs: keyword arguments of the encoder builder.
+        encoder_weights: pretrained encoder weights: None (random) or a source named in
+            docs/models.md; read when the model is built, never when a saved model loads.
         pyramid_channels: channels of the lateral/top-down pathway.
         segmentation_channels: channels of the per-level upsampling stages.
         merge: "add" or "concat" (the latter gives 4 * segmentation_channels).
@@ -76,6 +78,7 @@ class FPN(SegmentationModel):
         input_shape: Sequence[int | None] = (None, None, 3),
         encoder: str = "resnet34",
         encoder_kwargs: dict[str, Any] | None = None,
+        encoder_weights: str | None = None,
         pyramid_channels: int = 256,
         segmentation_channels: int = 128,
         merge: str = "add",

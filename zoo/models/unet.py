@@ -51,6 +51,8 @@ class UNet(SegmentationModel):
         input_shape: (height, width, channels); height/width may be None.
         encoder: registered encoder name (see `zoo.list_encoders()`).
         encoder_kwargs: keyword arguments of the encoder builder, e.g. ``{"weights": None}``.
+        encoder_weights: pretrained encoder weights: None (random) or a source named in
+            docs/models.md; read when the model is built, never when a saved model loads.
         decoder_channels: channels of each decoder block, deepest first; its length is the
             depth.
         activation: None (logits), "sigmoid" or "softmax".
@@ -74,6 +76,7 @@ class UNet(SegmentationModel):
         input_shape: Sequence[int | None] = (None, None, 3),
         encoder: str = "resnet34",
         encoder_kwargs: dict[str, Any] | None = None,
+        encoder_weights: str | None = None,
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
         activation: str | None = None,
         pad_to_divisor: bool = False,

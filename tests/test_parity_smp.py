@@ -1,0 +1,23 @@
+"""Parameter parity with segmentation_models_pytorch, computed by the reference itself.
+
+The counts pinned in tests/test_models.py come from smp 0.6; here the reference interpreter
+builds the smp model and counts, so a changed reference is noticed too.
+"""
+
+import pytest
+from helpers import count_trainable
+from torch_ref import requires_reference, run_reference
+
+import zoo
+
+# (zoo model, smp architecture)
+SHARED = [("unet", "Unet"), ("fpn", "FPN")]
+
+
+@requires_reference("torch", "segmentation_models_pytorch")
+@pytest.mark.parametrize("encoder", ["resnet18", "resnet34"])
+@pytest.mark.parametrize("name, arch", SHARED)
+def test_trainable_params_equal_smp(name, arch, encoder):
+    ours = count_trainable(zoo.create_model(name, num_classes=1, encoder=encoder))
+    theirs = int(run_reference("smp_param_count", arch=arch, encoder=encoder)["count"])
+    assert ours == theirs
