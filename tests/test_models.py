@@ -86,6 +86,21 @@ def test_config_round_trip(tiny):
     assert count_trainable(clone) == count_trainable(model)
 
 
+def test_metadata_is_saved_and_restored(tiny, tmp_path):
+    name, model = tiny
+    clone = type(model).from_config(model.get_config())
+    assert clone.metadata == {} and zoo.models.base.model_mode(clone) == "multiclass"
+    clone.metadata = {"mode": "multilabel", "image_size": (64, 64), "class_names": ["a", "b"]}
+    clone.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert loaded.metadata == {
+        "mode": "multilabel",
+        "image_size": [64, 64],
+        "class_names": ["a", "b"],
+    }
+    assert zoo.models.base.model_mode(loaded) == "multilabel"
+
+
 def test_keras_save_load_identical(tiny, tmp_path):
     name, model = tiny
     d = zoo.model_info(name).divisor

@@ -145,6 +145,13 @@ class SegmentationModel(keras.Model):
 
     Attributes:
         divisor: input height and width must be multiples of it (unless padded).
+        metadata: facts about how the model was trained, saved in its `.keras` file beside
+            the constructor arguments, so every consumer of a saved model (prediction, tiled
+            inference, export, evaluation) reads them instead of being told again. Keys (all
+            optional): `mode` ("binary" | "multiclass" | "multilabel"), `class_names`,
+            `ignore_index`, `image_size` ([height, width] of the training inputs),
+            `input_scale` (training resolution / native resolution of the source images),
+            `channels`, `threshold` (sigmoid probability cut for binary/multilabel masks).
     """
 
     divisor: int = 32
@@ -159,6 +166,7 @@ class SegmentationModel(keras.Model):
                 f"{type(self).__name__}; valid arguments: {', '.join(valid)}"
             )
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        self.metadata: dict[str, Any] = {}
 
     def _init_config(self, local_vars: dict[str, Any], divisor: int) -> None:
         params = inspect.signature(type(self).__init__).parameters
@@ -181,10 +189,37 @@ class SegmentationModel(keras.Model):
         config = {"name": self.name, "trainable": self.trainable}
         for key, value in self._config.items():
             config[key] = list(value) if isinstance(value, tuple) else value
+        if self.metadata:
+            config["metadata"] = _plain(self.metadata)
         return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> SegmentationModel:
+        config = dict(config)
+        metadata = config.pop("metadata", None) or {}
         # The saved weights follow: never re-read the config's weight sources (network, files).
         with restoring_from_file():
-            return cls(**config)
+            model = cls(**config)
+        model.metadata = dict(metadata)
+        return model
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly copy (Keras wraps dicts and lists assigned to layers in tracked types)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def model_mode(model: Any) -> str:
+    """ "binary", "multiclass" or "multilabel": what the model's logits mean.
+
+    Read from `model.metadata["mode"]` (written by the trainer); models saved without it are
+    binary with one output channel and multiclass otherwise.
+    """
+    mode = getattr(model, "metadata", {}).get("mode")
+    if mode is not None:
+        return str(mode)
+    return "binary" if int(model.outputs[0].shape[-1]) == 1 else "multiclass"
