@@ -26,6 +26,7 @@ from zoo.data.io import (
     read_image_raw,
     read_mask,
 )
+from zoo.errors import DataError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def _files(folder: Path, suffixes: tuple[str, ...], what: str) -> dict[str, Path
         if p.name.startswith(".") or not p.is_file() or p.suffix.lower() not in suffixes:
             continue
         if p.stem in out:
-            raise ValueError(
+            raise DataError(
                 f"Two {what} files share the stem '{p.stem}': '{out[p.stem]}' and '{p}'"
             )
         out[p.stem] = p
@@ -55,7 +56,7 @@ def find_pairs(folder: Path) -> list[tuple[Path, Path]]:
     images_dir, masks_dir = folder / "images", folder / "masks"
     for d in (images_dir, masks_dir):
         if not d.is_dir():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"Missing folder '{d}': expected '{folder}' to hold images/ and masks/ with "
                 "matching file stems (or train/ and val/ subfolders, each with both)"
             )
@@ -63,16 +64,14 @@ def find_pairs(folder: Path) -> list[tuple[Path, Path]]:
     masks = _files(masks_dir, MASK_SUFFIXES, "mask")
     for stem, p in images.items():
         if stem not in masks:
-            raise ValueError(
-                f"Image '{p}' has no mask: expected '{masks_dir / stem}.png' (or .npy)"
-            )
+            raise DataError(f"Image '{p}' has no mask: expected '{masks_dir / stem}.png' (or .npy)")
     for stem, p in masks.items():
         if stem not in images:
-            raise ValueError(
+            raise DataError(
                 f"Mask '{p}' has no image: expected '{images_dir / stem}.png/.jpg/.npy'"
             )
     if not images:
-        raise ValueError(
+        raise DataError(
             f"No images found in '{images_dir}' (suffixes: {', '.join(IMAGE_SUFFIXES)})"
         )
     return [(images[s], masks[s]) for s in sorted(images)]
@@ -91,7 +90,7 @@ def map_mask(
     values = np.unique(mask)
     if c.mask_type == "instance":
         if values.min() < 0:
-            raise ValueError(f"Mask '{path}' has negative instance id {values.min()}")
+            raise DataError(f"Mask '{path}' has negative instance id {values.min()}")
         ignored = mask == ignore if ignore is not None else np.zeros(mask.shape, bool)
         instances = np.where(ignored, 0, mask).astype(np.int32)
         classes = np.where(ignored, ignore if ignore is not None else 0, instances > 0)
@@ -108,7 +107,7 @@ def map_mask(
         if ignore is not None:
             allowed += f", or ignore_index={ignore}"
         hint = "; set data.ignore_index=255 if 255 marks ignored pixels" if 255 in bad else ""
-        raise ValueError(
+        raise DataError(
             f"Mask '{path}' has value {int(bad[0])} out of range for num_classes={c.num_classes} "
             f"(allowed: {allowed}){hint}"
         )
@@ -149,7 +148,7 @@ def _read_pair(pair: tuple[Path, Path], c: FolderDataConfig):
             return e
         raise
     if image.shape[:2] != raw.shape:
-        raise ValueError(
+        raise DataError(
             f"Image '{image_path}' is {image.shape[0]}x{image.shape[1]} but its mask '{mask_path}' "
             f"is {raw.shape[0]}x{raw.shape[1]} (HxW); they must match"
         )
@@ -195,10 +194,10 @@ def load(c: FolderDataConfig) -> tuple[Split, Split | None, tuple[str, ...], tup
     """
     root = Path(c.root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"data.root not found: '{root}' (data=folder data.root=/path)")
+        raise MissingFileError(f"data.root not found: '{root}' (data=folder data.root=/path)")
     if (root / "train").is_dir():
         if not (root / "val").is_dir():
-            raise FileNotFoundError(f"Found '{root / 'train'}' but no '{root / 'val'}' folder")
+            raise MissingFileError(f"Found '{root / 'train'}' but no '{root / 'val'}' folder")
         train_pairs = find_pairs(root / "train")
         val_pairs = find_pairs(root / "val")
     else:
@@ -219,12 +218,12 @@ def load(c: FolderDataConfig) -> tuple[Split, Split | None, tuple[str, ...], tup
             "Skipped %d unreadable sample(s) of %d (skip_corrupt=true)", len(skipped), total
         )
         if ratio > c.max_corrupt_ratio:
-            raise ValueError(
+            raise DataError(
                 f"{len(skipped)} of {total} samples are unreadable ({ratio:.1%} > "
                 f"data.max_corrupt_ratio={c.max_corrupt_ratio}); first: '{skipped[0]}'"
             )
     if not train[0]:
-        raise ValueError(f"No readable training samples under '{root}'")
+        raise DataError(f"No readable training samples under '{root}'")
     if c.num_classes == 1:
         names: tuple[str, ...] = ("background", "foreground")
     else:

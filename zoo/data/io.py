@@ -8,18 +8,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from zoo.errors import DataError, MissingFileError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy")
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".npy")
 _16BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-class UnreadableFileError(ValueError):
+class UnreadableFileError(DataError):
     """A file exists but cannot be decoded (what `skip_corrupt` may skip)."""
 
 
 def _open(path: Path, what: str) -> Image.Image:
     if not path.exists():
-        raise FileNotFoundError(f"{what} file not found: '{path}'")
+        raise MissingFileError(f"{what} file not found: '{path}'")
     try:
         img = Image.open(path)
         img.load()
@@ -31,7 +33,7 @@ def _open(path: Path, what: str) -> Image.Image:
 def _load_npy(path: Path, what: str) -> np.ndarray:
     """`np.load` with the same errors as `_open`: missing file, then unreadable file."""
     if not path.exists():
-        raise FileNotFoundError(f"{what} file not found: '{path}'")
+        raise MissingFileError(f"{what} file not found: '{path}'")
     try:
         return np.load(path, allow_pickle=False)
     except Exception as e:  # numpy raises several types for broken files
@@ -42,7 +44,7 @@ def _to_rgb(arr: np.ndarray, path: Path) -> np.ndarray:
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
-        raise ValueError(
+        raise DataError(
             f"Image '{path}' has shape {arr.shape}; expected (H, W) or (H, W, C) with C in 1, 3, 4"
         )
     if arr.shape[-1] == 1:
@@ -66,13 +68,13 @@ def read_image_raw(path: str | os.PathLike) -> np.ndarray:
         if arr.dtype == np.uint16:
             return (arr / 65535.0).astype(np.float32)
         if arr.dtype.kind not in "fiu":
-            raise ValueError(f"Image '{path}' has dtype {arr.dtype}; expected float or integer")
+            raise DataError(f"Image '{path}' has dtype {arr.dtype}; expected float or integer")
         arr = arr.astype(np.float32)
         bad = ~np.isfinite(arr)
         if bad.any():
-            raise ValueError(f"Image '{path}' contains NaN or Inf values ({int(bad.sum())} values)")
+            raise DataError(f"Image '{path}' contains NaN or Inf values ({int(bad.sum())} values)")
         if arr.min() < 0 or arr.max() > 1:
-            raise ValueError(
+            raise DataError(
                 f"Image '{path}' has values in [{arr.min():g}, {arr.max():g}]; float .npy images "
                 "must be scaled to [0, 1]"
             )
@@ -84,7 +86,7 @@ def read_image_raw(path: str | os.PathLike) -> np.ndarray:
     if img.mode == "F":
         arr = np.asarray(img, np.float32)
         if not np.isfinite(arr).all():
-            raise ValueError(f"Image '{path}' contains NaN or Inf values")
+            raise DataError(f"Image '{path}' contains NaN or Inf values")
         return _to_rgb(np.clip(arr, 0, 1), path)
     if img.mode != "RGB":
         img = img.convert("RGB")
@@ -124,17 +126,17 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     if path.suffix.lower() == ".npy":
         arr = _load_npy(path, "mask")
         if arr.dtype.kind not in "iub":
-            raise ValueError(f"Mask '{path}' has dtype {arr.dtype}; expected integers")
+            raise DataError(f"Mask '{path}' has dtype {arr.dtype}; expected integers")
     else:
         img = _open(path, "mask")
         arr = np.asarray(img)
     if arr.ndim == 3:
         if not (arr[..., :1] == arr[..., : min(arr.shape[-1], 3)]).all():
-            raise ValueError(
+            raise DataError(
                 f"Mask '{path}' has {arr.shape[-1]} different channels; expected a single-channel "
                 "(gray, 16-bit or palette) mask"
             )
         arr = arr[..., 0]
     if arr.ndim != 2:
-        raise ValueError(f"Mask '{path}' has shape {arr.shape}; expected (H, W)")
+        raise DataError(f"Mask '{path}' has shape {arr.shape}; expected (H, W)")
     return arr.astype(np.int32)
