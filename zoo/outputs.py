@@ -61,12 +61,34 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: 
     return path
 
 
+def to_plain(value: Any) -> Any:
+    """Plain Python (dicts, lists, scalars) from configs, dataclasses, NumPy values and Keras'
+    tracked containers: what JSON, YAML and backups store."""
+    import dataclasses
+    from collections.abc import Mapping
+
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_plain(v) for v in value]
+    return value
+
+
 def _json_safe(value: Any) -> Any:
+    value = to_plain(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None  # NaN/Inf are not JSON; an undefined score is written as null
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list):
         return [_json_safe(v) for v in value]
     return value
 

@@ -8,11 +8,11 @@ mappings (tests, notebooks) and adds the checks a type system cannot express.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from zoo.errors import ConfigError
+from zoo.outputs import to_plain
 
 WEIGHT_MAPS = ("none", "class_balance", "unet_border")
 RESIZE_MODES = ("resize", "crop")
@@ -106,21 +106,6 @@ DATA_SCHEMAS: dict[str, type[DataConfig]] = {
 }
 
 
-def _plain(cfg: Any) -> dict[str, Any]:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover - omegaconf ships with hydra
-        pass
-    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        return dataclasses.asdict(cfg)
-    if isinstance(cfg, Mapping):
-        return {k: (_plain(v) if isinstance(v, Mapping) else v) for k, v in cfg.items()}
-    raise TypeError(f"data config must be a mapping or dataclass, got {type(cfg).__name__}")
-
-
 def _build(schema: type, values: dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(schema)}
     unknown = sorted(set(values) - names)
@@ -144,7 +129,9 @@ def parse_data_config(cfg: Any) -> DataConfig:
         >>> parse_data_config({"name": "shapes", "image_size": [64, 64]}).train_size
         512
     """
-    values = _plain(cfg)
+    values = to_plain(cfg)
+    if not isinstance(values, dict):
+        raise TypeError(f"data config must be a mapping or dataclass, got {type(cfg).__name__}")
     name = values.get("name")
     if name not in DATA_SCHEMAS:
         raise ConfigError(f"Invalid data.name={name!r}; choose one of: {', '.join(DATA_SCHEMAS)}")

@@ -24,6 +24,7 @@ import keras
 
 from zoo.checks import check_positive_int, check_rate  # noqa: F401  (for model modules)
 from zoo.layers import CheckDivisible, CropToReference, PadToMultiple
+from zoo.outputs import to_plain
 from zoo.registry import encoder_info, list_encoders
 from zoo.restoring import is_restoring, restoring_from_file
 
@@ -203,7 +204,7 @@ class SegmentationModel(keras.Model):
         for key, value in self._config.items():
             config[key] = list(value) if isinstance(value, tuple) else value
         if self.metadata:
-            config["metadata"] = _plain(self.metadata)
+            config["metadata"] = to_plain(self.metadata)
         return config
 
     @classmethod
@@ -215,15 +216,6 @@ class SegmentationModel(keras.Model):
             model = cls(**config)
         model.metadata = dict(metadata)
         return model
-
-
-def _plain(value: Any) -> Any:
-    """JSON-friendly copy (Keras wraps dicts and lists assigned to layers in tracked types)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def model_mode(model: Any) -> str:

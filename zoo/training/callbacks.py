@@ -21,6 +21,7 @@ import numpy as np
 
 from zoo import outputs
 from zoo.errors import NonFiniteError
+from zoo.outputs import to_plain
 from zoo.training.backup import Backup, list_backups, read_value, tracked_variables, write_backup
 from zoo.training.signals import Interrupted, StopRequests
 
@@ -105,10 +106,6 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
     state_attributes = ("wait", "best", "best_epoch", "stopped_epoch")
 
 
-def _plain(value: Any) -> Any:
-    return value.tolist() if isinstance(value, np.generic | np.ndarray) else value
-
-
 class BackupCallback(keras.callbacks.Callback):
     """Write a backup at every epoch end (and every `every_steps` steps); keep the run's history.
 
@@ -167,7 +164,7 @@ class BackupCallback(keras.callbacks.Callback):
 
     def _snapshot_callbacks(self) -> None:
         for cb in self.stateful:
-            state = {a: _plain(getattr(cb, a)) for a in cb.state_attributes if hasattr(cb, a)}
+            state = {a: to_plain(getattr(cb, a)) for a in cb.state_attributes if hasattr(cb, a)}
             self.callback_state[cb.state_key] = state
 
     def save(self) -> Path | None:
