@@ -46,8 +46,7 @@ TINY_CPU_BUDGET_S = 5 * 60
 
 @dataclass
 class Choice:
-    """One planned config value. `user` is True when the command line set the key (then
-    `value` is not applied and the table says so)."""
+    """One planned config value; `user`: the command line set the key (`value` is not applied)."""
 
     key: str
     value: Any
@@ -66,10 +65,7 @@ class Recipe:
     notes: list[str] = field(default_factory=list)
 
     def get(self, key: str) -> Any:
-        for c in self.choices:
-            if c.key == key:
-                return c.value
-        raise KeyError(key)
+        return next(c.value for c in self.choices if c.key == key)
 
     def overrides(self, exclude: Iterable[str] = ()) -> dict[str, Any]:
         """{dotted key: value} of every choice the user did not set (minus `exclude`)."""
