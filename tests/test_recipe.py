@@ -386,3 +386,25 @@ def test_planned_data_values_pass_the_data_schema(plain_fp, oriented_fp):
                 data[key[5:]] = value
         parsed = parse_data_config(data)
         assert parsed.image_size == [64, 64] and parsed.resize == "crop"
+
+
+def test_consistent_but_tiny_asymmetry_does_not_forbid_flips():
+    # The same left-right symmetric disk in every image plus the same faint left-to-right ramp
+    # (3 grey levels against a disk of 150): a perfectly consistent asymmetry (huge t) of
+    # negligible size, like data a pixel off-centre. A strong ramp is a real orientation.
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    disk = ((yy - 31.5) ** 2 + (xx - 31.5) ** 2 <= 400).astype(np.int32)
+
+    def images(amplitude: float) -> list[np.ndarray]:
+        ramp = np.linspace(0, amplitude, 64)[None, :]
+        return [
+            np.clip(20 + 150 * disk + ramp + rng.normal(0, 2, (64, 64)), 0, 255).astype(np.uint8)
+            for _ in range(16)
+        ]
+
+    o = fingerprint_arrays(images(3), [disk] * 16).orientation
+    assert o["horizontal"] >= 2.5 and o["horizontal_size"] < 0.1  # detected ...
+    assert o["left_right"] is False and o["oriented"] is False  # ... and ignored
+    o = fingerprint_arrays(images(100), [disk] * 16).orientation
+    assert o["horizontal_size"] >= 0.1 and o["left_right"] is True

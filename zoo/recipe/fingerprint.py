@@ -13,7 +13,8 @@ What is measured (all on the training split; at most `max_samples` images, evenl
 - intensity statistics per channel in [0, 1] units (mean, std, 0.5/50/99.5 percentiles);
 - class frequencies (pixel fractions, ignored pixels excluded) and the share of images with
   foreground;
-- objects: connected components of each foreground class (instance ids for instance masks):
+- objects: connected components of each foreground class (instance ids for instance masks)
+  of at least 9 px:
   count per image and size, as the bounding-box extent (longest side, px) and the
   equivalent-circle diameter, both at the stored resolution; the share of objects and of images
   whose foreground touches the image border;

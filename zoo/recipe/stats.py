@@ -12,6 +12,8 @@ from scipy import ndimage
 THUMB = 8  # orientation thumbnails are THUMB x THUMB block means
 ORIENTATION_THRESHOLD = 2.5  # RMS t-statistic; ~1 when flips leave the statistics unchanged
 MIN_IMAGES_FOR_ORIENTATION = 4
+MIN_OBJECT_AREA = 9  # px; smaller components are left out of the object statistics
+MIN_ASYMMETRY = 0.1  # mean flip difference / content variation below this does not count
 PIXELS_PER_IMAGE = 4096  # pixels sampled per image for the intensity percentiles
 
 
@@ -48,8 +50,9 @@ def _thumb(arr: np.ndarray) -> np.ndarray:
     )
 
 
-def _flip_t(thumbs: np.ndarray, transform: str) -> float | None:
-    """RMS over cells of the t-statistic of (thumb - transform(thumb)) across images."""
+def _flip_stats(thumbs: np.ndarray, transform: str) -> tuple[float, float]:
+    """(RMS over cells of the t-statistic of d = thumb - transform(thumb) across images,
+    RMS of the mean d relative to the RMS content variation of the thumbnails)."""
     if transform == "vertical":
         other = thumbs[:, ::-1, :]
     elif transform == "horizontal":
@@ -57,14 +60,17 @@ def _flip_t(thumbs: np.ndarray, transform: str) -> float | None:
     else:
         other = np.transpose(thumbs, (0, 2, 1))
     diff = (thumbs - other).reshape(len(thumbs), -1)
+    mean = diff.mean(axis=0)
+    flat = thumbs.reshape(len(thumbs), -1)
+    spread = np.sqrt(np.mean((flat - flat.mean(axis=1, keepdims=True)) ** 2)) + 1e-12
+    size = float(np.sqrt(np.mean(mean**2)) / spread)
     sd = diff.std(axis=0, ddof=1)
     ok = sd > 1e-9
     if not ok.any():
-        # Identical differences in every image: either no asymmetry at all or a perfectly
-        # consistent one (then the mean is non-zero).
-        return 0.0 if np.allclose(diff.mean(axis=0), 0) else float("inf")
-    z = diff.mean(axis=0)[ok] / (sd[ok] / np.sqrt(len(thumbs)))
-    return float(np.sqrt(np.mean(z**2)))
+        # The same difference in every image: none at all, or a perfectly consistent one.
+        return (0.0 if np.allclose(mean, 0) else float("inf")), size
+    z = mean[ok] / (sd[ok] / np.sqrt(len(thumbs)))
+    return float(np.sqrt(np.mean(z**2))), size
 
 
 def orientation_scores(
@@ -72,33 +78,35 @@ def orientation_scores(
 ) -> dict[str, Any]:
     """Does the data look the same after a vertical flip, a horizontal flip, a transpose?
 
-    Each image (and mask) is reduced to THUMB x THUMB block means, standardized per image. If a
+    Each image (and mask) is reduced to THUMB x THUMB block means, images standardized. If a
     flip F leaves the data's distribution unchanged, d_i = thumb_i - F(thumb_i) has mean zero in
     every cell, whatever the content; a layout prior (sky at the top, anatomy facing one way,
-    objects resting on a floor) gives a mean consistently away from zero. The score is the RMS
-    over cells of the one-sample t-statistic of d across images: about 1 without orientation
-    (each z is ~N(0, 1)), growing with sqrt(#images) with one. `oriented` means the vertical or
-    transpose score (what vertical flips and 90-degree turns would break) is >=
-    ORIENTATION_THRESHOLD; with fewer than MIN_IMAGES_FOR_ORIENTATION images it is None.
-
-    This detects layout orientation, not the orientation of individual objects at random places.
+    objects resting on a floor) gives a mean consistently away from zero. Two numbers per flip:
+    the score, the RMS over cells of the one-sample t-statistic of d across images (about 1
+    without orientation, each z being ~N(0, 1); it grows with sqrt(#images) with one), and the
+    size of the mean asymmetry relative to the thumbnails' content variation (a consistent but
+    tiny asymmetry, e.g. data a few pixels off-centre, is no reason to avoid a flip). A flip is
+    ruled out when, for the images or the masks, score >= ORIENTATION_THRESHOLD and size >=
+    MIN_ASYMMETRY. `oriented` rules out vertical flips / 90-degree turns (vertical or transpose),
+    `left_right` horizontal flips; with fewer than MIN_IMAGES_FOR_ORIENTATION images both are
+    None. This detects layout orientation, not that of individual objects at random places.
     """
     n = len(image_thumbs)
     out: dict[str, Any] = {"n": n, "threshold": ORIENTATION_THRESHOLD}
     if n < MIN_IMAGES_FOR_ORIENTATION:
-        out.update(vertical=None, horizontal=None, transpose=None, oriented=None)
+        out.update(vertical=None, horizontal=None, transpose=None, oriented=None, left_right=None)
         return out
     feats = [image_thumbs]
     if mask_thumbs is not None and np.ptp(mask_thumbs) > 0:
         feats.append(mask_thumbs)
+    broken = {}
     for name in ("vertical", "horizontal", "transpose"):
-        scores = [s for s in (_flip_t(f, name) for f in feats) if s is not None]
-        out[name] = round(max(scores), 3) if scores else None
-    out["oriented"] = bool(
-        (out["vertical"] or 0) >= ORIENTATION_THRESHOLD
-        or (out["transpose"] or 0) >= ORIENTATION_THRESHOLD
-    )
-    out["left_right"] = bool((out["horizontal"] or 0) >= ORIENTATION_THRESHOLD)
+        stats = [_flip_stats(f, name) for f in feats]
+        out[name] = round(max(t for t, _ in stats), 3)
+        out[f"{name}_size"] = round(max(a for _, a in stats), 3)
+        broken[name] = any(t >= ORIENTATION_THRESHOLD and a >= MIN_ASYMMETRY for t, a in stats)
+    out["oriented"] = broken["vertical"] or broken["transpose"]
+    out["left_right"] = broken["horizontal"]
     return out
 
 
@@ -113,7 +121,7 @@ def microscopy_cues(
 
     - single channel (gray);
     - dark background: the per-image median sits in the bottom 20% of the image's 1-99.5
-      percentile range, and more than half the pixels are in the bottom 10%;
+      percentile range, and more than half the pixels are in the bottom 25%;
     - bright objects: foreground brighter than background by > 0.5 background std (median
       over images);
     - high bit depth: 16-bit or float files.
@@ -175,6 +183,8 @@ def per_image(
         areas = ndimage.sum_labels(np.ones_like(labels), labels, ids)
         boxes = ndimage.find_objects(labels.astype(np.int64))
         for i, area in zip(ids, areas):
+            if area < MIN_OBJECT_AREA:  # label specks would dominate the small quantiles
+                continue
             ys, xs = boxes[int(i) - 1]
             extents.append(max(ys.stop - ys.start, xs.stop - xs.start))
             diameters.append(2.0 * np.sqrt(area / np.pi))
@@ -189,7 +199,7 @@ def per_image(
         "counts": counts,
         "pixels": pixels,
         "bg_level": float((med - lo) / span),
-        "dark_fraction": float(np.mean(gray < lo + 0.1 * span)),
+        "dark_fraction": float(np.mean(gray < lo + 0.25 * span)),
         "contrast": contrast,
         "extents": extents,
         "diameters": diameters,
