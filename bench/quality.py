@@ -239,7 +239,7 @@ def markdown(result: dict[str, Any]) -> str:
             continue
         a3 = recipes["auto"].get("180", {}).get("median")
         a10 = recipes["auto"].get("600", {}).get("median")
-        others = [recipes[r].get("180", {}).get("median") for r in ("baseline", "default")]
+        others = [recipes.get(r, {}).get("180", {}).get("median") for r in ("baseline", "default")]
         if a3 is None or None in others:
             lines.append(f"- {d}: not measured at 3 min")
             continue

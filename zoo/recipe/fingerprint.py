@@ -38,7 +38,7 @@ import numpy as np
 
 from zoo.recipe.stats import microscopy_cues, orientation_scores, per_image, summary
 
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2  # bump when a statistic changes: cached fingerprints are recomputed
 
 
 @dataclass
