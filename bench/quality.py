@@ -85,16 +85,23 @@ def train_py(args: list[str], run_dir: Path, cores: int) -> tuple[dict[str, Any]
 
 
 def calibrate(args: list[str], work: Path, cores: int, n1: int, n2: int) -> dict[str, float]:
-    """Seconds per step t and fixed cost c0 of train_time_s, from 1-epoch runs of n1, n2 steps."""
-    times = []
-    for n in (n1, n2):
-        run = work / f"calib{n}"
-        m, _ = train_py([*args, "trainer.epochs=1", f"trainer.steps_per_epoch={n}"], run, cores)
-        times.append(float(m["train_time_s"]))
-        shutil.rmtree(run, ignore_errors=True)
-    t = (times[1] - times[0]) / (n2 - n1)
-    if t <= 0:  # noise larger than the difference: fall back to the longer run's average
-        t = times[1] / n2
+    """Seconds per step t and fixed cost c0 of train_time_s, from 1-epoch runs of n1, n2 steps.
+
+    The fixed cost (tracing, first validation) is 10-30 s against a fraction of a second per step,
+    so a load change between the two runs can swamp their difference: a result that puts more
+    than 90% of the longer run into the fixed cost is measured again (then bounded).
+    """
+    for _attempt in range(2):
+        times = []
+        for n in (n1, n2):
+            run = work / f"calib{n}"
+            m, _ = train_py([*args, "trainer.epochs=1", f"trainer.steps_per_epoch={n}"], run, cores)
+            times.append(float(m["train_time_s"]))
+            shutil.rmtree(run, ignore_errors=True)
+        t = (times[1] - times[0]) / (n2 - n1)
+        if t >= 0.1 * times[1] / n2:
+            break
+    t = max(t, 0.1 * times[1] / n2)
     return {"step_s": t, "fixed_s": max(times[0] - n1 * t, 0.0), "runs_s": times}
 
 
@@ -200,12 +207,17 @@ def run_one(
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Median Dice per (dataset, recipe, budget) over seeds."""
     cells: dict[tuple, list[float]] = {}
+    ratios: dict[tuple, list[float]] = {}
     for r in runs:
         if "dice" in r:
-            cells.setdefault((r["dataset"], r["recipe"], r["budget_s"]), []).append(r["dice"])
+            key = (r["dataset"], r["recipe"], r["budget_s"])
+            cells.setdefault(key, []).append(r["dice"])
+            ratios.setdefault(key, []).append(float(r.get("train_time_s") or 0) / r["budget_s"])
     out: dict[str, Any] = {}
     for (d, rec, b), values in sorted(cells.items()):
         cell = {"median": round(statistics.median(values), 4), "n": len(values)}
+        # Runs sized by calibration can miss the budget (a loaded machine): flag, never hide.
+        cell["time_ratio"] = round(statistics.median(ratios[(d, rec, b)]), 2)
         out.setdefault(d, {}).setdefault(rec, {})[f"{b:g}"] = cell
     return out
 
@@ -228,11 +240,17 @@ def markdown(result: dict[str, Any]) -> str:
         for rec in RECIPES:
             if rec not in recipes:
                 continue
-            cells = [recipes[rec].get(f"{b:g}", {}).get("median") for b in budgets]
-            vals = " | ".join("-" if c is None else f"{100 * c:.1f}" for c in cells)
+            cells = [recipes[rec].get(f"{b:g}", {}) for b in budgets]
+            vals = " | ".join(
+                "-"
+                if c.get("median") is None
+                else f"{100 * c['median']:.1f}" + ("*" if abs(c["time_ratio"] - 1) > 0.3 else "")
+                for c in cells
+            )
             name = d + (" (stand-in)" if src.kind == "stand-in" else "")
             lines.append(f"| {name} | {src.domain} | {rec} | {vals} |")
-    lines += ["", "Targets (real datasets): auto at 3 min >= max(baseline, default) + 1 point, "
+    lines += ["", "\\* training time off the budget by more than 30% (median over seeds).", "",
+              "Targets (real datasets): auto at 3 min >= max(baseline, default) + 1 point, "
               "and within 1 point of auto at 10 min.", ""]  # fmt: skip
     for d, recipes in summary.items():
         if SOURCES[d].kind != "real" or "auto" not in recipes:
@@ -301,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         args.datasets = args.datasets or list(SOURCES)
         args.budgets = args.budgets or [60.0, 180.0, 600.0]
         args.assume = None
-    args.calibration_steps = (2, 12)
+    args.calibration_steps = (2, 42)
     from bench.run import load_average, machine_facts
 
     result: dict[str, Any] = {

@@ -55,16 +55,19 @@ def test_run_sizing_from_a_calibration():
 
 def test_report_table_and_doc_markers(tmp_path):
     runs = [
-        {"dataset": "dsb2018_nuclei", "recipe": r, "budget_s": b, "seed": s, "dice": d}
+        {"dataset": "dsb2018_nuclei", "recipe": r, "budget_s": b, "seed": s, "dice": d,
+         "train_time_s": 400.0 if r == "default" else b}
         for r, b, s, d in [
             ("auto", 180.0, 0, 0.80), ("auto", 180.0, 1, 0.82), ("auto", 180.0, 2, 0.70),
             ("baseline", 180.0, 0, 0.75), ("default", 180.0, 0, 0.60), ("auto", 600.0, 0, 0.805),
         ]
     ]  # fmt: skip
     result = {"settings": {"seeds": 3, "cores": 2}, "summary": quality.summarize(runs)}
-    assert result["summary"]["dsb2018_nuclei"]["auto"]["180"] == {"median": 0.8, "n": 3}
+    cell = result["summary"]["dsb2018_nuclei"]["auto"]["180"]
+    assert cell == {"median": 0.8, "n": 3, "time_ratio": 1.0}
     text = quality.markdown(result)
     assert "| dsb2018_nuclei | microscopy | auto | 80.0 | 80.5 |" in text
+    assert "| dsb2018_nuclei | microscopy | default | 60.0* | - |" in text  # 400 s of 180
     assert "beats both by 1 point: met (80.0 vs 75.0); within 1 point of 10 min: met" in text
     doc = tmp_path / "q.md"
     doc.write_text(f"# Q\n{quality.DOC_START}\nold\n{quality.DOC_END}\ntail\n")
