@@ -3,7 +3,8 @@
 The baseline is what a practitioner writes in an afternoon: a textbook 4-level U-Net (two 3x3
 conv-BN-ReLU per level, 16-32-64-128 filters, a 256-filter bottleneck, transposed-conv
 upsampling), BCE + soft Dice, Adam at 1e-3, random horizontal and vertical flips, whole images at
-native resolution (padded to a multiple of 16), trained until the time budget is spent. Like the
+native resolution (padded to a multiple of 16), BN with PyTorch's momentum, trained until the
+time budget is spent. Like the
 app it validates about 10 times and keeps the best weights, so all recipes are judged alike.
 
 `evaluate_native` scores any saved model on the validation images at their stored resolution
@@ -80,7 +81,10 @@ def textbook_unet(base: int = 16, levels: int = 4) -> Any:
     def block(x, f, name):
         for i in (1, 2):
             x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
-            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+            # PyTorch's BN momentum (0.1 there = 0.9 here), as most textbook U-Nets use: Keras'
+            # 0.99 leaves the moving statistics unusable after the few hundred steps of a
+            # CPU-minutes run (measured: Dice 0.3 after 40 steps with 0.99).
+            x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn{i}")(x)
             x = layers.ReLU(name=f"{name}_relu{i}")(x)
         return x
 

@@ -408,3 +408,30 @@ def test_consistent_but_tiny_asymmetry_does_not_forbid_flips():
     assert o["left_right"] is False and o["oriented"] is False  # ... and ignored
     o = fingerprint_arrays(images(100), [disk] * 16).orientation
     assert o["horizontal_size"] >= 0.1 and o["left_right"] is True
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def test_budget_cosine_schedule_length_set_after_building():
+    import keras
+
+    from zoo.recipe.schedule import BudgetCosineDecay
+
+    lr = BudgetCosineDecay(1e-3, total_steps=1000, warmup_steps=10, alpha=0.1)
+    opt = keras.optimizers.Adam(learning_rate=lr)  # built before the plan exists
+    assert float(lr(5)) == pytest.approx(0.5e-3)  # the ramp does not depend on the length
+    lr.set_length(110, 10)  # the plan: 110 steps
+    assert float(lr(10)) == pytest.approx(1e-3)
+    # Half-way through the decay: alpha + (1 - alpha) / 2 of the peak.
+    assert float(lr(60)) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5), rel=1e-5)
+    assert float(lr(85)) == pytest.approx(
+        1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(0.75 * math.pi))), rel=1e-5
+    )
+    assert float(lr(500)) == pytest.approx(1e-4)
+    opt.iterations.assign(60)
+    assert float(opt.learning_rate) == pytest.approx(float(lr(60)))
+    clone = BudgetCosineDecay.from_config(lr.get_config())
+    assert (clone.total_steps, clone.warmup_steps, clone.alpha) == (110, 10, 0.1)
+    with pytest.raises(ValueError, match="total_steps"):
+        lr.set_length(0)

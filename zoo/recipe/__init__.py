@@ -17,10 +17,12 @@ from zoo.recipe.budget import (
 )
 from zoo.recipe.fingerprint import Fingerprint, fingerprint_arrays, fingerprint_folder
 from zoo.recipe.planner import Choice, Recipe, plan_recipe, user_keys_from_overrides
+from zoo.recipe.schedule import BudgetCosineDecay
 from zoo.recipe.stats import orientation_scores
 
 __all__ = [
     "BudgetController",
+    "BudgetCosineDecay",
     "BudgetError",
     "BudgetPlan",
     "Choice",
