@@ -146,12 +146,14 @@ def run_baseline(root: Path, budget_s: float, seed: int, batch: int = 8) -> dict
 
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
-    best, best_weights, steps, curve, val_cost = -1.0, None, 0, [], 0.0
+    best, best_weights, steps, curve, val_cost, step_times = -1.0, None, 0, [], 0.0, []
     next_val = budget_s / 10
     while True:
         order = rng.permutation(len(x))
         for i in range(0, len(x) - batch + 1, batch):
+            t0 = time.perf_counter()
             step(x[order[i : i + batch]], y[order[i : i + batch]])
+            step_times.append(time.perf_counter() - t0)
             steps += 1
             elapsed = time.perf_counter() - start
             last = elapsed + val_cost * 1.2 >= budget_s
@@ -177,6 +179,8 @@ def run_baseline(root: Path, budget_s: float, seed: int, batch: int = 8) -> dict
         "dice": round(validate(), 4),
         "train_time_s": round(train_time, 2),
         "steps": steps,
+        "first_step_s": round(step_times[0], 2),
+        "step_s": round(float(np.median(step_times[1:])), 3) if len(step_times) > 1 else None,
         "batch": batch,
         "params": int(model.count_params()),
         "curve": curve,
