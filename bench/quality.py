@@ -11,11 +11,11 @@ For each dataset of bench/quality_data.py and each budget, three recipes, median
 - baseline: the textbook U-Net of bench/quality_baseline.py, same budget.
 
 The trainer has no time budget yet, so each train.py run is sized from a measured step time:
-two short calibration runs (1 epoch of n1 and n2 steps) give the per-step time t and the fixed
-cost c0 (first-step tracing, first validation) of `train_time_s`; the validation time is
-estimated like the controller does. Once `trainer.time_budget` exists, `--trainer-budget` passes
-`trainer.time_budget=<B>s` (and `recipe=auto`) instead. Every model is scored by
-`evaluate_native` on the validation images at their stored resolution.
+short calibration runs (1 epoch of n1 and of n2 steps) give the per-step time t and the fixed
+cost c0 (first-step tracing, first validation) of `train_time_s`, a third (2 epochs) the cost of
+an epoch end (validation, checkpoint, backup). Once `trainer.time_budget` exists,
+`--trainer-budget` passes `trainer.time_budget=<B>s` (and `recipe=auto`) instead. Every model is
+scored by `evaluate_native` on the validation images at their stored resolution.
 
 Budgets are training-loop seconds (`train_time_s`, what `trainer.time_budget` will cover); each
 process is pinned to `--cores` CPUs. JSON to bench/results/quality.json, table into
@@ -85,24 +85,36 @@ def train_py(args: list[str], run_dir: Path, cores: int) -> tuple[dict[str, Any]
 
 
 def calibrate(args: list[str], work: Path, cores: int, n1: int, n2: int) -> dict[str, float]:
-    """Seconds per step t and fixed cost c0 of train_time_s, from 1-epoch runs of n1, n2 steps.
+    """Seconds per step t, fixed cost c0 of train_time_s and the cost of one epoch end, from
+    runs of 1 epoch x n1 steps, 1 epoch x n2 steps and 2 epochs x n1 steps.
 
-    The fixed cost (tracing, first validation) is 10-30 s against a fraction of a second per step,
-    so a load change between the two runs can swamp their difference: a result that puts more
-    than 90% of the longer run into the fixed cost is measured again (then bounded).
+    The epoch end (validation, best checkpoint, backup) is what a validation costs in the
+    trainer. The fixed cost (tracing, first validation) is 10-30 s against a fraction of a
+    second per step, so a load change between runs can swamp their difference: a result that
+    puts more than 90% of the longer run into the fixed cost is measured again (then bounded).
     """
+
+    def timed(epochs: int, steps: int) -> float:
+        run = work / f"calib{epochs}x{steps}"
+        sized = [f"trainer.epochs={epochs}", f"trainer.steps_per_epoch={steps}"]
+        m, _ = train_py([*args, *sized], run, cores)
+        shutil.rmtree(run, ignore_errors=True)
+        return float(m["train_time_s"])
+
     for _attempt in range(2):
-        times = []
-        for n in (n1, n2):
-            run = work / f"calib{n}"
-            m, _ = train_py([*args, "trainer.epochs=1", f"trainer.steps_per_epoch={n}"], run, cores)
-            times.append(float(m["train_time_s"]))
-            shutil.rmtree(run, ignore_errors=True)
+        times = [timed(1, n1), timed(1, n2)]
         t = (times[1] - times[0]) / (n2 - n1)
         if t >= 0.1 * times[1] / n2:
             break
     t = max(t, 0.1 * times[1] / n2)
-    return {"step_s": t, "fixed_s": max(times[0] - n1 * t, 0.0), "runs_s": times}
+    times.append(timed(2, n1))
+    epoch_end = max(times[2] - times[0] - n1 * t, 0.0)
+    return {
+        "step_s": t,
+        "fixed_s": max(times[0] - n1 * t, 0.0),
+        "epoch_end_s": epoch_end,
+        "runs_s": times,
+    }
 
 
 def _count(root: Path, split: str) -> int:
@@ -113,7 +125,7 @@ def size_default(budget: float, cal: dict[str, float], n_train: int, n_val: int,
     """Epochs of the previous default (one pass per epoch, a validation per epoch) that fit."""
     t, c0 = cal["step_s"], cal["fixed_s"]
     spe = max(1, n_train // batch)
-    v = 0.4 * t * math.ceil(n_val / batch)
+    v = cal.get("epoch_end_s", 0.4 * t * math.ceil(n_val / batch))
     epochs = max(1, int((budget - c0 + v) // (spe * t + v)))
     return [f"trainer.epochs={epochs}"], {"epochs": epochs, "steps_per_epoch": spe}
 
@@ -123,7 +135,7 @@ def size_auto(budget: float, cal: dict[str, float], n_val: int, batch: int):
     from zoo.recipe import plan_steps
 
     t, c0 = cal["step_s"], cal["fixed_s"]
-    v = 0.4 * t * math.ceil(n_val / batch)
+    v = cal.get("epoch_end_s", 0.4 * t * math.ceil(n_val / batch))
     steps, every, _, warmup = plan_steps(budget - c0, t, v)
     steps = max(steps, 1)
     epochs = max(1, math.ceil(steps / every))

@@ -96,9 +96,19 @@ def test_controller_plans_steps_from_measured_step_time():
     assert (plan.total_steps - 5) * 0.5 + plan.num_validations * 1.0 <= 173
     assert ctl.should_validate(21) and ctl.should_validate(42) and not ctl.should_validate(22)
     assert ctl.should_validate(plan.total_steps)
+    # The first validation (with its checkpoint and backup writes) took 5 s, not 1 s: the steps
+    # left are re-planned at the same interval. At step 21 (clock 15 + 5 = 20): 160 s left,
+    # 156.8 after the margin; 210 steps + ceil(210 / 21) = 10 validations = 105 + 50 = 155 s
+    # fit, 211 steps would need 11 (160.5 s). 21 + 210 = 231 is > 10% off 314: new length.
+    clock.t = 20.0
+    replanned = ctl.on_validation_done(5.0, step=21)
+    assert replanned.total_steps == replanned.schedule_steps == 231
+    assert replanned.num_validations == 10 and replanned.val_time_s == 5.0
+    # Within 10% of the plan: the length stays (no LR jumps from timing noise).
+    assert ctl.on_validation_done(4.6, step=21).total_steps == 231
     clock.t = 100.0
     assert not ctl.should_stop(150)
-    assert ctl.should_stop(plan.total_steps) and ctl.stop_reason == "planned steps done"
+    assert ctl.should_stop(231) and ctl.stop_reason == "planned steps done"
     # Steps slower than measured: the deadline (next step + final validation) stops the run.
     clock.t = 179.0
     assert ctl.should_stop(200) and ctl.stop_reason == "deadline"

@@ -9,7 +9,6 @@ from zoo.recipe.budget import (
     BudgetController,
     BudgetError,
     BudgetPlan,
-    PhaseTimer,
     format_duration,
     parse_duration,
     plan_steps,
@@ -19,6 +18,7 @@ from zoo.recipe.fingerprint import Fingerprint, fingerprint_arrays, fingerprint_
 from zoo.recipe.planner import Choice, Recipe, plan_recipe, user_keys_from_overrides
 from zoo.recipe.schedule import BudgetCosineDecay
 from zoo.recipe.stats import orientation_scores
+from zoo.recipe.timing import PhaseTimer
 
 __all__ = [
     "BudgetController",

@@ -1,9 +1,10 @@
 """Time budgets: parse `trainer.time_budget`, plan the steps that fit, stop on time.
 
-The budget covers the training loop (fit with its validations). Start-up, fingerprinting, the final
-evaluation and the export are timed separately (`PhaseTimer`); for budgets of a minute or more the
-whole process must end within the budget + `PROCESS_SLACK_S`, which `BudgetController` enforces by
-also stopping training early enough to leave time for the measured tail (evaluation + export).
+The budget covers the training loop (fit with its validations). Start-up, fingerprinting, the
+final evaluation and the export are timed separately (`zoo.recipe.timing.PhaseTimer`); for budgets
+of a minute or more the whole process must end within the budget + `PROCESS_SLACK_S`, which
+`BudgetController` enforces by also stopping training early enough to leave time for the measured
+tail (evaluation + export).
 
 The arithmetic is pure and the controller reads time only through its `clock` (tests use a fake
 one). A training loop calls `start()`, times `warmup_steps` steps, calls `on_warmup_done` for a
@@ -17,9 +18,8 @@ import math
 import re
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 PROCESS_SLACK_S = 30.0  # start-up + fingerprint + final evaluation + export, budgets >= 60 s
@@ -338,10 +338,29 @@ class BudgetController:
         )
         return self.plan
 
-    def on_validation_done(self, seconds: float) -> None:
-        """Record a measured validation time (the deadline check uses it from then on)."""
-        if self.plan is not None and seconds > 0:
-            self.plan.val_time_s = float(seconds)
+    def on_validation_done(self, seconds: float, step: int, now: float | None = None) -> BudgetPlan:
+        """Record a measured validation (with its checkpoint/backup writes) and re-plan.
+
+        The steps still to run are those that fit before the deadline with validations of the
+        measured cost at the planned interval; the plan's length changes only when it is off
+        by more than SCHEDULE_KEEP_TOLERANCE (then update the LR schedule, e.g.
+        `BudgetCosineDecay.set_length(plan.schedule_steps)`).
+        """
+        if self.plan is None:
+            raise RuntimeError("on_validation_done before on_warmup_done")
+        plan, now = self.plan, (self.clock() if now is None else float(now))
+        plan.val_time_s = v = max(float(seconds), 0.0)
+        t, every = plan.step_time_s, plan.validation_every
+        left = plan.deadline_s - now
+        available = left - max(self.margin_fraction * left, t)
+        fits = max(int(available // t), 0)
+        while fits > 0 and fits * t + math.ceil(fits / every) * v > available:
+            fits -= max(1, int((fits * t + math.ceil(fits / every) * v - available) // (t + v)))
+        total = step + max(fits, 0)
+        if abs(total - plan.total_steps) > SCHEDULE_KEEP_TOLERANCE * plan.total_steps:
+            plan.total_steps = plan.schedule_steps = max(total, step)
+            plan.num_validations = math.ceil(max(fits, 0) / every)
+        return plan
 
     def should_validate(self, step: int) -> bool:
         """Validate after `step` (1-based count of steps done)?"""
@@ -371,30 +390,3 @@ class BudgetController:
             "steps_done": int(step) if step is not None else self.steps_before,
             "plan": self.plan.as_dict() if self.plan else None,
         }
-
-
-@dataclass
-class PhaseTimer:
-    """Wall time of the phases of a run (start-up, fingerprint, train, evaluate, export).
-
-    Example:
-        >>> timer = PhaseTimer()
-        >>> with timer.phase("fingerprint"):
-        ...     pass
-        >>> sorted(timer.seconds)
-        ['fingerprint']
-    """
-
-    clock: Callable[[], float] = time.monotonic
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        start = self.clock()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + (self.clock() - start)
-
-    def as_dict(self) -> dict[str, float]:
-        return {f"{k}_s": round(v, 3) for k, v in self.seconds.items()}
