@@ -407,6 +407,20 @@ def test_one_compile_per_tile_shape_and_progress():
     assert calls[-1] == (calls[-1][1], calls[-1][1]) and len(calls) == -(-calls[-1][1] // 3)
     (fn,) = predictor._fns.values()
     assert fn.experimental_get_tracing_count() == 1
+    for shape in [(9, 12), (13, 5), (20, 7)]:  # shorter than a tile: one dynamic signature
+        predictor.predict(rand_image(*shape))
+    assert sorted(predictor._fns, key=str) == [(16, 16), (None, None)]
+    assert predictor._fns[(None, None)].experimental_get_tracing_count() == 1
+
+
+def test_whole_image_mode_pads_to_the_divisor_like_the_untiled_predictor():
+    """tile=None: one tile per image, edge-padded to the divisor and cropped back."""
+    keras.utils.set_random_seed(1)
+    model = build_tiny("unet", num_classes=2)
+    image = rand_image(50, 70, seed=5)
+    padded = np.pad(image, ((0, 14), (0, 26), (0, 0)), mode="edge")  # to 64 x 96
+    got = inf.predict(model, image, tile=None, output="logits")
+    np.testing.assert_allclose(got, whole(model, padded)[:50, :70], atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -192,7 +192,9 @@ class TiledPredictor:
     # ------------------------------------------------------------------ compiled step
 
     def _step(self, th: int, tw: int) -> Any:
-        key = (th, tw)
+        # The tile shape has its own signature; images shorter than a tile (or tile=None) share
+        # one with dynamic height and width, so varied small images trace once too.
+        key = (th, tw) if (th, tw) == self.tile else (None, None)
         if key in self._fns:
             return self._fns[key]
         model, activation = self.model, self.activation
@@ -201,7 +203,10 @@ class TiledPredictor:
         def run(x: tf.Tensor) -> tf.Tensor:
             total = None
             for mirror, k in transforms:
-                y = tf.cast(model(forward(x, mirror, k), training=False), tf.float32)
+                # One view at a time (control dependency): TTA costs time, not memory.
+                with tf.control_dependencies([] if total is None else [total]):
+                    view = forward(x, mirror, k)
+                y = tf.cast(model(view, training=False), tf.float32)
                 if activation == "sigmoid":
                     y = tf.sigmoid(y)
                 elif activation == "softmax":
@@ -210,7 +215,8 @@ class TiledPredictor:
                 total = y if total is None else total + y
             return total if len(transforms) == 1 else total / float(len(transforms))
 
-        spec = tf.TensorSpec((self.batch_size * self.replicas, th, tw, self.channels), tf.float32)
+        batch = self.batch_size * self.replicas
+        spec = tf.TensorSpec((batch, key[0], key[1], self.channels), tf.float32)
         if self.strategy is None:
             fn = tf.function(run, input_signature=[spec])
         else:
