@@ -11,6 +11,7 @@ large TIFF/PNG files and `zoo.inference.writers` writes them in strips or tiles.
 docs/inference.md.
 """
 
+from zoo.inference import io, writers
 from zoo.inference.api import predict
 from zoo.inference.evaluate import evaluate, folder_eval_pairs, read_eval_pair
 from zoo.inference.masks import mask_threshold, to_mask
@@ -29,6 +30,7 @@ __all__ = [
     "evaluate",
     "folder_eval_pairs",
     "has_global_context",
+    "io",
     "input_scale_from_sizes",
     "mask_threshold",
     "model_mode",
@@ -38,4 +40,5 @@ __all__ = [
     "receptive_overlap",
     "tile_starts",
     "to_mask",
+    "writers",
 ]

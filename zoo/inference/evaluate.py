@@ -37,7 +37,7 @@ def evaluate(
     threshold: Any = None,
     progress: Progress | None = None,
     **predict_kwargs: Any,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Dice and IoU of `model` on native-size (image, mask) pairs, predicted tile by tile.
 
     Args:
@@ -54,7 +54,8 @@ def evaluate(
     Returns:
         ``{"dice", "iou", "dice_<k>", "iou_<k>", "images", "scored_at": "full_resolution"}``
         (per class: multiclass classes 0..K-1; binary 0 = background, 1 = foreground;
-        multilabel: per label, and the means over labels).
+        multilabel: per label, and the means over labels). None on non-chief workers of a
+        multi-worker strategy (every worker must call it: the steps are collective).
 
     Example:
 
@@ -97,6 +98,8 @@ def evaluate(
                     truth[None], _pseudo_logits(pred, matrices[0].num_classes)[None]
                 )
         images += 1
+    if not predictor.chief:
+        return None
     results: dict[str, Any] = {"images": images, "scored_at": "full_resolution"}
     if mode != "multilabel":
         results.update({key: float(v) for key, v in matrices[0].result().items()})

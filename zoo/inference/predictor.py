@@ -205,7 +205,7 @@ class TiledPredictor:
             for mirror, k in transforms:
                 # One view at a time (control dependency): TTA costs time, not memory.
                 with tf.control_dependencies([] if total is None else [total]):
-                    view = forward(x, mirror, k)
+                    view = forward(tf.identity(x), mirror, k)
                 y = tf.cast(model(view, training=False), tf.float32)
                 if activation == "sigmoid":
                     y = tf.sigmoid(y)
