@@ -441,6 +441,8 @@ def test_bad_settings_are_named(kwargs, match):
 
 
 def test_channel_mismatch_is_one_clear_line():
+    with pytest.raises(ValueError, match="uint8, uint16 or float"):
+        inf.predict(conv_model(), np.zeros((20, 20, 3), np.uint32), tile=16)
     with pytest.raises(ValueError, match="has 2 channel"):
         inf.predict(conv_model(), np.zeros((20, 20, 2), np.float32), tile=16)
     gray = (rand_image(20, 20)[..., 0] * 255).astype(np.uint8)  # gray -> RGB as in training
@@ -456,6 +458,27 @@ def test_channel_mismatch_is_one_clear_line():
         whole(conv_model(), np.repeat(gray[..., None], 3, -1) / np.float32(255)),
         atol=1e-5,
     )
+
+
+def test_models_with_a_fixed_input_size_take_tiles_of_that_size():
+    dynamic = conv_model(1, seed=4)
+    image = keras.Input((16, 16, 3))
+    static = keras.Model(image, dynamic.layers[2](dynamic.layers[1](image)))  # same weights
+    overlap = inf.receptive_overlap(2, 16)
+    x = rand_image(37, 29, seed=6)
+    want = inf.predict(dynamic, x, tile=16, overlap=overlap, blend="center")
+    np.testing.assert_allclose(
+        inf.predict(static, x, tile=16, overlap=overlap, blend="center"), want, atol=1e-6
+    )
+    small = rand_image(9, 12, seed=7)  # edge-padded up to the fixed size, cropped back
+    padded = np.pad(small, ((0, 7), (0, 4), (0, 0)), mode="edge")
+    np.testing.assert_allclose(
+        inf.predict(static, small, tile=16, output="logits"),
+        whole(dynamic, padded)[:9, :12],
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match=r"exactly \(16, 16\)"):
+        inf.TiledPredictor(static, tile=32)
 
 
 def test_mirrored_strategy_gives_the_single_device_result(mirrored_strategy):

@@ -131,12 +131,8 @@ class TiledPredictor:
         ok = isinstance(pair, (tuple, list)) and len(pair) == 2
         ok = ok and all(isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in pair)
         if not ok or any(t % self.divisor for t in pair):
-            raise _bad(
-                "tile",
-                tile,
-                f"expected a positive multiple of the model's divisor {self.divisor} (or a "
-                "(height, width) pair of them, or None for whole images)",
-            )
+            expected = f"expected a positive multiple of the model's divisor {self.divisor}"
+            raise _bad("tile", tile, f"{expected} (or a pair of them, or None: whole images)")
         pair = (int(pair[0]), int(pair[1]))
         if any(s is not None and s != t for s, t in zip(self.static_hw, pair)):
             raise _bad("tile", tile, f"this model takes inputs of exactly {self.static_hw}")
@@ -150,11 +146,10 @@ class TiledPredictor:
         c = 1 if image.ndim == 2 else int(image.shape[2])
         if c != self.channels and not (self.channels == 3 and c in (1, 4)):
             raise ValueError(
-                f"The image has {c} channel(s) but the model takes {self.channels}: pass "
-                f"{self.channels}-channel images (gray and RGBA are converted only for RGB "
-                "models)."
+                f"The image has {c} channel(s) but the model takes {self.channels} "
+                "(gray and RGBA images are converted only for RGB models)"
             )
-        if image.dtype.kind not in "uf" or image.dtype.itemsize > 8:
+        if image.dtype not in (np.uint8, np.uint16) and image.dtype.kind != "f":
             raise _bad("image", f"array of dtype {image.dtype}", "expected uint8, uint16 or float")
         return image
 
@@ -194,7 +189,8 @@ class TiledPredictor:
     def _step(self, th: int, tw: int) -> Any:
         # The tile shape has its own signature; images shorter than a tile (or tile=None) share
         # one with dynamic height and width, so varied small images trace once too.
-        key = (th, tw) if (th, tw) == self.tile else (None, None)
+        static = None not in self.static_hw
+        key = (th, tw) if (th, tw) == self.tile or static else (None, None)
         if key in self._fns:
             return self._fns[key]
         model, activation = self.model, self.activation
