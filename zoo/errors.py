@@ -26,6 +26,10 @@ class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the user named does not exist."""
 
 
+class MissingDependencyError(UserError, ImportError):
+    """An optional package a feature needs is not installed (says what to install)."""
+
+
 class ModelFileError(UserError, ValueError):
     """A saved model that cannot be loaded or does not fit the task (names the file)."""
 

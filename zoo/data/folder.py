@@ -178,6 +178,33 @@ def _read_split(pairs: list[tuple[Path, Path]], c: FolderDataConfig, skipped: li
     return images, masks, instances
 
 
+def split_pairs(
+    c: FolderDataConfig,
+) -> tuple[list[tuple[Path, Path]], list[tuple[Path, Path]]]:
+    """(train, val) lists of (image, mask) paths: the split `load` uses (and full-resolution
+    evaluation, which reads the validation files at native size).
+
+    Raises:
+        MissingFileError: missing root, images/ or masks/ (or val/ next to train/).
+        DataError: unmatched files or no images.
+    """
+    root = Path(c.root).expanduser()
+    if not root.is_dir():
+        raise MissingFileError(f"data.root not found: '{root}' (data=folder data.root=/path)")
+    if (root / "train").is_dir():
+        if not (root / "val").is_dir():
+            raise MissingFileError(f"Found '{root / 'train'}' but no '{root / 'val'}' folder")
+        return find_pairs(root / "train"), find_pairs(root / "val")
+    pairs = find_pairs(root)
+    order = np.random.default_rng(c.split_seed).permutation(len(pairs))
+    n_val = int(round(c.val_ratio * len(pairs)))
+    if c.val_ratio > 0 and len(pairs) > 1:
+        n_val = min(max(n_val, 1), len(pairs) - 1)
+    val_pairs = [pairs[i] for i in sorted(order[:n_val])]
+    train_pairs = [pairs[i] for i in sorted(order[n_val:])]
+    return train_pairs, val_pairs
+
+
 def load(c: FolderDataConfig) -> tuple[Split, Split | None, tuple[str, ...], tuple[str, ...]]:
     """Read, check and split a folder dataset.
 
@@ -193,21 +220,7 @@ def load(c: FolderDataConfig) -> tuple[Split, Split | None, tuple[str, ...], tup
         ValueError: any problem with a file, naming the file.
     """
     root = Path(c.root).expanduser()
-    if not root.is_dir():
-        raise MissingFileError(f"data.root not found: '{root}' (data=folder data.root=/path)")
-    if (root / "train").is_dir():
-        if not (root / "val").is_dir():
-            raise MissingFileError(f"Found '{root / 'train'}' but no '{root / 'val'}' folder")
-        train_pairs = find_pairs(root / "train")
-        val_pairs = find_pairs(root / "val")
-    else:
-        pairs = find_pairs(root)
-        order = np.random.default_rng(c.split_seed).permutation(len(pairs))
-        n_val = int(round(c.val_ratio * len(pairs)))
-        if c.val_ratio > 0 and len(pairs) > 1:
-            n_val = min(max(n_val, 1), len(pairs) - 1)
-        val_pairs = [pairs[i] for i in sorted(order[:n_val])]
-        train_pairs = [pairs[i] for i in sorted(order[n_val:])]
+    train_pairs, val_pairs = split_pairs(c)
     skipped: list[str] = []
     train = _read_split(train_pairs, c, skipped)
     val = _read_split(val_pairs, c, skipped) if val_pairs else None

@@ -29,6 +29,7 @@ RATES_AT_16 = (6, 12, 18)
 @register_model(
     "deeplab_lite",
     output_stride=16,
+    global_context=True,  # ASPP image pooling: every pixel sees the whole image
     tiny_config={
         "encoder": "mobilenet_lite",
         "encoder_kwargs": {"width_multiplier": 0.25},
