@@ -383,3 +383,76 @@ def test_get_config_round_trip(term):
     loss = losses.get_loss(term, mode=mode, ignore_index=7)
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
     assert type(restored) is type(loss) and restored.get_config() == loss.get_config()
+
+
+# --------------------------------------------------------------------------- mask value checks
+
+
+@pytest.mark.parametrize("term,mode", CASES)
+def test_out_of_range_mask_values_are_refused(term, mode):
+    y, x, w = make_batch(mode)
+    bad = (y * 255).astype(np.int32) if mode != "multiclass" else np.where(y == 2, 3, y)
+    value_seen, valid = (255, r"values in \[0, 1\]") if mode != "multiclass" else (3, "0..2")
+    message = (
+        rf"Invalid mask value {value_seen} for loss '{term}' \({mode} mode\): expected .*{valid}"
+    )
+    with pytest.raises(ValueError, match=message):  # the pure function, eagerly
+        value(term, bad, x, w, mode=mode)
+    with pytest.raises(ValueError, match=rf"ignore_index={value_seen}"):
+        losses.get_loss(term, mode=mode)(bad, x, sample_weight=w)
+    negative = np.where(y == 0, -1, y).astype(np.int32)
+    with pytest.raises(
+        ValueError, match=r"Invalid mask value -1 .*Received: mask values in \[-1, "
+    ):
+        value(term, negative, x, mode=mode)
+    # The same values are fine once they are the ignore_index: ignored, not refused.
+    assert np.isfinite(value(term, bad, x, w, mode=mode, ignore_index=value_seen))
+
+
+def test_binary_0_255_mask_error_names_the_fixes():
+    y, x, _ = make_batch("binary")
+    with pytest.raises(ValueError) as info:
+        F.wbce(y * 255, x)
+    text = str(info.value)
+    assert "\n" not in text
+    assert "mask values in [0, 255]" in text
+    assert "pass ignore_index=255" in text and "divide a 0/255 mask by 255" in text
+
+
+def test_soft_binary_targets_in_0_1_are_valid():
+    # Soft targets stay allowed: BCE at logit 0 is ln 2 for any target t in [0, 1].
+    y = np.full((1, 2, 2, 1), 0.3, np.float32)
+    assert value("wbce", y, np.zeros((1, 2, 2, 1), np.float32)) == pytest.approx(math.log(2))
+    with pytest.raises(ValueError, match="Invalid mask value 1.5"):
+        value("wbce", y * 5, np.zeros((1, 2, 2, 1), np.float32))
+
+
+def test_standalone_forms_refuse_bad_masks_in_graphs_and_poison_them_under_xla():
+    y, x, w = make_batch("binary")
+    bad = tf.constant(y * 255)
+    layer = losses.Dice()
+    graph = tf.function(lambda a, b, c: layer([a, c, b]))
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"Invalid mask value for loss dice \(binary mode\)"
+    ):
+        graph(bad, x, w)
+    assert np.isfinite(float(graph(tf.constant(y), x, w)))
+    # XLA drops Assert ops: the loss is NaN instead of a plausible wrong number (issue: -23.8).
+    xla = tf.function(lambda a, b: F.wbce(a, b), jit_compile=True)
+    assert math.isnan(float(xla(bad, x)))
+    assert float(xla(tf.constant(y), x)) == pytest.approx(np_loss("wbce", y, x), rel=1e-5)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_keras_loss_form_in_compile_refuses_bad_masks(jit_compile):
+    image = keras.Input((8, 8, 2))
+    model = keras.Model(image, keras.layers.Conv2D(3, 1)(image))
+    model.compile(optimizer="sgd", loss=losses.WeightedCELoss(), jit_compile=jit_compile)
+    x = RNG.random((4, 8, 8, 2)).astype(np.float32)
+    y = RNG.integers(0, 4, (4, 8, 8, 1)).astype(np.int32)  # class 3 of 3 channels
+    y[0, 0, 0] = 3
+    if jit_compile:
+        assert math.isnan(model.evaluate(x, y, batch_size=4, verbose=0))
+    else:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"class ids 0\.\.2"):
+            model.evaluate(x, y, batch_size=4, verbose=0)
