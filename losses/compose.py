@@ -272,6 +272,8 @@ class LossTerms(keras.layers.Layer):
         return ops.broadcast_to(ops.stack(values)[None], (batch, len(values)))
 
     def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
+        for term in self.terms:  # the model is being built: the channel count is known
+            term.check_num_classes(tuple(input_shape[-1])[-1])
         return (input_shape[-1][0], len(self.terms))
 
     def get_config(self) -> dict[str, Any]:
@@ -468,6 +470,8 @@ def attach(
             layers.append(type(term).from_config(config))
         else:
             layers.append(term)
+    for layer in layers:
+        layer.check_num_classes(logits_shape[-1])
 
     reserved = {"mask", "weight"}
     model_inputs = {}

@@ -276,7 +276,8 @@ def prepare(
     if w is None:
         w = ops.ones_like(logits[..., :1])
     if factor is not None:
-        w = w * factor
+        # On the logits, not the weights: a NaN weight would read as "no pixel counts".
+        logits = logits * factor
     return target, logits, w
 
 
@@ -308,8 +309,38 @@ def _select(values: Any, classes: Sequence[int] | None) -> Any:
     return ops.take(values, list(classes), axis=-1)
 
 
-def _confusion(target: Any, logits: Any, w: Any, mode: str, reduction: str) -> tuple[Any, Any, Any]:
-    """Soft, weighted tp / fp / fn per class: shape (C,) ("batch") or (B, C) ("image")."""
+def check_class_options(
+    term: str,
+    num_classes: int | None,
+    *,
+    class_weights: Sequence[float] | None = None,
+    classes: Sequence[int] | None = None,
+) -> None:
+    """One-line `ValueError` if `class_weights` / `classes` do not fit `num_classes` channels."""
+    if num_classes is None:
+        return
+    if class_weights is not None and len(class_weights) != num_classes:
+        raise ValueError(
+            f"Invalid value for argument `class_weights` of loss {term!r}: expected one weight "
+            f"per class, {num_classes} for logits with {num_classes} channels. Received: "
+            f"class_weights={list(class_weights)} ({len(class_weights)} weights)"
+        )
+    if classes is not None and any(not 0 <= c < num_classes for c in classes):
+        raise ValueError(
+            f"Invalid value for argument `classes` of loss {term!r}: expected channel indices "
+            f"0..{num_classes - 1} (the logits have {num_classes} channels). Received: "
+            f"classes={list(classes)}"
+        )
+
+
+def _region_stats(
+    target: Any, logits: Any, w: Any, mode: str, reduction: str
+) -> tuple[Any, Any, Any, Any]:
+    """Soft, weighted tp / fp / fn and the weight n of each class's pixels.
+
+    Shape (C,) summed over the global batch ("batch") or (B, C) per image ("image"). A class
+    (of an image) with n = 0 has no pixel that counts: every pixel ignored or weighted 0.
+    """
     p = _probs(logits, mode)
     rank = len(logits.shape)
     axes = tuple(range(rank - 1)) if reduction == "batch" else tuple(range(1, rank - 1))
@@ -317,24 +348,32 @@ def _confusion(target: Any, logits: Any, w: Any, mode: str, reduction: str) -> t
     tp = ops.sum(wp * target, axis=axes)
     fp = ops.sum(wp, axis=axes) - tp
     fn = ops.sum(w * target, axis=axes) - tp
-    return tp, fp, fn
+    n = ops.sum(w, axis=axes) + ops.zeros_like(tp)  # (B, H, W, 1) weights: same n per class
+    if reduction == "batch":
+        # One all-reduce for the four statistics.
+        tp, fp, fn, n = ops.unstack(global_sum(ops.stack([tp, fp, fn, n])), 4)
+    return tp, fp, fn, n
 
 
-def _region_loss(per_class: Any, reduction: str, classes: Sequence[int] | None) -> Any:
-    per_class = _select(per_class, classes)
+def _region_loss(per_class: Any, n: Any, reduction: str, classes: Sequence[int] | None) -> Any:
+    """Mean of the per-class losses over the classes (and images) that have pixels that count.
+
+    A class with n = 0 is an empty set: it is left out of the mean, and if nothing is left the
+    loss is 0 with a zero gradient.
+    """
+    per_class, n = _select(per_class, classes), _select(n, classes)
+    counts = n > 0
+    per_class = ops.where(counts, per_class, ops.zeros_like(per_class))
+    valid = ops.cast(counts, "float32")
     if reduction == "batch":
         # Statistics were summed over the global batch already: identical on every replica.
-        return ops.mean(per_class)
-    # Mean over the images of the global batch of the per-image class mean.
-    per_image = ops.mean(per_class, axis=-1)
-    count = ops.cast(ops.shape(per_image)[0], "float32")
-    return _safe_div(global_sum(ops.sum(per_image)), global_sum(count))
-
-
-def _global_confusion(tp: Any, fp: Any, fn: Any, reduction: str) -> tuple[Any, Any, Any]:
-    if reduction == "batch":
-        return global_sum(tp), global_sum(fp), global_sum(fn)
-    return tp, fp, fn
+        return _safe_div(ops.sum(per_class), ops.sum(valid))
+    # Mean over the images of the global batch that have pixels that count, of the per-image
+    # mean over its classes that do.
+    classes_per_image = ops.sum(valid, axis=-1)
+    per_image = _safe_div(ops.sum(per_class, axis=-1), classes_per_image)
+    images = ops.sum(ops.cast(classes_per_image > 0, "float32"))
+    return _safe_div(global_sum(ops.sum(per_image)), global_sum(images))
 
 
 # --------------------------------------------------------------------------- terms
@@ -386,6 +425,7 @@ def wce(
         y_true, y_pred, weight, mode=mode, ignore_index=ignore_index, term="wce"
     )
     if class_weights is not None:
+        check_class_options("wce", logits.shape[-1], class_weights=class_weights)
         cw = ops.convert_to_tensor(list(class_weights), "float32")
         w = w * ops.sum(target * cw, axis=-1, keepdims=True)
     if label_smoothing:
@@ -449,9 +489,10 @@ def dice(
     target, logits, w = prepare(
         y_true, y_pred, weight, mode=mode, ignore_index=ignore_index, term="dice"
     )
-    tp, fp, fn = _global_confusion(*_confusion(target, logits, w, mode, reduction), reduction)
-    score = (2.0 * tp + smooth) / (2.0 * tp + fp + fn + smooth + eps)
-    return _region_loss(1.0 - score, reduction, classes)
+    check_class_options("dice", logits.shape[-1], classes=classes)
+    tp, fp, fn, n = _region_stats(target, logits, w, mode, reduction)
+    score = _safe_div(2.0 * tp + smooth, 2.0 * tp + fp + fn + smooth + eps)
+    return _region_loss(1.0 - score, n, reduction, classes)
 
 
 def jaccard(
@@ -471,9 +512,10 @@ def jaccard(
     target, logits, w = prepare(
         y_true, y_pred, weight, mode=mode, ignore_index=ignore_index, term="jaccard"
     )
-    tp, fp, fn = _global_confusion(*_confusion(target, logits, w, mode, reduction), reduction)
-    score = (tp + smooth) / (tp + fp + fn + smooth + eps)
-    return _region_loss(1.0 - score, reduction, classes)
+    check_class_options("jaccard", logits.shape[-1], classes=classes)
+    tp, fp, fn, n = _region_stats(target, logits, w, mode, reduction)
+    score = _safe_div(tp + smooth, tp + fp + fn + smooth + eps)
+    return _region_loss(1.0 - score, n, reduction, classes)
 
 
 def tversky(
@@ -500,12 +542,13 @@ def tversky(
     target, logits, w = prepare(
         y_true, y_pred, weight, mode=mode, ignore_index=ignore_index, term="tversky"
     )
-    tp, fp, fn = _global_confusion(*_confusion(target, logits, w, mode, reduction), reduction)
-    score = (tp + smooth) / (tp + alpha * fp + beta * fn + smooth + eps)
+    check_class_options("tversky", logits.shape[-1], classes=classes)
+    tp, fp, fn, n = _region_stats(target, logits, w, mode, reduction)
+    score = _safe_div(tp + smooth, tp + alpha * fp + beta * fn + smooth + eps)
     loss = 1.0 - score
     if gamma != 1.0:
         loss = ops.power(ops.maximum(loss, _TINY), gamma)
-    return _region_loss(loss, reduction, classes)
+    return _region_loss(loss, n, reduction, classes)
 
 
 FUNCTIONS = {

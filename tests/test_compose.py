@@ -324,6 +324,39 @@ def test_mirrored_strategy_refuses_bad_masks_on_any_replica(mirrored_strategy):
     assert np.isfinite(train.evaluate(data, batch_size=4, verbose=0)[0])
 
 
+@pytest.mark.parametrize("mode", ["binary", "multiclass"])
+def test_mirrored_strategy_every_term_with_an_image_left_out(mirrored_strategy, mode):
+    """Every term over the global batch when replica 0 holds an image with no pixel that
+    counts: equal to one device, and Dice per image equal to NumPy over the other images."""
+    channels = 1 if mode == "binary" else 3
+    if mode == "binary":
+        spec = "wbce+focal+dice+jaccard+tversky"
+        options = {"dice": {"reduction": "image", "smooth": 0.0}, "tversky": {"alpha": 0.3}}
+    else:
+        spec = "wce+focal+dice+jaccard"
+        options = {"wce": {"class_weights": [0.5, 1.0, 2.0]}, "dice": {"reduction": "image"}}
+    data = batch(channels=channels, mode=mode, ignore=255, seed=6)
+    data["mask"][1] = 255  # all of image 1 ignored (on replica 0)
+    single = tiny_model(channels)
+    with mirrored_strategy.scope():
+        mirrored = tiny_model(channels)
+        mirrored.set_weights(single.get_weights())
+        train_m = losses.attach(mirrored, spec, ignore_index=255, **options)
+        train_m.compile(optimizer="sgd")
+    train_s = losses.attach(single, spec, ignore_index=255, **options)
+    train_s.compile(optimizer="sgd")
+    got_s = train_s.evaluate(data, batch_size=4, return_dict=True, verbose=0)
+    got_m = train_m.evaluate(data, batch_size=4, return_dict=True, verbose=0)
+    for key in got_s:
+        assert got_m[key] == pytest.approx(got_s[key], rel=1e-5), key
+    if mode == "binary":
+        logits = single.predict(data["image"], verbose=0)
+        valid = data["mask"] != 255
+        mask, weight = np.where(valid, data["mask"], 0), data["weight"] * valid
+        want = np.mean([np_dice(mask[i], logits[i], weight[i], smooth=0.0) for i in (0, 2, 3)])
+        assert got_s["dice_loss"] == pytest.approx(want, rel=1e-4)
+
+
 def test_mirrored_strategy_keras_loss_path(mirrored_strategy):
     strategy = mirrored_strategy
     data = batch(ignore=255, seed=2)
