@@ -217,7 +217,9 @@ class LossTerms(keras.layers.Layer):
 
     Each term is computed over the global batch (all replicas of a `tf.distribute`
     strategy), multiplied by its `loss_weight` and logged as `<name>_loss`. The values are
-    returned, not added with `add_loss`: `LossModel.compute_loss` sums them.
+    returned, not added with `add_loss`: `LossModel.compute_loss` sums them. The mask values
+    are checked once for all terms (see `functional.check_labels`); inside a `LossModel` a
+    bad mask ends in a one-line `ValueError` after the step, under XLA too.
 
     Args:
         terms: list of loss layers (`losses.get(...)` or the term classes).
