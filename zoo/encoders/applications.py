@@ -4,8 +4,11 @@ Each adapter builds the application without its classifier, picks the layers tha
 deepest feature map at each stride, and maps our [0, 1] RGB input to the preprocessing the
 application was trained with, inside the graph (a `ChannelAffine` layer, no `Lambda`).
 ``weights=None`` (the default) builds random weights; ``weights="imagenet"`` downloads the
-pretrained ones, only when asked. Batch normalizations are switched to synchronized
-statistics and momentum 0.9, like the native encoders.
+pretrained ones, only when asked; a path loads a local Keras weights file of the
+application without its top (the file keras.applications itself would download). Models
+pass their `encoder_weights` here; ``encoder_kwargs={"weights": ...}`` is an alias. Batch
+normalizations are switched to synchronized statistics and momentum 0.9, like the native
+encoders.
 
 Feature keys per adapter (stride -> layer):
 
@@ -17,8 +20,10 @@ Feature keys per adapter (stride -> layer):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 
@@ -106,13 +111,18 @@ def application_features(
 ) -> dict[int, object]:
     """Feature maps ``{stride: tensor}`` of the application `key` applied to [0, 1] images `x`."""
     spec = SPECS[key]
-    if weights not in (None, "imagenet"):
-        raise ValueError(
-            "Invalid value for argument `weights`: expected None or 'imagenet'. "
-            f"Received: weights={weights!r}"
-        )
     if is_restoring():
         weights = None  # a saved model's own file holds the weights: no download on load
+    elif weights not in (None, "imagenet"):
+        # A local Keras weights file of the application without its top (what
+        # keras.applications downloads for include_top=False), loaded by keras.applications.
+        if not isinstance(weights, (str, os.PathLike)) or not Path(weights).is_file():
+            raise ValueError(
+                "Invalid value for argument `encoder_weights`: expected None, 'imagenet' or "
+                f"the path of an existing Keras weights file of {spec.app.__name__} without "
+                f"its top (encoder {key!r}). Received: encoder_weights={weights!r}"
+            )
+        weights = str(weights)
     x = ChannelAffine(spec.scale, spec.offset, spec.reverse_channels, name=f"{name}_preprocess")(x)
     app = spec.app(
         include_top=False,
@@ -156,7 +166,8 @@ def _register(key: str, strides: tuple[int, ...], description: str, tiny: dict) 
         "Args:\n"
         "    inputs: image tensor in [0, 1], or None to get a standalone model.\n"
         "    input_shape: shape of the standalone model's input.\n"
-        "    weights: None (random) or 'imagenet' (downloads the pretrained weights).\n"
+        "    weights: None (random), 'imagenet' (downloads the pretrained weights) or the\n"
+        "        path of a Keras weights file of the application without its top.\n"
         "    name: prefix of the layer names.\n"
         "    **app_kwargs: passed to the keras.applications constructor (e.g. alpha).\n"
     )

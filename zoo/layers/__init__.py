@@ -15,6 +15,7 @@ from zoo.layers.spatial import (
     ChannelAffine,
     CheckDivisible,
     CropToReference,
+    FoldedOffset,
     PadToMultiple,
 )
 from zoo.layers.upsample_concat_conv2d import UpsampleConcatConv2D
@@ -24,6 +25,7 @@ __all__ = [
     "ChannelAffine",
     "CheckDivisible",
     "CropToReference",
+    "FoldedOffset",
     "PadToMultiple",
     "UpsampleConcatConv2D",
     "batch_norm",

@@ -183,3 +183,81 @@ class ChannelAffine(keras.layers.Layer):
             "offset": self.offset,
             "reverse_channels": self.reverse_channels,
         }
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class FoldedOffset(keras.layers.Layer):
+    """Adds the position-dependent bias of a normalization folded into a zero-padded conv.
+
+    A model normalizing ``(x - mean) / std`` before a zero-padded convolution ``W`` computes
+    ``conv(x, W / std) - conv(support, W * mean / std)``, where ``support`` is 1 inside the
+    image and 0 in the padding. This layer adds the second term to the first:
+    ``features + conv(support, kernel)`` (valid convolution of the zero-padded support), so a
+    1-channel model with the RGB normalization folded into its first kernel is exact at the
+    borders too (`zoo.pretrained.adapt_input_kernel`). The kernel is not trained: it is
+    preprocessing.
+
+    Args:
+        kernel_size: the convolution's kernel size (int or pair).
+        strides: its strides (int or pair).
+        padding: zeros added on each side of the image before it (int or pair).
+
+    Call arguments:
+        inputs: ``[features, image]``: the convolution's output ``(B, H', W', F)`` and its
+            input image ``(B, H, W, C)`` (only the image's size is used).
+
+    Example:
+
+    ```python
+    y = FoldedOffset(7, strides=2, padding=3)([conv_output, image])
+    ```
+    """
+
+    def __init__(self, kernel_size=1, strides=1, padding=0, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size = _pair("kernel_size", kernel_size)
+        self.strides = _pair("strides", strides)
+        self.padding = _pair("padding", padding, minimum=0)
+
+    def build(self, input_shape):
+        features_shape, _ = input_shape
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(*self.kernel_size, 1, int(features_shape[-1])),
+            initializer="zeros",
+            trainable=False,
+        )
+
+    def call(self, inputs):
+        features, image = inputs
+        # One image's support is enough: every image of the batch has the same size.
+        support = ops.ones_like(image[:1, :, :, :1])
+        if any(self.padding):
+            (ph, pw) = self.padding
+            support = ops.pad(support, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
+        kernel = ops.cast(self.kernel, support.dtype)
+        offset = ops.conv(support, kernel, strides=self.strides, padding="valid")
+        return features + ops.cast(offset, features.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "kernel_size": list(self.kernel_size),
+            "strides": list(self.strides),
+            "padding": list(self.padding),
+        }
+
+
+def _pair(name: str, value, minimum: int = 1) -> tuple[int, int]:
+    values = (value, value) if isinstance(value, int) else tuple(value)
+    if len(values) != 2 or any(
+        isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in values
+    ):
+        raise ValueError(
+            f"Invalid value for argument `{name}`: expected an integer >= {minimum} or a pair "
+            f"of them. Received: {name}={value!r}"
+        )
+    return values

@@ -3,7 +3,7 @@
 Subclasses build a functional graph in ``__init__`` (keras-hub style)::
 
     image, x = model_input(input_shape, divisor, pad_to_divisor)
-    features = encoder_features(encoder, x, encoder_kwargs)
+    features = encoder_features(encoder, x, encoder_kwargs, encoder_weights)
     logits = ...decoder and head (last layer dtype="float32")...
     outputs = model_output(logits, image, activation, pad_to_divisor)
     super().__init__(inputs=image, outputs=outputs, name=name, **kwargs)
@@ -16,6 +16,7 @@ constructor, so a `.keras` file stores the recipe (and the weights), never a pic
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,11 +24,14 @@ import keras
 
 import zoo
 from zoo.layers import CheckDivisible, CropToReference, PadToMultiple
-from zoo.saving import is_restoring, restoring_from_file
+from zoo.saving import restoring_from_file
 
 ACTIVATIONS = (None, "sigmoid", "softmax")
 # Keyword arguments a model passes on to `keras.Model` besides its own (from_config gives them).
 BASE_KWARGS = ("name", "trainable", "dtype")
+# What `encoder_features` did for the model being built on this thread (checked by
+# `_init_config`: a model that takes `encoder_weights` must hand them to the encoder).
+_BUILD = threading.local()
 
 
 def check_positive_int(name: str, value: Any, hint: str = "") -> int:
@@ -104,8 +108,15 @@ def model_input(
     return image, image
 
 
-def encoder_features(encoder: str, x: Any, encoder_kwargs: dict | None) -> dict[int, Any]:
-    """Run the registered encoder `encoder` on `x`; returns ``{stride: features}``."""
+def encoder_features(
+    encoder: str, x: Any, encoder_kwargs: dict | None, encoder_weights: Any = None
+) -> dict[int, Any]:
+    """Run the registered encoder `encoder` on `x`; returns ``{stride: features}``.
+
+    `encoder_weights` (the model's argument: None, "imagenet", a file path or a named source,
+    see docs/models.md) becomes the builder's `weights`; the adapters' older
+    ``encoder_kwargs={"weights": ...}`` stays accepted as an alias.
+    """
     kwargs = dict(encoder_kwargs or {})
     if not isinstance(encoder, str):
         raise ValueError(
@@ -113,6 +124,21 @@ def encoder_features(encoder: str, x: Any, encoder_kwargs: dict | None) -> dict[
             f"{zoo.list_encoders()}. Received: encoder={encoder!r}"
         )
     builder = zoo.encoder_info(encoder).obj  # unknown names raise with the choices
+    if encoder_weights is not None:
+        alias = kwargs.get("weights")
+        if alias is not None and alias != encoder_weights:
+            raise ValueError(
+                "Invalid value for argument `encoder_weights`: it disagrees with "
+                f"encoder_kwargs['weights']={alias!r} (an alias); give one of them. "
+                f"Received: encoder_weights={encoder_weights!r}"
+            )
+        if "weights" not in inspect.signature(builder).parameters:
+            raise ValueError(
+                f"Invalid value for argument `encoder_weights`: encoder {encoder!r} takes no "
+                f"pretrained weights. Received: encoder_weights={encoder_weights!r}"
+            )
+        kwargs["weights"] = encoder_weights
+    _BUILD.encoder_weights = encoder_weights
     return builder(x, **kwargs)
 
 
@@ -177,11 +203,13 @@ class SegmentationModel(keras.Model):
         }
         self.divisor = divisor
         weights = self._config.get("encoder_weights")
-        if weights is not None and not is_restoring():
-            # Placeholder until the pretrained-weights module lands (issue: pretrained encoders).
+        handed = getattr(_BUILD, "encoder_weights", None)
+        _BUILD.encoder_weights = None
+        if weights is not None and handed != weights:
             raise ValueError(
-                f"Invalid value for argument `encoder_weights`: no pretrained weights source is "
-                f"available yet for encoder {self._config.get('encoder')!r}. "
+                f"Invalid value for argument `encoder_weights`: model {type(self).__name__} "
+                "does not pass them to its encoder (its graph must call "
+                "encoder_features(encoder, x, encoder_kwargs, encoder_weights)). "
                 f"Received: encoder_weights={weights!r}"
             )
 

@@ -17,6 +17,9 @@ RESNET = register_table(
         "resnet (torchvision layout)",
         (
             Rule(r"stem_conv", "conv1"),
+            # One input channel: the normalization folded into the first conv leaves a fixed
+            # offset kernel; zoo.pretrained computes it from conv1.weight under this key.
+            Rule(r"stem_conv_offset", "conv1.folded_offset", kind="conv"),
             Rule(r"stem_bn", "bn1"),
             Rule(r"stage(\d)_block(\d+)_conv(\d)_conv", "layer{1}.{2-1}.conv{3}"),
             Rule(r"stage(\d)_block(\d+)_conv(\d)_bn", "layer{1}.{2-1}.bn{3}"),

@@ -1,0 +1,358 @@
+"""Pretrained encoder weights: named sources, the cache folder, downloads, first-conv adaptation.
+
+`encoder_weights` (a model argument; an encoder builder's `weights`) is one of:
+
+* ``None``: random initialization;
+* ``"imagenet"``: the encoder's standard ImageNet weights, a `WeightsSource` registered for it
+  (``zoo.pretrained.sources("resnet34")``), fetched on first use into the cache folder;
+* a path to a local weights file (a state dict for native encoders, a Keras weights file for
+  the ``keras_*`` adapters) or, for ``keras_hub``, a preset name or directory.
+
+Cache folder: ``$SEGZOO_HOME/weights`` if ``SEGZOO_HOME`` is set, else
+``$KERAS_HOME/segzoo/weights`` (``KERAS_HOME`` defaults to ``~/.keras``). A file is
+downloaded once, to a temporary name first, then moved in place (concurrent workers are
+safe). Without network (or with ``SEGZOO_OFFLINE=1``) the request fails within seconds with
+one line naming the file, its URL and the exact path to put it in. Files are checked by
+tensor names and shapes when they are assigned, and by SHA-256 where the source publishes
+one.
+
+A saved model never reads any of this again: `zoo.saving.restoring_from_file()` makes the
+builders skip loading (and skip checking that a local file still exists).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HOME_ENV = "SEGZOO_HOME"
+OFFLINE_ENV = "SEGZOO_OFFLINE"
+TIMEOUT_ENV = "SEGZOO_DOWNLOAD_TIMEOUT"
+DEFAULT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel ``(x - mean) / std`` of images in [0, 1]: what the weights were trained on."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def per_channel(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std for `channels` input channels (cycling through the RGB values, the
+        same way `adapt_input_kernel` cycles through the RGB kernels)."""
+        index = np.arange(channels) % len(self.mean)
+        return np.asarray(self.mean)[index], np.asarray(self.std)[index]
+
+    def scale_offset(self, channels: int) -> tuple[list[float], list[float]]:
+        """``x * scale + offset`` form (`zoo.layers.ChannelAffine`)."""
+        mean, std = self.per_channel(channels)
+        return [float(v) for v in 1.0 / std], [float(v) for v in -mean / std]
+
+
+IMAGENET = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where an encoder's named weights come from.
+
+    Args:
+        url: the file to download.
+        file: its path inside the cache folder.
+        description: what the weights are (shown in docs and messages).
+        license: the weights' license.
+        normalization: the preprocessing they were trained with, when it differs from the
+            encoder's (`register_encoder_weights`).
+        sha256: the file's SHA-256 where the publisher gives one (never made up).
+    """
+
+    url: str
+    file: str
+    description: str
+    license: str
+    normalization: Normalization | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class EncoderWeights:
+    """How a native encoder takes PyTorch-layout weights.
+
+    Args:
+        table: the `zoo.port` table from their keys to our layers (relative to the encoder's
+            name prefix).
+        first_conv: their module of the first convolution (adapted for other than 3 input
+            channels), e.g. ``"conv1"``.
+        normalization: the preprocessing of its weights, local files included.
+        sources: named weights, e.g. ``{"imagenet": WeightsSource(...)}``.
+    """
+
+    table: str
+    first_conv: str | None
+    normalization: Normalization | None
+    sources: dict[str, WeightsSource]
+
+
+_ENCODERS: dict[str, EncoderWeights] = {}
+
+
+def register_encoder_weights(
+    encoder: str,
+    *,
+    table: str,
+    first_conv: str | None,
+    normalization: Normalization | None,
+    sources: dict[str, WeightsSource],
+) -> EncoderWeights:
+    """Declare that native encoder `encoder` loads PyTorch-layout weights (see `EncoderWeights`)."""
+    spec = EncoderWeights(table, first_conv, normalization, dict(sources))
+    _ENCODERS[encoder] = spec
+    return spec
+
+
+def sources(encoder: str) -> dict[str, WeightsSource]:
+    """The named weights registered for `encoder` (``{}`` when it has none)."""
+    spec = _ENCODERS.get(encoder)
+    return dict(spec.sources) if spec else {}
+
+
+def cache_dir() -> Path:
+    """The folder weights are cached in (see the module docstring)."""
+    home = os.environ.get(HOME_ENV)
+    if home:
+        return Path(home).expanduser() / "weights"
+    keras_home = os.environ.get("KERAS_HOME") or os.path.join("~", ".keras")
+    return Path(keras_home).expanduser() / "segzoo" / "weights"
+
+
+def cached_path(source: WeightsSource) -> Path:
+    return cache_dir() / source.file
+
+
+def fetch(source: WeightsSource, what: str) -> Path:
+    """The local path of `source`'s file, downloading it into the cache on first use.
+
+    Args:
+        source: the weights.
+        what: how messages name them, e.g. ``"'imagenet' weights of encoder 'resnet34'"``.
+
+    Raises:
+        OSError: one line (no network, offline mode, HTTP error, wrong hash) naming the file,
+            its URL and the exact path to put it in.
+    """
+    path = cached_path(source)
+    if path.is_file():
+        _check_hash(path, source, what)
+        return path
+    where = (
+        f"download {source.url} and save it as {path} "
+        f"(the cache folder is set by {HOME_ENV} or KERAS_HOME)"
+    )
+    if os.environ.get(OFFLINE_ENV, "") not in ("", "0") or os.environ.get("HF_HUB_OFFLINE", "") in (
+        "1",
+        "true",
+    ):
+        raise OSError(f"The {what} are not in the cache and {OFFLINE_ENV} is set: {where}")
+    timeout = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(f"{path.name}.part-{os.getpid()}")
+    print(f"Downloading the {what} from {source.url} to {path}", file=sys.stderr)
+    try:
+        with urllib.request.urlopen(source.url, timeout=timeout) as response, open(part, "wb") as f:
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+    except (OSError, urllib.error.URLError, ValueError) as err:
+        part.unlink(missing_ok=True)
+        reason = getattr(err, "reason", None) or err
+        raise OSError(
+            f"Could not download the {what} ({type(err).__name__}: {reason}): {where}"
+        ) from None
+    _check_hash(part, source, what, cleanup=True)
+    os.replace(part, path)  # atomic: a concurrent worker sees the whole file or none
+    return path
+
+
+def _check_hash(path: Path, source: WeightsSource, what: str, cleanup: bool = False) -> None:
+    if not source.sha256:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != source.sha256:
+        if cleanup:
+            path.unlink(missing_ok=True)
+        raise OSError(
+            f"The {what} at {path} have SHA-256 {digest.hexdigest()}, expected "
+            f"{source.sha256}: delete the file and download {source.url} again"
+        )
+
+
+def weights_error(encoder: str, weights: object, hint: str) -> ValueError:
+    """The one-line `ValueError` for an `encoder_weights` value an encoder cannot take."""
+    return ValueError(
+        f"Invalid value for argument `encoder_weights`: encoder {encoder!r} {hint}. "
+        f"Received: encoder_weights={weights!r}"
+    )
+
+
+def encoders_with_weights() -> list[str]:
+    """Registered encoders that have pretrained weights (metadata ``pretrained=True``)."""
+    import zoo
+
+    return [n for n in zoo.list_encoders() if zoo.encoder_info(n).metadata.get("pretrained")]
+
+
+def encoder_state(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The encoder part of a checkpoint: a segmentation_models_pytorch model stores it under
+    ``encoder.`` next to its decoder and head (which are left out); other files as they are."""
+    if any(k.startswith("encoder.") for k in state):
+        return {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+    return dict(state)
+
+
+def adapt_input_kernel(
+    kernel: np.ndarray,
+    channels: int,
+    normalization: Normalization | None = None,
+    in_axis: int = 1,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A pretrained RGB first-convolution kernel for `channels` input channels.
+
+    * 3 channels: unchanged.
+    * 1 channel: the RGB kernels summed, with the per-channel normalization folded in: for a
+      gray image ``g`` in [0, 1], ``sum_c W_c * (g - mean_c) / std_c = (sum_c W_c / std_c) * g
+      - sum_c W_c * mean_c / std_c``. The first term is the returned kernel, applied to the
+      raw image; the second is returned as ``offset`` (same layout, one input channel), the
+      kernel `zoo.layers.FoldedOffset` applies to the image's support so that zero padding
+      stays exactly what the 3-channel model pads (the normalized mean color). The model then
+      computes, on ``g``, exactly what the RGB model computes on ``g`` repeated three times.
+    * 2 or more than 3 channels: channel ``i`` gets the kernel of RGB channel ``i % 3`` (the
+      normalization cycles the same way), each output channel scaled by
+      ``sqrt(sum_c |W_c|^2 / sum_i |W_(i % 3)|^2)`` (about ``sqrt(3 / channels)``), so that on
+      inputs whose channels are independent with the normalized statistics every output keeps
+      its variance. (segmentation_models_pytorch and timm scale by ``3 / channels``, which
+      keeps the response to identical channels instead; real bands lie in between.)
+
+    Args:
+        kernel: the RGB kernel; `in_axis` is its input-channel axis (1 for PyTorch's OIHW,
+            2 for Keras' HWIO).
+        channels: the new number of input channels.
+        normalization: the weights' normalization (needed for 1 channel).
+        in_axis: the input-channel axis of `kernel`.
+
+    Returns:
+        ``(kernel, offset)``; ``offset`` is None except for 1 channel with a normalization.
+    """
+    kernel = np.asarray(kernel, np.float64)
+    rgb = kernel.shape[in_axis]
+    if channels == rgb:
+        return kernel.astype(np.float32), None
+    w = np.moveaxis(kernel, in_axis, 0)  # (in, ...)
+    if channels == 1:
+        if normalization is None:
+            new = w.sum(0, keepdims=True)
+            return np.moveaxis(new, 0, in_axis).astype(np.float32), None
+        mean, std = normalization.per_channel(rgb)
+        shape = (rgb,) + (1,) * (w.ndim - 1)
+        new = (w / std.reshape(shape)).sum(0, keepdims=True)
+        offset = -(w * (mean / std).reshape(shape)).sum(0, keepdims=True)
+        return (
+            np.moveaxis(new, 0, in_axis).astype(np.float32),
+            np.moveaxis(offset, 0, in_axis).astype(np.float32),
+        )
+    index = np.arange(channels) % rgb
+    new = w[index]
+    # The output-channel axis of the moved array: OIHW -> (I, O, H, W); HWIO -> (I, H, W, O).
+    o_axis = 1 if in_axis == 1 else w.ndim - 1
+    reduce_axes = tuple(a for a in range(w.ndim) if a != o_axis)
+    scale = np.sqrt((w**2).sum(reduce_axes) / np.maximum((new**2).sum(reduce_axes), 1e-30))
+    scale_shape = [1] * w.ndim
+    scale_shape[o_axis] = -1
+    new = new * scale.reshape(scale_shape)
+    return np.moveaxis(new, 0, in_axis).astype(np.float32), None
+
+
+# === Native (PyTorch-layout) encoders ===
+
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+
+def native_normalization(encoder: str, weights: object) -> Normalization | None:
+    """Check `weights` for native encoder `encoder`; the normalization its graph applies.
+
+    None for random weights; the source's (or the encoder's) normalization otherwise. A
+    local file is checked to exist, except while a saved model is restored (its own file
+    holds the weights; the original may be long gone).
+    """
+    from zoo.saving import is_restoring
+
+    if weights is None:
+        return None
+    spec = _ENCODERS.get(encoder)
+    if spec is None:
+        raise weights_error(
+            encoder,
+            weights,
+            "has no published pretrained weights; use None (random), or an encoder with "
+            f"weights: {', '.join(encoders_with_weights())}",
+        )
+    if not isinstance(weights, (str, os.PathLike)) or not str(weights):
+        raise weights_error(encoder, weights, _choices(spec))
+    if str(weights) in spec.sources:
+        source = spec.sources[str(weights)]
+        return source.normalization or spec.normalization
+    if not is_restoring() and not Path(weights).expanduser().is_file():
+        raise weights_error(encoder, weights, _choices(spec) + "; no such file")
+    return spec.normalization
+
+
+def _choices(spec: EncoderWeights) -> str:
+    names = ", ".join(repr(n) for n in spec.sources)
+    return (
+        f"takes None, {names} or the path of an existing weights file "
+        f"({', '.join(WEIGHT_FILE_SUFFIXES)})"
+    )
+
+
+def load_native(
+    encoder: str,
+    weights: object,
+    inputs,
+    features,
+    name: str,
+    normalization: Normalization | None,
+) -> None:
+    """Load `weights` into the layers native encoder `encoder` built between `inputs` and
+    `features` (its layers are named ``{name}_...``), the first conv adapted to the input's
+    channels with the `normalization` the graph applies (None: the caller normalizes).
+    Nothing happens for random weights or while a saved model is restored."""
+    from zoo import port
+    from zoo.saving import is_restoring
+
+    if weights is None or is_restoring():
+        return
+    spec = _ENCODERS[encoder]
+    if str(weights) in spec.sources:
+        source = spec.sources[str(weights)]
+        path = fetch(source, f"{weights!r} weights of encoder {encoder!r}")
+    else:
+        path = Path(weights).expanduser()
+    state = encoder_state(port.load_state_dict(path))
+    channels = int(inputs.shape[-1])
+    if spec.first_conv and f"{spec.first_conv}.weight" in state:
+        key = f"{spec.first_conv}.weight"
+        state[key], offset = adapt_input_kernel(state[key], channels, normalization, in_axis=1)
+        if offset is not None:
+            state[f"{spec.first_conv}.folded_offset.weight"] = offset
+    layers = port.layers_between(inputs, features)
+    table = port.get_table(spec.table).bind(ours=f"{name}_")
+    port.assign(layers, state, table, source=str(path))
