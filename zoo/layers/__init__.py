@@ -17,6 +17,7 @@ from zoo.layers.spatial import (
     CropToReference,
     FoldedOffset,
     PadToMultiple,
+    UpsampleAlignCorners,
 )
 from zoo.layers.upsample_concat_conv2d import UpsampleConcatConv2D
 
@@ -27,6 +28,7 @@ __all__ = [
     "CropToReference",
     "FoldedOffset",
     "PadToMultiple",
+    "UpsampleAlignCorners",
     "UpsampleConcatConv2D",
     "batch_norm",
     "conv_bn_act",

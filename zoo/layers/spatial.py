@@ -261,3 +261,46 @@ def _pair(name: str, value, minimum: int = 1) -> tuple[int, int]:
             f"of them. Received: {name}={value!r}"
         )
     return values
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class UpsampleAlignCorners(keras.layers.Layer):
+    """Bilinear upsampling by an integer factor with corner pixels aligned.
+
+    PyTorch's ``nn.UpsamplingBilinear2d`` / ``F.interpolate(..., mode="bilinear",
+    align_corners=True)``, which segmentation_models_pytorch's FPN uses: output pixel ``i``
+    samples input position ``i * (H - 1) / (factor * H - 1)``. (Keras' bilinear
+    `UpSampling2D` samples half-pixel centers instead.) Create it with ``dtype="float32"``
+    under mixed precision, like the zoo's other bilinear resizes.
+
+    Args:
+        factor: the integer upsampling factor of height and width.
+
+    Example:
+
+    ```python
+    y = UpsampleAlignCorners(4, dtype="float32")(x)  # (B, 4H, 4W, C)
+    ```
+    """
+
+    def __init__(self, factor: int, **kwargs):
+        super().__init__(**kwargs)
+        _check_positive_int("factor", factor)
+        self.factor = factor
+
+    def call(self, inputs):
+        import tensorflow as tf  # the zoo runs on the TensorFlow backend
+
+        size = tf.shape(inputs)[1:3] * self.factor
+        y = tf.compat.v1.image.resize_bilinear(
+            inputs, size, align_corners=True, half_pixel_centers=False
+        )
+        return tf.cast(y, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        up = [None if d is None else d * self.factor for d in (h, w)]
+        return (b, up[0], up[1], c)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}

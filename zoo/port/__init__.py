@@ -53,6 +53,7 @@ from zoo.port.mapping import (
     plan,
     register_table,
 )
+from zoo.port.smp import SmpModel, list_smp_models, port_smp, register_smp_model
 from zoo.port.state_dict import load_state_dict, read_safetensors
 
 __all__ = [
@@ -61,13 +62,17 @@ __all__ = [
     "Assignment",
     "PortError",
     "Rule",
+    "SmpModel",
     "Table",
     "assign",
     "get_table",
     "layers_between",
+    "list_smp_models",
     "list_tables",
     "load_state_dict",
     "plan",
+    "port_smp",
     "read_safetensors",
+    "register_smp_model",
     "register_table",
 ]
