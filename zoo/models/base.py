@@ -23,6 +23,7 @@ from typing import Any
 import keras
 
 import zoo
+from zoo.encoders._common import recording_encoder_kwargs, stop_recording
 from zoo.layers import CheckDivisible, CropToReference, PadToMultiple
 from zoo.saving import restoring_from_file
 
@@ -139,7 +140,13 @@ def encoder_features(
             )
         kwargs["weights"] = encoder_weights
     _BUILD.encoder_weights = encoder_weights
-    return builder(x, **kwargs)
+    recorded = recording_encoder_kwargs()
+    try:
+        features = builder(x, **kwargs)
+    finally:
+        stop_recording()
+    _BUILD.encoder_kwargs = recorded
+    return features
 
 
 def model_output(logits: Any, image: Any, activation: str | None, pad_to_divisor: bool) -> Any:
@@ -204,7 +211,12 @@ class SegmentationModel(keras.Model):
         self.divisor = divisor
         weights = self._config.get("encoder_weights")
         handed = getattr(_BUILD, "encoder_weights", None)
-        _BUILD.encoder_weights = None
+        resolved = getattr(_BUILD, "encoder_kwargs", None)
+        _BUILD.encoder_weights = _BUILD.encoder_kwargs = None
+        if resolved and "encoder_kwargs" in self._config:
+            # What the encoder read from its source (e.g. a keras-hub preset's architecture)
+            # is saved with the model, so that loading it never reads the source again.
+            self._config["encoder_kwargs"] = {**(self._config["encoder_kwargs"] or {}), **resolved}
         if weights is not None and handed != weights:
             raise ValueError(
                 f"Invalid value for argument `encoder_weights`: model {type(self).__name__} "
