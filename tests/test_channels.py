@@ -133,3 +133,59 @@ def test_folded_offset_is_the_padded_support_convolved():
     assert not layer.trainable_weights
     clone = FoldedOffset.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
+
+
+@pytest.fixture(scope="module")
+def mobilenet_file(tmp_path_factory):
+    app = keras.applications.MobileNetV2(
+        include_top=False, weights=None, input_shape=(None, None, 3), alpha=0.35
+    )
+    rng = np.random.default_rng(0)
+    for v in app.weights:
+        if "variance" in v.path:
+            v.assign(rng.uniform(0.5, 1.5, v.shape))
+        else:
+            v.assign(rng.normal(0, 0.1, v.shape))
+    path = tmp_path_factory.mktemp("app") / "mobilenet_v2_0.35_notop.weights.h5"
+    app.save_weights(path)
+    return path, np.asarray(app.get_layer("Conv1").kernel)
+
+
+def adapter_unet(channels, path):
+    return zoo.create_model(
+        "unet",
+        input_shape=(None, None, channels),
+        encoder="keras_mobilenetv2",
+        encoder_kwargs={"alpha": 0.35},
+        encoder_weights=str(path),
+        decoder_channels=(16, 16, 8, 8, 8),
+    )
+
+
+def test_keras_application_on_gray_equals_rgb_on_the_gray_image_repeated(mobilenet_file):
+    path, _ = mobilenet_file
+    rgb, gray = adapter_unet(3, path), adapter_unet(1, path)
+    gray.set_weights(rgb.get_weights())  # the application stays RGB: same variables
+    image = np.random.default_rng(1).random((1, 64, 64, 1), dtype=np.float32)
+    np.testing.assert_allclose(
+        np.asarray(gray(image, training=False)),
+        np.asarray(rgb(np.repeat(image, 3, -1), training=False)),
+        atol=1e-5,
+    )
+
+
+def test_keras_application_first_conv_adapted_to_four_channels(mobilenet_file):
+    path, rgb_kernel = mobilenet_file
+    model = adapter_unet(4, path)
+    inner = model.get_layer("encoder_keras_mobilenetv2")
+    kernel = np.asarray(inner.get_layer("Conv1").kernel)
+    assert kernel.shape == rgb_kernel.shape[:2] + (4, rgb_kernel.shape[3])
+    ratio = kernel / rgb_kernel[:, :, [0, 1, 2, 0]]
+    np.testing.assert_allclose(ratio, np.broadcast_to(ratio[:1, :1, :1], ratio.shape), rtol=1e-5)
+    # [-1, 1] preprocessing for every channel, and the rest of the network as in the file.
+    assert model.get_layer("encoder_preprocess").scale == 2.0
+    rgb = adapter_unet(3, path).get_layer("encoder_keras_mobilenetv2")
+    np.testing.assert_array_equal(
+        np.asarray(inner.get_layer("block_16_project").kernel),
+        np.asarray(rgb.get_layer("block_16_project").kernel),
+    )

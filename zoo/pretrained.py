@@ -356,3 +356,29 @@ def load_native(
     layers = port.layers_between(inputs, features)
     table = port.get_table(spec.table).bind(ours=f"{name}_")
     port.assign(layers, state, table, source=str(path))
+
+
+def copy_adapting_first_conv(source, target, channels: int, bgr: bool = False) -> None:
+    """Copy an RGB Keras model's weights into the same architecture built for `channels`
+    input channels: every variable as it is, except the one whose shape differs, a first
+    convolution kernel ``(kh, kw, 3, out)``, adapted with `adapt_input_kernel` (its input
+    channels first put in RGB order when the model takes BGR, `bgr`)."""
+    for s, t in zip(source.weights, target.weights, strict=True):
+        value = np.asarray(s)
+        if tuple(s.shape) != tuple(t.shape):
+            first_conv = (
+                value.ndim == 4
+                and value.shape[2] == 3
+                and t.shape[2] == channels
+                and (value.shape[:2], value.shape[3]) == (tuple(t.shape[:2]), t.shape[3])
+            )
+            if not first_conv:
+                raise ValueError(
+                    f"Invalid value for argument `input_shape`: these pretrained weights cannot "
+                    f"take {channels} channels ({s.path}: {tuple(s.shape)} vs "
+                    f"{tuple(t.shape)}). Received: channels={channels}"
+                )
+            if bgr:
+                value = value[:, :, ::-1]
+            value, _ = adapt_input_kernel(value, channels, None, in_axis=2)
+        t.assign(value)

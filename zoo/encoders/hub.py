@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 
 import zoo
 from zoo.encoders._common import record_encoder_kwargs, run_encoder
 from zoo.layers import ChannelAffine
 from zoo.layers.blocks import BN_MOMENTUM
+from zoo.pretrained import copy_adapting_first_conv
 from zoo.saving import is_restoring
 
 INSTALL = 'pip install -e ".[hub]" (or pip install keras-hub)'
@@ -102,29 +102,6 @@ def _from_config(config: dict[str, Any], channels: int) -> keras.Model:
     _keras_hub()  # registers keras_hub's classes
     config = {**config, "config": {**config["config"], "image_shape": [None, None, channels]}}
     return keras.saving.deserialize_keras_object(config)
-
-
-def _copy_adapted(source: keras.Model, target: keras.Model, channels: int, preset: str) -> None:
-    """`source`'s (RGB) weights into `target` (`channels` inputs), first conv adapted."""
-    from zoo.pretrained import adapt_input_kernel
-
-    for s, t in zip(source.weights, target.weights, strict=True):
-        value = np.asarray(s)
-        if tuple(s.shape) != tuple(t.shape):
-            rgb_conv = (
-                value.ndim == 4
-                and value.shape[2] == 3
-                and t.shape[2] == channels
-                and value.shape[:2] + value.shape[3:] == tuple(t.shape[:2]) + tuple(t.shape[3:])
-            )
-            if not rgb_conv:
-                raise ValueError(
-                    f"Invalid value for argument `input_shape`: keras-hub preset {preset!r} "
-                    f"cannot take {channels} channels ({s.path}: {tuple(s.shape)} vs "
-                    f"{tuple(t.shape)}). Received: channels={channels}"
-                )
-            value, _ = adapt_input_kernel(value, channels, None, in_axis=2)
-        t.assign(value)
 
 
 def hub_features(
@@ -235,11 +212,11 @@ def keras_hub_encoder(
             net = _from_config(backbone, net_channels)
             if load:
                 loaded = _load(keras_hub, str(weights), 3)
-                _copy_adapted(loaded, net, net_channels, str(weights))
+                copy_adapting_first_conv(loaded, net, net_channels)
         elif load and net_channels != 3:
             loaded = _load(keras_hub, str(weights), 3)
             net = _from_config(_serialize(loaded, 3), net_channels)
-            _copy_adapted(loaded, net, net_channels, str(weights))
+            copy_adapting_first_conv(loaded, net, net_channels)
         else:
             net = _load(keras_hub, str(source), net_channels, weights=load)
         record_encoder_kwargs(backbone=_serialize(net, 3), preprocessing=pre)
