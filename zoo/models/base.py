@@ -25,6 +25,7 @@ import keras
 import zoo
 from zoo.encoders._common import recording_encoder_kwargs, stop_recording
 from zoo.layers import CheckDivisible, CropToReference, PadToMultiple
+from zoo.optimizers import mark_encoder_variables
 from zoo.saving import restoring_from_file
 
 ACTIVATIONS = (None, "sigmoid", "softmax")
@@ -146,6 +147,9 @@ def encoder_features(
     finally:
         stop_recording()
     _BUILD.encoder_kwargs = recorded
+    from zoo.port import layers_between
+
+    _BUILD.encoder_layers = layers_between(x, features)
     return features
 
 
@@ -212,7 +216,11 @@ class SegmentationModel(keras.Model):
         weights = self._config.get("encoder_weights")
         handed = getattr(_BUILD, "encoder_weights", None)
         resolved = getattr(_BUILD, "encoder_kwargs", None)
-        _BUILD.encoder_weights = _BUILD.encoder_kwargs = None
+        order = {id(layer): i for i, layer in enumerate(self.layers)}
+        encoder = getattr(_BUILD, "encoder_layers", None) or []
+        self._encoder_layers = sorted(encoder, key=lambda layer: order.get(id(layer), -1))
+        _BUILD.encoder_weights = _BUILD.encoder_kwargs = _BUILD.encoder_layers = None
+        mark_encoder_variables(v for layer in self._encoder_layers for v in layer.weights)
         if resolved and "encoder_kwargs" in self._config:
             # What the encoder read from its source (e.g. a keras-hub preset's architecture)
             # is saved with the model, so that loading it never reads the source again.
@@ -225,22 +233,55 @@ class SegmentationModel(keras.Model):
                 f"Received: encoder_weights={weights!r}"
             )
 
+    @property
+    def encoder_layers(self) -> list[Any]:
+        """The layers the encoder added (preprocessing included), in graph order."""
+        return list(getattr(self, "_encoder_layers", []))
+
+    @property
+    def encoder_frozen(self) -> bool:
+        return bool(getattr(self, "_encoder_frozen", False))
+
+    def freeze_encoder(self, frozen: bool = True) -> None:
+        """Freeze (or unfreeze) the encoder: its weights stop training and its batch norms
+        run in inference mode (their statistics stay), as in Keras' fine-tuning guide.
+
+        Compile the model (again) afterwards: Keras collects the trainable variables when
+        it builds the training step. The state is saved with the model (``.keras``).
+
+        Args:
+            frozen: True to freeze, False to train the encoder again.
+        """
+        if not isinstance(frozen, bool):
+            raise ValueError(
+                f"Invalid value for argument `frozen`: expected True or False. "
+                f"Received: frozen={frozen!r}"
+            )
+        for layer in self.encoder_layers:
+            layer.trainable = not frozen
+        self._encoder_frozen = frozen
+
     def get_config(self) -> dict[str, Any]:
         config = {"name": self.name, "trainable": self.trainable}
         for key, value in self._config.items():
             config[key] = list(value) if isinstance(value, tuple) else value
         if self.metadata:
             config["metadata"] = _plain(self.metadata)
+        if self.encoder_frozen:
+            config["encoder_frozen"] = True
         return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> SegmentationModel:
         config = dict(config)
         metadata = config.pop("metadata", None) or {}
+        frozen = bool(config.pop("encoder_frozen", False))
         # The saved weights follow: never re-read the config's weight sources (network, files).
         with restoring_from_file():
             model = cls(**config)
         model.metadata = dict(metadata)
+        if frozen:
+            model.freeze_encoder()
         return model
 
 
