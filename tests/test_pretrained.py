@@ -89,7 +89,9 @@ def test_offline_imagenet_fails_fast_with_one_line(cache):
 
 def test_offline_switch_fails_without_trying(cache, monkeypatch):
     monkeypatch.setenv("SEGZOO_OFFLINE", "1")
-    with pytest.raises(OSError, match=r"SEGZOO_OFFLINE is set: download https://\S+ and save"):
+    with pytest.raises(
+        OSError, match=r"downloads are off \(SEGZOO_OFFLINE .*: download https://\S+ and save"
+    ):
         zoo.create_encoder("resnet34", input_shape=(64, 64, 3), weights="imagenet")
 
 
@@ -275,3 +277,55 @@ def test_input_normalization_none_leaves_normalizing_to_the_caller(tmp_path):
     )
     with pytest.raises(ValueError, match=r"input_normalization='imagenet'"):
         build_tiny("unet", encoder_kwargs={"base_width": 8, "input_normalization": "imagenet"})
+
+
+@pytest.fixture
+def weights_server():
+    """A loopback HTTP server like the Hugging Face hub: /file redirects to /blob with the
+    file's SHA-256 in X-Linked-Etag (`published` decides which hash it sends)."""
+    import hashlib
+    import http.server
+    import threading
+
+    state = {"body": b"", "published": None}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802  (http.server's name)
+            if self.path == "/file":
+                self.send_response(302)
+                self.send_header("Location", "/blob")
+                digest = state["published"] or hashlib.sha256(state["body"]).hexdigest()
+                self.send_header("X-Linked-Etag", f'"{digest}"')
+                self.end_headers()
+            else:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(state["body"])))
+                self.end_headers()
+                self.wfile.write(state["body"])
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/file", state
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_checks_the_published_hash_and_lands_in_the_cache(cache, weights_server, tmp_path):
+    url, served = weights_server
+    local = tmp_path / "w.safetensors"
+    state = random_torchvision_state("resnet18", width=8)
+    save_file(state, str(local))
+    served["body"] = local.read_bytes()
+    source = pretrained.WeightsSource(url, "test/w.safetensors", "test weights", "none")
+    path = pretrained.fetch(source, "test weights")
+    assert path == cache / "test" / "w.safetensors" and path.read_bytes() == served["body"]
+    # A transfer whose bytes do not match the published hash is refused, nothing is cached.
+    path.unlink()
+    served["published"] = "0" * 64
+    with pytest.raises(OSError, match=r"SHA-256 [0-9a-f]{64}, but 0{64} is published"):
+        pretrained.fetch(source, "test weights")
+    assert not list(cache.rglob("*w.safetensors*"))

@@ -14,7 +14,7 @@ downloaded once, to a temporary name first, then moved in place (concurrent work
 safe). Without network (or with ``SEGZOO_OFFLINE=1``) the request fails within seconds with
 one line naming the file, its URL and the exact path to put it in. Files are checked by
 tensor names and shapes when they are assigned, and by SHA-256 where the source publishes
-one.
+one (a `WeightsSource.sha256`, or the hash the Hugging Face hub sends with a download).
 
 A saved model never reads any of this again: `zoo.saving.restoring_from_file()` makes the
 builders skip loading (and skip checking that a local file still exists).
@@ -156,28 +156,65 @@ def fetch(source: WeightsSource, what: str) -> Path:
         f"download {source.url} and save it as {path} "
         f"(the cache folder is set by {HOME_ENV} or KERAS_HOME)"
     )
-    if os.environ.get(OFFLINE_ENV, "") not in ("", "0") or os.environ.get("HF_HUB_OFFLINE", "") in (
-        "1",
-        "true",
-    ):
-        raise OSError(f"The {what} are not in the cache and {OFFLINE_ENV} is set: {where}")
+    offline = os.environ.get(OFFLINE_ENV, "") not in ("", "0")
+    offline = offline or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true")
+    if offline:
+        raise OSError(
+            f"The {what} are not in the cache and downloads are off ({OFFLINE_ENV} or "
+            f"HF_HUB_OFFLINE is set): {where}"
+        )
     timeout = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(f"{path.name}.part-{os.getpid()}")
     print(f"Downloading the {what} from {source.url} to {path}", file=sys.stderr)
+    redirects = _RecordingRedirects()
+    digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(source.url, timeout=timeout) as response, open(part, "wb") as f:
+        opener = urllib.request.build_opener(redirects)
+        with opener.open(source.url, timeout=timeout) as response, open(part, "wb") as f:
             while chunk := response.read(1 << 20):
                 f.write(chunk)
+                digest.update(chunk)
+            headers = [*redirects.headers, response.headers]
     except (OSError, urllib.error.URLError, ValueError) as err:
         part.unlink(missing_ok=True)
         reason = getattr(err, "reason", None) or err
         raise OSError(
             f"Could not download the {what} ({type(err).__name__}: {reason}): {where}"
         ) from None
-    _check_hash(part, source, what, cleanup=True)
+    published = source.sha256 or _published_sha256(headers)
+    if published and digest.hexdigest() != published:
+        part.unlink(missing_ok=True)
+        raise OSError(
+            f"The download of the {what} has SHA-256 {digest.hexdigest()}, but {published} "
+            f"is published for it (a broken transfer?): {where}"
+        )
     os.replace(part, path)  # atomic: a concurrent worker sees the whole file or none
     return path
+
+
+class _RecordingRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects like urllib and keeps each redirect response's headers: the
+    Hugging Face hub publishes a large file's SHA-256 (``X-Linked-Etag``) on the redirect
+    to its storage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.headers: list = []
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        self.headers.append(headers)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _published_sha256(headers: list) -> str | None:
+    """The SHA-256 a server published for the file (Hugging Face: ``X-Linked-Etag``)."""
+    for h in headers:
+        value = (h.get("X-Linked-Etag") or "").strip()
+        value = value.removeprefix("W/").strip('"').lower()
+        if len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+            return value
+    return None
 
 
 def _check_hash(path: Path, source: WeightsSource, what: str, cleanup: bool = False) -> None:
