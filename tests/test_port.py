@@ -255,20 +255,27 @@ def test_layers_between_finds_the_encoder_layers_only():
 
 
 @requires_reference("torch", "safetensors")
-@pytest.mark.parametrize("wrap", [None, "state_dict"])
-def test_torch_state_dict_is_read_through_another_process(tmp_path, monkeypatch, wrap):
+def test_torch_files_are_read_through_another_process(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     state = {
         "conv.weight": rng.normal(size=(4, 3, 3, 3)).astype("float32"),
         "bn.num_batches_tracked": np.array(5, np.int64),
     }
-    path = tmp_path / "model.pth"
-    run_reference("save_state_dict", state, path=str(path), wrap=wrap)
+    plain, wrapped = tmp_path / "model.pth", tmp_path / "checkpoint.ckpt"
+    run_reference(
+        "save_state_dict", state, files=[[str(plain), None], [str(wrapped), "state_dict"]]
+    )
     monkeypatch.setenv("SEGZOO_TORCH_PYTHON", reference_python())
-    got = port.load_state_dict(path)
-    assert sorted(got) == sorted(state)
-    np.testing.assert_array_equal(got["conv.weight"], state["conv.weight"])
-    assert int(got["bn.num_batches_tracked"]) == 5
+    for path in (plain, wrapped):
+        got = port.load_state_dict(path)
+        assert sorted(got) == sorted(state)
+        np.testing.assert_array_equal(got["conv.weight"], state["conv.weight"])
+        assert int(got["bn.num_batches_tracked"]) == 5
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a zip, not a pickle")
+    with pytest.raises(ValueError) as err:
+        port.load_state_dict(junk)
+    assert "\n" not in str(err.value) and "junk.pth" in str(err.value)
 
 
 def test_torch_file_without_torch_says_what_to_install(tmp_path, monkeypatch):
@@ -283,16 +290,6 @@ def test_torch_file_without_torch_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGZOO_TORCH_PYTHON", sys.executable)
     with pytest.raises(ValueError, match=r"needs PyTorch.*pip install torch.*\.safetensors"):
         port.load_state_dict(path)
-
-
-@requires_reference("torch")
-def test_torch_file_that_is_not_a_state_dict_gives_one_line(tmp_path, monkeypatch):
-    path = tmp_path / "model.pth"
-    path.write_bytes(b"not a zip, not a pickle")
-    monkeypatch.setenv("SEGZOO_TORCH_PYTHON", reference_python())
-    with pytest.raises(ValueError) as err:
-        port.load_state_dict(path)
-    assert "\n" not in str(err.value) and "model.pth" in str(err.value)
 
 
 def test_tests_cannot_open_network_sockets_but_loopback_works():

@@ -27,53 +27,60 @@ def port(tmp_path, checkpoint, model, *extra):
     return load_model(out)
 
 
-def check_parity(tmp_path, monkeypatch, arch, model, suffix, classes, encoder, kwargs, size):
+def check_parity(tmp_path, monkeypatch, specs, size):
+    """Random smp models (reference interpreter) -> `zoo.port smp` -> equal logits.
+
+    specs: (smp arch, zoo model, checkpoint suffix, classes, encoder, smp kwargs) tuples.
+    """
     monkeypatch.setenv("SEGZOO_TORCH_PYTHON", reference_python())
     images = np.random.default_rng(0).random((2, *size, 3), dtype=np.float32)
-    checkpoint = tmp_path / f"{arch}{suffix}"
-    theirs = run_reference(
-        "smp_model",
-        {"images": images},
-        arch=arch,
-        encoder=encoder,
-        classes=classes,
-        kwargs=kwargs,
-        path=str(checkpoint),
-    )["logits"]
-    ours = port(tmp_path, checkpoint, model, "--encoder", encoder)
-    assert ours.output.shape[-1] == classes  # read from the weights
-    got = np.asarray(ours(images, training=False))
-    assert got.shape == theirs.shape
-    assert np.abs(theirs).max() > 0.1  # not trivially zero
-    diff = float(np.abs(got - theirs).max())
-    print(f"{arch} {encoder}: max |diff| {diff:.2e}, max |logit| {np.abs(theirs).max():.2f}")
-    assert diff < 1e-4 * max(1.0, float(np.abs(theirs).max())), diff
+    models = [
+        {
+            "arch": arch,
+            "encoder": encoder,
+            "classes": classes,
+            "kwargs": kwargs,
+            "path": str(tmp_path / f"{arch}{suffix}"),
+        }
+        for arch, _, suffix, classes, encoder, kwargs in specs
+    ]
+    theirs = run_reference("smp_model", {"images": images}, models=models)
+    for i, (arch, model, _, classes, encoder, _) in enumerate(specs):
+        ours = port(tmp_path, models[i]["path"], model, "--encoder", encoder)
+        assert ours.output.shape[-1] == classes  # read from the weights
+        want = theirs[f"logits_{i}"]
+        got = np.asarray(ours(images, training=False))
+        assert got.shape == want.shape
+        assert np.abs(want).max() > 0.1  # not trivially zero
+        diff = float(np.abs(got - want).max())
+        print(f"{arch} {encoder}: max |diff| {diff:.2e}, max |logit| {np.abs(want).max():.2f}")
+        assert diff < 1e-4 * max(1.0, float(np.abs(want).max())), (arch, diff)
 
 
 @requires_reference("torch", "segmentation_models_pytorch")
-@pytest.mark.parametrize(
-    "arch, model, suffix, kwargs",
-    [
-        ("Unet", "unet", ".pth", {"decoder_channels": (32, 16, 16, 8, 8)}),
+def test_small_smp_models_port_with_equal_logits(tmp_path, monkeypatch):
+    specs = [
+        ("Unet", "unet", ".pth", 3, "resnet18", {"decoder_channels": (32, 16, 16, 8, 8)}),
         (
             "FPN",
             "fpn",
             ".safetensors",
+            3,
+            "resnet18",
             {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32},
         ),
-    ],
-)
-def test_small_smp_models_port_with_equal_logits(
-    tmp_path, monkeypatch, arch, model, suffix, kwargs
-):
-    check_parity(tmp_path, monkeypatch, arch, model, suffix, 3, "resnet18", kwargs, (64, 96))
+    ]
+    check_parity(tmp_path, monkeypatch, specs, (64, 96))
 
 
-@pytest.mark.slow  # full ResNet-34 models, ~40 s each on 2 cores
+@pytest.mark.slow  # full ResNet-34 models, ~1 min on 2 cores
 @requires_reference("torch", "segmentation_models_pytorch")
-@pytest.mark.parametrize("arch, model", [("Unet", "unet"), ("FPN", "fpn")])
-def test_smp_resnet34_models_port_with_equal_logits(tmp_path, monkeypatch, arch, model):
-    check_parity(tmp_path, monkeypatch, arch, model, ".pth", 2, "resnet34", {}, (96, 128))
+def test_smp_resnet34_models_port_with_equal_logits(tmp_path, monkeypatch):
+    specs = [
+        ("Unet", "unet", ".pth", 2, "resnet34", {}),
+        ("FPN", "fpn", ".pth", 2, "resnet34", {}),
+    ]
+    check_parity(tmp_path, monkeypatch, specs, (96, 128))
 
 
 # === Bad input: one line, exit status 2 ===

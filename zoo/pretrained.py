@@ -387,6 +387,14 @@ def load_native(
     channels = int(inputs.shape[-1])
     if spec.first_conv and f"{spec.first_conv}.weight" in state:
         key = f"{spec.first_conv}.weight"
+        if channels == 1 and normalization is not None and state[key].shape[1] != 3:
+            raise weights_error(
+                encoder,
+                weights,
+                f"cannot fold the RGB normalization into a first convolution that takes "
+                f"{state[key].shape[1]} channels; pass encoder_kwargs="
+                "{'input_normalization': None} and normalize the images as for its training",
+            )
         state[key], offset = adapt_input_kernel(state[key], channels, normalization, in_axis=1)
         if offset is not None:
             state[f"{spec.first_conv}.folded_offset.weight"] = offset

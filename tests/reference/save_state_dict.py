@@ -1,11 +1,14 @@
-"""Save the input arrays as a torch state dict with torch.save (options: path, wrap)."""
+"""Save the input arrays as torch state dicts with torch.save.
+
+Options: files, a list of [path, wrap]: wrap None saves the state dict itself, a key saves
+``{wrap: state_dict, "epoch": 3}`` (a training checkpoint).
+"""
 
 import torch
 from _protocol import parse
 
 inputs, options, save = parse()
 state = {k: torch.from_numpy(v) for k, v in inputs.items()}
-if options.get("wrap"):
-    state = {options["wrap"]: state, "epoch": 3}
-torch.save(state, options["path"])
+for path, wrap in options["files"]:
+    torch.save({wrap: state, "epoch": 3} if wrap else state, path)
 save()

@@ -26,6 +26,7 @@ on 2 or more than 3 channels its first convolution is adapted
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,13 @@ def keras_hub_encoder(
         pre = preprocessing
         if pre == PRESET:
             pre = None if restoring or source is None else _preset_preprocessing(str(source))
+            if pre is None and weights is not None and not restoring:
+                warnings.warn(
+                    f"keras-hub preset {str(weights)!r} has no image converter: its backbone "
+                    "gets the [0, 1] images as they are (pass encoder_kwargs={'preprocessing': "
+                    "{'scale': ..., 'offset': ...}} to normalize them)",
+                    stacklevel=2,
+                )
         # A pretrained RGB backbone sees a gray image as RGB (exact); other counts adapt.
         rgb_gray = weights is not None and channels == 1
         net_channels = 3 if rgb_gray else channels

@@ -266,10 +266,12 @@ class Assignment:
 
 
 def _layers_with_variables(target: Any) -> list[Any]:
-    if isinstance(target, (list, tuple)):
-        layers = list(target)
-    else:
-        layers = [target, *target._flatten_layers(include_self=False, recursive=True)]
+    roots = list(target) if isinstance(target, (list, tuple)) else [target]
+    layers = [
+        layer
+        for root in roots
+        for layer in (root, *root._flatten_layers(include_self=False, recursive=True))
+    ]
     out, seen = [], set()
     for layer in layers:
         # Only a layer's own variables: nested models/layers are visited themselves.
