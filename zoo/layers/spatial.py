@@ -292,8 +292,9 @@ class UpsampleAlignCorners(keras.layers.Layer):
         import tensorflow as tf  # the zoo runs on the TensorFlow backend
 
         size = tf.shape(inputs)[1:3] * self.factor
-        y = tf.compat.v1.image.resize_bilinear(
-            inputs, size, align_corners=True, half_pixel_centers=False
+        # The raw op: tf.image.resize has no align_corners, the v1 wrapper is deprecated.
+        y = tf.raw_ops.ResizeBilinear(
+            images=inputs, size=size, align_corners=True, half_pixel_centers=False
         )
         return tf.cast(y, inputs.dtype)
 

@@ -216,11 +216,13 @@ class SegmentationModel(keras.Model):
         weights = self._config.get("encoder_weights")
         handed = getattr(_BUILD, "encoder_weights", None)
         resolved = getattr(_BUILD, "encoder_kwargs", None)
-        order = {id(layer): i for i, layer in enumerate(self.layers)}
-        encoder = getattr(_BUILD, "encoder_layers", None) or []
-        self._encoder_layers = sorted(encoder, key=lambda layer: order.get(id(layer), -1))
+        encoder = {id(layer) for layer in getattr(_BUILD, "encoder_layers", None) or []}
+        # Names, not layers: a list of layers set on a model would be tracked (and saved).
+        self._encoder_layer_names = tuple(
+            layer.name for layer in self.layers if id(layer) in encoder
+        )
         _BUILD.encoder_weights = _BUILD.encoder_kwargs = _BUILD.encoder_layers = None
-        mark_encoder_variables(v for layer in self._encoder_layers for v in layer.weights)
+        mark_encoder_variables(v for layer in self.encoder_layers for v in layer.weights)
         if resolved and "encoder_kwargs" in self._config:
             # What the encoder read from its source (e.g. a keras-hub preset's architecture)
             # is saved with the model, so that loading it never reads the source again.
@@ -236,7 +238,7 @@ class SegmentationModel(keras.Model):
     @property
     def encoder_layers(self) -> list[Any]:
         """The layers the encoder added (preprocessing included), in graph order."""
-        return list(getattr(self, "_encoder_layers", []))
+        return [self.get_layer(name) for name in getattr(self, "_encoder_layer_names", ())]
 
     @property
     def encoder_frozen(self) -> bool:
