@@ -202,16 +202,6 @@ def keras_hub_encoder(
 
     def body(x):
         channels = int(x.shape[-1])
-        pre = preprocessing
-        if pre == PRESET:
-            pre = None if restoring or source is None else _preset_preprocessing(str(source))
-            if pre is None and weights is not None and not restoring:
-                warnings.warn(
-                    f"keras-hub preset {str(weights)!r} has no image converter: its backbone "
-                    "gets the [0, 1] images as they are (pass encoder_kwargs={'preprocessing': "
-                    "{'scale': ..., 'offset': ...}} to normalize them)",
-                    stacklevel=2,
-                )
         # A pretrained RGB backbone sees a gray image as RGB (exact); other counts adapt.
         rgb_gray = weights is not None and channels == 1
         net_channels = 3 if rgb_gray else channels
@@ -227,6 +217,17 @@ def keras_hub_encoder(
             copy_adapting_first_conv(loaded, net, net_channels)
         else:
             net = _load(keras_hub, str(source), net_channels, weights=load)
+        # After the backbone: a preset that does not load is that error, not a warning here.
+        pre = preprocessing
+        if pre == PRESET:
+            pre = None if restoring or source is None else _preset_preprocessing(str(source))
+            if pre is None and weights is not None and not restoring:
+                warnings.warn(
+                    f"keras-hub preset {str(weights)!r} has no image converter: its backbone "
+                    "gets the [0, 1] images as they are (pass encoder_kwargs={'preprocessing': "
+                    "{'scale': ..., 'offset': ...}} to normalize them)",
+                    stacklevel=2,
+                )
         record_encoder_kwargs(backbone=_serialize(net, 3), preprocessing=pre)
         if pre and net_channels != 3:  # one value per channel the preprocessing sees
             pre = _cycle(pre, channels)
