@@ -37,3 +37,43 @@ def mirrored_strategy():
     if len(tf.config.list_logical_devices("CPU")) < 2:
         pytest.skip("needs the two logical CPUs configured above")
     return distribute.build_strategy({"name": "mirrored", "devices": ["/cpu:0", "/cpu:1"]})
+
+
+class NetworkBlockedError(OSError):
+    """A test tried to reach the network (tests must not)."""
+
+
+def _loopback(address) -> bool:
+    import ipaddress
+
+    if not isinstance(address, tuple) or not address:
+        return True  # AF_UNIX paths and other non-IP families
+    host = address[0]
+    if isinstance(host, bytes):
+        host = host.decode()
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Every Python socket connection to a non-loopback address fails (loopback works:
+    multi-worker tests talk over 127.0.0.1)."""
+    import socket
+
+    connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def guarded(original):
+        def wrapper(self, address):
+            if not _loopback(address):
+                raise NetworkBlockedError(f"tests must not use the network (connect to {address})")
+            return original(self, address)
+
+        return wrapper
+
+    monkeypatch.setattr(socket.socket, "connect", guarded(connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", guarded(connect_ex))

@@ -113,3 +113,24 @@ def test_upsample_concat_conv_rejects_mismatched_skip():
         UpsampleConcatConv2D(3)([keras.Input((7, 6, 4)), keras.Input((14, 13, 2))])
     # Unknown sizes are checked by the ops at run time, not here.
     UpsampleConcatConv2D(3)([keras.Input((None, 6, 4)), keras.Input((14, None, 2))])
+
+
+def test_upsample_align_corners_matches_the_closed_form():
+    # align_corners=True: output i samples input position i * (n - 1) / (factor * n - 1).
+    from zoo.layers import UpsampleAlignCorners
+
+    x = np.arange(12, dtype=np.float32).reshape(1, 3, 4, 1) ** 1.5
+    y = np.asarray(UpsampleAlignCorners(2)(x))
+    assert y.shape == (1, 6, 8, 1)
+
+    def interp(src, n_out):
+        pos = np.arange(n_out) * (src.shape[0] - 1) / (n_out - 1)
+        lo = np.floor(pos).astype(int)
+        hi = np.minimum(lo + 1, src.shape[0] - 1)
+        w = (pos - lo)[:, None]
+        return src[lo] * (1 - w) + src[hi] * w
+
+    want = interp(interp(x[0, :, :, 0], 6).T, 8).T
+    np.testing.assert_allclose(y[0, :, :, 0], want, rtol=1e-5, atol=1e-5)
+    # Corners are exactly the input's corners.
+    assert y[0, 0, 0, 0] == x[0, 0, 0, 0] and y[0, -1, -1, 0] == x[0, -1, -1, 0]

@@ -242,6 +242,8 @@ def test_unet_with_encoder(encoder):
 @pytest.mark.parametrize("encoder", zoo.list_encoders())
 def test_encoder_features_match_declared_strides(encoder):
     info = zoo.encoder_info(encoder)
+    if "requires" in info.metadata:  # an optional extra (keras_hub: the "hub" extra)
+        pytest.importorskip(info.metadata["requires"])
     model = zoo.create_encoder(encoder, input_shape=(64, 96, 3), **info.tiny_config)
     features = model(np.zeros((1, 64, 96, 3), np.float32))
     assert tuple(sorted(features)) == info.strides
@@ -400,3 +402,17 @@ def test_loading_never_rereads_encoder_weight_sources(tmp_path, monkeypatch):
     loaded = assert_save_load_identical(model, images, tmp_path / "m.keras")
     assert asked == ["imagenet", None]
     assert loaded.get_config()["encoder_kwargs"]["weights"] == "imagenet"  # provenance kept
+
+
+def test_fpn_smp_options_validate_and_build():
+    with pytest.raises(ValueError, match=r"decoder_norm='layer'"):
+        build_tiny("fpn", decoder_norm="layer")
+    with pytest.raises(ValueError, match=r"multiple of 32. Received: segmentation_channels=8"):
+        build_tiny("fpn", decoder_norm="group")
+    with pytest.raises(ValueError, match=r"align_corners='yes'"):
+        build_tiny("fpn", align_corners="yes")
+    model = build_tiny("fpn", decoder_norm="group", segmentation_channels=32, align_corners=True)
+    names = {layer.name for layer in model.layers}
+    assert "decoder_p32_stage1_gn" in names and "decoder_p32_stage1_bn" not in names
+    out = model(np.zeros((1, 64, 64, 3), np.float32))
+    assert tuple(out.shape) == (1, 64, 64, 2)

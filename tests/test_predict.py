@@ -47,9 +47,7 @@ def test_inputs_sharing_a_stem_get_one_mask_each(model_path, tmp_path):
     src = images(tmp_path / "imgs", ["x.png", "x.jpg", "y.png"])
     written = predict_folder(model_path, src, tmp_path / "masks")
     assert sorted(p.name for p in written) == ["x.jpg.png", "x.png.png", "y.png"]
-    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == sorted(
-        p.name for p in written
-    )
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == sorted(p.name for p in written)
 
 
 def test_corrupt_image_fails_naming_it_or_is_skipped(model_path, tmp_path):

@@ -30,6 +30,10 @@ class MissingDependencyError(UserError, ImportError):
     """An optional package a feature needs is not installed (says what to install)."""
 
 
+class DownloadError(UserError, OSError):
+    """A file (e.g. pretrained weights) could not be downloaded; says where to put it by hand."""
+
+
 class ModelFileError(UserError, ValueError):
     """A saved model that cannot be loaded or does not fit the task (names the file)."""
 

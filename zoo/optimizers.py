@@ -6,6 +6,14 @@ mixed_bfloat16 step on 2 CPU cores. `ResourceApplyAdam` does the same arithmetic
 formula, bias correction folded into the step size) in one multi-threaded pass. Everything
 else (weight decay, clipping, schedules, slots, saving) is Keras' own, so checkpoints and
 backups are interchangeable with `keras.optimizers.Adam` / `AdamW`.
+
+Encoder learning-rate multiplier: `Adam`, `AdamW` and `SGD` here take ``encoder_lr_mult``
+(default 1): the learning rate (and the decoupled weight decay, which Keras scales by the
+learning rate) of every encoder variable is multiplied by it, as a PyTorch parameter group
+with its own learning rate would be. Encoder variables are those a zoo model's encoder
+created (`mark_encoder_variables`; `SegmentationModel` marks them when it is built). The
+optimizer's variables (slots, iterations) are Keras' own, so backups and resumed runs see
+the same state as without a multiplier; the multiplier itself is in the optimizer's config.
 """
 
 from __future__ import annotations
@@ -13,6 +21,79 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+
+ENCODER_TAG = "_zoo_encoder_variable"
+
+
+def mark_encoder_variables(variables: Any) -> None:
+    """Mark `variables` (Keras variables) as encoder variables for `encoder_lr_mult`."""
+    for variable in variables:
+        setattr(variable, ENCODER_TAG, True)
+
+
+def is_encoder_variable(variable: Any) -> bool:
+    return bool(getattr(variable, ENCODER_TAG, False))
+
+
+class _EncoderLRMultiplier:
+    """Mixin: encoder variables get ``learning_rate * encoder_lr_mult``."""
+
+    def __init__(self, *args: Any, encoder_lr_mult: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if isinstance(encoder_lr_mult, bool) or not isinstance(encoder_lr_mult, (int, float)):
+            encoder_lr_mult = -1
+        if encoder_lr_mult < 0:
+            raise ValueError(
+                "Invalid value for argument `encoder_lr_mult`: expected a number >= 0 (0 "
+                f"stops the encoder's updates, 1 trains it like the rest). Received: "
+                f"encoder_lr_mult={encoder_lr_mult!r}"
+            )
+        self.encoder_lr_mult = float(encoder_lr_mult)
+        self._lr_mults: list[float] = []
+
+    def build(self, variables: Any) -> None:
+        super().build(variables)
+        self._lr_mults = [
+            self.encoder_lr_mult if is_encoder_variable(v) else 1.0 for v in variables
+        ]
+
+    def _lr_mult(self, variable: Any) -> float:
+        if not self._lr_mults:
+            return 1.0
+        return self._lr_mults[self._get_variable_index(variable)]
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> Any:
+        mult = self._lr_mult(variable)
+        if mult != 1.0:
+            learning_rate = learning_rate * mult
+        return super().update_step(gradient, variable, learning_rate)
+
+    def _apply_weight_decay(self, variables: Any) -> None:
+        if self.weight_decay is None or self.encoder_lr_mult == 1.0:
+            return super()._apply_weight_decay(variables)
+        # Keras' decoupled decay (variable -= variable * wd * lr), with each variable's lr.
+        import tensorflow as tf  # the zoo runs on the TensorFlow backend
+
+        def apply(distribution: Any, variables: Any) -> None:
+            for variable in variables:
+                if not self._use_weight_decay(variable):
+                    continue
+                mult = self._lr_mult(variable)
+
+                def decay(var: Any, mult: float = mult) -> None:
+                    lr = tf.cast(self.learning_rate, var.dtype) * mult
+                    var.assign_sub(var * tf.cast(self.weight_decay, var.dtype) * lr)
+
+                value = variable.value if isinstance(variable, keras.Variable) else variable
+                distribution.extended.update(value, decay, group=False)
+
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            apply, self._distribution_strategy, variables
+        )
+        return None
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "encoder_lr_mult": self.encoder_lr_mult}
 
 
 def _handle(variable: Any) -> Any:
@@ -59,12 +140,13 @@ class _FusedAdamUpdate:
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class Adam(_FusedAdamUpdate, keras.optimizers.Adam):
+class Adam(_EncoderLRMultiplier, _FusedAdamUpdate, keras.optimizers.Adam):
     """`keras.optimizers.Adam` with the update in one fused TensorFlow kernel per variable.
 
-    Same arguments and results as Keras' Adam (see this module's docstring for why). Falls
-    back to Keras' update for `amsgrad=True`, sparse gradients, non-float32 variables and
-    under a multi-replica `tf.distribute` strategy.
+    Same arguments and results as Keras' Adam (see this module's docstring for why), plus
+    ``encoder_lr_mult`` (the encoder's learning rate is ``learning_rate * encoder_lr_mult``).
+    Falls back to Keras' update for `amsgrad=True`, sparse gradients, non-float32 variables
+    and under a multi-replica `tf.distribute` strategy.
 
     Example:
 
@@ -78,11 +160,12 @@ class Adam(_FusedAdamUpdate, keras.optimizers.Adam):
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class AdamW(_FusedAdamUpdate, keras.optimizers.AdamW):
+class AdamW(_EncoderLRMultiplier, _FusedAdamUpdate, keras.optimizers.AdamW):
     """`keras.optimizers.AdamW` with the Adam update in one fused TensorFlow kernel.
 
     Keras applies the decoupled weight decay before `update_step`, so only the Adam part is
-    fused; the fallbacks are those of `Adam`.
+    fused; the fallbacks are those of `Adam`. ``encoder_lr_mult`` scales the encoder's
+    learning rate and, with it, its weight decay.
 
     Example:
 
@@ -92,4 +175,17 @@ class AdamW(_FusedAdamUpdate, keras.optimizers.AdamW):
 
     Reference:
         Loshchilov and Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
+    """
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class SGD(_EncoderLRMultiplier, keras.optimizers.SGD):
+    """`keras.optimizers.SGD` with ``encoder_lr_mult`` (the encoder's learning rate is
+    ``learning_rate * encoder_lr_mult``); otherwise Keras' SGD.
+
+    Example:
+
+    ```python
+    opt = zoo.optimizers.SGD(learning_rate=0.01, momentum=0.9, encoder_lr_mult=0.1)
+    ```
     """

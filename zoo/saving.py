@@ -16,7 +16,6 @@ from typing import Any
 import keras
 
 from zoo.errors import MissingFileError, ModelFileError
-from zoo.restoring import is_restoring, restoring_from_file  # noqa: F401  (public here too)
 
 
 class UnsafeModelError(ModelFileError):

@@ -8,6 +8,7 @@ without one (``zoo.create_encoder(name, input_shape=...)``) it returns a standal
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,6 +17,28 @@ import keras
 Features = dict[int, Any]
 
 OUTPUT_STRIDES = (8, 16, 32)
+
+# Encoder arguments a builder resolved while building (e.g. a keras-hub backbone's config read
+# from its preset) that the model must save, so that loading never reads the source again.
+_RECORDED = threading.local()
+
+
+def record_encoder_kwargs(**kwargs: Any) -> None:
+    """Called by a builder: save these `encoder_kwargs` with the model being built."""
+    recorded = getattr(_RECORDED, "kwargs", None)
+    if recorded is not None:  # None: a standalone encoder, no model config to save them in
+        recorded.update(kwargs)
+
+
+def recording_encoder_kwargs() -> dict[str, Any]:
+    """Start collecting `record_encoder_kwargs` calls; returns the dict they fill."""
+    _RECORDED.kwargs = {}
+    return _RECORDED.kwargs
+
+
+def stop_recording() -> None:
+    if hasattr(_RECORDED, "kwargs"):
+        del _RECORDED.kwargs
 
 
 def run_encoder(

@@ -4,8 +4,11 @@ Each adapter builds the application without its classifier, picks the layers tha
 deepest feature map at each stride, and maps our [0, 1] RGB input to the preprocessing the
 application was trained with, inside the graph (a `ChannelAffine` layer, no `Lambda`).
 ``weights=None`` (the default) builds random weights; ``weights="imagenet"`` downloads the
-pretrained ones, only when asked. Batch normalizations are switched to synchronized
-statistics and momentum 0.9, like the native encoders.
+pretrained ones, only when asked; a path loads a local Keras weights file of the
+application without its top (the file keras.applications itself would download). Models
+pass their `encoder_weights` here; ``encoder_kwargs={"weights": ...}`` is an alias. Batch
+normalizations are switched to synchronized statistics and momentum 0.9, like the native
+encoders.
 
 Feature keys per adapter (stride -> layer):
 
@@ -17,14 +20,18 @@ Feature keys per adapter (stride -> layer):
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 
 from zoo.encoders._common import run_encoder
 from zoo.layers import ChannelAffine
 from zoo.layers.blocks import BN_MOMENTUM
+from zoo.pretrained import copy_adapting_first_conv
 from zoo.registry import register_encoder
 from zoo.restoring import is_restoring
 
@@ -104,23 +111,58 @@ SPECS = {
 def application_features(
     x, key: str, weights: str | None, name: str, **app_kwargs
 ) -> dict[int, object]:
-    """Feature maps ``{stride: tensor}`` of the application `key` applied to [0, 1] images `x`."""
+    """Feature maps ``{stride: tensor}`` of the application `key` applied to [0, 1] images `x`.
+
+    With pretrained weights, 1 input channel is seen as RGB (the gray image repeated: what
+    the RGB network computes on it), and 2 or more than 3 channels adapt the first conv
+    (`zoo.pretrained.adapt_input_kernel`; channel ``i`` takes RGB channel ``i % 3``'s kernel
+    and normalization).
+    """
     spec = SPECS[key]
-    if weights not in (None, "imagenet"):
-        raise ValueError(
-            "Invalid value for argument `weights`: expected None or 'imagenet'. "
-            f"Received: weights={weights!r}"
-        )
+    pretrained_graph = weights is not None  # the graph: the same when a saved model loads
     if is_restoring():
         weights = None  # a saved model's own file holds the weights: no download on load
-    x = ChannelAffine(spec.scale, spec.offset, spec.reverse_channels, name=f"{name}_preprocess")(x)
-    app = spec.app(
-        include_top=False,
-        weights=weights,
-        input_shape=tuple(x.shape[1:]),
-        **dict(spec.extra),
-        **app_kwargs,
-    )
+    elif weights not in (None, "imagenet"):
+        # A local Keras weights file of the application without its top (what
+        # keras.applications downloads for include_top=False), loaded by keras.applications.
+        if not isinstance(weights, (str, os.PathLike)) or not Path(weights).is_file():
+            raise ValueError(
+                "Invalid value for argument `encoder_weights`: expected None, 'imagenet' or "
+                f"the path of an existing Keras weights file of {spec.app.__name__} without "
+                f"its top (encoder {key!r}). Received: encoder_weights={weights!r}"
+            )
+        weights = str(weights)
+    channels = int(x.shape[-1])
+    scale, offset, reverse = spec.scale, spec.offset, spec.reverse_channels
+    if pretrained_graph and channels == 1:
+        x = keras.layers.Concatenate(name=f"{name}_gray_to_rgb")([x, x, x])
+    elif pretrained_graph and channels != 3:
+        # Channel i is "RGB channel i % 3": undo the BGR order of Caffe-style models and
+        # cycle the per-channel values (the kernel is reordered alike when copied).
+        if reverse:
+            scale, offset = _rgb_order(scale), _rgb_order(offset)
+        scale, offset, reverse = _cycle(scale, channels), _cycle(offset, channels), False
+    x = ChannelAffine(scale, offset, reverse, name=f"{name}_preprocess")(x)
+    shape = tuple(x.shape[1:])
+
+    def build(weights, shape):
+        with warnings.catch_warnings():
+            # "This model usually expects 1 or 3 input channels": we adapt it on purpose.
+            warnings.filterwarnings("ignore", message=".*expects 1 or 3 input channels")
+            return spec.app(
+                include_top=False,
+                weights=weights,
+                input_shape=shape,
+                **dict(spec.extra),
+                **app_kwargs,
+            )
+
+    if weights is not None and shape[-1] != 3:
+        app = build(None, shape)
+        source = build(weights, shape[:2] + (3,))
+        copy_adapting_first_conv(source, app, shape[-1], bgr=spec.reverse_channels)
+    else:
+        app = build(weights, shape)
     for layer in app.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             # Read at call time: global-batch statistics under MirroredStrategy.
@@ -132,6 +174,16 @@ def application_features(
         name=f"{name}_{key}",
     )
     return pyramid(x)
+
+
+def _rgb_order(values):
+    return tuple(reversed(values)) if isinstance(values, tuple) else values
+
+
+def _cycle(values, channels: int):
+    if not isinstance(values, tuple):
+        return values
+    return tuple(values[i % len(values)] for i in range(channels))
 
 
 def _register(key: str, strides: tuple[int, ...], description: str, tiny: dict) -> None:
@@ -156,7 +208,8 @@ def _register(key: str, strides: tuple[int, ...], description: str, tiny: dict) 
         "Args:\n"
         "    inputs: image tensor in [0, 1], or None to get a standalone model.\n"
         "    input_shape: shape of the standalone model's input.\n"
-        "    weights: None (random) or 'imagenet' (downloads the pretrained weights).\n"
+        "    weights: None (random), 'imagenet' (downloads the pretrained weights) or the\n"
+        "        path of a Keras weights file of the application without its top.\n"
         "    name: prefix of the layer names.\n"
         "    **app_kwargs: passed to the keras.applications constructor (e.g. alpha).\n"
     )

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import keras
 
+from zoo import pretrained
 from zoo.checks import check_positive
 from zoo.encoders._common import check_output_stride, run_encoder
 from zoo.layers import batch_norm, conv_bn_act
@@ -104,6 +105,7 @@ def mobilenet_lite(
     input_shape: Sequence[int | None] = (None, None, 3),
     width_multiplier: float = 1.0,
     output_stride: int = 32,
+    weights: str | None = None,
     name: str = "encoder",
 ):
     """Light MobileNetV2-style encoder. Returns ``{stride: features}`` or a `keras.Model`.
@@ -113,9 +115,11 @@ def mobilenet_lite(
         input_shape: shape of the standalone model's input.
         width_multiplier: scales every stage's channels (MobileNet's alpha).
         output_stride: 32, 16 or 8; below 32 the later stages use dilation.
+        weights: None only: no pretrained weights are published for this encoder.
         name: prefix of every layer name.
     """
     check_positive("width_multiplier", width_multiplier)
+    pretrained.native_normalization("mobilenet_lite", weights)  # raises unless None
     return run_encoder(
         inputs,
         input_shape,

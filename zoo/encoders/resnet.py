@@ -15,13 +15,39 @@ from collections.abc import Sequence
 
 import keras
 
+from zoo import pretrained
 from zoo.checks import check_positive
 from zoo.encoders._common import check_output_stride, run_encoder
-from zoo.layers import batch_norm, conv_bn_act
+from zoo.layers import ChannelAffine, FoldedOffset, batch_norm, conv_bn_act
 from zoo.registry import register_encoder
 
 
-def basic_block(x, filters: int, strides: int, dilation: int, name: str):
+def _conv_bn_act(
+    x,
+    filters: int,
+    kernel_size: int,
+    name: str,
+    strides: int = 1,
+    dilation_rate: int = 1,
+    activation: str | None = "relu",
+    torch_padding: bool = False,
+):
+    """`conv_bn_act`; with `torch_padding`, a strided conv pads ``k // 2`` on every side
+    first (PyTorch's padding) instead of TensorFlow's "same" (one row less at the top/left
+    for even sizes), so that ported weights see the same pixels."""
+    if not (torch_padding and strides > 1):
+        return conv_bn_act(x, filters, kernel_size, name, strides, dilation_rate, activation)
+    x = keras.layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(x)
+    x = keras.layers.Conv2D(
+        filters, kernel_size, strides=strides, use_bias=False, name=f"{name}_conv"
+    )(x)
+    x = batch_norm(f"{name}_bn")(x)
+    if activation is not None:
+        x = keras.layers.Activation(activation, name=f"{name}_{activation}")(x)
+    return x
+
+
+def basic_block(x, filters: int, strides: int, dilation: int, name: str, torch_padding=False):
     """Two 3x3 conv-BN (ReLU between), identity or 1x1 projection shortcut, add, ReLU."""
     shortcut = x
     if strides != 1 or x.shape[-1] != filters:
@@ -29,10 +55,28 @@ def basic_block(x, filters: int, strides: int, dilation: int, name: str):
             filters, 1, strides=strides, use_bias=False, name=f"{name}_downsample_conv"
         )(x)
         shortcut = batch_norm(f"{name}_downsample_bn")(shortcut)
-    y = conv_bn_act(x, filters, 3, f"{name}_conv1", strides=strides, dilation_rate=dilation)
+    y = _conv_bn_act(x, filters, 3, f"{name}_conv1", strides, dilation, torch_padding=torch_padding)
     y = conv_bn_act(y, filters, 3, f"{name}_conv2", dilation_rate=dilation, activation=None)
     y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
     return keras.layers.Activation("relu", name=f"{name}_relu")(y)
+
+
+def _stem(x, filters: int, name: str, normalization, torch_padding: bool):
+    """7x7/2 conv-BN-ReLU, with the weights' normalization in front (or folded in)."""
+    channels = int(x.shape[-1])
+    if normalization is None or channels != 1:
+        if normalization is not None:
+            scale, offset = normalization.scale_offset(channels)
+            x = ChannelAffine(scale, offset, name=f"{name}_preprocess")(x)
+        return _conv_bn_act(x, filters, 7, f"{name}_stem", strides=2, torch_padding=torch_padding)
+    # One channel: the RGB normalization is folded into the kernel and a fixed offset
+    # (zoo.pretrained.adapt_input_kernel), exact at the zero-padded borders too.
+    image = x
+    x = keras.layers.ZeroPadding2D(3, name=f"{name}_stem_pad")(x)
+    x = keras.layers.Conv2D(filters, 7, strides=2, use_bias=False, name=f"{name}_stem_conv")(x)
+    x = FoldedOffset(7, strides=2, padding=3, name=f"{name}_stem_conv_offset")([x, image])
+    x = batch_norm(f"{name}_stem_bn")(x)
+    return keras.layers.Activation("relu", name=f"{name}_stem_relu")(x)
 
 
 def resnet_features(
@@ -41,15 +85,23 @@ def resnet_features(
     base_width: int = 64,
     output_stride: int = 32,
     name: str = "encoder",
+    normalization: pretrained.Normalization | None = None,
+    torch_padding: bool = False,
 ) -> dict:
     """ResNet (basic blocks) feature maps keyed by stride: {2, 4, 8, 16, 32} at
     output_stride 32; at 16 (8) the last (two last) stages are dilated instead of strided,
-    and the keys stop at 16 (8)."""
+    and the keys stop at 16 (8). `normalization` (the pretrained weights' preprocessing) is
+    applied first; `torch_padding` pads strided convs and the max-pool like PyTorch."""
     check_output_stride(output_stride)
     features = {}
-    x = conv_bn_act(x, base_width, 7, f"{name}_stem", strides=2)
+    x = _stem(x, base_width, name, normalization, torch_padding)
     features[2] = x
-    x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name=f"{name}_stem_pool")(x)
+    if torch_padding:
+        # After a ReLU every value is >= 0, so zero padding is max-pool's -inf padding.
+        x = keras.layers.ZeroPadding2D(1, name=f"{name}_stem_pool_pad")(x)
+        x = keras.layers.MaxPooling2D(3, strides=2, name=f"{name}_stem_pool")(x)
+    else:
+        x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name=f"{name}_stem_pool")(x)
     stride, dilation = 4, 1
     for stage, num_blocks in enumerate(blocks):
         filters = base_width * 2**stage
@@ -66,19 +118,38 @@ def resnet_features(
                 block_stride if block == 0 else 1,
                 dilation,
                 name=f"{name}_stage{stage + 1}_block{block + 1}",
+                torch_padding=torch_padding,
             )
         features[stride] = x
     return features
 
 
-def _resnet(blocks, inputs, input_shape, base_width, output_stride, name):
+NORMALIZATIONS = ("weights", None)
+
+
+def _resnet(encoder, blocks, inputs, input_shape, base_width, output_stride, weights, norm, name):
     check_positive("base_width", base_width)
-    return run_encoder(
-        inputs,
-        input_shape,
-        name,
-        lambda x: resnet_features(x, blocks, int(base_width), output_stride, name),
-    )
+    if norm not in NORMALIZATIONS:
+        raise ValueError(
+            "Invalid value for argument `input_normalization`: expected one of "
+            f"{NORMALIZATIONS}. Received: input_normalization={norm!r}"
+        )
+    # Pretrained weights come from PyTorch: their normalization goes into the graph and the
+    # strided convs pad like PyTorch. Random weights keep the original graph (and .keras
+    # files saved before pretrained weights existed compute what they computed).
+    normalization = pretrained.native_normalization(encoder, weights)
+    if norm is None:
+        normalization = None
+    torch_padding = weights is not None
+
+    def body(x):
+        features = resnet_features(
+            x, blocks, int(base_width), output_stride, name, normalization, torch_padding
+        )
+        pretrained.load_native(encoder, weights, x, features, name, normalization)
+        return features
+
+    return run_encoder(inputs, input_shape, name, body)
 
 
 _TINY = {"base_width": 8}
@@ -89,7 +160,7 @@ _TINY = {"base_width": 8}
     strides=(2, 4, 8, 16, 32),
     tiny_config=_TINY,
     output_strides=(8, 16, 32),
-    pretrained=False,
+    pretrained=True,
     description="ResNet-18 (torchvision layout, basic blocks [2, 2, 2, 2]), 11.2M params.",
 )
 def resnet18(
@@ -98,18 +169,39 @@ def resnet18(
     input_shape: Sequence[int | None] = (None, None, 3),
     base_width: int = 64,
     output_stride: int = 32,
+    weights: str | None = None,
+    input_normalization: str | None = "weights",
     name: str = "encoder",
 ):
     """ResNet-18 encoder. Returns ``{stride: features}`` for a tensor, or a `keras.Model`.
 
     Args:
-        inputs: image tensor, or None to get a standalone model.
-        input_shape: shape of the standalone model's input.
+        inputs: image tensor in [0, 1], or None to get a standalone model.
+        input_shape: shape of the standalone model's input (any number of channels).
         base_width: channels of the stem and first stage (64 = torchvision).
         output_stride: 32, 16 or 8; below 32 the last stages use dilation.
+        weights: None (random), "imagenet" (torchvision's ImageNet-1k weights, via timm on
+            the Hugging Face hub) or the path of a torchvision / timm / segmentation_models_
+            pytorch state dict (.safetensors, .pth). Pretrained weights bring their ImageNet
+            normalization into the graph (inputs stay in [0, 1]) and PyTorch's padding of
+            strided convs; a first conv for other than 3 channels is adapted
+            (`zoo.pretrained.adapt_input_kernel`).
+        input_normalization: "weights" (the pretrained weights' normalization inside the
+            model, none for random weights) or None (never: the caller normalizes, as with
+            segmentation_models_pytorch).
         name: prefix of every layer name.
     """
-    return _resnet((2, 2, 2, 2), inputs, input_shape, base_width, output_stride, name)
+    return _resnet(
+        "resnet18",
+        (2, 2, 2, 2),
+        inputs,
+        input_shape,
+        base_width,
+        output_stride,
+        weights,
+        input_normalization,
+        name,
+    )
 
 
 @register_encoder(
@@ -117,7 +209,7 @@ def resnet18(
     strides=(2, 4, 8, 16, 32),
     tiny_config=_TINY,
     output_strides=(8, 16, 32),
-    pretrained=False,
+    pretrained=True,
     description="ResNet-34 (torchvision layout, basic blocks [3, 4, 6, 3]), 21.3M params.",
 )
 def resnet34(
@@ -126,7 +218,39 @@ def resnet34(
     input_shape: Sequence[int | None] = (None, None, 3),
     base_width: int = 64,
     output_stride: int = 32,
+    weights: str | None = None,
+    input_normalization: str | None = "weights",
     name: str = "encoder",
 ):
     """ResNet-34 encoder; arguments as `resnet18`."""
-    return _resnet((3, 4, 6, 3), inputs, input_shape, base_width, output_stride, name)
+    return _resnet(
+        "resnet34",
+        (3, 4, 6, 3),
+        inputs,
+        input_shape,
+        base_width,
+        output_stride,
+        weights,
+        input_normalization,
+        name,
+    )
+
+
+for _name in ("resnet18", "resnet34"):
+    pretrained.register_encoder_weights(
+        _name,
+        table="resnet",
+        first_conv="conv1",
+        normalization=pretrained.IMAGENET,
+        sources={
+            "imagenet": pretrained.WeightsSource(
+                url=f"https://huggingface.co/timm/{_name}.tv_in1k/resolve/main/model.safetensors",
+                file=f"timm/{_name}.tv_in1k/model.safetensors",
+                description=(
+                    f"torchvision's ImageNet-1k {_name} weights (IMAGENET1K_V1) as "
+                    f"republished by timm ({_name}.tv_in1k)"
+                ),
+                license="BSD-3-Clause (torchvision)",
+            )
+        },
+    )

@@ -15,7 +15,9 @@ from zoo.layers.spatial import (
     ChannelAffine,
     CheckDivisible,
     CropToReference,
+    FoldedOffset,
     PadToMultiple,
+    UpsampleAlignCorners,
 )
 from zoo.layers.upsample_concat_conv2d import UpsampleConcatConv2D
 
@@ -24,7 +26,9 @@ __all__ = [
     "ChannelAffine",
     "CheckDivisible",
     "CropToReference",
+    "FoldedOffset",
     "PadToMultiple",
+    "UpsampleAlignCorners",
     "UpsampleConcatConv2D",
     "batch_norm",
     "conv_bn_act",

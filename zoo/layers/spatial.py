@@ -177,3 +177,125 @@ class ChannelAffine(keras.layers.Layer):
             "offset": self.offset,
             "reverse_channels": self.reverse_channels,
         }
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class FoldedOffset(keras.layers.Layer):
+    """Adds the position-dependent bias of a normalization folded into a zero-padded conv.
+
+    A model normalizing ``(x - mean) / std`` before a zero-padded convolution ``W`` computes
+    ``conv(x, W / std) - conv(support, W * mean / std)``, where ``support`` is 1 inside the
+    image and 0 in the padding. This layer adds the second term to the first:
+    ``features + conv(support, kernel)`` (valid convolution of the zero-padded support), so a
+    1-channel model with the RGB normalization folded into its first kernel is exact at the
+    borders too (`zoo.pretrained.adapt_input_kernel`). The kernel is not trained: it is
+    preprocessing.
+
+    Args:
+        kernel_size: the convolution's kernel size (int or pair).
+        strides: its strides (int or pair).
+        padding: zeros added on each side of the image before it (int or pair).
+
+    Call arguments:
+        inputs: ``[features, image]``: the convolution's output ``(B, H', W', F)`` and its
+            input image ``(B, H, W, C)`` (only the image's size is used).
+
+    Example:
+
+    ```python
+    y = FoldedOffset(7, strides=2, padding=3)([conv_output, image])
+    ```
+    """
+
+    def __init__(self, kernel_size=1, strides=1, padding=0, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size = _pair("kernel_size", kernel_size)
+        self.strides = _pair("strides", strides)
+        self.padding = _pair("padding", padding, minimum=0)
+
+    def build(self, input_shape):
+        features_shape, _ = input_shape
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(*self.kernel_size, 1, int(features_shape[-1])),
+            initializer="zeros",
+            trainable=False,
+        )
+
+    def call(self, inputs):
+        features, image = inputs
+        # One image's support is enough: every image of the batch has the same size.
+        support = ops.ones_like(image[:1, :, :, :1])
+        if any(self.padding):
+            (ph, pw) = self.padding
+            support = ops.pad(support, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
+        kernel = ops.cast(self.kernel, support.dtype)
+        offset = ops.conv(support, kernel, strides=self.strides, padding="valid")
+        return features + ops.cast(offset, features.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "kernel_size": list(self.kernel_size),
+            "strides": list(self.strides),
+            "padding": list(self.padding),
+        }
+
+
+def _pair(name: str, value, minimum: int = 1) -> tuple[int, int]:
+    values = (value, value) if isinstance(value, int) else tuple(value)
+    if len(values) != 2 or any(
+        isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in values
+    ):
+        raise ValueError(
+            f"Invalid value for argument `{name}`: expected an integer >= {minimum} or a pair "
+            f"of them. Received: {name}={value!r}"
+        )
+    return values
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class UpsampleAlignCorners(keras.layers.Layer):
+    """Bilinear upsampling by an integer factor with corner pixels aligned.
+
+    PyTorch's ``nn.UpsamplingBilinear2d`` / ``F.interpolate(..., mode="bilinear",
+    align_corners=True)``, which segmentation_models_pytorch's FPN uses: output pixel ``i``
+    samples input position ``i * (H - 1) / (factor * H - 1)``. (Keras' bilinear
+    `UpSampling2D` samples half-pixel centers instead.) Create it with ``dtype="float32"``
+    under mixed precision, like the zoo's other bilinear resizes.
+
+    Args:
+        factor: the integer upsampling factor of height and width.
+
+    Example:
+
+    ```python
+    y = UpsampleAlignCorners(4, dtype="float32")(x)  # (B, 4H, 4W, C)
+    ```
+    """
+
+    def __init__(self, factor: int, **kwargs):
+        super().__init__(**kwargs)
+        check_positive_int("factor", factor)
+        self.factor = factor
+
+    def call(self, inputs):
+        import tensorflow as tf  # the zoo runs on the TensorFlow backend
+
+        size = tf.shape(inputs)[1:3] * self.factor
+        # The raw op: tf.image.resize has no align_corners, the v1 wrapper is deprecated.
+        y = tf.raw_ops.ResizeBilinear(
+            images=inputs, size=size, align_corners=True, half_pixel_centers=False
+        )
+        return tf.cast(y, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        up = [None if d is None else d * self.factor for d in (h, w)]
+        return (b, up[0], up[1], c)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}

@@ -4,7 +4,7 @@ Subclasses build a functional graph in ``__init__`` (keras-hub style)::
 
     divisor = self.divisor_for(locals())
     image, x = model_input(input_shape, divisor, pad_to_divisor)
-    features = encoder_features(encoder, x, encoder_kwargs)
+    features = encoder_features(encoder, x, encoder_kwargs, encoder_weights)
     logits = ...decoder and head (last layer dtype="float32")...
     outputs = model_output(logits, image, activation, pad_to_divisor)
     super().__init__(inputs=image, outputs=outputs, name=name, **kwargs)
@@ -17,20 +17,26 @@ constructor, so a `.keras` file stores the recipe (and the weights), never a pic
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 import keras
 
 from zoo.checks import check_positive_int, check_rate  # noqa: F401  (for model modules)
+from zoo.encoders._common import recording_encoder_kwargs, stop_recording
 from zoo.layers import CheckDivisible, CropToReference, PadToMultiple
+from zoo.optimizers import mark_encoder_variables
 from zoo.outputs import to_plain
 from zoo.registry import encoder_info, list_encoders
-from zoo.restoring import is_restoring, restoring_from_file
+from zoo.restoring import restoring_from_file
 
 ACTIVATIONS = (None, "sigmoid", "softmax")
 # Keyword arguments a model passes on to `keras.Model` besides its own (from_config gives them).
 BASE_KWARGS = ("name", "trainable", "dtype")
+# What `encoder_features` did for the model being built on this thread (checked by
+# `_init_config`: a model that takes `encoder_weights` must hand them to the encoder).
+_BUILD = threading.local()
 
 
 def check_num_classes(num_classes: Any) -> int:
@@ -97,8 +103,15 @@ def model_input(
     return image, image
 
 
-def encoder_features(encoder: str, x: Any, encoder_kwargs: dict | None) -> dict[int, Any]:
-    """Run the registered encoder `encoder` on `x`; returns ``{stride: features}``."""
+def encoder_features(
+    encoder: str, x: Any, encoder_kwargs: dict | None, encoder_weights: Any = None
+) -> dict[int, Any]:
+    """Run the registered encoder `encoder` on `x`; returns ``{stride: features}``.
+
+    `encoder_weights` (the model's argument: None, "imagenet", a file path or a named source,
+    see docs/models.md) becomes the builder's `weights`; the adapters' older
+    ``encoder_kwargs={"weights": ...}`` stays accepted as an alias.
+    """
     kwargs = dict(encoder_kwargs or {})
     if not isinstance(encoder, str):
         raise ValueError(
@@ -106,7 +119,31 @@ def encoder_features(encoder: str, x: Any, encoder_kwargs: dict | None) -> dict[
             f"{list_encoders()}. Received: encoder={encoder!r}"
         )
     builder = encoder_info(encoder).obj  # unknown names raise with the choices
-    return builder(x, **kwargs)
+    if encoder_weights is not None:
+        alias = kwargs.get("weights")
+        if alias is not None and alias != encoder_weights:
+            raise ValueError(
+                "Invalid value for argument `encoder_weights`: it disagrees with "
+                f"encoder_kwargs['weights']={alias!r} (an alias); give one of them. "
+                f"Received: encoder_weights={encoder_weights!r}"
+            )
+        if "weights" not in inspect.signature(builder).parameters:
+            raise ValueError(
+                f"Invalid value for argument `encoder_weights`: encoder {encoder!r} takes no "
+                f"pretrained weights. Received: encoder_weights={encoder_weights!r}"
+            )
+        kwargs["weights"] = encoder_weights
+    _BUILD.encoder_weights = encoder_weights
+    recorded = recording_encoder_kwargs()
+    try:
+        features = builder(x, **kwargs)
+    finally:
+        stop_recording()
+    _BUILD.encoder_kwargs = recorded
+    from zoo.port.mapping import layers_between
+
+    _BUILD.encoder_layers = layers_between(x, features)
+    return features
 
 
 def model_output(logits: Any, image: Any, activation: str | None, pad_to_divisor: bool) -> Any:
@@ -191,13 +228,54 @@ class SegmentationModel(keras.Model):
         }
         self.divisor = type(self).divisor_for(self._config)
         weights = self._config.get("encoder_weights")
-        if weights is not None and not is_restoring():
-            # Placeholder until the pretrained-weights module lands (issue: pretrained encoders).
+        handed = getattr(_BUILD, "encoder_weights", None)
+        resolved = getattr(_BUILD, "encoder_kwargs", None)
+        encoder = {id(layer) for layer in getattr(_BUILD, "encoder_layers", None) or []}
+        # Names, not layers: a list of layers set on a model would be tracked (and saved).
+        self._encoder_layer_names = tuple(
+            layer.name for layer in self.layers if id(layer) in encoder
+        )
+        _BUILD.encoder_weights = _BUILD.encoder_kwargs = _BUILD.encoder_layers = None
+        mark_encoder_variables(v for layer in self.encoder_layers for v in layer.weights)
+        if resolved and "encoder_kwargs" in self._config:
+            # What the encoder read from its source (e.g. a keras-hub preset's architecture)
+            # is saved with the model, so that loading it never reads the source again.
+            self._config["encoder_kwargs"] = {**(self._config["encoder_kwargs"] or {}), **resolved}
+        if weights is not None and handed != weights:
             raise ValueError(
-                f"Invalid value for argument `encoder_weights`: no pretrained weights source is "
-                f"available yet for encoder {self._config.get('encoder')!r}. "
+                f"Invalid value for argument `encoder_weights`: model {type(self).__name__} "
+                "does not pass them to its encoder (its graph must call "
+                "encoder_features(encoder, x, encoder_kwargs, encoder_weights)). "
                 f"Received: encoder_weights={weights!r}"
             )
+
+    @property
+    def encoder_layers(self) -> list[Any]:
+        """The layers the encoder added (preprocessing included), in graph order."""
+        return [self.get_layer(name) for name in getattr(self, "_encoder_layer_names", ())]
+
+    @property
+    def encoder_frozen(self) -> bool:
+        return bool(getattr(self, "_encoder_frozen", False))
+
+    def freeze_encoder(self, frozen: bool = True) -> None:
+        """Freeze (or unfreeze) the encoder: its weights stop training and its batch norms
+        run in inference mode (their statistics stay), as in Keras' fine-tuning guide.
+
+        Compile the model (again) afterwards: Keras collects the trainable variables when
+        it builds the training step. The state is saved with the model (``.keras``).
+
+        Args:
+            frozen: True to freeze, False to train the encoder again.
+        """
+        if not isinstance(frozen, bool):
+            raise ValueError(
+                f"Invalid value for argument `frozen`: expected True or False. "
+                f"Received: frozen={frozen!r}"
+            )
+        for layer in self.encoder_layers:
+            layer.trainable = not frozen
+        self._encoder_frozen = frozen
 
     def get_config(self) -> dict[str, Any]:
         config = {"name": self.name, "trainable": self.trainable}
@@ -205,16 +283,21 @@ class SegmentationModel(keras.Model):
             config[key] = list(value) if isinstance(value, tuple) else value
         if self.metadata:
             config["metadata"] = to_plain(self.metadata)
+        if self.encoder_frozen:
+            config["encoder_frozen"] = True
         return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> SegmentationModel:
         config = dict(config)
         metadata = config.pop("metadata", None) or {}
+        frozen = bool(config.pop("encoder_frozen", False))
         # The saved weights follow: never re-read the config's weight sources (network, files).
         with restoring_from_file():
             model = cls(**config)
         model.metadata = dict(metadata)
+        if frozen:
+            model.freeze_encoder()
         return model
 
 

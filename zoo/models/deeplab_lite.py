@@ -118,7 +118,7 @@ class DeepLabLite(SegmentationModel):
         # === Encoder (dilated) ===
         image, x = model_input(input_shape, divisor, pad_to_divisor)
         features = encoder_features(
-            encoder, x, {**(encoder_kwargs or {}), "output_stride": output_stride}
+            encoder, x, {**(encoder_kwargs or {}), "output_stride": output_stride}, encoder_weights
         )
         require_strides(features, (4, output_stride), "deeplab_lite", encoder)
         high = features[output_stride]

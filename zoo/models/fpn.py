@@ -7,7 +7,7 @@ from typing import Any
 
 import keras
 
-from zoo.layers import conv_bn_act
+from zoo.layers import UpsampleAlignCorners, conv_bn_act
 from zoo.models.base import (
     SegmentationModel,
     check_activation,
@@ -23,6 +23,8 @@ from zoo.registry import register_model
 
 MERGES = ("add", "concat")
 LEVELS = (4, 8, 16, 32)
+NORMS = ("batch", "group")
+GROUPS = 32  # GroupNorm groups (the paper's and segmentation_models_pytorch's choice)
 
 
 @register_model(
@@ -45,8 +47,11 @@ class FPN(SegmentationModel):
     level then goes through 3x3 conv-BN-ReLU (+ 2x upsampling) stages until stride 4, with
     `segmentation_channels` channels (one stage for P4, three for P32). The levels are merged
     (sum or concatenation), spatially dropped out, projected to the classes by a 1x1 conv
-    and upsampled 4x (bilinear). The paper uses GroupNorm; we use the zoo's synchronized
-    BatchNorm, which gives the same cross-replica behaviour for less compute.
+    and upsampled 4x (bilinear). The paper uses GroupNorm; by default we use the zoo's
+    synchronized BatchNorm, which gives the same cross-replica behaviour for less compute.
+    ``decoder_norm="group", align_corners=True`` is segmentation_models_pytorch's FPN
+    exactly (GroupNorm with 32 groups, corner-aligned bilinear upsampling), so its
+    checkpoints port (`python -m zoo.port smp`).
 
     Args:
         num_classes: output channels (1 for binary segmentation).
@@ -59,6 +64,10 @@ class FPN(SegmentationModel):
         segmentation_channels: channels of the per-level upsampling stages.
         merge: "add" or "concat" (the latter gives 4 * segmentation_channels).
         dropout: spatial dropout rate before the head, in [0, 1).
+        decoder_norm: "batch" (synchronized BatchNorm) or "group" (GroupNorm, 32 groups:
+            `segmentation_channels` must be a multiple of 32) after each stage conv.
+        align_corners: bilinear upsampling with corners aligned (PyTorch's
+            ``align_corners=True``) instead of Keras' half-pixel centers.
         activation: None (logits), "sigmoid" or "softmax".
         pad_to_divisor: pad inputs to a multiple of 32 and crop the logits back.
 
@@ -83,6 +92,8 @@ class FPN(SegmentationModel):
         segmentation_channels: int = 128,
         merge: str = "add",
         dropout: float = 0.2,
+        decoder_norm: str = "batch",
+        align_corners: bool = False,
         activation: str | None = None,
         pad_to_divisor: bool = False,
         **kwargs,
@@ -97,11 +108,35 @@ class FPN(SegmentationModel):
                 f"Received: merge={merge!r}"
             )
         check_rate("dropout", dropout)
+        if decoder_norm not in NORMS:
+            raise ValueError(
+                f"Invalid value for argument `decoder_norm`: expected one of {NORMS}. "
+                f"Received: decoder_norm={decoder_norm!r}"
+            )
+        if decoder_norm == "group" and segmentation_channels % GROUPS:
+            raise ValueError(
+                f"Invalid value for argument `segmentation_channels`: decoder_norm='group' "
+                f"needs a multiple of {GROUPS}. Received: segmentation_channels="
+                f"{segmentation_channels!r}"
+            )
+        if not isinstance(align_corners, bool):
+            raise ValueError(
+                "Invalid value for argument `align_corners`: expected True or False. "
+                f"Received: align_corners={align_corners!r}"
+            )
         divisor = self.divisor_for(locals())
+
+        def upsample(y, factor, name):
+            # float32: TF 2.21's XLA rejects a bfloat16 bilinear resize in training.
+            if align_corners:
+                return UpsampleAlignCorners(factor, name=name, dtype="float32")(y)
+            return keras.layers.UpSampling2D(
+                factor, interpolation="bilinear", name=name, dtype="float32"
+            )(y)
 
         # === Encoder ===
         image, x = model_input(input_shape, divisor, pad_to_divisor)
-        features = encoder_features(encoder, x, encoder_kwargs)
+        features = encoder_features(encoder, x, encoder_kwargs, encoder_weights)
         require_strides(features, LEVELS, "fpn", encoder)
 
         # === Top-down pathway ===
@@ -123,12 +158,12 @@ class FPN(SegmentationModel):
             steps = max(1, stride.bit_length() - 3)  # log2(stride / 4), at least one conv
             for step in range(steps):
                 name = f"decoder_p{stride}_stage{step + 1}"
-                y = conv_bn_act(y, segmentation_channels, 3, name)
+                if decoder_norm == "batch":
+                    y = conv_bn_act(y, segmentation_channels, 3, name)
+                else:
+                    y = _conv_gn_relu(y, segmentation_channels, name)
                 if stride > 4:
-                    # float32: TF 2.21's XLA rejects a bfloat16 bilinear resize in training.
-                    y = keras.layers.UpSampling2D(
-                        2, interpolation="bilinear", name=f"{name}_upsample", dtype="float32"
-                    )(y)
+                    y = upsample(y, 2, f"{name}_upsample")
             branches.append(y)
         if merge == "add":
             y = keras.layers.Add(name="decoder_merge")(branches)
@@ -139,11 +174,16 @@ class FPN(SegmentationModel):
 
         # === Head ===
         y = keras.layers.Conv2D(num_classes, 1, name="head_conv", dtype="float32")(y)
-        logits = keras.layers.UpSampling2D(
-            4, interpolation="bilinear", name="head_upsample", dtype="float32"
-        )(y)
+        logits = upsample(y, 4, "head_upsample")
         outputs = model_output(logits, image, activation, pad_to_divisor)
         super().__init__(inputs=image, outputs=outputs, **{"name": "fpn", **kwargs})
 
         # === Config ===
         self._init_config(locals())
+
+
+def _conv_gn_relu(x, filters: int, name: str):
+    """3x3 conv (no bias) -> GroupNorm (32 groups, PyTorch's epsilon) -> ReLU."""
+    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.GroupNormalization(GROUPS, epsilon=1e-5, name=f"{name}_gn")(x)
+    return keras.layers.Activation("relu", name=f"{name}_relu")(x)

@@ -94,7 +94,7 @@ class UNet(SegmentationModel):
 
         # === Encoder ===
         image, x = model_input(input_shape, divisor, pad_to_divisor)
-        features = encoder_features(encoder, x, encoder_kwargs)
+        features = encoder_features(encoder, x, encoder_kwargs, encoder_weights)
         require_strides(features, (divisor,), "unet", encoder)
 
         # === Decoder ===

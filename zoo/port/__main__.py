@@ -1,0 +1,50 @@
+"""``python -m zoo.port smp --checkpoint unet.pth --model unet --out unet.keras``.
+
+Ports a segmentation_models_pytorch checkpoint into a `.keras` file (see `zoo.port.smp`).
+Errors are one line on stderr (exit status 2); an existing output is replaced only with
+``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m zoo.port", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    smp = sub.add_parser("smp", help="port a segmentation_models_pytorch model")
+    smp.add_argument("--checkpoint", required=True, help="state dict (.pth/.pt/.bin/.safetensors)")
+    smp.add_argument("--model", required=True, help="architecture: unet, fpn, ...")
+    smp.add_argument("--out", required=True, help="the .keras file to write")
+    smp.add_argument("--encoder", default="resnet34", help="smp encoder name (default resnet34)")
+    smp.add_argument(
+        "--num-classes", type=int, default=None, help="checked against the weights' head"
+    )
+    smp.add_argument(
+        "--normalization",
+        choices=["imagenet", "none"],
+        default=None,
+        help="normalize [0, 1] inputs inside the model (default: imagenet for 3 channels)",
+    )
+    smp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from zoo.port import smp
+
+    try:
+        print(smp.main(args))
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Whole segmentation_models_pytorch models -> zoo models (``python -m zoo.port smp``).
+
+An smp checkpoint is a state dict saved with ``torch.save(model.state_dict(), path)`` (or a
+``.safetensors`` file) of an smp model with a native encoder of ours (``resnet18``,
+``resnet34``). The zoo model is built with the architecture read from the weights (number
+of classes, input channels, decoder widths), its encoder from the encoder's port table
+bound to ``encoder.``, its decoder and head from the architecture's table
+(``zoo/port/tables/smp.py``). Everything is checked before anything is written: a
+missing, unexpected or mis-shaped key is one error naming it.
+
+smp models take images normalized by the caller (``(x - mean) / std`` with ImageNet's
+statistics for ImageNet encoders); the ported model takes [0, 1] images like every zoo
+model and normalizes inside (``normalization="imagenet"``, the default for 3-channel
+checkpoints), or leaves it to the caller (``normalization="none"``, the default otherwise).
+
+Adding an architecture (e.g. one added to the zoo later): register its decoder table in
+``zoo/port/tables/`` and an `SmpModel` here or in its own module::
+
+    register_smp_model("linknet", SmpModel(arch="Linknet", model="linknet",
+                                           table="smp.linknet", kwargs=lambda state: {}))
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zoo.port.mapping import PortError, assign, get_table
+from zoo.port.state_dict import load_state_dict
+
+NORMALIZATIONS = ("imagenet", "none")
+HEAD_KEY = "segmentation_head.0.weight"
+FIRST_CONV_KEY = "encoder.conv1.weight"
+
+
+@dataclass(frozen=True)
+class SmpModel:
+    """How one smp architecture maps onto a zoo model.
+
+    Args:
+        arch: the smp class name (``"Unet"``), for messages and docs.
+        model: the zoo model's registry name.
+        table: the port table of its decoder and head (their keys under ``decoder.`` and
+            ``segmentation_head.``).
+        kwargs: the zoo constructor's arguments read from the state dict (decoder widths
+            and the like; not `num_classes`, `input_shape`, `encoder`).
+    """
+
+    arch: str
+    model: str
+    table: str
+    kwargs: Callable[[dict[str, np.ndarray]], dict[str, Any]]
+
+
+_MODELS: dict[str, SmpModel] = {}
+
+
+def register_smp_model(name: str, entry: SmpModel) -> SmpModel:
+    """Make ``python -m zoo.port smp --model NAME`` port smp's `entry.arch`."""
+    if name in _MODELS:
+        raise ValueError(f"smp model {name!r} is already registered; pick another name.")
+    _MODELS[name] = entry
+    return entry
+
+
+def list_smp_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def _key(state: dict, key: str, checkpoint: str) -> np.ndarray:
+    if key not in state:
+        raise PortError(
+            f"Cannot port {checkpoint}: missing key {key!r} (not a segmentation_models_pytorch "
+            "model state dict of this architecture?)"
+        )
+    return state[key]
+
+
+def _unet_kwargs(state: dict[str, np.ndarray]) -> dict[str, Any]:
+    channels, i = [], 0
+    while f"decoder.blocks.{i}.conv1.0.weight" in state:
+        channels.append(int(state[f"decoder.blocks.{i}.conv1.0.weight"].shape[0]))
+        i += 1
+    if not channels:
+        raise PortError("missing key 'decoder.blocks.0.conv1.0.weight' (not an smp Unet?)")
+    return {"decoder_channels": channels}
+
+
+def _fpn_kwargs(state: dict[str, np.ndarray]) -> dict[str, Any]:
+    for key in ("decoder.p5.weight", "decoder.seg_blocks.3.block.0.block.0.weight"):
+        if key not in state:
+            raise PortError(f"missing key {key!r} (not an smp FPN?)")
+    segmentation = int(state["decoder.seg_blocks.3.block.0.block.0.weight"].shape[0])
+    head_in = int(state[HEAD_KEY].shape[1]) if HEAD_KEY in state else segmentation
+    return {
+        "pyramid_channels": int(state["decoder.p5.weight"].shape[0]),
+        "segmentation_channels": segmentation,
+        "merge": "add" if head_in == segmentation else "concat",
+        "decoder_norm": "group",
+        "align_corners": True,
+    }
+
+
+register_smp_model("unet", SmpModel("Unet", "unet", "smp.unet", _unet_kwargs))
+register_smp_model("fpn", SmpModel("FPN", "fpn", "smp.fpn", _fpn_kwargs))
+
+
+def port_smp(
+    checkpoint: str | os.PathLike,
+    model: str,
+    encoder: str = "resnet34",
+    num_classes: int | None = None,
+    normalization: str | None = None,
+) -> Any:
+    """A zoo model with the weights of an smp checkpoint.
+
+    Args:
+        checkpoint: an smp model's state dict (``.pth``/``.pt``/``.bin`` from
+            ``torch.save``, or ``.safetensors``).
+        model: the architecture, one of `list_smp_models()`.
+        encoder: the smp encoder name, a native zoo encoder (``resnet18``, ``resnet34``).
+        num_classes: checked against the weights when given (they tell it).
+        normalization: "imagenet" (the model normalizes [0, 1] images inside, as smp's
+            ImageNet preprocessing did outside) or "none"; default: "imagenet" for 3 input
+            channels, "none" otherwise.
+
+    Returns:
+        The zoo model (inference ready; its config records the checkpoint as
+        `encoder_weights`, which loading a saved copy never reads).
+
+    Raises:
+        ValueError / PortError / FileNotFoundError: one line naming the bad value, key or
+            file.
+    """
+    from zoo import pretrained
+    from zoo.registry import create_model
+    from zoo.restoring import restoring_from_file
+
+    if model not in _MODELS:
+        raise ValueError(
+            f"Invalid value for argument `model`: expected one of {list_smp_models()} "
+            f"(segmentation_models_pytorch architectures the zoo shares). Received: "
+            f"model={model!r}"
+        )
+    entry = _MODELS[model]
+    spec = pretrained._ENCODERS.get(encoder)
+    if spec is None:
+        portable = sorted(pretrained._ENCODERS)
+        raise ValueError(
+            f"Invalid value for argument `encoder`: expected one of {portable} (native "
+            f"encoders in smp's layout). Received: encoder={encoder!r}"
+        )
+    source = str(checkpoint)
+    state = load_state_dict(checkpoint)
+    classes = int(_key(state, HEAD_KEY, source).shape[0])
+    if num_classes is not None and num_classes != classes:
+        raise ValueError(
+            f"Invalid value for argument `num_classes`: the checkpoint's head has {classes} "
+            f"classes. Received: num_classes={num_classes!r}"
+        )
+    channels = int(_key(state, FIRST_CONV_KEY, source).shape[1])
+    if normalization is None:
+        normalization = "imagenet" if channels == 3 else "none"
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"Invalid value for argument `normalization`: expected one of {NORMALIZATIONS}. "
+            f"Received: normalization={normalization!r}"
+        )
+    if normalization == "imagenet" and channels != 3:
+        raise ValueError(
+            f"Invalid value for argument `normalization`: ImageNet normalization is defined "
+            f"for RGB, the checkpoint's encoder takes {channels} channels; use 'none' and "
+            f"normalize as for smp. Received: normalization={normalization!r}"
+        )
+    try:
+        kwargs = entry.kwargs(state)
+    except PortError as err:
+        raise PortError(f"Cannot port {source} as smp {entry.arch}: {err}") from None
+    encoder_kwargs = {} if normalization == "imagenet" else {"input_normalization": None}
+    # Build the graph pretrained weights get (PyTorch padding, normalization) without
+    # reading any source: the checkpoint's own tensors are assigned below.
+    with restoring_from_file():
+        net = create_model(
+            entry.model,
+            num_classes=classes,
+            input_shape=(None, None, channels),
+            encoder=encoder,
+            encoder_kwargs=encoder_kwargs,
+            encoder_weights=source,
+            **kwargs,
+        )
+    table = get_table(spec.table).bind(ours="encoder_", theirs="encoder.") + get_table(entry.table)
+    assign(net, state, table, source=source)
+    return net
+
+
+def main(args: Any) -> str:
+    """``python -m zoo.port smp``: port and save; returns the one-line summary."""
+    out = Path(args.out)
+    if out.suffix != ".keras":
+        raise ValueError(
+            f"Invalid value for argument `--out`: expected a .keras file. Received: {out}"
+        )
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"No checkpoint file at {checkpoint}")
+    net = port_smp(checkpoint, args.model, args.encoder, args.num_classes, args.normalization)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.keras")
+    try:
+        net.save(tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    inside = any(layer.name == "encoder_preprocess" for layer in net.layers)
+    return (
+        f"Ported smp {_MODELS[args.model].arch} ({args.encoder}, "
+        f"{net.output.shape[-1]} classes, {net.input.shape[-1]} input channels) from "
+        f"{checkpoint} to {out}: it takes [0, 1] images"
+        + (" (ImageNet normalization inside)" if inside else " (normalize them as for smp)")
+    )

@@ -1,0 +1,31 @@
+"""ResNet-18/34 (basic blocks): torchvision / timm layout -> our native `resnet18`/`resnet34`.
+
+torchvision's ``resnet18``/``resnet34`` state dicts and timm's ``resnet18.tv_in1k`` /
+``resnet34.tv_in1k`` (the same weights) have identical keys: ``conv1``, ``bn1``,
+``layer{1-4}.{block}.conv{1,2}`` / ``bn{1,2}``, ``layer{2-4}.0.downsample.{0,1}``, and the
+classifier ``fc`` (ignored). segmentation_models_pytorch stores the same encoder under
+``encoder.`` (``get_table("resnet").bind(ours="encoder_", theirs="encoder.")``).
+
+Rules are relative to our encoder's name prefix (``encoder_`` in every model).
+"""
+
+from zoo.port.mapping import Rule, Table, register_table
+
+RESNET = register_table(
+    "resnet",
+    Table(
+        "resnet (torchvision layout)",
+        (
+            Rule(r"stem_conv", "conv1"),
+            # One input channel: the normalization folded into the first conv leaves a fixed
+            # offset kernel; zoo.pretrained computes it from conv1.weight under this key.
+            Rule(r"stem_conv_offset", "conv1.folded_offset", kind="conv"),
+            Rule(r"stem_bn", "bn1"),
+            Rule(r"stage(\d)_block(\d+)_conv(\d)_conv", "layer{1}.{2-1}.conv{3}"),
+            Rule(r"stage(\d)_block(\d+)_conv(\d)_bn", "layer{1}.{2-1}.bn{3}"),
+            Rule(r"stage(\d)_block(\d+)_downsample_conv", "layer{1}.{2-1}.downsample.0"),
+            Rule(r"stage(\d)_block(\d+)_downsample_bn", "layer{1}.{2-1}.downsample.1"),
+        ),
+        ignore=(r"fc\..*",),
+    ),
+)
