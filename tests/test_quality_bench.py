@@ -3,17 +3,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench import quality, quality_baseline, quality_data  # noqa: E402
+from bench import quality, quality_baseline, quality_data
 
 
 def test_grid_tiles_split_by_column():
