@@ -1,0 +1,144 @@
+"""SegFormer: a Mix Transformer (or any registered) encoder and the all-MLP decoder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+
+import zoo
+from zoo.layers import BilinearUpsampling, conv_bn_act
+from zoo.models.base import (
+    SegmentationModel,
+    check_activation,
+    check_num_classes,
+    check_positive_int,
+    encoder_features,
+    model_input,
+    model_output,
+    require_strides,
+)
+
+LEVELS = (4, 8, 16, 32)
+
+
+@zoo.register_model(
+    "segformer",
+    divisor=32,
+    output_stride=32,
+    tiny_config={
+        "encoder": "mit_b0",
+        "encoder_kwargs": {
+            "embed_dims": (8, 16, 24, 32),
+            "depths": (1, 1, 1, 1),
+            "num_heads": (1, 1, 1, 1),
+            "drop_path_rate": 0.0,
+        },
+        "decoder_channels": 16,
+    },
+    description="SegFormer all-MLP decoder (per-stage linear, upsample to 1/4, fuse) on MiT.",
+)
+@keras.saving.register_keras_serializable(package="zoo")
+class SegFormer(SegmentationModel):
+    """SegFormer: hierarchical transformer encoder and the all-MLP decoder.
+
+    The decoder projects every encoder level (strides 4, 8, 16, 32, plus 2 for encoders that
+    have it) to `decoder_channels` with a linear layer (a dense layer on the channels),
+    resizes each to stride 4 (bilinear, half-pixel centres; a stride-2 level is thereby
+    averaged 2x2), concatenates them deepest first, fuses them with a 1x1 conv-BN-ReLU, and a
+    1x1 convolution with bias (``head_conv``) gives the stride-4 logits, which a 4x bilinear
+    upsampling with aligned corners (``head_upsample``) brings to the input size. This is
+    segmentation_models_pytorch 0.6's ``Segformer`` layer for layer (same parameters, same
+    logits from the same weights); Hugging Face ``transformers``' model has the same encoder
+    and decode head and returns the stride-4 logits, available here as the output of layer
+    ``head_conv``. The original head has dropout 0.1 before the classifier; smp has none
+    (`dropout`).
+
+    Args:
+        num_classes: output channels (1 for binary segmentation).
+        input_shape: (height, width, channels); height/width may be None.
+        encoder: registered encoder with stride 4-32 features (`mit_b0` ... `mit_b5` for
+            SegFormer-B0 ... B5).
+        encoder_kwargs: keyword arguments of the encoder builder.
+        encoder_weights: pretrained encoder weights: None (random) or a source named in
+            docs/models.md; read when the model is built, never when a saved model loads.
+        decoder_channels: width of the projections and the fused map (256 in the paper for
+            B0/B1, 768 for B2-B5; smp uses 256 for all).
+        dropout: dropout rate before the classifier, in [0, 1).
+        activation: None (logits), "sigmoid" or "softmax".
+        pad_to_divisor: pad inputs to a multiple of 32 and crop the logits back.
+
+    Example:
+
+    ```python
+    model = zoo.create_model("segformer", num_classes=150, encoder="mit_b2")
+    stride4 = keras.Model(model.input, model.get_layer("head_conv").output)
+    ```
+
+    Reference:
+        Xie et al., "SegFormer: Simple and Efficient Design for Semantic Segmentation with
+        Transformers", NeurIPS 2021.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1,
+        input_shape: Sequence[int | None] = (None, None, 3),
+        encoder: str = "mit_b0",
+        encoder_kwargs: dict[str, Any] | None = None,
+        encoder_weights: str | None = None,
+        decoder_channels: int = 256,
+        dropout: float = 0.0,
+        activation: str | None = None,
+        pad_to_divisor: bool = False,
+        **kwargs,
+    ):
+        check_num_classes(num_classes)
+        check_activation(activation)
+        check_positive_int("decoder_channels", decoder_channels)
+        if (
+            isinstance(dropout, bool)
+            or not isinstance(dropout, (int, float))
+            or not (0 <= dropout < 1)
+        ):
+            raise ValueError(
+                "Invalid value for argument `dropout`: expected a rate in [0, 1). "
+                f"Received: dropout={dropout!r}"
+            )
+        divisor = 32
+
+        # === Encoder ===
+        image, x = model_input(input_shape, divisor, pad_to_divisor)
+        features = encoder_features(encoder, x, encoder_kwargs)
+        require_strides(features, LEVELS, "segformer", encoder)
+
+        # === All-MLP decoder: every level to stride 4, deepest first ===
+        branches = []
+        for stride in sorted((s for s in features if s >= 2), reverse=True):
+            y = keras.layers.Dense(decoder_channels, name=f"decoder_linear{stride}")(
+                features[stride]
+            )
+            if stride > 4:
+                # float32: TF 2.21's XLA rejects a bfloat16 bilinear resize in training.
+                y = keras.layers.UpSampling2D(
+                    stride // 4, interpolation="bilinear", name=f"decoder_upsample{stride}",
+                    dtype="float32",
+                )(y)  # fmt: skip
+            elif stride == 2:
+                # A half-pixel bilinear resize to half the size averages 2x2 blocks exactly.
+                y = keras.layers.AveragePooling2D(2, name="decoder_downsample2")(y)
+            branches.append(y)
+        y = keras.layers.Concatenate(name="decoder_concat")(branches)
+        y = conv_bn_act(y, decoder_channels, 1, "decoder_fuse")
+        if dropout > 0:
+            y = keras.layers.Dropout(dropout, name="decoder_dropout")(y)
+
+        # === Head: stride-4 logits, then to the input size ===
+        y = keras.layers.Conv2D(num_classes, 1, name="head_conv", dtype="float32")(y)
+        logits = BilinearUpsampling(4, align_corners=True, name="head_upsample")(y)
+        outputs = model_output(logits, image, activation, pad_to_divisor)
+        super().__init__(inputs=image, outputs=outputs, **{"name": "segformer", **kwargs})
+
+        # === Config ===
+        self._init_config(locals(), divisor)
