@@ -22,7 +22,13 @@ import keras
 
 import zoo
 from zoo.encoders._common import run_encoder
-from zoo.layers import DropPath, EfficientSelfAttention, MixFFN, OverlapPatchEmbedding
+from zoo.layers import (
+    ChannelAffine,
+    DropPath,
+    EfficientSelfAttention,
+    MixFFN,
+    OverlapPatchEmbedding,
+)
 
 BLOCK_EPSILON = 1e-6  # block and stage layer norms (the embedding/reduction ones use 1e-5)
 
@@ -34,6 +40,11 @@ VARIANTS = {
     "mit_b3": ((64, 128, 320, 512), (3, 4, 18, 3)),
     "mit_b4": ((64, 128, 320, 512), (3, 8, 27, 3)),
     "mit_b5": ((64, 128, 320, 512), (3, 6, 40, 3)),
+}
+# Input normalizations the published checkpoints expect, applied to our [0, 1] images.
+NORMALIZATIONS = {
+    None: None,
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # (mean, std)
 }
 NUM_HEADS = (1, 2, 5, 8)
 SR_RATIOS = (8, 4, 2, 1)
@@ -67,6 +78,7 @@ def mix_transformer_features(
     sr_ratios: Sequence[int] = SR_RATIOS,
     mlp_ratio: float = 4.0,
     drop_path_rate: float = 0.1,
+    normalization: str | None = None,
     name: str = "encoder",
 ) -> dict:
     """Mix Transformer feature maps ``{4: ..., 8: ..., 16: ..., 32: ...}`` of `x`.
@@ -74,8 +86,17 @@ def mix_transformer_features(
     Layers are named ``{name}_stage{s}_patch_embed``, ``{name}_stage{s}_block{b}_{norm1,
     attn, drop_path1, add1, norm2, mlp, drop_path2, add2}`` and ``{name}_stage{s}_norm``
     (s, b from 1). The stochastic-depth rate grows linearly from 0 (first block) to
-    `drop_path_rate` (last block); blocks with rate 0 have no `DropPath` layer.
+    `drop_path_rate` (last block); blocks with rate 0 have no `DropPath` layer. With
+    `normalization` ("imagenet") a `ChannelAffine` named ``{name}_normalize`` first maps
+    [0, 1] images to ``(x - mean) / std``.
     """
+    if NORMALIZATIONS[normalization] is not None:
+        mean, std = NORMALIZATIONS[normalization]
+        x = ChannelAffine(
+            scale=[1.0 / sd for sd in std],
+            offset=[-m / sd for m, sd in zip(mean, std)],
+            name=f"{name}_normalize",
+        )(x)
     total = sum(depths)
     rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
     features, index = {}, 0
@@ -113,6 +134,7 @@ def _mit(
     sr_ratios,
     mlp_ratio,
     drop_path_rate,
+    normalization,
     output_stride,
     name,
 ):
@@ -140,6 +162,11 @@ def _mit(
             "Invalid value for argument `drop_path_rate`: expected a rate in [0, 1). "
             f"Received: drop_path_rate={drop_path_rate!r}"
         )
+    if not isinstance(normalization, (str, type(None))) or normalization not in NORMALIZATIONS:
+        raise ValueError(
+            "Invalid value for argument `normalization`: expected one of "
+            f"{list(NORMALIZATIONS)}. Received: normalization={normalization!r}"
+        )
     if output_stride != 32:
         raise ValueError(
             "Invalid value for argument `output_stride`: Mix Transformer encoders support only "
@@ -150,7 +177,15 @@ def _mit(
         input_shape,
         name,
         lambda x: mix_transformer_features(
-            x, embed_dims, depths, num_heads, sr_ratios, mlp_ratio, drop_path_rate, name
+            x,
+            embed_dims,
+            depths,
+            num_heads,
+            sr_ratios,
+            mlp_ratio,
+            drop_path_rate,
+            normalization,
+            name,
         ),
     )
 
@@ -176,6 +211,7 @@ def _register(key: str) -> None:
         sr_ratios: Sequence[int] = SR_RATIOS,
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.1,
+        normalization: str | None = None,
         output_stride: int = 32,
         name: str = "encoder",
     ):
@@ -188,6 +224,7 @@ def _register(key: str) -> None:
             sr_ratios,
             mlp_ratio,
             drop_path_rate,
+            normalization,
             output_stride,
             name,
         )
@@ -211,6 +248,9 @@ def _register(key: str) -> None:
         "    sr_ratios: key/value spatial reduction per stage.\n"
         "    mlp_ratio: Mix-FFN hidden width / channels.\n"
         "    drop_path_rate: stochastic depth of the last block (linear from 0); 0 disables.\n"
+        "    normalization: None, or 'imagenet' to map [0, 1] images to (x - mean) / std\n"
+        "        inside the graph, as the published (ImageNet, ADE20K, Cityscapes) weights\n"
+        "        expect; zoo.port.mit sets it when it builds a model from a checkpoint.\n"
         "    output_stride: only 32 (accepted so that every decoder can pass it).\n"
         "    name: prefix of every layer name.\n"
     )

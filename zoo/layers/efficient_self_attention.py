@@ -31,9 +31,10 @@ class EfficientSelfAttention(keras.layers.Layer):
     ``q = x Wq``, ``[k, v] = LN(SR(x)) Wkv``, per head ``softmax(q k^T / sqrt(d)) v``, heads
     concatenated and projected by ``Wo``. The softmax runs in float32 under mixed precision
     (the scores of a long sequence overflow or flatten in half precision); the projections and
-    products run in the compute dtype. Keys and values share one dense layer (``kv``, keys
-    first), the layout of the original and smp checkpoints. Height and width must be
-    multiples of `sr_ratio`.
+    products run in the compute dtype. Sublayers are named ``{name}_q``, ``_k``, ``_v``,
+    ``_sr``, ``_norm`` and ``_proj`` (the original checkpoints' fused ``kv`` projection is
+    split into ``_k`` and ``_v`` when ported). Height and width must be multiples of
+    `sr_ratio`.
 
     Args:
         num_heads: attention heads; must divide the channels.
@@ -67,17 +68,20 @@ class EfficientSelfAttention(keras.layers.Layer):
         self.epsilon = float(epsilon)
 
     def build(self, input_shape):
-        b, h, w, channels = input_shape
+        channels = input_shape[-1]
         if channels % self.num_heads:
             raise ValueError(
                 f"Invalid value for argument `num_heads`: {self.num_heads} heads do not divide "
                 f"the {channels} input channels. Received: num_heads={self.num_heads}"
             )
-        policy = self.dtype_policy
-        dense = {"kernel_initializer": DENSE_INIT, "dtype": policy}
-        self.q = keras.layers.Dense(channels, use_bias=self.qkv_bias, name="q", **dense)
-        self.kv = keras.layers.Dense(2 * channels, use_bias=self.qkv_bias, name="kv", **dense)
-        self.proj = keras.layers.Dense(channels, name="proj", **dense)
+        # Sublayers named after this layer: their names identify them in a whole model
+        # (weight porting maps layer names).
+        dense = {"kernel_initializer": DENSE_INIT, "dtype": self.dtype_policy}
+        name = self.name
+        self.q = keras.layers.Dense(channels, use_bias=self.qkv_bias, name=f"{name}_q", **dense)
+        self.k = keras.layers.Dense(channels, use_bias=self.qkv_bias, name=f"{name}_k", **dense)
+        self.v = keras.layers.Dense(channels, use_bias=self.qkv_bias, name=f"{name}_v", **dense)
+        self.proj = keras.layers.Dense(channels, name=f"{name}_proj", **dense)
         self.q.build(input_shape)
         kv_shape = input_shape
         if self.sr_ratio > 1:
@@ -86,16 +90,17 @@ class EfficientSelfAttention(keras.layers.Layer):
                 self.sr_ratio,
                 strides=self.sr_ratio,
                 kernel_initializer=CONV_INIT,
-                name="sr",
-                dtype=policy,
+                name=f"{name}_sr",
+                dtype=self.dtype_policy,
             )
             self.norm = keras.layers.LayerNormalization(
-                epsilon=self.epsilon, name="norm", dtype=policy
+                epsilon=self.epsilon, name=f"{name}_norm", dtype=self.dtype_policy
             )
             self.sr.build(input_shape)
             kv_shape = self.sr.compute_output_shape(input_shape)
             self.norm.build(kv_shape)
-        self.kv.build(kv_shape)
+        self.k.build(kv_shape)
+        self.v.build(kv_shape)
         self.proj.build(input_shape)
         self.built = True
 
@@ -109,8 +114,8 @@ class EfficientSelfAttention(keras.layers.Layer):
         reduced = inputs
         if self.sr_ratio > 1:
             reduced = self.norm(self.sr(inputs))
-        kv = ops.reshape(self.kv(reduced), (batch, -1, 2, heads, head_dim))
-        k, v = kv[:, :, 0], kv[:, :, 1]
+        k = ops.reshape(self.k(reduced), (batch, -1, heads, head_dim))
+        v = ops.reshape(self.v(reduced), (batch, -1, heads, head_dim))
         scores = ops.einsum("bqhd,bkhd->bhqk", q, k)
         # Softmax in float32: half-precision scores over thousands of keys lose the small
         # probabilities (and float16 overflows); the matmuls stay in the compute dtype.

@@ -11,7 +11,8 @@ from zoo.layers.efficient_self_attention import CONV_INIT, DENSE_INIT
 @keras.saving.register_keras_serializable(package="zoo")
 class MixFFN(keras.layers.Layer):
     """Mix-FFN on a ``(B, H, W, C)`` map: dense to `hidden_units`, depthwise 3x3 convolution
-    (with bias), GELU (exact, erf form), dense back to ``C``.
+    (with bias), GELU (exact, erf form), dense back to ``C``. Sublayers are named
+    ``{name}_fc1``, ``{name}_dwconv`` and ``{name}_fc2``.
 
     The depthwise convolution leaks positional information between neighbouring tokens, which
     is why the Mix Transformer needs no position embeddings and works at any input size.
@@ -42,11 +43,15 @@ class MixFFN(keras.layers.Layer):
     def build(self, input_shape):
         policy = self.dtype_policy
         dense = {"kernel_initializer": DENSE_INIT, "dtype": policy}
-        self.fc1 = keras.layers.Dense(self.hidden_units, name="fc1", **dense)
+        self.fc1 = keras.layers.Dense(self.hidden_units, name=f"{self.name}_fc1", **dense)
         self.dwconv = keras.layers.DepthwiseConv2D(
-            3, padding="same", depthwise_initializer=CONV_INIT, name="dwconv", dtype=policy
+            3,
+            padding="same",
+            depthwise_initializer=CONV_INIT,
+            name=f"{self.name}_dwconv",
+            dtype=policy,
         )
-        self.fc2 = keras.layers.Dense(input_shape[-1], name="fc2", **dense)
+        self.fc2 = keras.layers.Dense(input_shape[-1], name=f"{self.name}_fc2", **dense)
         self.fc1.build(input_shape)
         hidden_shape = (*input_shape[:-1], self.hidden_units)
         self.dwconv.build(hidden_shape)

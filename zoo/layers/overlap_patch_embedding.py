@@ -26,7 +26,8 @@ class OverlapPatchEmbedding(keras.layers.Layer):
     for the others), so neighbouring patches overlap. The padding is ``patch_size // 2`` on
     every side, as in the reference implementation: Keras' ``padding="same"`` would put the
     extra row at the bottom only and shift the sampling grid. With inputs divisible by the
-    stride the output is ``(B, H / strides, W / strides, filters)``.
+    stride the output is ``(B, H / strides, W / strides, filters)``. Sublayers are named
+    ``{name}_proj`` and ``{name}_norm``.
 
     Args:
         filters: embedding channels.
@@ -64,11 +65,11 @@ class OverlapPatchEmbedding(keras.layers.Layer):
             patch_size,
             strides=strides,
             kernel_initializer=CONV_INIT,
-            name="proj",
+            name=f"{self.name}_proj",
             dtype=self.dtype_policy,
         )
         self.norm = keras.layers.LayerNormalization(
-            epsilon=epsilon, name="norm", dtype=self.dtype_policy
+            epsilon=epsilon, name=f"{self.name}_norm", dtype=self.dtype_policy
         )
 
     def build(self, input_shape):
