@@ -2,8 +2,8 @@
 
 Options: ``layouts`` (any of "smp", "transformers", "transformers_encoder"), ``encoder``
 (mit_b0 ... mit_b5), ``classes``, ``out_dir`` (where ``<layout>.safetensors`` is written, in
-the layout the published files use), ``normalize`` (feed ImageNet-normalized images, as the
-published weights expect: the zoo model then normalizes inside) and ``seed``.
+the layout the published files use), ``normalize`` (the layouts that see ImageNet-normalized
+images, as the published weights expect: the zoo model then normalizes inside) and ``seed``.
 Inputs: ``image`` (B, H, W, 3) float32 in [0, 1]. Outputs per layout: ``<layout>_feat<s>``
 (stage outputs, NHWC, s = 4, 8, 16, 32) and ``<layout>_logits`` (NHWC: input size for smp,
 stride 4 for transformers).
@@ -51,11 +51,11 @@ inputs, options, save = parse()
 torch.manual_seed(options.get("seed", 0))
 encoder = options.get("encoder", "mit_b0")
 classes = options.get("classes", 1)
-image = torch.from_numpy(inputs["image"]).permute(0, 3, 1, 2).contiguous()
-if options.get("normalize"):
-    image = (image - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+raw = torch.from_numpy(inputs["image"]).permute(0, 3, 1, 2).contiguous()
+normalized = (raw - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
 out = {}
 for layout in options["layouts"]:
+    image = normalized if layout in options.get("normalize", ()) else raw
     path = os.path.join(options["out_dir"], f"{layout}.safetensors")
     if layout == "smp":
         import segmentation_models_pytorch as smp

@@ -105,6 +105,8 @@ class EfficientSelfAttention(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs):
+        import tensorflow as tf  # the zoo runs on the TensorFlow backend
+
         shape = ops.shape(inputs)
         batch, height, width = shape[0], shape[1], shape[2]
         channels = inputs.shape[-1]
@@ -120,7 +122,7 @@ class EfficientSelfAttention(keras.layers.Layer):
         # Softmax in float32: half-precision scores over thousands of keys lose the small
         # probabilities (and float16 overflows); the matmuls stay in the compute dtype.
         scores = ops.cast(scores, "float32") * (head_dim**-0.5)
-        probs = ops.cast(ops.softmax(scores, axis=-1), q.dtype)
+        probs = ops.cast(tf.nn.softmax(scores, axis=-1), q.dtype)  # no size-1 axis warning
         out = ops.einsum("bhqk,bkhd->bqhd", probs, v)
         out = ops.reshape(out, (batch, height, width, channels))
         return self.proj(out)

@@ -424,7 +424,9 @@ def segformer_from_checkpoint(
         checkpoint: ``.safetensors`` path or ``{key: array}`` (smp or transformers layout).
             An encoder-only checkpoint gives a model with a random decoder.
         **overrides: other `segformer` arguments (``input_shape``, ``activation``, or
-            ``num_classes`` for an encoder-only checkpoint).
+            ``num_classes`` for an encoder-only checkpoint); ``encoder_kwargs`` are merged
+            into the inferred ones (``num_heads`` for non-standard widths: the weights do not
+            determine the number of heads; the published variants use (1, 2, 5, 8)).
     """
     import zoo
 
@@ -432,7 +434,10 @@ def segformer_from_checkpoint(
     if not isinstance(checkpoint, Mapping):
         source = str(checkpoint)
         checkpoint = read_checkpoint(checkpoint)
-    arch = {**checkpoint_architecture(checkpoint, source), **overrides}
+    arch = checkpoint_architecture(checkpoint, source)
+    # encoder_kwargs merge: e.g. num_heads, which the weights do not determine
+    kwargs = {**arch["encoder_kwargs"], **(overrides.pop("encoder_kwargs", None) or {})}
+    arch = {**arch, **overrides, "encoder_kwargs": kwargs}
     model = zoo.create_model("segformer", **arch)
     writes = plan(model, checkpoint, source=source)
     for variable, _, value in writes:
