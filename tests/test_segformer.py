@@ -446,8 +446,11 @@ def test_port_whole_model_wrong_num_classes_says_which():
     state["decoder.fuse_stage.1.num_batches_tracked"] = np.zeros((), "int64")
     state["segmentation_head.0.weight"] = np.zeros((5, 16, 1, 1), "float32")
     state["segmentation_head.0.bias"] = np.zeros((5,), "float32")
+    tiny = build_tiny(
+        "segformer", num_classes=2, encoder_kwargs={**TINY_MIT, "sr_ratios": (8, 4, 2, 1)}
+    )
     with pytest.raises(PortError, match=r"segmentation_head\.0\.weight.*num_classes=5"):
-        load_mit_weights(build_tiny("segformer", num_classes=2), state)
+        load_mit_weights(tiny, state)
     # The architecture is read from the weights (the heads are not in them).
     model = segformer_from_checkpoint(state, encoder_kwargs={"num_heads": (1, 2, 3, 4)})
     config = model.get_config()

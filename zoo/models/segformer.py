@@ -33,6 +33,7 @@ LEVELS = (4, 8, 16, 32)
             "embed_dims": (8, 16, 24, 32),
             "depths": (1, 1, 1, 1),
             "num_heads": (1, 1, 1, 1),
+            "sr_ratios": (4, 2, 1, 1),
             "drop_path_rate": 0.0,
         },
         "decoder_channels": 16,

@@ -384,22 +384,30 @@ def checkpoint_architecture(
     """The `segformer` constructor arguments a checkpoint was trained with.
 
     ``encoder`` (the `mit_b*` variant with these widths and depths; non-standard ones get
-    `embed_dims`/`depths` in ``encoder_kwargs``), ``encoder_kwargs`` (with ImageNet input
-    normalization), and, when it has a decoder, ``num_classes`` and ``decoder_channels``.
+    `embed_dims`/`depths`, and reductions other than (8, 4, 2, 1) `sr_ratios`, in
+    ``encoder_kwargs``), ``encoder_kwargs`` (with ImageNet input normalization), and, when
+    it has a decoder, ``num_classes`` and ``decoder_channels``. The number of heads is not
+    in the weights: the published variants' (1, 2, 5, 8) is assumed.
     """
     from zoo.encoders.mit import VARIANTS
 
     layout, prefix = detect_layout(state, source)
+    from zoo.encoders.mit import SR_RATIOS
+
     if layout == "smp":
         patch, block = prefix + "patch_embed{s}.proj.weight", r"block{s}\.(\d+)\."
+        sr = prefix + "block{s}.0.attn.sr.weight"
     else:
         patch = prefix + "encoder.patch_embeddings.{s0}.proj.weight"
         block = r"encoder\.block\.{s0}\.(\d+)\."
-    dims, depths = [], []
+        sr = prefix + "encoder.block.{s0}.0.attention.self.sr.weight"
+    dims, depths, srs = [], [], []
     for s in range(1, 5):
         dims.append(int(state[patch.format(s=s, s0=s - 1)].shape[0]))
         pattern = re.compile(re.escape(prefix) + block.format(s=s, s0=s - 1))
         depths.append(len({m.group(1) for k in state if (m := pattern.match(k))}))
+        kernel = state.get(sr.format(s=s, s0=s - 1))
+        srs.append(1 if kernel is None else int(kernel.shape[-1]))
     kwargs: dict[str, Any] = {"normalization": "imagenet"}
     names = [n for n, (d, b) in VARIANTS.items() if (list(d), list(b)) == [dims, depths]]
     if names:
@@ -407,6 +415,8 @@ def checkpoint_architecture(
     else:
         encoder = "mit_b0"
         kwargs.update(embed_dims=tuple(dims), depths=tuple(depths))
+    if tuple(srs) != SR_RATIOS:
+        kwargs["sr_ratios"] = tuple(srs)
     arch: dict[str, Any] = {"encoder": encoder, "encoder_kwargs": kwargs}
     head = {"smp": "segmentation_head.0.weight", "transformers": "decode_head.classifier.weight"}
     if head[layout] in state:
