@@ -13,6 +13,7 @@ from torch_ref import requires_reference, run_reference
 
 import zoo
 from zoo.layers import (
+    AllMLPFuse,
     BilinearUpsampling,
     DropPath,
     EfficientSelfAttention,
@@ -183,6 +184,7 @@ def test_bilinear_upsampling_align_corners_matches_formula():
         MixFFN(16, name="f"),
         OverlapPatchEmbedding(8, 3, 2, epsilon=1e-6, name="p"),
         BilinearUpsampling(2, align_corners=True, name="u"),
+        AllMLPFuse(8, (16, 8, 4), name="fuse"),
     ],
     ids=lambda la: type(la).__name__,
 )
@@ -190,9 +192,14 @@ def test_layers_serialize(layer, tmp_path):
     config = layer.get_config()
     clone = type(layer).from_config(config)
     assert clone.get_config() == config
-    x = keras.Input((8, 8, 8))
+    rng = np.random.default_rng(0)
+    if isinstance(layer, AllMLPFuse):  # levels of a 32x32 image at strides 16, 8, 4
+        x = [keras.Input((32 // s, 32 // s, 3)) for s in layer.strides]
+        data = [rng.normal(size=(1, 32 // s, 32 // s, 3)).astype("float32") for s in layer.strides]
+    else:
+        x = keras.Input((8, 8, 8))
+        data = rng.normal(size=(1, 8, 8, 8)).astype("float32")
     model = keras.Model(x, layer(x))
-    data = np.random.default_rng(0).normal(size=(1, 8, 8, 8)).astype("float32")
     assert_save_load_identical(model, data, tmp_path / "layer.keras")
 
 
@@ -319,13 +326,64 @@ def test_segformer_uses_a_stride2_level_like_smp():
     # stride 4 (bilinear, half-pixel: a 2x2 average); resnet counts are checked against smp
     # in tests/test_parity_smp.py.
     model = build_tiny("segformer", encoder="resnet18", encoder_kwargs={"base_width": 8})
-    assert {la.name for la in all_layers(model) if la.name.startswith("decoder_linear")} == {
-        f"decoder_linear{s}" for s in (2, 4, 8, 16, 32)
-    }
+    assert model.get_layer("decoder_fuse").strides == (32, 16, 8, 4, 2)
     x = np.arange(32, dtype="float32").reshape(1, 4, 4, 2)
     pooled = keras.layers.AveragePooling2D(2)(x)
     resized = keras.layers.Resizing(2, 2, interpolation="bilinear")(x)
     np.testing.assert_allclose(np.asarray(pooled), np.asarray(resized), atol=1e-6)
+
+
+def _unfused_fuse(layer, inputs):
+    """What `AllMLPFuse` stands for, with Keras layers and its variables: Dense per level,
+    bilinear upsampling (or the half-size bilinear resize), concatenation, 1x1 conv."""
+    import tensorflow as tf
+
+    branches = []
+    for stride, x, kernel, bias in zip(layer.strides, inputs, layer.kernels, layer.biases):
+        y = tf.tensordot(tf.cast(x, "float32"), kernel, 1) + bias
+        if stride > 4:
+            y = keras.layers.UpSampling2D(stride // 4, interpolation="bilinear")(y)
+        elif stride < 4:
+            h, w = y.shape[1] // 2, y.shape[2] // 2
+            y = keras.layers.Resizing(h, w, interpolation="bilinear")(y)
+        branches.append(y)
+    return tf.nn.conv2d(tf.concat(branches, -1), layer.fuse_kernel, 1, "VALID")
+
+
+@pytest.mark.parametrize("strides", [(32, 16, 8, 4), (32, 16, 8, 4, 2), (16, 8)])
+def test_all_mlp_fuse_equals_project_resize_concat_conv(strides):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    h, w = 8, 16  # at stride 4 (stride 32: 1 x 2)
+    inputs = [
+        tf.constant(rng.normal(size=(2, h * 4 // s, w * 4 // s, 3 + i)).astype("float32"))
+        for i, s in enumerate(strides)
+    ]
+    layer = AllMLPFuse(5, strides)
+    layer.build([x.shape for x in inputs])
+    for v in layer.weights:
+        v.assign(rng.normal(size=v.shape))
+    upstream = tf.constant(rng.normal(size=(2, h, w, 5)).astype("float32"))
+
+    def value_and_grads(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            y = fn()
+            loss = tf.reduce_sum(y * upstream)
+        return y, tape.gradient(loss, [*inputs, *layer.weights])
+
+    y, grads = value_and_grads(lambda: layer(inputs))
+    y_ref, grads_ref = value_and_grads(lambda: _unfused_fuse(layer, inputs))
+    assert tuple(y.shape) == (2, h, w, 5)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
+    for got, want in zip(grads, grads_ref):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_all_mlp_fuse_rejects_bad_strides():
+    with pytest.raises(ValueError, match=r"strides=\(32, 12\)"):
+        AllMLPFuse(8, (32, 12))
 
 
 # --- Porting: table checks without torch ---------------------------------------------------

@@ -4,6 +4,7 @@ Every batch normalization in the native encoders and decoders is created by `bat
 the whole zoo shares one setting (synchronized across replicas, PyTorch momentum/epsilon).
 """
 
+from zoo.layers.all_mlp_fuse import AllMLPFuse
 from zoo.layers.bilinear_upsampling import BilinearUpsampling
 from zoo.layers.blocks import (
     batch_norm,
@@ -25,6 +26,7 @@ from zoo.layers.spatial import (
 from zoo.layers.upsample_concat_conv2d import UpsampleConcatConv2D
 
 __all__ = [
+    "AllMLPFuse",
     "BilinearUpsampling",
     "BroadcastSpatial",
     "ChannelAffine",

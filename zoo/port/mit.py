@@ -20,7 +20,9 @@ The mapping is data: `ENCODER_TABLE` and `DECODER_TABLE` map our layer names (re
 expressions) to each layout's module path (a template), and `KINDS` says, per kind of layer,
 which parameter of the module each of our variables takes and how its layout changes
 (``Linear.weight`` (out, in) -> ``Dense.kernel`` (in, out); ``Conv2d.weight`` OIHW -> HWIO;
-the original fused ``kv`` projection split into our ``_k`` and ``_v``). `load_mit_weights`
+the original fused ``kv`` projection split into our ``_k`` and ``_v``); `FUSE_VARIABLES`
+does it per variable for the decoder's `AllMLPFuse`, which holds the per-level projections
+and the fuse convolution. `load_mit_weights`
 checks the whole plan (every variable found, every key used, every shape equal) before it
 writes anything.
 
@@ -123,8 +125,8 @@ KINDS: dict[str, dict[str, tuple[str, Callable]]] = {
 class Row:
     """Our layer (regex over its name, after the encoder prefix for encoder rows) -> the module
     holding its parameters in each layout (a `str.format` template: ``{s}``/``{b}`` stage and
-    block from 1, ``{s0}``/``{b0}`` from 0; decoder rows: ``{deep}`` the level's index deepest
-    first, ``{level}`` log2(stride / 4)), and the kind per layout (`KINDS`)."""
+    block from 1, ``{s0}``/``{b0}`` from 0), and the kind per layout (`KINDS`, or
+    ``"all_mlp_fuse"``: `FUSE_VARIABLES`)."""
 
     ours: str
     smp: str
@@ -166,11 +168,21 @@ ENCODER_TABLE: tuple[Row, ...] = (
 )  # fmt: skip
 
 DECODER_TABLE: tuple[Row, ...] = (
-    Row(r"decoder_linear(?P<stride>\d+)", "decoder.mlp_stage.{deep}.linear",
-        "decode_head.linear_c.{level}.proj", "dense"),
-    Row(r"decoder_fuse_conv", "decoder.fuse_stage.0", "decode_head.linear_fuse", "conv"),
+    Row(r"decoder_fuse", "decoder", "decode_head", "all_mlp_fuse"),
     Row(r"decoder_fuse_bn", "decoder.fuse_stage.1", "decode_head.batch_norm", "batch_norm"),
     Row(r"head_conv", "segmentation_head.0", "decode_head.classifier", "conv"),
+)
+
+# `zoo.layers.AllMLPFuse` holds the per-level projections and the fuse convolution: our
+# variable name (regex) -> (smp parameter, transformers parameter, transform) under the row's
+# module; ``{deep}`` is the level's index deepest first (smp), ``{level}`` log2(stride / 4)
+# (transformers, finest first).
+FUSE_VARIABLES: tuple[tuple[str, str, str, Callable], ...] = (
+    (r"linear(?P<stride>\d+)_kernel", "mlp_stage.{deep}.linear.weight",
+     "linear_c.{level}.proj.weight", _dense),
+    (r"linear(?P<stride>\d+)_bias", "mlp_stage.{deep}.linear.bias", "linear_c.{level}.proj.bias",
+     _identity),
+    (r"fuse_kernel", "fuse_stage.0.weight", "linear_fuse.weight", _conv),
 )  # fmt: skip
 
 # Where each layout keeps its decoder, and the heads we have no counterpart for (ImageNet
@@ -232,17 +244,35 @@ def _layers(target: Any) -> list[Any]:
     return out
 
 
-def _module_for(row: Row, match: re.Match, layout: str, decoder_strides: list[int]) -> str:
+def _module_for(row: Row, match: re.Match, layout: str) -> str:
     groups = {k: int(v) for k, v in match.groupdict().items()}
     fields = {}
     if "s" in groups:
         fields.update(s=groups["s"], s0=groups["s"] - 1)
     if "b" in groups:
         fields.update(b=groups["b"], b0=groups["b"] - 1)
-    if "stride" in groups:
-        stride = groups["stride"]
-        fields.update(deep=decoder_strides.index(stride), level=int(math.log2(stride / 4)))
     return getattr(row, layout).format(**fields)
+
+
+def _parameters(row: Row, layer: Any, layout: str) -> dict[str, tuple[str, Callable]]:
+    """Our variable name -> (their parameter name under the row's module, transform)."""
+    kind = row.kind_for(layout)
+    if kind != "all_mlp_fuse":
+        return KINDS[kind]
+    strides = list(layer.strides)
+    out = {}
+    for variable in layer.weights:
+        name = variable.name.split("/")[-1]
+        for pattern, smp, transformers, transform in FUSE_VARIABLES:
+            match = re.fullmatch(pattern, name)
+            if match:
+                stride = int(match.groupdict().get("stride") or 0)
+                fields = {}
+                if stride:
+                    fields = {"deep": strides.index(stride), "level": int(math.log2(stride / 4))}
+                template = smp if layout == "smp" else transformers
+                out[name] = (template.format(**fields), transform)
+    return out
 
 
 def plan(
@@ -257,7 +287,7 @@ def plan(
     layout, prefix = detect_layout(state, source)
     layers = _layers(target)
     decoder_keys = [k for k in state if k.startswith(DECODER_PREFIXES[layout])]
-    has_decoder_layers = any(layer.name.startswith("decoder_linear") for layer, _ in layers)
+    has_decoder_layers = any(layer.name == "decoder_fuse" for layer, _ in layers)
     if decoder is None:
         decoder = bool(decoder_keys) and has_decoder_layers
     if decoder and not decoder_keys:
@@ -267,14 +297,8 @@ def plan(
         )
     if decoder and not has_decoder_layers:
         raise PortError(
-            "decoder=True, but the model has no SegFormer decoder (no layer 'decoder_linear*')"
+            "decoder=True, but the model has no SegFormer decoder (no layer 'decoder_fuse')"
         )
-    linear = re.compile(r"decoder_linear(\d+)")
-    decoder_strides = sorted(
-        (int(m.group(1)) for layer, _ in layers if (m := linear.fullmatch(layer.name))),
-        reverse=True,
-    )
-
     enc = re.escape(encoder_name + "_")
     rows = [(re.compile(enc + r.ours), r, prefix) for r in ENCODER_TABLE]
     if decoder:
@@ -291,10 +315,13 @@ def plan(
             continue  # other layers (another decoder, the input normalization) stay as they are
         row, key_prefix, match = found
         mapped_layers += 1
-        module = key_prefix + _module_for(row, match, layout, decoder_strides)
-        params = KINDS[row.kind_for(layout)]
+        module = key_prefix + _module_for(row, match, layout)
+        params = _parameters(row, layer, layout)
         for variable in variables:
             name = variable.name.split("/")[-1]
+            if name not in params:
+                problems.append(f"our variable {variable.path!r} has no row in the MiT table")
+                continue
             parameter, transform = params[name]
             key = f"{module}.{parameter}"
             if key not in state:
