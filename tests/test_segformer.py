@@ -600,3 +600,24 @@ def test_transformers_encoder_checkpoint_into_standalone_encoder_and_unet(refere
     )
     for a, b in zip(unet.get_layer("head_conv").get_weights(), decoder_before):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow  # a TensorFlow child process: ~30 s
+def test_segformer_bench_smoke(tmp_path):
+    # bench/segformer_bench.py runs and writes its rows (zoo side only; no timing asserted).
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(root / "bench" / "segformer_bench.py"), "--smoke",
+         "--precisions", "float32", "--out", str(out)],
+        capture_output=True, text=True, cwd=root, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["encoder"], row["size"], row["batch"]) == ("mit_b0", 64, 2)
+    assert row["zoo_train_img_s"] > 0 and row["zoo_infer_img_s"] > 0
