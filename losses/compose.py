@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -117,13 +118,108 @@ def parse_spec(spec: Any) -> list[tuple[float, str]]:
     return [(w, t if isinstance(t, str) else t.name) for w, t in _parse(spec)]
 
 
+# Seconds between host-side reads of the recorded mask ranges in fit/evaluate/predict loops.
+_CHECK_EVERY_S = 0.5
+
+
+def _is_iterator(value: Any) -> bool:
+    """Whether a step function got a dataset iterator (fit/evaluate/predict loops)."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return isinstance(value, tf.data.Iterator | tf.distribute.DistributedIterator)
+
+
+class _LabelGuard:
+    """Mask-range check of `LossTerms`, made to raise a one-line error under XLA too.
+
+    While a `LossModel` runs a step (`host_check` set), each replica records the min/max mask
+    value of the batch in a per-replica variable and a bad batch contributes 0 to the loss;
+    `raise_if_bad` then reads the variables on the host after the step and raises the
+    `ValueError` of `functional.label_error`. Outside a `LossModel` step the check of
+    `functional.check_labels` applies (an eager `ValueError`, a graph `Assert`, NaN under XLA).
+    """
+
+    def __init__(self, groups: Mapping[tuple[str, int | None], list[str]]) -> None:
+        self.groups = dict(groups)
+        self.host_check = False
+        self.num_classes: int | None = None
+        self.ranges = None
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            # ON_READ: each replica writes its own copy, no cross-replica traffic in the step.
+            self.ranges = [
+                tf.Variable(
+                    tf.zeros(2),
+                    trainable=False,
+                    synchronization=tf.VariableSynchronization.ON_READ,
+                    aggregation=tf.VariableAggregation.SUM,
+                    name="mask_range",
+                )
+                for _ in self.groups
+            ]
+
+    def check_in_graph(self, y_true: Any, num_classes: int | None) -> Any:
+        self.num_classes = num_classes
+        factor = None
+        for i, ((mode, ignore_index), names) in enumerate(self.groups.items()):
+            record = None
+            if self.host_check and self.ranges is not None:
+                record = self._recorder(self.ranges[i])
+            f = F.check_labels(
+                y_true,
+                mode=mode,
+                num_classes=num_classes,
+                ignore_index=ignore_index,
+                term=names,
+                record=record,
+            )
+            if f is not None:
+                factor = f if factor is None else factor * f
+        return factor
+
+    @staticmethod
+    def _recorder(var: Any) -> Any:
+        def record(lo: Any, hi: Any) -> None:
+            var.assign(ops.stack([ops.minimum(var[0], lo), ops.maximum(var[1], hi)]))
+
+        return record
+
+    def raise_if_bad(self) -> None:
+        """Raise the one-line `ValueError` if a recorded mask range is invalid (then reset)."""
+        if self.ranges is None:
+            return
+        import tensorflow as tf
+
+        for var, ((mode, ignore_index), names) in zip(self.ranges, self.groups.items()):
+            strategy = getattr(var, "distribute_strategy", None) or tf.distribute.get_strategy()
+            parts = [p.numpy() for p in strategy.experimental_local_results(var)]
+            lo, hi = min(float(p[0]) for p in parts), max(float(p[1]) for p in parts)
+            message = F.label_error(
+                lo,
+                hi,
+                mode=mode,
+                num_classes=self.num_classes,
+                ignore_index=ignore_index,
+                term=names,
+            )
+            if message:
+                for v in self.ranges:
+                    v.assign(tf.zeros(2))
+                raise ValueError(message)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class LossTerms(keras.layers.Layer):
     """Computes several loss terms on `[y_true, y_weight, y_pred]` and logs each one.
 
     Each term is computed over the global batch (all replicas of a `tf.distribute`
     strategy), multiplied by its `loss_weight` and logged as `<name>_loss`. The values are
-    returned, not added with `add_loss`: `LossModel.compute_loss` sums them.
+    returned, not added with `add_loss`: `LossModel.compute_loss` sums them. The mask values
+    are checked once for all terms (see `functional.check_labels`); inside a `LossModel` a
+    bad mask ends in a one-line `ValueError` after the step, under XLA too.
 
     Args:
         terms: list of loss layers (`losses.get(...)` or the term classes).
@@ -154,20 +250,32 @@ class LossTerms(keras.layers.Layer):
         kwargs["dtype"] = "float32"
         super().__init__(**kwargs)
         self.terms = list(terms)
+        # One mask check per (mode, ignore_index) the terms use, shared by those terms.
+        groups: dict[tuple[str, int | None], list[str]] = {}
+        for term in self.terms:
+            groups.setdefault((term.mode, term.ignore_index), []).append(term.name)
+        # A plain holder: its variables are neither weights nor checkpointed.
+        self._label_guard = _LabelGuard(groups)
         self.built = True
 
     def call(self, inputs: Sequence[Any]) -> Any:
         y_true, y_weight, y_pred = _unpack(self.name, inputs)
+        factor = self._label_guard.check_in_graph(y_true, y_pred.shape[-1])
         values = []
-        for term in self.terms:
-            value = term.compute(y_true, y_pred, y_weight)
-            term.log(value, y_pred)
-            values.append(value)
+        with F.labels_checked():
+            for term in self.terms:
+                value = term.compute(y_true, y_pred, y_weight)
+                if factor is not None:
+                    value = value * factor
+                term.log(value, y_pred)
+                values.append(value)
         # One row per image so `predict` can concatenate batches.
         batch = ops.shape(y_pred)[0]
         return ops.broadcast_to(ops.stack(values)[None], (batch, len(values)))
 
     def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
+        for term in self.terms:  # the model is being built: the channel count is known
+            term.check_num_classes(tuple(input_shape[-1])[-1])
         return (input_shape[-1][0], len(self.terms))
 
     def get_config(self) -> dict[str, Any]:
@@ -181,8 +289,82 @@ class LossModel(keras.Model):
     """Functional training model whose output "losses" (from `LossTerms`) is its loss.
 
     Built by `attach`; `compute_loss` returns the sum of the term values plus any
-    regularization losses, scaled for `tf.distribute` like Keras' own losses.
+    regularization losses, scaled for `tf.distribute` like Keras' own losses. After every
+    train / test / predict step (or `steps_per_execution` steps) it checks the mask values the
+    `LossTerms` layers recorded and raises a one-line `ValueError` for values outside the
+    valid range (an in-graph `Assert` cannot raise under XLA).
     """
+
+    def _guards(self) -> list[_LabelGuard]:
+        return [
+            layer._label_guard for layer in self._flatten_layers() if isinstance(layer, LossTerms)
+        ]
+
+    def _raise_if_bad_labels(self) -> None:
+        for guard in self._guards():
+            guard.raise_if_bad()
+
+    def _checked(self, function: Any) -> Any:
+        if function is None or getattr(function, "_segzoo_checked", False):
+            return function
+        guards = self._guards()
+        last = [-math.inf]
+
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            # Set while tracing too: the traced step records mask ranges for the host check.
+            for guard in guards:
+                guard.host_check = True
+            try:
+                outputs = function(*args, **kwargs)
+            finally:
+                for guard in guards:
+                    guard.host_check = False
+            # Reading the ranges costs a host round trip (~0.1 ms): done on the first step and
+            # then at most every _CHECK_EVERY_S in fit/evaluate/predict loops (which check once
+            # more when they end); *_on_batch calls always check. A bad batch meanwhile
+            # contributes 0 to the loss, so nothing is learned from it.
+            now = time.monotonic()
+            if not _is_iterator(args[0] if args else None) or now - last[0] >= _CHECK_EVERY_S:
+                last[0] = now
+                for guard in guards:
+                    guard.raise_if_bad()
+            return outputs
+
+        checked._segzoo_checked = True
+        return checked
+
+    def fit(self, *args: Any, **kwargs: Any) -> Any:
+        history = super().fit(*args, **kwargs)
+        self._raise_if_bad_labels()
+        return history
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().evaluate(*args, **kwargs)
+        self._raise_if_bad_labels()
+        return result
+
+    def predict(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().predict(*args, **kwargs)
+        self._raise_if_bad_labels()
+        return result
+
+    def make_train_function(self, force: bool = False) -> Any:
+        if self.train_function is None or force:
+            super().make_train_function(force=force)
+            self.train_function = self._checked(self.train_function)
+        return self.train_function
+
+    def make_test_function(self, force: bool = False) -> Any:
+        if self.test_function is None or force:
+            super().make_test_function(force=force)
+            self.test_function = self._checked(self.test_function)
+        return self.test_function
+
+    def make_predict_function(self, force: bool = False) -> Any:
+        if self.predict_function is None or force:
+            super().make_predict_function(force=force)
+            self.predict_function = self._checked(self.predict_function)
+        return self.predict_function
 
     def compute_loss(
         self,
@@ -290,6 +472,8 @@ def attach(
             layers.append(type(term).from_config(config))
         else:
             layers.append(term)
+    for layer in layers:
+        layer.check_num_classes(logits_shape[-1])
 
     reserved = {"mask", "weight"}
     model_inputs = {}

@@ -233,7 +233,19 @@ class LossLayer(keras.layers.Layer):
         self.log(value, y_pred)
         return value
 
+    def check_num_classes(self, num_classes: int | None) -> None:
+        """One-line `ValueError` if `class_weights` / `classes` do not fit `num_classes`."""
+        F.check_class_options(
+            self.name,
+            num_classes,
+            class_weights=self.options.get("class_weights"),
+            classes=self.options.get("classes"),
+        )
+
     def compute_output_shape(self, input_shape: Any) -> tuple[int, ...]:
+        # Called when the layer is applied to symbolic inputs: the model is being built and the
+        # logits' channel count is known, so options that must fit it are checked here.
+        self.check_num_classes(tuple(input_shape[-1])[-1])
         return ()
 
     def get_config(self) -> dict[str, Any]:
@@ -267,7 +279,18 @@ class TermLoss(keras.losses.Loss):
     ) -> None:
         fn = type(self).fn
         options = _split_options(self.term, fn, kwargs)
-        _unknown(self.term, fn, kwargs, ("reduction", "dtype"))
+        if "reduction" in kwargs:
+            # The terms normalize themselves (over the global batch under tf.distribute), and
+            # the region terms are not sums over pixels, so Keras' reductions cannot apply.
+            raise _bad(
+                self.term,
+                "reduction",
+                kwargs["reduction"],
+                "no Keras reduction: the loss reduces itself; choose normalization='weighted' "
+                "(sum(w*l)/sum(w), the default) or 'mean' (sum(w*l)/count(w>0), Keras' "
+                "'sum_over_batch_size' with sample_weight) instead",
+            )
+        _unknown(self.term, fn, kwargs, ("dtype",))
         _check_common(self.term, mode, ignore_index, self.modes)
         kwargs["dtype"] = "float32"
         super().__init__(name=name or f"{self.term}_loss", **kwargs)

@@ -238,3 +238,22 @@ def test_head_to_head_table_uses_paired_round_ratios() -> None:
     assert cells[:8] == ["float32", "3", "4.00", "2.67", "1.50x", "8.00", "4.00", "2.00x"]
     assert "smp 0.6.0 on torch 9.9" in table
     assert bench.head_to_head_markdown([]) == ""
+
+
+def test_tiled_smoke_writes_json_and_the_doc_table(tmp_path: Path) -> None:
+    script = ROOT / "bench" / "tiled.py"
+    result = _run_script(script, "all", "--smoke", "--memory-sizes", "256", out=tmp_path / "t.json")
+    rows = result["throughput"]
+    assert rows and all("error" not in r and _positive(r["mpix_s"]) for r in rows)
+    (mem,) = result["memory"]
+    assert mem["peak_rss_mib"] > mem["arrays_mib"] > 0
+    doc = tmp_path / "doc.md"
+    doc.write_text("# T\n<!-- bench:tiled:start -->\nOLD\n<!-- bench:tiled:end -->\ntail\n")
+    subprocess.run(
+        [sys.executable, str(script), "report", str(tmp_path / "t.json"), "--doc", str(doc)],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
+    text = doc.read_text()
+    assert "OLD" not in text and "| float32 | 64 | 0.5 | flip |" in text and text.endswith("tail\n")

@@ -239,6 +239,48 @@ def test_save_and_load_without_custom_objects(tmp_path):
     assert train2.get_layer("loss_terms").terms[1].options["alpha"] == 0.3
 
 
+# --------------------------------------------------------------------------- mask value checks
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_attach_refuses_0_255_masks_with_one_line_and_learns_nothing(jit_compile):
+    """0/255 binary masks without ignore_index gave WBCE -23.8 and a negative Dice."""
+    model = tiny_model()
+    train = losses.attach(model, "wbce+dice")
+    train.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=jit_compile)
+    data = batch()
+    data["mask"] = data["mask"] * 255
+    before = [w.copy() for w in model.get_weights()]
+    message = (
+        r"^Invalid mask value 255 for losses 'wbce', 'dice' \(binary mode\): expected values in "
+        r"\[0, 1\]\. To fix: pass ignore_index=255 .*Received: mask values in \[0, 255\]$"
+    )
+    for run in (
+        lambda: train.fit(data, batch_size=4, epochs=1, verbose=0),
+        lambda: train.evaluate(data, batch_size=4, verbose=0),
+        lambda: train.train_on_batch(data),
+    ):
+        with pytest.raises(ValueError, match=message):
+            run()
+    # The refused batches contributed nothing: plain SGD left every weight as it was.
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+    # Fixed data trains afterwards: nothing stale is left in the check.
+    data["mask"] = data["mask"] // 255
+    got = train.evaluate(data, batch_size=4, return_dict=True, verbose=0)
+    logits = model.predict(data["image"], verbose=0)
+    assert got["wbce_loss"] == pytest.approx(np_bce(data["mask"], logits, data["weight"]), 1e-5)
+
+
+def test_attach_refuses_a_bad_batch_late_in_an_epoch_and_multiclass_ids():
+    train = losses.attach(tiny_model(channels=3), "wce+dice", ignore_index=255)
+    train.compile(optimizer="sgd")
+    data = batch(n=6, channels=3, mode="multiclass", ignore=255)
+    data["mask"][5, 3, 3] = 3  # one pixel of the last batch: class 3 of 3 channels
+    with pytest.raises(ValueError, match=r"value 3 .*class ids 0\.\.2 .*or ignore_index=255"):
+        train.fit(data, batch_size=2, epochs=1, verbose=0, shuffle=False)
+
+
 # --------------------------------------------------------------------------- distribution
 
 
@@ -268,6 +310,51 @@ def test_mirrored_strategy_matches_single_device(mirrored_strategy):
     np.testing.assert_allclose(hist_m["loss"], hist_s["loss"], rtol=1e-4)
     for a, b in zip(mirrored.get_weights(), single.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_mirrored_strategy_refuses_bad_masks_on_any_replica(mirrored_strategy):
+    with mirrored_strategy.scope():
+        train = losses.attach(tiny_model(), "wbce+dice", ignore_index=7)
+        train.compile(optimizer="sgd")
+    data = batch()
+    data["mask"][3] *= 255  # the second replica's half of the batch only
+    with pytest.raises(ValueError, match=r"value 255 .*or ignore_index=7\. .*\[0, 255\]$"):
+        train.evaluate(data, batch_size=4, verbose=0)
+    data["mask"][3] //= 255
+    assert np.isfinite(train.evaluate(data, batch_size=4, verbose=0)[0])
+
+
+@pytest.mark.parametrize("mode", ["binary", "multiclass"])
+def test_mirrored_strategy_every_term_with_an_image_left_out(mirrored_strategy, mode):
+    """Every term over the global batch when replica 0 holds an image with no pixel that
+    counts: equal to one device, and Dice per image equal to NumPy over the other images."""
+    channels = 1 if mode == "binary" else 3
+    if mode == "binary":
+        spec = "wbce+focal+dice+jaccard+tversky"
+        options = {"dice": {"reduction": "image", "smooth": 0.0}, "tversky": {"alpha": 0.3}}
+    else:
+        spec = "wce+focal+dice+jaccard"
+        options = {"wce": {"class_weights": [0.5, 1.0, 2.0]}, "dice": {"reduction": "image"}}
+    data = batch(channels=channels, mode=mode, ignore=255, seed=6)
+    data["mask"][1] = 255  # all of image 1 ignored (on replica 0)
+    single = tiny_model(channels)
+    with mirrored_strategy.scope():
+        mirrored = tiny_model(channels)
+        mirrored.set_weights(single.get_weights())
+        train_m = losses.attach(mirrored, spec, ignore_index=255, **options)
+        train_m.compile(optimizer="sgd")
+    train_s = losses.attach(single, spec, ignore_index=255, **options)
+    train_s.compile(optimizer="sgd")
+    got_s = train_s.evaluate(data, batch_size=4, return_dict=True, verbose=0)
+    got_m = train_m.evaluate(data, batch_size=4, return_dict=True, verbose=0)
+    for key in got_s:
+        assert got_m[key] == pytest.approx(got_s[key], rel=1e-5), key
+    if mode == "binary":
+        logits = single.predict(data["image"], verbose=0)
+        valid = data["mask"] != 255
+        mask, weight = np.where(valid, data["mask"], 0), data["weight"] * valid
+        want = np.mean([np_dice(mask[i], logits[i], weight[i], smooth=0.0) for i in (0, 2, 3)])
+        assert got_s["dice_loss"] == pytest.approx(want, rel=1e-4)
 
 
 def test_mirrored_strategy_keras_loss_path(mirrored_strategy):

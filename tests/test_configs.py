@@ -46,8 +46,8 @@ def test_every_registered_model_has_a_config():
 
 
 def test_defaults_are_the_main_job():
-    cfg = make([])
-    assert (cfg.model.name, cfg.loss, cfg.data.name, cfg.strategy.name) == (
+    run = validate(make([]))
+    assert (run.model.name, run.loss.spec, run.data.name, run.strategy.name) == (
         "unet",
         "wbce+dice",
         "shapes",
@@ -100,3 +100,47 @@ def test_semantic_errors_name_the_key(overrides, text):
     with pytest.raises(ConfigError, match=text) as info:
         validate(make(overrides))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "overrides,text",
+    [
+        # Item 1 / 12 of the correctness issue: step counts and numbers out of range.
+        (["trainer.validation_steps=0"], "trainer.validation_steps=0"),
+        (["trainer.validation_steps=-1"], "trainer.validation_steps=-1"),
+        (["trainer.steps_per_epoch=-1"], "trainer.steps_per_epoch=-1"),
+        (["trainer.steps_per_epoch=0"], "trainer.steps_per_epoch=0"),
+        (["trainer.learning_rate=nan"], "trainer.learning_rate=nan"),
+        (["trainer.learning_rate=inf"], "trainer.learning_rate=inf"),
+        (["trainer.warmup_steps=-5"], "trainer.warmup_steps=-5"),
+        (["trainer.clipnorm=-1.0"], "trainer.clipnorm=-1.0"),
+        (["trainer.momentum=1.5"], "trainer.momentum=1.5"),
+        (["trainer.backup_every_steps=0"], "trainer.backup_every_steps=0"),
+        (["predict.threshold=0"], "predict.threshold=0"),
+        # A typo in the monitored metric would leave an old best.keras: caught, with a hint.
+        (["trainer.monitor=val_dise"], "Did you mean 'val_dice'"),
+        # The training size must suit the model's divisor.
+        (["data.image_size=[50,50]"], "needs multiples of 32"),
+        (["model.decoder_channels=[16,8,8]", "data.image_size=[60,64]"], "needs multiples of 8"),
+        # An explicit loss that does not fit the data's mode names the terms that do.
+        (["data.num_classes=5", "loss=wbce+dice"], r"term .wbce. supports binary.* loss=wce\+dice"),
+        # Model values are typed by the constructor signature, before any data is read.
+        (["model.decoder_channels=16"], "model.decoder_channels=16 .*a list of int"),
+        (["model=fpn", "model.dropout=high"], "model.dropout='high' .*float"),
+        (["model.encoder=3"], "model.encoder=3 .*str"),
+    ],
+)
+def test_bad_values_fail_in_one_line_before_anything_is_built(overrides, text):
+    with pytest.raises(ConfigError, match=text) as info:
+        validate(make(overrides))
+    assert "\n" not in str(info.value)
+
+
+def test_default_loss_follows_the_data_mode():
+    assert validate(make([])).loss.spec == "wbce+dice"
+    run = validate(make(["data.num_classes=5"]))  # the multiclass example of docs/data.md
+    assert (run.loss.spec, run.loss.mode) == ("wce+dice", "multiclass")
+
+
+def test_padded_models_take_any_training_size():
+    validate(make(["data.image_size=[50,50]", "model.pad_to_divisor=true"]))

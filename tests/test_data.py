@@ -391,6 +391,41 @@ def test_read_image_formats(tmp_path):
     np.testing.assert_allclose(read_image(tmp_path / "a.png")[..., 0], 1.0)
 
 
+def test_image_intensity_rule_is_one_for_every_source(tmp_path):
+    """docs/data.md "Image intensities": uint8 / 255, uint16 / 65535, floats in [0, 1] as they
+    are; floats outside [0, 1] and signed / 32-bit integers refused, never clipped."""
+    ramp = np.linspace(0, 1, 48, dtype=np.float32).reshape(6, 8)
+    Image.fromarray(ramp).save(tmp_path / "f01.tif")  # 32-bit float TIFF (Pillow mode "F")
+    np.save(tmp_path / "f01.npy", ramp.astype(np.float64))
+    for name in ("f01.tif", "f01.npy"):
+        np.testing.assert_array_equal(
+            read_image(tmp_path / name), np.repeat(ramp[..., None], 3, -1)
+        )
+    # The same values times 255: the old TIFF reader clipped them to 99.7% white.
+    Image.fromarray(ramp * 255).save(tmp_path / "f255.tif")
+    np.save(tmp_path / "f255.npy", ramp * 255)
+    Image.fromarray(ramp - 0.5).save(tmp_path / "neg.tif")
+    for name, lo, hi in (("f255.tif", 0, 255), ("f255.npy", 0, 255), ("neg.tif", -0.5, 0.5)):
+        with pytest.raises(
+            ValueError,
+            match=rf"'.*{name}' .* values in \[{lo}, {hi}\]; float images must lie in \[0, 1\]",
+        ):
+            read_image(tmp_path / name)
+    # Unsigned 16 bit: / 65535 from TIFF, PNG and .npy (either byte order) alike.
+    u16 = np.arange(48, dtype=np.uint16).reshape(6, 8) * 1300
+    Image.fromarray(u16).save(tmp_path / "u16.tif")
+    Image.fromarray(u16).save(tmp_path / "u16.png")
+    np.save(tmp_path / "u16.npy", u16.astype(">u2"))
+    for name in ("u16.tif", "u16.png", "u16.npy"):
+        np.testing.assert_allclose(read_image(tmp_path / name)[..., 2], u16 / 65535.0, atol=1e-7)
+    # Signed or 32-bit integers have no standard full scale: refused, not divided by 65535.
+    Image.fromarray(u16.astype(np.int32) * 10).save(tmp_path / "i32.tif")
+    np.save(tmp_path / "i64.npy", u16.astype(np.int64))
+    for name in ("i32.tif", "i64.npy"):
+        with pytest.raises(ValueError, match=rf"'.*{name}' .*integer images must be unsigned 8 or"):
+            read_image(tmp_path / name)
+
+
 def make_valid(root, n=4):
     rng = np.random.default_rng(3)
     for i in range(n):
@@ -439,6 +474,14 @@ BAD_CASES = {
         ),
         ValueError,
         r"Image '.*x1.npy' contains NaN or Inf",
+    ),
+    "float_tiff_out_of_range": (
+        lambda r: (
+            (r / "images" / "x1.png").unlink(),
+            Image.fromarray(np.full((16, 16), 200.0, np.float32)).save(r / "images" / "x1.tif"),
+        ),
+        ValueError,
+        r"Image '.*x1.tif' is a float TIFF with values in \[200, 200\]; float images must lie in",
     ),
     "corrupt_image": (
         lambda r: (r / "images" / "x2.png").write_bytes(b"\x89PNG not really"),

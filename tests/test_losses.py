@@ -92,6 +92,8 @@ def np_loss(term, y, x, w=None, mode="binary", ignore=None, **o):
         vals = []
         for c in classes:
             pc, tc, wc = p[g, ..., c], t[g, ..., c], ww[g, ..., c]
+            if wc.sum() == 0:  # no pixel of this class (image) counts: an empty set, left out
+                continue
             tp, fp, fn = (
                 (wc * pc * tc).sum(),
                 (wc * pc * (1 - tc)).sum(),
@@ -105,8 +107,9 @@ def np_loss(term, y, x, w=None, mode="binary", ignore=None, **o):
                 a, b, gm = o.get("alpha", 0.5), o.get("beta", 0.5), o.get("gamma", 1.0)
                 ti = (tp + smooth) / (tp + a * fp + b * fn + smooth + eps)
                 vals.append((1 - ti) ** gm)
-        per_group.append(np.mean(vals))
-    return float(np.mean(per_group))
+        if vals:
+            per_group.append(np.mean(vals))
+    return float(np.mean(per_group)) if per_group else 0.0
 
 
 def make_batch(mode, b=2, h=6, w=5, c=3, ignore=None, seed=0):
@@ -383,3 +386,170 @@ def test_get_config_round_trip(term):
     loss = losses.get_loss(term, mode=mode, ignore_index=7)
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
     assert type(restored) is type(loss) and restored.get_config() == loss.get_config()
+
+
+# --------------------------------------------------------------------------- mask value checks
+
+
+@pytest.mark.parametrize("term,mode", CASES)
+def test_out_of_range_mask_values_are_refused(term, mode):
+    y, x, w = make_batch(mode)
+    bad = (y * 255).astype(np.int32) if mode != "multiclass" else np.where(y == 2, 3, y)
+    value_seen, valid = (255, r"values in \[0, 1\]") if mode != "multiclass" else (3, "0..2")
+    message = (
+        rf"Invalid mask value {value_seen} for loss '{term}' \({mode} mode\): expected .*{valid}"
+    )
+    with pytest.raises(ValueError, match=message):  # the pure function, eagerly
+        value(term, bad, x, w, mode=mode)
+    with pytest.raises(ValueError, match=rf"ignore_index={value_seen}"):
+        losses.get_loss(term, mode=mode)(bad, x, sample_weight=w)
+    negative = np.where(y == 0, -1, y).astype(np.int32)
+    with pytest.raises(
+        ValueError, match=r"Invalid mask value -1 .*Received: mask values in \[-1, "
+    ):
+        value(term, negative, x, mode=mode)
+    # The same values are fine once they are the ignore_index: ignored, not refused.
+    assert np.isfinite(value(term, bad, x, w, mode=mode, ignore_index=value_seen))
+
+
+def test_binary_0_255_mask_error_names_the_fixes():
+    y, x, _ = make_batch("binary")
+    with pytest.raises(ValueError) as info:
+        F.wbce(y * 255, x)
+    text = str(info.value)
+    assert "\n" not in text
+    assert "mask values in [0, 255]" in text
+    assert "pass ignore_index=255" in text and "divide a 0/255 mask by 255" in text
+
+
+def test_soft_binary_targets_in_0_1_are_valid():
+    # Soft targets stay allowed: BCE at logit 0 is ln 2 for any target t in [0, 1].
+    y = np.full((1, 2, 2, 1), 0.3, np.float32)
+    assert value("wbce", y, np.zeros((1, 2, 2, 1), np.float32)) == pytest.approx(math.log(2))
+    with pytest.raises(ValueError, match="Invalid mask value 1.5"):
+        value("wbce", y * 5, np.zeros((1, 2, 2, 1), np.float32))
+
+
+def test_standalone_forms_refuse_bad_masks_in_graphs_and_poison_them_under_xla():
+    y, x, w = make_batch("binary")
+    bad = tf.constant(y * 255)
+    layer = losses.Dice()
+    graph = tf.function(lambda a, b, c: layer([a, c, b]))
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"Invalid mask value for loss dice \(binary mode\)"
+    ):
+        graph(bad, x, w)
+    assert np.isfinite(float(graph(tf.constant(y), x, w)))
+    # XLA drops Assert ops: the loss is NaN instead of a plausible wrong number (issue: -23.8).
+    xla = tf.function(lambda a, b: F.wbce(a, b), jit_compile=True)
+    assert math.isnan(float(xla(bad, x)))
+    assert float(xla(tf.constant(y), x)) == pytest.approx(np_loss("wbce", y, x), rel=1e-5)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_keras_loss_form_in_compile_refuses_bad_masks(jit_compile):
+    image = keras.Input((8, 8, 2))
+    model = keras.Model(image, keras.layers.Conv2D(3, 1)(image))
+    model.compile(optimizer="sgd", loss=losses.WeightedCELoss(), jit_compile=jit_compile)
+    x = RNG.random((4, 8, 8, 2)).astype(np.float32)
+    y = RNG.integers(0, 4, (4, 8, 8, 1)).astype(np.int32)  # class 3 of 3 channels
+    y[0, 0, 0] = 3
+    if jit_compile:
+        assert math.isnan(model.evaluate(x, y, batch_size=4, verbose=0))
+    else:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"class ids 0\.\.2"):
+            model.evaluate(x, y, batch_size=4, verbose=0)
+
+
+# --------------------------------------------------------------------------- empty sets (issue 6)
+
+REGION = ["dice", "jaccard", "tversky"]
+
+
+@pytest.mark.parametrize("term", REGION)
+@pytest.mark.parametrize("smooth", [1.0, 0.0])
+@pytest.mark.parametrize("how", ["ignored", "weight 0"])
+def test_image_reduction_leaves_out_images_with_no_pixel_that_counts(term, smooth, how):
+    y, x, w = make_batch("binary", b=3, seed=7)
+    if how == "ignored":
+        y[1] = 255
+    else:
+        w[1] = 0.0
+    opts = {"reduction": "image", "smooth": smooth}
+    got = value(term, y, x, w, ignore_index=255, **opts)
+    # Independent: the mean over images 0 and 2 alone, each scored on its own.
+    keep = [0, 2]
+    per_image = [np_loss(term, y[i : i + 1], x[i : i + 1], w[i : i + 1], **opts) for i in keep]
+    assert got == pytest.approx(np.mean(per_image), rel=1e-5)
+    assert got == pytest.approx(np_loss(term, y[keep], x[keep], w[keep], **opts), rel=1e-5)
+    # The left-out image's logits change nothing.
+    x2 = x.copy()
+    x2[1] = RNG.normal(0, 10, x2[1].shape)
+    assert value(term, y, x2, w, ignore_index=255, **opts) == pytest.approx(got, rel=1e-6)
+
+
+@pytest.mark.parametrize("term", REGION)
+@pytest.mark.parametrize("mode", ["binary", "multiclass", "multilabel"])
+@pytest.mark.parametrize("reduction", ["batch", "image"])
+def test_nothing_left_is_zero_loss_with_zero_gradient_whatever_smooth(term, mode, reduction):
+    y, x, _ = make_batch(mode, seed=8)
+    x = tf.Variable(x)
+    for smooth, eps in ((1.0, 1e-7), (0.0, 1e-7), (0.0, 0.0)):
+        for y_all, w in ((np.full_like(y, 255), None), (y, np.zeros((2, 6, 5, 1), np.float32))):
+            with tf.GradientTape() as tape:
+                loss = F.FUNCTIONS[term](
+                    y_all,
+                    x,
+                    w,
+                    mode=mode,
+                    ignore_index=255,
+                    smooth=smooth,
+                    eps=eps,
+                    reduction=reduction,
+                )
+            assert float(loss) == 0.0, (smooth, eps, w is None)
+            np.testing.assert_array_equal(tape.gradient(loss, x).numpy(), 0.0)
+
+
+@pytest.mark.parametrize("term", REGION)
+def test_multilabel_class_with_no_pixel_that_counts_leaves_the_class_mean(term):
+    y, x, _ = make_batch("multilabel", seed=9)
+    y[..., 1] = 255  # label 1 is not annotated in this batch
+    got = value(term, y, x, mode="multilabel", ignore_index=255, smooth=0.0)
+    want = value(term, y, x, mode="multilabel", ignore_index=255, smooth=0.0, classes=[0, 2])
+    assert got == pytest.approx(want, rel=1e-6)
+    assert got == pytest.approx(
+        np_loss(term, y, x, mode="multilabel", ignore=255, smooth=0.0), rel=1e-5
+    )
+
+
+# --------------------------------------------------------------------------- reduction, classes
+
+
+@pytest.mark.parametrize("term", ["wbce", "wce", "focal"])
+@pytest.mark.parametrize("reduction", ["sum", "none", None, "sum_over_batch_size"])
+def test_keras_reduction_argument_is_refused_not_ignored(term, reduction):
+    # It used to be accepted and ignored: reduction="sum" returned the mean.
+    with pytest.raises(ValueError, match=r"argument `reduction` of loss .*normalization="):
+        losses.get_loss(term, reduction=reduction)
+    with pytest.raises(ValueError, match=r"argument `reduction` of loss 'dice': expected one of"):
+        losses.get_loss("dice", reduction="sum")
+
+
+def test_class_options_that_do_not_fit_the_channels_fail_in_one_line_before_training():
+    image = keras.Input((8, 8, 3), name="image")
+    model = keras.Model(image, keras.layers.Conv2D(3, 1)(image))
+    cw = r"`class_weights` of loss 'wce': expected one weight per class, 3 for logits with 3 "
+    with pytest.raises(ValueError, match=cw + r"channels\. Received: class_weights=\[1\.0, 2\.0\]"):
+        losses.attach(model, "wce+dice", wce={"class_weights": [1.0, 2.0]})
+    with pytest.raises(
+        ValueError, match=r"`classes` of loss 'dice': expected channel indices 0\.\.2"
+    ):
+        losses.attach(model, "wce+dice", dice={"classes": [1, 3]})
+    with pytest.raises(ValueError, match=cw):  # the seed pattern: when the model is built
+        losses.WeightedCE(class_weights=[1.0, 2.0])([keras.Input((8, 8, 1)), model.output])
+    y, x, _ = make_batch("multiclass", c=3)
+    with pytest.raises(ValueError, match=cw):
+        losses.get_loss("wce", class_weights=[1.0, 2.0, 3.0, 4.0][:2])(y, x)
+    with pytest.raises(ValueError, match=r"`classes` of loss 'jaccard'"):
+        F.jaccard(y, x, mode="multiclass", classes=[5])

@@ -54,14 +54,29 @@ def test_hand_worked_multiclass():
     assert float(metric.result()["iou"]) == pytest.approx((1 + 0.5 + 0) / 3)
 
 
-def test_reset_and_empty_binary():
+def test_reset_and_nothing_to_score_is_nan_never_one():
     metric = ConfusionMatrix(1)
+    # Nothing counted at all: every score is undefined (the evaluator turns this into an error).
+    assert all(np.isnan(float(v)) for v in metric.result().values())
+    # No foreground in truth or prediction: the foreground Dice is undefined, not a perfect 1.
     metric.update_state(np.zeros((1, 4, 4, 1)), -np.ones((1, 4, 4, 1), np.float32))
-    assert float(metric.result()["dice"]) == 1.0  # nothing to find, nothing predicted
+    assert np.isnan(float(metric.result()["dice"])) and np.isnan(float(metric.result()["iou"]))
     metric.update_state(np.ones((1, 4, 4, 1)), -np.ones((1, 4, 4, 1), np.float32))
     assert float(metric.result()["dice"]) == 0.0
     metric.reset_state()
     assert float(np.sum(metric.counts.numpy())) == 0.0
+
+
+def test_absent_classes_are_nan_and_skipped_by_the_mean():
+    # Truth (0, 1, 0), prediction (0, 1, 1): class 0 tp 1 fn 1 -> 2/3, class 1 tp 1 fp 1 -> 2/3.
+    # Class 2 appears in neither: its scores are NaN and the mean is over classes 0 and 1 only.
+    metric = ConfusionMatrix(3, per_class=True)
+    logits = np.eye(3, dtype=np.float32)[[0, 1, 1]][None, None]
+    metric.update_state(np.array([[[0, 1, 0]]]), logits)
+    result = {k: float(v) for k, v in metric.result().items()}
+    assert np.isnan(result["dice_2"]) and np.isnan(result["iou_2"])
+    assert result["dice_0"] == pytest.approx(2 / 3) and result["dice_1"] == pytest.approx(2 / 3)
+    assert result["dice"] == pytest.approx(2 / 3)
 
 
 def test_exact_across_replicas(mirrored_strategy):

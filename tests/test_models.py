@@ -5,7 +5,6 @@ new model file is tested without editing this module.
 """
 
 import inspect
-import math
 import re
 from pathlib import Path
 
@@ -289,22 +288,6 @@ def test_unet_resnet34_param_count_matches_smp():
 def test_deeplab_lite_default_stays_under_3m_params():
     model = zoo.create_model("deeplab_lite", num_classes=1)
     assert model.count_params() < 3_000_000
-
-
-def test_docs_model_table_matches_registry():
-    rows = {}
-    for line in (ROOT / "docs" / "models.md").read_text().splitlines():
-        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 5 and cells[0] in MODELS:
-            rows[cells[0]] = cells
-    assert sorted(rows) == MODELS
-    for name, (_, _, params, divisor, output_stride, *_) in rows.items():
-        info = zoo.model_info(name)
-        model = zoo.create_model(name, num_classes=1)
-        assert int(params.replace(",", "")) == model.count_params(), name
-        assert int(divisor) == info.divisor == model.divisor
-        assert int(output_stride) == info.output_stride
-        assert math.log2(info.divisor).is_integer()
 
 
 def test_batch_norm_helper_gives_global_batch_statistics_across_replicas(mirrored_strategy):

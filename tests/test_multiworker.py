@@ -207,15 +207,15 @@ def model_overrides(name: str) -> list[str]:
     return out
 
 
-def train_cmd(run_dir: Path, batch: int, *extra: str) -> list[str]:
+def train_cmd(run_dir: Path, batch: int, *extra: str, script: list[str] | None = None) -> list[str]:
+    # Default trainer outputs (TensorBoard, overlays): every step after fit must work too.
     return [
-        sys.executable, str(ROOT / "train.py"), *model_overrides("unet"), "loss=wbce+dice",
-        "data.image_size=[32,32]", "data.train_size=16", "data.val_size=8",
+        sys.executable, *(script or [str(ROOT / "train.py")]), *model_overrides("unet"),
+        "loss=wbce+dice", "data.image_size=[32,32]", "data.train_size=16", "data.val_size=8",
         f"data.batch_size={batch}", "data.augment.enabled=false", "trainer.epochs=1",
-        "trainer.steps_per_epoch=2", "trainer.tensorboard=false", "trainer.num_overlays=0",
-        "trainer.verbose=0", "trainer.optimizer=sgd", "trainer.schedule=constant",
-        "trainer.learning_rate=0.05", "trainer.weight_decay=0", "trainer.momentum=0",
-        f"hydra.run.dir={run_dir}", *extra,
+        "trainer.steps_per_epoch=2", "trainer.verbose=0", "trainer.optimizer=sgd",
+        "trainer.schedule=constant", "trainer.learning_rate=0.05", "trainer.weight_decay=0",
+        "trainer.momentum=0", f"hydra.run.dir={run_dir}", *extra,
     ]  # fmt: skip
 
 
@@ -241,7 +241,8 @@ def test_train_py_multi_worker_matches_single_process(tmp_path):
     for code, out in results:
         assert code == 0, out[-3000:]
     mw_files = sorted(p.name for p in (tmp_path / "mw").iterdir())
-    assert "model.keras" in mw_files and "metrics.json" in mw_files
+    for name in ("model.keras", "metrics.json", "overlays", "tensorboard", "train_log.csv"):
+        assert name in mw_files, mw_files
     mw = keras.saving.load_model(tmp_path / "mw" / "model.keras")
     ref = keras.saving.load_model(tmp_path / "single" / "model.keras")
     for a, b in zip(mw.get_weights(), ref.get_weights()):
@@ -249,6 +250,35 @@ def test_train_py_multi_worker_matches_single_process(tmp_path):
     m_mw = json.loads((tmp_path / "mw" / "metrics.json").read_text())
     m_ref = json.loads((tmp_path / "single" / "metrics.json").read_text())
     np.testing.assert_allclose(m_mw["history"]["loss"], m_ref["history"]["loss"], rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_stops_every_worker(tmp_path):
+    """Preemption of one worker: both stop at the same step with 143, the chief backs up."""
+    ports = free_ports(2)
+    workers = [f"localhost:{p}" for p in ports]
+    cmds = []
+    for i in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}
+        # Only worker 1 (not the chief) receives SIGTERM, right after global step 3.
+        script = [str(ROOT / "tests" / "_fault_train.py"), "TERM@3"] if i == 1 else None
+        cmds.append(
+            [
+                "env",
+                f"TF_CONFIG={json.dumps(tf_config)}",
+                *train_cmd(
+                    tmp_path / "mw", 2, "strategy=multi_worker", "trainer.epochs=2",
+                    "trainer.steps_per_epoch=4", script=script,
+                ),
+            ]
+        )  # fmt: skip
+    results = run_all(cmds)
+    for code, out in results:
+        assert code == 143, out[-3000:]
+        assert "Stopped by SIGTERM at step 3" in out, out[-3000:]
+    backups = sorted(p.name for p in (tmp_path / "mw" / "backup").iterdir())
+    assert backups == ["step-000000003.npz"]
+    assert not (tmp_path / "mw" / "model.keras").exists()
 
 
 def tf_config(cluster: dict, task_type: str, index: int) -> dict:

@@ -54,10 +54,11 @@ def test_mixed_bfloat16_trains_and_exports_float32(name, policy, tmp_path):
     model.save(path)
     policy("float32")
     loaded = keras.saving.load_model(path)
-    # The saved layers carry their bfloat16 policy; the app exports float32 copies
-    # (zoo.app.float32_copy) - rebuilding from the config under float32 must work too.
-    clone = loaded.__class__.from_config(loaded.get_config())
-    clone.set_weights(loaded.get_weights())
+    # The saved layers carry their bfloat16 policy; the trainer exports float32 copies
+    # (zoo.saving.clone) - rebuilding from the config under float32 must work too.
+    from zoo.saving import clone as float32_clone
+
+    clone = float32_clone(loaded, "float32")
     out32 = keras.ops.convert_to_numpy(clone(images, training=False))
     assert out32.dtype == np.float32 and out32.shape == (BATCH, SIZE, SIZE, 1)
     assert np.all(np.isfinite(out32))

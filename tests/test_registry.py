@@ -28,7 +28,7 @@ def test_decorator_create_and_list_with_patterns():
 
 def test_duplicate_name_raises_naming_first_registration():
     with pytest.raises(ValueError, match=r"'unet' is already registered .*zoo\.models\.unet"):
-        zoo.register_model("unet", divisor=1, output_stride=1, tiny_config={})(object)
+        zoo.register_model("unet", output_stride=1, tiny_config={})(object)
 
 
 def test_missing_metadata_raises():
@@ -76,3 +76,13 @@ def test_encoder_metadata(name):
     assert isinstance(info.output_strides, tuple) and 32 in info.output_strides
     assert isinstance(info.pretrained, bool)
     assert info.description
+
+
+def test_divisor_is_declared_once_in_the_class():
+    with pytest.raises(ValueError, match="takes no `divisor`"):
+        zoo.register_model("another_net", divisor=32, output_stride=32, tiny_config={})
+    # The registry's divisor is the class's, for the default arguments; instances follow theirs.
+    unet = zoo.model_info("unet")
+    assert unet.divisor == unet.obj.divisor_for() == 32
+    assert unet.obj.divisor_for({"decoder_channels": [8, 8, 8]}) == 8
+    assert zoo.model_info("deeplab_lite").obj.divisor_for({"output_stride": 8}) == 8

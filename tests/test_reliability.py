@@ -1,7 +1,7 @@
 """Fault tolerance and safety (docs/reliability.md).
 
-Subprocess tests run `train.py` on a tiny U-Net and kill it at a chosen global step through the
-`ZOO_TEST_FAULT` hook (zoo/reliability.py); the resumed run must end with every variable (model,
+Subprocess tests run `train.py` on a tiny U-Net through `tests/_fault_train.py`, which sends a
+signal to the run at a chosen global step; the resumed run must end with every variable (model,
 optimizer, metric accumulators) bitwise equal to an uninterrupted run. Fast in-process tests
 cover the backup files, the NaN guard's ordering and safe loading.
 """
@@ -20,8 +20,11 @@ import keras
 import numpy as np
 import pytest
 
-from zoo import reliability
+from zoo.errors import BackupError, NonFiniteError
+from zoo.outputs import all_finite
 from zoo.saving import UnsafeModelError, load_model
+from zoo.training import backup as reliability
+from zoo.training.callbacks import NonFiniteGuard
 
 ROOT = Path(__file__).resolve().parents[1]
 # 4 steps per epoch, 2 epochs, ~200k parameters; deterministic=true is part of the promise.
@@ -44,13 +47,11 @@ TINY = [
 
 
 def train(run_dir: Path, *extra: str, fault: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != reliability.FAULT_ENV}
-    if fault:
-        env[reliability.FAULT_ENV] = fault
+    """train.py on the tiny config; `fault="KILL@7"` sends SIGKILL right after global step 7."""
+    script = ["tests/_fault_train.py", fault] if fault else ["train.py"]
     return subprocess.run(
-        [sys.executable, "train.py", *TINY, f"hydra.run.dir={run_dir}", *extra],
+        [sys.executable, *script, *TINY, f"hydra.run.dir={run_dir}", *extra],
         cwd=ROOT,
-        env=env,
         capture_output=True,
         text=True,
         timeout=600,
@@ -152,9 +153,9 @@ def test_nan_stops_with_message_and_leaves_good_files_untouched(reference, tmp_p
     assert "Training stopped at step" in proc.stderr and "nothing was saved" in proc.stderr
     assert digests(run_dir) == before  # no new backup, checkpoint, model, metrics or log row
     for path in reliability.list_backups(run_dir / "backup"):
-        assert reliability.all_finite(reliability.read_backup(path).arrays)
+        assert all_finite(reliability.read_backup(path).arrays)
     for path in (run_dir / "model.keras", run_dir / "checkpoints" / "best.keras"):
-        assert reliability.all_finite(load_model(path).get_weights())
+        assert all_finite(load_model(path).get_weights())
 
 
 # --- Backup files (in-process) ----------------------------------------------------------------
@@ -188,7 +189,7 @@ def test_damaged_backups_fall_back_then_fail_clearly(tmp_path, caplog):
     assert reliability.load_latest(tmp_path).step == 1
     assert "step-000000002.npz is damaged" in caplog.text
     (tmp_path / "step-000000001.npz").write_bytes(b"")
-    with pytest.raises(reliability.BackupError, match="Every backup .* is damaged"):
+    with pytest.raises(BackupError, match="Every backup .* is damaged"):
         reliability.load_latest(tmp_path)
     assert reliability.load_latest(tmp_path / "missing") is None
 
@@ -196,7 +197,7 @@ def test_damaged_backups_fall_back_then_fail_clearly(tmp_path, caplog):
 def test_failed_or_non_finite_write_keeps_the_good_backup(tmp_path, monkeypatch):
     good = reliability.write_backup(tmp_path, 1, variables(1), {})
     digest = good.read_bytes()
-    with pytest.raises(reliability.NonFiniteError, match="non-finite"):
+    with pytest.raises(NonFiniteError, match="non-finite"):
         reliability.write_backup(tmp_path, 2, variables(np.nan), {})
 
     def crash(f, **arrays):  # dies half-way through writing
@@ -213,18 +214,10 @@ def test_failed_or_non_finite_write_keeps_the_good_backup(tmp_path, monkeypatch)
 def test_restore_refuses_a_backup_of_another_model(tmp_path):
     reliability.write_backup(tmp_path, 1, variables(), {})
     backup = reliability.load_latest(tmp_path)
-    with pytest.raises(reliability.BackupError, match="different model"):
+    with pytest.raises(BackupError, match="another model config; pick a new hydra.run.dir"):
         reliability.restore_variables([keras.Variable(np.zeros((3, 3), np.float32))] * 2, backup)
-    with pytest.raises(reliability.BackupError, match="holds 2 variables"):
+    with pytest.raises(BackupError, match="holds 2 variables"):
         reliability.restore_variables(variables()[:1], backup)
-
-
-def test_fault_hook_spec_is_checked(monkeypatch):
-    monkeypatch.setenv(reliability.FAULT_ENV, "KILL@7")
-    assert reliability.fault_injector_from_env().at == 7
-    monkeypatch.setenv(reliability.FAULT_ENV, "BOOM")
-    with pytest.raises(ValueError, match="KILL@<step>"):
-        reliability.fault_injector_from_env()
 
 
 def test_restored_dropout_and_optimizer_state_continue_identically(tmp_path):
@@ -278,14 +271,14 @@ def test_guard_raises_before_later_callbacks_see_the_bad_batch():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
     recorder = Recorder()
-    with pytest.raises(reliability.NonFiniteError, match="step 3"):
+    with pytest.raises(NonFiniteError, match="step 3"):
         model.fit(
             x,
             np.zeros((8, 1)),
             batch_size=2,
             shuffle=False,
             verbose=0,
-            callbacks=[reliability.NonFiniteGuard(), recorder],
+            callbacks=[NonFiniteGuard(), recorder],
         )
     assert recorder.batches == [0, 1]
 
@@ -307,3 +300,79 @@ def test_h5_is_not_offered(tmp_path):
     path.write_bytes(b"\x89HDF\r\n")
     with pytest.raises(ValueError, match="only .keras files"):
         load_model(path)
+
+
+# --- Rerunning a run directory (correctness issue, items 8, 9, 11, 16) -------------------------
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]
+
+
+def test_finished_run_is_not_reexported_with_other_data(reference, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    before = digests(run_dir)
+    line = one_error_line(train(run_dir, "data.val_size=4"))
+    assert "holds a finished run trained with another config (data.val_size: 8 -> 4)" in line
+    assert "pick a new hydra.run.dir" in line and "mode=evaluate" in line
+    assert digests(run_dir) == before
+
+
+def test_changed_model_on_a_resumed_run_ends_in_one_line(reference, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    before = digests(run_dir)
+    proc = train(run_dir, "trainer.epochs=3", "model.decoder_channels=[16,8,8,8,4]")
+    line = one_error_line(proc)
+    assert "another model config" in line and "pick a new hydra.run.dir" in line
+    assert digests(run_dir) == before
+
+
+def test_resume_from_a_folder_without_backup_ends_in_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    line = one_error_line(train(tmp_path / "run", f"trainer.resume={tmp_path / 'empty'}"))
+    assert f"no backup in {tmp_path / 'empty' / 'backup'}" in line
+
+
+def test_fresh_run_starts_a_new_log_and_files_follow_the_umask(reference, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "train_log.csv").write_text("epoch,loss\n0,9.9\n1,9.8\n")  # an older run's log
+    old = os.umask(0o002)  # group-writable, like a shared project folder
+    try:
+        ok(train(run_dir))
+    finally:
+        os.umask(old)
+    assert (run_dir / "train_log.csv").read_text() == (reference / "train_log.csv").read_text()
+    files = [run_dir / "model.keras", run_dir / "metrics.json", run_dir / "config.yaml"]
+    files += reliability.list_backups(run_dir / "backup")
+    for path in files:
+        assert path.stat().st_mode & 0o777 == 0o664, path
+
+
+@pytest.mark.slow
+def test_sigterm_leaves_backup_exits_143_and_resumes_bitwise(reference, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = train(run_dir, fault="TERM@5")
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert "Stopped by SIGTERM at step 5; backup" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    names = [p.name for p in reliability.list_backups(run_dir / "backup")]
+    assert names == ["step-000000005.npz", "step-000000004.npz"]
+    ok(train(run_dir))
+    assert_same_run(reference, run_dir)
+
+
+def test_signal_at_an_epoch_end_waits_for_the_epoch_backup(reference, tmp_path):
+    # SIGTERM after step 4, the last step of epoch 1: the run finishes that epoch (validation,
+    # the epoch-end backup) and stops there, so the backup is a whole epoch.
+    run_dir = tmp_path / "run"
+    proc = train(run_dir, fault="TERM@4")
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert [p.name for p in reliability.list_backups(run_dir / "backup")] == ["step-000000004.npz"]
+    assert reliability.load_latest(run_dir / "backup").epochs_done == 1

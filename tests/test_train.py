@@ -89,9 +89,17 @@ def test_every_model_trains_end_to_end(name, tmp_path):
     assert out.shape == (1, 64, 96, 1)
 
 
-def test_evaluate_and_predict_modes(tmp_path):
-    run_dir = tmp_path / "run"
-    assert train([*tiny_model_overrides("unet"), *TINY], run_dir).returncode == 0
+@pytest.fixture(scope="module")
+def trained_unet(tmp_path_factory):
+    """A tiny binary U-Net trained for two steps: the checkpoint of the evaluate/predict tests."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    proc = train([*tiny_model_overrides("unet"), *TINY], run_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def test_evaluate_and_predict_modes(trained_unet, tmp_path):
+    run_dir = trained_unet
     ckpt = run_dir / "model.keras"
     proc = train(["mode=evaluate", f"checkpoint={ckpt}", *TINY], tmp_path / "eval")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -153,8 +161,8 @@ def test_multirun_sweep_writes_comparison_table(tmp_path):
     rows = [line for line in table.splitlines()[2:] if line.startswith("|")]
     assert len(rows) == 2
     assert {"wbce", "dice"} == {r.split("|")[3].strip() for r in rows}
-    for row in json.loads((tmp_path / "comparison.json").read_text()):
-        assert math.isfinite(row["val_dice"])
+    for row in json.loads((tmp_path / "comparison.json").read_text())["runs"]:
+        assert math.isfinite(row["val_dice"]) and row["status"] == "ok"
 
 
 def write_pair(root, stem, image, mask):
@@ -241,3 +249,77 @@ def test_bad_input_fails_early_and_leaves_earlier_outputs(args, needle, tmp_path
     for name, content in earlier.items():
         assert (run_dir / name).read_bytes() == content
     assert not (run_dir / "train_log.csv").exists()
+
+
+def one_error_line(proc) -> str:
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]
+
+
+def test_evaluate_refuses_a_model_that_does_not_fit_the_data(trained_unet, tmp_path):
+    ckpt = trained_unet / "model.keras"
+    line = one_error_line(
+        train(["mode=evaluate", f"checkpoint={ckpt}", *TINY, "data.num_classes=5"], tmp_path / "e")
+    )
+    assert "predicts 1 channel(s) but the data has data.num_classes=5" in line
+    assert not (tmp_path / "e" / "eval_metrics.json").exists()
+
+
+def test_evaluate_without_validation_data_is_an_error_not_a_perfect_score(trained_unet, tmp_path):
+    ckpt = trained_unet / "model.keras"
+    args = ["mode=evaluate", f"checkpoint={ckpt}", *FOLDER, f"data.root={folder(tmp_path)}"]
+    line = one_error_line(train([*args, "data.val_ratio=0"], tmp_path / "e"))
+    assert "no validation samples" in line
+    assert not (tmp_path / "e" / "eval_metrics.json").exists()
+
+
+def test_the_documented_multiclass_command_trains(tmp_path):
+    # docs/data.md: `python train.py data.num_classes=5` (the default loss follows the data).
+    proc = train([*tiny_model_overrides("unet"), *TINY, "data.num_classes=5"], tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["loss"] == "wce+dice" and "wce_loss" in metrics["history"]
+
+
+@pytest.mark.parametrize("where", ["proc", "file"])
+def test_an_unwritable_run_dir_ends_in_one_line(where, tmp_path):
+    if where == "proc":
+        run_dir = Path("/proc/segzoo-test-run")  # read-only even for root
+    else:
+        (tmp_path / "a_file").write_text("")
+        run_dir = tmp_path / "a_file" / "run"
+    line = one_error_line(train([*TINY], run_dir, timeout=120))
+    assert str(run_dir) in line
+
+
+def sweep(args, sweep_dir, timeout=900):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--multirun", *args,
+         f"hydra.sweep.dir={sweep_dir}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_a_bad_sweep_value_stops_the_sweep_before_the_first_job(tmp_path):
+    proc = sweep([*tiny_model_overrides("unet"), *TINY, "loss=wbce,dcie"], tmp_path)
+    line = one_error_line(proc)
+    assert "sweep job 1" in line and "dcie" in line
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # no job ran
+
+
+@pytest.mark.slow
+def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
+    good = folder(tmp_path)
+    args = [*tiny_model_overrides("unet"), *FOLDER, "trainer.num_overlays=0"]
+    proc = sweep([*args, f"data.root={good},{tmp_path / 'missing'}"], tmp_path / "sweep")
+    assert proc.returncode == 1
+    rows = json.loads((tmp_path / "sweep" / "comparison.json").read_text())["runs"]
+    assert [r["status"] for r in rows] == [
+        "ok",
+        f"failed: data.root not found: '{tmp_path / 'missing'}' (data=folder data.root=/path)",
+    ]
+    assert "failed: data.root not found" in (tmp_path / "sweep" / "comparison.md").read_text()

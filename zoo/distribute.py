@@ -15,15 +15,16 @@ import json
 import logging
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import tensorflow as tf
+
+from zoo.config.checks import choice
+from zoo.errors import ConfigError
+from zoo.watchdog import PeerWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,6 @@ def _get(cfg: Any, key: str) -> Any:
     return getattr(cfg, key, default)
 
 
-def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"Invalid strategy.{key}={value!r}; choose one of: {', '.join(choices)}")
-
-
 def build_strategy(cfg: StrategyConfig | Mapping[str, Any] | Any) -> tf.distribute.Strategy:
     """Build the `tf.distribute.Strategy` described by `cfg`.
 
@@ -90,9 +86,9 @@ def build_strategy(cfg: StrategyConfig | Mapping[str, Any] | Any) -> tf.distribu
     ```
     """
     name = _get(cfg, "name")
-    _check_choice("name", name, STRATEGIES)
+    choice("strategy.name", name, STRATEGIES)
     communication = _get(cfg, "communication")
-    _check_choice("communication", communication, COMMUNICATIONS)
+    choice("strategy.communication", communication, COMMUNICATIONS)
     devices = _get(cfg, "devices")
     devices = list(devices) if devices else None
     if name == "default":
@@ -109,7 +105,7 @@ def build_strategy(cfg: StrategyConfig | Mapping[str, Any] | Any) -> tf.distribu
         return tf.distribute.MirroredStrategy(devices, cross_device_ops=ops() if ops else None)
     if name == "multi_worker":
         resolver_name = _get(cfg, "cluster_resolver")
-        _check_choice("cluster_resolver", resolver_name, CLUSTER_RESOLVERS)
+        choice("strategy.cluster_resolver", resolver_name, CLUSTER_RESOLVERS)
         return _build_multi_worker(resolver_name, communication, float(_get(cfg, "timeout_s")))
     return _build_tpu(_get(cfg, "tpu"))
 
@@ -126,14 +122,14 @@ def _cluster_resolver(kind: str) -> tf.distribute.cluster_resolver.ClusterResolv
         kind = "tf_config" if has_tf_config else "slurm" if has_slurm else "none"
     if kind == "tf_config":
         if not has_tf_config:
-            raise ValueError(
+            raise ConfigError(
                 "strategy.cluster_resolver=tf_config but the TF_CONFIG environment variable is "
                 "not set (see docs/distributed.md for its format)"
             )
         return tf.distribute.cluster_resolver.TFConfigClusterResolver()
     if kind == "slurm":
         if not has_slurm:
-            raise ValueError(
+            raise ConfigError(
                 "strategy.cluster_resolver=slurm but no SLURM step variables (SLURM_STEP_ID, "
                 "SLURM_PROCID) are set: launch with `srun`"
             )
@@ -191,68 +187,10 @@ def _describe_cluster(resolver: Any) -> str:
     return f"{resolver.task_type}:{resolver.task_id} in {json.dumps(spec, sort_keys=True)}"
 
 
-class PeerWatchdog:
-    """Kill this process with a clear message if a block does not finish within `timeout_s`.
-
-    TensorFlow blocks in C++ while it waits for peers (holding the GIL, so a Python timer thread
-    never runs, and ignoring SIGTERM); a small separate process is the reliable clock. It
-    prints the message to our stderr and sends SIGKILL, so the worker exits non-zero instead of
-    hanging. Leaving the block in time stops the watchdog.
-
-    Args:
-        timeout_s: seconds to allow; `<= 0` disables the watchdog.
-        what: shown in the message (which task and cluster were waited for).
-
-    Example:
-
-    ```python
-    with PeerWatchdog(120, "worker:1 in {...}"):
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    ```
-    """
-
-    EXIT_MESSAGE = "ERROR: peers unreachable"
-
-    def __init__(self, timeout_s: float, what: str = "the cluster") -> None:
-        self.timeout_s = float(timeout_s)
-        self.what = what
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> PeerWatchdog:
-        if self.timeout_s <= 0:
-            return self
-        message = (
-            f"{self.EXIT_MESSAGE}: {self.what} did not come up within strategy.timeout_s="
-            f"{self.timeout_s:g} s. Check that every worker was started, that TF_CONFIG/SLURM "
-            "lists the same hosts and ports on all of them, and that those ports are reachable."
-        )
-        code = (
-            "import os, sys, time\n"
-            "parent, deadline = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])\n"
-            "while time.monotonic() < deadline:\n"
-            "    time.sleep(0.2)\n"
-            "    if os.getppid() != parent: sys.exit(0)\n"  # parent gone: nothing to do
-            "sys.stderr.write(sys.argv[3] + '\\n'); sys.stderr.flush()\n"
-            f"os.kill(parent, {int(signal.SIGKILL)})\n"
-        )
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", code, str(os.getpid()), str(self.timeout_s), message],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-        )
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-            self._proc = None
-
-
 def _build_tpu(address: str | None) -> tf.distribute.Strategy:
     has_local_tpu = bool(tf.config.list_logical_devices("TPU")) or os.path.exists("/dev/accel0")
     if not address and not os.environ.get("TPU_NAME") and not has_local_tpu:
-        raise RuntimeError(
+        raise ConfigError(
             "strategy=tpu but no TPU was found on this machine (no TPU devices, no /dev/accel0, "
             "TPU_NAME not set); set strategy.tpu=<name or grpc://host:port> or pick another "
             f"strategy: {', '.join(s for s in STRATEGIES if s != 'tpu')}"
@@ -272,9 +210,23 @@ def num_replicas(strategy: tf.distribute.Strategy) -> int:
     return int(strategy.num_replicas_in_sync)
 
 
-def global_batch_size(per_replica_batch: int, strategy: tf.distribute.Strategy) -> int:
-    """Global batch size for a per-replica batch (what the pipeline must batch by)."""
-    return int(per_replica_batch) * num_replicas(strategy)
+def max_over_workers(strategy: tf.distribute.Strategy) -> Callable[[int], int]:
+    """A function taking this worker's integer and returning the maximum over all workers.
+
+    The identity without a multi-worker strategy. Used to make every worker take the same
+    decision (e.g. stop after a signal that reached one of them); each call is a collective, so
+    every worker must call it at the same point.
+    """
+    from zoo import multiworker
+
+    if not multiworker.is_multi_worker(strategy):
+        return lambda value: int(value)
+
+    def agree(value: int) -> int:
+        local = strategy.run(lambda: tf.constant(int(value), tf.int32))
+        return int(strategy.reduce("MAX", local, axis=None))
+
+    return agree
 
 
 def _task(strategy: tf.distribute.Strategy) -> tuple[str | None, int | None, dict[str, Any]]:

@@ -10,6 +10,9 @@ Conventions:
   `logit > 0` (probability > 0.5), and `dice` / `iou` are the *foreground* scores;
 - multiclass: the prediction is the arg-max class, and `dice` / `iou` are means over the classes
   that occur in the ground truth or the prediction (a class absent from both is skipped, not 1);
+- a score with nothing to score is NaN, never 1: a class absent from both the ground truth and
+  the prediction has NaN per-class scores (binary: the foreground), and with no pixel counted
+  at all every score is NaN (`zoo.evaluation` turns that into an error);
 - pixels whose mask equals `ignore_index` are not counted.
 """
 
@@ -90,27 +93,32 @@ class ConfusionMatrix(keras.metrics.Metric):
         flat = ops.segment_sum(ops.reshape(w, (-1,)), idx, num_segments=self._k * self._k)
         self.counts.assign_add(ops.reshape(flat, (self._k, self._k)))
 
+    def total(self) -> Any:
+        """Pixels counted so far (0 means nothing was evaluated)."""
+        return ops.sum(self.counts)
+
     def scores(self) -> tuple[Any, Any, Any]:
-        """Per-class Dice, per-class IoU and a mask of the classes that occur."""
+        """Per-class Dice and IoU (NaN for classes absent from truth and prediction) and the
+        mask of the classes that occur."""
         tp = ops.diagonal(self.counts)
         fn = ops.sum(self.counts, axis=1) - tp
         fp = ops.sum(self.counts, axis=0) - tp
         present = (tp + fn + fp) > 0
-        dice = ops.where(present, 2 * tp / ops.maximum(2 * tp + fp + fn, 1e-12), 0.0)
-        iou = ops.where(present, tp / ops.maximum(tp + fp + fn, 1e-12), 0.0)
+        nan = ops.full_like(tp, float("nan"))
+        dice = ops.where(present, 2 * tp / ops.maximum(2 * tp + fp + fn, 1e-12), nan)
+        iou = ops.where(present, tp / ops.maximum(tp + fp + fn, 1e-12), nan)
         return dice, iou, present
 
     def result(self) -> dict[str, Any]:
         dice, iou, present = self.scores()
         if self.num_classes == 1:
-            # Binary: the foreground score; an image set with no foreground anywhere is perfect
-            # when nothing is predicted, which `present` encodes as 1.
-            mean_dice = ops.where(present[1], dice[1], 1.0)
-            mean_iou = ops.where(present[1], iou[1], 1.0)
+            # Binary: the foreground score (NaN when no foreground was there or predicted).
+            mean_dice, mean_iou = dice[1], iou[1]
         else:
-            n = ops.maximum(ops.sum(ops.cast(present, "float32")), 1.0)
-            mean_dice = ops.sum(dice) / n
-            mean_iou = ops.sum(iou) / n
+            # Mean over the classes that occur; NaN (0 / 0) when no pixel was counted.
+            n = ops.sum(ops.cast(present, "float32"))
+            mean_dice = ops.sum(ops.where(present, dice, 0.0)) / n
+            mean_iou = ops.sum(ops.where(present, iou, 0.0)) / n
         out = {f"{self.prefix}dice": mean_dice, f"{self.prefix}iou": mean_iou}
         if self.per_class:
             for k in range(self._k):

@@ -1,58 +1,146 @@
-"""What a run leaves in its directory: metrics.json, PNG overlays, the inference model.
+"""What a run leaves in its directory: metrics.json, PNG overlays, masks, the inference model.
 
-Every file is written to a temporary name first and renamed into place, so a crash never
-leaves a half-written file where a good one was.
+Every file is written by `atomic_write`: to a temporary name in the same folder, flushed to disk
+and renamed into place, so a crash or a full disk never leaves a half-written file where a good
+one was. Written files get the permissions the user's umask gives new files (a temporary file
+would otherwise stay private, mode 0600).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from zoo.errors import OutputError
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: str = "") -> None:
-    """Call `write(tmp_path)`, then atomically rename the result to `path`."""
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once at import: os.umask can only be read by setting it
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: str = "") -> Path:
+    """Call `write(tmp_path)`, flush it to disk, then atomically rename it to `path`.
+
+    Args:
+        path: the final file.
+        write: writes the content to the temporary path it receives.
+        suffix: suffix of the temporary name (some writers pick the format from it).
+
+    Returns:
+        `path`.
+
+    Raises:
+        OutputError: the folder cannot be written (permissions, read-only filesystem).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.stem}.", suffix=suffix or path.suffix
-    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.stem}.", suffix=suffix or path.suffix
+        )
+    except PermissionError as err:
+        raise OutputError(
+            f"Cannot write {path}: {err.strerror}; pick another output folder"
+        ) from None
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())  # the rename must never expose data still in the page cache
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    return path
 
 
-def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
-    """Write `data` as indented JSON, atomically."""
+def to_plain(value: Any) -> Any:
+    """Plain Python (dicts, lists, scalars) from configs, dataclasses, NumPy values and Keras'
+    tracked containers: what JSON, YAML and backups store."""
+    import dataclasses
+    from collections.abc import Mapping
+
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_plain(v) for v in value]
+    return value
+
+
+def _json_safe(value: Any) -> Any:
+    value = to_plain(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # NaN/Inf are not JSON; an undefined score is written as null
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
+    """Write `data` as indented JSON, atomically (NaN/Inf become null)."""
 
     def _write(tmp: str) -> None:
         with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
+            json.dump(_json_safe(data), f, indent=2, sort_keys=True)
             f.write("\n")
 
-    atomic_write(path, _write)
+    return atomic_write(path, _write)
 
 
-def weights_finite(model: Any) -> bool:
-    """True when every weight of `model` is finite (NaN/Inf weights are never saved)."""
-    return all(np.all(np.isfinite(np.asarray(w))) for w in model.get_weights())
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` atomically."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def save_model(model: Any, path: str | os.PathLike) -> None:
-    """Save a `.keras` file atomically; refuse non-finite weights."""
-    if not weights_finite(model):
+def all_finite(arrays: Sequence[Any]) -> bool:
+    """True when every floating-point array holds only finite values (NaN/Inf are never saved)."""
+    return all(
+        np.all(np.isfinite(a))
+        for a in map(np.asarray, arrays)
+        if np.issubdtype(a.dtype, np.inexact)
+    )
+
+
+def save_model(model: Any, path: str | os.PathLike) -> Path:
+    """Save a `.keras` file atomically.
+
+    Raises:
+        FloatingPointError: the model has non-finite weights (nothing is written).
+    """
+    if not all_finite(model.get_weights()):
         raise FloatingPointError(f"Refusing to save {path}: the model has non-finite weights")
-    atomic_write(path, lambda tmp: model.save(tmp), suffix=".keras")
+    return atomic_write(path, lambda tmp: model.save(tmp), suffix=".keras")
+
+
+def mask_names(paths: Sequence[str | os.PathLike]) -> dict[Path, str]:
+    """The file name of the mask written for each input image: the one rule every writer uses.
+
+    `<stem>.png`; when two inputs share a stem (`x.png`, `x.jpg`), each of them gets
+    `<name>.png` with its full name instead (`x.png.png`, `x.jpg.png`), so no mask overwrites
+    another and the name says which input it belongs to.
+    """
+    paths = [Path(p) for p in paths]
+    stems: dict[str, int] = {}
+    for p in paths:
+        stems[p.stem] = stems.get(p.stem, 0) + 1
+    return {p: (f"{p.name}.png" if stems[p.stem] > 1 else f"{p.stem}.png") for p in paths}
 
 
 def _colorize(mask: np.ndarray, num_classes: int, ignore_index: int | None) -> np.ndarray:
@@ -88,18 +176,13 @@ def write_overlays(
     from PIL import Image
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     preds = predicted_mask(logits)
     for i, (img, gt, pred) in enumerate(zip(images, masks, preds)):
         rgb = (np.clip(np.asarray(img, dtype=np.float32), 0, 1) * 255).astype(np.uint8)
         gt = np.asarray(gt).reshape(rgb.shape[:2])
         panel = np.concatenate(
-            [
-                rgb,
-                _colorize(gt, num_classes, ignore_index),
-                _colorize(pred, num_classes, None),
-            ],
+            [rgb, _colorize(gt, num_classes, ignore_index), _colorize(pred, num_classes, None)],
             axis=1,
         )
         path = out_dir / f"val_{i:03d}.png"

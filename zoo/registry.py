@@ -86,11 +86,6 @@ class Registry:
 
         return decorator
 
-    def unregister(self, name: str) -> None:
-        """Remove `name` (tests and interactive sessions re-registering a name)."""
-        self.get(name)
-        del self._entries[name]
-
     def get(self, name: str) -> Entry:
         """The entry registered under `name`; unknown names raise a `ValueError` with choices."""
         if name in self._entries:
@@ -117,7 +112,7 @@ class Registry:
         return len(self._entries)
 
 
-MODELS = Registry("model", required=("divisor", "output_stride", "tiny_config"))
+MODELS = Registry("model", required=("output_stride", "tiny_config"))
 ENCODERS = Registry("encoder", required=("strides", "tiny_config"))
 
 
@@ -126,19 +121,35 @@ def register_model(
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a segmentation model class.
 
-    Required metadata: `divisor` (input sizes must be multiples of it), `output_stride`
-    (the coarsest feature stride the decoder uses) and `tiny_config` (constructor kwargs for a
-    fast smoke-test model).
+    Required metadata: `output_stride` (the coarsest feature stride the decoder uses) and
+    `tiny_config` (constructor kwargs for a fast smoke-test model). The entry's `divisor` (input
+    sizes must be multiples of it, default arguments) is read from the class's `divisor_for`,
+    the one place a model declares it.
 
     Example:
 
     ```python
-    @zoo.register_model("my_net", divisor=32, output_stride=32, tiny_config={...})
+    @zoo.register_model("my_net", output_stride=32, tiny_config={...})
     class MyNet(zoo.models.SegmentationModel):
         ...
     ```
     """
-    return MODELS.register(name, description=description, **metadata)
+    if "divisor" in metadata:
+        raise ValueError(
+            "register_model() takes no `divisor`: declare it once in the class "
+            "(the `divisor` attribute, or a `divisor_for` classmethod when it depends on the "
+            "arguments)"
+        )
+    register = MODELS.register(name, description=description, **metadata)
+
+    def decorator(cls: Callable[..., Any]) -> Callable[..., Any]:
+        out = register(cls)
+        divisor_for = getattr(cls, "divisor_for", None)
+        if divisor_for is not None:
+            MODELS.get(name or cls.__name__.lower()).metadata["divisor"] = int(divisor_for())
+        return out
+
+    return decorator
 
 
 def create_model(name: str, **kwargs: Any) -> Any:

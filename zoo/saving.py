@@ -8,39 +8,18 @@ fixed (CVE-2025-1550, CVE-2025-8747, CVE-2025-9905, CVE-2026-1462): keras>=3.14.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
-from collections.abc import Iterator
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import keras
 
-_RESTORING = threading.local()
+from zoo.errors import MissingFileError, ModelFileError
+from zoo.restoring import is_restoring, restoring_from_file  # noqa: F401  (public here too)
 
 
-@contextlib.contextmanager
-def restoring_from_file() -> Iterator[None]:
-    """Within this block models are rebuilt to receive saved weights (`from_config`).
-
-    Weight sources named in a config (`encoder_weights`, an adapter's `weights="imagenet"`) are
-    not read: a saved model loads from its own file only, offline too.
-    """
-    previous = getattr(_RESTORING, "active", False)
-    _RESTORING.active = True
-    try:
-        yield
-    finally:
-        _RESTORING.active = previous
-
-
-def is_restoring() -> bool:
-    """True inside `restoring_from_file()`."""
-    return getattr(_RESTORING, "active", False)
-
-
-class UnsafeModelError(ValueError):
+class UnsafeModelError(ModelFileError):
     """The file asks for code execution (e.g. a Lambda layer) and was refused."""
 
 
@@ -52,8 +31,8 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> Any:
         compile: also restore the training configuration (off by default: inference).
 
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a `.keras` file.
+        MissingFileError: no such file.
+        ModelFileError: not a `.keras` file, a damaged one, or one that cannot be rebuilt.
         UnsafeModelError: the file contains a Lambda layer or other code and was refused.
     """
     import losses  # noqa: F401  (registers the loss layers of wrapped training models)
@@ -61,12 +40,17 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> Any:
 
     path = Path(path)
     if path.suffix != ".keras":
-        raise ValueError(
+        raise ModelFileError(
             f"Refusing to load {path}: only .keras files are supported (legacy .h5/SavedModel "
-            "loading has no safe mode)."
+            "loading has no safe mode); re-save the model with model.save('model.keras')"
         )
     if not path.is_file():
-        raise FileNotFoundError(f"No model file at {path}")
+        raise MissingFileError(f"No model file at {path}")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(
+            f"Cannot load {path}: it is not a .keras archive (damaged, truncated or another "
+            "format); use the model.keras written by train.py"
+        )
     try:
         return keras.saving.load_model(path, compile=compile, safe_mode=True)
     except ValueError as err:
@@ -76,4 +60,51 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> Any:
                 f"Refusing to load {path}: it contains a Lambda layer (arbitrary code); "
                 "only models built from registered layers load."
             ) from None
-        raise
+        raise ModelFileError(f"Cannot load {path}: {_first_line(text)}") from err
+    except (zipfile.BadZipFile, KeyError, OSError, TypeError) as err:
+        raise ModelFileError(
+            f"Cannot load {path}: {type(err).__name__}: {_first_line(str(err))} (damaged file, or "
+            "written by an incompatible version)"
+        ) from err
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0][:300]
+
+
+def load_segmentation_model(path: str | os.PathLike) -> Any:
+    """`load_model`, then check it is an image -> per-pixel logits model.
+
+    Raises:
+        ModelFileError: the file holds another kind of model (names what it found).
+    """
+    model = load_model(path)
+    inputs, outputs = getattr(model, "inputs", None) or [], getattr(model, "outputs", None) or []
+    if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4:
+        raise ModelFileError(
+            f"{path} is not a segmentation model: expected one image input (B, H, W, C) and one "
+            f"per-pixel output; found inputs {[tuple(t.shape) for t in inputs]}"
+        )
+    if len(outputs[0].shape) != 4:
+        raise ModelFileError(
+            f"{path} is not a segmentation model: its output has shape "
+            f"{tuple(outputs[0].shape)}, expected per-pixel logits (B, H, W, classes)"
+        )
+    return model
+
+
+def clone(model: Any, policy: str = "float32") -> Any:
+    """A copy of `model` built under dtype `policy`, outside any distribution strategy.
+
+    The copy has the same weights and metadata; what runs after training (evaluation, overlays,
+    export) uses it, so it needs no collective ops of a multi-worker strategy and is float32
+    even when the run trained in mixed precision.
+    """
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        copy = model.__class__.from_config(model.get_config())
+        copy.set_weights(model.get_weights())
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+    return copy

@@ -19,6 +19,7 @@ from zoo.data.config import (
     ShapesDataConfig,
     parse_data_config,
 )
+from zoo.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ def build_datasets(
     n_train = len(train_samples)
     steps = n_train // int(global_batch_size)
     if steps < 1:
-        raise ValueError(
+        raise DataError(
             f"The training set has {n_train} samples, fewer than global_batch_size="
             f"{global_batch_size}; lower data.batch_size or add data"
         )

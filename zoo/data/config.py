@@ -8,9 +8,11 @@ mappings (tests, notebooks) and adds the checks a type system cannot express.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from zoo.errors import ConfigError
+from zoo.outputs import to_plain
 
 WEIGHT_MAPS = ("none", "class_balance", "unet_border")
 RESIZE_MODES = ("resize", "crop")
@@ -104,26 +106,11 @@ DATA_SCHEMAS: dict[str, type[DataConfig]] = {
 }
 
 
-def _plain(cfg: Any) -> dict[str, Any]:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover - omegaconf ships with hydra
-        pass
-    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        return dataclasses.asdict(cfg)
-    if isinstance(cfg, Mapping):
-        return {k: (_plain(v) if isinstance(v, Mapping) else v) for k, v in cfg.items()}
-    raise TypeError(f"data config must be a mapping or dataclass, got {type(cfg).__name__}")
-
-
 def _build(schema: type, values: dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(schema)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown key {where}.{unknown[0]}; valid keys: {', '.join(sorted(names))}"
         )
     return schema(**values)
@@ -142,10 +129,12 @@ def parse_data_config(cfg: Any) -> DataConfig:
         >>> parse_data_config({"name": "shapes", "image_size": [64, 64]}).train_size
         512
     """
-    values = _plain(cfg)
+    values = to_plain(cfg)
+    if not isinstance(values, dict):
+        raise TypeError(f"data config must be a mapping or dataclass, got {type(cfg).__name__}")
     name = values.get("name")
     if name not in DATA_SCHEMAS:
-        raise ValueError(f"Invalid data.name={name!r}; choose one of: {', '.join(DATA_SCHEMAS)}")
+        raise ConfigError(f"Invalid data.name={name!r}; choose one of: {', '.join(DATA_SCHEMAS)}")
     values = dict(values)
     augment = values.pop("augment", None) or {}
     out = _build(DATA_SCHEMAS[name], values, "data")
@@ -155,8 +144,8 @@ def parse_data_config(cfg: Any) -> DataConfig:
 
 
 def _check(c: DataConfig) -> None:
-    def bad(key: str, value: Any, expected: str) -> ValueError:
-        return ValueError(f"Invalid data.{key}={value!r}; expected {expected}")
+    def bad(key: str, value: Any, expected: str) -> ConfigError:
+        return ConfigError(f"Invalid data.{key}={value!r}; expected {expected}")
 
     if int(c.num_classes) < 1:
         raise bad("num_classes", c.num_classes, "an integer >= 1")
@@ -192,7 +181,7 @@ def _check(c: DataConfig) -> None:
             raise bad("min_objects", (c.min_objects, c.max_objects), "1 <= min <= max")
     if isinstance(c, FolderDataConfig):
         if c.root in ("???", "", None):
-            raise ValueError("Missing data.root: pass data.root=/path/to/dataset")
+            raise ConfigError("Missing data.root: pass data.root=/path/to/dataset")
         if not 0 <= c.val_ratio < 1:
             raise bad("val_ratio", c.val_ratio, "a number in [0, 1)")
         if c.mask_type not in MASK_TYPES:

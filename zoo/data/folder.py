@@ -26,6 +26,7 @@ from zoo.data.io import (
     read_image_raw,
     read_mask,
 )
+from zoo.errors import DataError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def _files(folder: Path, suffixes: tuple[str, ...], what: str) -> dict[str, Path
         if p.name.startswith(".") or not p.is_file() or p.suffix.lower() not in suffixes:
             continue
         if p.stem in out:
-            raise ValueError(
+            raise DataError(
                 f"Two {what} files share the stem '{p.stem}': '{out[p.stem]}' and '{p}'"
             )
         out[p.stem] = p
@@ -55,7 +56,7 @@ def find_pairs(folder: Path) -> list[tuple[Path, Path]]:
     images_dir, masks_dir = folder / "images", folder / "masks"
     for d in (images_dir, masks_dir):
         if not d.is_dir():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"Missing folder '{d}': expected '{folder}' to hold images/ and masks/ with "
                 "matching file stems (or train/ and val/ subfolders, each with both)"
             )
@@ -63,16 +64,14 @@ def find_pairs(folder: Path) -> list[tuple[Path, Path]]:
     masks = _files(masks_dir, MASK_SUFFIXES, "mask")
     for stem, p in images.items():
         if stem not in masks:
-            raise ValueError(
-                f"Image '{p}' has no mask: expected '{masks_dir / stem}.png' (or .npy)"
-            )
+            raise DataError(f"Image '{p}' has no mask: expected '{masks_dir / stem}.png' (or .npy)")
     for stem, p in masks.items():
         if stem not in images:
-            raise ValueError(
+            raise DataError(
                 f"Mask '{p}' has no image: expected '{images_dir / stem}.png/.jpg/.npy'"
             )
     if not images:
-        raise ValueError(
+        raise DataError(
             f"No images found in '{images_dir}' (suffixes: {', '.join(IMAGE_SUFFIXES)})"
         )
     return [(images[s], masks[s]) for s in sorted(images)]
@@ -91,7 +90,7 @@ def map_mask(
     values = np.unique(mask)
     if c.mask_type == "instance":
         if values.min() < 0:
-            raise ValueError(f"Mask '{path}' has negative instance id {values.min()}")
+            raise DataError(f"Mask '{path}' has negative instance id {values.min()}")
         ignored = mask == ignore if ignore is not None else np.zeros(mask.shape, bool)
         instances = np.where(ignored, 0, mask).astype(np.int32)
         classes = np.where(ignored, ignore if ignore is not None else 0, instances > 0)
@@ -108,7 +107,7 @@ def map_mask(
         if ignore is not None:
             allowed += f", or ignore_index={ignore}"
         hint = "; set data.ignore_index=255 if 255 marks ignored pixels" if 255 in bad else ""
-        raise ValueError(
+        raise DataError(
             f"Mask '{path}' has value {int(bad[0])} out of range for num_classes={c.num_classes} "
             f"(allowed: {allowed}){hint}"
         )
@@ -149,7 +148,7 @@ def _read_pair(pair: tuple[Path, Path], c: FolderDataConfig):
             return e
         raise
     if image.shape[:2] != raw.shape:
-        raise ValueError(
+        raise DataError(
             f"Image '{image_path}' is {image.shape[0]}x{image.shape[1]} but its mask '{mask_path}' "
             f"is {raw.shape[0]}x{raw.shape[1]} (HxW); they must match"
         )
@@ -179,6 +178,33 @@ def _read_split(pairs: list[tuple[Path, Path]], c: FolderDataConfig, skipped: li
     return images, masks, instances
 
 
+def split_pairs(
+    c: FolderDataConfig,
+) -> tuple[list[tuple[Path, Path]], list[tuple[Path, Path]]]:
+    """(train, val) lists of (image, mask) paths: the split `load` uses (and full-resolution
+    evaluation, which reads the validation files at native size).
+
+    Raises:
+        MissingFileError: missing root, images/ or masks/ (or val/ next to train/).
+        DataError: unmatched files or no images.
+    """
+    root = Path(c.root).expanduser()
+    if not root.is_dir():
+        raise MissingFileError(f"data.root not found: '{root}' (data=folder data.root=/path)")
+    if (root / "train").is_dir():
+        if not (root / "val").is_dir():
+            raise MissingFileError(f"Found '{root / 'train'}' but no '{root / 'val'}' folder")
+        return find_pairs(root / "train"), find_pairs(root / "val")
+    pairs = find_pairs(root)
+    order = np.random.default_rng(c.split_seed).permutation(len(pairs))
+    n_val = int(round(c.val_ratio * len(pairs)))
+    if c.val_ratio > 0 and len(pairs) > 1:
+        n_val = min(max(n_val, 1), len(pairs) - 1)
+    val_pairs = [pairs[i] for i in sorted(order[:n_val])]
+    train_pairs = [pairs[i] for i in sorted(order[n_val:])]
+    return train_pairs, val_pairs
+
+
 def load(c: FolderDataConfig) -> tuple[Split, Split | None, tuple[str, ...], tuple[str, ...]]:
     """Read, check and split a folder dataset.
 
@@ -194,21 +220,7 @@ def load(c: FolderDataConfig) -> tuple[Split, Split | None, tuple[str, ...], tup
         ValueError: any problem with a file, naming the file.
     """
     root = Path(c.root).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"data.root not found: '{root}' (data=folder data.root=/path)")
-    if (root / "train").is_dir():
-        if not (root / "val").is_dir():
-            raise FileNotFoundError(f"Found '{root / 'train'}' but no '{root / 'val'}' folder")
-        train_pairs = find_pairs(root / "train")
-        val_pairs = find_pairs(root / "val")
-    else:
-        pairs = find_pairs(root)
-        order = np.random.default_rng(c.split_seed).permutation(len(pairs))
-        n_val = int(round(c.val_ratio * len(pairs)))
-        if c.val_ratio > 0 and len(pairs) > 1:
-            n_val = min(max(n_val, 1), len(pairs) - 1)
-        val_pairs = [pairs[i] for i in sorted(order[:n_val])]
-        train_pairs = [pairs[i] for i in sorted(order[n_val:])]
+    train_pairs, val_pairs = split_pairs(c)
     skipped: list[str] = []
     train = _read_split(train_pairs, c, skipped)
     val = _read_split(val_pairs, c, skipped) if val_pairs else None
@@ -219,12 +231,12 @@ def load(c: FolderDataConfig) -> tuple[Split, Split | None, tuple[str, ...], tup
             "Skipped %d unreadable sample(s) of %d (skip_corrupt=true)", len(skipped), total
         )
         if ratio > c.max_corrupt_ratio:
-            raise ValueError(
+            raise DataError(
                 f"{len(skipped)} of {total} samples are unreadable ({ratio:.1%} > "
                 f"data.max_corrupt_ratio={c.max_corrupt_ratio}); first: '{skipped[0]}'"
             )
     if not train[0]:
-        raise ValueError(f"No readable training samples under '{root}'")
+        raise DataError(f"No readable training samples under '{root}'")
     if c.num_classes == 1:
         names: tuple[str, ...] = ("background", "foreground")
     else:

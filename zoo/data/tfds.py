@@ -11,13 +11,14 @@ import numpy as np
 from PIL import Image
 
 from zoo.data.config import PetsDataConfig
+from zoo.errors import MissingDependencyError
 
 
 def _import_tfds():
     try:
         import tensorflow_datasets as tfds
     except ImportError:
-        raise ImportError(
+        raise MissingDependencyError(
             "data=pets needs tensorflow-datasets: pip install 'segzoo[tfds]' "
             "(or use data=shapes / data=folder)"
         ) from None

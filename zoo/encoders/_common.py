@@ -37,11 +37,3 @@ def check_output_stride(output_stride: int) -> None:
             "Invalid value for argument `output_stride`: expected one of "
             f"{OUTPUT_STRIDES}. Received: output_stride={output_stride!r}"
         )
-
-
-def check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(
-            f"Invalid value for argument `{name}`: expected a positive number. "
-            f"Received: {name}={value!r}"
-        )

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import keras
 
-import zoo
 from zoo.encoders._common import run_encoder
 from zoo.layers import ChannelAffine
 from zoo.layers.blocks import BN_MOMENTUM
-from zoo.saving import is_restoring
+from zoo.registry import register_encoder
+from zoo.restoring import is_restoring
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -160,7 +160,7 @@ def _register(key: str, strides: tuple[int, ...], description: str, tiny: dict) 
         "    name: prefix of the layer names.\n"
         "    **app_kwargs: passed to the keras.applications constructor (e.g. alpha).\n"
     )
-    zoo.register_encoder(
+    register_encoder(
         key,
         strides=strides,
         tiny_config=tiny,

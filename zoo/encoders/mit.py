@@ -20,7 +20,6 @@ from collections.abc import Sequence
 
 import keras
 
-import zoo
 from zoo.encoders._common import run_encoder
 from zoo.layers import (
     ChannelAffine,
@@ -29,6 +28,7 @@ from zoo.layers import (
     MixFFN,
     OverlapPatchEmbedding,
 )
+from zoo.registry import register_encoder
 
 BLOCK_EPSILON = 1e-6  # block and stage layer norms (the embedding/reduction ones use 1e-5)
 
@@ -257,7 +257,7 @@ def _register(key: str) -> None:
         "    output_stride: only 32 (accepted so that every decoder can pass it).\n"
         "    name: prefix of every layer name.\n"
     )
-    zoo.register_encoder(
+    register_encoder(
         key,
         strides=(4, 8, 16, 32),
         tiny_config=dict(_TINY),

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 
 import keras
 
-import zoo
-from zoo.encoders._common import check_output_stride, check_positive, run_encoder
+from zoo.checks import check_positive
+from zoo.encoders._common import check_output_stride, run_encoder
 from zoo.layers import batch_norm, conv_bn_act
+from zoo.registry import register_encoder
 
 # (expansion, channels, blocks, stride) as in MobileNetV2.
 STAGES = (
@@ -89,7 +90,7 @@ def mobilenet_lite_features(
     return features
 
 
-@zoo.register_encoder(
+@register_encoder(
     "mobilenet_lite",
     strides=(2, 4, 8, 16, 32),
     tiny_config={"width_multiplier": 0.25},

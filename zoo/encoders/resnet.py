@@ -15,9 +15,10 @@ from collections.abc import Sequence
 
 import keras
 
-import zoo
-from zoo.encoders._common import check_output_stride, check_positive, run_encoder
+from zoo.checks import check_positive
+from zoo.encoders._common import check_output_stride, run_encoder
 from zoo.layers import batch_norm, conv_bn_act
+from zoo.registry import register_encoder
 
 
 def basic_block(x, filters: int, strides: int, dilation: int, name: str):
@@ -83,7 +84,7 @@ def _resnet(blocks, inputs, input_shape, base_width, output_stride, name):
 _TINY = {"base_width": 8}
 
 
-@zoo.register_encoder(
+@register_encoder(
     "resnet18",
     strides=(2, 4, 8, 16, 32),
     tiny_config=_TINY,
@@ -111,7 +112,7 @@ def resnet18(
     return _resnet((2, 2, 2, 2), inputs, input_shape, base_width, output_stride, name)
 
 
-@zoo.register_encoder(
+@register_encoder(
     "resnet34",
     strides=(2, 4, 8, 16, 32),
     tiny_config=_TINY,

@@ -7,13 +7,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"Invalid value for argument `{name}`: expected a positive integer. "
-            f"Received: {name}={value!r}"
-        )
+from zoo.checks import check_positive_int
 
 
 def _round_up(size: int | None, divisor: int) -> int | None:
@@ -36,7 +30,7 @@ class PadToMultiple(keras.layers.Layer):
 
     def __init__(self, divisor: int, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("divisor", divisor)
+        check_positive_int("divisor", divisor)
         self.divisor = divisor
 
     def call(self, inputs):
@@ -89,7 +83,7 @@ class CheckDivisible(keras.layers.Layer):
 
     def __init__(self, divisor: int, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("divisor", divisor)
+        check_positive_int("divisor", divisor)
         self.divisor = divisor
 
     def call(self, inputs):

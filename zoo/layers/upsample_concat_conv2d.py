@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import keras
 
+from zoo.checks import check_positive_int
+
 # A 3x3 kernel applied to a nearest-neighbour 2x upsampled map touches each low-resolution
 # row twice: output row 2i sees rows (i-1, i, i) and row 2i+1 sees rows (i, i+1, i+1). So
 # every output phase is a 2x2 kernel on the low-resolution map, and the four phases together
@@ -59,9 +61,7 @@ class UpsampleConcatConv2D(keras.layers.Layer):
 
     def __init__(self, filters: int, kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
-        if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
-            raise ValueError(f"`filters` must be a positive integer, got {filters!r}")
-        self.filters = filters
+        self.filters = check_positive_int("filters", filters)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
     @staticmethod

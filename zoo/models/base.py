@@ -2,6 +2,7 @@
 
 Subclasses build a functional graph in ``__init__`` (keras-hub style)::
 
+    divisor = self.divisor_for(locals())
     image, x = model_input(input_shape, divisor, pad_to_divisor)
     features = encoder_features(encoder, x, encoder_kwargs)
     logits = ...decoder and head (last layer dtype="float32")...
@@ -21,23 +22,15 @@ from typing import Any
 
 import keras
 
-import zoo
+from zoo.checks import check_positive_int, check_rate  # noqa: F401  (for model modules)
 from zoo.layers import CheckDivisible, CropToReference, PadToMultiple
-from zoo.saving import is_restoring, restoring_from_file
+from zoo.outputs import to_plain
+from zoo.registry import encoder_info, list_encoders
+from zoo.restoring import is_restoring, restoring_from_file
 
 ACTIVATIONS = (None, "sigmoid", "softmax")
 # Keyword arguments a model passes on to `keras.Model` besides its own (from_config gives them).
 BASE_KWARGS = ("name", "trainable", "dtype")
-
-
-def check_positive_int(name: str, value: Any, hint: str = "") -> int:
-    """`value` if it is a positive int (not a bool), else a ValueError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"Invalid value for argument `{name}`: expected a positive integer{hint}. "
-            f"Received: {name}={value!r}"
-        )
-    return value
 
 
 def check_num_classes(num_classes: Any) -> int:
@@ -110,9 +103,9 @@ def encoder_features(encoder: str, x: Any, encoder_kwargs: dict | None) -> dict[
     if not isinstance(encoder, str):
         raise ValueError(
             "Invalid value for argument `encoder`: expected a registered encoder name, one of "
-            f"{zoo.list_encoders()}. Received: encoder={encoder!r}"
+            f"{list_encoders()}. Received: encoder={encoder!r}"
         )
-    builder = zoo.encoder_info(encoder).obj  # unknown names raise with the choices
+    builder = encoder_info(encoder).obj  # unknown names raise with the choices
     return builder(x, **kwargs)
 
 
@@ -156,6 +149,27 @@ class SegmentationModel(keras.Model):
 
     divisor: int = 32
 
+    @classmethod
+    def arguments(cls, config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The constructor's arguments for `config`: its defaults updated with `config`."""
+        params = inspect.signature(cls.__init__).parameters
+        args = {
+            k: p.default
+            for k, p in params.items()
+            if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        }
+        args.update(config or {})
+        return args
+
+    @classmethod
+    def divisor_for(cls, config: dict[str, Any] | None = None) -> int:
+        """Input height and width must be multiples of this for a model built with `config`.
+
+        The one place a model declares its divisor (the registry and the instances read it);
+        override it when the divisor depends on the arguments, as `UNet` does.
+        """
+        return cls.divisor
+
     def __init__(self, inputs: Any, outputs: Any, name: str | None = None, **kwargs: Any) -> None:
         unknown = sorted(set(kwargs) - set(BASE_KWARGS))
         if unknown:
@@ -168,14 +182,14 @@ class SegmentationModel(keras.Model):
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         self.metadata: dict[str, Any] = {}
 
-    def _init_config(self, local_vars: dict[str, Any], divisor: int) -> None:
+    def _init_config(self, local_vars: dict[str, Any]) -> None:
         params = inspect.signature(type(self).__init__).parameters
         self._config = {
             k: local_vars[k]
             for k, p in params.items()
             if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
         }
-        self.divisor = divisor
+        self.divisor = type(self).divisor_for(self._config)
         weights = self._config.get("encoder_weights")
         if weights is not None and not is_restoring():
             # Placeholder until the pretrained-weights module lands (issue: pretrained encoders).
@@ -190,7 +204,7 @@ class SegmentationModel(keras.Model):
         for key, value in self._config.items():
             config[key] = list(value) if isinstance(value, tuple) else value
         if self.metadata:
-            config["metadata"] = _plain(self.metadata)
+            config["metadata"] = to_plain(self.metadata)
         return config
 
     @classmethod
@@ -202,15 +216,6 @@ class SegmentationModel(keras.Model):
             model = cls(**config)
         model.metadata = dict(metadata)
         return model
-
-
-def _plain(value: Any) -> Any:
-    """JSON-friendly copy (Keras wraps dicts and lists assigned to layers in tracked types)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def model_mode(model: Any) -> str:

@@ -7,28 +7,29 @@ from typing import Any
 
 import keras
 
-import zoo
 from zoo.layers import BroadcastSpatial, conv_bn_act, separable_conv_bn_act
 from zoo.models.base import (
     SegmentationModel,
     check_activation,
     check_num_classes,
     check_positive_int,
+    check_rate,
     encoder_features,
     model_input,
     model_output,
     require_strides,
 )
+from zoo.registry import register_model
 
 OUTPUT_STRIDES = (8, 16)
 # Atrous rates at output stride 16; doubled at 8 (same receptive field in pixels).
 RATES_AT_16 = (6, 12, 18)
 
 
-@zoo.register_model(
+@register_model(
     "deeplab_lite",
-    divisor=16,
     output_stride=16,
+    global_context=True,  # ASPP image pooling: every pixel sees the whole image
     tiny_config={
         "encoder": "mobilenet_lite",
         "encoder_kwargs": {"width_multiplier": 0.25},
@@ -76,6 +77,11 @@ class DeepLabLite(SegmentationModel):
         Segmentation" (DeepLabV3+), ECCV 2018.
     """
 
+    @classmethod
+    def divisor_for(cls, config: dict[str, Any] | None = None) -> int:
+        """The output stride: the encoder's deepest map must tile the input exactly."""
+        return int(cls.arguments(config)["output_stride"])
+
     def __init__(
         self,
         num_classes: int = 1,
@@ -101,21 +107,13 @@ class DeepLabLite(SegmentationModel):
             )
         for arg in ("aspp_channels", "low_level_channels", "decoder_channels"):
             check_positive_int(arg, locals()[arg])
-        if (
-            isinstance(dropout, bool)
-            or not isinstance(dropout, (int, float))
-            or not (0 <= dropout < 1)
-        ):
-            raise ValueError(
-                "Invalid value for argument `dropout`: expected a rate in [0, 1). "
-                f"Received: dropout={dropout!r}"
-            )
+        check_rate("dropout", dropout)
         if encoder_kwargs and "output_stride" in encoder_kwargs:
             raise ValueError(
                 "Set the output stride with the model's `output_stride` argument, not in "
                 f"`encoder_kwargs`. Received: encoder_kwargs={encoder_kwargs!r}"
             )
-        divisor = output_stride
+        divisor = self.divisor_for(locals())
 
         # === Encoder (dilated) ===
         image, x = model_input(input_shape, divisor, pad_to_divisor)
@@ -162,4 +160,4 @@ class DeepLabLite(SegmentationModel):
         super().__init__(inputs=image, outputs=outputs, **{"name": "deeplab_lite", **kwargs})
 
         # === Config ===
-        self._init_config(locals(), divisor)
+        self._init_config(locals())

@@ -7,26 +7,26 @@ from typing import Any
 
 import keras
 
-import zoo
 from zoo.layers import conv_bn_act
 from zoo.models.base import (
     SegmentationModel,
     check_activation,
     check_num_classes,
     check_positive_int,
+    check_rate,
     encoder_features,
     model_input,
     model_output,
     require_strides,
 )
+from zoo.registry import register_model
 
 MERGES = ("add", "concat")
 LEVELS = (4, 8, 16, 32)
 
 
-@zoo.register_model(
+@register_model(
     "fpn",
-    divisor=32,
     output_stride=32,
     tiny_config={
         "encoder": "resnet18",
@@ -96,16 +96,8 @@ class FPN(SegmentationModel):
                 f"Invalid value for argument `merge`: expected one of {MERGES}. "
                 f"Received: merge={merge!r}"
             )
-        if (
-            isinstance(dropout, bool)
-            or not isinstance(dropout, (int, float))
-            or not (0 <= dropout < 1)
-        ):
-            raise ValueError(
-                "Invalid value for argument `dropout`: expected a rate in [0, 1). "
-                f"Received: dropout={dropout!r}"
-            )
-        divisor = 32
+        check_rate("dropout", dropout)
+        divisor = self.divisor_for(locals())
 
         # === Encoder ===
         image, x = model_input(input_shape, divisor, pad_to_divisor)
@@ -154,4 +146,4 @@ class FPN(SegmentationModel):
         super().__init__(inputs=image, outputs=outputs, **{"name": "fpn", **kwargs})
 
         # === Config ===
-        self._init_config(locals(), divisor)
+        self._init_config(locals())

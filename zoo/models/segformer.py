@@ -7,26 +7,27 @@ from typing import Any
 
 import keras
 
-import zoo
 from zoo.layers import AllMLPFuse, BilinearUpsampling, batch_norm
 from zoo.models.base import (
     SegmentationModel,
     check_activation,
     check_num_classes,
     check_positive_int,
+    check_rate,
     encoder_features,
     model_input,
     model_output,
     require_strides,
 )
+from zoo.registry import register_model
 
 LEVELS = (4, 8, 16, 32)
 
 
-@zoo.register_model(
+@register_model(
     "segformer",
-    divisor=32,
     output_stride=32,
+    global_context=True,  # MiT attention: every pixel sees the whole image
     tiny_config={
         "encoder": "mit_b0",
         "encoder_kwargs": {
@@ -104,16 +105,8 @@ class SegFormer(SegmentationModel):
         check_num_classes(num_classes)
         check_activation(activation)
         check_positive_int("decoder_channels", decoder_channels)
-        if (
-            isinstance(dropout, bool)
-            or not isinstance(dropout, (int, float))
-            or not (0 <= dropout < 1)
-        ):
-            raise ValueError(
-                "Invalid value for argument `dropout`: expected a rate in [0, 1). "
-                f"Received: dropout={dropout!r}"
-            )
-        divisor = 32
+        check_rate("dropout", dropout)
+        divisor = self.divisor_for(locals())
 
         # === Encoder ===
         image, x = model_input(input_shape, divisor, pad_to_divisor)
@@ -138,4 +131,4 @@ class SegFormer(SegmentationModel):
         super().__init__(inputs=image, outputs=outputs, **{"name": "segformer", **kwargs})
 
         # === Config ===
-        self._init_config(locals(), divisor)
+        self._init_config(locals())

@@ -7,7 +7,6 @@ from typing import Any
 
 import keras
 
-import zoo
 from zoo.layers import conv_bn_act, upsample_conv_bn_act
 from zoo.models.base import (
     SegmentationModel,
@@ -19,11 +18,11 @@ from zoo.models.base import (
     model_output,
     require_strides,
 )
+from zoo.registry import register_model
 
 
-@zoo.register_model(
+@register_model(
     "unet",
-    divisor=32,
     output_stride=32,
     tiny_config={
         "encoder": "resnet18",
@@ -70,6 +69,11 @@ class UNet(SegmentationModel):
         Segmentation", MICCAI 2015.
     """
 
+    @classmethod
+    def divisor_for(cls, config: dict[str, Any] | None = None) -> int:
+        """``2**depth``: each decoder block doubles the resolution."""
+        return 2 ** len(cls.arguments(config)["decoder_channels"])
+
     def __init__(
         self,
         num_classes: int = 1,
@@ -86,7 +90,7 @@ class UNet(SegmentationModel):
         check_activation(activation)
         channels = check_channels("decoder_channels", decoder_channels)
         depth = len(channels)
-        divisor = 2**depth
+        divisor = self.divisor_for(locals())
 
         # === Encoder ===
         image, x = model_input(input_shape, divisor, pad_to_divisor)
@@ -111,4 +115,4 @@ class UNet(SegmentationModel):
         super().__init__(inputs=image, outputs=outputs, **{"name": "unet", **kwargs})
 
         # === Config ===
-        self._init_config(locals(), divisor)
+        self._init_config(locals())

@@ -1,0 +1,31 @@
+"""Docs generated from code stay true: the model and encoder tables of docs/models.md."""
+
+import pytest
+
+from zoo import docs
+
+
+class Cited:
+    """A model.
+
+    Reference:
+        Doe et al., "A Net", CONF 2020.
+        - Second entry, ignored.
+    """
+
+
+def test_reference_is_read_from_the_docstring():
+    assert docs.reference(Cited) == 'Doe et al., "A Net", CONF 2020.'
+    assert docs.reference(object) == ""
+
+
+def test_render_replaces_only_between_markers():
+    text = "a\n<!-- zoo:t:start -->\nold\n<!-- zoo:t:end -->\nb\n"
+    assert docs.render(text, "t", "new") == "a\n<!-- zoo:t:start -->\nnew\n<!-- zoo:t:end -->\nb\n"
+    with pytest.raises(ValueError, match="markers"):
+        docs.render("no markers", "t", "new")
+
+
+def test_docs_tables_are_up_to_date():
+    # A new model or encoder file changes these tables: `python -m zoo.docs` regenerates them.
+    assert docs.update(check=True) == []

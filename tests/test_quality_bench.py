@@ -1,0 +1,95 @@
+"""bench/quality*.py helpers without training: splits, stand-in data, Dice, run sizing, report.
+(The matrix itself is a benchmark: `python -m bench.quality --smoke` checks its plumbing.)"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import quality, quality_baseline, quality_data  # noqa: E402
+
+
+def test_grid_tiles_split_by_column():
+    image = np.arange(512 * 512, dtype=np.int64).reshape(512, 512)
+    train, val = quality_data.grid_tiles(image, image > 0, 128, val_col=3)
+    assert len(train) == 12 and len(val) == 4
+    assert all(name.endswith("c3") for name, _, _ in val)
+    name, tile, _ = val[0]
+    assert name == "r0c3" and tile[0, 0] == 384 and tile.shape == (128, 128)
+
+
+def test_simulated_nuclei_are_deterministic_and_labelled():
+    a = quality_data.simulate_nuclei(3, size=64, seed=5)
+    b = quality_data.simulate_nuclei(3, size=64, seed=5)
+    for (_, ia, ma), (_, ib, mb) in zip(a, b):
+        assert np.array_equal(ia, ib) and np.array_equal(ma, mb)
+        assert ia.dtype == np.uint8 and set(np.unique(ma)) <= {0, 1}
+        # Nuclei are brighter than the background on average.
+        assert ia[ma == 1].mean() > ia[ma == 0].mean() + 20
+
+
+def test_pooled_dice_hand_worked():
+    p1, m1 = np.array([[1, 1, 0, 0]]), np.array([[1, 0, 0, 0]])  # tp 1, fp 1
+    p2, m2 = np.array([[0, 0]]), np.array([[1, 1]])  # fn 2
+    assert quality_baseline.pooled_dice([p1, p2], [m1, m2]) == pytest.approx(2 / (2 + 1 + 2))
+    assert quality_baseline.pooled_dice([p2 * 0], [m2 * 0]) == 1.0
+
+
+def test_run_sizing_from_a_calibration():
+    cal = {"step_s": 0.5, "fixed_s": 10.0}
+    # Previous default: 12 images / batch 8 -> 1 step per epoch, a 0.2 s validation per epoch:
+    # (60 - 10 + 0.2) // (0.5 + 0.2) = 71 epochs.
+    args, info = quality.size_default(60, cal, n_train=12, n_val=4, batch=8)
+    assert args == ["trainer.epochs=71"] and info == {"epochs": 71, "steps_per_epoch": 1}
+    # auto: plan_steps(50 s, 0.5 s, 0.2 s) = 96 steps, validation every 10, LR warm-up 4.
+    args, info = quality.size_auto(60, cal, n_val=4, batch=8)
+    assert args == ["trainer.epochs=10", "trainer.steps_per_epoch=10", "trainer.warmup_steps=4"]
+
+
+def test_report_table_and_doc_markers(tmp_path):
+    runs = [
+        {"dataset": "dsb2018_nuclei", "recipe": r, "budget_s": b, "seed": s, "dice": d,
+         "train_time_s": 400.0 if r == "default" else b}
+        for r, b, s, d in [
+            ("auto", 180.0, 0, 0.80), ("auto", 180.0, 1, 0.82), ("auto", 180.0, 2, 0.70),
+            ("baseline", 180.0, 0, 0.75), ("default", 180.0, 0, 0.60), ("auto", 600.0, 0, 0.805),
+        ]
+    ]  # fmt: skip
+    result = {"settings": {"seeds": 3, "cores": 2}, "summary": quality.summarize(runs)}
+    cell = result["summary"]["dsb2018_nuclei"]["auto"]["180"]
+    assert cell == {"median": 0.8, "n": 3, "time_ratio": 1.0}
+    text = quality.markdown(result)
+    assert "| dsb2018_nuclei | microscopy | auto | 80.0 | 80.5 |" in text
+    assert "| dsb2018_nuclei | microscopy | default | 60.0* | - |" in text  # 400 s of 180
+    assert "beats both by 1 point: met (80.0 vs 75.0); within 1 point of 10 min: met" in text
+    doc = tmp_path / "q.md"
+    doc.write_text(f"# Q\n{quality.DOC_START}\nold\n{quality.DOC_END}\ntail\n")
+    quality.update_doc(doc, text)
+    body = doc.read_text()
+    assert "old" not in body and "80.5" in body and body.endswith("tail\n")
+
+
+def test_evaluate_native_scores_at_stored_resolution(tmp_path):
+    import keras
+    from PIL import Image
+
+    for split in ("val",):
+        for sub in ("images", "masks"):
+            (tmp_path / split / sub).mkdir(parents=True)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 8:40] = 1
+    Image.fromarray(mask * 255).save(tmp_path / "val" / "images" / "a.png")
+    Image.fromarray(mask * 255).save(tmp_path / "val" / "masks" / "a.png")
+    # logits = red channel - 0.5: the image is its own perfect prediction.
+    model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(1, 1)])
+    model.layers[-1].set_weights([np.array([1.0, 0, 0]).reshape(1, 1, 3, 1), np.array([-0.5])])
+    assert quality_baseline.evaluate_native(model, tmp_path) == 1.0
+    # Through a 32x32 resize and back, only the edges may move.
+    assert quality_baseline.evaluate_native(model, tmp_path, resize_to=[32, 32]) > 0.95

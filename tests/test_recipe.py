@@ -1,0 +1,447 @@
+"""zoo.recipe: budget arithmetic on a fake clock, fingerprints of hand-made datasets whose
+statistics are known by construction, and the planner's choices for them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zoo.recipe import (
+    BudgetController,
+    BudgetError,
+    PhaseTimer,
+    fingerprint_arrays,
+    fingerprint_folder,
+    format_duration,
+    parse_duration,
+    plan_recipe,
+    plan_steps,
+    user_keys_from_overrides,
+)
+from zoo.recipe.fingerprint import Fingerprint
+
+
+class FakeClock:
+    def __init__(self, t: float = 0.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+# --------------------------------------------------------------------------- durations
+
+
+@pytest.mark.parametrize(
+    "text,seconds",
+    [("3m", 180), ("90s", 90), ("1h", 3600), ("1h30m", 5400), ("2m30s", 150), ("5min", 300),
+     ("1.5h", 5400), (" 45 ", 45), (120, 120), (7.5, 7.5)],
+)  # fmt: skip
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["3 parsecs", "", "0s", "-5s", "1m1h", "h", "abc", True, 0, -3])
+def test_parse_duration_rejects_with_one_line(bad):
+    with pytest.raises(BudgetError) as err:
+        parse_duration(bad)
+    msg = str(err.value)
+    assert "\n" not in msg and "trainer.time_budget" in msg and repr(bad) in msg
+    assert "90s" in msg and "1h30m" in msg
+
+
+@pytest.mark.parametrize("seconds", [7.5, 90, 180, 5400, 3725])
+def test_format_duration_round_trips(seconds):
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+# --------------------------------------------------------------------------- budget arithmetic
+
+
+def test_plan_steps_hand_worked():
+    # 170 s, 0.5 s/step, 2 s/validation: 10% of 170 s pays for 8 validations (16 s), the other
+    # 154 s for 308 steps; 308 / 8 -> every 39 steps; LR warm-up 308 // 20 = 15.
+    assert plan_steps(170, 0.5, 2.0) == (308, 39, 8, 15)
+    # Cheap validations: 15 wanted, but never closer than 10 steps -> 10 validations, and the
+    # 0.5 s saved buys one more step: (50 - 10 * 0.1) // 0.5 = 98.
+    assert plan_steps(50, 0.5, 0.1) == (98, 10, 10, 4)
+    # Nothing fits.
+    assert plan_steps(0.4, 0.5, 0.0)[0] == 0
+
+
+def _warm(ctl: BudgetController, clock: FakeClock, times: list[float], **kw):
+    for t in times:
+        clock.t += t
+    return ctl.on_warmup_done(times, **kw)
+
+
+def test_controller_plans_steps_from_measured_step_time():
+    clock = FakeClock(0.0)
+    ctl = BudgetController(180, clock=clock, warmup_steps=5)
+    ctl.start()
+    # The first step traces the graph (5 s); the median of the rest is 0.5 s.
+    plan = _warm(ctl, clock, [5.0, 0.5, 0.52, 0.48, 0.5], val_batches=5)
+    assert plan.step_time_s == 0.5
+    assert plan.val_time_s == pytest.approx(1.0)  # 5 batches * 0.4 * 0.5 s
+    # 173 s left after warm-up, minus 2% margin = 169.54 s: 15 validations (15 s), then
+    # (169.54 - 15) // 0.5 = 309 steps, every ceil(309 / 15) = 21 steps.
+    assert plan.steps_done == 5
+    assert plan.total_steps == 5 + 309 == plan.schedule_steps
+    assert plan.validation_every == 21 and plan.num_validations == 15
+    assert plan.lr_warmup_steps == 314 // 20
+    assert (plan.total_steps - 5) * 0.5 + plan.num_validations * 1.0 <= 173
+    assert ctl.should_validate(21) and ctl.should_validate(42) and not ctl.should_validate(22)
+    assert ctl.should_validate(plan.total_steps)
+    # The first validation (with its checkpoint and backup writes) took 5 s, not 1 s: the steps
+    # left are re-planned at the same interval. At step 21 (clock 15 + 5 = 20): 160 s left,
+    # 156.8 after the margin; 210 steps + ceil(210 / 21) = 10 validations = 105 + 50 = 155 s
+    # fit, 211 steps would need 11 (160.5 s). 21 + 210 = 231 is > 10% off 314: new length.
+    clock.t = 20.0
+    replanned = ctl.on_validation_done(5.0, step=21)
+    assert replanned.total_steps == replanned.schedule_steps == 231
+    assert replanned.num_validations == 10 and replanned.val_time_s == 5.0
+    # Within 10% of the plan: the length stays (no LR jumps from timing noise).
+    assert ctl.on_validation_done(4.6, step=21).total_steps == 231
+    clock.t = 100.0
+    assert not ctl.should_stop(150)
+    assert ctl.should_stop(231) and ctl.stop_reason == "planned steps done"
+    # Steps slower than measured: the deadline (next step + final validation) stops the run.
+    clock.t = 179.0
+    assert ctl.should_stop(200) and ctl.stop_reason == "deadline"
+
+
+def test_resume_recomputes_the_remaining_budget():
+    clock = FakeClock(0.0)
+    ctl = BudgetController(180, clock=clock)
+    ctl.start()
+    first = _warm(ctl, clock, [5.0, 0.5, 0.5, 0.5, 0.5], val_batches=5)
+    clock.t = 79.5  # interrupted after step 150
+    state = ctl.state(step=150)
+    assert state["elapsed_s"] == 79.5 and state["steps_done"] == 150
+
+    # Same speed after the restart: 94.5 s remain, the plan fits within 10% of the old
+    # schedule, so the LR schedule (314 steps) is kept instead of bending it.
+    clock2 = FakeClock(1000.0)
+    again = BudgetController.resume(180, state, clock=clock2)
+    again.start()
+    plan = _warm(again, clock2, [4.0, 0.5, 0.5, 0.5, 0.5], val_batches=5)
+    assert again.remaining() == pytest.approx(180 - 79.5 - 6.0)
+    assert plan.deadline_s == pytest.approx(1000 + 100.5)
+    assert plan.steps_done == 155
+    assert plan.total_steps == plan.schedule_steps == first.schedule_steps == 314
+    assert plan.lr_warmup_steps == first.lr_warmup_steps
+
+    # A machine twice as slow: the 8 s warm-up leaves 92.5 s, 90.65 s after the margin; 10% of
+    # it pays 4 validations of 2 s, the rest (90.65 - 8) // 1 = 82 steps -> a new schedule.
+    clock3 = FakeClock(0.0)
+    slow = BudgetController.resume(180, state, clock=clock3)
+    slow.start()
+    plan = _warm(slow, clock3, [4.0, 1.0, 1.0, 1.0, 1.0], val_batches=5)
+    assert plan.total_steps == plan.schedule_steps == 155 + 82
+    assert plan.validation_every == 21 and plan.num_validations == 4
+
+    # Budget already used up.
+    used = BudgetController.resume(60, state, clock=FakeClock(0.0))
+    used.start()
+    with pytest.raises(BudgetError, match="used up"):
+        used.on_warmup_done([0.5, 0.5])
+
+
+def test_budget_too_short_for_one_step_is_one_line():
+    clock = FakeClock(0.0)
+    ctl = BudgetController(5, clock=clock, warmup_steps=3)
+    ctl.start()
+    with pytest.raises(BudgetError) as err:
+        _warm(ctl, clock, [3.0, 0.5, 0.5], val_batches=5)
+    msg = str(err.value)
+    assert "\n" not in msg and "too short" in msg and "time_budget=5s" in msg
+    need = parse_duration(msg.rsplit("give at least ", 1)[1])
+    assert need > 5  # the suggestion would fit: 4 s used + a step + a validation
+    with pytest.raises(RuntimeError, match="start"):
+        BudgetController(60).on_warmup_done([0.1])
+
+
+def test_whole_process_rule_reserves_the_tail():
+    # Started 20 s before training; 120 s budget; evaluation + export take ~15 s: training must
+    # end by -20 + 120 + 30 - 15 = 115 to finish the process within budget + 30 s.
+    clock = FakeClock(0.0)
+    ctl = BudgetController(120, clock=clock, process_start=-20.0, tail_estimate_s=15.0)
+    ctl.start()
+    assert _warm(ctl, clock, [1.0, 0.2], val_batches=1).deadline_s == pytest.approx(115.0)
+    # Under a minute the rule does not apply: the training budget alone counts.
+    clock = FakeClock(0.0)
+    ctl = BudgetController(50, clock=clock, process_start=-20.0, tail_estimate_s=15.0)
+    ctl.start()
+    assert _warm(ctl, clock, [1.0, 0.2], val_batches=1).deadline_s == pytest.approx(50.0)
+
+
+def test_phase_timer_on_fake_clock():
+    clock = FakeClock(0.0)
+    timer = PhaseTimer(clock=clock)
+    with timer.phase("startup"):
+        clock.t += 2.5
+    with timer.phase("export"):
+        clock.t += 1.0
+    assert timer.as_dict() == {"startup_s": 2.5, "export_s": 1.0}
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def squares_dataset(n=16, size=64, oriented=False, seed=0):
+    """n gray images with 4 separate 10x10 bright squares on a dark background.
+
+    Squares sit in distinct cells of a 4x4 grid of 16 px cells, offset 1..5 px inside the cell,
+    so they never touch each other or the border. `oriented`: squares only in the bottom half
+    and a background getting darker from top to bottom.
+    """
+    rng = np.random.default_rng(seed)
+    images, masks = [], []
+    for _ in range(n):
+        mask = np.zeros((size, size), np.int32)
+        cells = rng.choice(8, 4, replace=False) + 8 if oriented else rng.choice(16, 4, False)
+        for c in cells:
+            y, x = (c // 4) * 16 + rng.integers(1, 6), (c % 4) * 16 + rng.integers(1, 6)
+            mask[y : y + 10, x : x + 10] = 1
+        bg = np.linspace(120, 0, size)[:, None] if oriented else 10.0
+        img = bg + mask * 190 + rng.normal(0, 3, (size, size))
+        images.append(np.clip(img, 0, 255).astype(np.uint8))
+        masks.append(mask)
+    return images, masks
+
+
+@pytest.fixture(scope="module")
+def plain_fp() -> Fingerprint:
+    return fingerprint_arrays(*squares_dataset())
+
+
+@pytest.fixture(scope="module")
+def oriented_fp() -> Fingerprint:
+    return fingerprint_arrays(*squares_dataset(oriented=True, seed=1))
+
+
+def test_fingerprint_of_known_squares(plain_fp):
+    fp = plain_fp
+    assert fp.num_train == 16 and fp.channels == 1 and fp.storage == "uint8"
+    assert fp.same_size and fp.image_size_median == [64, 64]
+    assert fp.class_frequencies[1] == pytest.approx(400 / 4096, abs=1e-6)
+    assert fp.object_extent["min"] == fp.object_extent["max"] == 10
+    # Equivalent-circle diameter of a 10x10 square: 2 * sqrt(100 / pi).
+    assert fp.object_diameter["median"] == pytest.approx(2 * math.sqrt(100 / math.pi), abs=1e-3)
+    assert fp.objects_per_image["min"] == fp.objects_per_image["max"] == 4
+    assert fp.border_object_fraction == 0 and fp.border_image_fraction == 0
+    assert fp.foreground_image_fraction == 1.0
+    assert fp.orientation["oriented"] is False and fp.orientation["left_right"] is False
+    assert max(fp.orientation[k] for k in ("vertical", "horizontal", "transpose")) < 2.5
+    assert fp.microscopy["likely"] and fp.microscopy["dark_background"]
+
+
+def test_fingerprint_detects_orientation(oriented_fp):
+    o = oriented_fp.orientation
+    assert o["oriented"] is True and o["vertical"] >= 2.5
+    assert o["left_right"] is False  # nothing distinguishes left from right
+    assert not oriented_fp.microscopy["likely"]  # bright, graded background
+
+
+def test_fingerprint_border_classes_and_storage():
+    img = np.zeros((32, 32), np.uint16)
+    img[:] = 100  # 16-bit file holding small values: uses 0.15% of the range
+    mask = np.zeros((32, 32), np.int32)
+    mask[0:4, 0:4] = 1  # touches the border
+    mask[10:14, 10:14] = 2
+    mask[20:30, 20:30] = 1
+    fp = fingerprint_arrays([img] * 4, [mask] * 4, num_classes=3)
+    assert fp.storage == "float" and fp.notes and "value range" in fp.notes[0]
+    expected = [(1024 - 132) / 1024, 116 / 1024, 16 / 1024]
+    assert fp.class_frequencies == pytest.approx(expected, abs=1e-6)  # stored with 6 decimals
+    assert fp.objects_per_image["median"] == 3
+    assert fp.border_object_fraction == pytest.approx(1 / 3, abs=1e-4)
+    assert fp.border_image_fraction == 1.0
+    assert fp.orientation["oriented"] is True  # corner object in every image: a fixed layout
+    few = fingerprint_arrays([img] * 2, [mask] * 2, num_classes=3)
+    assert few.orientation["oriented"] is None  # too few images to tell
+
+
+def _write_folder(root: Path, images, masks) -> None:
+    for split, idx in (("train", range(12)), ("val", range(12, 16))):
+        for sub in ("images", "masks"):
+            (root / split / sub).mkdir(parents=True, exist_ok=True)
+        for i in idx:
+            Image.fromarray(images[i]).save(root / split / "images" / f"{i:03d}.png")
+            Image.fromarray((masks[i] * 255).astype(np.uint8)).save(
+                root / split / "masks" / f"{i:03d}.png"
+            )
+
+
+def test_fingerprint_folder_reads_like_the_app_and_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    images, masks = squares_dataset()
+    _write_folder(tmp_path / "data", images, masks)
+    fp = fingerprint_folder(tmp_path / "data")
+    assert fp.num_train == 12 and fp.num_val == 4 and fp.key
+    assert fp.class_frequencies[1] == pytest.approx(400 / 4096, abs=1e-6)  # 0/255 -> 0/1
+    assert fp.object_extent["median"] == 10
+    cached = tmp_path / "cache" / "fingerprints" / f"{fp.key}.json"
+    assert cached.exists()
+    assert fingerprint_folder(tmp_path / "data").as_dict() == fp.as_dict()
+    # Another file content (new size/mtime) is another key.
+    Image.fromarray(images[0][:, ::-1]).save(tmp_path / "data" / "train" / "images" / "000.png")
+    assert fingerprint_folder(tmp_path / "data").key != fp.key
+    out = fp.save(tmp_path / "run" / "fingerprint.json")
+    assert Fingerprint.from_dict(__import__("json").loads(out.read_text())) == fp
+
+
+# --------------------------------------------------------------------------- planner
+
+
+def test_plan_for_unoriented_fluorescence_squares(plain_fp):
+    r = plan_recipe(plain_fp, budget_s=180, cores=2)
+    assert r.get("data.image_size") == [64, 64] and r.get("data.resize") == "crop"
+    # 131072 px / 4096 px = 32 -> capped at 16 (CPU) and at half of the 16 images.
+    assert r.get("data.batch_size") == 8
+    assert (
+        r.get("data.augment.vflip") and r.get("data.augment.rot90") and r.get("data.augment.hflip")
+    )
+    assert r.get("data.augment.scale") == [round(1 / 1.05**2, 2), 1.0]  # equal sizes: min zoom
+    assert r.get("data.augment.contrast") == 0.3
+    assert r.get("data.augment.brightness") == round(0.15 * plain_fp.intensity["p99_5"][0], 4)
+    assert r.get("loss") == "wbce+dice"
+    f = 400 / 4096
+    assert r.get("loss_options.wbce.pos_weight") == round(math.sqrt((1 - f) / f), 2)
+    assert r.get("model.encoder") == "resnet18"
+    assert r.get("model.encoder_kwargs") == {"base_width": 16}
+    assert r.get("model.decoder_channels") == [64, 32, 16, 8]  # 10 px objects: depth 4
+    assert r.get("trainer.learning_rate") == 2e-3
+    assert "model.pad_to_divisor" not in r.overrides()
+
+
+def test_plan_for_oriented_data_keeps_orientation(oriented_fp):
+    r = plan_recipe(oriented_fp, budget_s=600)
+    assert r.get("data.augment.vflip") is False and r.get("data.augment.rot90") is False
+    assert r.get("data.augment.hflip") is True
+    assert r.get("data.augment.contrast") == 0.1
+    assert r.get("model.encoder_kwargs") == {"base_width": 16}  # 16 x 64x64 px: little data
+
+
+def _fp(**changes) -> Fingerprint:
+    base = fingerprint_arrays(*squares_dataset(n=4)).as_dict()
+    base.update(changes)
+    return Fingerprint.from_dict(base)
+
+
+def test_plan_sizes_for_large_and_odd_images():
+    big = _fp(
+        image_size_min=[1024, 1024], image_size_median=[1024, 1024], image_size_max=[1024, 1024],
+        object_extent={"count": 50, "min": 20, "p10": 20, "median": 30, "p90": 40, "max": 60},
+        num_train=200,
+    )  # fmt: skip
+    r = plan_recipe(big, budget_s=3600)
+    # p90 40 px > 32: depth 5 (divisor 32); 4 x 40 = 160 px crops at native resolution.
+    assert r.get("data.image_size") == [160, 160] and r.get("data.resize") == "crop"
+    assert r.get("model.encoder_kwargs") == {"base_width": 32}  # 200 Mpx on CPU for an hour
+    assert r.get("model.decoder_channels") == [256, 128, 64, 32, 16]
+    assert r.get("trainer.learning_rate") == 1e-3
+    odd = _fp(image_size_min=[100, 100], image_size_median=[100, 100], image_size_max=[100, 100])
+    r = plan_recipe(odd, budget_s=60)
+    assert r.get("data.image_size") == [100, 100] and r.get("model.pad_to_divisor") is True
+    gpu = plan_recipe(big, device="gpu")
+    assert gpu.get("model.encoder") == "resnet34" and gpu.get("trainer.max_steps") >= 1000
+
+
+def test_plan_multiclass_weights():
+    fp = _fp(num_classes=3, class_frequencies=[0.81, 0.18, 0.01])
+    r = plan_recipe(fp, budget_s=180)
+    raw = [1 / math.sqrt(q) for q in (0.81, 0.18, 0.01)]
+    mean = sum(raw) / 3
+    assert r.get("loss") == "wce+dice"
+    assert r.get("loss_options.wce.class_weights") == [round(x / mean, 3) for x in raw]
+    import losses
+
+    losses.get("wce", class_weights=r.get("loss_options.wce.class_weights"))
+
+
+def test_user_overrides_win_and_args_parse(plain_fp):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    argv = ["data.batch_size=4", "model=unet", "+loss_options.wbce.pos_weight=3", "seed=1"]
+    keys = user_keys_from_overrides(argv)
+    assert keys == {"data.batch_size", "loss_options.wbce.pos_weight", "seed"}
+    r = plan_recipe(plain_fp, budget_s=180, user_keys=keys | {"data.augment"})
+    over = r.overrides()
+    assert "data.batch_size" not in over and "loss_options.wbce.pos_weight" not in over
+    assert not any(k.startswith("data.augment") for k in over)
+    assert "model.encoder" in over  # a group choice does not pin the model's values
+    assert "set on the command line" in r.table() and "data.batch_size" in r.table()
+    args = r.hydra_args()
+    assert "++model.encoder_kwargs={base_width:16}" in args
+    parsed = OverridesParser.create().parse_overrides(args)
+    assert {o.key_or_group for o in parsed} == set(over)
+    for o in parsed:  # the parsed values are the planned ones
+        assert o.value() == over[o.key_or_group]
+
+
+def test_planned_data_values_pass_the_data_schema(plain_fp, oriented_fp):
+    from zoo.data.config import parse_data_config
+
+    for fp in (plain_fp, oriented_fp):
+        data = {"name": "folder", "root": "/x", "augment": {}}
+        for key, value in plan_recipe(fp, budget_s=60).overrides().items():
+            if key.startswith("data.augment."):
+                data["augment"][key.rsplit(".", 1)[1]] = value
+            elif key.startswith("data."):
+                data[key[5:]] = value
+        parsed = parse_data_config(data)
+        assert parsed.image_size == [64, 64] and parsed.resize == "crop"
+
+
+def test_consistent_but_tiny_asymmetry_does_not_forbid_flips():
+    # The same left-right symmetric disk in every image plus the same faint left-to-right ramp
+    # (3 grey levels against a disk of 150): a perfectly consistent asymmetry (huge t) of
+    # negligible size, like data a pixel off-centre. A strong ramp is a real orientation.
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    disk = ((yy - 31.5) ** 2 + (xx - 31.5) ** 2 <= 400).astype(np.int32)
+
+    def images(amplitude: float) -> list[np.ndarray]:
+        ramp = np.linspace(0, amplitude, 64)[None, :]
+        return [
+            np.clip(20 + 150 * disk + ramp + rng.normal(0, 2, (64, 64)), 0, 255).astype(np.uint8)
+            for _ in range(16)
+        ]
+
+    o = fingerprint_arrays(images(3), [disk] * 16).orientation
+    assert o["horizontal"] >= 2.5 and o["horizontal_size"] < 0.1  # detected ...
+    assert o["left_right"] is False and o["oriented"] is False  # ... and ignored
+    o = fingerprint_arrays(images(100), [disk] * 16).orientation
+    assert o["horizontal_size"] >= 0.1 and o["left_right"] is True
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def test_budget_cosine_schedule_length_set_after_building():
+    import keras
+
+    from zoo.recipe.schedule import BudgetCosineDecay
+
+    lr = BudgetCosineDecay(1e-3, total_steps=1000, warmup_steps=10, alpha=0.1)
+    opt = keras.optimizers.Adam(learning_rate=lr)  # built before the plan exists
+    assert float(lr(5)) == pytest.approx(0.5e-3)  # the ramp does not depend on the length
+    lr.set_length(110, 10)  # the plan: 110 steps
+    assert float(lr(10)) == pytest.approx(1e-3)
+    # Half-way through the decay: alpha + (1 - alpha) / 2 of the peak.
+    assert float(lr(60)) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5), rel=1e-5)
+    assert float(lr(85)) == pytest.approx(
+        1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(0.75 * math.pi))), rel=1e-5
+    )
+    assert float(lr(500)) == pytest.approx(1e-4)
+    opt.iterations.assign(60)
+    assert float(opt.learning_rate) == pytest.approx(float(lr(60)))
+    clone = BudgetCosineDecay.from_config(lr.get_config())
+    assert (clone.total_steps, clone.warmup_steps, clone.alpha) == (110, 10, 0.1)
+    with pytest.raises(ValueError, match="total_steps"):
+        lr.set_length(0)

@@ -1,0 +1,35 @@
+"""Argument checks shared by layers, encoders and models, with Keras-style messages.
+
+Each raises `ValueError("Invalid value for argument `name`: expected ... Received: name=...")`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _bad(name: str, expected: str, value: Any) -> ValueError:
+    return ValueError(
+        f"Invalid value for argument `{name}`: expected {expected}. Received: {name}={value!r}"
+    )
+
+
+def check_positive_int(name: str, value: Any, hint: str = "") -> int:
+    """`value` if it is a positive int (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _bad(name, f"a positive integer{hint}", value)
+    return value
+
+
+def check_positive(name: str, value: Any) -> float:
+    """`value` if it is a positive number (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise _bad(name, "a positive number", value)
+    return value
+
+
+def check_rate(name: str, value: Any) -> float:
+    """`value` if it is a rate in [0, 1) (dropout and the like)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise _bad(name, "a rate in [0, 1)", value)
+    return value

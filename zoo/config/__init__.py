@@ -1,0 +1,214 @@
+"""The run configuration: Hydra's composed config, checked and converted once.
+
+`parse(cfg)` runs every check that must pass before anything is built (a few milliseconds) and
+returns a `RunConfig` whose parts are typed objects: each builder then receives only its own
+part (`run.model`, `run.loss`, `run.data`, `run.trainer`, `run.strategy`, `run.predict`).
+Every failure is one `ConfigError` line naming the key, the value and the valid choices.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from zoo.config.checks import choice, number
+from zoo.config.model import ModelSpec, model_spec
+from zoo.config.schema import Config, PredictConfig, TrainerConfig, register_configs
+from zoo.errors import ConfigError
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
+MODES = ("train", "evaluate", "predict")
+# `loss: auto` picks the usual pair for the data's mode.
+AUTO_LOSS = {"binary": "wbce+dice", "multiclass": "wce+dice", "multilabel": "wbce+dice"}
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "LossSpec",
+    "ModelSpec",
+    "PredictConfig",
+    "RunConfig",
+    "TrainerConfig",
+    "parse",
+    "register_configs",
+    "validate",
+]
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """The loss spec (with `auto` resolved), per-term options and the data's mode."""
+
+    spec: Any
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mode: str = "binary"
+
+    def logged(self) -> list[str]:
+        """Every value a training run logs (what `trainer.monitor` may name)."""
+        import losses
+
+        names = ["loss", *(f"{t}_loss" for _, t in losses.parse_spec(self.spec)), "dice", "iou"]
+        return names + [f"val_{n}" for n in names]
+
+
+@dataclass
+class RunConfig:
+    """One run's configuration, checked; see `parse`."""
+
+    mode: str
+    model: ModelSpec
+    loss: LossSpec
+    data: Any  # a zoo.data.DataConfig subclass
+    trainer: TrainerConfig
+    strategy: Any  # zoo.distribute.StrategyConfig
+    predict: PredictConfig
+    seed: int = 0
+    deterministic: bool = False
+    checkpoint: str | None = None
+    experiment_name: str = "default"
+    resolved: dict[str, Any] = field(default_factory=dict)  # what config.yaml records
+
+
+def data_mode(num_classes: int) -> str:
+    return "binary" if int(num_classes) == 1 else "multiclass"
+
+
+def loss_spec(spec: Any, options: dict[str, Any], mode: str) -> LossSpec:
+    """Resolve `auto`, parse the spec and check every term builds for the data's mode."""
+    import losses
+
+    if spec == "auto":
+        spec = AUTO_LOSS[mode]
+    try:
+        pairs = losses.parse_spec(spec)
+    except ValueError as err:
+        raise ConfigError(f"loss: {err}") from None
+    valid = losses.list_losses()
+    for term in options:
+        if term not in valid:
+            raise ConfigError(
+                f"Unknown loss term loss_options.{term}; valid terms: {', '.join(valid)}"
+            )
+    for term in dict.fromkeys([t for _, t in pairs] + list(options)):
+        allowed = losses.LOSSES.get(term).modes
+        if mode not in allowed:
+            fits = [t for t in valid if mode in losses.LOSSES.get(t).modes]
+            raise ConfigError(
+                f"Invalid loss={spec!r} for {mode} data: term '{term}' supports "
+                f"{', '.join(allowed)} only; terms for {mode} data: {', '.join(fits)} "
+                f"(e.g. loss={AUTO_LOSS[mode]}, or loss=auto)"
+            )
+        try:
+            # Building a term is cheap (no weights) and runs its own argument checks.
+            losses.get(term, mode=mode, **(options.get(term) or {}))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"loss_options.{term}: {err}") from None
+    return LossSpec(spec, options, mode)
+
+
+def check_trainer(t: TrainerConfig) -> None:
+    """Choices and ranges of every `trainer` option (types are checked by the schema)."""
+    choice("trainer.precision", t.precision, PRECISIONS)
+    choice("trainer.optimizer", t.optimizer, OPTIMIZERS)
+    choice("trainer.schedule", t.schedule, SCHEDULES)
+    choice("trainer.monitor_mode", t.monitor_mode, ("max", "min"))
+    number("trainer.epochs", t.epochs, 1, integer=True)
+    number("trainer.steps_per_epoch", t.steps_per_epoch, 1, integer=True, optional=True)
+    number("trainer.validation_steps", t.validation_steps, 1, integer=True, optional=True)
+    number("trainer.steps_per_execution", t.steps_per_execution, 1, integer=True)
+    number("trainer.learning_rate", t.learning_rate, 0, open_low=True)
+    number("trainer.weight_decay", t.weight_decay, 0)
+    number("trainer.momentum", t.momentum, 0, 1)
+    number("trainer.clipnorm", t.clipnorm, 0, open_low=True, optional=True)
+    number("trainer.warmup_steps", t.warmup_steps, 0, integer=True)
+    number("trainer.min_lr_ratio", t.min_lr_ratio, 0, 1)
+    number(
+        "trainer.early_stopping_patience", t.early_stopping_patience, 1, integer=True,
+        optional=True,
+    )  # fmt: skip
+    number("trainer.num_overlays", t.num_overlays, 0, integer=True)
+    number("trainer.verbose", t.verbose, 0, 2, integer=True)
+    number("trainer.backup_every_steps", t.backup_every_steps, 1, integer=True, optional=True)
+
+
+def check_monitor(monitor: str, loss: LossSpec) -> None:
+    """`trainer.monitor` must name a value the run logs (a typo would never improve)."""
+    valid = loss.logged()
+    if monitor not in valid:
+        close = difflib.get_close_matches(str(monitor), valid, n=1, cutoff=0.6)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(
+            f"Invalid trainer.monitor={monitor!r}: the run does not log it.{hint} "
+            f"Logged values: {', '.join(valid)}"
+        )
+
+
+def check_image_size(image_size: list[int], model: ModelSpec) -> None:
+    """Training sizes must be multiples of the model's divisor (unless the model pads)."""
+    if model.kwargs.get("pad_to_divisor"):
+        return
+    divisor = model.divisor
+    size = [int(s) for s in image_size]
+    if any(s % divisor for s in size):
+        fit = [max(divisor, round(s / divisor) * divisor) for s in size]
+        raise ConfigError(
+            f"Invalid data.image_size={size}: model '{model.name}' needs multiples of {divisor}; "
+            f"use e.g. data.image_size=[{fit[0]},{fit[1]}], or model.pad_to_divisor=true"
+        )
+
+
+def parse(cfg: DictConfig) -> RunConfig:
+    """Check the composed config and convert it once into typed parts.
+
+    Raises:
+        ConfigError: the first problem found, in one line.
+    """
+    from zoo.data.config import parse_data_config
+    from zoo.distribute import StrategyConfig
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    choice("mode", resolved["mode"], MODES)
+    trainer = OmegaConf.to_object(cfg.trainer)
+    check_trainer(trainer)
+    predict = OmegaConf.to_object(cfg.predict)
+    number("predict.threshold", predict.threshold, 0, 1, open_low=True)
+    data = parse_data_config(cfg.data)
+    strategy = StrategyConfig(**resolved["strategy"])
+    model = model_spec(resolved["model"], data.num_classes)
+    loss = loss_spec(
+        resolved["loss"], resolved.get("loss_options") or {}, data_mode(data.num_classes)
+    )
+    mode = resolved["mode"]
+    if mode == "train":
+        check_image_size(data.image_size, model)
+        check_monitor(trainer.monitor, loss)
+    elif not resolved.get("checkpoint"):
+        raise ConfigError(f"mode={mode} needs checkpoint=<path to model.keras>")
+    if mode == "predict" and not (predict.input and predict.output):
+        raise ConfigError(
+            "mode=predict needs predict.input=<image folder> and predict.output=<dir>"
+        )
+    return RunConfig(
+        mode=mode,
+        model=model,
+        loss=loss,
+        data=data,
+        trainer=trainer,
+        strategy=strategy,
+        predict=predict,
+        seed=int(resolved["seed"]),
+        deterministic=bool(resolved["deterministic"]),
+        checkpoint=resolved.get("checkpoint"),
+        experiment_name=str(resolved.get("experiment_name", "default")),
+        resolved=resolved,
+    )
+
+
+def validate(cfg: DictConfig) -> RunConfig:
+    """`parse` under the name the tests and notebooks use."""
+    return parse(cfg)

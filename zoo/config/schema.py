@@ -1,0 +1,86 @@
+"""Structured-config schemas of the Hydra app (conf/), stored in Hydra's ConfigStore.
+
+A typo in a key, a wrong type or an unknown choice in the `trainer`, `predict`, `data` and
+`strategy` groups fails while Hydra composes the config (about a second). The `model` group is
+checked against each model's constructor signature (`zoo.config.model`), before any data is
+read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class TrainerConfig:
+    """`trainer` group: optimization, precision, callbacks and outputs."""
+
+    epochs: int = 4
+    steps_per_epoch: int | None = None  # None: one pass over the training set
+    validation_steps: int | None = None  # None: the whole validation set
+    optimizer: str = "adamw"
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd only
+    clipnorm: float | None = None
+    schedule: str = "cosine"
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of learning_rate
+    precision: str = "float32"
+    jit_compile: bool = False
+    steps_per_execution: int = 1
+    monitor: str = "val_dice"
+    monitor_mode: str = "max"
+    early_stopping_patience: int | None = None  # epochs without improvement; None: off
+    tensorboard: bool = True
+    num_overlays: int = 4
+    verbose: int = 1
+    # Fault tolerance (docs/reliability.md).
+    resume: str | None = None  # a run directory to continue; default: this run's own backup
+    backup_every_steps: int | None = None  # None: back up at the end of every epoch
+    nan_guard: bool = True
+
+
+@dataclass
+class PredictConfig:
+    """`predict` group used by `mode=predict`: folder in, PNG masks out."""
+
+    input: str | None = None
+    output: str | None = None
+    threshold: float = 0.5
+    skip_corrupt: bool = False  # true: skip unreadable images (named in the log)
+
+
+@dataclass
+class Config:
+    """The primary config (conf/config.yaml)."""
+
+    model: Any = MISSING
+    data: Any = MISSING
+    strategy: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    loss: Any = "auto"  # a spec string ("0.5*wbce+dice"), a list of term names, or "auto"
+    loss_options: dict[str, Any] = field(default_factory=dict)  # per-term options by term name
+    seed: int = 0
+    deterministic: bool = False
+    mode: str = "train"
+    checkpoint: str | None = None  # model.keras for mode=evaluate / mode=predict
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    experiment_name: str = "default"
+
+
+def register_configs() -> None:
+    """Store the schemas in Hydra's ConfigStore (called by train.py before composing)."""
+    from zoo.data.config import DATA_SCHEMAS
+    from zoo.distribute import StrategyConfig
+
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+    cs.store(group="strategy", name="strategy_schema", node=StrategyConfig)
+    for name, node in DATA_SCHEMAS.items():
+        cs.store(group="data", name=f"{name}_schema", node=node)

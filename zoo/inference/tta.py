@@ -1,0 +1,65 @@
+"""Test-time augmentation: the flip group and the dihedral group D4 on image batches.
+
+An element is ``(mirror, k)``: mirror left-right (if `mirror`), then rotate ``k`` quarter
+turns counter-clockwise. Its inverse undoes both in reverse order, exactly (flips and quarter
+turns move pixels, they never interpolate), on tensors of any height and width: a quarter
+turn of an ``h x w`` tile is ``w x h``, and the model (fully convolutional, dynamic input
+size) runs on it as it is.
+
+- ``"none"``: the identity;
+- ``"flip"``: identity, left-right, up-down, both (a group of 4: averaging over it is itself
+  left-right and up-down symmetric);
+- ``"d4"``: the 8 rotations and reflections of the square.
+
+Predictions are averaged in probability space (after the sigmoid/softmax), as nnU-Net does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+TTA_MODES = ("none", "flip", "d4")
+# (mirror, quarter turns). Up-down flip = mirror then a half turn; both flips = a half turn.
+TRANSFORMS: dict[str, tuple[tuple[bool, int], ...]] = {
+    "none": ((False, 0),),
+    "flip": ((False, 0), (True, 0), (True, 2), (False, 2)),
+    "d4": tuple((m, k) for m in (False, True) for k in range(4)),
+}
+
+
+def check_tta(tta: Any) -> str:
+    if tta not in TTA_MODES:
+        raise ValueError(
+            f"Invalid value for argument `tta`: expected one of {TTA_MODES}. Received: tta={tta!r}"
+        )
+    return tta
+
+
+def forward(x: tf.Tensor, mirror: bool, k: int) -> tf.Tensor:
+    """Apply ``(mirror, k)`` to a (B, H, W, C) tensor."""
+    if mirror:
+        x = tf.reverse(x, axis=[2])
+    return tf.image.rot90(x, k) if k % 4 else x
+
+
+def inverse(y: tf.Tensor, mirror: bool, k: int) -> tf.Tensor:
+    """Undo ``(mirror, k)`` on a (B, H', W', C) tensor."""
+    if k % 4:
+        y = tf.image.rot90(y, (4 - k) % 4)
+    return tf.reverse(y, axis=[2]) if mirror else y
+
+
+def forward_np(x: np.ndarray, mirror: bool, k: int) -> np.ndarray:
+    """NumPy twin of `forward` for (..., H, W, C) arrays (H, W = axes -3, -2)."""
+    if mirror:
+        x = np.flip(x, axis=-2)
+    return np.rot90(x, k, axes=(-3, -2))
+
+
+def inverse_np(y: np.ndarray, mirror: bool, k: int) -> np.ndarray:
+    """NumPy twin of `inverse`."""
+    y = np.rot90(y, -k, axes=(-3, -2))
+    return np.flip(y, axis=-2) if mirror else y

@@ -1,0 +1,399 @@
+"""Plan a training recipe from a dataset fingerprint: config overrides, each with its reason.
+
+    fp = fingerprint_folder(root)
+    recipe = plan_recipe(fp, budget_s=180, user_keys=user_keys_from_overrides(argv))
+    print(recipe.table()); overrides = recipe.overrides()  # user keys left out
+
+Every choice is a Hydra key the app already has (`data.*`, `loss`, `loss_options`, `model.*`,
+`trainer.*`), so a recipe composes with every other override; a key the user set on the command
+line is never overridden (the table shows it as the user's). Steps, validation interval and LR
+schedule length come from `zoo.recipe.budget.BudgetController` once the step time is measured.
+
+The rules, and why (docs/quality.md has the measured effect):
+- size: never resample tiles the model can take as they are; large images are cropped at native
+  resolution to a window that holds the largest objects (4x their p90 extent) within a CPU- or
+  GPU-sized limit; the decoder depth follows the object size (stride 16 suffices for objects
+  under 32 px).
+- batch: ~128k pixels on CPU (2M on GPU), 4..16 (32), at most half the images.
+- augmentation: hflip unless the data is left-right oriented; vflip and rot90 only when the
+  orientation test finds no layout prior (or, with too few images to test, for fluorescence-like
+  data); zoom range from the object-size spread; stronger brightness/contrast jitter for
+  fluorescence-like data, scaled to the intensity range actually used.
+- loss: BCE + Dice, BCE up-weighting a rare foreground by sqrt(imbalance) (capped at 10);
+  multi-class: CE with sqrt inverse-frequency class weights + Dice.
+- model: U-Net on ResNet-18 with a base width from the data size and the budget (16 for CPU
+  minutes, 32 for longer CPU runs or more data, ResNet-34 at 64 on accelerators).
+- learning rate: 2e-3 for short CPU schedules (cosine to zero), else 1e-3.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from zoo.recipe.fingerprint import Fingerprint
+
+GROUPS = frozenset({"model", "data", "strategy", "trainer", "experiment", "recipe"})
+CPU_BATCH_PIXELS = 8 * 128 * 128
+GPU_BATCH_PIXELS = 32 * 256 * 256
+CPU_CROP_LIMIT = 256
+GPU_CROP_LIMIT = 512
+SHORT_CPU_BUDGET_S = 15 * 60
+TINY_CPU_BUDGET_S = 5 * 60
+
+
+@dataclass
+class Choice:
+    """One planned config value; `user`: the command line set the key (`value` is not applied)."""
+
+    key: str
+    value: Any
+    reason: str
+    user: bool = False
+
+
+@dataclass
+class Recipe:
+    """The planned choices and a one-line summary of the data they were planned from."""
+
+    choices: list[Choice]
+    summary: str
+    budget_s: float | None = None
+    device: str = "cpu"
+    notes: list[str] = field(default_factory=list)
+
+    def get(self, key: str) -> Any:
+        return next(c.value for c in self.choices if c.key == key)
+
+    def overrides(self, exclude: Iterable[str] = ()) -> dict[str, Any]:
+        """{dotted key: value} of every choice the user did not set (minus `exclude`)."""
+        skip = set(exclude)
+        return {c.key: c.value for c in self.choices if not c.user and c.key not in skip}
+
+    def hydra_args(self, exclude: Iterable[str] = ()) -> list[str]:
+        """The overrides as Hydra command-line arguments (``++key=value``: add or replace)."""
+        return [f"++{k}={hydra_value(v)}" for k, v in self.overrides(exclude).items()]
+
+    def table(self) -> str:
+        """The short table printed at the start of a run: key, value, reason."""
+        rows = [
+            (c.key, f"(plan: {hydra_value(c.value)})", "set on the command line")
+            if c.user
+            else (c.key, hydra_value(c.value), c.reason)
+            for c in self.choices
+        ]
+        kw = max(len(r[0]) for r in rows)
+        vw = min(max(len(r[1]) for r in rows), 28)
+        lines = [f"Recipe (recipe=auto): {self.summary}"]
+        lines += [f"  {k:<{kw}}  {v:<{vw}}  {why}" for k, v, why in rows]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "summary": self.summary,
+            "budget_s": self.budget_s,
+            "device": self.device,
+            "choices": [asdict(c) for c in self.choices],
+            "notes": list(self.notes),
+        }
+
+
+def hydra_value(value: Any) -> str:
+    """A value in Hydra's override grammar: true/false/null, numbers, [lists], {dicts}."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    if any(ch in text for ch in " ,[]{}=:'\"()"):
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return text
+
+
+def user_keys_from_overrides(overrides: Sequence[str]) -> set[str]:
+    """Dotted keys a user set on the command line (Hydra's `overrides.task` strings).
+
+    `data.batch_size=4` -> data.batch_size; `+loss_options.wbce.pos_weight=3` ->
+    loss_options.wbce.pos_weight; `~key` counts as set. Group selections (`model=fpn`) are not
+    keys: they pick a config whose values the recipe may still size.
+    """
+    keys = set()
+    for item in overrides:
+        key = item.split("=", 1)[0].strip().lstrip("+~")
+        if not key or key.startswith("hydra") or key in GROUPS or "@" in key:
+            continue
+        keys.add(key)
+    return keys
+
+
+def _covered(key: str, user_keys: set[str]) -> bool:
+    return any(key == u or key.startswith(u + ".") or u.startswith(key + ".") for u in user_keys)
+
+
+def _floor_to(x: int, d: int) -> int:
+    return max(d, (int(x) // d) * d)
+
+
+def _ceil_to(x: float, d: int) -> int:
+    return max(d, int(math.ceil(x / d)) * d)
+
+
+def _pow2_floor(x: float) -> int:
+    return 1 << max(0, int(math.floor(math.log2(max(x, 1)))))
+
+
+def _summary(fp: Fingerprint) -> str:
+    h, w = fp.image_size_median
+    size = (
+        f"{h}x{w}"
+        if fp.same_size
+        else f"{h}x{w} median ({fp.image_size_min[0]}..{fp.image_size_max[0]} px high)"
+    )
+    parts = [
+        f"{fp.num_train} train / {fp.num_val} val images of {size}",
+        f"{fp.channels} channel{'s' if fp.channels > 1 else ''}",
+        f"foreground {fp.foreground_fraction:.1%}",
+    ]
+    if fp.object_extent.get("count"):
+        parts.append(
+            f"{fp.objects_per_image['median']:g} objects/image "
+            f"of ~{fp.object_extent['median']:g} px"
+        )
+    o = fp.oriented
+    parts.append("orientation unknown" if o is None else ("oriented" if o else "no orientation"))
+    if fp.microscopy.get("likely"):
+        parts.append("fluorescence-like")
+    return ", ".join(parts)
+
+
+def plan_recipe(
+    fp: Fingerprint,
+    *,
+    budget_s: float | None = None,
+    cores: int | None = None,
+    device: str = "cpu",
+    model: str = "unet",
+    user_keys: Iterable[str] = (),
+) -> Recipe:
+    """Plan config overrides from a fingerprint.
+
+    Args:
+        fp: the training data's fingerprint.
+        budget_s: the training time budget (None: no budget; the recipe then sets max_steps).
+        cores: CPU cores the run gets (reported; CPU tiers assume few cores).
+        device: "cpu" or "gpu" (any accelerator).
+        model: the model the run uses; only U-Net gets decoder widths.
+        user_keys: dotted keys set on the command line (`user_keys_from_overrides`); they win.
+
+    Returns:
+        A `Recipe`; `recipe.overrides()` are the values to apply.
+    """
+    if device not in ("cpu", "gpu"):
+        raise ValueError(
+            "Invalid value for argument `device`: expected 'cpu' or 'gpu'. "
+            f"Received: device={device!r}"
+        )
+    users = set(user_keys)
+    cpu = device == "cpu"
+    choices: list[Choice] = []
+    notes: list[str] = list(fp.notes)
+
+    def choose(key: str, value: Any, reason: str) -> None:
+        choices.append(Choice(key, value, reason, user=_covered(key, users)))
+
+    # ---- model capacity (first: the decoder depth sets the size divisor)
+    e90 = float(fp.object_extent.get("p90", 0) or 0)
+    has_objects = bool(fp.object_extent.get("count"))
+    depth = 4 if has_objects and e90 <= 32 else 5
+    divisor = 2**depth
+    h, w = (int(v) for v in fp.image_size_median)
+    pixels = fp.num_train * h * w
+    short = cpu and budget_s is not None and budget_s <= SHORT_CPU_BUDGET_S
+    if cpu and budget_s is not None and budget_s <= TINY_CPU_BUDGET_S:
+        encoder, width, why = "resnet18", 16, f"{budget_s / 60:g} CPU minutes"
+    elif cpu and pixels < 1_000_000:
+        encoder, width, why = "resnet18", 16, f"little data ({pixels / 1e6:.2g} Mpx)"
+    elif cpu:
+        encoder, width, why = "resnet18", 32, "CPU run"
+    else:
+        encoder, width, why = "resnet34", 64, "accelerator"
+
+    # ---- input size
+    limit = CPU_CROP_LIMIT if cpu else GPU_CROP_LIMIT
+    min_side = min(fp.image_size_min)
+    pad = False
+    if fp.same_size and max(h, w) <= limit:
+        size = [h, w]
+        pad = h % divisor != 0 or w % divisor != 0
+        size_why = f"native size {h}x{w} (all images equal): no resampling, tiles never upsampled"
+    elif max(fp.image_size_max) <= limit:
+        side = _floor_to(min_side, divisor)
+        size = [side, side]
+        size_why = (
+            f"random {side}x{side} crops at native resolution (images vary, smallest {min_side} px)"
+        )
+    else:
+        want = _ceil_to(4 * e90, divisor) if has_objects else 2 * divisor * 4
+        side = min(max(want, 128), limit, _floor_to(min_side, divisor))
+        size = [side, side]
+        size_why = (
+            f"crops at native resolution: images are ~{h}x{w}; {side} px holds "
+            + (f"4x the large objects (p90 {e90:g} px)" if has_objects else "enough context")
+            + f" within the {device.upper()} limit {limit}"
+        )
+    if min_side < divisor:
+        side = _ceil_to(min_side, divisor)
+        size = [side, side]
+        size_why = (
+            f"images ({min_side} px) are smaller than the model's minimum {divisor}: upsampled"
+        )
+    choose("data.image_size", size, size_why)
+    choose("data.resize", "crop", "keep native resolution (crop, never squash or stretch)")
+    if pad:
+        choose(
+            "model.pad_to_divisor",
+            True,
+            f"{h}x{w} is not a multiple of {divisor}: pad inside the model",
+        )
+
+    # ---- batch
+    target = CPU_BATCH_PIXELS if cpu else GPU_BATCH_PIXELS
+    batch = min(max(_pow2_floor(target / (size[0] * size[1])), 4), 16 if cpu else 32)
+    cap = max(1, fp.num_train // 2)
+    batch = max(1, min(batch, cap))
+    choose(
+        "data.batch_size",
+        batch,
+        f"~{target // 1024}k pixels per batch on {device.upper()}"
+        + (f", at most half of the {fp.num_train} images" if batch == cap else ""),
+    )
+
+    # ---- augmentation
+    o = fp.orientation
+    oriented = o.get("oriented")
+    fluo = bool(fp.microscopy.get("likely"))
+    left_right = bool(o.get("left_right"))
+    choose(
+        "data.augment.hflip",
+        not left_right,
+        "left-right flips change the data's statistics" if left_right else "no left-right prior",
+    )
+    if oriented is None:
+        free = fluo
+        why_o = f"only {o.get('n')} images to test orientation; " + (
+            "fluorescence-like data has none" if fluo else "assume upright"
+        )
+    else:
+        free = not oriented
+        why_o = (
+            f"flip/transpose test: vertical {o.get('vertical')}, transpose {o.get('transpose')} "
+            f"{'>=' if oriented else '<'} {o.get('threshold')}"
+        )
+    choose(
+        "data.augment.vflip",
+        free,
+        ("no orientation prior: " if free else "oriented data: ") + why_o,
+    )
+    choose("data.augment.rot90", free, "as vflip (90-degree turns)")
+    if has_objects and fp.object_extent.get("p10", 0) > 0:
+        spread = fp.object_extent["p90"] / fp.object_extent["p10"]
+        zoom = min(max(math.sqrt(spread), 1.05), 1.4)
+        smin = round(1.0 / zoom**2, 2)
+        choose(
+            "data.augment.scale",
+            [smin, 1.0],
+            f"object sizes p10..p90 {fp.object_extent['p10']:g}..{fp.object_extent['p90']:g} px: "
+            f"zoom up to {zoom:.2f}x",
+        )
+    else:
+        choose("data.augment.scale", [0.6, 1.0], "no objects measured: moderate zoom")
+    top = max(fp.intensity.get("p99_5", [1.0]) or [1.0])
+    top = min(max(float(top), 1e-3), 1.0)
+    bright, contrast = (0.15, 0.3) if fluo else (0.1, 0.1)
+    choose(
+        "data.augment.brightness",
+        round(bright * top, 4),
+        f"{bright:g} of the used intensity range ({top:.3g})"
+        + (": exposure varies in fluorescence data" if fluo else ""),
+    )
+    choose(
+        "data.augment.contrast",
+        contrast,
+        "fluorescence-like: staining/exposure vary" if fluo else "mild contrast jitter",
+    )
+
+    # ---- loss
+    freqs = fp.class_frequencies
+    if fp.num_classes == 1:
+        f = max(fp.foreground_fraction, 1e-6)
+        choose("loss", "wbce+dice", "BCE for calibrated pixels + Dice for the overlap metric")
+        if f < 0.2:
+            pw = round(min(math.sqrt((1 - f) / f), 10.0), 2)
+            choose(
+                "loss_options.wbce.pos_weight",
+                pw,
+                f"foreground is {f:.1%} of pixels: up-weight it sqrt(imbalance)",
+            )
+    else:
+        present = [q for q in freqs if q > 0]
+        raw = [(1.0 / math.sqrt(q)) if q > 0 else 0.0 for q in freqs]
+        mean = sum(r for r in raw if r > 0) / max(len(present), 1)
+        weights = [round(min(max(r / mean, 0.1), 10.0), 3) if r > 0 else 1.0 for r in raw]
+        choose("loss", "wce+dice", "multi-class: CE + Dice")
+        choose("loss_options.wce.class_weights", weights, "sqrt inverse class frequencies, mean 1")
+
+    # ---- model
+    if model == "unet":
+        choose("model.encoder", encoder, f"{why}: light encoder")
+        choose(
+            "model.encoder_kwargs",
+            {"base_width": width},
+            f"{fp.num_train} images{', ' + str(int(budget_s)) + ' s budget' if budget_s else ''}: "
+            f"width {width} (default 64) trains faster and overfits less",
+        )
+        chans = (
+            [max(8, width * 2 ** (depth - 2 - i)) for i in range(depth)]
+            if width < 64
+            else [256, 128, 64, 32, 16][:depth]
+        )
+        choose(
+            "model.decoder_channels",
+            chans,
+            f"depth {depth} (stride {divisor})"
+            + (f": objects <= 32 px (p90 {e90:g})" if depth == 4 else "")
+            + ", widths matching the encoder",
+        )
+    elif "model.encoder" not in users:
+        notes.append(f"model={model}: only U-Net gets a planned width; the model's defaults stay")
+
+    # ---- optimization
+    lr = 2e-3 if short else 1e-3
+    choose(
+        "trainer.learning_rate",
+        lr,
+        "short CPU schedule, cosine to zero: a higher peak converges in fewer steps"
+        if short
+        else "AdamW default for U-Nets",
+    )
+    choose("trainer.schedule", "cosine", "cosine over the steps that fit (warm-up 5%, <= 50 steps)")
+    if budget_s is None:
+        per_epoch = max(1, fp.num_train // batch)
+        steps = min(max(250 * per_epoch, 1000), 10000)
+        choose(
+            "trainer.max_steps",
+            steps,
+            "no time budget: ~250 passes over the data, 1000..10000 steps",
+        )
+    recipe = Recipe(choices, _summary(fp), budget_s, device, notes)
+    if cores:
+        recipe.notes.append(f"planned for {cores} CPU core(s)" if cpu else f"planned for {device}")
+    return recipe

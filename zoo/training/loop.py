@@ -1,0 +1,237 @@
+"""The training run behind `train.py`: set up -> build -> fit -> finalize.
+
+Each step is one short function; `train` composes them. What must survive a kill lives in the
+backup (zoo.training.backup); what a run leaves behind is written by `finalize`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from zoo import distribute, outputs
+from zoo.evaluation import evaluate_model, summary
+from zoo.metrics import MetricsLayer
+from zoo.saving import clone
+from zoo.training import backup as backups
+from zoo.training import resume
+from zoo.training.callbacks import RunCallbacks, build_callbacks
+from zoo.training.fit import resumable_fit
+from zoo.training.optim import build_optimizer
+from zoo.training.signals import Interrupted, StopRequests
+
+log = logging.getLogger("zoo")
+
+
+@dataclass
+class Session:
+    """Everything `fit` and `finalize` need, built by `build`."""
+
+    run_dir: Path
+    out_dir: Path
+    strategy: Any
+    chief: bool
+    model: keras.Model
+    train_model: keras.Model
+    bundle: Any
+    callbacks: RunCallbacks
+    requests: StopRequests
+    start_step: int
+    steps_per_epoch: int
+
+
+def setup(run: Any) -> Any:
+    """Seeds, dtype policy and the distribution strategy."""
+    keras.utils.set_random_seed(run.seed)
+    if run.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_dtype_policy(run.trainer.precision)
+    return distribute.build_strategy(run.strategy)
+
+
+def training_metadata(info: Any) -> dict[str, Any]:
+    """What every consumer of the saved model needs to know (`SegmentationModel.metadata`)."""
+    return {
+        "mode": info.mode,
+        "num_classes": info.num_classes,
+        "class_names": list(info.class_names),
+        "ignore_index": info.ignore_index,
+        "image_size": list(info.image_size),
+        "channels": 3,
+        "threshold": 0.5,
+    }
+
+
+def attach_losses(model: keras.Model, loss: Any, info: Any) -> keras.Model:
+    """`losses.attach` plus in-graph Dice/IoU, so `fit` shows every loss term and the metrics."""
+    import losses
+
+    # Metrics see the mask through the graph like the loss terms; under a distribution strategy
+    # their confusion counts are summed over replicas, so val_dice is exact.
+    metrics = MetricsLayer(info.num_classes, info.ignore_index, name="seg_metrics")
+    return losses.attach(
+        model, loss.spec, mode=loss.mode, ignore_index=info.ignore_index, metrics=[metrics],
+        **loss.options,
+    )  # fmt: skip
+
+
+def build(
+    run: Any, strategy: Any, model: keras.Model, bundle: Any, resumed: Any, run_dir: Path,
+    out_dir: Path,
+) -> Session:  # fmt: skip
+    """Training model, optimizer and callbacks; the backup's state restored when resuming."""
+    t, info = run.trainer, bundle.info
+    steps_per_epoch = t.steps_per_epoch or info.steps_per_epoch
+    chief = distribute.is_chief(strategy)
+    model.metadata = training_metadata(info)
+    with strategy.scope():
+        train_model = attach_losses(model, run.loss, info)
+        train_model.compile(
+            optimizer=build_optimizer(t, steps_per_epoch * t.epochs),
+            jit_compile=t.jit_compile,
+            steps_per_execution=t.steps_per_execution,
+        )
+        backups.build_optimizer_state(train_model)
+    requests = StopRequests()
+    callbacks = build_callbacks(
+        t, model, train_model, out_dir=out_dir, backup_dir=run_dir / backups.BACKUP_DIR,
+        has_val=info.val_size > 0, steps_per_epoch=steps_per_epoch, config=run.resolved,
+        resumed=resumed, chief=chief, requests=requests,
+        agree=distribute.max_over_workers(strategy),
+    )  # fmt: skip
+    if resumed is not None:
+        backups.restore_variables(callbacks.backup.variables, resumed)
+        if chief:
+            best = callbacks.best.path if callbacks.best else None
+            resume.prepare_resume_dir(resumed, run_dir, best, out_dir / "train_log.csv")
+        log.info(
+            "Resuming from %s (step %d, %d epoch(s) done)",
+            resumed.path, resumed.step, resumed.epochs_done,
+        )  # fmt: skip
+    return Session(
+        run_dir, out_dir, strategy, chief, model, train_model, bundle, callbacks, requests,
+        resumed.step if resumed else 0, steps_per_epoch,
+    )  # fmt: skip
+
+
+def fit(run: Any, s: Session) -> float:
+    """Train to `trainer.epochs` (from the resumed step); returns the training seconds.
+
+    Raises:
+        Interrupted: SIGINT/SIGTERM arrived; a backup was written first.
+    """
+    t, info = run.trainer, s.bundle.info
+    log.info(
+        "Training %s (%s params) with loss %s on %s: %d epochs x %d steps, global batch %d, "
+        "%d replica(s)",
+        run.model.name, f"{s.model.count_params():,}", run.loss.spec, info.name, t.epochs,
+        s.steps_per_epoch, info.global_batch_size, distribute.num_replicas(s.strategy),
+    )  # fmt: skip
+    has_val = info.val_size > 0
+    start = time.perf_counter()
+    with s.requests:
+        resumable_fit(
+            s.train_model,
+            s.bundle.train,
+            start_step=s.start_step,
+            epochs=t.epochs,
+            steps_per_epoch=s.steps_per_epoch,
+            stopped=s.callbacks.backup.stopped,
+            shard=lambda ds: distribute.shard(ds, s.strategy),
+            validation_data=distribute.shard(s.bundle.val, s.strategy) if has_val else None,
+            validation_steps=t.validation_steps,
+            callbacks=s.callbacks.ordered(),
+            verbose=t.verbose if s.chief else 0,
+            shuffle=False,  # the pipeline shuffles by (seed, epoch)
+        )
+    if s.requests.signum:  # arrived after the last step boundary: the run is backed up
+        raise Interrupted(s.requests.signum, s.callbacks.backup.step, s.callbacks.backup.latest())
+    return time.perf_counter() - start
+
+
+def finalize(run: Any, s: Session, train_time: float) -> dict[str, Any]:
+    """Evaluate and save the best epoch's model; write metrics, config and overlays (chief)."""
+    info, t = s.bundle.info, run.trainer
+    # A local float32 copy: needs no collective of a multi-worker strategy (the other workers
+    # may have exited) and exports float32 after mixed-precision training.
+    export = clone(s.model, "float32")
+    best = s.callbacks.best
+    if best is not None and best.best_epoch is not None:
+        export.load_weights(best.path)  # evaluate and export the best epoch, not the last
+    results: dict[str, Any] = {}
+    if info.val_size > 0:
+        scores = evaluate_model(export, s.bundle.val, info.num_classes, info.ignore_index,
+                                t.validation_steps)  # fmt: skip
+        results = {f"val_{k}": v for k, v in scores.items()}
+    history = s.callbacks.backup.history  # all epochs, across resumes
+    results.update(
+        model=run.model.name,
+        loss=run.loss.spec,
+        data=info.name,
+        epochs=len(history.get("loss", [])),
+        best_epoch=best.best_epoch + 1 if best and best.best_epoch is not None else None,
+        train_time_s=round(train_time, 2),
+        params=int(s.model.count_params()),
+        history=history,
+    )
+    outputs.save_model(export, s.out_dir / "model.keras")
+    outputs.write_json(s.out_dir / "metrics.json", results)
+    from omegaconf import OmegaConf
+
+    outputs.write_text(s.out_dir / "config.yaml", OmegaConf.to_yaml(run.resolved))
+    # Training is over: one backup (a rerun re-exports from it) is enough on disk.
+    backups.prune_backups(s.run_dir / backups.BACKUP_DIR, keep=1)
+    if info.val_size > 0 and t.num_overlays > 0:
+        images, masks = s.bundle.val_images(t.num_overlays)
+        logits = keras.ops.convert_to_numpy(export(images, training=False))
+        outputs.write_overlays(
+            s.out_dir / "overlays", images, masks, logits, info.num_classes, info.ignore_index
+        )
+    if info.val_size > 0:
+        print(f"{summary(results)}  ({train_time:.0f} s training)")
+    return results
+
+
+def train(run: Any, run_dir: Path) -> dict[str, Any]:
+    """Train `run` (a `zoo.config.RunConfig`) into `run_dir`; returns the final metrics.
+
+    Continues from the last backup in `run_dir` (or `trainer.resume`). After SIGINT/SIGTERM it
+    exits with code 130/143, leaving a backup (docs/reliability.md).
+    """
+    from zoo.data import build_datasets
+
+    run_dir = Path(run_dir)
+    strategy = setup(run)
+    resumed = resume.find_resume(run.trainer.resume, run_dir)
+    if resumed is not None:
+        resume.check_continuation(resumed, run.resolved, run.trainer.epochs, run_dir)
+    with strategy.scope():
+        model = run.model.build()  # constructor checks run before any data is read
+    bundle = build_datasets(
+        run.data,
+        global_batch_size=run.data.batch_size * distribute.num_replicas(strategy),
+        seed=run.seed,
+        start_step=resumed.step if resumed else 0,
+    )
+    with distribute.worker_output_dir(strategy, run_dir) as out_dir:
+        session = build(run, strategy, model, bundle, resumed, run_dir, Path(out_dir))
+        try:
+            train_time = fit(run, session)
+        except Interrupted as stop:
+            print(stop, file=sys.stderr)
+            raise SystemExit(stop.exit_code) from None
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once
+            latest = session.callbacks.backup.latest()
+            print(f"Interrupted; last backup: {latest or 'none'}", file=sys.stderr)
+            raise SystemExit(130) from None
+        if not session.chief:
+            return {}  # the chief evaluates and writes the outputs alone
+        return finalize(run, session, train_time)

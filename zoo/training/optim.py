@@ -1,0 +1,37 @@
+"""The optimizer and learning-rate schedule of a run, from the `trainer` options."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from zoo import optimizers
+
+
+def build_optimizer(trainer: Any, total_steps: int) -> keras.optimizers.Optimizer:
+    """Optimizer and schedule from `trainer` (a `zoo.config.TrainerConfig`).
+
+    Cosine decay over `total_steps` after a linear warmup of `warmup_steps` (shortened when the
+    run is shorter), or a constant rate. AdamW decays conv/dense kernels only.
+    """
+    lr: Any = trainer.learning_rate
+    if trainer.schedule == "cosine":
+        warmup = min(trainer.warmup_steps, max(total_steps - 1, 0))
+        lr = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else trainer.learning_rate,
+            decay_steps=max(total_steps - warmup, 1),
+            alpha=trainer.min_lr_ratio,
+            warmup_target=trainer.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+    common = {"learning_rate": lr, "clipnorm": trainer.clipnorm}
+    if trainer.optimizer == "adamw":
+        opt = optimizers.AdamW(weight_decay=trainer.weight_decay, **common)
+        # Decaying BN scales and biases hurts and is unusual.
+        opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    elif trainer.optimizer == "adam":
+        opt = optimizers.Adam(**common)
+    else:
+        opt = keras.optimizers.SGD(momentum=trainer.momentum, nesterov=True, **common)
+    return opt
