@@ -621,3 +621,21 @@ def test_segformer_bench_smoke(tmp_path):
     (row,) = json.loads(out.read_text())["rows"]
     assert (row["encoder"], row["size"], row["batch"]) == ("mit_b0", 64, 2)
     assert row["zoo_train_img_s"] > 0 and row["zoo_infer_img_s"] > 0
+
+
+def test_receptive_field_rules_for_segformer_layers():
+    # MiT attention: global. With a CNN encoder the bound from the AllMLPFuse rule holds: one
+    # changed input pixel moves no logit farther than the radius.
+    from zoo.inference import receptive_field
+
+    assert receptive_field(build_tiny("segformer")) == float("inf")
+    keras.utils.set_random_seed(0)
+    model = build_tiny("segformer", encoder="resnet18", encoder_kwargs={"base_width": 8})
+    radius = receptive_field(model)
+    size = -(-(2 * int(radius) + 64) // 32) * 32  # room around the field on every side
+    probe = np.random.default_rng(0).random((1, size, size, 3), dtype=np.float32)
+    bumped = probe.copy()
+    bumped[0, size // 2, size // 2] += 5.0
+    diff = np.abs(np.asarray(model(bumped)) - np.asarray(model(probe))).max(-1)[0]
+    changed = np.argwhere(diff > 0)
+    assert len(changed) and np.abs(changed - size // 2).max() <= radius < size
