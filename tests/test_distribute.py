@@ -276,7 +276,12 @@ def test_mirrored_matches_default(name, mirrored):
     worst, still, moved = update_mismatch(weights, ref_weights, start)
     assert worst <= UPDATE_RTOL, worst
     assert still <= 1e-6, still
-    assert moved > len(start) // 2  # the comparison is not between untrained weights
+    # The comparison is not between untrained weights: most variables changed, some by more
+    # than 1e-5. (Inside transformer blocks, whose branches start from N(0, 0.02) weights,
+    # two SGD steps move most variables by only 1e-7..1e-5, so "changed" cannot mean "moved
+    # by 1e-5"; for SegFormer those small updates agree to ~1e-6 relative.)
+    changed = sum(bool(np.any(w != s)) for w, s in zip(ref_weights, start))
+    assert changed > len(start) // 2 and moved > 0, (changed, moved)
 
 
 @pytest.mark.slow  # ~25 s

@@ -11,7 +11,7 @@ from torch_ref import requires_reference, run_reference
 import zoo
 
 # (zoo model, smp architecture)
-SHARED = [("unet", "Unet"), ("fpn", "FPN")]
+SHARED = [("unet", "Unet"), ("fpn", "FPN"), ("segformer", "Segformer")]
 
 
 @requires_reference("torch", "segmentation_models_pytorch")
@@ -20,4 +20,20 @@ SHARED = [("unet", "Unet"), ("fpn", "FPN")]
 def test_trainable_params_equal_smp(name, arch, encoder):
     ours = count_trainable(zoo.create_model(name, num_classes=1, encoder=encoder))
     theirs = int(run_reference("smp_param_count", arch=arch, encoder=encoder)["count"])
+    assert ours == theirs
+
+
+@requires_reference("torch", "segmentation_models_pytorch")
+@pytest.mark.parametrize(
+    "encoder",
+    [
+        "mit_b0",
+        # b0 and b2 are also pinned in tests/test_segformer.py; 13M-82M parameters take
+        # 5-15 s each to build on both sides (2 cores).
+        *(pytest.param(f"mit_b{i}", marks=pytest.mark.slow) for i in range(1, 6)),
+    ],
+)
+def test_segformer_mit_trainable_params_equal_smp(encoder):
+    ours = count_trainable(zoo.create_model("segformer", num_classes=1, encoder=encoder))
+    theirs = int(run_reference("smp_param_count", arch="Segformer", encoder=encoder)["count"])
     assert ours == theirs

@@ -47,7 +47,9 @@ _POINTWISE_NAMES = {
     "BroadcastSpatial",  # [pooled, reference]: global exactly when `pooled` is
     "LayerScale",
     "StochasticDepth",
+    "DropPath",
 }
+_GLOBAL_NAMES = {"EfficientSelfAttention"}  # zoo.layers: attention over all pixels
 _GLOBAL = (
     keras.layers.GlobalAveragePooling2D,
     keras.layers.GlobalMaxPooling2D,
@@ -102,7 +104,7 @@ def _layer_field(layer: Any, args: tuple, kwargs: dict) -> Field:
     name = type(layer).__name__
     if isinstance(layer, keras.Model):
         return _run(layer, fields[0])
-    if isinstance(layer, _GLOBAL):
+    if isinstance(layer, _GLOBAL) or name in _GLOBAL_NAMES:
         return Field(math.inf, fields[0].jump)
     if isinstance(layer, keras.layers.LayerNormalization):
         axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
@@ -137,6 +139,23 @@ def _layer_field(layer: Any, args: tuple, kwargs: dict) -> Field:
         # nearest: up to half a source step away; bilinear: the two nearest source pixels.
         f = fields[0]
         return Field(f.radius + f.jump, f.jump / _pair(layer.size))
+    if name == "BilinearUpsampling":  # as bilinear UpSampling2D (aligned corners: the same
+        f = fields[0]  # two nearest source pixels per axis)
+        return Field(f.radius + f.jump, f.jump / layer.size)
+    if name == "OverlapPatchEmbedding":  # k x k conv, stride s, k // 2 zeros on every side
+        return _conv(fields[0], layer.patch_size, layer.strides, 1, "same")
+    if name == "MixFFN":  # one 3x3 depthwise conv between per-pixel dense layers
+        return _conv(fields[0], 3, 1, 1, "same")
+    if name == "AllMLPFuse":  # per level: per-pixel map, bilinear up / 2x2 average, then sum
+        out = []
+        for stride, f in zip(layer.strides, fields):
+            if stride > layer.target_stride:
+                out.append(Field(f.radius + f.jump, f.jump * layer.target_stride / stride))
+            elif stride < layer.target_stride:
+                out.append(_conv(f, 2, 2, 1, "valid"))
+            else:
+                out.append(f)
+        return _merge(out)
     if name == "UpsampleConcatConv2D":  # nearest 2x upsampling of x, concat skips, 3x3 conv
         x, skips = fields[0], fields[1:]
         up = Field(x.radius + x.jump, x.jump / 2)

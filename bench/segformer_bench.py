@@ -1,0 +1,250 @@
+"""SegFormer (mit_b0 / mit_b2) against segmentation_models_pytorch's Segformer, step by step.
+
+For every encoder x (size, batch) x precision, one child process builds the zoo model
+(`losses.attach(model, "wbce+dice")`, AdamW, the `bench/run.py` training path) and one, in
+a PyTorch environment, smp's ``Segformer(encoder, encoder_weights=None, classes=1)`` (BCE +
+Dice, AdamW; float32 in channels-last memory format, mixed_bfloat16 as bfloat16 autocast,
+as `bench/smp_reference.py`). Both warm up, then the parent asks them for one step in turn
+(A B B A ...), training first, then inference, so a change of load hits both alike.
+Reported: images/s and the paired median ratio zoo / smp (> 1: the zoo is faster).
+
+    python bench/segformer_bench.py --smp-python /path/to/torch/python \\
+        --out bench/results/segformer_vs_smp.json
+    python bench/segformer_bench.py --smoke --smp-python ...   # 64x64, batch 2, 1 step
+
+Defaults: encoders mit_b0 mit_b2; cases 512x512 batch 4 and 256x256 batch 8; float32 and
+mixed_bfloat16; 6 rounds after 1 warm-up round. `--xla` compiles the zoo side with XLA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+# --------------------------------------------------------------------------- children
+
+
+def zoo_child(encoder: str, size: int, batch: int, precision: str, xla: bool) -> None:
+    """Build the zoo SegFormer, warm up, print READY, then time one step per stdin line."""
+    sys.path.insert(0, str(BENCH.parent))
+    sys.path.insert(0, str(BENCH))
+    import keras
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    from run import LOSS_SPEC, _optimizer, infer_fn, synthetic_batch, train_step_fn
+
+    import losses
+    import zoo
+
+    keras.mixed_precision.set_dtype_policy(precision)
+    keras.utils.set_random_seed(0)
+    try:
+        model = zoo.create_model(
+            "segformer", num_classes=1, input_shape=(size, size, 3), encoder=encoder
+        )
+        train_model = losses.attach(model, LOSS_SPEC)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    train_model.compile(optimizer=_optimizer(), jit_compile=xla)
+    data = synthetic_batch(batch, size)
+    train, _ = train_step_fn(train_model, data, batch)
+    infer = infer_fn(model, data["image"], xla)
+    train(), infer()
+    info = {"tensorflow": tf.__version__, "keras": keras.__version__}
+    _serve({"train": train, "infer": infer}, info)
+
+
+def smp_child(encoder: str, size: int, batch: int, precision: str) -> None:
+    """smp's Segformer with the same protocol (runs in the PyTorch environment)."""
+    import segmentation_models_pytorch as smp
+    import torch
+
+    torch.manual_seed(0)
+    bf16 = precision != "float32"
+    x = torch.rand(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = (torch.rand(batch, 1, size, size) > 0.5).float()
+    dice = smp.losses.DiceLoss("binary", from_logits=True)
+    bce = torch.nn.BCEWithLogitsLoss()
+    model = smp.Segformer(encoder, encoder_weights=None, classes=1)
+    model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def train() -> None:
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        logits = logits.float()
+        (bce(logits, y) + dice(logits, y)).backward()
+        opt.step()
+
+    @torch.inference_mode()
+    def infer() -> None:
+        model.eval()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            model(x)
+
+    train(), infer()
+    info = {
+        "torch": torch.__version__,
+        "segmentation_models_pytorch": smp.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    _serve({"train": train, "infer": infer}, info)
+
+
+def _serve(fns: dict[str, Any], info: dict[str, Any]) -> None:
+    print("READY " + json.dumps(info), flush=True)
+    for line in sys.stdin:
+        t0 = time.perf_counter()
+        fns["train" if line.strip() == "train" else "infer"]()
+        print(f"{time.perf_counter() - t0:.6f}", flush=True)
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def _spawn(side: str, python: str, encoder: str, size: int, batch: int, precision: str,
+           xla: bool) -> subprocess.Popen:  # fmt: skip
+    cmd = [python, __file__, "--child", side, "--encoders", encoder, "--precisions", precision]
+    cmd += ["--cases", f"{size}x{batch}"] + (["--xla"] if xla else [])
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, bufsize=1
+    )
+
+
+def _ready(proc: subprocess.Popen, side: str) -> dict[str, Any]:
+    for line in proc.stdout:
+        if line.startswith("READY"):
+            return json.loads(line[len("READY") :].strip() or "{}")
+    raise RuntimeError(f"the {side} child exited before it was ready (rc {proc.wait()})")
+
+
+def compare(args: argparse.Namespace, encoder: str, size: int, batch: int, precision: str):
+    """One row: both sides' images/s and the paired zoo/smp ratios."""
+    import numpy as np
+
+    sides = {"zoo": sys.executable}
+    if args.smp_python:
+        sides["smp"] = args.smp_python
+    procs, info = {}, {}
+    try:
+        for side, python in sides.items():  # one at a time: building is not timed
+            procs[side] = _spawn(side, python, encoder, size, batch, precision, args.xla)
+            info[side] = _ready(procs[side], side)
+        times = {s: {"train": [], "infer": []} for s in procs}
+        names = list(procs)
+        for kind in ("train", "infer"):
+            for r in range(args.warmup + args.rounds):
+                for side in names if r % 2 == 0 else names[::-1]:
+                    time.sleep(args.pause)  # the other side's spinning threads go to sleep
+                    procs[side].stdin.write(kind + "\n")
+                    dt = float(procs[side].stdout.readline())
+                    if r >= args.warmup:
+                        times[side][kind].append(dt)
+    finally:
+        for proc in procs.values():
+            if proc.stdin:
+                proc.stdin.close()
+            proc.wait()
+    row: dict[str, Any] = {
+        "model": "segformer",
+        "encoder": encoder,
+        "size": size,
+        "batch": batch,
+        "precision": precision,
+        "xla": args.xla,
+        "versions": info,
+    }
+    for kind in ("train", "infer"):
+        for side in procs:
+            t = np.asarray(times[side][kind])
+            row[f"{side}_{kind}_img_s"] = float(batch / np.median(t))
+            row[f"{side}_{kind}_times_s"] = [round(float(x), 4) for x in t]
+        if "smp" in procs:
+            ratio = np.asarray(times["smp"][kind]) / np.asarray(times["zoo"][kind])
+            row[f"{kind}_zoo_over_smp"] = float(np.median(ratio))
+    return row
+
+
+def _case(text: str) -> tuple[int, int]:
+    size, _, batch = text.partition("x")
+    try:
+        return int(size), int(batch)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected SIZExBATCH such as 512x4. Received: {text!r}"
+        ) from None
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--encoders", nargs="+", default=["mit_b0", "mit_b2"])
+    p.add_argument("--cases", nargs="+", type=_case, default=[(512, 4), (256, 8)],
+                   help="SIZExBATCH pairs (default 512x4 256x8)")  # fmt: skip
+    p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--pause", type=float, default=0.5, help="seconds of quiet before a step")
+    p.add_argument("--xla", action="store_true", help="compile the zoo side with XLA")
+    p.add_argument("--smp-python", help="a Python with torch and segmentation_models_pytorch")
+    p.add_argument("--smoke", action="store_true", help="mit_b0, 64x64 batch 2, 1 round")
+    p.add_argument("--out", help="result JSON")
+    p.add_argument("--child", choices=("zoo", "smp"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        (size, batch), precision = args.cases[0], args.precisions[0]
+        if args.child == "zoo":
+            zoo_child(args.encoders[0], size, batch, precision, args.xla)
+        else:
+            smp_child(args.encoders[0], size, batch, precision)
+        return 0
+    if args.smoke:
+        args.encoders, args.cases, args.rounds, args.warmup = ["mit_b0"], [(64, 2)], 1, 0
+        args.pause = 0.0
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    rows = []
+    for encoder in args.encoders:
+        for size, batch in args.cases:
+            for precision in args.precisions:
+                row = compare(args, encoder, size, batch, precision)
+                rows.append(row)
+                text = f"{encoder} {size}x{size} b{batch} {precision:<14}"
+                for kind in ("train", "infer"):
+                    text += f" {kind} zoo {row[f'zoo_{kind}_img_s']:6.2f} img/s"
+                    if "smp_train_img_s" in row:
+                        text += (
+                            f" smp {row[f'smp_{kind}_img_s']:6.2f}"
+                            f" (x{row[f'{kind}_zoo_over_smp']:.2f})"
+                        )
+                print(text, flush=True)
+    result = {
+        "rounds": args.rounds,
+        "warmup": args.warmup,
+        "pause_s": args.pause,
+        "smoke": args.smoke,
+        "load_start": load_start,
+        "load_end": [round(x, 2) for x in os.getloadavg()],
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "rows": rows,
+    }
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,641 @@
+"""SegFormer and the Mix Transformer encoders: layers against direct NumPy computations,
+parameter parity, mixed precision, serialization, other decoders on MiT, and weight porting
+(table checks here; numerical parity against smp / transformers in the reference
+interpreter)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from helpers import all_layers, assert_save_load_identical, build_tiny, count_trainable
+from torch_ref import requires_reference, run_reference
+
+import zoo
+from zoo.layers import (
+    AllMLPFuse,
+    BilinearUpsampling,
+    DropPath,
+    EfficientSelfAttention,
+    MixFFN,
+    OverlapPatchEmbedding,
+)
+from zoo.port.mit import PortError, load_mit_weights, segformer_from_checkpoint
+
+TINY_MIT = zoo.encoder_info("mit_b0").tiny_config
+MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+
+# --- NumPy references ----------------------------------------------------------------------
+
+
+def np_layer_norm(x, gamma, beta, eps):
+    mean = x.mean(-1, keepdims=True)
+    var = x.var(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * gamma + beta
+
+
+def np_attention(x, w, num_heads, sr):
+    """Spatial-reduction attention written out per head with loops over the reduced grid."""
+    b, h, wd, c = x.shape
+    d = c // num_heads
+    q = x.reshape(b, h * wd, c) @ w["q"][0] + w["q"][1]
+    if sr > 1:
+        kernel, bias = w["sr"]
+        hr, wr = h // sr, wd // sr
+        red = np.zeros((b, hr, wr, c))
+        for i in range(hr):
+            for j in range(wr):
+                patch = x[:, i * sr : (i + 1) * sr, j * sr : (j + 1) * sr, :]
+                red[:, i, j] = np.einsum("bijc,ijco->bo", patch, kernel) + bias
+        red = np_layer_norm(red.reshape(b, hr * wr, c), *w["norm"], 1e-5)
+    else:
+        red = x.reshape(b, h * wd, c)
+    k = red @ w["k"][0] + w["k"][1]
+    v = red @ w["v"][0] + w["v"][1]
+    heads = []
+    for n in range(num_heads):
+        sl = slice(n * d, (n + 1) * d)
+        scores = q[..., sl] @ np.swapaxes(k[..., sl], 1, 2) / np.sqrt(d)
+        p = np.exp(scores - scores.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        heads.append(p @ v[..., sl])
+    out = np.concatenate(heads, -1) @ w["proj"][0] + w["proj"][1]
+    return out.reshape(b, h, wd, c)
+
+
+def _sublayer_weights(layer, names):
+    return {n: [np.asarray(v, np.float64) for v in getattr(layer, n).weights] for n in names}
+
+
+@pytest.mark.parametrize("num_heads, sr", [(2, 2), (1, 1), (4, 3)])
+def test_efficient_attention_matches_numpy(num_heads, sr):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 12, 8)).astype("float32")
+    layer = EfficientSelfAttention(num_heads, sr_ratio=sr, name="attn")
+    layer.build(x.shape)
+    for v in layer.weights:  # non-trivial biases and norm parameters
+        v.assign(rng.normal(0, 0.3, v.shape) + (1.0 if v.name == "gamma" else 0.0))
+    names = ["q", "k", "v", "proj"] + (["sr", "norm"] if sr > 1 else [])
+    expected = np_attention(x.astype(np.float64), _sublayer_weights(layer, names), num_heads, sr)
+    np.testing.assert_allclose(np.asarray(layer(x)), expected, rtol=1e-4, atol=1e-5)
+    assert [la.name for la in (layer.q, layer.k, layer.v, layer.proj)] == [
+        "attn_q",
+        "attn_k",
+        "attn_v",
+        "attn_proj",
+    ]
+
+
+def test_efficient_attention_rejects_heads_not_dividing_channels():
+    with pytest.raises(ValueError, match=r"num_heads=3"):
+        EfficientSelfAttention(3)(np.zeros((1, 4, 4, 8), "float32"))
+
+
+def test_mix_ffn_and_patch_embedding_match_numpy():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(1, 5, 7, 4)).astype("float32")
+    ffn = MixFFN(6)
+    ffn.build(x.shape)
+    for v in ffn.weights:
+        v.assign(rng.normal(0, 0.5, v.shape))
+    (w1, b1), (dw, db), (w2, b2) = (
+        [np.asarray(v, np.float64) for v in la.weights] for la in (ffn.fc1, ffn.dwconv, ffn.fc2)
+    )
+    h = x.astype(np.float64) @ w1 + b1
+    padded = np.pad(h, [(0, 0), (1, 1), (1, 1), (0, 0)])
+    conv = sum(
+        padded[:, i : i + 5, j : j + 7, :] * dw[i, j, :, 0] for i in range(3) for j in range(3)
+    )
+    from scipy.special import erf
+
+    conv = conv + db
+    gelu = 0.5 * conv * (1 + erf(conv / np.sqrt(2)))
+    np.testing.assert_allclose(np.asarray(ffn(x)), gelu @ w2 + b2, rtol=1e-4, atol=1e-5)
+
+    # Patch embedding: padding 1 on every side (not Keras' "same", which pads bottom/right).
+    img = rng.normal(size=(1, 8, 6, 3)).astype("float32")
+    embed = OverlapPatchEmbedding(5, patch_size=3, strides=2)
+    embed.build(img.shape)
+    for v in embed.weights:
+        v.assign(rng.normal(0, 0.5, v.shape))
+    kernel, bias = (np.asarray(v, np.float64) for v in embed.proj.weights)
+    p = np.pad(img.astype(np.float64), [(0, 0), (1, 1), (1, 1), (0, 0)])
+    out = (
+        np.stack(
+            [
+                np.stack(
+                    [
+                        np.einsum("ijc,ijco->o", p[0, 2 * r : 2 * r + 3, 2 * c : 2 * c + 3], kernel)
+                        for c in range(3)
+                    ]
+                )
+                for r in range(4)
+            ]
+        )[None]
+        + bias
+    )
+    gamma, beta = (np.asarray(v, np.float64) for v in embed.norm.weights)
+    expected = np_layer_norm(out, gamma, beta, 1e-5)
+    np.testing.assert_allclose(np.asarray(embed(img)), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_drop_path_drops_whole_samples_in_training_only():
+    x = np.ones((4000, 2, 2, 3), "float32")
+    layer = DropPath(0.25, seed=1)
+    assert np.array_equal(np.asarray(layer(x)), x)  # inference: identity
+    y = np.asarray(layer(x, training=True))
+    per_sample = y.reshape(4000, -1)
+    assert np.all(per_sample == per_sample[:, :1])  # one decision per sample
+    assert set(np.unique(y)) <= {0.0, np.float32(1 / 0.75)}
+    assert abs((per_sample[:, 0] == 0).mean() - 0.25) < 0.03
+    assert abs(y.mean() - 1.0) < 0.05  # expectation kept
+    with pytest.raises(ValueError, match=r"rate=1\.0"):
+        DropPath(1.0)
+
+
+def test_bilinear_upsampling_align_corners_matches_formula():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(1, 3, 4, 2)).astype("float32")
+    y = np.asarray(BilinearUpsampling(4, align_corners=True)(x))
+    assert y.shape == (1, 12, 16, 2)
+
+    def grid(n_in, n_out):  # align_corners=True: output i samples i * (in - 1) / (out - 1)
+        pos = np.arange(n_out) * (n_in - 1) / (n_out - 1)
+        lo = np.minimum(np.floor(pos).astype(int), n_in - 2)
+        return lo, pos - lo
+
+    (r0, fr), (c0, fc) = grid(3, 12), grid(4, 16)
+    rows = x[0, r0] * (1 - fr)[:, None, None] + x[0, r0 + 1] * fr[:, None, None]
+    expected = rows[:, c0] * (1 - fc)[None, :, None] + rows[:, c0 + 1] * fc[None, :, None]
+    np.testing.assert_allclose(y[0], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y[0, [0, -1]][:, [0, -1]], x[0, [0, -1]][:, [0, -1]], atol=1e-6)
+    same = keras.layers.UpSampling2D(4, interpolation="bilinear")(x)
+    np.testing.assert_allclose(
+        np.asarray(BilinearUpsampling(4)(x)), np.asarray(same), rtol=1e-6, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        DropPath(0.1, seed=3, name="dp"),
+        EfficientSelfAttention(2, sr_ratio=2, qkv_bias=False, epsilon=1e-6, name="a"),
+        MixFFN(16, name="f"),
+        OverlapPatchEmbedding(8, 3, 2, epsilon=1e-6, name="p"),
+        BilinearUpsampling(2, align_corners=True, name="u"),
+        AllMLPFuse(8, (16, 8, 4), name="fuse"),
+    ],
+    ids=lambda la: type(la).__name__,
+)
+def test_layers_serialize(layer, tmp_path):
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    rng = np.random.default_rng(0)
+    if isinstance(layer, AllMLPFuse):  # levels of a 32x32 image at strides 16, 8, 4
+        x = [keras.Input((32 // s, 32 // s, 3)) for s in layer.strides]
+        data = [rng.normal(size=(1, 32 // s, 32 // s, 3)).astype("float32") for s in layer.strides]
+    else:
+        x = keras.Input((8, 8, 8))
+        data = rng.normal(size=(1, 8, 8, 8)).astype("float32")
+    model = keras.Model(x, layer(x))
+    assert_save_load_identical(model, data, tmp_path / "layer.keras")
+
+
+def count_trainable_vars(variables):
+    return int(sum(np.prod(v.shape) for v in variables))
+
+
+# --- Encoders and model ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoder", ["mit_b0", "mit_b2"])
+def test_param_counts_equal_smp(encoder):
+    # smp 0.6: Segformer(encoder, encoder_weights=None, classes=1) (from the issue) and its
+    # encoder alone; tests/test_parity_smp.py recomputes every variant with smp itself.
+    expected = {"mit_b0": 3_714_401, "mit_b2": 24_722_369}[encoder]
+    model = zoo.create_model("segformer", encoder=encoder)
+    assert count_trainable(model) == expected
+    encoder_part = [v for v in model.trainable_variables if v.path.startswith("encoder_")]
+    assert count_trainable_vars(encoder_part) == zoo.encoders.mit.PARAMS[encoder]
+
+
+@pytest.mark.parametrize("size", [(32, 32), (64, 96), (160, 64)])
+def test_segformer_shapes_at_several_sizes(size):
+    model = build_tiny("segformer", num_classes=3)
+    head = keras.Model(model.input, model.get_layer("head_conv").output)
+    x = np.random.default_rng(0).random((1, *size, 3), dtype=np.float32)
+    assert tuple(model(x).shape) == (1, *size, 3)
+    assert tuple(head(x).shape) == (1, size[0] // 4, size[1] // 4, 3)
+    enc = zoo.create_encoder("mit_b0", input_shape=(*size, 3), **TINY_MIT)
+    widths = TINY_MIT["embed_dims"]
+    for (stride, fmap), width in zip(sorted(enc(x).items()), widths):
+        assert tuple(fmap.shape) == (1, size[0] // stride, size[1] // stride, width)
+
+
+def test_mit_argument_errors():
+    with pytest.raises(ValueError, match=r"output_stride=16"):
+        zoo.create_encoder("mit_b0", output_stride=16)
+    with pytest.raises(ValueError, match=r"embed_dims=\(8, 16\)"):
+        zoo.create_encoder("mit_b0", embed_dims=(8, 16))
+    with pytest.raises(ValueError, match=r"num_heads=\(3, 2, 5, 8\)"):
+        zoo.create_encoder("mit_b0", num_heads=(3, 2, 5, 8))
+    with pytest.raises(ValueError, match=r"normalization='imagent'"):
+        zoo.create_encoder("mit_b0", normalization="imagent")
+    with pytest.raises(ValueError, match=r"decoder_channels=0"):
+        build_tiny("segformer", decoder_channels=0)
+
+
+def test_drop_path_schedule_is_linear_up_to_the_rate():
+    enc = zoo.create_encoder("mit_b0", input_shape=(64, 64, 3), depths=(2, 1, 1, 1))
+    rates = {la.name: la.rate for la in all_layers(enc) if isinstance(la, DropPath)}
+    # 5 blocks: 0, 0.025, 0.05, 0.075, 0.1; the first block has none.
+    assert rates == pytest.approx(
+        {
+            f"encoder_{b}_drop_path{i}": r
+            for b, r in [
+                ("stage1_block2", 0.025),
+                ("stage2_block1", 0.05),
+                ("stage3_block1", 0.075),
+                ("stage4_block1", 0.1),
+            ]
+            for i in (1, 2)
+        }
+    )
+    assert not [la for la in all_layers(build_tiny("segformer")) if isinstance(la, DropPath)]
+
+
+def test_normalization_option_equals_normalizing_by_hand():
+    keras.utils.set_random_seed(0)
+    plain = zoo.create_encoder("mit_b0", input_shape=(64, 64, 3), **TINY_MIT)
+    normed = zoo.create_encoder(
+        "mit_b0", input_shape=(64, 64, 3), normalization="imagenet", **TINY_MIT
+    )
+    normed.set_weights(plain.get_weights())
+    x = np.random.default_rng(0).random((1, 64, 64, 3), dtype=np.float32)
+    by_hand = ((x - MEAN) / STD).astype("float32")
+    np.testing.assert_allclose(
+        np.asarray(normed(x)[32]), np.asarray(plain(by_hand)[32]), rtol=1e-4, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_logits_are_finite_float32_and_close(policy):
+    keras.utils.set_random_seed(0)
+    ref = build_tiny("segformer", num_classes=2)
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = build_tiny("segformer", num_classes=2)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model.set_weights(ref.get_weights())
+    x = np.random.default_rng(0).random((2, 64, 64, 3), dtype=np.float32)
+    out = model(x)
+    assert out.dtype == "float32"
+    out = np.asarray(out)
+    assert np.all(np.isfinite(out))
+    want = np.asarray(ref(x))
+    assert np.abs(out - want).max() < 0.1 * np.abs(want).max()
+    attn = model.get_layer("encoder_stage1_block1_attn")
+    assert attn.compute_dtype == policy.split("_")[1]
+
+
+def test_mit_encoder_saves_and_loads(tmp_path):
+    enc = zoo.create_encoder("mit_b0", input_shape=(None, None, 3), **TINY_MIT)
+    x = np.random.default_rng(0).random((1, 64, 32, 3), dtype=np.float32)
+    enc.save(tmp_path / "enc.keras")
+    loaded = keras.saving.load_model(tmp_path / "enc.keras", safe_mode=True)
+    # (a loaded functional model's dict outputs have string keys)
+    got = {int(k): np.asarray(v) for k, v in loaded(x).items()}
+    for stride, fmap in enc(x).items():
+        np.testing.assert_array_equal(np.asarray(fmap), got[stride])
+
+
+@pytest.mark.parametrize("name", ["unet", "fpn"])
+def test_other_decoders_on_mit(name):
+    # No stride-2 level: the U-Net's stride-2 block has no skip, the FPN never asks for one.
+    model = build_tiny(name, input_shape=(64, 96, 3), encoder="mit_b0", encoder_kwargs=TINY_MIT)
+    out = np.asarray(model(np.random.default_rng(0).random((1, 64, 96, 3), dtype=np.float32)))
+    assert out.shape == (1, 64, 96, 2) and np.all(np.isfinite(out))
+    assert "encoder_stage4_norm" in {la.name for la in model.layers}  # all four stages used
+
+
+def test_segformer_uses_a_stride2_level_like_smp():
+    # smp projects every encoder level from stride 2 on and resizes the stride-2 one to
+    # stride 4 (bilinear, half-pixel: a 2x2 average); resnet counts are checked against smp
+    # in tests/test_parity_smp.py.
+    model = build_tiny("segformer", encoder="resnet18", encoder_kwargs={"base_width": 8})
+    assert model.get_layer("decoder_fuse").strides == (32, 16, 8, 4, 2)
+    x = np.arange(32, dtype="float32").reshape(1, 4, 4, 2)
+    pooled = keras.layers.AveragePooling2D(2)(x)
+    resized = keras.layers.Resizing(2, 2, interpolation="bilinear")(x)
+    np.testing.assert_allclose(np.asarray(pooled), np.asarray(resized), atol=1e-6)
+
+
+def _unfused_fuse(layer, inputs):
+    """What `AllMLPFuse` stands for, with Keras layers and its variables: Dense per level,
+    bilinear upsampling (or the half-size bilinear resize), concatenation, 1x1 conv."""
+    import tensorflow as tf
+
+    branches = []
+    for stride, x, kernel, bias in zip(layer.strides, inputs, layer.kernels, layer.biases):
+        y = tf.tensordot(tf.cast(x, "float32"), kernel, 1) + bias
+        if stride > 4:
+            y = keras.layers.UpSampling2D(stride // 4, interpolation="bilinear")(y)
+        elif stride < 4:
+            h, w = y.shape[1] // 2, y.shape[2] // 2
+            y = keras.layers.Resizing(h, w, interpolation="bilinear")(y)
+        branches.append(y)
+    return tf.nn.conv2d(tf.concat(branches, -1), layer.fuse_kernel, 1, "VALID")
+
+
+@pytest.mark.parametrize("strides", [(32, 16, 8, 4), (32, 16, 8, 4, 2), (16, 8)])
+def test_all_mlp_fuse_equals_project_resize_concat_conv(strides):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    h, w = 8, 16  # at stride 4 (stride 32: 1 x 2)
+    inputs = [
+        tf.constant(rng.normal(size=(2, h * 4 // s, w * 4 // s, 3 + i)).astype("float32"))
+        for i, s in enumerate(strides)
+    ]
+    layer = AllMLPFuse(5, strides)
+    layer.build([x.shape for x in inputs])
+    for v in layer.weights:
+        v.assign(rng.normal(size=v.shape))
+    upstream = tf.constant(rng.normal(size=(2, h, w, 5)).astype("float32"))
+
+    def value_and_grads(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            y = fn()
+            loss = tf.reduce_sum(y * upstream)
+        return y, tape.gradient(loss, [*inputs, *layer.weights])
+
+    y, grads = value_and_grads(lambda: layer(inputs))
+    y_ref, grads_ref = value_and_grads(lambda: _unfused_fuse(layer, inputs))
+    assert tuple(y.shape) == (2, h, w, 5)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
+    for got, want in zip(grads, grads_ref):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_all_mlp_fuse_rejects_bad_strides():
+    with pytest.raises(ValueError, match=r"strides=\(32, 12\)"):
+        AllMLPFuse(8, (32, 12))
+
+
+# --- Porting: table checks without torch ---------------------------------------------------
+
+
+def smp_state(dims, depths, rng, sr_ratios=(8, 4, 2, 1)):
+    """An smp/original-layout MiT state dict written out by hand (random values)."""
+    state = {}
+
+    def add(key, *shape):
+        state[key] = rng.normal(size=shape).astype("float32")
+
+    for s in range(1, 5):
+        d, cin, k = dims[s - 1], 3 if s == 1 else dims[s - 2], 7 if s == 1 else 3
+        add(f"patch_embed{s}.proj.weight", d, cin, k, k)
+        for p in ("proj.bias", "norm.weight", "norm.bias"):
+            add(f"patch_embed{s}.{p}", d)
+        for b in range(depths[s - 1]):
+            pre = f"block{s}.{b}."
+            for n in ("norm1", "norm2"):
+                add(pre + n + ".weight", d)
+                add(pre + n + ".bias", d)
+            add(pre + "attn.q.weight", d, d)
+            add(pre + "attn.q.bias", d)
+            add(pre + "attn.kv.weight", 2 * d, d)
+            add(pre + "attn.kv.bias", 2 * d)
+            add(pre + "attn.proj.weight", d, d)
+            add(pre + "attn.proj.bias", d)
+            sr = sr_ratios[s - 1]
+            if sr > 1:
+                add(pre + "attn.sr.weight", d, d, sr, sr)
+                add(pre + "attn.sr.bias", d)
+                add(pre + "attn.norm.weight", d)
+                add(pre + "attn.norm.bias", d)
+            add(pre + "mlp.fc1.weight", 4 * d, d)
+            add(pre + "mlp.fc1.bias", 4 * d)
+            add(pre + "mlp.dwconv.dwconv.weight", 4 * d, 1, 3, 3)
+            add(pre + "mlp.dwconv.dwconv.bias", 4 * d)
+            add(pre + "mlp.fc2.weight", d, 4 * d)
+            add(pre + "mlp.fc2.bias", d)
+        add(f"norm{s}.weight", d)
+        add(f"norm{s}.bias", d)
+    return state
+
+
+def test_port_table_puts_every_tensor_where_it_belongs():
+    state = smp_state((8, 16, 24, 32), (1, 2, 1, 1), np.random.default_rng(0))
+    state["head.weight"] = np.zeros((10, 32), "float32")  # ImageNet classifier: ignored
+    enc = zoo.create_encoder(
+        "mit_b0", embed_dims=(8, 16, 24, 32), depths=(1, 2, 1, 1), num_heads=(1, 2, 3, 4)
+    )
+    writes = load_mit_weights(enc, state)
+    assert sorted(path for path, _ in writes) == sorted(v.path for v in enc.weights)
+    assert {key for _, key in writes} == set(state) - {"head.weight"}  # kv feeds _k and _v
+
+    def ours(layer, var):
+        return np.asarray(next(v for v in enc.get_layer(layer).weights if v.path.endswith(var)))
+
+    kv, d = state["block2.1.attn.kv.weight"], 16
+    blk = "encoder_stage2_block2_attn"
+    np.testing.assert_array_equal(ours(blk, f"{blk}_k/kernel"), kv[:d].T)
+    np.testing.assert_array_equal(ours(blk, f"{blk}_v/kernel"), kv[d:].T)
+    np.testing.assert_array_equal(ours(blk, f"{blk}_v/bias"), state["block2.1.attn.kv.bias"][d:])
+    np.testing.assert_array_equal(
+        ours(blk, f"{blk}_sr/kernel"), state["block2.1.attn.sr.weight"].transpose(2, 3, 1, 0)
+    )
+    mlp = "encoder_stage3_block1_mlp"
+    np.testing.assert_array_equal(
+        ours(mlp, f"{mlp}_dwconv/kernel"),
+        state["block3.0.mlp.dwconv.dwconv.weight"].transpose(2, 3, 0, 1),
+    )
+    np.testing.assert_array_equal(
+        ours(mlp, f"{mlp}_fc1/kernel"), state["block3.0.mlp.fc1.weight"].T
+    )
+    pe = "encoder_stage1_patch_embed"
+    np.testing.assert_array_equal(
+        ours(pe, f"{pe}_proj/kernel"), state["patch_embed1.proj.weight"].transpose(2, 3, 1, 0)
+    )
+    np.testing.assert_array_equal(ours("encoder_stage4_norm", "gamma"), state["norm4.weight"])
+    np.testing.assert_array_equal(
+        ours("encoder_stage2_block1_norm2", "beta"), state["block2.0.norm2.bias"]
+    )
+
+
+def test_port_errors_name_the_key():
+    rng = np.random.default_rng(0)
+    dims = (8, 16, 24, 32)
+    enc = zoo.create_encoder("mit_b0", embed_dims=dims, depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4))
+    before = [w.copy() for w in enc.get_weights()]
+    state = smp_state(dims, (1, 1, 1, 1), rng)
+    del state["block3.0.attn.kv.weight"]
+    with pytest.raises(PortError, match=r"missing key 'block3\.0\.attn\.kv\.weight'"):
+        load_mit_weights(enc, state)
+    deeper = smp_state(dims, (1, 2, 1, 1), rng)
+    with pytest.raises(PortError, match=r"unexpected key 'block2\.1\."):
+        load_mit_weights(enc, deeper)
+    wider = smp_state((8, 16, 24, 40), (1, 1, 1, 1), rng)
+    with pytest.raises(PortError, match=r"shape mismatch for key 'patch_embed4\."):
+        load_mit_weights(enc, wider)
+    with pytest.raises(PortError, match=r"not a Mix Transformer / SegFormer checkpoint"):
+        load_mit_weights(enc, {"conv1.weight": np.zeros((3,))})
+    # All or nothing: the failed loads wrote nothing.
+    for a, b in zip(enc.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_port_whole_model_wrong_num_classes_says_which():
+    state = {
+        f"encoder.{k}": v
+        for k, v in smp_state((8, 16, 24, 32), (1, 1, 1, 1), np.random.default_rng(0)).items()
+    }
+    for i, c in enumerate((32, 24, 16, 8)):
+        state[f"decoder.mlp_stage.{i}.linear.weight"] = np.zeros((16, c), "float32")
+        state[f"decoder.mlp_stage.{i}.linear.bias"] = np.zeros((16,), "float32")
+    state["decoder.fuse_stage.0.weight"] = np.zeros((16, 64, 1, 1), "float32")
+    for p in ("weight", "bias", "running_mean", "running_var"):
+        state[f"decoder.fuse_stage.1.{p}"] = np.ones((16,), "float32")
+    state["decoder.fuse_stage.1.num_batches_tracked"] = np.zeros((), "int64")
+    state["segmentation_head.0.weight"] = np.zeros((5, 16, 1, 1), "float32")
+    state["segmentation_head.0.bias"] = np.zeros((5,), "float32")
+    tiny = build_tiny(
+        "segformer", num_classes=2, encoder_kwargs={**TINY_MIT, "sr_ratios": (8, 4, 2, 1)}
+    )
+    with pytest.raises(PortError, match=r"segmentation_head\.0\.weight.*num_classes=5"):
+        load_mit_weights(tiny, state)
+    # The architecture is read from the weights (the heads are not in them).
+    model = segformer_from_checkpoint(state, encoder_kwargs={"num_heads": (1, 2, 3, 4)})
+    config = model.get_config()
+    assert (config["num_classes"], config["decoder_channels"]) == (5, 16)
+    assert config["encoder_kwargs"] == {
+        "normalization": "imagenet",
+        "embed_dims": (8, 16, 24, 32),
+        "depths": (1, 1, 1, 1),
+        "num_heads": (1, 2, 3, 4),
+    }
+    np.testing.assert_array_equal(
+        np.asarray(model.get_layer("decoder_fuse_bn").moving_variance), np.ones(16)
+    )
+
+
+# --- Porting: numerical parity with the references ---------------------------------------
+
+IMAGE = np.random.default_rng(0).random((2, 64, 96, 3), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Random-init smp Segformer, transformers SegformerForSemanticSegmentation and
+    SegformerModel (all mit_b0, 3 classes): their .safetensors files and outputs. The smp
+    model sees ImageNet-normalized images (the published weights' input)."""
+    out_dir = tmp_path_factory.mktemp("segformer_ref")
+    arrays = run_reference(
+        "segformer_reference",
+        {"image": IMAGE},
+        layouts=["smp", "transformers", "transformers_encoder"],
+        normalize=["smp"],
+        encoder="mit_b0",
+        classes=3,
+        out_dir=str(out_dir),
+    )
+    return out_dir, arrays
+
+
+def stage_outputs(model, extra=()):
+    names = [f"encoder_stage{s}_norm" for s in (1, 2, 3, 4)] + list(extra)
+    return keras.Model(model.input, [model.get_layer(n).output for n in names])
+
+
+REF = requires_reference("torch", "segmentation_models_pytorch", "transformers", "safetensors")
+
+
+@REF
+def test_smp_checkpoint_reproduces_smp_features_and_logits(reference):
+    out_dir, ref = reference
+    # The user's path: architecture from the file, [0, 1] images (normalized inside).
+    model = segformer_from_checkpoint(out_dir / "smp.safetensors", input_shape=(None, None, 3))
+    assert model.get_config()["num_classes"] == 3
+    *feats, logits = stage_outputs(model, ["head_upsample"])(IMAGE)
+    for stride, f in zip((4, 8, 16, 32), feats):
+        np.testing.assert_allclose(f, ref[f"smp_feat{stride}"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(logits, ref["smp_logits"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(model(IMAGE), ref["smp_logits"], rtol=1e-4, atol=1e-4)
+
+
+@REF
+def test_transformers_checkpoint_reproduces_stride4_logits(reference):
+    out_dir, ref = reference
+    model = zoo.create_model("segformer", num_classes=3, encoder="mit_b0")
+    writes = load_mit_weights(model, out_dir / "transformers.safetensors")
+    assert len(writes) == len(model.weights)
+    # Block and stage layer norms: transformers' eps 1e-5 vs our (original) 1e-6.
+    *feats, logits = stage_outputs(model, ["head_conv"])(IMAGE)
+    for stride, f in zip((4, 8, 16, 32), feats):
+        np.testing.assert_allclose(f, ref[f"transformers_feat{stride}"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(logits, ref["transformers_logits"], rtol=1e-4, atol=1e-4)
+
+
+@REF
+def test_transformers_encoder_checkpoint_into_standalone_encoder_and_unet(reference):
+    out_dir, ref = reference
+    path = out_dir / "transformers_encoder.safetensors"
+    enc = zoo.create_encoder("mit_b0", input_shape=(None, None, 3))
+    assert len(load_mit_weights(enc, path)) == len(enc.weights)
+    for stride, f in enc(IMAGE).items():
+        np.testing.assert_allclose(
+            f, ref[f"transformers_encoder_feat{stride}"], rtol=1e-4, atol=1e-4
+        )
+    # Any decoder: the encoder part of a U-Net loads, the decoder stays as built.
+    unet = zoo.create_model("unet", encoder="mit_b0", decoder_channels=(32, 16, 8, 8, 8))
+    decoder_before = unet.get_layer("head_conv").get_weights()
+    load_mit_weights(unet, path)
+    np.testing.assert_allclose(
+        stage_outputs(unet)(IMAGE)[3], ref["transformers_encoder_feat32"], rtol=1e-4, atol=1e-4
+    )
+    for a, b in zip(unet.get_layer("head_conv").get_weights(), decoder_before):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow  # a TensorFlow child process: ~30 s
+def test_segformer_bench_smoke(tmp_path):
+    # bench/segformer_bench.py runs and writes its rows (zoo side only; no timing asserted).
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(root / "bench" / "segformer_bench.py"), "--smoke",
+         "--precisions", "float32", "--out", str(out)],
+        capture_output=True, text=True, cwd=root, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["encoder"], row["size"], row["batch"]) == ("mit_b0", 64, 2)
+    assert row["zoo_train_img_s"] > 0 and row["zoo_infer_img_s"] > 0
+
+
+def test_receptive_field_rules_for_segformer_layers():
+    # MiT attention: global. With a CNN encoder the bound from the AllMLPFuse rule holds: one
+    # changed input pixel moves no logit farther than the radius.
+    from zoo.inference import receptive_field
+
+    assert receptive_field(build_tiny("segformer")) == float("inf")
+    keras.utils.set_random_seed(0)
+    model = build_tiny("segformer", encoder="resnet18", encoder_kwargs={"base_width": 8})
+    radius = receptive_field(model)
+    size = -(-(2 * int(radius) + 64) // 32) * 32  # room around the field on every side
+    probe = np.random.default_rng(0).random((1, size, size, 3), dtype=np.float32)
+    bumped = probe.copy()
+    bumped[0, size // 2, size // 2] += 5.0
+    diff = np.abs(np.asarray(model(bumped)) - np.asarray(model(probe))).max(-1)[0]
+    changed = np.argwhere(diff > 0)
+    assert len(changed) and np.abs(changed - size // 2).max() <= radius < size
