@@ -8,8 +8,8 @@ seed style `layer([y_true, y_weight, y_pred])`) and a `keras.losses.Loss`
 
 from losses import functional as functional
 from losses.compose import LossTerms, attach, parse_spec
+from losses.registry import LOSSES, get, get_loss, list_losses, register_loss
 from losses.terms import (
-    LOSSES,
     Dice,
     DiceLoss,
     Focal,
@@ -24,10 +24,6 @@ from losses.terms import (
     WeightedBCELoss,
     WeightedCE,
     WeightedCELoss,
-    get,
-    get_loss,
-    list_losses,
-    register_loss,
 )
 
 __all__ = [

@@ -19,7 +19,8 @@ import keras
 from keras import ops
 
 from losses import functional as F
-from losses.terms import LOSSES, PACKAGE, LossLayer, _unpack, scale_loss_for_distribution
+from losses.registry import LOSSES
+from losses.terms import PACKAGE, LossLayer, _unpack, scale_loss_for_distribution
 
 _SYNTAX = "e.g. 'wbce+dice', '0.5*wbce + 2*dice', ['wbce', 'dice'], [(0.5, 'wbce'), 'dice']"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

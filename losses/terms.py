@@ -18,38 +18,9 @@ import keras
 from keras import ops
 
 from losses import functional as F
-from zoo.registry import Registry
+from losses.registry import register_loss
 
 PACKAGE = "segzoo_losses"
-LOSSES = Registry("loss")
-
-
-def register_loss(
-    name: str | None = None, *, description: str = "", **metadata: Any
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a loss-layer class under `name` (used in specs such as ``"wbce+dice"``).
-
-    The class is built as ``cls(mode=..., ignore_index=..., loss_weight=..., **options)``.
-    """
-    return LOSSES.register(name, description=description, **metadata)
-
-
-def get(term: str, /, **options: Any) -> keras.layers.Layer:
-    """A loss layer of `term` (e.g. ``get("dice", mode="multiclass", smooth=0.0)``).
-
-    `options` are the layer's arguments (mode, ignore_index, loss_weight, name, term options).
-    """
-    return LOSSES.get(term).obj(**options)
-
-
-def get_loss(term: str, /, **options: Any) -> keras.losses.Loss:
-    """The `keras.losses.Loss` of `term`, for ``compile(loss=...)``."""
-    return LOSSES.get(term).loss_class(**options)
-
-
-def list_losses(pattern: str = "*") -> list[str]:
-    """Registered loss-term names matching a shell-style pattern."""
-    return LOSSES.list(pattern)
 
 
 # --------------------------------------------------------------------------- options
