@@ -127,7 +127,7 @@ def make_batch(mode, b=2, h=6, w=5, c=3, ignore=None, seed=0):
 
 
 def value(term, y, x, w=None, **kw):
-    return float(F.FUNCTIONS[term](y, x, w, **kw))
+    return float(getattr(F, term)(y, x, w, **kw))
 
 
 # --------------------------------------------------------------------------- hand-worked values
@@ -324,7 +324,7 @@ def test_extreme_logits_and_empty_masks_are_finite(term, mode):
             make_batch(mode, 2, 4, 4)[0],
         ):
             with tf.GradientTape() as tape:
-                loss = F.FUNCTIONS[term](y, x, None, mode=mode, ignore_index=255)
+                loss = getattr(F, term)(y, x, None, mode=mode, ignore_index=255)
             grad = tape.gradient(loss, x)
             assert np.isfinite(float(loss))
             assert np.all(np.isfinite(grad.numpy()))
@@ -497,7 +497,7 @@ def test_nothing_left_is_zero_loss_with_zero_gradient_whatever_smooth(term, mode
     for smooth, eps in ((1.0, 1e-7), (0.0, 1e-7), (0.0, 0.0)):
         for y_all, w in ((np.full_like(y, 255), None), (y, np.zeros((2, 6, 5, 1), np.float32))):
             with tf.GradientTape() as tape:
-                loss = F.FUNCTIONS[term](
+                loss = getattr(F, term)(
                     y_all,
                     x,
                     w,
