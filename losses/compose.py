@@ -1,4 +1,4 @@
-"""Loss specs ("0.5*wbce+dice") and the composition wrapper `attach`.
+"""The composition wrapper `attach`, its `LossTerms` layer and `LossModel` training model.
 
 `attach(model, spec)` returns a training model whose inputs are the model's inputs plus
 "mask" and "weight"; a `LossTerms` layer inside it computes every term over the global batch
@@ -9,206 +9,18 @@ is the sum of the logged terms (plus regularization losses).
 
 from __future__ import annotations
 
-import math
-import re
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
 from keras import ops
 
-from losses import functional as F
-from losses.terms import LOSSES, PACKAGE, LossLayer, _unpack, scale_loss_for_distribution
-
-_SYNTAX = "e.g. 'wbce+dice', '0.5*wbce + 2*dice', ['wbce', 'dice'], [(0.5, 'wbce'), 'dice']"
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def _spec_error(spec: Any, reason: str) -> ValueError:
-    return ValueError(
-        f"Invalid loss spec {spec!r}: {reason}. Valid terms: {', '.join(LOSSES.list())} "
-        f"({_SYNTAX})."
-    )
-
-
-def _weight(spec: Any, text: Any) -> float:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise _spec_error(spec, f"weight {text!r} is not a number") from None
-    if isinstance(text, bool) or not math.isfinite(value) or value <= 0:
-        raise _spec_error(spec, f"weight {text!r} must be a finite number > 0")
-    return value
-
-
-def _parse_string(spec: Any, text: str) -> list[tuple[float, str]]:
-    out = []
-    for part in text.split("+"):
-        part = part.strip()
-        if not part:
-            raise _spec_error(spec, f"empty term in {text!r}")
-        if "*" in part:
-            pieces = [p.strip() for p in part.split("*")]
-            if len(pieces) != 2:
-                raise _spec_error(spec, f"term {part!r} is not of the form 'weight*name'")
-            weight, name = _weight(spec, pieces[0]), pieces[1]
-        else:
-            weight, name = 1.0, part
-        if not _NAME.match(name):
-            raise _spec_error(spec, f"term {part!r} is not of the form 'weight*name'")
-        if name not in LOSSES:
-            raise _spec_error(spec, f"unknown term {name!r}")
-        out.append((weight, name))
-    return out
-
-
-def _parse(spec: Any) -> list[tuple[float, str | LossLayer]]:
-    """(weight, name or layer) pairs, duplicates of a name merged by adding their weights."""
-    if isinstance(spec, str):
-        items: list[Any] = [spec]
-    elif isinstance(spec, LossLayer):
-        items = [spec]
-    elif isinstance(spec, Sequence) and not isinstance(spec, bytes) and len(spec) > 0:
-        items = list(spec)  # also Hydra's ListConfig
-    else:
-        raise _spec_error(spec, "expected a string, a term layer or a non-empty list of them")
-    pairs: list[tuple[float, str | LossLayer]] = []
-    for item in items:
-        if isinstance(item, str):
-            pairs.extend(_parse_string(spec, item))
-        elif isinstance(item, LossLayer):
-            pairs.append((1.0, item))
-        elif isinstance(item, Sequence) and not isinstance(item, str) and len(item) == 2:
-            weight, term = item
-            weight = _weight(spec, weight)
-            for w, t in _parse([term]) if isinstance(term, str | LossLayer) else [(0, None)]:
-                if t is None:
-                    raise _spec_error(spec, f"{term!r} is not a term name or layer")
-                pairs.append((weight * w, t))
-        else:
-            raise _spec_error(spec, f"{item!r} is not a term name, layer or (weight, term) pair")
-    merged: dict[str, list[Any]] = {}
-    for weight, term in pairs:
-        key = term if isinstance(term, str) else term.name
-        if key in merged:
-            if not (isinstance(term, str) and isinstance(merged[key][1], str)):
-                raise _spec_error(spec, f"two terms are named {key!r}; give layers unique names")
-            merged[key][0] += weight
-        else:
-            merged[key] = [weight, term]
-    return [(w, t) for w, t in merged.values()]
-
-
-def parse_spec(spec: Any) -> list[tuple[float, str]]:
-    """Parse a loss spec into `(weight, term name)` pairs, in order of first appearance.
-
-    Accepted: ``"wbce+dice"``, ``"0.5*wbce + 2*dice"``, ``["wbce", "dice"]`` (also Hydra's
-    ListConfig), ``[(0.5, "wbce"), "dice"]``, and loss-layer objects (named by `layer.name`).
-    A name given twice has its weights added (``"dice+dice"`` is ``"2*dice"``). Unknown terms,
-    weights that are not finite numbers > 0 and malformed specs raise one `ValueError` that
-    shows the spec and the valid terms.
-
-    Example:
-
-    ```python
-    losses.parse_spec("0.5*wbce+dice")  # [(0.5, "wbce"), (1.0, "dice")]
-    ```
-    """
-    return [(w, t if isinstance(t, str) else t.name) for w, t in _parse(spec)]
-
-
-# Seconds between host-side reads of the recorded mask ranges in fit/evaluate/predict loops.
-_CHECK_EVERY_S = 0.5
-
-
-def _is_iterator(value: Any) -> bool:
-    """Whether a step function got a dataset iterator (fit/evaluate/predict loops)."""
-    if keras.backend.backend() != "tensorflow":
-        return False
-    import tensorflow as tf
-
-    return isinstance(value, tf.data.Iterator | tf.distribute.DistributedIterator)
-
-
-class _LabelGuard:
-    """Mask-range check of `LossTerms`, made to raise a one-line error under XLA too.
-
-    While a `LossModel` runs a step (`host_check` set), each replica records the min/max mask
-    value of the batch in a per-replica variable and a bad batch contributes 0 to the loss;
-    `raise_if_bad` then reads the variables on the host after the step and raises the
-    `ValueError` of `functional.label_error`. Outside a `LossModel` step the check of
-    `functional.check_labels` applies (an eager `ValueError`, a graph `Assert`, NaN under XLA).
-    """
-
-    def __init__(self, groups: Mapping[tuple[str, int | None], list[str]]) -> None:
-        self.groups = dict(groups)
-        self.host_check = False
-        self.num_classes: int | None = None
-        self.ranges = None
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            # ON_READ: each replica writes its own copy, no cross-replica traffic in the step.
-            self.ranges = [
-                tf.Variable(
-                    tf.zeros(2),
-                    trainable=False,
-                    synchronization=tf.VariableSynchronization.ON_READ,
-                    aggregation=tf.VariableAggregation.SUM,
-                    name="mask_range",
-                )
-                for _ in self.groups
-            ]
-
-    def check_in_graph(self, y_true: Any, num_classes: int | None) -> Any:
-        self.num_classes = num_classes
-        factor = None
-        for i, ((mode, ignore_index), names) in enumerate(self.groups.items()):
-            record = None
-            if self.host_check and self.ranges is not None:
-                record = self._recorder(self.ranges[i])
-            f = F.check_labels(
-                y_true,
-                mode=mode,
-                num_classes=num_classes,
-                ignore_index=ignore_index,
-                term=names,
-                record=record,
-            )
-            if f is not None:
-                factor = f if factor is None else factor * f
-        return factor
-
-    @staticmethod
-    def _recorder(var: Any) -> Any:
-        def record(lo: Any, hi: Any) -> None:
-            var.assign(ops.stack([ops.minimum(var[0], lo), ops.maximum(var[1], hi)]))
-
-        return record
-
-    def raise_if_bad(self) -> None:
-        """Raise the one-line `ValueError` if a recorded mask range is invalid (then reset)."""
-        if self.ranges is None:
-            return
-        import tensorflow as tf
-
-        for var, ((mode, ignore_index), names) in zip(self.ranges, self.groups.items()):
-            strategy = getattr(var, "distribute_strategy", None) or tf.distribute.get_strategy()
-            parts = [p.numpy() for p in strategy.experimental_local_results(var)]
-            lo, hi = min(float(p[0]) for p in parts), max(float(p[1]) for p in parts)
-            message = F.label_error(
-                lo,
-                hi,
-                mode=mode,
-                num_classes=self.num_classes,
-                ignore_index=ignore_index,
-                term=names,
-            )
-            if message:
-                for v in self.ranges:
-                    v.assign(tf.zeros(2))
-                raise ValueError(message)
+from losses.base import PACKAGE, LossLayer, unpack_inputs
+from losses.distribution import scale_loss_for_distribution
+from losses.labels import LabelGuard, checked_step, labels_checked
+from losses.modes import BINARY, MULTICLASS, MULTILABEL, validate_mode
+from losses.registry import LOSSES
+from losses.spec import parse_terms
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -218,7 +30,7 @@ class LossTerms(keras.layers.Layer):
     Each term is computed over the global batch (all replicas of a `tf.distribute`
     strategy), multiplied by its `loss_weight` and logged as `<name>_loss`. The values are
     returned, not added with `add_loss`: `LossModel.compute_loss` sums them. The mask values
-    are checked once for all terms (see `functional.check_labels`); inside a `LossModel` a
+    are checked once for all terms (see `losses.labels`); inside a `LossModel` a
     bad mask ends in a one-line `ValueError` after the step, under XLA too.
 
     Args:
@@ -255,14 +67,14 @@ class LossTerms(keras.layers.Layer):
         for term in self.terms:
             groups.setdefault((term.mode, term.ignore_index), []).append(term.name)
         # A plain holder: its variables are neither weights nor checkpointed.
-        self._label_guard = _LabelGuard(groups)
+        self._label_guard = LabelGuard(groups)
         self.built = True
 
     def call(self, inputs: Sequence[Any]) -> Any:
-        y_true, y_weight, y_pred = _unpack(self.name, inputs)
+        y_true, y_weight, y_pred = unpack_inputs(self.name, inputs)
         factor = self._label_guard.check_in_graph(y_true, y_pred.shape[-1])
         values = []
-        with F.labels_checked():
+        with labels_checked():
             for term in self.terms:
                 value = term.compute(y_true, y_pred, y_weight)
                 if factor is not None:
@@ -295,7 +107,7 @@ class LossModel(keras.Model):
     valid range (an in-graph `Assert` cannot raise under XLA).
     """
 
-    def _guards(self) -> list[_LabelGuard]:
+    def _guards(self) -> list[LabelGuard]:
         return [
             layer._label_guard for layer in self._flatten_layers() if isinstance(layer, LossTerms)
         ]
@@ -303,35 +115,6 @@ class LossModel(keras.Model):
     def _raise_if_bad_labels(self) -> None:
         for guard in self._guards():
             guard.raise_if_bad()
-
-    def _checked(self, function: Any) -> Any:
-        if function is None or getattr(function, "_segzoo_checked", False):
-            return function
-        guards = self._guards()
-        last = [-math.inf]
-
-        def checked(*args: Any, **kwargs: Any) -> Any:
-            # Set while tracing too: the traced step records mask ranges for the host check.
-            for guard in guards:
-                guard.host_check = True
-            try:
-                outputs = function(*args, **kwargs)
-            finally:
-                for guard in guards:
-                    guard.host_check = False
-            # Reading the ranges costs a host round trip (~0.1 ms): done on the first step and
-            # then at most every _CHECK_EVERY_S in fit/evaluate/predict loops (which check once
-            # more when they end); *_on_batch calls always check. A bad batch meanwhile
-            # contributes 0 to the loss, so nothing is learned from it.
-            now = time.monotonic()
-            if not _is_iterator(args[0] if args else None) or now - last[0] >= _CHECK_EVERY_S:
-                last[0] = now
-                for guard in guards:
-                    guard.raise_if_bad()
-            return outputs
-
-        checked._segzoo_checked = True
-        return checked
 
     def fit(self, *args: Any, **kwargs: Any) -> Any:
         history = super().fit(*args, **kwargs)
@@ -351,19 +134,19 @@ class LossModel(keras.Model):
     def make_train_function(self, force: bool = False) -> Any:
         if self.train_function is None or force:
             super().make_train_function(force=force)
-            self.train_function = self._checked(self.train_function)
+            self.train_function = checked_step(self.train_function, self._guards())
         return self.train_function
 
     def make_test_function(self, force: bool = False) -> Any:
         if self.test_function is None or force:
             super().make_test_function(force=force)
-            self.test_function = self._checked(self.test_function)
+            self.test_function = checked_step(self.test_function, self._guards())
         return self.test_function
 
     def make_predict_function(self, force: bool = False) -> Any:
         if self.predict_function is None or force:
             super().make_predict_function(force=force)
-            self.predict_function = self._checked(self.predict_function)
+            self.predict_function = checked_step(self.predict_function, self._guards())
         return self.predict_function
 
     def compute_loss(
@@ -382,9 +165,9 @@ class LossModel(keras.Model):
 
 def _infer_mode(mode: str | None, channels: int | None) -> str:
     if mode is None:
-        return F.BINARY if channels == 1 else F.MULTICLASS
-    F.validate_mode(mode)
-    if mode == F.BINARY and channels not in (1, None):
+        return BINARY if channels == 1 else MULTICLASS
+    validate_mode(mode)
+    if mode == BINARY and channels not in (1, None):
         raise ValueError(
             f"Invalid value for argument `mode`: 'binary' needs 1 output channel, the model "
             f"has {channels}. Use mode='multiclass' or 'multilabel'. Received: mode={mode!r}"
@@ -440,7 +223,7 @@ def attach(
             "Invalid value for argument `model`: expected a built functional keras.Model with "
             f"exactly one output (per-pixel logits). Received: model={model!r}"
         )
-    pairs = _parse(spec)
+    pairs = parse_terms(spec)
     logits_shape = tuple(model.outputs[0].shape)
     if len(logits_shape) != 4:
         raise ValueError(
@@ -488,7 +271,7 @@ def attach(
             shape=tuple(tensor.shape[1:]), dtype=tensor.dtype, name=name
         )
     height, width, channels = logits_shape[1:]
-    mask_channels = channels if mode == F.MULTILABEL else 1
+    mask_channels = channels if mode == MULTILABEL else 1
     inputs = dict(model_inputs)
     inputs["mask"] = keras.Input((height, width, mask_channels), dtype="int32", name="mask")
     args = list(model_inputs.values())

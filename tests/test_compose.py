@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import losses
-from losses.terms import WeightedBCE
+from losses import WeightedBCE
 
 VALID = "dice, focal, jaccard, tversky, wbce, wce"
 

@@ -1,6 +1,10 @@
 """Loss terms: hand-worked values, an independent NumPy reference, Keras agreement, invariants."""
 
+import ast
+import importlib
+import inspect
 import math
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -127,7 +131,7 @@ def make_batch(mode, b=2, h=6, w=5, c=3, ignore=None, seed=0):
 
 
 def value(term, y, x, w=None, **kw):
-    return float(F.FUNCTIONS[term](y, x, w, **kw))
+    return float(getattr(F, term)(y, x, w, **kw))
 
 
 # --------------------------------------------------------------------------- hand-worked values
@@ -324,7 +328,7 @@ def test_extreme_logits_and_empty_masks_are_finite(term, mode):
             make_batch(mode, 2, 4, 4)[0],
         ):
             with tf.GradientTape() as tape:
-                loss = F.FUNCTIONS[term](y, x, None, mode=mode, ignore_index=255)
+                loss = getattr(F, term)(y, x, None, mode=mode, ignore_index=255)
             grad = tape.gradient(loss, x)
             assert np.isfinite(float(loss))
             assert np.all(np.isfinite(grad.numpy()))
@@ -370,11 +374,165 @@ def test_registry_lists_and_errors():
         ("dice", {"smoth": 1.0}, "Unknown option"),
         ("dice", {"ignore_index": 2.5}, "ignore_index"),
         ("dice", {"loss_weight": 0.0}, "loss_weight"),
+        ("wce", {"class_weights": "12"}, "class_weights"),  # a string is not a list
+        ("jaccard", {"classes": [1, True]}, "classes"),
+        ("tversky", {"alpha": -0.1}, "alpha"),
+        ("focal", {"gamma": float("inf")}, "gamma"),
+        ("wbce", {"label_smoothing": 1.5}, "label_smoothing"),
     ],
 )
 def test_bad_options_raise(term, kwargs, match):
     with pytest.raises(ValueError, match=match):
         losses.get(term, **kwargs)
+
+
+def test_options_are_declared_per_term():
+    # gamma: focal allows 0 (plain CE), Tversky does not; alpha: a [0, 1] balance (or None) in
+    # focal, an unbounded false-positive weight in Tversky.
+    assert losses.get("focal", gamma=0).options["gamma"] == 0.0
+    assert losses.get("tversky", alpha=1.5).options["alpha"] == 1.5
+    assert losses.get("focal", alpha=None).options["alpha"] is None
+    with pytest.raises(ValueError) as info:
+        losses.get("focal", alpha=1.5)
+    assert str(info.value) == (
+        "Invalid value for argument `alpha` of loss 'focal': expected None or a finite number "
+        ">= 0.0 and <= 1.0. Received: alpha=1.5"
+    )
+    with pytest.raises(
+        ValueError, match=r"`gamma` of loss 'tversky': expected a finite number > 0"
+    ):
+        losses.get("tversky", gamma=0)
+    # Stored as the pure functions take them: floats, and lists for sequences.
+    layer = losses.get("wce", class_weights=(1, 2, 3), label_smoothing=0)
+    assert layer.options == {
+        "class_weights": [1.0, 2.0, 3.0],
+        "label_smoothing": 0.0,
+        "normalization": "weighted",
+    }
+    assert isinstance(layer.options["label_smoothing"], float)
+    assert losses.get_loss("dice", classes=(2, 0)).options["classes"] == [2, 0]
+
+
+EXPECTED_CLASSES = {  # the serialization names .keras files already hold
+    "wbce": ("WeightedBCE", "WeightedBCELoss"),
+    "wce": ("WeightedCE", "WeightedCELoss"),
+    "focal": ("Focal", "FocalLoss"),
+    "dice": ("Dice", "DiceLoss"),
+    "jaccard": ("Jaccard", "JaccardLoss"),
+    "tversky": ("Tversky", "TverskyLoss"),
+}
+
+
+@pytest.mark.parametrize("term", TERMS)
+def test_each_term_is_one_file_with_a_derived_loss_twin(term):
+    layer_name, loss_name = EXPECTED_CLASSES[term]
+    entry = losses.LOSSES.get(term)
+    layer_cls, loss_cls = entry.obj, entry.loss_class
+    module = importlib.import_module(f"losses.{term}")
+    assert layer_cls is getattr(losses, layer_name) is getattr(module, layer_name)
+    assert loss_cls is getattr(losses, loss_name) is getattr(module, loss_name)
+    assert layer_cls.fn is getattr(module, term) is getattr(F, term)
+    # The twin is derived from the layer, not written by hand.
+    assert issubclass(loss_cls, losses.TermLoss) and loss_cls.layer_class is layer_cls
+    assert (loss_cls.term, loss_cls.fn, loss_cls.modes) == (term, layer_cls.fn, layer_cls.modes)
+    assert loss_cls.__module__ == module.__name__ and loss_cls.__qualname__ == loss_name
+    assert keras.saving.get_registered_name(layer_cls) == f"segzoo_losses>{layer_name}"
+    assert keras.saving.get_registered_name(loss_cls) == f"segzoo_losses>{loss_name}"
+    assert set(entry.modes) == set(MODES_OF[term])
+    # One check per keyword option of the function, whose signature gives the defaults.
+    defaults = {
+        p.name: p.default
+        for p in inspect.signature(layer_cls.fn).parameters.values()
+        if p.kind is p.KEYWORD_ONLY and p.name not in ("mode", "ignore_index")
+    }
+    assert set(layer_cls.option_checks) == set(defaults)
+    assert losses.get(term).options == defaults == losses.get_loss(term).options
+    assert losses.get(term).mode == losses.get_loss(term).mode == MODES_OF[term][0]
+
+
+LOSSES_DIR = Path(losses.__file__).parent
+
+
+def _imported_modules(path):
+    tree = ast.parse(path.read_text())
+    return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+
+
+def test_adding_a_term_is_its_file_and_its_imports():
+    decorated = set()
+    for path in LOSSES_DIR.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(
+                isinstance(d, ast.Name) and d.id == "register_term" for d in node.decorator_list
+            ):
+                decorated.add(path.stem)
+    assert decorated == set(TERMS)
+    for name in ("__init__.py", "functional.py"):
+        assert {f"losses.{t}" for t in TERMS} <= _imported_modules(LOSSES_DIR / name), name
+
+
+def test_no_private_names_are_imported_across_loss_modules():
+    private = []
+    for path in LOSSES_DIR.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("losses"):
+                private += [f"{path.name}: {a.name}" for a in node.names if a.name.startswith("_")]
+    assert private == []
+
+
+def test_register_term_refuses_an_option_table_that_does_not_fit_its_function():
+    from losses.base import register_term
+    from losses.options import positive
+
+    def toy(y_true, y_pred, weight=None, *, mode="binary", ignore_index=None, scale=0.0, p=2.0):
+        return y_pred
+
+    class Toy(losses.LossLayer):
+        term, fn, option_checks = "toy", staticmethod(toy), {"scale": positive}
+
+    with pytest.raises(TypeError, match=r"option table of loss 'toy' must list .*\['p', 'scale'\]"):
+        register_term(Toy)
+    Toy.option_checks = {"scale": positive, "p": positive}  # the default scale=0.0 fails
+    with pytest.raises(ValueError, match=r"`scale` of loss 'toy': expected a finite number > 0"):
+        register_term(Toy)
+    assert "toy" not in losses.LOSSES
+
+
+@pytest.mark.parametrize("term", TERMS)
+def test_configs_saved_before_the_one_file_per_term_layout_still_load(term):
+    # The classes lived in losses.terms; the registered names resolve them, not the module.
+    mode = "multiclass" if term == "wce" else "multilabel"
+    loss = losses.get_loss(term, mode=mode, ignore_index=7)
+    config = keras.losses.serialize(loss)
+    assert config["registered_name"] == f"segzoo_losses>{EXPECTED_CLASSES[term][1]}"
+    restored = keras.losses.deserialize({**config, "module": "losses.terms"})
+    assert type(restored) is type(loss) and restored.get_config() == loss.get_config()
+    layer = losses.get(term, mode=mode, loss_weight=2.0)
+    config = keras.saving.serialize_keras_object(layer)
+    restored = keras.saving.deserialize_keras_object({**config, "module": "losses.terms"})
+    assert type(restored) is type(layer) and restored.get_config() == layer.get_config()
+
+
+def test_a_loss_config_written_by_the_old_layout_loads():
+    # As `keras.losses.serialize` wrote it before the split (losses/terms.py).
+    config = {
+        "module": "losses.terms",
+        "class_name": "WeightedBCELoss",
+        "config": {
+            "name": "wbce_loss",
+            "mode": "multilabel",
+            "ignore_index": 7,
+            "pos_weight": 2.0,
+            "label_smoothing": 0.0,
+            "normalization": "weighted",
+        },
+        "registered_name": "segzoo_losses>WeightedBCELoss",
+    }
+    loss = keras.losses.deserialize(config)
+    assert isinstance(loss, losses.WeightedBCELoss) and loss.options["pos_weight"] == 2.0
+    y, x, w = make_batch("multilabel")
+    want = np_loss("wbce", y, x, w, mode="multilabel", pos_weight=2.0)
+    assert float(loss(y, x, sample_weight=w)) == pytest.approx(want, rel=1e-5)
 
 
 @pytest.mark.parametrize("term", TERMS)
@@ -497,7 +655,7 @@ def test_nothing_left_is_zero_loss_with_zero_gradient_whatever_smooth(term, mode
     for smooth, eps in ((1.0, 1e-7), (0.0, 1e-7), (0.0, 0.0)):
         for y_all, w in ((np.full_like(y, 255), None), (y, np.zeros((2, 6, 5, 1), np.float32))):
             with tf.GradientTape() as tape:
-                loss = F.FUNCTIONS[term](
+                loss = getattr(F, term)(
                     y_all,
                     x,
                     w,

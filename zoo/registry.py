@@ -1,116 +1,16 @@
-"""Name -> constructor registries for models, encoders (and, in `losses`, loss terms).
+"""Name -> constructor registries for models and encoders.
 
-A decorator registers, `create(name, **kw)` builds, `list(pattern)` lists with shell-style
-patterns. Registering a name twice raises (naming the first registration) and an unknown name
-raises a `ValueError` that lists the choices and suggests the closest one.
+`register_model` / `register_encoder` are decorators, `create_*` builds, `list_*` lists with
+shell-style patterns; see `losses.registry.Registry` for the behaviour they share.
 """
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
-import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-
-@dataclass(frozen=True)
-class Entry:
-    """One registered constructor and the metadata users and tests need."""
-
-    name: str
-    obj: Callable[..., Any]
-    description: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)
-    source: str = ""
-
-    def __getattr__(self, key: str) -> Any:
-        # Metadata reads like attributes: `info("unet").divisor`.
-        try:
-            return self.__dict__["metadata"][key]
-        except KeyError:
-            raise AttributeError(key) from None
-
-
-def _source_of(obj: Any) -> str:
-    module = getattr(obj, "__module__", "?")
-    qualname = getattr(obj, "__qualname__", repr(obj))
-    try:
-        line = inspect.getsourcelines(obj)[1]
-        return f"{module}.{qualname} ({inspect.getsourcefile(obj)}:{line})"
-    except (OSError, TypeError):
-        return f"{module}.{qualname}"
-
-
-class Registry:
-    """A named collection of constructors.
-
-    Args:
-        kind: what is registered, singular ("model", "encoder", "loss"); used in messages.
-        required: metadata keys every registration must give.
-    """
-
-    def __init__(self, kind: str, required: tuple[str, ...] = ()) -> None:
-        self.kind = kind
-        self.required = tuple(required)
-        self._entries: dict[str, Entry] = {}
-
-    def register(
-        self, name: str | None = None, *, description: str = "", **metadata: Any
-    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator registering a class or function under `name` (default: its lower-case name)."""
-
-        def decorator(obj: Callable[..., Any]) -> Callable[..., Any]:
-            key = name or obj.__name__.lower()
-            if not isinstance(key, str) or not key:
-                raise ValueError(
-                    f"A {self.kind} name must be a non-empty string. Received: {key!r}"
-                )
-            if key in self._entries:
-                raise ValueError(
-                    f"{self.kind.capitalize()} '{key}' is already registered "
-                    f"(first registered by {self._entries[key].source}); pick another name."
-                )
-            missing = [k for k in self.required if k not in metadata]
-            if missing:
-                raise ValueError(
-                    f"Registering {self.kind} '{key}' needs metadata {missing}. "
-                    f"Required keys: {list(self.required)}"
-                )
-            doc = description or (inspect.getdoc(obj) or "").strip().splitlines()[:1]
-            if isinstance(doc, list):
-                doc = doc[0] if doc else ""
-            self._entries[key] = Entry(key, obj, doc, dict(metadata), _source_of(obj))
-            return obj
-
-        return decorator
-
-    def get(self, name: str) -> Entry:
-        """The entry registered under `name`; unknown names raise a `ValueError` with choices."""
-        if name in self._entries:
-            return self._entries[name]
-        choices = sorted(self._entries)
-        close = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.5)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ValueError(
-            f"Unknown {self.kind} {name!r}.{hint} Available {self.kind}s: {', '.join(choices)}"
-        )
-
-    def create(self, name: str, **kwargs: Any) -> Any:
-        """Build the object registered under `name` with `kwargs`."""
-        return self.get(name).obj(**kwargs)
-
-    def list(self, pattern: str = "*") -> list[str]:
-        """Sorted names matching the shell-style `pattern` (e.g. ``"resnet*"``)."""
-        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._entries
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
+# The generic registry lives in losses, the lower layer: zoo depends on losses, never the reverse.
+from losses.registry import Entry, Registry
 
 MODELS = Registry("model", required=("output_stride", "tiny_config"))
 ENCODERS = Registry("encoder", required=("strides", "tiny_config"))
