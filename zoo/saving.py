@@ -18,6 +18,7 @@ from typing import Any
 import keras
 
 _RESTORING = threading.local()
+_EXPORTING = threading.local()
 
 
 @contextlib.contextmanager
@@ -38,6 +39,29 @@ def restoring_from_file() -> Iterator[None]:
 def is_restoring() -> bool:
     """True inside `restoring_from_file()`."""
     return getattr(_RESTORING, "active", False)
+
+
+@contextlib.contextmanager
+def exporting() -> Iterator[None]:
+    """Layers created within this block take their export path (`zoo.export`).
+
+    Some layers compute their function with ops that train fast but that converters cannot
+    take (a run-time assertion, TF's raw fused batch norm, a transposed convolution whose
+    output shape is computed at run time). Created inside this block they set
+    ``export_mode = True`` and compute the same function with plain, convertible ops.
+    `zoo.export` rebuilds the model from its config inside it; nothing else should need it.
+    """
+    previous = getattr(_EXPORTING, "active", False)
+    _EXPORTING.active = True
+    try:
+        yield
+    finally:
+        _EXPORTING.active = previous
+
+
+def is_exporting() -> bool:
+    """True inside `exporting()`."""
+    return getattr(_EXPORTING, "active", False)
 
 
 class UnsafeModelError(ValueError):

@@ -11,6 +11,7 @@ from zoo.layers.blocks import (
     upsample_conv_bn_act,
 )
 from zoo.layers.spatial import (
+    BilinearUpsample2D,
     BroadcastSpatial,
     ChannelAffine,
     CheckDivisible,
@@ -20,6 +21,7 @@ from zoo.layers.spatial import (
 from zoo.layers.upsample_concat_conv2d import UpsampleConcatConv2D
 
 __all__ = [
+    "BilinearUpsample2D",
     "BroadcastSpatial",
     "ChannelAffine",
     "CheckDivisible",

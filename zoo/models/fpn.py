@@ -8,7 +8,7 @@ from typing import Any
 import keras
 
 import zoo
-from zoo.layers import conv_bn_act
+from zoo.layers import BilinearUpsample2D, conv_bn_act
 from zoo.models.base import (
     SegmentationModel,
     check_activation,
@@ -134,9 +134,7 @@ class FPN(SegmentationModel):
                 y = conv_bn_act(y, segmentation_channels, 3, name)
                 if stride > 4:
                     # float32: TF 2.21's XLA rejects a bfloat16 bilinear resize in training.
-                    y = keras.layers.UpSampling2D(
-                        2, interpolation="bilinear", name=f"{name}_upsample", dtype="float32"
-                    )(y)
+                    y = BilinearUpsample2D(2, name=f"{name}_upsample", dtype="float32")(y)
             branches.append(y)
         if merge == "add":
             y = keras.layers.Add(name="decoder_merge")(branches)
@@ -147,9 +145,7 @@ class FPN(SegmentationModel):
 
         # === Head ===
         y = keras.layers.Conv2D(num_classes, 1, name="head_conv", dtype="float32")(y)
-        logits = keras.layers.UpSampling2D(
-            4, interpolation="bilinear", name="head_upsample", dtype="float32"
-        )(y)
+        logits = BilinearUpsample2D(4, name="head_upsample", dtype="float32")(y)
         outputs = model_output(logits, image, activation, pad_to_divisor)
         super().__init__(inputs=image, outputs=outputs, **{"name": "fpn", **kwargs})
 
