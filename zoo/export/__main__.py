@@ -74,7 +74,8 @@ def _check_request(args: argparse.Namespace) -> tuple[str, str | None, object, P
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("zoo.export").setLevel(logging.INFO)  # choices made, verification
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         fmt, quantize, size, model_path, out = _check_request(args)

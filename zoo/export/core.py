@@ -272,7 +272,14 @@ def export(
                 layer = failing_layer(err, exported)
                 where = f" (layer {layer})" if layer else ""
                 raise ExportError(f"Cannot export {what}{where}: {first_line(err)}") from err
-            outputs = formats.load_runner(tmp, fmt)(probe)
+            try:
+                outputs = formats.load_runner(tmp, fmt)(probe)
+            except Exception as err:  # noqa: BLE001 - the runtime rejects the artifact
+                layer = failing_layer(err, exported)
+                where = f" (layer {layer})" if layer else ""
+                raise ExportError(
+                    f"Cannot run the exported {what}{where}: {first_line(err)}"
+                ) from err
             error, agreement, problem = compare(outputs, expected, sig, fmt, quantize)
             if problem is None:
                 _move_into_place(tmp, path, overwrite)

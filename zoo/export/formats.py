@@ -48,13 +48,17 @@ def missing_modules(format: str) -> list[str]:
 
 
 def write_saved_model(serve: Any, model: Any, path: Path) -> None:
-    """A SavedModel directory with one signature, ``serving_default``."""
-    import keras
+    """A SavedModel directory with the signature ``serving_default`` (also ``.serve``)."""
+    import tensorflow as tf
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serving_default", serve)
-    archive.write_out(str(path), verbose=False)
+    module = tf.Module()
+    # The function reads these variables; tracking them saves them (the Keras objects and
+    # their restore functions are not needed to serve, and Keras' ExportArchive, which
+    # saves them too, took 1.6x longer).
+    module.model_variables = [v.value for v in model.variables]
+    module.serve = serve
+    signatures = {"serving_default": serve.get_concrete_function()}
+    tf.saved_model.save(module, str(path), signatures=signatures)
 
 
 def write_litert(
@@ -99,6 +103,8 @@ def write_onnx(serve: Any, path: Path) -> None:
         serve, input_signature=serve.input_signature, opset=ONNX_OPSET
     )
     _rename_io(proto)
+    # tf2onnx logs an op it cannot convert and keeps it: fail here, naming the node.
+    onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
 
 
@@ -135,7 +141,8 @@ def load_runner(path: str | os.PathLike, format: str, num_threads: int | None = 
     if format == "onnx":
         return _onnx_runner(path, num_threads)
     raise ValueError(
-        f"Invalid value for argument `format`: expected one of {FORMATS}. Received: format={format!r}"
+        f"Invalid value for argument `format`: expected one of {FORMATS}. "
+        f"Received: format={format!r}"
     )
 
 

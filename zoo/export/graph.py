@@ -24,6 +24,10 @@ INPUT_NAME = "image"
 INPUT_DTYPES = ("uint8", "float32")
 
 
+class ExportError(RuntimeError):
+    """An export that could not be completed or verified (one-line message)."""
+
+
 @dataclass(frozen=True)
 class Signature:
     """What the exported signature computes.
@@ -235,22 +239,30 @@ def trace_or_explain(serve: Any, model: keras.Model, what: str) -> Any:
         ) from err
 
 
-class ExportError(RuntimeError):
-    """An export that could not be completed or verified (one-line message)."""
+# The informative line of converter and runtime errors, most specific first.
+_KEY_LINES = (
+    r"'[\w.]+' op is neither a custom op nor a flex op",  # LiteRT converter
+    r"No Op registered for [^\n]*",  # ONNX checker / ONNX Runtime
+    r"Tensorflow op \[[^\n]*\] is not supported",  # tf2onnx
+)
 
 
 def first_line(err: BaseException | str, limit: int = 300) -> str:
-    text = str(err)
-    # Keras wraps errors: the meaningful line follows "Exception encountered when calling".
+    """One line that says what went wrong in a converter's (often pages long) error."""
+    text = _clean(str(err))
+    for pattern in _KEY_LINES:
+        match = re.search(pattern, text)
+        if match:
+            return match.group(0)[:limit]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for i, line in enumerate(lines):
+        # Keras wraps errors: the meaningful line follows "Exception encountered when calling".
         if line.startswith("Exception encountered when calling") and i + 1 < len(lines):
-            line = lines[i + 1]
-            return _clean(f"{line}")[:limit]
+            return lines[i + 1][:limit]
     for line in lines:
         if re.search(r"error|not supported|unsupported|failed|cannot|invalid", line, re.I):
-            return _clean(line)[:limit]
-    return _clean(lines[0] if lines else type(err).__name__)[:limit]
+            return line[:limit]
+    return (lines[0] if lines else type(err).__name__)[:limit]
 
 
 def _clean(line: str) -> str:
