@@ -255,8 +255,13 @@ def export(
     probe = probe_images(sig, calibration)
     expected = reference_outputs(reference_model, probe, sig)
 
+    # TensorFlow runs the training path itself (fused batch norm, folded transposed
+    # convolution: faster in TF, and the same ops as Keras); converters get the export paths.
     exported = export_model(
-        model, size, "float16" if fmt == "saved_model" and quantize else "float32"
+        model,
+        size,
+        "float16" if fmt == "saved_model" and quantize else "float32",
+        export_paths=fmt != "saved_model",
     )
     serve = serving_function(exported, sig)
     concrete = trace_or_explain(serve, exported, what)

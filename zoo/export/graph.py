@@ -9,6 +9,7 @@ NumPy, independently of that graph, for verification and tests.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -97,18 +98,21 @@ def export_model(
     model: SegmentationModel,
     input_size: tuple[int, int] | None = None,
     dtype: str = "float32",
+    export_paths: bool = True,
 ) -> SegmentationModel:
     """`model` rebuilt for export, with the same weights.
 
-    Every layer takes its export path (`zoo.saving.exporting()`), the policy is float32 (or
-    mixed_float16 with ``dtype="float16"``) whatever the model was trained in, the output is
-    logits (a built-in final activation is left out: the signature applies it) and the input
-    size is `input_size` (None: any).
+    Every layer takes its export path (`zoo.saving.exporting()`; with ``export_paths=False``
+    the training path, which TensorFlow itself runs fine and bit for bit like Keras: the
+    SavedModel export), the policy is float32 (or mixed_float16 with ``dtype="float16"``)
+    whatever the model was trained in, the output is logits (a built-in final activation is
+    left out: the signature applies it) and the input size is `input_size` (None: any).
 
     Args:
         model: a zoo segmentation model.
         input_size: (height, width) for a static input, or None.
         dtype: "float32" or "float16" (float16 compute, float32 weights and logits).
+        export_paths: build the layers' converter-friendly paths.
     """
     config = model.get_config()
     config.pop("metadata", None)
@@ -120,7 +124,7 @@ def export_model(
     policy = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy("mixed_float16" if dtype == "float16" else "float32")
     try:
-        with exporting(), restoring_from_file():
+        with exporting() if export_paths else contextlib.nullcontext(), restoring_from_file():
             clone = type(model).from_config(config)
     finally:
         keras.mixed_precision.set_dtype_policy(policy)

@@ -36,10 +36,11 @@ class UpsampleConcatConv2D(keras.layers.Layer):
     channels first), so weights move between the two formulations unchanged.
 
     Created inside `zoo.saving.exporting()` (`export_mode`) the layer computes the unfolded
-    form instead: nearest 2x upsampling, concatenation and the 3x3 convolution with the same
-    kernel. The transposed convolution needs its output shape at run time, and LiteRT's
-    XNNPack delegate leaves such a convolution to the slow reference kernel (U-Net-R34 int8:
-    839 ms instead of 13 ms per 256x256 image); converters take the plain ops at any size.
+    form instead: nearest 2x upsampling (as depth-to-space), concatenation and the 3x3
+    convolution with the same kernel. The transposed convolution needs its output shape at
+    run time, and LiteRT's XNNPack delegate leaves such a convolution to the slow reference
+    kernel (U-Net-R34 int8: 839 ms instead of 13 ms per 256x256 image); converters take the
+    plain ops at any size.
 
     Args:
         filters: output channels.
@@ -133,14 +134,10 @@ class UpsampleConcatConv2D(keras.layers.Layer):
         import tensorflow as tf
 
         x = tf.cast(x, self.compute_dtype)
-        dynamic = tf.shape(x)
-        size = [2 * x.shape[i] if x.shape[i] is not None else 2 * dynamic[i] for i in (1, 2)]
-        size = tf.constant(size, tf.int32) if None not in x.shape[1:3] else tf.stack(size)
-        # Output row r reads input row r // 2 (asymmetric coordinates: ONNX Resize without
-        # the deprecated `tf_half_pixel_for_nn` mode that half-pixel centers map to).
-        y = tf.raw_ops.ResizeNearestNeighbor(
-            images=x, size=size, align_corners=False, half_pixel_centers=False
-        )
+        # Nearest 2x as depth-to-space of four copies (output pixel (2i + a, 2j + b) reads
+        # channel block 2a + b, all copies of x[i, j]): exact at any size, and unlike
+        # RESIZE_NEAREST_NEIGHBOR taken by LiteRT's XNNPack delegate (no graph partitions).
+        y = tf.nn.depth_to_space(tf.concat([x, x, x, x], axis=-1), 2)
         if skips:
             y = tf.concat([y, *(tf.cast(s, self.compute_dtype) for s in skips)], axis=-1)
         kernel = tf.cast(tf.convert_to_tensor(self.kernel.value), self.compute_dtype)
