@@ -171,7 +171,7 @@ def serving_function(model: keras.Model, sig: Signature) -> Any:
     def serve(image):
         x = tf.cast(image, tf.float32)
         if sig.input_dtype == "uint8":
-            x = x * (1.0 / 255.0)
+            x = x / 255.0  # a division, like the training pipeline: the same rounding
         if sig.input_size is None:
             h, w = tf.shape(x)[1], tf.shape(x)[2]
             # Edge padding by gathering clipped row/column indices: any pad width, any size.
