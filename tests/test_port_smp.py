@@ -110,7 +110,7 @@ def test_unknown_model_is_one_line(tmp_path, capsys):
         "--out",
         str(tmp_path / "o.keras"),
     )
-    assert rc == 2 and "\n" not in err
+    assert rc == 1 and "\n" not in err
     assert "model='segformer'" in err and "'fpn', 'unet'" in err
 
 
@@ -125,7 +125,7 @@ def test_missing_checkpoint_is_one_line(tmp_path, capsys):
         "--out",
         str(tmp_path / "o.keras"),
     )
-    assert rc == 2 and "\n" not in err and "nope.pth" in err
+    assert rc == 1 and "\n" not in err and "nope.pth" in err
 
 
 def test_wrong_layout_is_one_line_naming_the_key(tmp_path, capsys):
@@ -142,7 +142,7 @@ def test_wrong_layout_is_one_line_naming_the_key(tmp_path, capsys):
         "--encoder",
         "resnet18",
     )
-    assert rc == 2 and "\n" not in err
+    assert rc == 1 and "\n" not in err
     assert "'segmentation_head.0.weight'" in err
     assert not (tmp_path / "o.keras").exists()
 
@@ -186,7 +186,7 @@ def test_unet_of_the_wrong_encoder_names_the_key(tmp_path, capsys):
         "--encoder",
         "resnet34",
     )
-    assert rc == 2 and "\n" not in err
+    assert rc == 1 and "\n" not in err
     assert "missing key 'encoder.layer1.2.conv1.weight'" in err  # resnet34 has 3 blocks there
     # resnet34's 80 extra variables (blocks layer1.2, layer2.2-3, layer3.2-5, layer4.2): one line
     assert "[79 more problems]" in err
@@ -218,7 +218,7 @@ def test_port_reads_classes_and_widths_and_never_overwrites(tmp_path, capsys):
         "--encoder",
         "resnet18",
     )
-    assert rc == 2 and "--overwrite" in err and out.stat().st_mtime_ns == before
+    assert rc == 1 and "--overwrite" in err and out.stat().st_mtime_ns == before
     rc, err = run_cli(
         capsys,
         "smp",
@@ -233,7 +233,7 @@ def test_port_reads_classes_and_widths_and_never_overwrites(tmp_path, capsys):
         "--num-classes",
         "2",
     )
-    assert rc == 2 and "5 classes" in err
+    assert rc == 1 and "5 classes" in err
     assert (
         main(
             [
@@ -273,5 +273,5 @@ def test_module_entry_point(tmp_path):
         timeout=300,
         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
     )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: No checkpoint file at")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("Error: No checkpoint file at")

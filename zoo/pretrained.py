@@ -16,7 +16,7 @@ one line naming the file, its URL and the exact path to put it in. Files are che
 tensor names and shapes when they are assigned, and by SHA-256 where the source publishes
 one (a `WeightsSource.sha256`, or the hash the Hugging Face hub sends with a download).
 
-A saved model never reads any of this again: `zoo.saving.restoring_from_file()` makes the
+A saved model never reads any of this again: `zoo.build_context.restoring_from_file()` makes the
 builders skip loading (and skip checking that a local file still exists).
 """
 
@@ -197,7 +197,7 @@ def native_normalization(encoder: str, weights: object) -> Normalization | None:
     local file is checked to exist, except while a saved model is restored (its own file
     holds the weights; the original may be long gone).
     """
-    from zoo.restoring import is_restoring
+    from zoo.build_context import is_restoring
 
     if weights is None:
         return None
@@ -239,9 +239,9 @@ def load_native(
     `features` (its layers are named ``{name}_...``), the first conv adapted to the input's
     channels with the `normalization` the graph applies (None: the caller normalizes).
     Nothing happens for random weights or while a saved model is restored."""
+    from zoo.build_context import is_restoring
     from zoo.port.mapping import assign, get_table, layers_between
     from zoo.port.state_dict import load_state_dict
-    from zoo.restoring import is_restoring
 
     if weights is None or is_restoring():
         return

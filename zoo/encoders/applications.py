@@ -28,12 +28,12 @@ from pathlib import Path
 
 import keras
 
+from zoo.build_context import is_restoring
 from zoo.encoders._common import run_encoder
 from zoo.layers import ChannelAffine
 from zoo.layers.blocks import BN_MOMENTUM
 from zoo.pretrained import copy_adapting_first_conv
 from zoo.registry import register_encoder
-from zoo.restoring import is_restoring
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

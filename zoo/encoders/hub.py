@@ -33,12 +33,12 @@ from typing import Any
 
 import keras
 
+from zoo.build_context import is_restoring
 from zoo.encoders._common import record_encoder_kwargs, run_encoder
 from zoo.layers import ChannelAffine
 from zoo.layers.blocks import BN_MOMENTUM
 from zoo.pretrained import copy_adapting_first_conv
 from zoo.registry import register_encoder
-from zoo.restoring import is_restoring
 
 INSTALL = 'pip install -e ".[hub]" (or pip install keras-hub)'
 PRESET = "preset"  # default of `preprocessing`: read it from the preset

@@ -17,6 +17,7 @@ from zoo.layers.efficient_self_attention import EfficientSelfAttention
 from zoo.layers.mix_ffn import MixFFN
 from zoo.layers.overlap_patch_embedding import OverlapPatchEmbedding
 from zoo.layers.spatial import (
+    BilinearUpsample2D,
     BroadcastSpatial,
     ChannelAffine,
     CheckDivisible,
@@ -29,6 +30,7 @@ from zoo.layers.upsample_concat_conv2d import UpsampleConcatConv2D
 
 __all__ = [
     "AllMLPFuse",
+    "BilinearUpsample2D",
     "BilinearUpsampling",
     "BroadcastSpatial",
     "ChannelAffine",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from zoo.build_context import is_exporting
 from zoo.layers.upsample_concat_conv2d import UpsampleConcatConv2D
 
 # PyTorch defaults (momentum 0.1 in its convention = 0.9 here, eps 1e-5): short trainings
@@ -27,10 +28,21 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
     * Anything else (masks, renorm, other ranks or axes): Keras' own path. Keras'
       synchronized moments would otherwise build a full-size tensor of ones and all-reduce
       three sums even without a distribution strategy.
+    * Export (`export_mode`, set when the layer is created inside `zoo.build_context.exporting()`):
+      inference runs Keras' own path, ``(x - mean) * rsqrt(var + eps) * gamma + beta`` as
+      plain element-wise ops that every converter takes and folds into the preceding
+      convolution (LiteRT and ONNX have no `FusedBatchNormV3`).
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Not part of the config: a model rebuilt inside `exporting()` gets the export path.
+        self.export_mode = is_exporting()
 
     def call(self, inputs, training=None, mask=None):
         training = bool(training) and self.trainable
+        if self.export_mode and not training:
+            return super().call(inputs, training=False, mask=mask)
         if self._fusable(inputs, mask) and not (training and _replicas_in_sync() > 1):
             return self._fused_call(inputs, training)
         return super().call(inputs, training=training, mask=mask)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from zoo.build_context import is_exporting
 from zoo.layers.efficient_self_attention import CONV_INIT, DENSE_INIT
 
 
@@ -12,7 +13,9 @@ from zoo.layers.efficient_self_attention import CONV_INIT, DENSE_INIT
 class MixFFN(keras.layers.Layer):
     """Mix-FFN on a ``(B, H, W, C)`` map: dense to `hidden_units`, depthwise 3x3 convolution
     (with bias), GELU (exact, erf form), dense back to ``C``. Sublayers are named
-    ``{name}_fc1``, ``{name}_dwconv`` and ``{name}_fc2``.
+    ``{name}_fc1``, ``{name}_dwconv`` and ``{name}_fc2``. Created inside
+    `zoo.build_context.exporting()` the GELU is written ``x (1 + erf(x / sqrt 2)) / 2``: the
+    same function, while TensorFlow's own form uses `erfc`, which ONNX has no op for.
 
     The depthwise convolution leaks positional information between neighbouring tokens, which
     is why the Mix Transformer needs no position embeddings and works at any input size.
@@ -39,6 +42,7 @@ class MixFFN(keras.layers.Layer):
                 f"Received: hidden_units={hidden_units!r}"
             )
         self.hidden_units = hidden_units
+        self.export_mode = is_exporting()
 
     def build(self, input_shape):
         policy = self.dtype_policy
@@ -60,7 +64,11 @@ class MixFFN(keras.layers.Layer):
 
     def call(self, inputs):
         x = self.dwconv(self.fc1(inputs))
-        return self.fc2(ops.gelu(x, approximate=False))
+        if self.export_mode:
+            x = 0.5 * x * (1.0 + ops.erf(x * (2.0**-0.5)))
+        else:
+            x = ops.gelu(x, approximate=False)
+        return self.fc2(x)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from zoo.build_context import is_exporting
 from zoo.checks import check_positive_int
 
 
@@ -75,7 +76,9 @@ class CheckDivisible(keras.layers.Layer):
     """Identity that raises at run time if the height or width is not a multiple of `divisor`.
 
     Used only when the spatial size is unknown when the model is built (``None`` dims);
-    static sizes are checked in Python instead.
+    static sizes are checked in Python instead. Created inside `zoo.build_context.exporting()` it
+    is a plain identity (`export_mode`): converters reject assertion ops, and the exported
+    signature pads or checks the size itself (`zoo.export`).
 
     Args:
         divisor: required divisor of height and width.
@@ -85,10 +88,13 @@ class CheckDivisible(keras.layers.Layer):
         super().__init__(**kwargs)
         check_positive_int("divisor", divisor)
         self.divisor = divisor
+        self.export_mode = is_exporting()  # not in the config
 
     def call(self, inputs):
         import tensorflow as tf  # the zoo runs on the TensorFlow backend
 
+        if self.export_mode:
+            return inputs
         shape = tf.shape(inputs)
         ok = tf.logical_and(
             tf.equal(shape[1] % self.divisor, 0), tf.equal(shape[2] % self.divisor, 0)
@@ -109,6 +115,69 @@ class CheckDivisible(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "divisor": self.divisor}
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class BilinearUpsample2D(keras.layers.Layer):
+    """Bilinear upsampling by integer factors, for any input size, known or not.
+
+    The function of ``keras.layers.UpSampling2D(size, interpolation="bilinear")`` (half-pixel
+    centers, no antialiasing), but it also traces and exports with unknown (``None``) height
+    and width: Keras 3.15's layer tests ``size[0] <= 0`` on a symbolic size and fails in
+    `tf.function`, SavedModel, LiteRT and ONNX export. Known sizes stay constants in the
+    graph (what LiteRT's XNNPack delegate needs to take the resize).
+
+    The layer computes in float32 unless given another `dtype`: TF 2.21's XLA rejects the
+    gradient of a bfloat16 bilinear resize, and under a mixed policy the next layer casts
+    the result back.
+
+    Args:
+        size: upsampling factor, an int or ``(rows, cols)``.
+        **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`).
+
+    Example:
+
+    ```python
+    y = BilinearUpsample2D(4, name="head_upsample")(keras.ops.ones((1, 8, 8, 2)))  # (1, 32, 32, 2)
+    ```
+    """
+
+    def __init__(self, size: int | Sequence[int] = 2, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        factors = (size, size) if isinstance(size, int) and not isinstance(size, bool) else size
+        ok = isinstance(factors, (list, tuple)) and len(factors) == 2
+        if not ok or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in factors):
+            raise ValueError(
+                "Invalid value for argument `size`: expected a positive int or a pair of "
+                f"positive ints. Received: size={size!r}"
+            )
+        self.size = tuple(factors)
+
+    def call(self, inputs):
+        import tensorflow as tf  # the zoo runs on the TensorFlow backend
+
+        if self.size == (1, 1):
+            return inputs
+        dynamic = tf.shape(inputs)
+        new_size = [
+            inputs.shape[axis] * f if inputs.shape[axis] is not None else dynamic[axis] * f
+            for axis, f in zip((1, 2), self.size)
+        ]
+        if all(isinstance(d, int) for d in new_size):
+            new_size = tf.constant(new_size, tf.int32)
+        else:
+            new_size = tf.stack(new_size)
+        y = tf.image.resize(inputs, new_size, method="bilinear", antialias=False)
+        return tf.cast(y, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        rows, cols = self.size
+        return (b, None if h is None else h * rows, None if w is None else w * cols, c)
+
+    def get_config(self):
+        return {**super().get_config(), "size": list(self.size)}
 
 
 @keras.saving.register_keras_serializable(package="zoo")

@@ -23,13 +23,13 @@ from typing import Any
 
 import keras
 
+from zoo.build_context import restoring_from_file
 from zoo.checks import check_positive_int, check_rate  # noqa: F401  (for model modules)
 from zoo.encoders._common import recording_encoder_kwargs, stop_recording
 from zoo.layers import CheckDivisible, CropToReference, PadToMultiple
 from zoo.optimizers import mark_encoder_variables
 from zoo.outputs import to_plain
 from zoo.registry import encoder_info, list_encoders
-from zoo.restoring import restoring_from_file
 
 ACTIVATIONS = (None, "sigmoid", "softmax")
 # Keyword arguments a model passes on to `keras.Model` besides its own (from_config gives them).

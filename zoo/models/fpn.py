@@ -7,7 +7,7 @@ from typing import Any
 
 import keras
 
-from zoo.layers import UpsampleAlignCorners, conv_bn_act
+from zoo.layers import BilinearUpsample2D, UpsampleAlignCorners, conv_bn_act
 from zoo.models.base import (
     SegmentationModel,
     check_activation,
@@ -130,9 +130,7 @@ class FPN(SegmentationModel):
             # float32: TF 2.21's XLA rejects a bfloat16 bilinear resize in training.
             if align_corners:
                 return UpsampleAlignCorners(factor, name=name, dtype="float32")(y)
-            return keras.layers.UpSampling2D(
-                factor, interpolation="bilinear", name=name, dtype="float32"
-            )(y)
+            return BilinearUpsample2D(factor, name=name, dtype="float32")(y)
 
         # === Encoder ===
         image, x = model_input(input_shape, divisor, pad_to_divisor)

@@ -1,8 +1,8 @@
 """``python -m zoo.port smp --checkpoint unet.pth --model unet --out unet.keras``.
 
 Ports a segmentation_models_pytorch checkpoint into a `.keras` file (see `zoo.port.smp`).
-Errors are one line on stderr (exit status 2); an existing output is replaced only with
-``--overwrite``.
+Errors caused by the input are one line on stderr (exit status 1); an existing output is
+replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -36,13 +36,14 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from zoo.errors import UserError
     from zoo.port import smp
 
     try:
         print(smp.main(args))
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except UserError as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -30,17 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from zoo.errors import UserError
+from zoo.port.layouts import ALWAYS_IGNORED, KINDS, TRANSFORMS, layer_kind
 
-class PortError(ValueError):
+
+class PortError(UserError, ValueError):
     """A checkpoint does not fit the model (missing, unexpected or mis-shaped key)."""
 
-
-from zoo.port.layouts import (  # noqa: E402  (re-exported for family modules)
-    ALWAYS_IGNORED,
-    KINDS,
-    TRANSFORMS,
-    layer_kind,
-)
 
 # === Rules and tables ===
 

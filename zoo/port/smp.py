@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from zoo.errors import ConfigError, MissingFileError, OutputError
 from zoo.port.mapping import PortError, assign, get_table
 from zoo.port.state_dict import load_state_dict
 
@@ -138,11 +139,11 @@ def port_smp(
             file.
     """
     from zoo import pretrained
+    from zoo.build_context import restoring_from_file
     from zoo.registry import create_model
-    from zoo.restoring import restoring_from_file
 
     if model not in _MODELS:
-        raise ValueError(
+        raise ConfigError(
             f"Invalid value for argument `model`: expected one of {list_smp_models()} "
             f"(segmentation_models_pytorch architectures the zoo shares). Received: "
             f"model={model!r}"
@@ -151,7 +152,7 @@ def port_smp(
     spec = pretrained._ENCODERS.get(encoder)
     if spec is None:
         portable = sorted(pretrained._ENCODERS)
-        raise ValueError(
+        raise ConfigError(
             f"Invalid value for argument `encoder`: expected one of {portable} (native "
             f"encoders in smp's layout). Received: encoder={encoder!r}"
         )
@@ -159,7 +160,7 @@ def port_smp(
     state = load_state_dict(checkpoint)
     classes = int(_key(state, HEAD_KEY, source).shape[0])
     if num_classes is not None and num_classes != classes:
-        raise ValueError(
+        raise ConfigError(
             f"Invalid value for argument `num_classes`: the checkpoint's head has {classes} "
             f"classes. Received: num_classes={num_classes!r}"
         )
@@ -167,12 +168,12 @@ def port_smp(
     if normalization is None:
         normalization = "imagenet" if channels == 3 else "none"
     if normalization not in NORMALIZATIONS:
-        raise ValueError(
+        raise ConfigError(
             f"Invalid value for argument `normalization`: expected one of {NORMALIZATIONS}. "
             f"Received: normalization={normalization!r}"
         )
     if normalization == "imagenet" and channels != 3:
-        raise ValueError(
+        raise ConfigError(
             f"Invalid value for argument `normalization`: ImageNet normalization is defined "
             f"for RGB, the checkpoint's encoder takes {channels} channels; use 'none' and "
             f"normalize as for smp. Received: normalization={normalization!r}"
@@ -203,14 +204,14 @@ def main(args: Any) -> str:
     """``python -m zoo.port smp``: port and save; returns the one-line summary."""
     out = Path(args.out)
     if out.suffix != ".keras":
-        raise ValueError(
+        raise ConfigError(
             f"Invalid value for argument `--out`: expected a .keras file. Received: {out}"
         )
     if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        raise OutputError(f"{out} exists; pass --overwrite to replace it")
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"No checkpoint file at {checkpoint}")
+        raise MissingFileError(f"No checkpoint file at {checkpoint}")
     net = port_smp(checkpoint, args.model, args.encoder, args.num_classes, args.normalization)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.keras")

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from zoo.errors import MissingFileError, ModelFileError
+
 TORCH_PYTHON_ENV = "SEGZOO_TORCH_PYTHON"
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -37,18 +39,18 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         path: the checkpoint file.
 
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: an unknown suffix, or a file that is not a state dict (one line each).
+        MissingFileError: no such file.
+        ModelFileError: an unknown suffix, or a file that is not a state dict (one line each).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint file at {path}")
+        raise MissingFileError(f"No checkpoint file at {path}")
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
         return _unwrap(read_safetensors(path))
     if suffix in TORCH_SUFFIXES:
         return _unwrap(_read_torch(path))
-    raise ValueError(
+    raise ModelFileError(
         f"Cannot read checkpoint {path}: expected a .safetensors file or a torch state dict "
         f"({', '.join(TORCH_SUFFIXES)}). Received suffix {path.suffix!r}"
     )
@@ -64,7 +66,7 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except (SafetensorError, TypeError, ValueError) as err:
         if "bf16" in str(err).lower() or "bfloat16" in str(err).lower():
             return _read_safetensors_raw(Path(path))
-        raise ValueError(f"Cannot read {path} as a .safetensors file: {err}") from None
+        raise ModelFileError(f"Cannot read {path} as a .safetensors file: {err}") from None
 
 
 _DTYPES = {
@@ -99,7 +101,7 @@ def _read_safetensors_raw(path: Path) -> dict[str, np.ndarray]:
         elif info["dtype"] in _DTYPES:
             array = np.frombuffer(raw, np.dtype(_DTYPES[info["dtype"]]).newbyteorder("<"))
         else:
-            raise ValueError(f"Cannot read {path}: tensor {key!r} has dtype {info['dtype']}")
+            raise ModelFileError(f"Cannot read {path}: tensor {key!r} has dtype {info['dtype']}")
         out[key] = array.reshape(info["shape"]).copy()
     return out
 
@@ -123,7 +125,7 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
                     f"pip install torch, set {TORCH_PYTHON_ENV} to a Python with torch, or "
                     "convert the file to .safetensors"
                 )
-            raise ValueError(f"Cannot read checkpoint {path}: {reason}")
+            raise ModelFileError(f"Cannot read checkpoint {path}: {reason}")
         return read_safetensors(out)
 
 

@@ -1,0 +1,192 @@
+"""One converter and one runner per format.
+
+A converter writes the serving function to a path (a SavedModel directory, a `.tflite` or
+an `.onnx` file); a runner loads such a file in its own runtime (TensorFlow, the LiteRT
+interpreter, ONNX Runtime) and maps a batch of images to ``{logits, probabilities, mask}``.
+`zoo.export` verifies every artifact with the runner before it is moved into place, and the
+tests and bench/ use the same runners.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zoo.export.graph import INPUT_NAME, OUTPUT_NAMES
+
+FORMATS = ("saved_model", "litert", "onnx")
+# None = float32.
+QUANTIZATIONS: dict[str, tuple[str | None, ...]] = {
+    "saved_model": (None, "float16"),
+    "litert": (None, "float16", "int8", "int8-full"),
+    "onnx": (None,),
+}
+SUFFIXES = {"saved_model": "", "litert": ".tflite", "onnx": ".onnx"}
+# Python modules each format needs beyond TensorFlow (pip install "segzoo[export]").
+REQUIRES = {
+    "saved_model": (),
+    "litert": ("ai_edge_litert",),
+    "onnx": ("tf2onnx", "onnx", "onnxruntime"),
+}
+ONNX_OPSET = 17
+
+Runner = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+def missing_modules(format: str) -> list[str]:
+    """The Python modules `format` needs that are not installed."""
+    return [m for m in REQUIRES[format] if importlib.util.find_spec(m) is None]
+
+
+# ----------------------------------------------------------------------------- converters
+
+
+def write_saved_model(serve: Any, model: Any, path: Path) -> None:
+    """A SavedModel directory with the signature ``serving_default`` (also ``.serve``)."""
+    import tensorflow as tf
+
+    module = tf.Module()
+    # The function reads these variables; tracking them saves them (the Keras objects and
+    # their restore functions are not needed to serve, and Keras' ExportArchive, which
+    # saves them too, took 1.6x longer).
+    module.model_variables = [v.value for v in model.variables]
+    module.serve = serve
+    signatures = {"serving_default": serve.get_concrete_function()}
+    tf.saved_model.save(module, str(path), signatures=signatures)
+
+
+def write_litert(
+    serve: Any,
+    model: Any,
+    path: Path,
+    quantize: str | None,
+    representative: Callable[[], Iterable[list[np.ndarray]]] | None = None,
+) -> None:
+    """A `.tflite` flatbuffer with the signature ``serving_default``.
+
+    Converted from a SavedModel: from a concrete function the converter keeps Keras 3's
+    variables as READ_VARIABLE ops (unfolded batch norms, transposed kernels at run time,
+    and NaN outputs under XNNPack) instead of freezing them into constants.
+    """
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory(prefix="segzoo_litert_") as tmp:
+        write_saved_model(serve, model, Path(tmp) / "saved_model")
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            str(Path(tmp) / "saved_model"), signature_keys=["serving_default"]
+        )
+        if quantize is not None:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantize == "int8-full":
+            converter.representative_dataset = representative
+            # Integer kernels throughout; the uint8 input and the float outputs keep their
+            # types (the signature divides by 255 itself, and callers read probabilities).
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        flatbuffer = converter.convert()
+    path.write_bytes(flatbuffer)
+
+
+def write_onnx(serve: Any, path: Path) -> None:
+    """An `.onnx` file (tf2onnx, opset 17) with inputs/outputs named like the signature."""
+    import onnx
+    import tf2onnx
+
+    proto, _ = tf2onnx.convert.from_function(
+        serve, input_signature=serve.input_signature, opset=ONNX_OPSET
+    )
+    _rename_io(proto)
+    # tf2onnx logs an op it cannot convert and keeps it: fail here, naming the node.
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def _rename_io(proto: Any) -> None:
+    """tf2onnx names the graph's ends after TF tensors (`image:0`, `Identity_1:0`): give them
+    the signature's names (outputs follow the function's sorted keys)."""
+    graph = proto.graph
+    renames = {graph.input[0].name: INPUT_NAME}
+    for out in graph.output:
+        base = out.name.split(":")[0]
+        for name in OUTPUT_NAMES:
+            if base == name or base.endswith(f"/{name}") or base == f"Identity_{name}":
+                renames[out.name] = name
+    if len(renames) != 1 + len(OUTPUT_NAMES):
+        # Dict outputs come back in sorted key order.
+        renames.update({o.name: n for o, n in zip(graph.output, sorted(OUTPUT_NAMES))})
+    for node in graph.node:
+        node.input[:] = [renames.get(i, i) for i in node.input]
+        node.output[:] = [renames.get(o, o) for o in node.output]
+    for value in (*graph.input, *graph.output):
+        value.name = renames.get(value.name, value.name)
+
+
+# ----------------------------------------------------------------------------- runners
+
+
+def load_runner(path: str | os.PathLike, format: str, num_threads: int | None = None) -> Runner:
+    """A callable mapping images (B, H, W, C) to the artifact's outputs as NumPy arrays."""
+    path = Path(path)
+    if format == "saved_model":
+        return _saved_model_runner(path)
+    if format == "litert":
+        return _litert_runner(path, num_threads)
+    if format == "onnx":
+        return _onnx_runner(path, num_threads)
+    raise ValueError(
+        f"Invalid value for argument `format`: expected one of {FORMATS}. "
+        f"Received: format={format!r}"
+    )
+
+
+def _saved_model_runner(path: Path) -> Runner:
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    fn = loaded.signatures["serving_default"]
+
+    def run(images: np.ndarray) -> dict[str, np.ndarray]:
+        out = fn(**{INPUT_NAME: tf.constant(images)})
+        return {k: v.numpy() for k, v in out.items()}
+
+    run.keep_alive = loaded  # the signature needs the loaded object's variables
+    return run
+
+
+def _litert_runner(path: Path, num_threads: int | None) -> Runner:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+    runner = interpreter.get_signature_runner("serving_default")
+
+    def run(images: np.ndarray) -> dict[str, np.ndarray]:
+        out = runner(**{INPUT_NAME: np.ascontiguousarray(images)})
+        return {k: np.array(v) for k, v in out.items()}
+
+    run.keep_alive = interpreter
+    return run
+
+
+def _onnx_runner(path: Path, num_threads: int | None) -> Runner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if num_threads:
+        options.intra_op_num_threads = num_threads
+        options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+
+    def run(images: np.ndarray) -> dict[str, np.ndarray]:
+        values = session.run(names, {INPUT_NAME: np.ascontiguousarray(images)})
+        return dict(zip(names, values))
+
+    run.keep_alive = session
+    return run
