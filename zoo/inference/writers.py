@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.inference.io import atomic_path
+from zoo.outputs import atomic_path
 
 # --------------------------------------------------------------------------- PNG in strips
 
