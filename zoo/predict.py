@@ -201,7 +201,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
-        from zoo.inference.settings import number, check_options
+        from zoo.inference.settings import check_options, number
 
         # Every flag is checked before the model loads (then the tile against its divisor).
         values = {key: getattr(args, key) for key in FLAGS}
