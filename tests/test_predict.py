@@ -296,9 +296,18 @@ def test_bad_flags_are_one_line_before_any_work(flags, needle, tmp_path, capsys)
 
 
 def test_tile_off_the_divisor_and_channel_mismatch_name_the_problem(model_path, tmp_path):
+    from zoo.predict import main
+
     src = images(tmp_path / "imgs", ["a.png"])
     (src / "b.png").write_bytes(b"corrupt")  # never read: the tile fails first
-    with pytest.raises(ConfigError, match=r"tile.*multiple of the model's divisor 32"):
+    with pytest.raises(SystemExit) as info:
+        main(["--model", str(model_path), "--input", str(src), "--output", str(tmp_path / "out"),
+              "--tile", "24x80"])  # fmt: skip
+    assert str(info.value.code) == (
+        "Error: Invalid --tile=24x80; expected a multiple of the model's divisor 32 "
+        "(e.g. 32x96), 'auto' or 'whole'"
+    )
+    with pytest.raises(ConfigError, match=r"Invalid tile=24; .* divisor 32 \(e.g. 32\)"):
         predict_folder(model_path, src, tmp_path / "out", tile=24)
     assert not (tmp_path / "out").exists()
     np.save(src / "c.npy", np.zeros((8, 8, 2), np.uint8))

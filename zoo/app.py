@@ -39,7 +39,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> Any:
     threshold, skip_corrupt = options.pop("threshold"), options.pop("skip_corrupt")
     return predict_folder(
         run.checkpoint, run.predict.input, run.predict.output, threshold, skip_corrupt,
-        strategy=build_strategy(run.strategy), **options,
+        strategy=build_strategy(run.strategy), option_name=lambda key: f"predict.{key}", **options,
     )  # fmt: skip
 
 

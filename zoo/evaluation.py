@@ -113,8 +113,10 @@ def full_resolution_scores(
     from zoo.config import PredictConfig, predict_options
     from zoo.data.folder import split_pairs
     from zoo.inference import evaluate, folder_eval_pairs
+    from zoo.inference.settings import check_tile_for
 
     options = predict_options(predict_cfg if predict_cfg is not None else PredictConfig())
+    check_tile_for(model, options, lambda key: f"predict.{key}")
     if not split_pairs(data_cfg)[1]:
         raise _no_validation(data_cfg.name)
     skipped: list[str] = []

@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,7 @@ def predict_folder(
     *,
     strategy: Any = None,
     show_progress: bool | None = None,
+    option_name: Callable[[str], str] = str,
     **options: Any,
 ) -> list[Path]:
     """Predict every image of `input_path` (a folder or one file) into `output_dir`.
@@ -96,6 +98,7 @@ def predict_folder(
         strategy: a `tf.distribute` strategy whose replicas share each step's tiles; only the
             chief writes files.
         show_progress: draw a progress line (default: when stderr is a terminal).
+        option_name: how messages name an option (``--tile``, ``predict.tile``).
         **options: further `zoo.inference.settings.PredictOptions`: tile ("auto", "whole",
             an int or [h, w]), overlap, blend, batch_size, tta, probabilities (None, "npy",
             "png"), overlays.
@@ -112,11 +115,13 @@ def predict_folder(
     from zoo.data.io import UnreadableFileError, read_pixels
     from zoo.inference.files import FilePredictor
     from zoo.inference.progress import TextProgress
-    from zoo.inference.settings import check_options
+    from zoo.inference.settings import check_options, check_tile_for
     from zoo.outputs import mask_names
     from zoo.saving import load_segmentation_model
 
-    opts = check_options({**options, "threshold": threshold, "skip_corrupt": skip_corrupt})
+    opts = check_options(
+        {**options, "threshold": threshold, "skip_corrupt": skip_corrupt}, name=option_name
+    )
     input_path, output_dir = Path(input_path), Path(output_dir)
     files = input_files(input_path)
     _check_folders(input_path, output_dir)
@@ -125,6 +130,7 @@ def predict_folder(
     else:
         with strategy.scope():
             model = load_segmentation_model(model_path)
+    check_tile_for(model, opts, option_name)
     runner = FilePredictor(model, opts, strategy=strategy)
     names = mask_names(files)
     written: list[Path] = []
@@ -216,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
             threshold,
             skip_corrupt,
             show_progress=False if args.no_progress else None,
+            option_name=FLAGS.__getitem__,
             **opts,
         )
     except UserError as err:

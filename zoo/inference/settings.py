@@ -166,3 +166,25 @@ def check_options(
         overlays=v["overlays"],
         skip_corrupt=v["skip_corrupt"],
     )
+
+
+def check_tile_for(model: Any, options: PredictOptions, name: Callable[[str], str] = str) -> None:
+    """A fixed tile must be a multiple of the model's divisor (checked once the model is known,
+    before any image is read).
+
+    Raises:
+        ConfigError: one line naming the option as the user spelled it and a tile that fits.
+    """
+    if not isinstance(options.tile, tuple):
+        return
+    divisor = int(getattr(model, "divisor", 1) or 1)
+    if all(t % divisor == 0 for t in options.tile):
+        return
+    h, w = options.tile
+    fit = [max(1, math.floor(t / divisor + 0.5)) * divisor for t in (h, w)]  # halves up
+    shown = str(h) if h == w else f"{h}x{w}"
+    suggestion = str(fit[0]) if fit[0] == fit[1] else f"{fit[0]}x{fit[1]}"
+    raise ConfigError(
+        f"Invalid {name('tile')}={shown}; expected a multiple of the model's divisor {divisor} "
+        f"(e.g. {suggestion}), 'auto' or 'whole'"
+    )
