@@ -117,6 +117,18 @@ def test_semantic_errors_name_the_key(overrides, text):
         (["trainer.momentum=1.5"], "trainer.momentum=1.5"),
         (["trainer.backup_every_steps=0"], "trainer.backup_every_steps=0"),
         (["predict.threshold=0"], "predict.threshold=0"),
+        # Tiled prediction options (mode=predict / evaluate, final_eval=full_resolution).
+        (["predict.tile=24x"], "predict.tile='24x'; expected 'auto', 'whole'"),
+        (
+            ["predict.overlap=1.0"],
+            r"predict.overlap=1.0; expected a fraction of the tile in \[0, 1\)",
+        ),
+        (["predict.tta=rot"], "predict.tta='rot'; expected one of none, flip, d4"),
+        (["predict.blend=max"], "predict.blend='max'"),
+        (["predict.batch_size=0"], "predict.batch_size=0"),
+        (["predict.probabilities=tif"], "predict.probabilities='tif'"),
+        (["trainer.final_eval=native"], "trainer.final_eval='native'; choose one of"),
+        (["trainer.final_eval=full_resolution"], "final_eval=full_resolution .* needs data=folder"),
         # A typo in the monitored metric would leave an old best.keras: caught, with a hint.
         (["trainer.monitor=val_dise"], "Did you mean 'val_dice'"),
         # The training size must suit the model's divisor.
@@ -144,3 +156,13 @@ def test_default_loss_follows_the_data_mode():
 
 def test_padded_models_take_any_training_size():
     validate(make(["data.image_size=[50,50]", "model.pad_to_divisor=true"]))
+
+
+def test_predict_options_from_config_are_normalized():
+    from zoo.config import predict_options
+
+    run = validate(make(["predict.tile=[64,96]", "predict.tta=d4", "predict.probabilities=png"]))
+    options = predict_options(run.predict)
+    assert (options.tile, options.tta, options.probabilities) == ((64, 96), "d4", "png")
+    assert predict_options(validate(make(["predict.tile=whole"])).predict).tile is None
+    assert predict_options(validate(make([])).predict).tile == "auto"

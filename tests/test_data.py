@@ -544,3 +544,94 @@ def test_shapes_disk_cache_roundtrip(tmp_path, monkeypatch):
     np.testing.assert_array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.instances, b.instances)
     assert b.instances.dtype == np.int32
+
+
+def test_native_sizes_and_input_scale_are_recorded(tmp_path):
+    """The sizes as stored, before resizing, give the model's input_scale (median per axis)."""
+    rng = np.random.default_rng(5)
+    sizes = [(64, 128), (64, 128), (32, 64), (64, 64)]
+    for i, (h, w) in enumerate(sizes):
+        write_pair(tmp_path / "train", f"t{i}", *rand_pair(rng, h, w))
+    write_pair(tmp_path / "val", "v0", *rand_pair(rng, 20, 24))
+    info = build_datasets(folder_cfg(tmp_path, image_size=[32, 32]), global_batch_size=2).info
+    assert sorted(info.native_sizes) == sorted(sizes)  # training images only
+    # y factors 32/64, 32/64, 32/32, 32/64 -> 0.5; x 32/128, 32/128, 32/64, 32/64 -> 0.375
+    assert info.input_scale == (0.5, 0.375)
+    # crop keeps native resolution; images smaller than a crop were upscaled: 32/16 = 2
+    for i in range(3):
+        write_pair(tmp_path / "crop", f"c{i}", *rand_pair(rng, *[(16, 40), (16, 40), (64, 90)][i]))
+    crop = folder_cfg(tmp_path / "crop", image_size=[32, 32], resize="crop", val_ratio=0)
+    assert build_datasets(crop, global_batch_size=1).info.input_scale == (2.0, 2.0)
+    assert build_datasets(tiny_shapes(), global_batch_size=4).info.input_scale == (1.0, 1.0)
+
+
+def test_one_reader_one_rule_for_training_and_inference(tmp_path):
+    """zoo.data.io decodes every file once: training (read_image_raw), evaluation and tiled
+    inference (read_pixels, memory-mapped) see the same pixels, and the same refusals."""
+    import tifffile
+
+    from zoo.data.io import read_image_raw, read_pixels
+    from zoo.inference import TiledPredictor
+
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    u16 = rng.integers(0, 65536, (12, 10), dtype=np.uint16)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    tifffile.imwrite(tmp_path / "rgb_zip.tif", rgb, photometric="rgb", compression="zlib")
+    np.save(tmp_path / "u16be.npy", u16.astype(">u2"))
+    Image.fromarray(u16).save(tmp_path / "u16.tif")
+    Image.fromarray(rgb[..., 0]).convert("1").save(tmp_path / "bits.png")
+    Image.fromarray(rgb).convert("P").save(tmp_path / "pal.png")
+    for name in ("rgb.png", "rgb_zip.tif", "u16be.npy", "u16.tif", "bits.png", "pal.png"):
+        stored = read_pixels(tmp_path / name)
+        trained = read_image_raw(tmp_path / name)
+        as_rgb = np.repeat(stored[..., None], 3, -1) if stored.ndim == 2 else stored[..., :3]
+        if trained.dtype == np.uint8:
+            np.testing.assert_array_equal(trained, as_rgb, err_msg=name)
+        else:  # 16 bit: / 65535, either byte order
+            np.testing.assert_allclose(trained, as_rgb / 65535.0, atol=1e-7, err_msg=name)
+    assert isinstance(read_pixels(tmp_path / "rgb_zip.tif"), np.memmap)
+    np.testing.assert_array_equal(read_pixels(tmp_path / "rgb_zip.tif"), rgb)
+    assert set(np.unique(read_pixels(tmp_path / "bits.png"))) <= {0, 255}
+    # A palette TIFF: colors as an image, indices as a mask.
+    indices = rng.integers(0, 4, (12, 10), dtype=np.uint8)
+    cmap = np.zeros((3, 256), np.uint16)
+    cmap[:, :4] = np.array([[0, 0, 0], [65535, 0, 0], [0, 65535, 0], [0, 0, 65535]]).T
+    tifffile.imwrite(tmp_path / "pal.tif", indices, photometric="palette", colormap=cmap)
+    np.testing.assert_array_equal(read_mask(tmp_path / "pal.tif"), indices)
+    colors = read_image_raw(tmp_path / "pal.tif")
+    np.testing.assert_array_equal(colors[..., 0], np.where(indices == 1, 255, 0))
+    # The refusals are the same for every consumer, arrays given to the predictor included.
+    np.save(tmp_path / "f255.npy", rgb.astype(np.float32))
+    np.save(tmp_path / "i16.npy", u16.astype(np.int16))
+    import keras
+
+    x = keras.Input((None, None, 3))
+    predictor = TiledPredictor(keras.Model(x, keras.layers.Conv2D(1, 1)(x)), tile=None)
+    for name, needle in (("f255.npy", "float images must lie in"), ("i16.npy", "unsigned 8")):
+        for reader in (read_pixels, read_image_raw):
+            with pytest.raises(ValueError, match=rf"'.*{name}' .*{needle}"):
+                reader(tmp_path / name)
+        with pytest.raises(ValueError, match=needle):
+            predictor.predict(np.load(tmp_path / name))
+    nan = rng.random((12, 10, 3)).astype(np.float32)
+    nan[3, 4, 1] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or Inf values \(1 values\)"):
+        predictor.predict(nan)
+
+
+def test_pillow_limit_is_lifted_for_our_reads_only_and_restored_across_threads(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from zoo.data.io import read_pixels
+
+    limit = Image.MAX_IMAGE_PIXELS
+    image = np.zeros((30, 40, 3), np.uint8)
+    for i in range(8):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: read_pixels(tmp_path / f"{i}.png"), range(8)))
+    assert Image.MAX_IMAGE_PIXELS == limit
+    with pytest.raises(ValueError, match=r"0\.png' has 1200 pixels, more than max_pixels=1000"):
+        read_pixels(tmp_path / "0.png", max_pixels=1000)
+    assert Image.MAX_IMAGE_PIXELS == limit

@@ -441,7 +441,7 @@ def test_bad_settings_are_named(kwargs, match):
 
 
 def test_channel_mismatch_is_one_clear_line():
-    with pytest.raises(ValueError, match="uint8, uint16 or float"):
+    with pytest.raises(ValueError, match="integer images must be unsigned 8 or 16 bit"):
         inf.predict(conv_model(), np.zeros((20, 20, 3), np.uint32), tile=16)
     with pytest.raises(ValueError, match="has 2 channel"):
         inf.predict(conv_model(), np.zeros((20, 20, 2), np.float32), tile=16)

@@ -69,7 +69,7 @@ def test_every_model_trains_end_to_end(name, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert math.isfinite(metrics["val_dice"]) and 0.0 <= metrics["val_dice"] <= 1.0
-    assert metrics["model"] == name
+    assert metrics["model"] == name and metrics["scored_at"] == "image_size"
     for term in ("loss", "wbce_loss", "dice_loss", "val_dice"):
         assert term in metrics["history"], term
     # The logged terms add up to the total loss (weights 1 and 1).

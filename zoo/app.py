@@ -3,8 +3,8 @@
 train.py (Hydra composes conf/) -> zoo.app.run(cfg, run_dir)
     zoo.config.parse       every check, before anything is built; typed parts
     mode=train             zoo.training.train   (setup -> build -> fit -> finalize)
-    mode=evaluate          zoo.evaluation.evaluate_checkpoint
-    mode=predict           zoo.predict.predict_folder
+    mode=evaluate          zoo.evaluation.evaluate_checkpoint (folder data: native size, tiled)
+    mode=predict           zoo.predict.predict_folder (tiles spread over the strategy's replicas)
 """
 
 from __future__ import annotations
@@ -32,10 +32,15 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> Any:
         from zoo.evaluation import evaluate_checkpoint
 
         return evaluate_checkpoint(run, run_dir).get("val_dice")
+    from zoo.distribute import build_strategy
     from zoo.predict import predict_folder
 
-    p = run.predict
-    return predict_folder(run.checkpoint, p.input, p.output, p.threshold, p.skip_corrupt)
+    options = zconfig.predict_options(run.predict).as_dict()
+    threshold, skip_corrupt = options.pop("threshold"), options.pop("skip_corrupt")
+    return predict_folder(
+        run.checkpoint, run.predict.input, run.predict.output, threshold, skip_corrupt,
+        strategy=build_strategy(run.strategy), option_name=lambda key: f"predict.{key}", **options,
+    )  # fmt: skip
 
 
 def unwritable_output(argv: Sequence[str]) -> str | None:

@@ -78,34 +78,124 @@ def summary(results: dict[str, Any], prefix: str = "val_") -> str:
     return f"Validation Dice: {dice:.4f}  IoU: {iou:.4f}"
 
 
+def _no_validation(name: str) -> EvaluationError:
+    return EvaluationError(
+        f"data '{name}' has no validation samples (data.val_ratio=0, or an empty val/ "
+        "folder): nothing to evaluate; give it a validation split"
+    )
+
+
+def full_resolution_scores(
+    model: Any, data_cfg: Any, predict_cfg: Any = None, strategy: Any = None
+) -> dict[str, Any] | None:
+    """Dice/IoU of `model` on the validation files of folder data, each at its native size.
+
+    Every validation image is read as stored (memory-mapped where the format allows),
+    predicted by the tiled predictor with the `predict` group's options (tile, overlap,
+    blend, batch size, TTA, threshold; the model's `input_scale` resamples it to the
+    training scale) and scored strip by strip against its mask, with the dataset's mask rules
+    and `ignore_index` (`zoo.inference.evaluate`).
+
+    Args:
+        model: the model to score.
+        data_cfg: a folder data config; its split gives the validation files.
+        predict_cfg: a `PredictConfig` (or None: the defaults).
+        strategy: spreads each step's tiles over its replicas; only the chief gets scores.
+
+    Returns:
+        ``{"val_dice", "val_iou", "val_dice_<k>", ..., "val_images", "scored_at":
+        "full_resolution"}`` (with ``"skipped"`` when `data.skip_corrupt` passed files over);
+        None on non-chief workers.
+
+    Raises:
+        EvaluationError: no validation files, or no pixel counted.
+    """
+    from zoo.config import PredictConfig, predict_options
+    from zoo.data.folder import split_pairs
+    from zoo.inference import evaluate, folder_eval_pairs
+    from zoo.inference.settings import check_tile_for
+
+    options = predict_options(predict_cfg if predict_cfg is not None else PredictConfig())
+    check_tile_for(model, options, lambda key: f"predict.{key}")
+    if not split_pairs(data_cfg)[1]:
+        raise _no_validation(data_cfg.name)
+    skipped: list[str] = []
+    scores = evaluate(
+        model,
+        folder_eval_pairs(data_cfg, "val", skipped),
+        ignore_index=data_cfg.ignore_index,
+        threshold=options.threshold,
+        strategy=strategy,
+        **options.predictor_kwargs(),
+    )
+    if scores is None:
+        return None
+    results: dict[str, Any] = {
+        f"val_{k}": v for k, v in scores.items() if k not in ("images", "scored_at")
+    }
+    results.update(val_images=scores["images"], scored_at="full_resolution")
+    if skipped:
+        results["skipped"] = skipped
+    return results
+
+
+def final_scores(model: Any, run: Any, bundle: Any) -> dict[str, Any]:
+    """The end-of-training scores of `model` as `trainer.final_eval` asks (chief only).
+
+    "image_size": the validation tensors (resized or cropped like training, as every epoch's
+    val_dice); "full_resolution": every validation file at its native size, tiled
+    (`full_resolution_scores`, on this process: no collective of the training strategy).
+    """
+    t, info = run.trainer, bundle.info
+    if t.final_eval == "full_resolution":
+        return full_resolution_scores(model, run.data, run.predict)
+    scores = evaluate_model(model, bundle.val, info.num_classes, info.ignore_index,
+                            t.validation_steps)  # fmt: skip
+    return {**{f"val_{k}": v for k, v in scores.items()}, "scored_at": "image_size"}
+
+
 def evaluate_checkpoint(run: Any, run_dir: str | os.PathLike) -> dict[str, Any]:
     """Dice/IoU of `run.checkpoint` on the validation split of `run.data` -> eval_metrics.json.
 
+    Folder data is scored at full resolution: every validation file at its native size,
+    predicted with the `predict` options, tiles spread over the replicas of `run.strategy`
+    (`full_resolution_scores`). Other data (shapes, pets) is scored on its validation tensors
+    at `data.image_size`. `"scored_at"` in the results says which.
+
     Args:
         run: a `zoo.config.RunConfig` with `checkpoint` set.
-        run_dir: where eval_metrics.json is written.
+        run_dir: where eval_metrics.json is written (by the chief).
 
     Raises:
         ModelFileError: the checkpoint does not fit the data (checked before the data loads).
         EvaluationError: the data has no validation samples.
     """
-    from zoo.data import build_datasets
+    from zoo.data.config import FolderDataConfig
     from zoo.outputs import write_json
     from zoo.saving import load_segmentation_model
 
-    model = load_segmentation_model(run.checkpoint)
-    check_model_fits_data(model, run.data.num_classes, 3, run.checkpoint)
-    bundle = build_datasets(run.data, global_batch_size=run.data.batch_size, seed=run.seed)
-    info = bundle.info
-    if info.val_size == 0:
-        raise EvaluationError(
-            f"data '{info.name}' has no validation samples (data.val_ratio=0, or an empty val/ "
-            "folder): nothing to evaluate; give it a validation split"
-        )
-    results: dict[str, Any] = {
-        f"val_{k}": v
-        for k, v in evaluate_model(model, bundle.val, info.num_classes, info.ignore_index).items()
-    }
+    if isinstance(run.data, FolderDataConfig):
+        from zoo.distribute import build_strategy
+
+        strategy = build_strategy(run.strategy)
+        with strategy.scope():
+            model = load_segmentation_model(run.checkpoint)
+        check_model_fits_data(model, run.data.num_classes, 3, run.checkpoint)
+        results = full_resolution_scores(model, run.data, run.predict, strategy)
+        if results is None:  # a non-chief worker: the chief writes the scores
+            return {}
+    else:
+        from zoo.data import build_datasets
+
+        model = load_segmentation_model(run.checkpoint)
+        check_model_fits_data(model, run.data.num_classes, 3, run.checkpoint)
+        bundle = build_datasets(run.data, global_batch_size=run.data.batch_size, seed=run.seed)
+        info = bundle.info
+        if info.val_size == 0:
+            raise _no_validation(info.name)
+        scores = evaluate_model(model, bundle.val, info.num_classes, info.ignore_index)
+        results = {f"val_{k}": v for k, v in scores.items()}
+        results["scored_at"] = "image_size"
     results["checkpoint"] = str(run.checkpoint)
     write_json(Path(run_dir) / "eval_metrics.json", results)
     print(summary(results))

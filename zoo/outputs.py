@@ -8,11 +8,12 @@ would otherwise stay private, mode 0600).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +25,15 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once at import: os.umask can only be read by setting it
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: str = "") -> Path:
-    """Call `write(tmp_path)`, flush it to disk, then atomically rename it to `path`.
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
+    """Yield a temporary path next to `path`; when the block succeeds, flush it to disk and
+    rename it to `path`. On an exception the temporary file is removed and `path` is left
+    as it was.
 
     Args:
         path: the final file.
-        write: writes the content to the temporary path it receives.
         suffix: suffix of the temporary name (some writers pick the format from it).
-
-    Returns:
-        `path`.
 
     Raises:
         OutputError: the folder cannot be written (permissions, read-only filesystem).
@@ -50,7 +50,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: 
         ) from None
     os.close(fd)
     try:
-        write(tmp)
+        yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())  # the rename must never expose data still in the page cache
         os.chmod(tmp, 0o666 & ~_UMASK)
@@ -58,7 +58,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: 
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: str = "") -> Path:
+    """Call `write(tmp_path)`, flush it to disk, then atomically rename it to `path`.
+
+    Args:
+        path: the final file.
+        write: writes the content to the temporary path it receives.
+        suffix: suffix of the temporary name (some writers pick the format from it).
+
+    Returns:
+        `path`.
+
+    Raises:
+        OutputError: the folder cannot be written (permissions, read-only filesystem).
+    """
+    with atomic_path(path, suffix) as tmp:
+        write(tmp)
+    return Path(path)
 
 
 def to_plain(value: Any) -> Any:

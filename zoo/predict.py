@@ -1,11 +1,15 @@
-"""Predict PNG masks for a folder of images with a saved model.
+"""Predict masks for images of any size with a saved model.
 
     python -m zoo.predict --model outputs/.../model.keras --input my_images/ --output masks/
+    python -m zoo.predict --model m.keras --input scene.tif --output out/ --tile 512 \\
+        --overlap 0.25 --tta d4 --probabilities --overlays
 
-Binary models write 0/255 masks, multiclass models class ids. Mask file names follow
-`zoo.outputs.mask_names` (`<stem>.png`, or `<name>.png` when two inputs share a stem); each mask
-is written atomically. Scoring a model on a data config is `train.py mode=evaluate`
-(`zoo.evaluation`).
+Images up to twice the training size per side (after the model's input scale) are predicted
+whole, larger ones in tiles of the training size (`--tile` sets it, `--tile whole` never
+tiles). Binary models write 0/255 masks, multiclass models palette PNGs of class ids,
+multilabel models one 0/255 PNG per label (`label_<k>/`); probability maps and overlays on
+request. Mask names follow `zoo.outputs.mask_names`; every file is written atomically, strip
+by strip (docs/inference.md, "Command line"). Scoring a model is `train.py mode=evaluate`.
 """
 
 from __future__ import annotations
@@ -14,121 +18,213 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from zoo.errors import DataError, MissingFileError, OutputError, UserError
 
 log = logging.getLogger("zoo")
 
+FLAGS = {
+    "tile": "--tile",
+    "overlap": "--overlap",
+    "blend": "--blend",
+    "batch_size": "--batch-size",
+    "tta": "--tta",
+    "threshold": "--threshold",
+    "probabilities": "--probabilities",
+    "overlays": "--overlays",
+    "skip_corrupt": "--skip-corrupt",
+}
 
-def predict_image(model: Any, image: np.ndarray) -> np.ndarray:
-    """Logits for one (H, W, C) image of any size: padded to the model's divisor, cropped back."""
-    divisor = int(getattr(model, "divisor", 1) or 1)
-    h, w = image.shape[:2]
-    # Edge padding keeps the statistics near the border; the padded logits are cut off.
-    padded = np.pad(image, ((0, -h % divisor), (0, -w % divisor), (0, 0)), mode="edge")
-    return np.asarray(model(padded[None], training=False))[0, :h, :w]
+
+def input_files(input_path: Path) -> list[Path]:
+    """The images to predict: `input_path` itself, or the image files of that folder (sorted;
+    hidden files ignored).
+
+    Raises:
+        MissingFileError: no such file or folder, or a folder without images.
+    """
+    from zoo.data.io import IMAGE_SUFFIXES
+
+    if input_path.is_file():
+        return [input_path]
+    if not input_path.is_dir():
+        raise MissingFileError(f"predict input not found: {input_path} (an image or a folder)")
+    files = sorted(
+        p
+        for p in input_path.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not files:
+        raise MissingFileError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in {input_path}")
+    return files
 
 
-def _check_folders(input_dir: Path, output_dir: Path) -> None:
-    if not input_dir.is_dir():
-        raise MissingFileError(f"predict input folder not found: {input_dir}")
-    inp, out = input_dir.resolve(), output_dir.resolve()
+def _check_folders(input_path: Path, output_dir: Path) -> None:
+    folder = input_path if input_path.is_dir() else input_path.parent
+    inp, out = folder.resolve(), output_dir.resolve()
     if out == inp or out in inp.parents:
         raise OutputError(
             f"Refusing to write masks to {output_dir}: it is (or contains) the input folder "
-            f"{input_dir}, whose images would be overwritten or mixed with masks; pick another "
+            f"{folder}, whose images would be overwritten or mixed with masks; pick another "
             "output folder"
         )
 
 
 def predict_folder(
     model_path: str | os.PathLike,
-    input_dir: str | os.PathLike,
+    input_path: str | os.PathLike,
     output_dir: str | os.PathLike,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     skip_corrupt: bool = False,
+    *,
+    strategy: Any = None,
+    show_progress: bool | None = None,
+    option_name: Callable[[str], str] = str,
+    **options: Any,
 ) -> list[Path]:
-    """Write one PNG mask per image of `input_dir` into `output_dir`.
+    """Predict every image of `input_path` (a folder or one file) into `output_dir`.
 
     Args:
         model_path: a `.keras` file written by train.py.
-        input_dir: folder of images (PNG, JPEG, TIFF, BMP, .npy).
-        output_dir: folder for the masks; must not be (or contain) `input_dir`.
-        threshold: binary models: probability above which a pixel is foreground.
-        skip_corrupt: skip unreadable images (logged) instead of stopping at the first one.
+        input_path: an image, or a folder of images (PNG, JPEG, TIFF, BMP, .npy).
+        output_dir: folder for the outputs; must not be (or contain) the input folder.
+        threshold: binary/multilabel models: probability above which a pixel is on; None:
+            the model's metadata "threshold", else 0.5.
+        skip_corrupt: skip unreadable images (named in the log and the summary) instead of
+            stopping at the first one.
+        strategy: a `tf.distribute` strategy whose replicas share each step's tiles; only the
+            chief writes files.
+        show_progress: draw a progress line (default: when stderr is a terminal).
+        option_name: how messages name an option (``--tile``, ``predict.tile``).
+        **options: further `zoo.inference.settings.PredictOptions`: tile ("auto", "whole",
+            an int or [h, w]), overlap, blend, batch_size, tta, probabilities (None, "npy",
+            "png"), overlays.
 
     Returns:
-        The mask files written.
+        The mask files written (none on non-chief workers).
 
     Raises:
-        MissingFileError, OutputError, ModelFileError, DataError: one line each, naming the path.
+        ConfigError: a bad option, or one that does not fit the model (before any image is
+            read).
+        MissingFileError, OutputError, ModelFileError, DataError: one line each, naming the
+            path.
     """
-    from PIL import Image
-
-    from zoo.data.io import IMAGE_SUFFIXES, UnreadableFileError, read_image
-    from zoo.outputs import atomic_write, mask_names, predicted_mask
+    from zoo.data.io import UnreadableFileError, read_pixels
+    from zoo.inference.files import FilePredictor
+    from zoo.inference.progress import TextProgress
+    from zoo.inference.settings import check_options, check_tile_for
+    from zoo.outputs import mask_names
     from zoo.saving import load_segmentation_model
 
-    input_dir, output_dir = Path(input_dir), Path(output_dir)
-    _check_folders(input_dir, output_dir)
-    files = sorted(
-        p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    opts = check_options(
+        {**options, "threshold": threshold, "skip_corrupt": skip_corrupt}, name=option_name
     )
-    if not files:
-        raise MissingFileError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in {input_dir}")
-    model = load_segmentation_model(model_path)
-    channels = model.inputs[0].shape[-1]
+    input_path, output_dir = Path(input_path), Path(output_dir)
+    files = input_files(input_path)
+    _check_folders(input_path, output_dir)
+    if strategy is None:
+        model = load_segmentation_model(model_path)
+    else:
+        with strategy.scope():
+            model = load_segmentation_model(model_path)
+    check_tile_for(model, opts, option_name)
+    runner = FilePredictor(model, opts, strategy=strategy)
     names = mask_names(files)
-    written, skipped = [], []
-    for path in files:
-        try:
-            image = read_image(path)
-        except UnreadableFileError as err:
-            if not skip_corrupt:
-                raise
-            log.warning("Skipping unreadable image: %s", err)
-            skipped.append(path)
-            continue
-        if channels is not None and image.shape[-1] != channels:
-            raise DataError(
-                f"{path} has {image.shape[-1]} channels but {model_path} takes {channels}"
-            )
-        logits = predict_image(model, image)
-        mask = predicted_mask(logits, threshold)
-        if logits.shape[-1] == 1:
-            mask = mask * 255  # viewable binary masks; read back as 0/1 by the folder dataset
-        out = output_dir / names[path]
-        atomic_write(
-            out, lambda tmp, m=mask: Image.fromarray(m.astype(np.uint8)).save(tmp, format="PNG")
-        )
-        written.append(out)
-    extra = f" ({len(skipped)} unreadable image(s) skipped)" if skipped else ""
-    print(f"Wrote {len(written)} masks to {output_dir}{extra}")
+    written: list[Path] = []
+    skipped: list[Path] = []
+    bar = TextProgress(len(files), enabled=False if not runner.chief else show_progress)
+    with bar:
+        for index, path in enumerate(files):
+            bar.image(index, path.name)
+            try:
+                image = read_pixels(path)
+            except UnreadableFileError as err:
+                if not opts.skip_corrupt:
+                    raise
+                log.warning("Skipping unreadable image: %s", err)
+                skipped.append(path)
+                continue
+            try:
+                out = runner.predict(image, output_dir, names[path], progress=bar.update)
+            except DataError as err:
+                raise DataError(f"{path}: {err}") from None
+            written.extend(out["masks"])
+    if runner.chief:
+        extra = ""
+        if skipped:
+            extra = f" ({len(skipped)} unreadable image(s) skipped: "
+            extra += ", ".join(p.name for p in skipped) + ")"
+        print(f"Wrote {len(written)} masks to {output_dir}{extra}")
     return written
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m zoo.predict", description=__doc__.splitlines()[0]
+        prog="python -m zoo.predict",
+        description="Predict masks for images of any size with a saved model (docs/inference.md).",
     )
     parser.add_argument("--model", required=True, help="a .keras file written by train.py")
-    parser.add_argument("--input", required=True, help="folder of images")
-    parser.add_argument("--output", required=True, help="folder for the PNG masks")
+    parser.add_argument("--input", required=True, help="an image, or a folder of images")
+    parser.add_argument("--output", required=True, help="folder for the masks")
     parser.add_argument(
-        "--threshold", type=float, default=0.5, help="binary models: probability cut"
+        "--tile",
+        default="auto",
+        help="auto (default: whole up to 2x the training size per side, else tiles of the "
+        "training size), whole, N or HxW (multiples of the model's divisor)",
+    )
+    parser.add_argument("--overlap", default="0.5", help="tile overlap in [0, 1) (0.5)")
+    parser.add_argument("--blend", default="gaussian", help="gaussian, uniform or center")
+    parser.add_argument("--batch-size", default="8", help="tiles per step per replica (8)")
+    parser.add_argument("--tta", default="none", help="none, flip or d4")
+    parser.add_argument(
+        "--threshold",
+        default=None,
+        help="binary/multilabel probability cut in (0, 1) (default: the model's, else 0.5)",
+    )
+    parser.add_argument(
+        "--probabilities",
+        nargs="?",
+        const="npy",
+        default=None,
+        help="also write probability maps: npy (float16 (H, W, K), the default) or png "
+        "(16-bit, one per class)",
+    )
+    parser.add_argument(
+        "--overlays", action="store_true", help="also write image + mask overlays (RGB PNG)"
     )
     parser.add_argument(
         "--skip-corrupt", action="store_true", help="skip unreadable images instead of stopping"
     )
-    args = parser.parse_args(argv)
-    if not 0 < args.threshold <= 1:
-        parser.error(f"--threshold={args.threshold}: expected a number in (0, 1]")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress line (drawn on terminals only)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
     try:
-        predict_folder(args.model, args.input, args.output, args.threshold, args.skip_corrupt)
+        from zoo.inference.settings import check_options, number
+
+        # Every flag is checked before the model loads (then the tile against its divisor).
+        values = {key: getattr(args, key) for key in FLAGS}
+        for key in ("overlap", "batch_size", "threshold"):
+            values[key] = number(values[key])
+        opts = check_options(values, name=FLAGS.__getitem__).as_dict()
+        threshold, skip_corrupt = opts.pop("threshold"), opts.pop("skip_corrupt")
+        predict_folder(
+            args.model,
+            args.input,
+            args.output,
+            threshold,
+            skip_corrupt,
+            show_progress=False if args.no_progress else None,
+            option_name=FLAGS.__getitem__,
+            **opts,
+        )
     except UserError as err:
         if os.environ.get("ZOO_FULL_ERROR") == "1":
             raise

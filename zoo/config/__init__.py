@@ -23,6 +23,7 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 MODES = ("train", "evaluate", "predict")
+FINAL_EVALS = ("image_size", "full_resolution")
 # `loss: auto` picks the usual pair for the data's mode.
 AUTO_LOSS = {"binary": "wbce+dice", "multiclass": "wce+dice", "multilabel": "wbce+dice"}
 
@@ -35,6 +36,7 @@ __all__ = [
     "RunConfig",
     "TrainerConfig",
     "parse",
+    "predict_options",
     "register_configs",
     "validate",
 ]
@@ -134,6 +136,21 @@ def check_trainer(t: TrainerConfig) -> None:
     number("trainer.num_overlays", t.num_overlays, 0, integer=True)
     number("trainer.verbose", t.verbose, 0, 2, integer=True)
     number("trainer.backup_every_steps", t.backup_every_steps, 1, integer=True, optional=True)
+    choice("trainer.final_eval", t.final_eval, FINAL_EVALS)
+
+
+def predict_options(p: PredictConfig) -> Any:
+    """The `predict` group's prediction options, checked (`zoo.inference.settings`).
+
+    Raises:
+        ConfigError: the first bad value, named `predict.<key>`.
+    """
+    import dataclasses
+
+    from zoo.inference.settings import OPTION_NAMES, check_options
+
+    values = {k: v for k, v in dataclasses.asdict(p).items() if k in OPTION_NAMES}
+    return check_options(values, name=lambda key: f"predict.{key}")
 
 
 def check_monitor(monitor: str, loss: LossSpec) -> None:
@@ -176,7 +193,7 @@ def parse(cfg: DictConfig) -> RunConfig:
     trainer = OmegaConf.to_object(cfg.trainer)
     check_trainer(trainer)
     predict = OmegaConf.to_object(cfg.predict)
-    number("predict.threshold", predict.threshold, 0, 1, open_low=True)
+    predict_options(predict)
     data = parse_data_config(cfg.data)
     strategy = StrategyConfig(**resolved["strategy"])
     model = model_spec(resolved["model"], data.num_classes)
@@ -187,6 +204,11 @@ def parse(cfg: DictConfig) -> RunConfig:
     if mode == "train":
         check_image_size(data.image_size, model)
         check_monitor(trainer.monitor, loss)
+        if trainer.final_eval == "full_resolution" and data.name != "folder":
+            raise ConfigError(
+                "trainer.final_eval=full_resolution reads the validation files at their native "
+                f"size: it needs data=folder, not data={data.name} (use final_eval=image_size)"
+            )
     elif not resolved.get("checkpoint"):
         raise ConfigError(f"mode={mode} needs checkpoint=<path to model.keras>")
     if mode == "predict" and not (predict.input and predict.output):

@@ -43,15 +43,26 @@ class TrainerConfig:
     resume: str | None = None  # a run directory to continue; default: this run's own backup
     backup_every_steps: int | None = None  # None: back up at the end of every epoch
     nan_guard: bool = True
+    # image_size: the final scores on the validation tensors (resized/cropped like training);
+    # full_resolution: every validation file at its native size, tiled (folder data).
+    final_eval: str = "image_size"
 
 
 @dataclass
 class PredictConfig:
-    """`predict` group used by `mode=predict`: folder in, PNG masks out."""
+    """`predict` group: `mode=predict` (images in, masks out) and the tiled prediction of
+    `mode=evaluate` / `trainer.final_eval=full_resolution` (docs/inference.md)."""
 
-    input: str | None = None
-    output: str | None = None
-    threshold: float = 0.5
+    input: str | None = None  # an image or a folder (mode=predict)
+    output: str | None = None  # the output folder (mode=predict)
+    tile: Any = "auto"  # auto | whole | N | [h, w] (auto: whole up to 2x the training size)
+    overlap: float = 0.5
+    blend: str = "gaussian"  # gaussian | uniform | center
+    batch_size: int = 8  # tiles per replica per step
+    tta: str = "none"  # none | flip | d4
+    threshold: float | None = None  # null: the model's metadata threshold, else 0.5
+    probabilities: str | None = None  # null | npy | png: also write probability maps
+    overlays: bool = False  # also write image + mask overlays
     skip_corrupt: bool = False  # true: skip unreadable images (named in the log)
 
 

@@ -42,6 +42,11 @@ class DataInfo:
         class_weights: w_c per class used by the class-balance / U-Net weight maps.
         weight_map: the weight map kind.
         skipped: files skipped as unreadable (folder dataset with skip_corrupt).
+        native_sizes: (height, width) of every training image as stored, before resizing
+            (folder and pets data; generated data is made at `image_size`).
+        input_scale: (sy, sx) training pixels per native pixel, the median over the training
+            images (`zoo.inference.input_scale_from_sizes`); recorded in the model's metadata
+            so prediction resamples native images to the scale the model learned.
     """
 
     name: str
@@ -57,6 +62,8 @@ class DataInfo:
     class_weights: tuple[float, ...] = ()
     weight_map: str = "none"
     skipped: tuple[str, ...] = ()
+    native_sizes: tuple[tuple[int, int], ...] = ()
+    input_scale: tuple[float, float] = (1.0, 1.0)
 
 
 @dataclass
@@ -135,7 +142,7 @@ def _shapes(c: ShapesDataConfig):
             return None
         return list(arrays.images), list(arrays.masks(c.num_classes)), list(arrays.instances)
 
-    return split(train), split(val), names, ()
+    return split(train), split(val), names, (), None
 
 
 def build_datasets(
@@ -165,15 +172,15 @@ def build_datasets(
     if int(global_batch_size) < 1:
         raise ValueError(f"Invalid global_batch_size={global_batch_size}; expected >= 1")
     if isinstance(c, ShapesDataConfig):
-        train, val, names, skipped = _shapes(c)
+        train, val, names, skipped, native_sizes = _shapes(c)
     elif isinstance(c, FolderDataConfig):
         from zoo.data import folder
 
-        train, val, names, skipped = folder.load(c)
+        train, val, names, skipped, native_sizes = folder.load(c)
     elif isinstance(c, PetsDataConfig):
         from zoo.data import tfds
 
-        train, val, names, skipped = tfds.load_pets(c)
+        train, val, names, skipped, native_sizes = tfds.load_pets(c)
     else:  # pragma: no cover - parse_data_config only returns the schemas above
         raise ValueError(f"Invalid data.name={c.name!r}")
 
@@ -188,6 +195,13 @@ def build_datasets(
             f"{global_batch_size}; lower data.batch_size or add data"
         )
     size = (c.image_size[0], c.image_size[1])
+    input_scale = (1.0, 1.0)
+    if native_sizes:
+        from zoo.inference.scale import input_scale_from_sizes
+
+        resize = c.resize if isinstance(c, FolderDataConfig) else "resize"
+        sy, sx = input_scale_from_sizes(native_sizes, size, resize)
+        input_scale = (sy, sx)
     train_ds = pipeline.train_stream(
         pipeline.SampleStore(train_samples),
         batch_size=int(global_batch_size),
@@ -228,6 +242,8 @@ def build_datasets(
         class_weights=tuple(float(x) for x in class_weights),
         weight_map=c.weight_map,
         skipped=tuple(skipped),
+        native_sizes=tuple(native_sizes or ()),
+        input_scale=input_scale,
     )
     log.info(
         "Data %s: %d train / %d val samples of %dx%d, %d steps per epoch, weight map %s",

@@ -31,6 +31,7 @@ from zoo.errors import DataError, MissingFileError
 log = logging.getLogger(__name__)
 
 Split = tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None]
+Sizes = list[tuple[int, int]]
 
 
 def _files(folder: Path, suffixes: tuple[str, ...], what: str) -> dict[str, Path]:
@@ -153,18 +154,22 @@ def _read_pair(pair: tuple[Path, Path], c: FolderDataConfig):
             f"is {raw.shape[0]}x{raw.shape[1]} (HxW); they must match"
         )
     mask, instances = map_mask(raw, mask_path, c)
-    target = _target(image.shape[:2], c)
+    native = (int(image.shape[0]), int(image.shape[1]))  # before resizing: the input scale
+    target = _target(native, c)
     image = _resize(image, target, nearest=False)
     mask = _resize(mask, target, nearest=True)
     if instances is not None:
         instances = _resize(instances, target, nearest=True)
-    return image, mask, instances
+    return image, mask, instances, native
 
 
-def _read_split(pairs: list[tuple[Path, Path]], c: FolderDataConfig, skipped: list[str]) -> Split:
+def _read_split(
+    pairs: list[tuple[Path, Path]], c: FolderDataConfig, skipped: list[str]
+) -> tuple[Split, Sizes]:
+    """The split's samples and the native (height, width) of each image kept."""
     with ThreadPoolExecutor(max(1, c.num_workers)) as pool:
         results = list(pool.map(lambda p: _read_pair(p, c), pairs))
-    images, masks, instances = [], [], []
+    images, masks, instances, sizes = [], [], [], []
     for pair, r in zip(pairs, results):
         if isinstance(r, Exception):
             skipped.append(str(pair[0]))
@@ -173,9 +178,10 @@ def _read_split(pairs: list[tuple[Path, Path]], c: FolderDataConfig, skipped: li
         images.append(r[0])
         masks.append(r[1])
         instances.append(r[2])
+        sizes.append(r[3])
     if c.mask_type != "instance":
-        return images, masks, None
-    return images, masks, instances
+        return (images, masks, None), sizes
+    return (images, masks, instances), sizes
 
 
 def split_pairs(
@@ -205,15 +211,19 @@ def split_pairs(
     return train_pairs, val_pairs
 
 
-def load(c: FolderDataConfig) -> tuple[Split, Split | None, tuple[str, ...], tuple[str, ...]]:
+def load(
+    c: FolderDataConfig,
+) -> tuple[Split, Split | None, tuple[str, ...], tuple[str, ...], Sizes]:
     """Read, check and split a folder dataset.
 
     Args:
         c: the folder data config.
 
     Returns:
-        (train split, val split or None, class names, skipped file paths); a split is
-        (images, masks, instances or None).
+        (train split, val split or None, class names, skipped file paths, native sizes of the
+        training images); a split is (images, masks, instances or None); a native size is the
+        (height, width) of an image as stored, before any resizing (the model's input scale
+        is computed from them).
 
     Raises:
         FileNotFoundError: missing root, images/ or masks/.
@@ -222,8 +232,8 @@ def load(c: FolderDataConfig) -> tuple[Split, Split | None, tuple[str, ...], tup
     root = Path(c.root).expanduser()
     train_pairs, val_pairs = split_pairs(c)
     skipped: list[str] = []
-    train = _read_split(train_pairs, c, skipped)
-    val = _read_split(val_pairs, c, skipped) if val_pairs else None
+    train, native_sizes = _read_split(train_pairs, c, skipped)
+    val = _read_split(val_pairs, c, skipped)[0] if val_pairs else None
     total = len(train_pairs) + len(val_pairs)
     if skipped:
         ratio = len(skipped) / total
@@ -241,4 +251,4 @@ def load(c: FolderDataConfig) -> tuple[Split, Split | None, tuple[str, ...], tup
         names: tuple[str, ...] = ("background", "foreground")
     else:
         names = ("background", *(f"class_{i}" for i in range(1, c.num_classes)))
-    return train, val, names, tuple(skipped)
+    return train, val, names, tuple(skipped), native_sizes

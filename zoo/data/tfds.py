@@ -41,20 +41,26 @@ def load_pets(c: PetsDataConfig):
     """Download (first use) and decode Oxford-IIIT Pet.
 
     Returns:
-        (train split, val split, class names, skipped) like `zoo.data.folder.load`.
+        (train split, val split, class names, skipped, native sizes of the training images)
+        like `zoo.data.folder.load`.
 
     Raises:
         ImportError: tensorflow-datasets is not installed.
     """
     tfds = _import_tfds()
 
-    def split(name: str):
+    sizes: list[tuple[int, int]] = []
+
+    def split(name: str, native: list | None = None):
         ds = tfds.load("oxford_iiit_pet", split=name, data_dir=c.data_dir)
         images, masks = [], []
         for ex in tfds.as_numpy(ds):
+            if native is not None:  # before resizing: the model's input scale
+                native.append(tuple(int(n) for n in np.shape(ex["image"])[:2]))
             image, mask = _convert(ex, c)
             images.append(image)
             masks.append(mask)
         return images, masks, None
 
-    return split(c.train_split), split(c.val_split), ("background", "pet"), ()
+    train = split(c.train_split, sizes)
+    return train, split(c.val_split), ("background", "pet"), (), sizes

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.errors import ConfigError, DataError
+from zoo.errors import ConfigError, DataError, EvaluationError
 from zoo.inference.masks import mask_threshold, to_mask
 from zoo.inference.predictor import Progress, TiledPredictor
 
@@ -101,6 +101,11 @@ def evaluate(
         images += 1
     if not predictor.chief:
         return None
+    if sum(float(m.total()) for m in matrices) == 0:
+        raise EvaluationError(
+            "The evaluation counted no pixels (no validation images, or every pixel ignored): "
+            "there is nothing to score"
+        )
     results: dict[str, Any] = {"images": images, "scored_at": "full_resolution"}
     if mode != "multilabel":
         results.update({key: float(v) for key, v in matrices[0].result().items()})
@@ -116,17 +121,17 @@ def evaluate(
 def read_eval_pair(image_path: Any, mask_path: Any, data_cfg: Any) -> tuple[Any, np.ndarray]:
     """One folder-dataset pair at native size: the raw image and the mapped class mask.
 
-    The image is read by `zoo.inference.io.read_image` (TIFFs memory-mapped); the mask goes
+    The image is read by `zoo.data.io.read_pixels` (TIFFs memory-mapped, the intensity rule
+    checked); the mask goes
     through the folder dataset's own value rules (`zoo.data.folder.map_mask`: 0/255 binary
     masks, range checks, ignore_index), without any resizing.
     """
     from zoo.data.config import parse_data_config
     from zoo.data.folder import map_mask
-    from zoo.data.io import read_mask
-    from zoo.inference.io import read_image
+    from zoo.data.io import read_mask, read_pixels
 
     c = data_cfg if hasattr(data_cfg, "mask_type") else parse_data_config(data_cfg)
-    image = read_image(image_path)
+    image = read_pixels(image_path)
     raw = read_mask(mask_path)
     if tuple(image.shape[:2]) != raw.shape:
         raise DataError(

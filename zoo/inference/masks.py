@@ -6,9 +6,12 @@ from typing import Any
 
 import numpy as np
 
+from zoo.errors import ConfigError
 
-def _bad(name: str, value: Any, expected: str) -> ValueError:
-    return ValueError(
+
+def _bad(name: str, value: Any, expected: str) -> ConfigError:
+    """A bad argument (a `ConfigError`, hence a `ValueError`): one line for the CLIs too."""
+    return ConfigError(
         f"Invalid value for argument `{name}`: {expected}. Received: {name}={value!r}"
     )
 

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from zoo.data.io import check_intensity
+from zoo.errors import ConfigError, DataError
 from zoo.inference import scale as scaling
 from zoo.inference.masks import _bad, mask_threshold, to_mask
 from zoo.inference.tiling import BLENDS, AxisPlan, plan_axis
@@ -26,6 +28,8 @@ from zoo.models.base import model_mode
 
 OUTPUTS = ("probabilities", "logits")
 Progress = Callable[[int, int], None]
+# tile="auto": images up to this many training sizes per side (after scaling) run whole.
+AUTO_WHOLE_FACTOR = 2
 
 
 def _round_up(n: int, d: int) -> int:
@@ -39,7 +43,11 @@ class TiledPredictor:
         model: a segmentation model (logits or, if built with `activation`, probabilities)
             taking (B, H, W, C) float32 images in [0, 1].
         tile: tile (height, width) or one int for square tiles, a multiple of the model's
-            divisor; None predicts every image as a single tile (padded to the divisor).
+            divisor; None predicts every image as a single tile (padded to the divisor);
+            "auto" predicts an image whole when its scaled size is at most twice the
+            training size (`model.metadata["image_size"]`) per side, and otherwise tiles it
+            with the training size (rounded up to the divisor); whole when no training size
+            is recorded.
         overlap: fraction of a tile shared with its neighbour, in [0, 1); tile starts are
             ``floor(tile * (1 - overlap))`` apart at most.
         blend: "gaussian" (nnU-Net importance weights, sigma = tile / 8), "uniform" (plain
@@ -68,7 +76,7 @@ class TiledPredictor:
     def __init__(
         self,
         model: Any,
-        tile: int | tuple[int, int] | None = 512,
+        tile: int | tuple[int, int] | str | None = 512,
         overlap: float = 0.5,
         blend: str = "gaussian",
         batch_size: int = 8,
@@ -124,53 +132,83 @@ class TiledPredictor:
 
     # ------------------------------------------------------------------ checks and plans
 
-    def _check_tile(self, tile: Any) -> tuple[int, int] | None:
+    def _check_tile(self, tile: Any) -> tuple[int, int] | str | None:
+        # self._tiled: the tile shape when an image is tiled (None: whole images only).
+        self._tiled: tuple[int, int] | None = None
+        self._training_size: tuple[int, int] | None = None
         if tile is None:
             return None
+        if isinstance(tile, str) and tile == "auto":
+            if None not in self.static_hw:  # a fixed input size: always tiles of that size
+                self._tiled = (int(self.static_hw[0]), int(self.static_hw[1]))
+                return self._tiled
+            size = getattr(self.model, "metadata", {}).get("image_size")
+            if size is not None:
+                self._training_size = (int(size[0]), int(size[1]))
+                self._tiled = tuple(_round_up(s, self.divisor) for s in self._training_size)
+            return "auto"
         pair = (tile, tile) if isinstance(tile, int) and not isinstance(tile, bool) else tile
         ok = isinstance(pair, (tuple, list)) and len(pair) == 2
         ok = ok and all(isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in pair)
         if not ok or any(t % self.divisor for t in pair):
             expected = f"expected a positive multiple of the model's divisor {self.divisor}"
-            raise _bad("tile", tile, f"{expected} (or a pair of them, or None: whole images)")
+            raise _bad(
+                "tile", tile, f"{expected} (or a pair of them, 'auto', or None: whole images)"
+            )
         pair = (int(pair[0]), int(pair[1]))
         if any(s is not None and s != t for s, t in zip(self.static_hw, pair)):
             raise _bad("tile", tile, f"this model takes inputs of exactly {self.static_hw}")
+        self._tiled = pair
         return pair
 
     def _check_image(self, image: Any) -> np.ndarray:
         if not hasattr(image, "shape") or not hasattr(image, "dtype"):
             image = np.asarray(image)
         if image.ndim not in (2, 3) or min(image.shape[:2]) < 1:
-            raise _bad("image", f"array of shape {image.shape}", "expected (H, W) or (H, W, C)")
+            raise DataError(
+                f"The image has shape {tuple(image.shape)}; expected (H, W) or (H, W, C)"
+            )
         c = 1 if image.ndim == 2 else int(image.shape[2])
         if c != self.channels and not (self.channels == 3 and c in (1, 4)):
-            raise ValueError(
+            raise DataError(
                 f"The image has {c} channel(s) but the model takes {self.channels} "
                 "(gray and RGBA images are converted only for RGB models)"
             )
-        if image.dtype not in (np.uint8, np.uint16) and image.dtype.kind != "f":
-            raise _bad("image", f"array of dtype {image.dtype}", "expected uint8, uint16 or float")
+        kind, size = image.dtype.kind, image.dtype.itemsize
+        if not (kind == "f" or (kind == "u" and size in (1, 2))):
+            check_intensity(image)  # raises: the one intensity rule's message
         return image
 
+    def tiled(self, height: int, width: int) -> bool:
+        """Whether an image of this native size is cut into tiles (False: one whole tile)."""
+        return self._layout(scaling.scaled_size((height, width), self.scale)) is not None
+
+    def _layout(self, scaled: tuple[int, int]) -> tuple[int, int] | None:
+        """The tile shape for an image of this scaled size, or None to run it whole."""
+        if self.tile != "auto" or self._tiled is None:
+            return self._tiled
+        limit = [AUTO_WHOLE_FACTOR * s for s in self._training_size]
+        return None if all(n <= m for n, m in zip(scaled, limit)) else self._tiled
+
     def _tile_shape(self, scaled: tuple[int, int]) -> tuple[int, int]:
+        tile = self._layout(scaled)
         shape = []
         for axis in (0, 1):
             static = self.static_hw[axis]
             if static is not None:
-                if scaled[axis] > static and self.tile is None:
-                    raise ValueError(
+                if scaled[axis] > static and tile is None:
+                    raise ConfigError(
                         f"The model takes inputs of exactly {self.static_hw}; an image of "
                         f"{scaled} (after scaling) needs tile={self.static_hw}"
                     )
                 shape.append(int(static))
-            elif self.tile is None or scaled[axis] < self.tile[axis]:
+            elif tile is None or scaled[axis] < tile[axis]:
                 # Shorter than a tile: one tile, padded at the end to the divisor.
                 shape.append(_round_up(scaled[axis], self.divisor))
             else:
-                shape.append(self.tile[axis])
+                shape.append(tile[axis])
         if self.tta == "d4" and shape[0] != shape[1] and None not in self.static_hw:
-            raise ValueError(
+            raise ConfigError(
                 "tta='d4' rotates tiles: a model with a fixed input size needs square tiles"
             )
         return shape[0], shape[1]
@@ -190,7 +228,7 @@ class TiledPredictor:
         # The tile shape has its own signature; images shorter than a tile (or tile=None) share
         # one with dynamic height and width, so varied small images trace once too.
         static = None not in self.static_hw
-        key = (th, tw) if (th, tw) == self.tile or static else (None, None)
+        key = (th, tw) if (th, tw) == self._tiled or static else (None, None)
         if key in self._fns:
             return self._fns[key]
         model, activation = self.model, self.activation
@@ -211,14 +249,15 @@ class TiledPredictor:
                 total = y if total is None else total + y
             return total if len(transforms) == 1 else total / float(len(transforms))
 
-        batch = self.batch_size * self.replicas
-        spec = tf.TensorSpec((batch, key[0], key[1], self.channels), tf.float32)
+        # The batch dimension is open: a short step (an image of one or a few tiles, the last
+        # step of an image) runs only the tiles it has.
+        spec = tf.TensorSpec((None, key[0], key[1], self.channels), tf.float32)
         if self.strategy is None:
             fn = tf.function(run, input_signature=[spec])
         else:
             strategy = self.strategy
 
-            @tf.function
+            @tf.function(reduce_retracing=True)
             def fn(values: Any) -> tf.Tensor:
                 return strategy.gather(strategy.run(run, args=(values,)), axis=0)
 
@@ -229,7 +268,7 @@ class TiledPredictor:
         fn = self._step(batch.shape[1], batch.shape[2])
         if self.strategy is None:
             return fn(batch).numpy()
-        b = self.batch_size
+        b = batch.shape[0] // self.replicas  # `prepare` pads steps to a multiple of replicas
 
         def part(ctx: tf.distribute.ValueContext) -> tf.Tensor:
             i = ctx.replica_id_in_sync_group
@@ -297,6 +336,8 @@ class TiledPredictor:
             progress: called as ``progress(tiles_done, tiles_total)`` after every step.
         """
         image = self._check_image(image)
+        if image.dtype.kind == "f":
+            check_intensity(image)  # finite and in [0, 1], scanned in row blocks
         height, width = int(image.shape[0]), int(image.shape[1])
         py, px = self.plans(height, width)
         th, tw = py.tile, px.tile
@@ -309,11 +350,12 @@ class TiledPredictor:
         band0 = 0  # native row of band[0]
 
         def prepare(chunk: list[tuple[int, int]]) -> np.ndarray:
-            batch = np.zeros((per_step, th, tw, self.channels), np.float32)
+            # Replicas take equal slices: a short step is padded to a multiple of them.
+            rows = _round_up(len(chunk), self.replicas)
+            batch = np.empty((rows, th, tw, self.channels), np.float32)
             for i, (k, j) in enumerate(chunk):
                 self._tile_input(image, py, px, k, j, batch[i])
-            for i in range(len(chunk), per_step):  # a short last step repeats a tile
-                batch[i] = batch[0]
+            batch[len(chunk) :] = batch[0]
             return batch
 
         chunks = [tiles[i : i + per_step] for i in range(0, len(tiles), per_step)]

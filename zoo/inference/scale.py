@@ -94,9 +94,9 @@ def scaled_size(size: Sequence[int], scale: Sequence[float]) -> tuple[int, int]:
 
 def to_float(region: np.ndarray) -> np.ndarray:
     """Pixels in [0, 1] as float32: uint8 / 255, uint16 / 65535, floats as they are."""
-    if region.dtype == np.uint8:
+    if region.dtype.kind == "u" and region.dtype.itemsize == 1:
         return region.astype(np.float32) * np.float32(1 / 255)
-    if region.dtype == np.uint16:
+    if region.dtype.kind == "u" and region.dtype.itemsize == 2:  # either byte order
         return region.astype(np.float32) * np.float32(1 / 65535)
     return region.astype(np.float32, copy=False)
 

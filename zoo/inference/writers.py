@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.inference.io import atomic_path
+from zoo.outputs import atomic_path
 
 # --------------------------------------------------------------------------- PNG in strips
 
@@ -260,3 +260,44 @@ def tiff_memmap(
             arr.flush()
         finally:
             del arr
+
+
+@contextlib.contextmanager
+def npy_memmap(
+    path: str | os.PathLike, shape: tuple[int, ...], dtype: Any = np.float16
+) -> Iterator[np.memmap]:
+    """A ``.npy`` file at `path`, mapped as an array to fill (`np.load` reads it back, or maps
+    it with ``mmap_mode="r"``); renamed into place when the block succeeds, removed on an
+    exception.
+
+    Example:
+
+    ```python
+    with npy_memmap("probs.npy", (h, w, k)) as out:
+        for row, rows in predictor.strips(image):
+            out[row : row + len(rows)] = rows
+    ```
+    """
+    with atomic_path(path) as tmp:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=tuple(shape))
+        try:
+            yield arr
+            arr.flush()
+        finally:
+            del arr
+
+
+def class_palette(n: int = 256) -> np.ndarray:
+    """(n, 3) uint8 colors of class ids: the PASCAL VOC colormap (0 black, 1 dark red, 2 dark
+    green, ...; 255 cream), the usual colors of palette-PNG segmentation masks.
+
+    Each class id's bits are spread over the high bits of the three channels: bit 0 -> red,
+    bit 1 -> green, bit 2 -> blue, bits 3-5 the next lower bit of each, and so on.
+    """
+    ids = np.arange(n)
+    colors = np.zeros((n, 3), np.int64)
+    for shift in range(8):
+        for channel in range(3):
+            bit = (ids >> (3 * shift + channel)) & 1
+            colors[:, channel] |= bit << (7 - shift)
+    return colors.astype(np.uint8)

@@ -16,7 +16,7 @@ from typing import Any
 import keras
 
 from zoo import distribute, outputs
-from zoo.evaluation import evaluate_model, summary
+from zoo.evaluation import final_scores, summary
 from zoo.metrics import MetricsLayer
 from zoo.saving import clone
 from zoo.training import backup as backups
@@ -65,6 +65,7 @@ def training_metadata(info: Any) -> dict[str, Any]:
         "class_names": list(info.class_names),
         "ignore_index": info.ignore_index,
         "image_size": list(info.image_size),
+        "input_scale": list(info.input_scale),  # training pixels per native pixel
         "channels": 3,
         "threshold": 0.5,
     }
@@ -167,10 +168,8 @@ def finalize(run: Any, s: Session, train_time: float) -> dict[str, Any]:
     if best is not None and best.best_epoch is not None:
         export.load_weights(best.path)  # evaluate and export the best epoch, not the last
     results: dict[str, Any] = {}
-    if info.val_size > 0:
-        scores = evaluate_model(export, s.bundle.val, info.num_classes, info.ignore_index,
-                                t.validation_steps)  # fmt: skip
-        results = {f"val_{k}": v for k, v in scores.items()}
+    if info.val_size > 0:  # trainer.final_eval: at image_size or at full resolution
+        results = final_scores(export, run, s.bundle)
     history = s.callbacks.backup.history  # all epochs, across resumes
     results.update(
         model=run.model.name,
