@@ -154,28 +154,6 @@ def test_drop_path_drops_whole_samples_in_training_only():
         DropPath(1.0)
 
 
-def test_bilinear_upsampling_align_corners_matches_formula():
-    rng = np.random.default_rng(2)
-    x = rng.normal(size=(1, 3, 4, 2)).astype("float32")
-    y = np.asarray(BilinearUpsampling(4, align_corners=True)(x))
-    assert y.shape == (1, 12, 16, 2)
-
-    def grid(n_in, n_out):  # align_corners=True: output i samples i * (in - 1) / (out - 1)
-        pos = np.arange(n_out) * (n_in - 1) / (n_out - 1)
-        lo = np.minimum(np.floor(pos).astype(int), n_in - 2)
-        return lo, pos - lo
-
-    (r0, fr), (c0, fc) = grid(3, 12), grid(4, 16)
-    rows = x[0, r0] * (1 - fr)[:, None, None] + x[0, r0 + 1] * fr[:, None, None]
-    expected = rows[:, c0] * (1 - fc)[None, :, None] + rows[:, c0 + 1] * fc[None, :, None]
-    np.testing.assert_allclose(y[0], expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(y[0, [0, -1]][:, [0, -1]], x[0, [0, -1]][:, [0, -1]], atol=1e-6)
-    same = keras.layers.UpSampling2D(4, interpolation="bilinear")(x)
-    np.testing.assert_allclose(
-        np.asarray(BilinearUpsampling(4)(x)), np.asarray(same), rtol=1e-6, atol=1e-6
-    )
-
-
 @pytest.mark.parametrize(
     "layer",
     [

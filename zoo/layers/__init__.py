@@ -23,7 +23,6 @@ from zoo.layers.spatial import (
     CropToReference,
     FoldedOffset,
     PadToMultiple,
-    UpsampleAlignCorners,
 )
 from zoo.layers.upsample_concat_conv2d import UpsampleConcatConv2D
 
@@ -40,7 +39,6 @@ __all__ = [
     "OverlapPatchEmbedding",
     "FoldedOffset",
     "PadToMultiple",
-    "UpsampleAlignCorners",
     "UpsampleConcatConv2D",
     "batch_norm",
     "conv_bn_act",

@@ -12,8 +12,9 @@ class BilinearUpsampling(keras.layers.Layer):
     ``align_corners=False`` is `keras.layers.UpSampling2D(interpolation="bilinear")` (half-pixel
     centres, PyTorch's ``align_corners=False``). ``align_corners=True`` maps the corner pixels
     of input and output onto each other (output pixel ``i`` samples input position
-    ``i * (in - 1) / (out - 1)``), which is what ``nn.Upsample(..., align_corners=True)`` does
-    in segmentation_models_pytorch's heads; ported weights need it to give the same logits.
+    ``i * (in - 1) / (out - 1)``), which is what ``nn.UpsamplingBilinear2d`` /
+    ``F.interpolate(..., align_corners=True)`` do in segmentation_models_pytorch's FPN and
+    segmentation heads; ported weights need it to give the same logits.
     Computes in float32 (TF 2.21's XLA rejects bfloat16 bilinear-resize gradients); the
     layer's default dtype is float32.
 

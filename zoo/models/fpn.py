@@ -7,7 +7,7 @@ from typing import Any
 
 import keras
 
-from zoo.layers import UpsampleAlignCorners, conv_bn_act
+from zoo.layers import BilinearUpsampling, conv_bn_act
 from zoo.models.base import (
     SegmentationModel,
     check_activation,
@@ -129,7 +129,7 @@ class FPN(SegmentationModel):
         def upsample(y, factor, name):
             # float32: TF 2.21's XLA rejects a bfloat16 bilinear resize in training.
             if align_corners:
-                return UpsampleAlignCorners(factor, name=name, dtype="float32")(y)
+                return BilinearUpsampling(factor, align_corners=True, name=name)(y)
             return keras.layers.UpSampling2D(
                 factor, interpolation="bilinear", name=name, dtype="float32"
             )(y)
