@@ -69,6 +69,8 @@ def test_small_smp_models_port_with_equal_logits(tmp_path, monkeypatch):
             "resnet18",
             {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32},
         ),
+        # A CNN encoder: five levels (stride 2 too) into the all-MLP decoder.
+        ("Segformer", "segformer", ".pth", 3, "resnet18", {"decoder_segmentation_channels": 32}),
     ]
     check_parity(tmp_path, monkeypatch, specs, (64, 96))
 
@@ -106,12 +108,12 @@ def test_unknown_model_is_one_line(tmp_path, capsys):
         "--checkpoint",
         str(ckpt),
         "--model",
-        "segformer",
+        "linknet",
         "--out",
         str(tmp_path / "o.keras"),
     )
     assert rc == 2 and "\n" not in err
-    assert "model='segformer'" in err and "'fpn', 'unet'" in err
+    assert "model='linknet'" in err and "'fpn', 'segformer', 'unet'" in err
 
 
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):
