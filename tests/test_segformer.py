@@ -515,7 +515,7 @@ def test_smp_layout_file_lands_in_every_variable(tmp_path):
     )
 
 
-def test_transformers_segformer_port_reads_the_architecture(tmp_path):
+def test_transformers_segformer_port_reads_the_architecture(tmp_path, capsys):
     state = transformers_state(TINY["embed_dims"], TINY["depths"], (4, 2, 1, 1), 5, 16,
                                np.random.default_rng(0))  # fmt: skip
     path = tmp_path / "segformer.safetensors"
@@ -557,6 +557,13 @@ def test_transformers_segformer_port_reads_the_architecture(tmp_path):
     assert "encoder_preprocess" in {la.name for la in model.layers}  # [0, 1] images
     with pytest.raises(ValueError, match=r"head has 5 classes\. Received: num_classes=2"):
         port_transformers(path, num_classes=2)
+    # The command line: one line for a file of another kind (an smp encoder's).
+    other = tmp_path / "mit.safetensors"
+    save_file(smp_state(TINY["embed_dims"], TINY["depths"], np.random.default_rng(0)), str(other))
+    rc = port_main(["transformers", "--checkpoint", str(other), "--out", str(tmp_path / "o.keras")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err
+    assert "missing key 'segformer.encoder.patch_embeddings.0.proj.weight'" in err
 
 
 def test_wrong_weights_files_are_one_line_naming_the_key(tmp_path):
@@ -688,9 +695,13 @@ def test_smp_segformer_ported_by_zoo_port_reproduces_smp(reference, tmp_path):
 
 
 @REF
-def test_transformers_segformer_port_reproduces_stride4_logits(reference):
+def test_transformers_segformer_port_reproduces_stride4_logits(reference, tmp_path):
     out_dir, ref = reference
-    model = port_transformers(out_dir / "transformers.safetensors")
+    out = tmp_path / "segformer.keras"
+    args = ["transformers", "--checkpoint", str(out_dir / "transformers.safetensors"),
+            "--out", str(out)]  # fmt: skip
+    assert port_main(args) == 0
+    model = keras.saving.load_model(out, safe_mode=True)
     config = model.get_config()
     assert (config["encoder"], config["encoder_kwargs"], config["decoder_channels"]) == (
         "mit_b0", {}, 256
