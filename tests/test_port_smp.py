@@ -149,6 +149,24 @@ def test_wrong_layout_is_one_line_naming_the_key(tmp_path, capsys):
     assert not (tmp_path / "o.keras").exists()
 
 
+def test_forgotten_encoder_says_to_name_it(tmp_path, capsys):
+    ckpt = tmp_path / "segformer.safetensors"  # an smp Segformer with a MiT, cut short
+    save_file(
+        {
+            "encoder.patch_embed1.proj.weight": np.zeros((32, 3, 7, 7), np.float32),
+            "segmentation_head.0.weight": np.zeros((2, 256, 1, 1), np.float32),
+        },
+        str(ckpt),
+    )
+    out = str(tmp_path / "o.keras")
+    rc, err = run_cli(
+        capsys, "smp", "--checkpoint", str(ckpt), "--model", "segformer", "--out", out
+    )
+    assert rc == 2 and "\n" not in err
+    assert "missing key 'encoder.conv1.weight'" in err and "encoder 'resnet34'" in err
+    assert "--encoder" in err
+
+
 def fake_smp_unet_state(encoder_width=64, decoder=(16, 8, 8, 4, 4), classes=3):
     """An smp Unet (resnet18 layout) state dict written by hand from smp's module names."""
     enc = random_torchvision_state("resnet18", width=encoder_width)

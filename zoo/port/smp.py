@@ -170,7 +170,14 @@ def port_smp(
             f"Invalid value for argument `num_classes`: the checkpoint's head has {classes} "
             f"classes. Received: num_classes={num_classes!r}"
         )
-    channels = int(_key(state, f"encoder.{spec.first_conv}.weight", source).shape[1])
+    first_conv = f"encoder.{spec.first_conv}.weight"
+    if first_conv not in state:
+        raise PortError(
+            f"Cannot port {source}: missing key {first_conv!r}, the first convolution of an "
+            f"smp model with encoder {encoder!r} (is it another encoder's? --encoder / "
+            "`encoder` names it)"
+        )
+    channels = int(state[first_conv].shape[1])
     try:
         kwargs = entry.kwargs(state)
     except PortError as err:
