@@ -6,7 +6,7 @@ is trained once per session for a few dozen steps on the built-in shapes images 
 not decided by noise); every format is then compared with that Keras model on the validation
 images. The Keras side is always the model as trained (fused batch norm, folded transposed
 convolutions), never the export copy, and padded inputs are compared with
-`zoo.predict.predict_image` (its own NumPy padding).
+whole-image prediction of `zoo.inference.predict` (tile=None: its own NumPy edge padding).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import zoo
 import zoo.export as zexport
 from zoo.data import build_datasets
 from zoo.models.base import SegmentationModel
-from zoo.predict import predict_image
 from zoo.saving import clone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +59,14 @@ def requires(fmt: str):
 
 
 FORMAT_PARAMS = [pytest.param(f, marks=requires(f)) for f in zexport.FORMATS]
+
+
+def predict_image(model, image):
+    """Logits for one image of any size: edge-padded to the divisor and cropped back
+    (`zoo.inference.predict` with tile=None), the reference for padded export sizes."""
+    import zoo.inference
+
+    return zoo.inference.predict(model, image, tile=None, output="logits", scale=1.0)
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -209,10 +216,10 @@ def test_check_divisible_export_path_is_identity():
 
 @pytest.mark.parametrize("size", [2, (3, 2)])
 def test_bilinear_upsample_equals_keras_bilinear_and_traces_unknown_sizes(size):
-    from zoo.layers import BilinearUpsample2D
+    from zoo.layers import BilinearUpsampling
 
     x = tf.constant(np.random.default_rng(1).normal(size=(2, 5, 7, 3)), tf.float32)
-    ours = BilinearUpsample2D(size, name="up")
+    ours = BilinearUpsampling(size, name="up")
     reference = keras.layers.UpSampling2D(size, interpolation="bilinear")
     np.testing.assert_allclose(ours(x), reference(x), atol=1e-6)
     fn = tf.function(ours, input_signature=[tf.TensorSpec([None, None, None, 3])])
@@ -221,16 +228,16 @@ def test_bilinear_upsample_equals_keras_bilinear_and_traces_unknown_sizes(size):
         tf.function(reference).get_concrete_function(tf.TensorSpec([None, None, None, 3]))
     config = ours.get_config()
     assert config["dtype"]["config"]["name"] == "float32"  # float32 under mixed policies too
-    clone = BilinearUpsample2D.from_config(config)
+    clone = BilinearUpsampling.from_config(config)
     np.testing.assert_array_equal(clone(x), ours(x))
 
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5, (2,), (2, 0), True])
 def test_bilinear_upsample_rejects_bad_size(bad):
-    from zoo.layers import BilinearUpsample2D
+    from zoo.layers import BilinearUpsampling
 
     with pytest.raises(ValueError, match=r"Invalid value for argument `size`.*Received: size="):
-        BilinearUpsample2D(bad)
+        BilinearUpsampling(bad)
 
 
 # ----------------------------------------------------------------------------- float parity
@@ -254,7 +261,7 @@ def test_float32_artifact_matches_keras(name, fmt, out_root):
     clear = np.abs(want[..., 0]) > 1e-3
     np.testing.assert_array_equal(out["mask"][clear], (want[..., 0] > 0)[clear])
     if sig.input_size is None:
-        # Any size: padded to the divisor (edge) inside and cropped back, like predict_image.
+        # Any size: padded to the divisor (edge) inside and cropped back, as predict_image does.
         odd = validation()[0][:2, :45, :53]
         got = runner(odd)
         assert got["logits"].shape == (2, 45, 53, 1) and got["mask"].shape == (2, 45, 53)
@@ -482,7 +489,7 @@ class _UnsupportedOpNet(SegmentationModel):
 @pytest.mark.parametrize("fmt", FORMAT_PARAMS)
 def test_a_layer_a_format_cannot_take_is_named_in_one_line(fmt, tmp_path):
     if fmt != "litert":  # dynamic sizes: refused before converting, naming the layer
-        with pytest.raises(zexport.ExportError, match="'decoder_resize'.*BilinearUpsample2D"):
+        with pytest.raises(zexport.ExportError, match="'decoder_resize'.*BilinearUpsampling"):
             zexport.export(_KerasBilinearNet(), tmp_path / "a", format=fmt)
     # A fixed size traces (static sizes): the same model exports.
     result = zexport.export(_KerasBilinearNet(), tmp_path / "b", format=fmt, input_size=(8, 8))

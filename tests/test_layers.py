@@ -115,22 +115,28 @@ def test_upsample_concat_conv_rejects_mismatched_skip():
     UpsampleConcatConv2D(3)([keras.Input((None, 6, 4)), keras.Input((14, None, 2))])
 
 
-def test_upsample_align_corners_matches_the_closed_form():
-    # align_corners=True: output i samples input position i * (n - 1) / (factor * n - 1).
-    from zoo.layers import UpsampleAlignCorners
+def test_bilinear_upsampling_matches_the_closed_form():
+    # One layer for both grids: FPN (smp's) and SegFormer heads align corners.
+    import keras
 
-    x = np.arange(12, dtype=np.float32).reshape(1, 3, 4, 1) ** 1.5
-    y = np.asarray(UpsampleAlignCorners(2)(x))
-    assert y.shape == (1, 6, 8, 1)
+    from zoo.layers import BilinearUpsampling
 
-    def interp(src, n_out):
-        pos = np.arange(n_out) * (src.shape[0] - 1) / (n_out - 1)
-        lo = np.floor(pos).astype(int)
-        hi = np.minimum(lo + 1, src.shape[0] - 1)
-        w = (pos - lo)[:, None]
-        return src[lo] * (1 - w) + src[hi] * w
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(1, 3, 4, 2)).astype("float32")
+    y = np.asarray(BilinearUpsampling(4, align_corners=True)(x))
+    assert y.shape == (1, 12, 16, 2)
 
-    want = interp(interp(x[0, :, :, 0], 6).T, 8).T
-    np.testing.assert_allclose(y[0, :, :, 0], want, rtol=1e-5, atol=1e-5)
-    # Corners are exactly the input's corners.
-    assert y[0, 0, 0, 0] == x[0, 0, 0, 0] and y[0, -1, -1, 0] == x[0, -1, -1, 0]
+    def grid(n_in, n_out):  # align_corners=True: output i samples i * (in - 1) / (out - 1)
+        pos = np.arange(n_out) * (n_in - 1) / (n_out - 1)
+        lo = np.minimum(np.floor(pos).astype(int), n_in - 2)
+        return lo, pos - lo
+
+    (r0, fr), (c0, fc) = grid(3, 12), grid(4, 16)
+    rows = x[0, r0] * (1 - fr)[:, None, None] + x[0, r0 + 1] * fr[:, None, None]
+    expected = rows[:, c0] * (1 - fc)[None, :, None] + rows[:, c0 + 1] * fc[None, :, None]
+    np.testing.assert_allclose(y[0], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y[0, [0, -1]][:, [0, -1]], x[0, [0, -1]][:, [0, -1]], atol=1e-6)
+    same = keras.layers.UpSampling2D(4, interpolation="bilinear")(x)
+    np.testing.assert_allclose(
+        np.asarray(BilinearUpsampling(4)(x)), np.asarray(same), rtol=1e-6, atol=1e-6
+    )

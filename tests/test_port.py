@@ -180,6 +180,60 @@ def test_transforms_on_hand_made_arrays():
     assert port.TRANSFORMS["dense"](w, (3, 2))[2, 1] == w[1, 2]
 
 
+def test_kinds_name_the_variables_real_keras_layers_have():
+    # Keras 3.15: DepthwiseConv2D holds `kernel` (SeparableConv2D's is `depthwise_kernel`);
+    # a kind naming a variable the layer does not have would fail every port through it.
+    import keras
+
+    layers = {
+        "conv": (keras.layers.Conv2D(2, 3), (1, 8, 8, 3)),
+        "depthwise": (keras.layers.DepthwiseConv2D(3), (1, 8, 8, 3)),
+        "dense": (keras.layers.Dense(2), (1, 3)),
+        "dense_first_half": (keras.layers.Dense(2), (1, 3)),
+        "dense_second_half": (keras.layers.Dense(2), (1, 3)),
+        "batch_norm": (keras.layers.BatchNormalization(), (1, 3)),
+        "norm": (keras.layers.LayerNormalization(), (1, 3)),
+        "embedding": (keras.layers.Embedding(5, 2), (1, 3)),
+    }
+    assert set(layers) == set(port.KINDS)
+    for kind, (layer, shape) in layers.items():
+        layer.build(shape)
+        assert {v.name for v in layer.weights} == set(port.KINDS[kind]), kind
+        if not kind.endswith("_half"):
+            assert port.layouts.layer_kind(layer) == kind
+
+
+def test_fused_projection_halves():
+    # smp / original MiT `kv`: Linear(C_in=3, 2C=4); keys are output rows 0-1, values 2-3.
+    w = np.arange(12, dtype=np.float32).reshape(4, 3)
+    b = np.arange(4, dtype=np.float32)
+    np.testing.assert_array_equal(port.TRANSFORMS["dense_first_half"](w, (3, 2)), w[:2].T)
+    np.testing.assert_array_equal(port.TRANSFORMS["dense_second_half"](w, (3, 2)), w[2:].T)
+    np.testing.assert_array_equal(port.TRANSFORMS["first_half"](b, (2,)), [0, 1])
+    np.testing.assert_array_equal(port.TRANSFORMS["second_half"](b, (2,)), [2, 3])
+    assert port.TRANSFORMS["first_half"](b[:3], (2,)).shape == (3,)  # odd: left to the check
+
+
+def test_a_rule_kind_may_depend_on_the_layer():
+    import keras
+
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.Dense(2, name="fc")(inp))
+    state = {"m.a.w2": np.ones((2, 4), "float32"), "m.b.bias": np.full((2,), 7.0, "float32")}
+
+    def per_variable(layer):  # variables of one layer in two modules, named after the layer
+        return {"kernel": (f"a.w{layer.units}", "dense"), "bias": ("b.bias", "identity")}
+
+    port.assign(model, state, port.Table("toy", (port.Rule("fc", "m", kind=per_variable),)))
+    np.testing.assert_array_equal(np.asarray(model.get_layer("fc").bias), [7.0, 7.0])
+    with pytest.raises(port.PortError, match=r"missing key 'm\.b\.bias'"):
+        port.assign(
+            model,
+            {"m.a.w2": state["m.a.w2"]},
+            port.Table("toy", (port.Rule("fc", "m", kind=per_variable),)),
+        )
+
+
 def test_depthwise_and_dense_layers_through_a_table():
     import keras
 

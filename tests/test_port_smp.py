@@ -69,6 +69,8 @@ def test_small_smp_models_port_with_equal_logits(tmp_path, monkeypatch):
             "resnet18",
             {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32},
         ),
+        # A CNN encoder: five levels (stride 2 too) into the all-MLP decoder.
+        ("Segformer", "segformer", ".pth", 3, "resnet18", {"decoder_segmentation_channels": 32}),
     ]
     check_parity(tmp_path, monkeypatch, specs, (64, 96))
 
@@ -106,12 +108,12 @@ def test_unknown_model_is_one_line(tmp_path, capsys):
         "--checkpoint",
         str(ckpt),
         "--model",
-        "segformer",
+        "linknet",
         "--out",
         str(tmp_path / "o.keras"),
     )
     assert rc == 1 and "\n" not in err
-    assert "model='segformer'" in err and "'fpn', 'unet'" in err
+    assert "model='linknet'" in err and "'fpn', 'segformer', 'unet'" in err
 
 
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):
@@ -145,6 +147,24 @@ def test_wrong_layout_is_one_line_naming_the_key(tmp_path, capsys):
     assert rc == 1 and "\n" not in err
     assert "'segmentation_head.0.weight'" in err
     assert not (tmp_path / "o.keras").exists()
+
+
+def test_forgotten_encoder_says_to_name_it(tmp_path, capsys):
+    ckpt = tmp_path / "segformer.safetensors"  # an smp Segformer with a MiT, cut short
+    save_file(
+        {
+            "encoder.patch_embed1.proj.weight": np.zeros((32, 3, 7, 7), np.float32),
+            "segmentation_head.0.weight": np.zeros((2, 256, 1, 1), np.float32),
+        },
+        str(ckpt),
+    )
+    out = str(tmp_path / "o.keras")
+    rc, err = run_cli(
+        capsys, "smp", "--checkpoint", str(ckpt), "--model", "segformer", "--out", out
+    )
+    assert rc == 1 and "\n" not in err
+    assert "missing key 'encoder.conv1.weight'" in err and "encoder 'resnet34'" in err
+    assert "--encoder" in err
 
 
 def fake_smp_unet_state(encoder_width=64, decoder=(16, 8, 8, 4, 4), classes=3):

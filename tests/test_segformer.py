@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 from helpers import all_layers, assert_save_load_identical, build_tiny, count_trainable
+from safetensors.numpy import save_file
 from torch_ref import requires_reference, run_reference
 
 import zoo
@@ -20,9 +21,12 @@ from zoo.layers import (
     MixFFN,
     OverlapPatchEmbedding,
 )
-from zoo.port.mit import PortError, load_mit_weights, segformer_from_checkpoint
+from zoo.port import PortError, get_table, plan, port_transformers
+from zoo.port.__main__ import main as port_main
 
 TINY_MIT = zoo.encoder_info("mit_b0").tiny_config
+# A small non-standard MiT for the weight tests: two blocks in stage 2, several heads.
+TINY = {"embed_dims": (8, 16, 24, 32), "depths": (1, 2, 1, 1), "num_heads": (1, 2, 3, 4)}
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
 
@@ -154,28 +158,6 @@ def test_drop_path_drops_whole_samples_in_training_only():
         DropPath(1.0)
 
 
-def test_bilinear_upsampling_align_corners_matches_formula():
-    rng = np.random.default_rng(2)
-    x = rng.normal(size=(1, 3, 4, 2)).astype("float32")
-    y = np.asarray(BilinearUpsampling(4, align_corners=True)(x))
-    assert y.shape == (1, 12, 16, 2)
-
-    def grid(n_in, n_out):  # align_corners=True: output i samples i * (in - 1) / (out - 1)
-        pos = np.arange(n_out) * (n_in - 1) / (n_out - 1)
-        lo = np.minimum(np.floor(pos).astype(int), n_in - 2)
-        return lo, pos - lo
-
-    (r0, fr), (c0, fc) = grid(3, 12), grid(4, 16)
-    rows = x[0, r0] * (1 - fr)[:, None, None] + x[0, r0 + 1] * fr[:, None, None]
-    expected = rows[:, c0] * (1 - fc)[None, :, None] + rows[:, c0 + 1] * fc[None, :, None]
-    np.testing.assert_allclose(y[0], expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(y[0, [0, -1]][:, [0, -1]], x[0, [0, -1]][:, [0, -1]], atol=1e-6)
-    same = keras.layers.UpSampling2D(4, interpolation="bilinear")(x)
-    np.testing.assert_allclose(
-        np.asarray(BilinearUpsampling(4)(x)), np.asarray(same), rtol=1e-6, atol=1e-6
-    )
-
-
 @pytest.mark.parametrize(
     "layer",
     [
@@ -241,8 +223,8 @@ def test_mit_argument_errors():
         zoo.create_encoder("mit_b0", embed_dims=(8, 16))
     with pytest.raises(ValueError, match=r"num_heads=\(3, 2, 5, 8\)"):
         zoo.create_encoder("mit_b0", num_heads=(3, 2, 5, 8))
-    with pytest.raises(ValueError, match=r"normalization='imagent'"):
-        zoo.create_encoder("mit_b0", normalization="imagent")
+    with pytest.raises(ValueError, match=r"input_normalization='imagenet'"):
+        zoo.create_encoder("mit_b0", input_normalization="imagenet")
     with pytest.raises(ValueError, match=r"decoder_channels=0"):
         build_tiny("segformer", decoder_channels=0)
 
@@ -266,18 +248,24 @@ def test_drop_path_schedule_is_linear_up_to_the_rate():
     assert not [la for la in all_layers(build_tiny("segformer")) if isinstance(la, DropPath)]
 
 
-def test_normalization_option_equals_normalizing_by_hand():
-    keras.utils.set_random_seed(0)
-    plain = zoo.create_encoder("mit_b0", input_shape=(64, 64, 3), **TINY_MIT)
-    normed = zoo.create_encoder(
-        "mit_b0", input_shape=(64, 64, 3), normalization="imagenet", **TINY_MIT
+def test_weights_bring_their_normalization_inside(tmp_path):
+    # With weights: [0, 1] images, normalized inside = the same weights on images normalized
+    # by hand (input_normalization=None). Without weights: the plain graph, as before.
+    path = tmp_path / "mit.safetensors"
+    save_file(smp_state(TINY["embed_dims"], TINY["depths"], np.random.default_rng(0)), str(path))
+    inside = zoo.create_encoder("mit_b0", input_shape=(64, 64, 3), weights=str(path), **TINY)
+    outside = zoo.create_encoder(
+        "mit_b0", input_shape=(64, 64, 3), weights=str(path), input_normalization=None, **TINY
     )
-    normed.set_weights(plain.get_weights())
     x = np.random.default_rng(0).random((1, 64, 64, 3), dtype=np.float32)
     by_hand = ((x - MEAN) / STD).astype("float32")
     np.testing.assert_allclose(
-        np.asarray(normed(x)[32]), np.asarray(plain(by_hand)[32]), rtol=1e-4, atol=1e-4
+        np.asarray(inside(x)[32]), np.asarray(outside(by_hand)[32]), rtol=1e-4, atol=1e-4
     )
+    assert "encoder_preprocess" in {la.name for la in inside.layers}
+    assert "encoder_preprocess" not in {la.name for la in outside.layers}
+    plain = zoo.create_encoder("mit_b0", input_shape=(64, 64, 3), **TINY)
+    assert [la.name for la in plain.layers][:2] == ["image", "encoder_stage1_patch_embed"]
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
@@ -386,7 +374,7 @@ def test_all_mlp_fuse_rejects_bad_strides():
         AllMLPFuse(8, (32, 12))
 
 
-# --- Porting: table checks without torch ---------------------------------------------------
+# --- Pretrained weights and porting: tables and errors, without torch ---------------------
 
 
 def smp_state(dims, depths, rng, sr_ratios=(8, 4, 2, 1)):
@@ -429,99 +417,229 @@ def smp_state(dims, depths, rng, sr_ratios=(8, 4, 2, 1)):
     return state
 
 
-def test_port_table_puts_every_tensor_where_it_belongs():
-    state = smp_state((8, 16, 24, 32), (1, 2, 1, 1), np.random.default_rng(0))
-    state["head.weight"] = np.zeros((10, 32), "float32")  # ImageNet classifier: ignored
-    enc = zoo.create_encoder(
-        "mit_b0", embed_dims=(8, 16, 24, 32), depths=(1, 2, 1, 1), num_heads=(1, 2, 3, 4)
-    )
-    writes = load_mit_weights(enc, state)
-    assert sorted(path for path, _ in writes) == sorted(v.path for v in enc.weights)
-    assert {key for _, key in writes} == set(state) - {"head.weight"}  # kv feeds _k and _v
+def transformers_state(dims, depths, sr_ratios, classes, decoder, rng):
+    """A transformers SegformerForSemanticSegmentation state dict written out by hand in its
+    published key names (random values)."""
+    state = {}
 
-    def ours(layer, var):
-        return np.asarray(next(v for v in enc.get_layer(layer).weights if v.path.endswith(var)))
+    def add(key, *shape):
+        state[key] = rng.normal(size=shape).astype("float32")
+
+    enc = "segformer.encoder."
+    for s in range(4):
+        d, cin, k = dims[s], 3 if s == 0 else dims[s - 1], 7 if s == 0 else 3
+        add(f"{enc}patch_embeddings.{s}.proj.weight", d, cin, k, k)
+        for p in ("proj.bias", "layer_norm.weight", "layer_norm.bias"):
+            add(f"{enc}patch_embeddings.{s}.{p}", d)
+        for b in range(depths[s]):
+            pre = f"{enc}block.{s}.{b}."
+            for n in ("layer_norm_1", "layer_norm_2"):
+                add(pre + n + ".weight", d)
+                add(pre + n + ".bias", d)
+            for n in ("self.query", "self.key", "self.value", "output.dense"):
+                add(pre + f"attention.{n}.weight", d, d)
+                add(pre + f"attention.{n}.bias", d)
+            sr = sr_ratios[s]
+            if sr > 1:
+                add(pre + "attention.self.sr.weight", d, d, sr, sr)
+                add(pre + "attention.self.sr.bias", d)
+                add(pre + "attention.self.layer_norm.weight", d)
+                add(pre + "attention.self.layer_norm.bias", d)
+            add(pre + "mlp.dense1.weight", 4 * d, d)
+            add(pre + "mlp.dense1.bias", 4 * d)
+            add(pre + "mlp.dwconv.dwconv.weight", 4 * d, 1, 3, 3)
+            add(pre + "mlp.dwconv.dwconv.bias", 4 * d)
+            add(pre + "mlp.dense2.weight", d, 4 * d)
+            add(pre + "mlp.dense2.bias", d)
+        add(f"{enc}layer_norm.{s}.weight", d)
+        add(f"{enc}layer_norm.{s}.bias", d)
+    for i, d in enumerate(dims):  # finest level first
+        add(f"decode_head.linear_c.{i}.proj.weight", decoder, d)
+        add(f"decode_head.linear_c.{i}.proj.bias", decoder)
+    add("decode_head.linear_fuse.weight", decoder, 4 * decoder, 1, 1)
+    for p in ("weight", "bias", "running_mean"):
+        add(f"decode_head.batch_norm.{p}", decoder)
+    state["decode_head.batch_norm.running_var"] = rng.uniform(0.5, 1.5, decoder).astype("float32")
+    state["decode_head.batch_norm.num_batches_tracked"] = np.array(3, np.int64)
+    add("decode_head.classifier.weight", classes, decoder, 1, 1)
+    add("decode_head.classifier.bias", classes)
+    return state
+
+
+def weight_of(model, layer, variable):
+    found = [v for v in model.get_layer(layer).weights if v.path.endswith(f"/{variable}")]
+    assert len(found) == 1, (layer, variable, [v.path for v in model.get_layer(layer).weights])
+    return np.asarray(found[0])
+
+
+def test_smp_layout_file_lands_in_every_variable(tmp_path):
+    state = smp_state(TINY["embed_dims"], TINY["depths"], np.random.default_rng(0))
+    state["head.weight"] = np.zeros((10, 32), "float32")  # the ImageNet classifier: ignored
+    path = tmp_path / "mit.safetensors"
+    save_file(state, str(path))
+    enc = zoo.create_encoder("mit_b0", weights=str(path), **TINY)
+    # Every variable has its key and every key but the classifier is used (kv twice).
+    writes = plan(enc, state, get_table("mit").bind(ours="encoder_"))
+    assert sorted(w.variable.path for w in writes) == sorted(v.path for v in enc.weights)
+    assert {w.key for w in writes} == set(state) - {"head.weight"}
 
     kv, d = state["block2.1.attn.kv.weight"], 16
     blk = "encoder_stage2_block2_attn"
-    np.testing.assert_array_equal(ours(blk, f"{blk}_k/kernel"), kv[:d].T)
-    np.testing.assert_array_equal(ours(blk, f"{blk}_v/kernel"), kv[d:].T)
-    np.testing.assert_array_equal(ours(blk, f"{blk}_v/bias"), state["block2.1.attn.kv.bias"][d:])
+    np.testing.assert_array_equal(weight_of(enc, blk, f"{blk}_k/kernel"), kv[:d].T)
+    np.testing.assert_array_equal(weight_of(enc, blk, f"{blk}_v/kernel"), kv[d:].T)
     np.testing.assert_array_equal(
-        ours(blk, f"{blk}_sr/kernel"), state["block2.1.attn.sr.weight"].transpose(2, 3, 1, 0)
+        weight_of(enc, blk, f"{blk}_v/bias"), state["block2.1.attn.kv.bias"][d:]
+    )
+    np.testing.assert_array_equal(
+        weight_of(enc, blk, f"{blk}_sr/kernel"),
+        state["block2.1.attn.sr.weight"].transpose(2, 3, 1, 0),
     )
     mlp = "encoder_stage3_block1_mlp"
     np.testing.assert_array_equal(
-        ours(mlp, f"{mlp}_dwconv/kernel"),
+        weight_of(enc, mlp, f"{mlp}_dwconv/kernel"),
         state["block3.0.mlp.dwconv.dwconv.weight"].transpose(2, 3, 0, 1),
     )
     np.testing.assert_array_equal(
-        ours(mlp, f"{mlp}_fc1/kernel"), state["block3.0.mlp.fc1.weight"].T
+        weight_of(enc, mlp, f"{mlp}_fc1/kernel"), state["block3.0.mlp.fc1.weight"].T
     )
     pe = "encoder_stage1_patch_embed"
     np.testing.assert_array_equal(
-        ours(pe, f"{pe}_proj/kernel"), state["patch_embed1.proj.weight"].transpose(2, 3, 1, 0)
+        weight_of(enc, pe, f"{pe}_proj/kernel"),
+        state["patch_embed1.proj.weight"].transpose(2, 3, 1, 0),
     )
-    np.testing.assert_array_equal(ours("encoder_stage4_norm", "gamma"), state["norm4.weight"])
     np.testing.assert_array_equal(
-        ours("encoder_stage2_block1_norm2", "beta"), state["block2.0.norm2.bias"]
+        weight_of(enc, "encoder_stage4_norm", "gamma"), state["norm4.weight"]
+    )
+    np.testing.assert_array_equal(
+        weight_of(enc, "encoder_stage2_block1_norm2", "beta"), state["block2.0.norm2.bias"]
     )
 
 
-def test_port_errors_name_the_key():
-    rng = np.random.default_rng(0)
-    dims = (8, 16, 24, 32)
-    enc = zoo.create_encoder("mit_b0", embed_dims=dims, depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4))
-    before = [w.copy() for w in enc.get_weights()]
-    state = smp_state(dims, (1, 1, 1, 1), rng)
-    del state["block3.0.attn.kv.weight"]
-    with pytest.raises(PortError, match=r"missing key 'block3\.0\.attn\.kv\.weight'"):
-        load_mit_weights(enc, state)
-    deeper = smp_state(dims, (1, 2, 1, 1), rng)
-    with pytest.raises(PortError, match=r"unexpected key 'block2\.1\."):
-        load_mit_weights(enc, deeper)
-    wider = smp_state((8, 16, 24, 40), (1, 1, 1, 1), rng)
-    with pytest.raises(PortError, match=r"shape mismatch for key 'patch_embed4\."):
-        load_mit_weights(enc, wider)
-    with pytest.raises(PortError, match=r"not a Mix Transformer / SegFormer checkpoint"):
-        load_mit_weights(enc, {"conv1.weight": np.zeros((3,))})
-    # All or nothing: the failed loads wrote nothing.
-    for a, b in zip(enc.get_weights(), before):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_port_whole_model_wrong_num_classes_says_which():
-    state = {
-        f"encoder.{k}": v
-        for k, v in smp_state((8, 16, 24, 32), (1, 1, 1, 1), np.random.default_rng(0)).items()
-    }
-    for i, c in enumerate((32, 24, 16, 8)):
-        state[f"decoder.mlp_stage.{i}.linear.weight"] = np.zeros((16, c), "float32")
-        state[f"decoder.mlp_stage.{i}.linear.bias"] = np.zeros((16,), "float32")
-    state["decoder.fuse_stage.0.weight"] = np.zeros((16, 64, 1, 1), "float32")
-    for p in ("weight", "bias", "running_mean", "running_var"):
-        state[f"decoder.fuse_stage.1.{p}"] = np.ones((16,), "float32")
-    state["decoder.fuse_stage.1.num_batches_tracked"] = np.zeros((), "int64")
-    state["segmentation_head.0.weight"] = np.zeros((5, 16, 1, 1), "float32")
-    state["segmentation_head.0.bias"] = np.zeros((5,), "float32")
-    tiny = build_tiny(
-        "segformer", num_classes=2, encoder_kwargs={**TINY_MIT, "sr_ratios": (8, 4, 2, 1)}
-    )
-    with pytest.raises(PortError, match=r"segmentation_head\.0\.weight.*num_classes=5"):
-        load_mit_weights(tiny, state)
-    # The architecture is read from the weights (the heads are not in them).
-    model = segformer_from_checkpoint(state, encoder_kwargs={"num_heads": (1, 2, 3, 4)})
+def test_transformers_segformer_port_reads_the_architecture(tmp_path, capsys):
+    state = transformers_state(TINY["embed_dims"], TINY["depths"], (4, 2, 1, 1), 5, 16,
+                               np.random.default_rng(0))  # fmt: skip
+    path = tmp_path / "segformer.safetensors"
+    save_file(state, str(path))
+    # The weights give widths, depths, reductions, classes, decoder width; not the heads.
+    model = port_transformers(path, encoder_kwargs={"num_heads": TINY["num_heads"]})
     config = model.get_config()
-    assert (config["num_classes"], config["decoder_channels"]) == (5, 16)
-    assert config["encoder_kwargs"] == {
-        "normalization": "imagenet",
-        "embed_dims": (8, 16, 24, 32),
-        "depths": (1, 1, 1, 1),
-        "num_heads": (1, 2, 3, 4),
-    }
+    assert (config["encoder"], config["num_classes"], config["decoder_channels"]) == (
+        "mit_b0", 5, 16
+    )  # fmt: skip
+    assert config["encoder_kwargs"] == {**TINY, "sr_ratios": (4, 2, 1, 1)}
+    assert config["encoder_weights"] == str(path)
+    enc = "segformer.encoder.block.1.1.attention.self."
+    blk = "encoder_stage2_block2_attn"
     np.testing.assert_array_equal(
-        np.asarray(model.get_layer("decoder_fuse_bn").moving_variance), np.ones(16)
+        weight_of(model, blk, f"{blk}_k/kernel"), state[enc + "key.weight"].T
     )
+    np.testing.assert_array_equal(weight_of(model, blk, f"{blk}_v/bias"), state[enc + "value.bias"])
+    # linear_c counts levels finest first; the fuse kernel is over [32, 16, 8, 4] (deepest first)
+    np.testing.assert_array_equal(
+        weight_of(model, "decoder_fuse", "linear32_kernel"),
+        state["decode_head.linear_c.3.proj.weight"].T,
+    )
+    np.testing.assert_array_equal(
+        weight_of(model, "decoder_fuse", "linear4_bias"), state["decode_head.linear_c.0.proj.bias"]
+    )
+    np.testing.assert_array_equal(
+        weight_of(model, "decoder_fuse", "fuse_kernel"),
+        state["decode_head.linear_fuse.weight"].transpose(2, 3, 1, 0),
+    )
+    np.testing.assert_array_equal(
+        weight_of(model, "decoder_fuse_bn", "moving_variance"),
+        state["decode_head.batch_norm.running_var"],
+    )
+    np.testing.assert_array_equal(
+        weight_of(model, "head_conv", "kernel"),
+        state["decode_head.classifier.weight"].transpose(2, 3, 1, 0),
+    )
+    assert "encoder_preprocess" in {la.name for la in model.layers}  # [0, 1] images
+    with pytest.raises(ValueError, match=r"head has 5 classes\. Received: num_classes=2"):
+        port_transformers(path, num_classes=2)
+    # The command line: one line for a file of another kind (an smp encoder's).
+    other = tmp_path / "mit.safetensors"
+    save_file(smp_state(TINY["embed_dims"], TINY["depths"], np.random.default_rng(0)), str(other))
+    rc = port_main(["transformers", "--checkpoint", str(other), "--out", str(tmp_path / "o.keras")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "\n" not in err
+    assert "missing key 'segformer.encoder.patch_embeddings.0.proj.weight'" in err
+
+
+def test_wrong_weights_files_are_one_line_naming_the_key(tmp_path):
+    rng = np.random.default_rng(0)
+    dims, depths = TINY["embed_dims"], TINY["depths"]
+    missing = smp_state(dims, depths, rng)
+    del missing["block3.0.attn.kv.weight"]
+    cases = [
+        (missing, r"missing key 'block3\.0\.attn\.kv\.weight'"),
+        (smp_state(dims, (1, 3, 1, 1), rng), r"unexpected key 'block2\.2\."),
+        (
+            smp_state((8, 16, 24, 40), depths, rng),
+            r"shape mismatch for key '\S*4\.\S+': \S+ has \((40|40, \d+|\d+, 40)\b.*our "
+            r"variable 'encoder_stage4_\w+/\w+' has \((32|32, \d+|\d+, 32)\b",
+        ),
+        ({"conv1.weight": np.zeros((4, 3, 7, 7), "float32")},
+         r"none of the keys 'patch_embed1\.proj\.weight', .*'encoder\.patch_embeddings"),
+    ]  # fmt: skip
+    for i, (state, pattern) in enumerate(cases):
+        path = tmp_path / f"bad{i}.safetensors"
+        save_file(state, str(path))
+        with pytest.raises(PortError, match=pattern) as err:
+            zoo.create_encoder("mit_b0", weights=str(path), **TINY)
+        assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_imagenet_is_smp_hubs_file_in_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGZOO_HOME", str(tmp_path))
+    monkeypatch.setenv("SEGZOO_OFFLINE", "1")
+    cached = tmp_path / "weights" / "smp-hub" / "mit_b0.imagenet" / "model.safetensors"
+    with pytest.raises(OSError) as err:
+        zoo.create_model("segformer", encoder_weights="imagenet")
+    # smp 0.6's pinned revision (segmentation_models_pytorch/encoders/mix_transformer.py)
+    url = (
+        "https://huggingface.co/smp-hub/mit_b0.imagenet/resolve/"
+        "9ce53d104d92d75aabb00aae70677aaab67e7c84/model.safetensors"
+    )
+    assert url in str(err.value) and str(cached) in str(err.value)
+    assert "\n" not in str(err.value)
+    # A file there is used (a small stand-in for the real one).
+    state = smp_state(TINY["embed_dims"], TINY["depths"], np.random.default_rng(1))
+    cached.parent.mkdir(parents=True)
+    save_file(state, str(cached))
+    enc = zoo.create_encoder("mit_b0", weights="imagenet", **TINY)
+    np.testing.assert_array_equal(
+        weight_of(enc, "encoder_stage3_norm", "beta"), state["norm3.bias"]
+    )
+
+
+def test_gray_and_four_band_inputs_take_the_rgb_weights(tmp_path):
+    path = tmp_path / "mit.safetensors"
+    save_file(smp_state(TINY["embed_dims"], TINY["depths"], np.random.default_rng(0)), str(path))
+    rgb, gray, four = (
+        zoo.create_encoder("mit_b0", input_shape=(64, 64, c), weights=str(path), **TINY)
+        for c in (3, 1, 4)
+    )
+    g = np.random.default_rng(0).random((1, 64, 64, 1), dtype=np.float32)
+    np.testing.assert_allclose(
+        np.asarray(gray(g)[32]), np.asarray(rgb(np.repeat(g, 3, -1))[32]), rtol=1e-5, atol=1e-5
+    )
+    kernel = weight_of(four, "encoder_stage1_patch_embed", "encoder_stage1_patch_embed_proj/kernel")
+    assert kernel.shape == (7, 7, 4, 8)
+    np.testing.assert_allclose(kernel[:, :, 3], kernel[:, :, 0])  # band 4 takes red's kernel
+    assert four.get_layer("encoder_preprocess").scale == pytest.approx(1 / STD[[0, 1, 2, 0]])
+    assert np.all(np.isfinite(np.asarray(four(np.ones((1, 64, 64, 4), "float32"))[32])))
+
+
+def test_saved_segformer_never_rereads_its_weights(tmp_path):
+    path = tmp_path / "mit.safetensors"
+    save_file(smp_state(TINY["embed_dims"], TINY["depths"], np.random.default_rng(0)), str(path))
+    model = build_tiny("segformer", encoder_kwargs=TINY, encoder_weights=str(path))
+    x = np.random.default_rng(0).random((1, 64, 64, 3), dtype=np.float32)
+    model.save(tmp_path / "model.keras")
+    path.unlink()
+    loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
 
 
 # --- Porting: numerical parity with the references ---------------------------------------
@@ -532,14 +650,16 @@ IMAGE = np.random.default_rng(0).random((2, 64, 96, 3), dtype=np.float32)
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """Random-init smp Segformer, transformers SegformerForSemanticSegmentation and
-    SegformerModel (all mit_b0, 3 classes): their .safetensors files and outputs. The smp
-    model sees ImageNet-normalized images (the published weights' input)."""
+    SegformerModel (all mit_b0, 3 classes): their .safetensors files and outputs on
+    ImageNet-normalized images (the published weights' input; ported models normalize
+    inside)."""
     out_dir = tmp_path_factory.mktemp("segformer_ref")
+    layouts = ["smp", "transformers", "transformers_encoder"]
     arrays = run_reference(
         "segformer_reference",
         {"image": IMAGE},
-        layouts=["smp", "transformers", "transformers_encoder"],
-        normalize=["smp"],
+        layouts=layouts,
+        normalize=layouts,
         encoder="mit_b0",
         classes=3,
         out_dir=str(out_dir),
@@ -552,54 +672,62 @@ def stage_outputs(model, extra=()):
     return keras.Model(model.input, [model.get_layer(n).output for n in names])
 
 
+def assert_features(outputs, ref, prefix):
+    for stride, f in zip((4, 8, 16, 32), outputs):
+        np.testing.assert_allclose(f, ref[f"{prefix}_feat{stride}"], rtol=1e-4, atol=1e-4)
+
+
 REF = requires_reference("torch", "segmentation_models_pytorch", "transformers", "safetensors")
 
 
 @REF
-def test_smp_checkpoint_reproduces_smp_features_and_logits(reference):
+def test_smp_segformer_ported_by_zoo_port_reproduces_smp(reference, tmp_path):
     out_dir, ref = reference
-    # The user's path: architecture from the file, [0, 1] images (normalized inside).
-    model = segformer_from_checkpoint(out_dir / "smp.safetensors", input_shape=(None, None, 3))
-    assert model.get_config()["num_classes"] == 3
-    *feats, logits = stage_outputs(model, ["head_upsample"])(IMAGE)
-    for stride, f in zip((4, 8, 16, 32), feats):
-        np.testing.assert_allclose(f, ref[f"smp_feat{stride}"], rtol=1e-4, atol=1e-4)
+    out = tmp_path / "segformer.keras"
+    args = ["smp", "--checkpoint", str(out_dir / "smp.safetensors"), "--model", "segformer",
+            "--encoder", "mit_b0", "--out", str(out)]  # fmt: skip
+    assert port_main(args) == 0
+    model = keras.saving.load_model(out, safe_mode=True)
+    assert model.get_config()["num_classes"] == 3  # read from the weights
+    *feats, logits = stage_outputs(model, ["head_upsample"])(IMAGE)  # [0, 1] images
+    assert_features(feats, ref, "smp")
     np.testing.assert_allclose(logits, ref["smp_logits"], rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(model(IMAGE), ref["smp_logits"], rtol=1e-4, atol=1e-4)
 
 
 @REF
-def test_transformers_checkpoint_reproduces_stride4_logits(reference):
+def test_transformers_segformer_port_reproduces_stride4_logits(reference, tmp_path):
     out_dir, ref = reference
-    model = zoo.create_model("segformer", num_classes=3, encoder="mit_b0")
-    writes = load_mit_weights(model, out_dir / "transformers.safetensors")
-    assert len(writes) == len(model.weights)
+    out = tmp_path / "segformer.keras"
+    args = ["transformers", "--checkpoint", str(out_dir / "transformers.safetensors"),
+            "--out", str(out)]  # fmt: skip
+    assert port_main(args) == 0
+    model = keras.saving.load_model(out, safe_mode=True)
+    config = model.get_config()
+    assert (config["encoder"], config["encoder_kwargs"], config["decoder_channels"]) == (
+        "mit_b0", {}, 256
+    )  # fmt: skip
     # Block and stage layer norms: transformers' eps 1e-5 vs our (original) 1e-6.
     *feats, logits = stage_outputs(model, ["head_conv"])(IMAGE)
-    for stride, f in zip((4, 8, 16, 32), feats):
-        np.testing.assert_allclose(f, ref[f"transformers_feat{stride}"], rtol=1e-4, atol=1e-4)
+    assert_features(feats, ref, "transformers")
     np.testing.assert_allclose(logits, ref["transformers_logits"], rtol=1e-4, atol=1e-4)
 
 
 @REF
-def test_transformers_encoder_checkpoint_into_standalone_encoder_and_unet(reference):
+def test_mit_checkpoints_as_encoder_weights_of_any_model(reference):
     out_dir, ref = reference
+    # A transformers SegformerModel file into a standalone encoder ...
     path = out_dir / "transformers_encoder.safetensors"
-    enc = zoo.create_encoder("mit_b0", input_shape=(None, None, 3))
-    assert len(load_mit_weights(enc, path)) == len(enc.weights)
-    for stride, f in enc(IMAGE).items():
-        np.testing.assert_allclose(
-            f, ref[f"transformers_encoder_feat{stride}"], rtol=1e-4, atol=1e-4
-        )
-    # Any decoder: the encoder part of a U-Net loads, the decoder stays as built.
-    unet = zoo.create_model("unet", encoder="mit_b0", decoder_channels=(32, 16, 8, 8, 8))
-    decoder_before = unet.get_layer("head_conv").get_weights()
-    load_mit_weights(unet, path)
-    np.testing.assert_allclose(
-        stage_outputs(unet)(IMAGE)[3], ref["transformers_encoder_feat32"], rtol=1e-4, atol=1e-4
+    enc = zoo.create_encoder("mit_b0", input_shape=(None, None, 3), weights=str(path))
+    features = enc(IMAGE)
+    assert_features([features[s] for s in (4, 8, 16, 32)], ref, "transformers_encoder")
+    # ... and a whole smp Segformer's file (its encoder. part) into a U-Net.
+    unet = zoo.create_model(
+        "unet",
+        encoder="mit_b0",
+        decoder_channels=(32, 16, 8, 8, 8),
+        encoder_weights=str(out_dir / "smp.safetensors"),
     )
-    for a, b in zip(unet.get_layer("head_conv").get_weights(), decoder_before):
-        np.testing.assert_array_equal(a, b)
+    assert_features(stage_outputs(unet)(IMAGE), ref, "smp")
 
 
 @pytest.mark.slow  # a TensorFlow child process: ~30 s

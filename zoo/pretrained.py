@@ -59,22 +59,51 @@ IMAGENET = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
 @dataclass(frozen=True)
+class Layout:
+    """One key layout of an encoder's checkpoints (e.g. segmentation_models_pytorch's and
+    Hugging Face transformers' names for the same Mix Transformer).
+
+    Args:
+        table: the `zoo.port` table from their keys (relative to the encoder's module) to our
+            layers (relative to the encoder's name prefix).
+        first_conv: their module of the first convolution, relative to the encoder's module
+            (adapted for other than 3 input channels); ``{prefix}{first_conv}.weight`` is how a
+            file is recognized as this layout.
+        prefixes: where the encoder's module sits in the files: ``""`` (an encoder's own
+            file), ``"encoder."`` (a segmentation_models_pytorch model), ...; keys outside it
+            (a decoder, a classifier) are left out.
+    """
+
+    table: str
+    first_conv: str | None
+    prefixes: tuple[str, ...] = ("", "encoder.")
+
+
+@dataclass(frozen=True)
 class EncoderWeights:
     """How a native encoder takes PyTorch-layout weights.
 
     Args:
         table: the `zoo.port` table from their keys to our layers (relative to the encoder's
-            name prefix).
+            name prefix): the primary layout (its files may be an encoder's own or an smp
+            model's, under ``encoder.``).
         first_conv: their module of the first convolution (adapted for other than 3 input
             channels), e.g. ``"conv1"``.
         normalization: the preprocessing of its weights, local files included.
         sources: named weights, e.g. ``{"imagenet": WeightsSource(...)}``.
+        layouts: other key layouts its files may come in (`Layout`), recognized by their
+            first convolution's key.
     """
 
     table: str
     first_conv: str | None
     normalization: Normalization | None
     sources: dict[str, WeightsSource]
+    layouts: tuple[Layout, ...] = ()
+
+    @property
+    def all_layouts(self) -> tuple[Layout, ...]:
+        return (Layout(self.table, self.first_conv), *self.layouts)
 
 
 _ENCODERS: dict[str, EncoderWeights] = {}
@@ -87,9 +116,10 @@ def register_encoder_weights(
     first_conv: str | None,
     normalization: Normalization | None,
     sources: dict[str, WeightsSource],
+    layouts: tuple[Layout, ...] = (),
 ) -> EncoderWeights:
     """Declare that native encoder `encoder` loads PyTorch-layout weights (see `EncoderWeights`)."""
-    spec = EncoderWeights(table, first_conv, normalization, dict(sources))
+    spec = EncoderWeights(table, first_conv, normalization, dict(sources), tuple(layouts))
     _ENCODERS[encoder] = spec
     return spec
 
@@ -251,10 +281,10 @@ def load_native(
         path = fetch(source, f"{weights!r} weights of encoder {encoder!r}")
     else:
         path = Path(weights).expanduser()
-    state = encoder_state(load_state_dict(path))
+    layout, state = _layout_state(encoder, spec, load_state_dict(path), path)
     channels = int(inputs.shape[-1])
-    if spec.first_conv and f"{spec.first_conv}.weight" in state:
-        key = f"{spec.first_conv}.weight"
+    if layout.first_conv and f"{layout.first_conv}.weight" in state:
+        key = f"{layout.first_conv}.weight"
         if channels == 1 and normalization is not None and state[key].shape[1] != 3:
             raise weights_error(
                 encoder,
@@ -265,10 +295,39 @@ def load_native(
             )
         state[key], offset = adapt_input_kernel(state[key], channels, normalization, in_axis=1)
         if offset is not None:
-            state[f"{spec.first_conv}.folded_offset.weight"] = offset
+            state[f"{layout.first_conv}.folded_offset.weight"] = offset
     layers = layers_between(inputs, features)
-    table = get_table(spec.table).bind(ours=f"{name}_")
+    table = get_table(layout.table).bind(ours=f"{name}_")
     assign(layers, state, table, source=str(path))
+
+
+def _layout_state(
+    encoder: str, spec: EncoderWeights, state: dict[str, np.ndarray], path: Path
+) -> tuple[Layout, dict[str, np.ndarray]]:
+    """The layout of checkpoint `state` (the first whose first-conv key it has, under one of
+    the layout's prefixes) and the encoder's keys, relative to that prefix."""
+    from zoo.port.mapping import PortError
+
+    for layout in spec.all_layouts:
+        for prefix in layout.prefixes if layout.first_conv else ():
+            if f"{prefix}{layout.first_conv}.weight" in state:
+                return layout, {
+                    k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)
+                }
+    if len(spec.all_layouts) == 1:
+        # One layout: the table's own check names the first key that does not fit.
+        return spec.all_layouts[0], encoder_state(state)
+    anchors = [
+        f"{prefix}{layout.first_conv}.weight"
+        for layout in spec.all_layouts
+        for prefix in layout.prefixes
+    ]
+    raise PortError(
+        f"Cannot load {path} into encoder {encoder!r}: it has none of the keys "
+        f"{', '.join(repr(a) for a in anchors)} by which its checkpoints are recognized "
+        f"(port tables {', '.join(repr(la.table) for la in spec.all_layouts)}); not a "
+        f"checkpoint of this encoder? Its first keys: {list(state)[:3]}"
+    )
 
 
 def copy_adapting_first_conv(source, target, channels: int, bgr: bool = False) -> None:

@@ -7,7 +7,12 @@ shrinks keys and values by ``sr_ratio`` (8, 4, 2, 1) and whose feed-forward has 
 are the features at strides 4, 8, 16 and 32 (there is no stride-2 level). Layouts, widths,
 depths and layer-norm epsilons follow the original implementation and smp's ``mit_b*``
 encoders (block and stage norms 1e-6, patch-embedding and reduction norms 1e-5), so parameter
-counts equal smp's and ported checkpoints reproduce their features (zoo/port/mit.py).
+counts equal smp's and ported checkpoints reproduce their features.
+
+Pretrained weights (`weights` / a model's `encoder_weights`): ``"imagenet"`` (the original
+ImageNet-1k weights as segmentation_models_pytorch publishes them, ``smp-hub/mit_b*.imagenet``)
+or a local checkpoint in the smp / original or the Hugging Face transformers layout
+(`zoo/port/tables/mit.py`); their ImageNet normalization then goes inside the graph.
 
 Reference:
     Xie et al., "SegFormer: Simple and Efficient Design for Semantic Segmentation with
@@ -20,6 +25,7 @@ from collections.abc import Sequence
 
 import keras
 
+from zoo import pretrained
 from zoo.encoders._common import run_encoder
 from zoo.layers import (
     ChannelAffine,
@@ -41,11 +47,18 @@ VARIANTS = {
     "mit_b4": ((64, 128, 320, 512), (3, 8, 27, 3)),
     "mit_b5": ((64, 128, 320, 512), (3, 6, 40, 3)),
 }
-# Input normalizations the published checkpoints expect, applied to our [0, 1] images.
-NORMALIZATIONS = {
-    None: None,
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # (mean, std)
+NORMALIZATIONS = ("weights", None)  # input_normalization
+# segmentation_models_pytorch 0.6's pinned revisions of its MiT ImageNet files (the original
+# NVlabs weights; smp-hub/mit_b*.imagenet, model.safetensors).
+SMP_HUB_REVISIONS = {
+    "mit_b0": "9ce53d104d92d75aabb00aae70677aaab67e7c84",
+    "mit_b1": "a04bf4f13a549bce677cf79b04852e7510782817",
+    "mit_b2": "868ab6f13871dcf8c3d9f90ee4519403475b65ef",
+    "mit_b3": "32558d12a65f1daa0ebcf4f4053c4285e2c1cbda",
+    "mit_b4": "3a3454e900a4b4f11dd60eeb59101a9a1a36b017",
+    "mit_b5": "ced04d96c586b6297fd59a7a1e244fc78fdb6531",
 }
+LICENSE = "NVIDIA Source Code License for SegFormer (non-commercial use only)"
 NUM_HEADS = (1, 2, 5, 8)
 SR_RATIOS = (8, 4, 2, 1)
 # Smp's trainable parameter counts of the encoders (no classifier), for the docs table.
@@ -78,7 +91,6 @@ def mix_transformer_features(
     sr_ratios: Sequence[int] = SR_RATIOS,
     mlp_ratio: float = 4.0,
     drop_path_rate: float = 0.1,
-    normalization: str | None = None,
     name: str = "encoder",
 ) -> dict:
     """Mix Transformer feature maps ``{4: ..., 8: ..., 16: ..., 32: ...}`` of `x`.
@@ -86,17 +98,8 @@ def mix_transformer_features(
     Layers are named ``{name}_stage{s}_patch_embed``, ``{name}_stage{s}_block{b}_{norm1,
     attn, drop_path1, add1, norm2, mlp, drop_path2, add2}`` and ``{name}_stage{s}_norm``
     (s, b from 1). The stochastic-depth rate grows linearly from 0 (first block) to
-    `drop_path_rate` (last block); blocks with rate 0 have no `DropPath` layer. With
-    `normalization` ("imagenet") a `ChannelAffine` named ``{name}_normalize`` first maps
-    [0, 1] images to ``(x - mean) / std``.
+    `drop_path_rate` (last block); blocks with rate 0 have no `DropPath` layer.
     """
-    if NORMALIZATIONS[normalization] is not None:
-        mean, std = NORMALIZATIONS[normalization]
-        x = ChannelAffine(
-            scale=[1.0 / sd for sd in std],
-            offset=[-m / sd for m, sd in zip(mean, std)],
-            name=f"{name}_normalize",
-        )(x)
     total = sum(depths)
     rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
     features, index = {}, 0
@@ -126,17 +129,19 @@ def mix_transformer_features(
 
 
 def _mit(
+    encoder,
     inputs,
     input_shape,
+    weights,
+    input_normalization,
+    output_stride,
+    name,
     embed_dims,
     depths,
     num_heads,
     sr_ratios,
     mlp_ratio,
     drop_path_rate,
-    normalization,
-    output_stride,
-    name,
 ):
     embed_dims = _four_positive_ints("embed_dims", embed_dims)
     depths = _four_positive_ints("depths", depths)
@@ -162,32 +167,37 @@ def _mit(
             "Invalid value for argument `drop_path_rate`: expected a rate in [0, 1). "
             f"Received: drop_path_rate={drop_path_rate!r}"
         )
-    if not isinstance(normalization, (str, type(None))) or normalization not in NORMALIZATIONS:
+    if input_normalization not in NORMALIZATIONS:
         raise ValueError(
-            "Invalid value for argument `normalization`: expected one of "
-            f"{list(NORMALIZATIONS)}. Received: normalization={normalization!r}"
+            "Invalid value for argument `input_normalization`: expected one of "
+            f"{NORMALIZATIONS}. Received: input_normalization={input_normalization!r}"
         )
     if output_stride != 32:
         raise ValueError(
             "Invalid value for argument `output_stride`: Mix Transformer encoders support only "
             f"32 (no dilated variant). Received: output_stride={output_stride!r}"
         )
-    return run_encoder(
-        inputs,
-        input_shape,
-        name,
-        lambda x: mix_transformer_features(
-            x,
-            embed_dims,
-            depths,
-            num_heads,
-            sr_ratios,
-            mlp_ratio,
-            drop_path_rate,
-            normalization,
-            name,
-        ),
-    )
+    # Pretrained weights bring their normalization into the graph; random weights keep the
+    # plain graph (configs without weights build what they always built).
+    normalization = pretrained.native_normalization(encoder, weights)
+    if input_normalization is None:
+        normalization = None
+
+    def body(x):
+        if normalization is not None:
+            if int(x.shape[-1]) == 1:
+                # The RGB normalization cannot be folded into the patch embedding's
+                # zero-padded conv: the gray image is seen as RGB (the same function).
+                x = keras.layers.Concatenate(name=f"{name}_gray_to_rgb")([x, x, x])
+            scale, offset = normalization.scale_offset(int(x.shape[-1]))
+            x = ChannelAffine(scale, offset, name=f"{name}_preprocess")(x)
+        features = mix_transformer_features(
+            x, embed_dims, depths, num_heads, sr_ratios, mlp_ratio, drop_path_rate, name
+        )
+        pretrained.load_native(encoder, weights, x, features, name, normalization)
+        return features
+
+    return run_encoder(inputs, input_shape, name, body)
 
 
 # Reductions (4, 2, 1, 1): at 32x32 inputs (the distribution tests) every stage but the last
@@ -214,22 +224,25 @@ def _register(key: str) -> None:
         sr_ratios: Sequence[int] = SR_RATIOS,
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.1,
-        normalization: str | None = None,
+        weights: str | None = None,
+        input_normalization: str | None = "weights",
         output_stride: int = 32,
         name: str = "encoder",
     ):
         return _mit(
+            key,
             inputs,
             input_shape,
+            weights,
+            input_normalization,
+            output_stride,
+            name,
             embed_dims,
             depths,
             num_heads,
             sr_ratios,
             mlp_ratio,
             drop_path_rate,
-            normalization,
-            output_stride,
-            name,
         )
 
     variant = key.split("_")[1].upper()
@@ -251,9 +264,14 @@ def _register(key: str) -> None:
         "    sr_ratios: key/value spatial reduction per stage.\n"
         "    mlp_ratio: Mix-FFN hidden width / channels.\n"
         "    drop_path_rate: stochastic depth of the last block (linear from 0); 0 disables.\n"
-        "    normalization: None, or 'imagenet' to map [0, 1] images to (x - mean) / std\n"
-        "        inside the graph, as the published (ImageNet, ADE20K, Cityscapes) weights\n"
-        "        expect; zoo.port.mit sets it when it builds a model from a checkpoint.\n"
+        "    weights: None (random), 'imagenet' (the original ImageNet-1k weights from\n"
+        "        smp-hub, non-commercial license) or the path of an smp / original or\n"
+        "        Hugging Face transformers checkpoint (.safetensors, .pth, .bin; a whole\n"
+        "        Segformer's file gives its encoder). Pretrained weights bring their ImageNet\n"
+        "        normalization into the graph (inputs stay in [0, 1]); other than 3 input\n"
+        "        channels adapt the first conv (1 channel: the image is seen as RGB).\n"
+        "    input_normalization: 'weights' (the weights' normalization inside the model,\n"
+        "        none for random weights) or None (the caller normalizes).\n"
         "    output_stride: only 32 (accepted so that every decoder can pass it).\n"
         "    name: prefix of every layer name.\n"
     )
@@ -262,9 +280,35 @@ def _register(key: str) -> None:
         strides=(4, 8, 16, 32),
         tiny_config=dict(_TINY),
         output_strides=(32,),
-        pretrained=False,
+        pretrained=True,
         description=description,
     )(builder)
+    revision = SMP_HUB_REVISIONS[key]
+    pretrained.register_encoder_weights(
+        key,
+        table="mit",
+        first_conv="patch_embed1.proj",
+        normalization=pretrained.IMAGENET,
+        sources={
+            "imagenet": pretrained.WeightsSource(
+                url=f"https://huggingface.co/smp-hub/{key}.imagenet/resolve/{revision}/"
+                "model.safetensors",
+                file=f"smp-hub/{key}.imagenet/model.safetensors",
+                description=(
+                    f"the original (NVlabs SegFormer) ImageNet-1k {key} weights as "
+                    f"segmentation_models_pytorch publishes them (smp-hub/{key}.imagenet)"
+                ),
+                license=LICENSE,
+            )
+        },
+        layouts=(
+            pretrained.Layout(
+                "mit.transformers",
+                "patch_embeddings.0.proj",
+                prefixes=("encoder.", "segformer.encoder."),
+            ),
+        ),
+    )
 
 
 for _key in VARIANTS:

@@ -145,7 +145,7 @@ def serving_function(model: keras.Model, sig: Signature) -> Any:
     """The `tf.function` every format exports: ``image -> {logits, probabilities, mask}``.
 
     uint8 images are divided by 255 (the training pipeline's scaling); with a dynamic size the
-    image is edge-padded (like `zoo.predict.predict_image`) to a multiple of the divisor and
+    image is edge-padded (like whole-image `zoo.inference.predict`) to a multiple of the divisor and
     the outputs are cropped back to the input size.
     """
     import tensorflow as tf
@@ -292,7 +292,7 @@ def static_blockers(model: keras.Model, dynamic: bool) -> list[str]:
                 found.append(
                     f"'{layer.name}' (keras UpSampling2D(interpolation="
                     f"{layer.interpolation!r}) fails on unknown sizes; build the model with "
-                    "zoo.layers.BilinearUpsample2D, or export a fixed input size)"
+                    "zoo.layers.BilinearUpsampling, or export a fixed input size)"
                 )
         if type(layer).__name__ == "Lambda":
             found.append(f"'{layer.name}' (Lambda layers are not exported)")

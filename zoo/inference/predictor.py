@@ -22,6 +22,7 @@ from zoo.data.io import check_intensity
 from zoo.errors import ConfigError, DataError
 from zoo.inference import scale as scaling
 from zoo.inference.masks import _bad, mask_threshold, to_mask
+from zoo.inference.tiles import cut_tile, tile_contribution
 from zoo.inference.tiling import BLENDS, AxisPlan, plan_axis
 from zoo.inference.tta import TRANSFORMS, check_tta, forward, inverse
 from zoo.models.base import model_mode
@@ -277,48 +278,6 @@ class TiledPredictor:
         values = self.strategy.experimental_distribute_values_from_function(part)
         return fn(values).numpy()
 
-    # ------------------------------------------------------------------ tiles in and out
-
-    def _tile_input(
-        self, image: np.ndarray, py: AxisPlan, px: AxisPlan, k: int, j: int, out: np.ndarray
-    ) -> None:
-        """Fill `out` (th, tw, C) with tile (k, j): cut or resampled, edge-padded."""
-        y0, x0 = py.starts[k], px.starts[j]
-        ch, cw = py.content(k), px.content(j)
-        if py.scaled == py.size and px.scaled == px.size:
-            region = scaling.match_channels(
-                np.asarray(image[y0 : y0 + ch, x0 : x0 + cw]), self.channels
-            )
-            pixels = scaling.to_float(region)
-        else:
-            fy, fx = py.size / py.scaled, px.size / px.scaled
-            box = (y0 * fy, x0 * fx, (y0 + ch) * fy, (x0 + cw) * fx)
-            pixels = scaling.resample_region(image, box, (ch, cw), self.channels)
-        out[:ch, :cw] = pixels
-        # Edge padding (as the untiled predictor did) when the image is shorter than a tile.
-        if ch < out.shape[0]:
-            out[ch:, :cw] = out[ch - 1 : ch, :cw]
-        if cw < out.shape[1]:
-            out[:, cw:] = out[:, cw - 1 : cw]
-
-    @staticmethod
-    def _tile_output(result: np.ndarray, py: AxisPlan, px: AxisPlan, k: int, j: int) -> np.ndarray:
-        """Tile (k, j)'s weighted contribution to its native rows and columns."""
-        taps_y, taps_x = py.taps[k], px.taps[j]
-        (ya, yb), (xa, xb) = py.ranges[k], px.ranges[j]
-        if taps_y is None:
-            rows = result[ya - py.starts[k] : yb - py.starts[k]]
-        else:
-            i0, i1, f = taps_y
-            rows = result[i0] + (result[i1] - result[i0]) * f[:, None, None]
-        if taps_x is None:
-            cols = rows[:, xa - px.starts[j] : xb - px.starts[j]]
-        else:
-            j0, j1, g = taps_x
-            cols = rows[:, j0] + (rows[:, j1] - rows[:, j0]) * g[None, :, None]
-        weight = py.factors[k][:, None, None] * px.factors[j][None, :, None]
-        return cols * weight
-
     # ------------------------------------------------------------------ public API
 
     def strips(
@@ -354,7 +313,7 @@ class TiledPredictor:
             rows = _round_up(len(chunk), self.replicas)
             batch = np.empty((rows, th, tw, self.channels), np.float32)
             for i, (k, j) in enumerate(chunk):
-                self._tile_input(image, py, px, k, j, batch[i])
+                cut_tile(image, py, px, k, j, batch[i], self.channels)
             batch[len(chunk) :] = batch[0]
             return batch
 
@@ -379,7 +338,7 @@ class TiledPredictor:
                             (yb - band0 - band.shape[0], width, self.num_outputs), np.float32
                         )
                         band = np.concatenate([band, grow]) if band.size else grow
-                    band[ya - band0 : yb - band0, xa:xb] += self._tile_output(
+                    band[ya - band0 : yb - band0, xa:xb] += tile_contribution(
                         result[i], py, px, k, j
                     )
                 following = tiles[(n + 1) * per_step][0] if n + 1 < len(chunks) else None

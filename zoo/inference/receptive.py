@@ -141,7 +141,7 @@ def _layer_field(layer: Any, args: tuple, kwargs: dict) -> Field:
         return Field(f.radius + f.jump, f.jump / _pair(layer.size))
     if name == "BilinearUpsampling":  # as bilinear UpSampling2D (aligned corners: the same
         f = fields[0]  # two nearest source pixels per axis)
-        return Field(f.radius + f.jump, f.jump / layer.size)
+        return Field(f.radius + f.jump, f.jump / _pair(layer.size))
     if name == "OverlapPatchEmbedding":  # k x k conv, stride s, k // 2 zeros on every side
         return _conv(fields[0], layer.patch_size, layer.strides, 1, "same")
     if name == "MixFFN":  # one 3x3 depthwise conv between per-pixel dense layers

@@ -17,20 +17,17 @@ from zoo.layers.efficient_self_attention import EfficientSelfAttention
 from zoo.layers.mix_ffn import MixFFN
 from zoo.layers.overlap_patch_embedding import OverlapPatchEmbedding
 from zoo.layers.spatial import (
-    BilinearUpsample2D,
     BroadcastSpatial,
     ChannelAffine,
     CheckDivisible,
     CropToReference,
     FoldedOffset,
     PadToMultiple,
-    UpsampleAlignCorners,
 )
 from zoo.layers.upsample_concat_conv2d import UpsampleConcatConv2D
 
 __all__ = [
     "AllMLPFuse",
-    "BilinearUpsample2D",
     "BilinearUpsampling",
     "BroadcastSpatial",
     "ChannelAffine",
@@ -42,7 +39,6 @@ __all__ = [
     "OverlapPatchEmbedding",
     "FoldedOffset",
     "PadToMultiple",
-    "UpsampleAlignCorners",
     "UpsampleConcatConv2D",
     "batch_norm",
     "conv_bn_act",

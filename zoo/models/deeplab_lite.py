@@ -7,7 +7,7 @@ from typing import Any
 
 import keras
 
-from zoo.layers import BilinearUpsample2D, BroadcastSpatial, conv_bn_act, separable_conv_bn_act
+from zoo.layers import BilinearUpsampling, BroadcastSpatial, conv_bn_act, separable_conv_bn_act
 from zoo.models.base import (
     SegmentationModel,
     check_activation,
@@ -140,7 +140,7 @@ class DeepLabLite(SegmentationModel):
 
         # === Decoder ===
         # float32: TF 2.21's XLA rejects a bfloat16 bilinear resize in training.
-        y = BilinearUpsample2D(
+        y = BilinearUpsampling(
             output_stride // 4,
             name="decoder_upsample",
             dtype="float32",
@@ -152,7 +152,7 @@ class DeepLabLite(SegmentationModel):
 
         # === Head ===
         y = keras.layers.Conv2D(num_classes, 1, name="head_conv", dtype="float32")(y)
-        logits = BilinearUpsample2D(4, name="head_upsample", dtype="float32")(y)
+        logits = BilinearUpsampling(4, name="head_upsample", dtype="float32")(y)
         outputs = model_output(logits, image, activation, pad_to_divisor)
         super().__init__(inputs=image, outputs=outputs, **{"name": "deeplab_lite", **kwargs})
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import keras
 
-from zoo.layers import BilinearUpsample2D, UpsampleAlignCorners, conv_bn_act
+from zoo.layers import BilinearUpsampling, conv_bn_act
 from zoo.models.base import (
     SegmentationModel,
     check_activation,
@@ -127,10 +127,8 @@ class FPN(SegmentationModel):
         divisor = self.divisor_for(locals())
 
         def upsample(y, factor, name):
-            # float32: TF 2.21's XLA rejects a bfloat16 bilinear resize in training.
-            if align_corners:
-                return UpsampleAlignCorners(factor, name=name, dtype="float32")(y)
-            return BilinearUpsample2D(factor, name=name, dtype="float32")(y)
+            # float32 (the layer's default): TF 2.21's XLA rejects a bfloat16 bilinear resize.
+            return BilinearUpsampling(factor, align_corners=align_corners, name=name)(y)
 
         # === Encoder ===
         image, x = model_input(input_shape, divisor, pad_to_divisor)

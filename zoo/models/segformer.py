@@ -110,7 +110,7 @@ class SegFormer(SegmentationModel):
 
         # === Encoder ===
         image, x = model_input(input_shape, divisor, pad_to_divisor)
-        features = encoder_features(encoder, x, encoder_kwargs)
+        features = encoder_features(encoder, x, encoder_kwargs, encoder_weights)
         require_strides(features, LEVELS, "segformer", encoder)
 
         # === All-MLP decoder: every level to stride 4, deepest first ===

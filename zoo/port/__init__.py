@@ -35,10 +35,13 @@ used or ignored, each shape matches) and raises one `PortError` naming the first
 
 Whole segmentation_models_pytorch models (`zoo.port.smp`): ``python -m zoo.port smp
 --checkpoint unet.pth --model unet --out unet.keras``; a new architecture registers its
-decoder table and an `SmpModel` entry with `register_smp_model`.
+decoder table and an `SmpModel` entry with `register_smp_model`. Hugging Face transformers
+SegFormers (`zoo.port.hf`): ``python -m zoo.port transformers --checkpoint model.safetensors
+--out segformer.keras`` or `port_transformers`.
 """
 
 from zoo.port import tables as tables  # registers the family tables
+from zoo.port.hf import port_transformers
 from zoo.port.mapping import (
     KINDS,
     TRANSFORMS,
@@ -72,6 +75,7 @@ __all__ = [
     "load_state_dict",
     "plan",
     "port_smp",
+    "port_transformers",
     "read_safetensors",
     "register_smp_model",
     "register_table",

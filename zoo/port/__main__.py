@@ -1,8 +1,8 @@
-"""``python -m zoo.port smp --checkpoint unet.pth --model unet --out unet.keras``.
+"""``python -m zoo.port smp|transformers --checkpoint FILE --out MODEL.keras``.
 
-Ports a segmentation_models_pytorch checkpoint into a `.keras` file (see `zoo.port.smp`).
-Errors caused by the input are one line on stderr (exit status 1); an existing output is
-replaced only with ``--overwrite``.
+Ports a segmentation_models_pytorch checkpoint (`zoo.port.smp`) or a Hugging Face
+transformers SegFormer (`zoo.port.hf`) into a `.keras` file. Errors caused by the input are one line
+on stderr (exit status 1); an existing output is replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -12,24 +12,30 @@ import os
 import sys
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m zoo.port", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    smp = sub.add_parser("smp", help="port a segmentation_models_pytorch model")
-    smp.add_argument("--checkpoint", required=True, help="state dict (.pth/.pt/.bin/.safetensors)")
-    smp.add_argument("--model", required=True, help="architecture: unet, fpn, ...")
-    smp.add_argument("--out", required=True, help="the .keras file to write")
-    smp.add_argument("--encoder", default="resnet34", help="smp encoder name (default resnet34)")
-    smp.add_argument(
-        "--num-classes", type=int, default=None, help="checked against the weights' head"
-    )
-    smp.add_argument(
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="state dict (.pth/.pt/.bin/.safetensors)")
+    p.add_argument("--out", required=True, help="the .keras file to write")
+    p.add_argument("--num-classes", type=int, default=None, help="checked against the weights")
+    p.add_argument(
         "--normalization",
         choices=["imagenet", "none"],
         default=None,
         help="normalize [0, 1] inputs inside the model (default: imagenet for 3 channels)",
     )
-    smp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m zoo.port", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    smp = sub.add_parser("smp", help="port a segmentation_models_pytorch model")
+    smp.add_argument("--model", required=True, help="architecture: unet, fpn, segformer, ...")
+    smp.add_argument(
+        "--encoder", default="resnet34", help="smp encoder name (default resnet34; mit_b0, ...)"
+    )
+    _common(smp)
+    hf = sub.add_parser("transformers", help="port a Hugging Face SegformerForSemanticSegmentation")
+    _common(hf)
     return p
 
 
@@ -37,10 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from zoo.errors import UserError
-    from zoo.port import smp
+
+    if args.command == "smp":
+        from zoo.port.smp import main as port
+    else:
+        from zoo.port.hf import main as port
 
     try:
-        print(smp.main(args))
+        print(port(args))
     except UserError as err:
         print(f"Error: {err}", file=sys.stderr)
         return 1

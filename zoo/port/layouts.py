@@ -48,21 +48,51 @@ def dense_kernel(x: np.ndarray, ours: tuple[int, ...]) -> np.ndarray:
     return np.transpose(x) if x.ndim == 2 else x
 
 
+def half(index: int, then: Transform = identity) -> Transform:
+    """Half `index` (0 first, 1 second) of a fused parameter's output axis, then `then`: one
+    ``Linear`` computing two things, e.g. the original Mix Transformer's ``kv`` projection
+    (keys are output rows ``[0, C)`` of ``kv.weight`` (2C, C_in), values ``[C, 2C)``), which
+    we hold as two `Dense` layers."""
+
+    def take(x: np.ndarray, ours: tuple[int, ...]) -> np.ndarray:
+        if x.ndim == 0 or x.shape[0] % 2:
+            return x  # the shape check names both shapes
+        rows = x.shape[0] // 2
+        return then(x[index * rows : (index + 1) * rows], ours)
+
+    return take
+
+
 # Extend with `TRANSFORMS["name"] = fn` (a family module) and use the name in a kind.
 TRANSFORMS: dict[str, Transform] = {
     "identity": identity,
     "conv": conv_kernel,
     "depthwise": depthwise_kernel,
     "dense": dense_kernel,
+    "first_half": half(0),
+    "second_half": half(1),
+    "dense_first_half": half(0, dense_kernel),
+    "dense_second_half": half(1, dense_kernel),
 }
 
 
 # === Layer kinds: our variable name -> (their parameter suffix, transform name) ===
+# Variable names are Keras 3's (`DepthwiseConv2D` holds ``kernel``, not ``depthwise_kernel``
+# as `SeparableConv2D` does; tests/test_port.py checks every kind against its real layer).
 
 KINDS: dict[str, dict[str, tuple[str, str]]] = {
     "conv": {"kernel": ("weight", "conv"), "bias": ("bias", "identity")},
     "depthwise": {"kernel": ("weight", "depthwise"), "bias": ("bias", "identity")},
     "dense": {"kernel": ("weight", "dense"), "bias": ("bias", "identity")},
+    # A Dense holding one half of a fused Linear's outputs (see `half`).
+    "dense_first_half": {
+        "kernel": ("weight", "dense_first_half"),
+        "bias": ("bias", "first_half"),
+    },
+    "dense_second_half": {
+        "kernel": ("weight", "dense_second_half"),
+        "bias": ("bias", "second_half"),
+    },
     "batch_norm": {
         "gamma": ("weight", "identity"),
         "beta": ("bias", "identity"),

@@ -63,12 +63,14 @@ class Rule:
         theirs: their module path, a template (``{1}``, ``{2-1}``: see the module docstring),
             or a function of the match returning it.
         kind: a `KINDS` name (or a ``{variable: (suffix, transform)}`` dict) when our layer's
-            class does not determine it.
+            class does not determine it, or a function of our layer returning such a dict
+            (a layer whose variables sit in several of their modules, e.g. `AllMLPFuse`:
+            suffixes may then be module paths, ``"mlp_stage.0.linear.weight"``).
     """
 
     ours: str
     theirs: str | Callable[[re.Match], str]
-    kind: str | Mapping[str, tuple[str, str]] | None = None
+    kind: str | Mapping[str, tuple[str, str]] | Callable[[Any], Mapping] | None = None
 
     def target(self, match: re.Match) -> str:
         return self.theirs(match) if callable(self.theirs) else _fill(self.theirs, match)
@@ -238,6 +240,8 @@ def plan(
             continue
         rule, module = found
         kind = rule.kind or layer_kind(layer)
+        if callable(kind):
+            kind = kind(layer)
         params = KINDS.get(kind) if isinstance(kind, str) or kind is None else kind
         if params is None:
             problems.append(
@@ -250,8 +254,9 @@ def plan(
             name = variable.name.split("/")[-1]
             if name not in params:
                 problems.append(
-                    f"our variable {variable.path!r} has no counterpart in kind {kind!r} "
-                    f"(known: {sorted(params)})"
+                    f"our variable {variable.path!r} has no counterpart in "
+                    + (f"kind {kind!r}" if isinstance(kind, str) else f"rule {rule.ours!r}")
+                    + f" (known: {sorted(params)})"
                 )
                 continue
             suffix, transform_name = params[name]

@@ -2,10 +2,10 @@
 
 An smp checkpoint is a state dict saved with ``torch.save(model.state_dict(), path)`` (or a
 ``.safetensors`` file) of an smp model with a native encoder of ours (``resnet18``,
-``resnet34``). The zoo model is built with the architecture read from the weights (number
-of classes, input channels, decoder widths), its encoder from the encoder's port table
-bound to ``encoder.``, its decoder and head from the architecture's table
-(``zoo/port/tables/smp.py``). Everything is checked before anything is written: a
+``resnet34``, ``mit_b0`` ... ``mit_b5``). The zoo model is built with the architecture
+read from the weights (number of classes, input channels, decoder widths), its encoder
+from the encoder's port table bound to ``encoder.``, its decoder and head from the
+architecture's table (``zoo/port/tables/``). Everything is checked before anything is written: a
 missing, unexpected or mis-shaped key is one error naming it.
 
 smp models take images normalized by the caller (``(x - mean) / std`` with ImageNet's
@@ -36,7 +36,6 @@ from zoo.port.state_dict import load_state_dict
 
 NORMALIZATIONS = ("imagenet", "none")
 HEAD_KEY = "segmentation_head.0.weight"
-FIRST_CONV_KEY = "encoder.conv1.weight"
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ _MODELS: dict[str, SmpModel] = {}
 def register_smp_model(name: str, entry: SmpModel) -> SmpModel:
     """Make ``python -m zoo.port smp --model NAME`` port smp's `entry.arch`."""
     if name in _MODELS:
-        raise ValueError(f"smp model {name!r} is already registered; pick another name.")
+        raise ConfigError(f"smp model {name!r} is already registered; pick another name.")
     _MODELS[name] = entry
     return entry
 
@@ -107,8 +106,18 @@ def _fpn_kwargs(state: dict[str, np.ndarray]) -> dict[str, Any]:
     }
 
 
+def _segformer_kwargs(state: dict[str, np.ndarray]) -> dict[str, Any]:
+    key = "decoder.fuse_stage.0.weight"
+    if key not in state:
+        raise PortError(f"missing key {key!r} (not an smp Segformer?)")
+    return {"decoder_channels": int(state[key].shape[0])}
+
+
 register_smp_model("unet", SmpModel("Unet", "unet", "smp.unet", _unet_kwargs))
 register_smp_model("fpn", SmpModel("FPN", "fpn", "smp.fpn", _fpn_kwargs))
+register_smp_model(
+    "segformer", SmpModel("Segformer", "segformer", "smp.segformer", _segformer_kwargs)
+)
 
 
 def port_smp(
@@ -139,8 +148,6 @@ def port_smp(
             file.
     """
     from zoo import pretrained
-    from zoo.build_context import restoring_from_file
-    from zoo.registry import create_model
 
     if model not in _MODELS:
         raise ConfigError(
@@ -164,7 +171,50 @@ def port_smp(
             f"Invalid value for argument `num_classes`: the checkpoint's head has {classes} "
             f"classes. Received: num_classes={num_classes!r}"
         )
-    channels = int(_key(state, FIRST_CONV_KEY, source).shape[1])
+    first_conv = f"encoder.{spec.first_conv}.weight"
+    if first_conv not in state:
+        raise PortError(
+            f"Cannot port {source}: missing key {first_conv!r}, the first convolution of an "
+            f"smp model with encoder {encoder!r} (is it another encoder's? --encoder / "
+            "`encoder` names it)"
+        )
+    channels = int(state[first_conv].shape[1])
+    try:
+        kwargs = entry.kwargs(state)
+    except PortError as err:
+        raise PortError(f"Cannot port {source} as smp {entry.arch}: {err}") from None
+    table = get_table(spec.table).bind(ours="encoder_", theirs="encoder.") + get_table(entry.table)
+    return build_and_assign(
+        state,
+        table,
+        source,
+        normalization,
+        channels,
+        model=entry.model,
+        num_classes=classes,
+        encoder=encoder,
+        **kwargs,
+    )
+
+
+def build_and_assign(
+    state: dict[str, np.ndarray],
+    table: Any,
+    source: str,
+    normalization: str | None,
+    channels: int,
+    model: str,
+    **arguments: Any,
+) -> Any:
+    """Build zoo `model` for a whole checkpoint (``channels`` input channels, its
+    `normalization` inside or not) and assign `state` through `table`, all or nothing.
+
+    The graph is the one pretrained weights get (their normalization and padding), built
+    without reading any source; `encoder_weights` records `source` as provenance.
+    """
+    from zoo.build_context import restoring_from_file
+    from zoo.registry import create_model
+
     if normalization is None:
         normalization = "imagenet" if channels == 3 else "none"
     if normalization not in NORMALIZATIONS:
@@ -176,32 +226,32 @@ def port_smp(
         raise ConfigError(
             f"Invalid value for argument `normalization`: ImageNet normalization is defined "
             f"for RGB, the checkpoint's encoder takes {channels} channels; use 'none' and "
-            f"normalize as for smp. Received: normalization={normalization!r}"
+            f"normalize as for its training. Received: normalization={normalization!r}"
         )
-    try:
-        kwargs = entry.kwargs(state)
-    except PortError as err:
-        raise PortError(f"Cannot port {source} as smp {entry.arch}: {err}") from None
-    encoder_kwargs = {} if normalization == "imagenet" else {"input_normalization": None}
-    # Build the graph pretrained weights get (PyTorch padding, normalization) without
-    # reading any source: the checkpoint's own tensors are assigned below.
+    encoder_kwargs = dict(arguments.pop("encoder_kwargs", None) or {})
+    if normalization == "none":
+        encoder_kwargs["input_normalization"] = None
     with restoring_from_file():
         net = create_model(
-            entry.model,
-            num_classes=classes,
+            model,
             input_shape=(None, None, channels),
-            encoder=encoder,
             encoder_kwargs=encoder_kwargs,
             encoder_weights=source,
-            **kwargs,
+            **arguments,
         )
-    table = get_table(spec.table).bind(ours="encoder_", theirs="encoder.") + get_table(entry.table)
     assign(net, state, table, source=source)
     return net
 
 
 def main(args: Any) -> str:
     """``python -m zoo.port smp``: port and save; returns the one-line summary."""
+    checkpoint = check_paths(args)
+    net = port_smp(checkpoint, args.model, args.encoder, args.num_classes, args.normalization)
+    return save(net, args, f"smp {_MODELS[args.model].arch} ({args.encoder}, ")
+
+
+def check_paths(args: Any) -> Path:
+    """The checkpoint of a ``python -m zoo.port`` command, checked with its ``--out``."""
     out = Path(args.out)
     if out.suffix != ".keras":
         raise ConfigError(
@@ -212,7 +262,12 @@ def main(args: Any) -> str:
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
         raise MissingFileError(f"No checkpoint file at {checkpoint}")
-    net = port_smp(checkpoint, args.model, args.encoder, args.num_classes, args.normalization)
+    return checkpoint
+
+
+def save(net: Any, args: Any, what: str) -> str:
+    """Save a ported model to ``args.out`` (atomically); the one-line summary."""
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.keras")
     try:
@@ -221,9 +276,8 @@ def main(args: Any) -> str:
     finally:
         tmp.unlink(missing_ok=True)
     inside = any(layer.name == "encoder_preprocess" for layer in net.layers)
+    how = "ImageNet normalization inside" if inside else "normalize them as for its training"
     return (
-        f"Ported smp {_MODELS[args.model].arch} ({args.encoder}, "
-        f"{net.output.shape[-1]} classes, {net.input.shape[-1]} input channels) from "
-        f"{checkpoint} to {out}: it takes [0, 1] images"
-        + (" (ImageNet normalization inside)" if inside else " (normalize them as for smp)")
+        f"Ported {what}{net.output.shape[-1]} classes, {net.input.shape[-1]} input channels) "
+        f"from {args.checkpoint} to {out}: it takes [0, 1] images ({how})"
     )
