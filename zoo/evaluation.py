@@ -95,7 +95,13 @@ def evaluate_checkpoint(run: Any, run_dir: str | os.PathLike) -> dict[str, Any]:
 
     model = load_segmentation_model(run.checkpoint)
     check_model_fits_data(model, run.data.num_classes, 3, run.checkpoint)
-    bundle = build_datasets(run.data, global_batch_size=run.data.batch_size, seed=run.seed)
+    data = run.data
+    if data.image_size is None:  # `image_size: null`: the size the model was trained at
+        import dataclasses
+
+        trained = (getattr(model, "metadata", None) or {}).get("image_size")
+        data = dataclasses.replace(data, image_size=list(trained) if trained else None)
+    bundle = build_datasets(data, global_batch_size=data.batch_size, seed=run.seed)
     info = bundle.info
     if info.val_size == 0:
         raise EvaluationError(

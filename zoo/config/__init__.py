@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.config.checks import choice, number
+from zoo.config.length import resolve_length
 from zoo.config.model import ModelSpec, model_spec
 from zoo.config.schema import Config, PredictConfig, TrainerConfig, register_configs
 from zoo.errors import ConfigError
@@ -72,6 +73,11 @@ class RunConfig:
     checkpoint: str | None = None
     experiment_name: str = "default"
     resolved: dict[str, Any] = field(default_factory=dict)  # what config.yaml records
+    # Set by zoo.app.run: when the process started (time.monotonic(), for the time budget's
+    # whole-process rule), the phase timer (metrics.json "timing") and the applied recipe.
+    process_start: float | None = None
+    timer: Any = None  # zoo.recipe.PhaseTimer
+    recipe: Any = None  # zoo.recipe.apply.AppliedRecipe
 
 
 def data_mode(num_classes: int) -> str:
@@ -117,7 +123,9 @@ def check_trainer(t: TrainerConfig) -> None:
     choice("trainer.optimizer", t.optimizer, OPTIMIZERS)
     choice("trainer.schedule", t.schedule, SCHEDULES)
     choice("trainer.monitor_mode", t.monitor_mode, ("max", "min"))
-    number("trainer.epochs", t.epochs, 1, integer=True)
+    number("trainer.epochs", t.epochs, 1, integer=True, optional=True)
+    number("trainer.max_steps", t.max_steps, 1, integer=True, optional=True)
+    number("trainer.val_every_steps", t.val_every_steps, 1, integer=True, optional=True)
     number("trainer.steps_per_epoch", t.steps_per_epoch, 1, integer=True, optional=True)
     number("trainer.validation_steps", t.validation_steps, 1, integer=True, optional=True)
     number("trainer.steps_per_execution", t.steps_per_execution, 1, integer=True)
@@ -162,8 +170,14 @@ def check_image_size(image_size: list[int], model: ModelSpec) -> None:
         )
 
 
-def parse(cfg: DictConfig) -> RunConfig:
+def parse(cfg: DictConfig, explicit: set[str] | None = None) -> RunConfig:
     """Check the composed config and convert it once into typed parts.
+
+    Args:
+        cfg: the composed config.
+        explicit: dotted keys set on the command line (`zoo.recipe.user_keys_from_overrides`
+            of Hydra's task overrides); they win over config files where two keys conflict
+            (`trainer.epochs` vs `trainer.time_budget`). None: unknown, conflicts are errors.
 
     Raises:
         ConfigError: the first problem found, in one line.
@@ -175,6 +189,7 @@ def parse(cfg: DictConfig) -> RunConfig:
     choice("mode", resolved["mode"], MODES)
     trainer = OmegaConf.to_object(cfg.trainer)
     check_trainer(trainer)
+    resolved["trainer"].update(resolve_length(trainer, explicit))
     predict = OmegaConf.to_object(cfg.predict)
     number("predict.threshold", predict.threshold, 0, 1, open_low=True)
     data = parse_data_config(cfg.data)
@@ -184,7 +199,7 @@ def parse(cfg: DictConfig) -> RunConfig:
         resolved["loss"], resolved.get("loss_options") or {}, data_mode(data.num_classes)
     )
     mode = resolved["mode"]
-    if mode == "train":
+    if mode == "train" and data.image_size is not None:  # None: from the images (folder)
         check_image_size(data.image_size, model)
         check_monitor(trainer.monitor, loss)
     elif not resolved.get("checkpoint"):
@@ -209,6 +224,6 @@ def parse(cfg: DictConfig) -> RunConfig:
     )
 
 
-def validate(cfg: DictConfig) -> RunConfig:
+def validate(cfg: DictConfig, explicit: set[str] | None = None) -> RunConfig:
     """`parse` under the name the tests and notebooks use."""
-    return parse(cfg)
+    return parse(cfg, explicit)

@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from zoo.errors import ConfigError
+
 PROCESS_SLACK_S = 30.0  # start-up + fingerprint + final evaluation + export, budgets >= 60 s
 SLACK_APPLIES_FROM_S = 60.0
 VALIDATIONS_TARGET = 15  # aim for 10-20 validations per run ...
@@ -39,8 +41,12 @@ _DURATION = re.compile(
 DURATION_FORMS = "90s, 3m, 1h, 1h30m or 2m30s (a bare number means seconds)"
 
 
-class BudgetError(ValueError):
-    """A time budget that cannot work (bad string, or too short for one training step)."""
+class BudgetError(ConfigError):
+    """A time budget that cannot work (bad string, or too short for one training step).
+
+    A `zoo.errors.UserError` (and a `ValueError`): train.py prints it as one line. The string
+    is checked before anything is built; "too short" is known only after the warm-up steps.
+    """
 
 
 def parse_duration(value: str | float | int, key: str = "trainer.time_budget") -> float:
@@ -260,6 +266,13 @@ class BudgetController:
             hard = self.process_start + own + PROCESS_SLACK_S - self.tail_estimate_s
             deadline = min(deadline, hard)
         return deadline
+
+    def set_tail_estimate(self, seconds: float) -> None:
+        """Update the expected final evaluation + export time (e.g. from a measured validation);
+        the plan's deadline follows (budgets >= 60 s with a `process_start`)."""
+        self.tail_estimate_s = max(float(seconds), 0.0)
+        if self.plan is not None and self.started_at is not None:
+            self.plan.deadline_s = self._deadline()
 
     def minimum_budget_s(self, step_time_s: float, val_time_s: float) -> float:
         """The smallest budget that runs the warm-up steps, one more step and one validation."""

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from zoo.errors import DataError, MissingFileError
 from zoo.recipe.stats import microscopy_cues, orientation_scores, per_image, summary
 
 FINGERPRINT_VERSION = 2  # bump when a statistic changes: cached fingerprints are recomputed
@@ -262,7 +263,7 @@ def fingerprint_folder(
     resizing. With `root/images`, every image counts as training data (the split is random).
 
     Raises:
-        FileNotFoundError / ValueError: as the folder dataset does, naming the file.
+        MissingFileError / DataError: as the folder dataset does, naming the file.
     """
     from zoo.data import folder as zfolder
     from zoo.data.config import FolderDataConfig
@@ -270,7 +271,7 @@ def fingerprint_folder(
 
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"data.root not found: '{root}' (data=folder data.root=/path)")
+        raise MissingFileError(f"data.root not found: '{root}' (data=folder data.root=/path)")
     if (root / "train").is_dir():
         pairs = zfolder.find_pairs(root / "train")
         num_val = len(zfolder.find_pairs(root / "val")) if (root / "val").is_dir() else 0
@@ -294,7 +295,7 @@ def fingerprint_folder(
         image = read_image_raw(image_path)
         raw = read_mask(mask_path)
         if image.shape[:2] != raw.shape:
-            raise ValueError(
+            raise DataError(
                 f"Image '{image_path}' is {image.shape[0]}x{image.shape[1]} but its mask "
                 f"'{mask_path}' is {raw.shape[0]}x{raw.shape[1]} (HxW); they must match"
             )
