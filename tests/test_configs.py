@@ -1,5 +1,6 @@
 """Compose every option of every config group; config errors fail fast with clear messages."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def make(overrides: list[str]):
 
 GROUP_OPTIONS = [
     (group, option)
-    for group in ("model", "data", "strategy", "trainer", "experiment")
+    for group in ("model", "data", "strategy", "trainer", "recipe", "experiment")
     for option in options(group)
 ]
 
@@ -144,3 +145,50 @@ def test_default_loss_follows_the_data_mode():
 
 def test_padded_models_take_any_training_size():
     validate(make(["data.image_size=[50,50]", "model.pad_to_divisor=true"]))
+
+
+# --- How long a run trains: trainer.time_budget / max_steps / epochs ----------------------------
+
+
+def test_the_command_line_wins_over_a_config_file_for_the_length():
+    # experiment=quick sets trainer.epochs=1; a budget on the command line replaces it.
+    run = validate(make(["experiment=quick", "trainer.time_budget=30s"]), {"trainer.time_budget"})
+    assert (run.trainer.epochs, run.trainer.time_budget) == (None, "30s")
+    assert run.resolved["trainer"]["epochs"] is None  # config.yaml records what is used
+    # And the other way round: epochs on the command line, a budget from a file.
+    run = validate(make(["trainer.time_budget=30s", "trainer.epochs=3"]), {"trainer.epochs"})
+    assert (run.trainer.epochs, run.trainer.time_budget) == (3, None)
+    # A budget capped by max_steps is fine.
+    run = validate(make(["trainer.time_budget=2m", "trainer.max_steps=500"]))
+    assert (run.trainer.time_budget, run.trainer.max_steps) == ("2m", 500)
+
+
+@pytest.mark.parametrize(
+    "overrides,explicit,text",
+    [
+        (["trainer.time_budget=1m", "trainer.epochs=3"], {"trainer.time_budget", "trainer.epochs"},
+         "trainer.epochs=3 and trainer.time_budget=1m are both set on the command line"),
+        (["trainer.max_steps=100", "trainer.epochs=3"], {"trainer.max_steps", "trainer.epochs"},
+         "trainer.epochs=3 and trainer.max_steps=100 are both set on the command line"),
+        (["trainer.time_budget=1m", "trainer.epochs=3"], None, "are both set; give one of them"),
+        (["trainer.val_every_steps=3", "trainer.steps_per_epoch=4"], None, "give one of them"),
+        (["trainer.time_budget=3 parsecs"], None, "trainer.time_budget='3 parsecs'"),
+        (["trainer.time_budget=0s"], None, "expected a positive duration such as 90s, 3m, 1h"),
+        (["trainer.max_steps=0"], None, "trainer.max_steps=0"),
+        (["trainer.val_every_steps=-2"], None, "trainer.val_every_steps=-2"),
+    ],
+)  # fmt: skip
+def test_length_conflicts_and_bad_budgets_are_one_line(overrides, explicit, text):
+    from zoo.errors import UserError
+
+    with pytest.raises(ConfigError, match=re.escape(text)) as info:
+        validate(make(overrides), explicit)
+    assert "\n" not in str(info.value) and isinstance(info.value, UserError)
+
+
+def test_recipe_composes_with_other_groups():
+    cfg = make(["recipe=auto", "data=folder", "data.root=/x", "model=fpn", "strategy=one_device"])
+    assert cfg.recipe.name == "auto" and cfg.data.name == "folder" and cfg.model.name == "fpn"
+    assert make([]).get("recipe") is None  # off by default
+    with pytest.raises(ConfigCompositionException, match="recipe"):
+        make(["recipe=manual"])

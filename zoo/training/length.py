@@ -175,7 +175,8 @@ class BudgetCallback(keras.callbacks.Callback):
         self.agree, self.clock, self.timing_steps = agree, clock, max(1, int(timing_steps))
         self.times: list[float] = []
         self.validation_costs: list[float] = []
-        self._last: float | None = None
+        self._last: float | None = None  # clock at the last step's end
+        self._last_step: int | None = None
         self._epoch_end_at: float | None = None
         self._segment = False
         self._out_of_time = False  # a resumed run found its budget spent
@@ -247,7 +248,7 @@ class BudgetCallback(keras.callbacks.Callback):
         now = self.clock()
         if self.ctl.started_at is None:
             self.ctl.start(now)
-        self._last = now
+        self._last, self._last_step = now, self._step()
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self._epoch_end_at is not None:
@@ -255,16 +256,23 @@ class BudgetCallback(keras.callbacks.Callback):
             cost, self._epoch_end_at = now - self._epoch_end_at, None
             self._validation_done(cost, self._step())
             self._last = self.clock()  # the next step's time starts here
+            self._last_step = self._step()
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         now = self.clock()
         step = self._step()
         if self.ctl.plan is None:
-            self.times.append(now - (self._last if self._last is not None else now))
+            # Per step, also when a batch-end call covers several (steps_per_execution).
+            ran = max(step - self._last_step, 1) if self._last_step is not None else 1
+            self.times.append((now - (self._last if self._last is not None else now)) / ran)
             if len(self.times) >= self.timing_steps or self.ctl.remaining(now) <= 0:
                 self._plan(step, now)  # BudgetError: too short, one line
-        self._last = now
-        stop = self._out_of_time or (self.ctl.plan is not None and self.ctl.should_stop(step, now))
+        self._last, self._last_step = now, step
+        stop = self._out_of_time
+        if not stop and self.ctl.plan is not None:
+            # At an epoch end a validation comes before the next step: count it as spent.
+            ahead = self.ctl.plan.val_time_s if self.length.epoch_end(step) else 0.0
+            stop = self.ctl.should_stop(step, now + ahead)
         if int(self.agree(int(stop))):
             self.length.stop_at = step
             self.model.stop_training = True
