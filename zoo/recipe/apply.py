@@ -144,6 +144,8 @@ def apply_recipe(
         ignore_index=cfg.data.ignore_index,
         mask_type=str(cfg.data.mask_type),
         cache=cache,
+        val_ratio=float(cfg.data.val_ratio),  # the app's split of root/images
+        split_seed=int(cfg.data.split_seed),
     )
     users = set(explicit or ())
     strategy = OmegaConf.select(cfg, "strategy.name")

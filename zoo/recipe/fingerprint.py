@@ -255,12 +255,15 @@ def fingerprint_folder(
     cache: bool = True,
     max_samples: int = 512,
     workers: int = 4,
+    val_ratio: float | None = None,
+    split_seed: int = 0,
 ) -> Fingerprint:
     """Fingerprint of a folder dataset (root/images + root/masks, or root/train + root/val).
 
     Files are read with the training app's readers and mask rules (`zoo.data.io`,
     `zoo.data.folder.map_mask`), so the statistics are of exactly what training sees before
-    resizing. With `root/images`, every image counts as training data (the split is random).
+    resizing. With `root/images`, every image counts as training data, unless `val_ratio` is
+    given: then the app's own split (`zoo.data.folder.split_pairs` with `split_seed`) is used.
 
     Raises:
         MissingFileError / DataError: as the folder dataset does, naming the file.
@@ -275,6 +278,10 @@ def fingerprint_folder(
     if (root / "train").is_dir():
         pairs = zfolder.find_pairs(root / "train")
         num_val = len(zfolder.find_pairs(root / "val")) if (root / "val").is_dir() else 0
+    elif val_ratio is not None:
+        split = FolderDataConfig(root=str(root), val_ratio=val_ratio, split_seed=split_seed)
+        pairs, val_pairs = zfolder.split_pairs(split)
+        num_val = len(val_pairs)
     else:
         pairs, num_val = zfolder.find_pairs(root), 0
     settings = {"num_classes": num_classes, "ignore_index": ignore_index, "mask_type": mask_type}

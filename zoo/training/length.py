@@ -391,9 +391,11 @@ def finish_rule(trainer: Any) -> tuple[int | None, int | None]:
     return epochs, trainer.max_steps
 
 
-def mark_startup(timer: Any, process_start: float | None) -> None:
-    """Record the start-up phase (process start to the first training step, less the
-    fingerprint) in `timer` (a `zoo.recipe.PhaseTimer`)."""
+def mark_startup(timer: Any, process_start: float | None, pacer: BudgetCallback | None) -> None:
+    """Training starts now: the budget's clock starts, and the start-up phase (process start to
+    here, less the fingerprint) goes into `timer` (a `zoo.recipe.PhaseTimer`)."""
+    if pacer is not None and pacer.ctl.started_at is None:
+        pacer.ctl.start(pacer.clock())
     if process_start is None:
         return
     spent = timer.clock() - process_start - sum(timer.seconds.values())

@@ -139,7 +139,7 @@ def fit(run: Any, s: Session) -> float:
         info.global_batch_size, distribute.num_replicas(s.strategy),
     )  # fmt: skip
     has_val = info.val_size > 0
-    lengths.mark_startup(run.timer, run.process_start)
+    lengths.mark_startup(run.timer, run.process_start, s.pacer)
     start = time.perf_counter()
     with s.requests, run.timer.phase("train"):
         fit_length(
