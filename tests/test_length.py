@@ -157,7 +157,7 @@ def budget_run(tmp_path, budget, ticker, clock, *, model=None, state=None, proce
     resume_budget(length, state, schedule)
     pacer = BudgetCallback(
         ctl, length, schedule=schedule, val_batches=0, max_steps=max_steps,
-        fixed_interval=length.interval, clock=clock,
+        fixed_interval=length.interval, clock=clock, epoch_end_s=1.0,
     )  # fmt: skip
     backup = BackupCallback(
         tmp_path / "backup",
@@ -185,9 +185,9 @@ def test_budget_plans_validates_and_stops_at_the_planned_step(tmp_path):
     clock = FakeClock()
     r = budget_run(tmp_path, 50, Ticker(clock), clock)
     # Warm-up: steps of 5, .5, .5, .5, .5 s -> 0.5 s/step at t = 7 s; a validation is estimated
-    # at 1 s (checkpoint + backup writes). 43 s left, 42.14 after the 2% margin: 10% of it pays
-    # 4 validations, (42.14 - 4) // 0.5 = 76 steps, every ceil(76 / 4) = 19; 5 + 76 = 81 steps,
-    # LR warm-up 81 // 20 = 4.
+    # at 1 s (the writes, given; no validation batches to count). 43 s left, 42.14 after the 2%
+    # margin: 10% of it pays 4 validations, (42.14 - 4) // 0.5 = 76 steps, every
+    # ceil(76 / 4) = 19; 5 + 76 = 81 steps, LR warm-up 81 // 20 = 4.
     plan = r.ctl.plan
     assert (plan.step_time_s, plan.total_steps, plan.validation_every) == (0.5, 81, 19)
     assert (r.length.interval, r.length.total) == (19, 81)
@@ -274,6 +274,14 @@ def test_whole_process_rule_moves_the_deadline(tmp_path):
     (tmp_path / "free").mkdir()
     r = budget_run(tmp_path / "free", 60, Ticker(clock), clock)
     assert r.pacer.summary()["used_s"] > 55.0
+
+
+def test_epoch_end_prior_grows_with_the_model():
+    from zoo.training.length import epoch_end_estimate
+
+    # 24.4M parameters (U-Net ResNet-34): 16 bytes each at 200 MB/s = 1.95 s, plus 0.3 s.
+    assert epoch_end_estimate(24_400_000) == pytest.approx(0.3 + 1.952)
+    assert epoch_end_estimate(200_000) == pytest.approx(0.316)
 
 
 def test_budget_too_short_for_one_step_is_one_line(tmp_path):

@@ -199,8 +199,9 @@ def parse(cfg: DictConfig, explicit: set[str] | None = None) -> RunConfig:
         resolved["loss"], resolved.get("loss_options") or {}, data_mode(data.num_classes)
     )
     mode = resolved["mode"]
-    if mode == "train" and data.image_size is not None:  # None: from the images (folder)
-        check_image_size(data.image_size, model)
+    if mode == "train":
+        if data.image_size is not None:  # None: from the images (folder)
+            check_image_size(data.image_size, model)
         check_monitor(trainer.monitor, loss)
     elif not resolved.get("checkpoint"):
         raise ConfigError(f"mode={mode} needs checkpoint=<path to model.keras>")

@@ -160,8 +160,8 @@ class BackupCallback(keras.callbacks.Callback):
         self.stopped = bool(resumed.meta.get("stopped", False)) if resumed else False
         self.last_step = resumed.step if resumed else 0
         # Metric accumulators of a partial epoch: fit resets them at epoch begin, we put them back.
-        pending = resumed is not None and not length.epoch_end(resumed.step)
-        self._pending_metrics = resumed if pending else None
+        # Decided at the first epoch begin: a budget run learns its interval after this.
+        self._pending_metrics = resumed
         self._set_callback_state()
 
     @property
@@ -204,12 +204,12 @@ class BackupCallback(keras.callbacks.Callback):
         self._set_callback_state()  # after EarlyStopping's own on_train_begin reset
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if self._pending_metrics is not None:
+        resumed, self._pending_metrics = self._pending_metrics, None
+        if resumed is not None and not self.length.epoch_end(resumed.step):
             ids = {id(v) for v in self.train_model.metrics_variables}
-            for v, a in zip(self.variables, self._pending_metrics.arrays):
+            for v, a in zip(self.variables, resumed.arrays):
                 if id(v) in ids:
                     v.assign(a)
-            self._pending_metrics = None
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         step = self.step

@@ -47,7 +47,17 @@ log = logging.getLogger("zoo")
 TIMING_STEPS = 5  # warm-up steps timed before a budget is planned (the first one traces)
 TAIL_EXPORT_S = 5.0  # expected model export, overlays and exit after the final evaluation
 TAIL_FACTOR = 1.2  # the final evaluation costs about a validation (fresh trace included)
-EPOCH_END_S = 1.0  # checkpoint + backup writes of an epoch end, until one is measured
+# An epoch end's checkpoint and backup writes before one is measured: weights, two Adam slots and
+# the checkpoint (~16 bytes a parameter) at ~200 MB/s, plus a fixed cost.
+EPOCH_END_FIXED_S = 0.3
+EPOCH_END_BYTES_PER_S = 200e6
+
+
+def epoch_end_estimate(params: int) -> float:
+    """Seconds of an epoch end's writes for a model of `params` parameters (a prior)."""
+    return EPOCH_END_FIXED_S + 16 * int(params) / EPOCH_END_BYTES_PER_S
+
+
 PROVISIONAL_SCHEDULE = 1000  # LR schedule length before the budget is planned
 
 
@@ -153,6 +163,8 @@ class BudgetCallback(keras.callbacks.Callback):
         agree: combines an int over workers (max); the identity on one worker.
         clock: monotonic seconds (the controller's clock).
         timing_steps: steps timed before planning.
+        epoch_end_s: the checkpoint + backup writes of an epoch end before one is measured
+            (None: `epoch_end_estimate` of the model's parameters).
     """
 
     def __init__(
@@ -167,12 +179,14 @@ class BudgetCallback(keras.callbacks.Callback):
         agree: Callable[[int], int] = int,
         clock: Callable[[], float] = lambda: CLOCK(),
         timing_steps: int = TIMING_STEPS,
+        epoch_end_s: float | None = None,
     ) -> None:
         super().__init__()
         self.ctl, self.length, self.schedule = controller, length, schedule
         self.val_batches, self.max_steps = int(val_batches), max_steps
         self.fixed_interval = fixed_interval
         self.agree, self.clock, self.timing_steps = agree, clock, max(1, int(timing_steps))
+        self.epoch_end_s = epoch_end_s
         self.times: list[float] = []
         self.validation_costs: list[float] = []
         self._last: float | None = None  # clock at the last step's end
@@ -210,7 +224,10 @@ class BudgetCallback(keras.callbacks.Callback):
         try:
             # A validation: forward passes plus the checkpoint and backup writes.
             t = step_time_from(self.times)
-            val_s = FORWARD_COST_RATIO * t * self.val_batches + EPOCH_END_S
+            writes = self.epoch_end_s
+            if writes is None:
+                writes = epoch_end_estimate(self.model.count_params())
+            val_s = FORWARD_COST_RATIO * t * self.val_batches + writes
             plan = self.ctl.on_warmup_done(self.times, val_time_s=val_s, steps_done=step, now=now)
         except BudgetError as err:
             error = err

@@ -164,18 +164,19 @@ def fit(run: Any, s: Session) -> float:
 def finalize(run: Any, s: Session, train_time: float) -> dict[str, Any]:
     """Evaluate and save the best epoch's model; write metrics, config and overlays (chief)."""
     info, t = s.bundle.info, run.trainer
-    with run.timer.phase("evaluate"):
-        # A local float32 copy: needs no collective of a multi-worker strategy (the other
-        # workers may have exited) and exports float32 after mixed-precision training.
-        export = clone(s.model, "float32")
-        best = s.callbacks.best
-        if best is not None and best.best_epoch is not None:
-            export.load_weights(best.path)  # evaluate and export the best epoch, not the last
-        results: dict[str, Any] = {}
-        if info.val_size > 0:
-            scores = evaluate_model(export, s.bundle.val, info.num_classes, info.ignore_index,
-                                    t.validation_steps)  # fmt: skip
-            results = {f"val_{k}": v for k, v in scores.items()}
+    started = run.timer.clock()
+    # A local float32 copy: needs no collective of a multi-worker strategy (the other workers
+    # may have exited) and exports float32 after mixed-precision training.
+    export = clone(s.model, "float32")
+    best = s.callbacks.best
+    if best is not None and best.best_epoch is not None:
+        export.load_weights(best.path)  # evaluate and export the best epoch, not the last
+    results: dict[str, Any] = {}
+    if info.val_size > 0:
+        scores = evaluate_model(export, s.bundle.val, info.num_classes, info.ignore_index,
+                                t.validation_steps)  # fmt: skip
+        results = {f"val_{k}": v for k, v in scores.items()}
+    run.timer.add("evaluate", run.timer.clock() - started)
     history = s.callbacks.backup.history  # all epochs, across resumes
     results.update(
         model=run.model.name,
@@ -189,8 +190,9 @@ def finalize(run: Any, s: Session, train_time: float) -> dict[str, Any]:
         params=int(s.model.count_params()),
         history=history,
     )
-    with run.timer.phase("export"):
-        outputs.save_model(export, s.out_dir / "model.keras")
+    started = run.timer.clock()
+    outputs.save_model(export, s.out_dir / "model.keras")
+    run.timer.add("export", run.timer.clock() - started)
     results.update(lengths.outcome(s.length, s.pacer, run.timer, run.process_start))
     outputs.write_json(s.out_dir / "metrics.json", results)
     from omegaconf import OmegaConf
