@@ -353,6 +353,18 @@ def squares_folder(root: Path, n: int = 10, size: int = 48) -> Path:
     return root
 
 
+def test_folder_defaults_end_to_end(tmp_path):
+    # data=folder with its defaults (image_size: null, resize: crop): 32x32 tiles train whole.
+    run_dir = tmp_path / "run"
+    args = ["data=folder", f"data.root={folder(tmp_path)}", "data.batch_size=2",
+            "trainer.max_steps=2", *TINY_UNET]  # fmt: skip
+    proc = train(args, run_dir, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["image_size"] == [32, 32] and metrics["steps"] == 2
+    assert "image_size: null" in (run_dir / "config.yaml").read_text()  # what the user asked
+
+
 def test_recipe_auto_with_max_steps_end_to_end(tmp_path):
     # ~10 s of training: the recipe plans from the folder, the command line keeps its keys,
     # and 12 steps with a validation every 5 give validations at steps 5, 10 and 12.

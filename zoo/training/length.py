@@ -278,11 +278,12 @@ class BudgetCallback(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         now = self.clock()
         step = self._step()
-        if self.ctl.plan is None:
+        if self.ctl.plan is None and not self._out_of_time:
             # Per step, also when a batch-end call covers several (steps_per_execution).
             ran = max(step - self._last_step, 1) if self._last_step is not None else 1
             self.times.append((now - (self._last if self._last is not None else now)) / ran)
-            if len(self.times) >= self.timing_steps or self.ctl.remaining(now) <= 0:
+            due = len(self.times) >= self.timing_steps or self.ctl.remaining(now) <= 0
+            if int(self.agree(int(due))):  # planning is collective: all workers or none
                 self._plan(step, now)  # BudgetError: too short, one line
         self._last, self._last_step = now, step
         stop = self._out_of_time
