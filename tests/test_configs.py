@@ -192,3 +192,29 @@ def test_recipe_composes_with_other_groups():
     assert make([]).get("recipe") is None  # off by default
     with pytest.raises(ConfigCompositionException, match="recipe"):
         make(["recipe=manual"])
+
+
+def test_parsing_leaves_tensorflow_uninitialized():
+    # MultiWorkerMirroredStrategy must configure its collectives before TensorFlow's context
+    # starts, and the config is parsed before the strategy exists (a fresh process: this one
+    # has TensorFlow running).
+    import subprocess
+    import sys
+
+    code = (
+        "from hydra import compose, initialize_config_dir\n"
+        "from tensorflow.python.eager import context\n"
+        "from zoo.config import parse, register_configs\n"
+        "register_configs()\n"
+        f"with initialize_config_dir(version_base='1.3', config_dir={str(CONF)!r}):\n"
+        "    cfg = compose(config_name='config', overrides=['strategy=multi_worker',"
+        " '+loss_options.wbce.pos_weight=2.0', 'trainer.time_budget=1m'])\n"
+        "parse(cfg)\n"
+        "print('initialized', context.context()._initialized)\n"
+    )
+    root = CONF.parent
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )  # fmt: skip
+    assert "initialized False" in proc.stdout, proc.stderr[-2000:]

@@ -87,6 +87,7 @@ def data_mode(num_classes: int) -> str:
 def loss_spec(spec: Any, options: dict[str, Any], mode: str) -> LossSpec:
     """Resolve `auto`, parse the spec and check every term builds for the data's mode."""
     import losses
+    import tensorflow as tf
 
     if spec == "auto":
         spec = AUTO_LOSS[mode]
@@ -110,8 +111,11 @@ def loss_spec(spec: Any, options: dict[str, Any], mode: str) -> LossSpec:
                 f"(e.g. loss={AUTO_LOSS[mode]}, or loss=auto)"
             )
         try:
-            # Building a term is cheap (no weights) and runs its own argument checks.
-            losses.get(term, mode=mode, **(options.get(term) or {}))
+            # Building a term is cheap (no weights) and runs its own argument checks. In a
+            # throwaway graph: an eager op here would initialize TensorFlow before the strategy,
+            # and MultiWorkerMirroredStrategy must configure collectives first.
+            with tf.Graph().as_default():
+                losses.get(term, mode=mode, **(options.get(term) or {}))
         except (TypeError, ValueError) as err:
             raise ConfigError(f"loss_options.{term}: {err}") from None
     return LossSpec(spec, options, mode)
