@@ -86,8 +86,9 @@ def data_mode(num_classes: int) -> str:
 
 def loss_spec(spec: Any, options: dict[str, Any], mode: str) -> LossSpec:
     """Resolve `auto`, parse the spec and check every term builds for the data's mode."""
-    import losses
     import tensorflow as tf
+
+    import losses
 
     if spec == "auto":
         spec = AUTO_LOSS[mode]
