@@ -9,7 +9,9 @@ is recorded (error.json in its directory, a row in comparison.md) and the sweep 
 
 import os
 import sys
+import time
 
+PROCESS_START = time.monotonic()  # the time budget's whole-process rule counts from here
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import hydra  # noqa: E402
@@ -30,8 +32,11 @@ def main(cfg: DictConfig) -> float | None:
 
     hydra_cfg = HydraConfig.get()
     run_dir = hydra_cfg.runtime.output_dir
+    # In a sweep each job is its own "process" for the time budget.
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    started = time.monotonic() if multirun else PROCESS_START
     try:
-        return run(cfg, run_dir)
+        return run(cfg, run_dir, process_start=started)
     except Exception as err:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             from zoo.sweep import record_failure

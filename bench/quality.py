@@ -2,24 +2,22 @@
 
 For each dataset of bench/quality_data.py and each budget, three recipes, median of 3 seeds:
 
-- default:  `python train.py data=folder data.root=R` as a new user runs it (256x256 resize, the
-            default U-Net/ResNet-34, hflip, one validation per epoch), epochs set so the run
-            fits the budget;
-- auto:     the recipe planned by zoo.recipe from the data's fingerprint (its overrides passed
-            to train.py), steps / validation interval / LR schedule from the budget arithmetic
-            of zoo.recipe.budget;
+- default:  `python train.py data=folder data.root=R` as a new user ran it before recipe=auto
+            (256x256 resize, the default U-Net/ResNet-34, hflip, one validation per pass over
+            the data), with `trainer.time_budget=<B>s`;
+- auto:     `recipe=auto trainer.time_budget=<B>s`: the recipe planned by zoo.recipe from the
+            data's fingerprint, steps / validation interval / LR schedule from the budget;
 - baseline: the textbook U-Net of bench/quality_baseline.py, same budget.
 
-The trainer has no time budget yet, so each train.py run is sized from a measured step time:
-short calibration runs (1 epoch of n1 and of n2 steps) give the per-step time t and the fixed
-cost c0 (first-step tracing, first validation) of `train_time_s`, a third (2 epochs) the cost of
-an epoch end (validation, checkpoint, backup). Once `trainer.time_budget` exists,
-`--trainer-budget` passes `trainer.time_budget=<B>s` (and `recipe=auto`) instead. Every model is
-scored by `evaluate_native` on the validation images at their stored resolution.
+Every train.py run gets `trainer.time_budget=<B>s` (the training loop: steps, validations,
+checkpoint and backup writes). `--calibrated` sizes runs the way this script did before the
+trainer had a budget: short calibration runs (1 epoch of n1 and of n2 steps) give the per-step
+time t and the fixed cost c0 (first-step tracing, first validation) of `train_time_s`, a third
+(2 epochs) the cost of an epoch end, and the runs get epochs / steps_per_epoch from them. Every
+model is scored by `evaluate_native` on the validation images at their stored resolution.
 
-Budgets are training-loop seconds (`train_time_s`, what `trainer.time_budget` will cover); each
-process is pinned to `--cores` CPUs. JSON to bench/results/quality.json, table into
-docs/quality.md between the quality markers.
+Budgets are training-loop seconds (`train_time_s`); each process is pinned to `--cores` CPUs.
+JSON to bench/results/quality.json, table into docs/quality.md between the quality markers.
 
     python -m bench.quality                                  # the full matrix (hours)
     python -m bench.quality --datasets dsb2018_nuclei --budgets 60 --seeds 0 --out /tmp/q.json
@@ -48,6 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("default", "auto", "baseline")
 DOC_START, DOC_END = "<!-- quality:tables:start -->", "<!-- quality:tables:end -->"
 QUIET = ["trainer.tensorboard=false", "trainer.num_overlays=0", "trainer.verbose=0"]
+# The earlier folder defaults, pinned for the "default" recipe (they are not the defaults now).
+PREVIOUS_DEFAULT = ["data.image_size=[256,256]", "data.resize=resize"]
 # --smoke checks the plumbing only: tiny models and inputs, whatever the recipe.
 SMOKE_ARGS = [
     "++model.encoder=resnet18",
@@ -168,22 +168,26 @@ def run_one(
             return rec
         base = ["data=folder", f"data.root={root}", f"seed={seed}"]
         resize_to = None
-        if recipe == "auto":
-            from zoo.recipe import fingerprint_folder, plan_recipe
-
-            plan = plan_recipe(fingerprint_folder(root), budget_s=budget, cores=opts.cores)
-            base += plan.hydra_args()
-            batch = int(plan.get("data.batch_size"))
-            rec["recipe_args"] = plan.hydra_args()
-        else:
-            batch, resize_to = 8, [256, 256]  # conf/data/folder.yaml
         n_train, n_val = _count(root, "train"), _count(root, "val")
-        if opts.trainer_budget:
-            sized = [f"trainer.time_budget={budget:g}s"] + (
-                ["recipe=auto"] if recipe == "auto" else []
-            )
+        if recipe == "default":
+            batch, resize_to = 8, [256, 256]
+            # (smoke runs pin a tiny size of their own)
+            base += [a for a in PREVIOUS_DEFAULT if not (opts.smoke and "image_size" in a)]
+        if not opts.calibrated:
+            sized = [f"trainer.time_budget={budget:g}s"]
+            if recipe == "auto":
+                sized.append("recipe=auto")
+            else:  # one validation per pass over the data, as the earlier default did
+                sized.append(f"trainer.val_every_steps={max(1, n_train // batch)}")
             info: dict[str, Any] = {}
         else:
+            if recipe == "auto":
+                from zoo.recipe import fingerprint_folder, plan_recipe
+
+                plan = plan_recipe(fingerprint_folder(root), budget_s=budget, cores=opts.cores)
+                base += plan.hydra_args()
+                batch = int(plan.get("data.batch_size"))
+                rec["recipe_args"] = plan.hydra_args()
             cal = opts.assume or calibrate(base, work, opts.cores, *opts.calibration_steps)
             rec["calibration"] = cal
             if recipe == "auto":
@@ -205,9 +209,16 @@ def run_one(
         rec["train_time_s"] = metrics.get("train_time_s")
         rec["wall_s"] = round(wall, 1)
         rec["params"] = metrics.get("params")
-        spe = info.get("steps_per_epoch", 1)
+        rec["steps"] = metrics.get("steps")
+        if "budget" in metrics:
+            rec["budget"] = {k: metrics["budget"].get(k) for k in ("used_s", "stop", "step_time_s")}
+        applied = work / "run" / "recipe.json"
+        if applied.exists():
+            rec["recipe_applied"] = json.loads(applied.read_text())["applied"]
+        spe = (metrics.get("length") or {}).get("interval") or info.get("steps_per_epoch", 1)
+        last = metrics.get("steps") or 10**9
         hist = metrics.get("history", {}).get("val_dice", [])
-        rec["curve"] = [[(i + 1) * spe, round(float(d), 4)] for i, d in enumerate(hist)]
+        rec["curve"] = [[min((i + 1) * spe, last), round(float(d), 4)] for i, d in enumerate(hist)]
         return rec
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -306,8 +317,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, default=None, help="dataset cache (bench.quality_data)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality.json")
     p.add_argument("--doc", type=Path, default=None, help="update this doc's table")
-    p.add_argument("--smoke", action="store_true", help="stand-in data, seconds, no calibration")
-    p.add_argument("--trainer-budget", action="store_true", help="pass trainer.time_budget")
+    p.add_argument("--smoke", action="store_true", help="stand-in data, a 30 s budget, tiny model")
+    p.add_argument(
+        "--calibrated",
+        action="store_true",
+        help="size runs by calibrated epochs instead of trainer.time_budget (the earlier way)",
+    )
     return p
 
 
@@ -324,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.smoke:
         args.datasets = args.datasets or ["sim_fluo_nuclei"]
-        args.budgets = args.budgets or [3.0]
+        # A budget must fit the warm-up steps (the first one traces the graph).
+        args.budgets = args.budgets or ([3.0] if args.calibrated else [30.0])
         args.seeds = [0]
         args.assume = {"step_s": 0.2, "fixed_s": 1.0}
     else:
@@ -340,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "smoke": args.smoke, "cores": args.cores, "seeds": len(args.seeds),
             "budgets_s": args.budgets, "recipes": args.recipes,
-            "sizing": "trainer.time_budget" if args.trainer_budget else "calibrated epochs",
+            "sizing": "calibrated epochs" if args.calibrated else "trainer.time_budget",
         },
         "datasets": {},
         "runs": [],

@@ -1,5 +1,6 @@
 """Compose every option of every config group; config errors fail fast with clear messages."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def make(overrides: list[str]):
 
 GROUP_OPTIONS = [
     (group, option)
-    for group in ("model", "data", "strategy", "trainer", "experiment")
+    for group in ("model", "data", "strategy", "trainer", "recipe", "experiment")
     for option in options(group)
 ]
 
@@ -166,3 +167,76 @@ def test_predict_options_from_config_are_normalized():
     assert (options.tile, options.tta, options.probabilities) == ((64, 96), "d4", "png")
     assert predict_options(validate(make(["predict.tile=whole"])).predict).tile is None
     assert predict_options(validate(make([])).predict).tile == "auto"
+
+
+# --- How long a run trains: trainer.time_budget / max_steps / epochs ----------------------------
+
+
+def test_the_command_line_wins_over_a_config_file_for_the_length():
+    # experiment=quick sets trainer.epochs=1; a budget on the command line replaces it.
+    run = validate(make(["experiment=quick", "trainer.time_budget=30s"]), {"trainer.time_budget"})
+    assert (run.trainer.epochs, run.trainer.time_budget) == (None, "30s")
+    assert run.resolved["trainer"]["epochs"] is None  # config.yaml records what is used
+    # And the other way round: epochs on the command line, a budget from a file.
+    run = validate(make(["trainer.time_budget=30s", "trainer.epochs=3"]), {"trainer.epochs"})
+    assert (run.trainer.epochs, run.trainer.time_budget) == (3, None)
+    # A budget capped by max_steps is fine.
+    run = validate(make(["trainer.time_budget=2m", "trainer.max_steps=500"]))
+    assert (run.trainer.time_budget, run.trainer.max_steps) == ("2m", 500)
+
+
+@pytest.mark.parametrize(
+    "overrides,explicit,text",
+    [
+        (["trainer.time_budget=1m", "trainer.epochs=3"], {"trainer.time_budget", "trainer.epochs"},
+         "trainer.epochs=3 and trainer.time_budget=1m are both set on the command line"),
+        (["trainer.max_steps=100", "trainer.epochs=3"], {"trainer.max_steps", "trainer.epochs"},
+         "trainer.epochs=3 and trainer.max_steps=100 are both set on the command line"),
+        (["trainer.time_budget=1m", "trainer.epochs=3"], None, "are both set; give one of them"),
+        (["trainer.val_every_steps=3", "trainer.steps_per_epoch=4"], None, "give one of them"),
+        (["trainer.time_budget=3 parsecs"], None, "trainer.time_budget='3 parsecs'"),
+        (["trainer.time_budget=0s"], None, "expected a positive duration such as 90s, 3m, 1h"),
+        (["trainer.max_steps=0"], None, "trainer.max_steps=0"),
+        (["trainer.val_every_steps=-2"], None, "trainer.val_every_steps=-2"),
+    ],
+)  # fmt: skip
+def test_length_conflicts_and_bad_budgets_are_one_line(overrides, explicit, text):
+    from zoo.errors import UserError
+
+    with pytest.raises(ConfigError, match=re.escape(text)) as info:
+        validate(make(overrides), explicit)
+    assert "\n" not in str(info.value) and isinstance(info.value, UserError)
+
+
+def test_recipe_composes_with_other_groups():
+    cfg = make(["recipe=auto", "data=folder", "data.root=/x", "model=fpn", "strategy=one_device"])
+    assert cfg.recipe.name == "auto" and cfg.data.name == "folder" and cfg.model.name == "fpn"
+    assert make([]).get("recipe") is None  # off by default
+    with pytest.raises(ConfigCompositionException, match="recipe"):
+        make(["recipe=manual"])
+
+
+def test_parsing_leaves_tensorflow_uninitialized():
+    # MultiWorkerMirroredStrategy must configure its collectives before TensorFlow's context
+    # starts, and the config is parsed before the strategy exists (a fresh process: this one
+    # has TensorFlow running).
+    import subprocess
+    import sys
+
+    code = (
+        "from hydra import compose, initialize_config_dir\n"
+        "from tensorflow.python.eager import context\n"
+        "from zoo.config import parse, register_configs\n"
+        "register_configs()\n"
+        f"with initialize_config_dir(version_base='1.3', config_dir={str(CONF)!r}):\n"
+        "    cfg = compose(config_name='config', overrides=['strategy=multi_worker',"
+        " '+loss_options.wbce.pos_weight=2.0', 'trainer.time_budget=1m'])\n"
+        "parse(cfg)\n"
+        "print('initialized', context.context()._initialized)\n"
+    )
+    root = CONF.parent
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )  # fmt: skip
+    assert "initialized False" in proc.stdout, proc.stderr[-2000:]

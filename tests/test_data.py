@@ -343,7 +343,9 @@ def test_folder_subfolders_16bit_multiclass_resize_and_npy(tmp_path):
         rng.random((24, 20, 3)).astype(np.float32),
         np.zeros((24, 20), np.uint8),
     )
-    cfg = folder_cfg(tmp_path, num_classes=3, ignore_index=255, image_size=[12, 10])
+    cfg = folder_cfg(
+        tmp_path, num_classes=3, ignore_index=255, image_size=[12, 10], resize="resize"
+    )
     bundle = build_datasets(cfg, global_batch_size=2)
     assert (bundle.info.train_size, bundle.info.val_size) == (5, 2)
     src = read_mask(tmp_path / "val" / "masks" / "val0.png")
@@ -377,6 +379,48 @@ def test_folder_crop_mode_and_instance_masks(tmp_path):
     assert masks.shape == (1, 16, 16, 1) and set(np.unique(masks)) <= {0, 1}
     batch = take(bundle.train, 1)[0]
     assert batch["weight"].max() > 1.0  # border term between the two instances
+
+
+def test_auto_image_size_hand_worked():
+    from zoo.data.folder import auto_image_size
+
+    assert auto_image_size([(128, 128)] * 3)[0] == [128, 128]  # used whole
+    assert auto_image_size([(100, 100), (300, 200)])[0] == [96, 96]  # multiples of 32
+    assert auto_image_size([(100, 60)], divisor=16)[0] == [96, 48]
+    assert auto_image_size([(1024, 768)])[0] == [256, 256]  # CPU-sized crops at native scale
+    size, why = auto_image_size([(20, 20)])
+    assert size == [32, 32] and "upsampled" in why  # only below the model's divisor
+
+
+def test_folder_defaults_keep_native_resolution(tmp_path):
+    # Five 100x100 tiles and one 120x150 image, with the folder defaults (image_size: null,
+    # resize: crop): 96x96 crops of the stored pixels, nothing resampled.
+    rng = np.random.default_rng(5)
+    pairs = {f"s{i}": rand_pair(rng, 100, 100) for i in range(5)}
+    pairs["big"] = rand_pair(rng, 120, 150)
+    for stem, (img, mask) in pairs.items():
+        write_pair(tmp_path, stem, img, mask)
+    cfg = {"name": "folder", "root": str(tmp_path), "num_workers": 2}
+    parsed = parse_data_config(cfg)
+    assert (parsed.image_size, parsed.resize, parsed.batch_size) == (None, "crop", 8)
+    bundle = build_datasets(cfg, global_batch_size=2)
+    assert bundle.info.image_size == (96, 96)
+    images, masks = bundle.val_images(1)
+    # The validation view is the centre 96x96 window of a stored image, pixel for pixel.
+    crops = {
+        s: (img[(img.shape[0] - 96) // 2 :][:96, (img.shape[1] - 96) // 2 :][:, :96], m)
+        for s, (img, m) in pairs.items()
+    }
+    stem = min(crops, key=lambda s: np.abs(crops[s][0] / 255.0 - images[0]).max())
+    np.testing.assert_allclose(images[0], crops[stem][0] / 255.0, atol=1e-6)
+    batch = take(bundle.train, 1)[0]
+    assert batch["image"].shape == (2, 96, 96, 3)
+    # A model that takes multiples of 4 trains on the whole 100x100 tiles.
+    cfg["val_ratio"] = 0.0
+    del pairs["big"]
+    (tmp_path / "images" / "big.png").unlink()
+    (tmp_path / "masks" / "big.png").unlink()
+    assert build_datasets(cfg, global_batch_size=2, size_divisor=4).info.image_size == (100, 100)
 
 
 def test_read_image_formats(tmp_path):

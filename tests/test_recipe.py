@@ -445,3 +445,79 @@ def test_budget_cosine_schedule_length_set_after_building():
     assert (clone.total_steps, clone.warmup_steps, clone.alpha) == (110, 10, 0.1)
     with pytest.raises(ValueError, match="total_steps"):
         lr.set_length(0)
+
+
+# --------------------------------------------------------------------------- recipe=auto in the app
+
+
+def compose(overrides):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from zoo.config import register_configs
+
+    register_configs()
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf)):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def test_recipe_auto_applies_the_plan_except_command_line_keys(tmp_path, monkeypatch):
+    import json
+
+    from zoo.config import validate
+    from zoo.recipe.apply import apply_recipe
+
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    _write_folder(tmp_path / "data", *squares_dataset())
+    base = ["recipe=auto", "data=folder", f"data.root={tmp_path / 'data'}"]
+    user = ["data.batch_size=4", "trainer.time_budget=3m"]
+    cfg = compose(base + user)
+    explicit = user_keys_from_overrides(user)
+    planned, outcome = apply_recipe(cfg, explicit=explicit, run_dir=tmp_path / "run")
+    applied = outcome.applied
+    run = validate(planned, explicit)
+    assert run.data.batch_size == 4 and "data.batch_size" not in applied  # the user's value
+    # The plan for 12 fluorescence-like 64x64 tiles with 10 px objects and no orientation.
+    assert (run.data.image_size, run.data.resize) == ([64, 64], "crop")
+    assert run.data.augment.vflip and run.data.augment.rot90 and run.data.augment.contrast == 0.3
+    assert run.model.kwargs["encoder"] == "resnet18"
+    assert run.model.kwargs["encoder_kwargs"] == {"base_width": 16}
+    assert run.model.kwargs["decoder_channels"] == [64, 32, 16, 8]
+    f = 400 / 4096
+    assert run.loss.options["wbce"]["pos_weight"] == round(math.sqrt((1 - f) / f), 2)
+    assert run.trainer.learning_rate == 2e-3 and run.trainer.time_budget == "3m"
+    assert run.trainer.max_steps is None  # the budget decides the steps
+    assert cfg.data.image_size is None  # the composed config itself is not changed
+    fp = json.loads((tmp_path / "run" / "fingerprint.json").read_text())
+    assert fp["num_train"] == 12 and fp["object_extent"]["median"] == 10
+    table = json.loads((tmp_path / "run" / "recipe.json").read_text())["table"]
+    assert "data.batch_size" in table and "set on the command line" in table
+
+    # Without a budget the plan sets max_steps: 12 images / batch 6 = 2 steps a pass, 250
+    # passes = 500, at least 1000. With epochs given (here or in a config) it does not.
+    planned, outcome = apply_recipe(compose(base), explicit=set())
+    assert outcome.applied["trainer.max_steps"] == 1000 and outcome.applied["data.batch_size"] == 6
+    planned, outcome = apply_recipe(compose(base + ["trainer.epochs=2"]), explicit=set())
+    assert "trainer.max_steps" not in outcome.applied and planned.trainer.epochs == 2
+
+
+def test_recipe_auto_pads_for_another_models_divisor_and_skips_other_data(tmp_path, monkeypatch):
+    from zoo.config import validate
+    from zoo.recipe.apply import apply_recipe
+
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    images, masks = squares_dataset()
+    _write_folder(tmp_path / "data", [i[:48, :48] for i in images], [m[:48, :48] for m in masks])
+    # 48 px tiles: native size; FPN needs multiples of 32, so the model pads.
+    cfg = compose(["recipe=auto", "model=fpn", "data=folder", f"data.root={tmp_path / 'data'}"])
+    planned, outcome = apply_recipe(cfg, explicit=set())
+    applied = outcome.applied
+    assert applied["data.image_size"] == [48, 48] and applied["model.pad_to_divisor"] is True
+    assert "model.encoder" not in applied  # only U-Net gets planned widths
+    validate(planned)
+    # Other data: nothing planned, the log says why.
+    cfg = compose(["recipe=auto"])
+    same, outcome = apply_recipe(cfg, explicit=set())
+    assert same is cfg and outcome.applied == {}
+    assert "data=shapes keeps its own config" in outcome.note

@@ -229,6 +229,9 @@ FOLDER = [
         (["folder:range"], "range"),
         (["folder:nan"], "nan"),
         (["folder:corrupt"], "corrupt"),
+        (["trainer.time_budget=3 parsecs"], "trainer.time_budget='3 parsecs'"),
+        # Both on the command line (Hydra's task overrides): which one is meant is unclear.
+        (["trainer.time_budget=1m", "trainer.epochs=3"], "are both set on the command line"),
     ],
 )
 def test_bad_input_fails_early_and_leaves_earlier_outputs(args, needle, tmp_path):
@@ -323,3 +326,135 @@ def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
         f"failed: data.root not found: '{tmp_path / 'missing'}' (data=folder data.root=/path)",
     ]
     assert "failed: data.root not found" in (tmp_path / "sweep" / "comparison.md").read_text()
+
+
+# --- How long a run trains: time budget, max_steps, recipe=auto (docs/training.md) -------------
+
+TINY_UNET = [
+    "model.encoder=resnet18",
+    "+model.encoder_kwargs.base_width=8",
+    "model.decoder_channels=[16,8,8,8,8]",
+    "trainer.tensorboard=false",
+    "trainer.num_overlays=0",
+    "trainer.verbose=0",
+]
+
+
+def squares_folder(root: Path, n: int = 10, size: int = 48) -> Path:
+    """n gray tiles with three bright 8x8 squares each (masks 0/255), no orientation."""
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        mask = np.zeros((size, size), np.uint8)
+        for _ in range(3):
+            y, x = rng.integers(2, size - 10, 2)
+            mask[y : y + 8, x : x + 8] = 255
+        image = np.clip(15 + (mask > 0) * 180 + rng.normal(0, 4, mask.shape), 0, 255)
+        write_pair(root, f"t{i:02d}", image.astype(np.uint8), mask)
+    return root
+
+
+def test_folder_defaults_end_to_end(tmp_path):
+    # data=folder with its defaults (image_size: null, resize: crop): 32x32 tiles train whole.
+    run_dir = tmp_path / "run"
+    args = ["data=folder", f"data.root={folder(tmp_path)}", "data.batch_size=2",
+            "trainer.max_steps=2", *TINY_UNET]  # fmt: skip
+    proc = train(args, run_dir, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["image_size"] == [32, 32] and metrics["steps"] == 2
+    assert "image_size: null" in (run_dir / "config.yaml").read_text()  # what the user asked
+
+
+def test_recipe_auto_with_max_steps_end_to_end(tmp_path):
+    # ~10 s of training: the recipe plans from the folder, the command line keeps its keys,
+    # and 12 steps with a validation every 5 give validations at steps 5, 10 and 12.
+    root = squares_folder(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    args = ["recipe=auto", "data=folder", f"data.root={root}", "trainer.max_steps=12",
+            "trainer.val_every_steps=5", "trainer.verbose=0", "trainer.num_overlays=0",
+            "trainer.tensorboard=false", "data.augment.contrast=0.05"]  # fmt: skip
+    proc = train(args, run_dir, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logged = proc.stdout + proc.stderr
+    assert "Recipe (recipe=auto): 8 train / 2 val images of 48x48" in logged
+    assert "data.augment.contrast" in logged and "set on the command line" in logged
+    config = (run_dir / "config.yaml").read_text()
+    # Planned: native 48 px tiles, ResNet-18 at width 16, depth 4 for 8 px objects, rot90.
+    for line in ("resize: crop", "encoder: resnet18", "base_width: 16", "rot90: true",
+                 "contrast: 0.05", "max_steps: 12"):  # fmt: skip
+        assert line in config, line
+    fp = json.loads((run_dir / "fingerprint.json").read_text())
+    assert fp["object_extent"]["median"] == 8 and fp["image_size_median"] == [48, 48]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 12 and metrics["image_size"] == [48, 48]
+    assert metrics["length"] == {"kind": "steps", "interval": 5, "total_steps": 12}
+    assert len(metrics["history"]["val_dice"]) == 3  # steps 5, 10, 12
+    assert (run_dir / "train_log.csv").read_text().count("\n") == 1 + 3
+    timing = metrics["timing"]
+    for phase in ("startup_s", "fingerprint_s", "train_s", "evaluate_s", "export_s"):
+        assert timing[phase] >= 0, phase
+    parts = sum(timing[p] for p in ("startup_s", "fingerprint_s", "train_s", "evaluate_s",
+                                    "export_s"))  # fmt: skip
+    assert parts <= timing["total_s"] + 0.01
+
+
+def test_time_budget_end_to_end(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["data.image_size=[32,32]", "data.train_size=16", "data.val_size=8",
+            "data.batch_size=4", "trainer.time_budget=30s", *TINY_UNET]  # fmt: skip
+    proc = train(args, run_dir, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Budget 30s:" in proc.stdout + proc.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    budget = metrics["budget"]
+    plan = budget["plan"]
+    assert budget["budget_s"] == 30.0 and plan["validation_every"] >= 10
+    assert metrics["length"]["kind"] == "budget"
+    if budget["stop"] == "planned steps done":
+        assert metrics["steps"] == plan["total_steps"]
+    else:
+        assert budget["stop"] == "deadline" and metrics["steps"] < plan["total_steps"]
+    # The loop stops before the next step plus a validation would pass the budget; only a
+    # validation slower than measured (a loaded machine) can overshoot, by about its cost.
+    assert budget["used_s"] <= 30.0 + 2 * max(budget["validation_s"] or [1.0])
+    assert metrics["train_time_s"] <= budget["used_s"] + 1.0
+    assert (
+        len(metrics["history"]["val_dice"]) >= 2
+        and (run_dir / "checkpoints" / "best.keras").exists()
+    )
+    assert (run_dir / "model.keras").exists()
+
+
+def test_a_budget_too_short_for_one_step_ends_in_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["data.image_size=[32,32]", "data.train_size=8", "data.val_size=4",
+            "data.batch_size=4", "trainer.time_budget=0.5s", *TINY_UNET]  # fmt: skip
+    line = one_error_line(train(args, run_dir, timeout=600))
+    assert "trainer.time_budget=0.5s is too short" in line and "give at least" in line
+    assert not (run_dir / "model.keras").exists()
+
+
+@pytest.mark.slow
+def test_time_budget_resumes_with_the_remaining_budget(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["data.image_size=[32,32]", "data.train_size=16", "data.val_size=8",
+            "data.batch_size=4", "trainer.time_budget=60s", *TINY_UNET,
+            f"hydra.run.dir={run_dir}"]  # fmt: skip
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "tests/_fault_train.py", "TERM@30", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    from zoo.training.backup import load_latest
+
+    state = load_latest(run_dir / "backup").meta["budget"]
+    assert state["steps_done"] == 30 and 0 < state["elapsed_s"] < 60
+    proc = train(args[:-1], run_dir, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    budget = metrics["budget"]
+    # The second session had what the first left: the total is the one budget.
+    assert budget["used_s"] <= 60.0 + 2 * max(budget["validation_s"] or [1.0])
+    assert metrics["train_time_s"] <= budget["used_s"] - state["elapsed_s"] + 1.0
+    assert metrics["steps"] > 30

@@ -20,9 +20,48 @@ from omegaconf import DictConfig
 from zoo import config as zconfig
 
 
-def run(cfg: DictConfig, run_dir: str | os.PathLike) -> Any:
-    """Run the composed config `cfg` in `run_dir`; returns the monitored metric (train) or Dice."""
-    run = zconfig.parse(cfg)
+def explicit_keys() -> set[str] | None:
+    """Dotted keys set on the command line of this Hydra job (None outside a Hydra app)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from zoo.recipe.planner import user_keys_from_overrides
+
+    if not HydraConfig.initialized():
+        return None
+    return user_keys_from_overrides(HydraConfig.get().overrides.task)
+
+
+def run(
+    cfg: DictConfig,
+    run_dir: str | os.PathLike,
+    process_start: float | None = None,
+    explicit: set[str] | None = None,
+) -> Any:
+    """Run the composed config `cfg` in `run_dir`; returns the monitored metric (train) or Dice.
+
+    Args:
+        cfg: the composed config.
+        run_dir: the run directory.
+        process_start: `time.monotonic()` when the process (or sweep job) started: a time
+            budget of a minute or more keeps the whole process within the budget + 30 s.
+        explicit: keys set on the command line (default: Hydra's task overrides).
+    """
+    from zoo.distribute import hydra_worker_overrides
+    from zoo.recipe import PhaseTimer
+    from zoo.recipe.apply import apply_recipe
+
+    explicit = explicit_keys() if explicit is None else explicit
+    timer = PhaseTimer()
+    if cfg.get("recipe") and cfg.get("mode", "train") == "train":
+        with timer.phase("fingerprint"):
+            # Only the chief writes the run directory (non-chief workers get Hydra overrides).
+            cfg, applied = apply_recipe(
+                cfg, explicit=explicit, run_dir=run_dir, write=not hydra_worker_overrides()
+            )
+    else:
+        applied = None
+    run = zconfig.parse(cfg, explicit)
+    run.process_start, run.timer, run.recipe = process_start, timer, applied
     if run.mode == "train":
         from zoo.training import train
 

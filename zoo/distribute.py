@@ -223,8 +223,9 @@ def max_over_workers(strategy: tf.distribute.Strategy) -> Callable[[int], int]:
         return lambda value: int(value)
 
     def agree(value: int) -> int:
-        local = strategy.run(lambda: tf.constant(int(value), tf.int32))
-        return int(strategy.reduce("MAX", local, axis=None))
+        # tf.distribute reduces with SUM or MEAN only: gather every replica's value, then max.
+        local = strategy.run(lambda: tf.constant([int(value)], tf.int32))
+        return int(tf.reduce_max(strategy.gather(local, axis=0)))
 
     return agree
 

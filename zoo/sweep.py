@@ -97,11 +97,13 @@ class ComparisonTable(Callback):
 
         from zoo.config import parse
         from zoo.errors import UserError
+        from zoo.recipe.planner import user_keys_from_overrides
 
         jobs = sweep_jobs(config)
         for i, overrides in enumerate(jobs):
             try:
-                parse(compose(config_name=config.hydra.job.config_name, overrides=overrides))
+                cfg = compose(config_name=config.hydra.job.config_name, overrides=overrides)
+                parse(cfg, user_keys_from_overrides(overrides))
             except UserError as err:
                 sys.exit(f"Error: sweep job {i} ({' '.join(overrides)}): {err}")
         print(f"Checked the configs of {len(jobs)} sweep jobs")

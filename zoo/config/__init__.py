@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.config.checks import choice, number
+from zoo.config.length import resolve_length
 from zoo.config.model import ModelSpec, model_spec
 from zoo.config.schema import Config, PredictConfig, TrainerConfig, register_configs
 from zoo.errors import ConfigError
@@ -74,6 +75,11 @@ class RunConfig:
     checkpoint: str | None = None
     experiment_name: str = "default"
     resolved: dict[str, Any] = field(default_factory=dict)  # what config.yaml records
+    # Set by zoo.app.run: when the process started (time.monotonic(), for the time budget's
+    # whole-process rule), the phase timer (metrics.json "timing") and the applied recipe.
+    process_start: float | None = None
+    timer: Any = None  # zoo.recipe.PhaseTimer
+    recipe: Any = None  # zoo.recipe.apply.AppliedRecipe
 
 
 def data_mode(num_classes: int) -> str:
@@ -82,6 +88,8 @@ def data_mode(num_classes: int) -> str:
 
 def loss_spec(spec: Any, options: dict[str, Any], mode: str) -> LossSpec:
     """Resolve `auto`, parse the spec and check every term builds for the data's mode."""
+    import tensorflow as tf
+
     import losses
 
     if spec == "auto":
@@ -106,8 +114,11 @@ def loss_spec(spec: Any, options: dict[str, Any], mode: str) -> LossSpec:
                 f"(e.g. loss={AUTO_LOSS[mode]}, or loss=auto)"
             )
         try:
-            # Building a term is cheap (no weights) and runs its own argument checks.
-            losses.get(term, mode=mode, **(options.get(term) or {}))
+            # Building a term is cheap (no weights) and runs its own argument checks. In a
+            # throwaway graph: an eager op here would initialize TensorFlow before the strategy,
+            # and MultiWorkerMirroredStrategy must configure collectives first.
+            with tf.Graph().as_default():
+                losses.get(term, mode=mode, **(options.get(term) or {}))
         except (TypeError, ValueError) as err:
             raise ConfigError(f"loss_options.{term}: {err}") from None
     return LossSpec(spec, options, mode)
@@ -119,7 +130,9 @@ def check_trainer(t: TrainerConfig) -> None:
     choice("trainer.optimizer", t.optimizer, OPTIMIZERS)
     choice("trainer.schedule", t.schedule, SCHEDULES)
     choice("trainer.monitor_mode", t.monitor_mode, ("max", "min"))
-    number("trainer.epochs", t.epochs, 1, integer=True)
+    number("trainer.epochs", t.epochs, 1, integer=True, optional=True)
+    number("trainer.max_steps", t.max_steps, 1, integer=True, optional=True)
+    number("trainer.val_every_steps", t.val_every_steps, 1, integer=True, optional=True)
     number("trainer.steps_per_epoch", t.steps_per_epoch, 1, integer=True, optional=True)
     number("trainer.validation_steps", t.validation_steps, 1, integer=True, optional=True)
     number("trainer.steps_per_execution", t.steps_per_execution, 1, integer=True)
@@ -179,8 +192,14 @@ def check_image_size(image_size: list[int], model: ModelSpec) -> None:
         )
 
 
-def parse(cfg: DictConfig) -> RunConfig:
+def parse(cfg: DictConfig, explicit: set[str] | None = None) -> RunConfig:
     """Check the composed config and convert it once into typed parts.
+
+    Args:
+        cfg: the composed config.
+        explicit: dotted keys set on the command line (`zoo.recipe.user_keys_from_overrides`
+            of Hydra's task overrides); they win over config files where two keys conflict
+            (`trainer.epochs` vs `trainer.time_budget`). None: unknown, conflicts are errors.
 
     Raises:
         ConfigError: the first problem found, in one line.
@@ -192,6 +211,7 @@ def parse(cfg: DictConfig) -> RunConfig:
     choice("mode", resolved["mode"], MODES)
     trainer = OmegaConf.to_object(cfg.trainer)
     check_trainer(trainer)
+    resolved["trainer"].update(resolve_length(trainer, explicit))
     predict = OmegaConf.to_object(cfg.predict)
     predict_options(predict)
     data = parse_data_config(cfg.data)
@@ -202,7 +222,8 @@ def parse(cfg: DictConfig) -> RunConfig:
     )
     mode = resolved["mode"]
     if mode == "train":
-        check_image_size(data.image_size, model)
+        if data.image_size is not None:  # None: from the images (folder)
+            check_image_size(data.image_size, model)
         check_monitor(trainer.monitor, loss)
         if trainer.final_eval == "full_resolution" and data.name != "folder":
             raise ConfigError(
@@ -231,6 +252,6 @@ def parse(cfg: DictConfig) -> RunConfig:
     )
 
 
-def validate(cfg: DictConfig) -> RunConfig:
+def validate(cfg: DictConfig, explicit: set[str] | None = None) -> RunConfig:
     """`parse` under the name the tests and notebooks use."""
-    return parse(cfg)
+    return parse(cfg, explicit)

@@ -19,8 +19,13 @@ from omegaconf import MISSING
 class TrainerConfig:
     """`trainer` group: optimization, precision, callbacks and outputs."""
 
-    epochs: int = 4
-    steps_per_epoch: int | None = None  # None: one pass over the training set
+    # How long to train (docs/training.md): a time budget ("3m", "90s", "1h"), a number of steps,
+    # or epochs; null everywhere: 4 epochs of at least 512 samples each.
+    epochs: int | None = None
+    max_steps: int | None = None
+    time_budget: str | None = None
+    val_every_steps: int | None = None  # validate every N steps (a Keras epoch); None: planned
+    steps_per_epoch: int | None = None  # Keras' name for val_every_steps (give one of the two)
     validation_steps: int | None = None  # None: the whole validation set
     optimizer: str = "adamw"
     learning_rate: float = 1e-3
@@ -67,6 +72,14 @@ class PredictConfig:
 
 
 @dataclass
+class RecipeConfig:
+    """`recipe` group (`recipe=auto`): plan the run from a fingerprint of the data."""
+
+    name: str = "auto"
+    device: str = "auto"  # auto | cpu | gpu: the planner's hardware tier
+
+
+@dataclass
 class Config:
     """The primary config (conf/config.yaml)."""
 
@@ -82,6 +95,7 @@ class Config:
     checkpoint: str | None = None  # model.keras for mode=evaluate / mode=predict
     predict: PredictConfig = field(default_factory=PredictConfig)
     experiment_name: str = "default"
+    recipe: Any = None  # `recipe=auto` selects conf/recipe/auto.yaml (RecipeConfig)
 
 
 def register_configs() -> None:
@@ -93,5 +107,6 @@ def register_configs() -> None:
     cs.store(name="config_schema", node=Config)
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
     cs.store(group="strategy", name="strategy_schema", node=StrategyConfig)
+    cs.store(group="recipe", name="recipe_schema", node=RecipeConfig)
     for name, node in DATA_SCHEMAS.items():
         cs.store(group="data", name=f"{name}_schema", node=node)

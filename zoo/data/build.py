@@ -74,12 +74,15 @@ class DataBundle:
         train: infinite stream of augmented batches (dicts of image, mask, weight).
         val: finite, ordered, unaugmented batches with the same layout.
         info: `DataInfo`.
+        train_at: `train_at(step)` is the training stream from global batch `step` on (the
+            same batches as `train` from that step; built without re-reading the data).
     """
 
     train: tf.data.Dataset
     val: tf.data.Dataset
     info: DataInfo
     _val_store: Any = field(default=None, repr=False)
+    train_at: Any = field(default=None, repr=False)
 
     def val_images(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """First `n` validation samples: images f32 (n,H,W,3), masks int32 (n,H,W,1)."""
@@ -146,7 +149,11 @@ def _shapes(c: ShapesDataConfig):
 
 
 def build_datasets(
-    data_cfg: Any, global_batch_size: int, seed: int = 0, start_step: int = 0
+    data_cfg: Any,
+    global_batch_size: int,
+    seed: int = 0,
+    start_step: int = 0,
+    size_divisor: int = 32,
 ) -> DataBundle:
     """Build the training stream and validation set described by a data config.
 
@@ -158,6 +165,8 @@ def build_datasets(
         seed: seed of the sample order and the augmentation.
         start_step: index of the first training batch (resume); the stream equals the stream of
             `start_step=0` with its first `start_step` batches dropped.
+        size_divisor: the model's size divisor; a folder config with `image_size: null` takes
+            its size from the images in multiples of it (`zoo.data.folder.auto_image_size`).
 
     Returns:
         `DataBundle` with `train`, `val` and `info`.
@@ -176,7 +185,7 @@ def build_datasets(
     elif isinstance(c, FolderDataConfig):
         from zoo.data import folder
 
-        train, val, names, skipped, native_sizes = folder.load(c)
+        train, val, names, skipped, native_sizes = folder.load(c, int(size_divisor))
     elif isinstance(c, PetsDataConfig):
         from zoo.data import tfds
 
@@ -202,16 +211,21 @@ def build_datasets(
         resize = c.resize if isinstance(c, FolderDataConfig) else "resize"
         sy, sx = input_scale_from_sizes(native_sizes, size, resize)
         input_scale = (sy, sx)
-    train_ds = pipeline.train_stream(
-        pipeline.SampleStore(train_samples),
-        batch_size=int(global_batch_size),
-        steps_per_epoch=steps,
-        seed=int(seed),
-        start_step=int(start_step),
-        size=size,
-        augment_cfg=c.augment,
-        num_parallel_calls=c.num_parallel_calls,
-    )
+    train_store = pipeline.SampleStore(train_samples)
+
+    def train_at(step: int) -> tf.data.Dataset:
+        return pipeline.train_stream(
+            train_store,
+            batch_size=int(global_batch_size),
+            steps_per_epoch=steps,
+            seed=int(seed),
+            start_step=int(step),
+            size=size,
+            augment_cfg=c.augment,
+            num_parallel_calls=c.num_parallel_calls,
+        )
+
+    train_ds = train_at(int(start_step))
     if val is not None and len(val[0]):
         val_store = pipeline.SampleStore(make_samples(*val, c, class_weights))
         val_ds = pipeline.eval_stream(
@@ -255,4 +269,4 @@ def build_datasets(
         steps,
         c.weight_map,
     )
-    return DataBundle(train_ds, val_ds, info, val_store)
+    return DataBundle(train_ds, val_ds, info, val_store, train_at)

@@ -72,14 +72,21 @@ class ShapesDataConfig(DataConfig):
 
 @dataclass
 class FolderDataConfig(DataConfig):
-    """Images and masks on disk (see docs/data.md for the layout)."""
+    """Images and masks on disk (see docs/data.md for the layout).
+
+    `image_size: None` (the default) takes the size from the images: native-resolution crops of
+    the smallest image, at most `AUTO_SIZE_LIMIT` px a side, rounded down to the model's divisor
+    (`zoo.data.folder.auto_image_size`); small tiles are never upsampled.
+    """
 
     name: str = "folder"
+    image_size: list[int] | None = None
+    batch_size: int = 8
     root: str = "???"
     val_ratio: float = 0.2
     split_seed: int = 0
     mask_type: str = "class"
-    resize: str = "resize"
+    resize: str = "crop"
     skip_corrupt: bool = False
     max_corrupt_ratio: float = 0.05
     num_workers: int = 8
@@ -151,10 +158,13 @@ def _check(c: DataConfig) -> None:
         raise bad("num_classes", c.num_classes, "an integer >= 1")
     if c.ignore_index is not None and 0 <= c.ignore_index < c.num_classes:
         raise bad("ignore_index", c.ignore_index, f"null or a value outside 0..{c.num_classes - 1}")
-    size = list(c.image_size)
-    if len(size) != 2 or any(int(s) < 8 for s in size):
-        raise bad("image_size", size, "[height, width], each >= 8")
-    c.image_size = [int(s) for s in size]
+    if c.image_size is None and not isinstance(c, FolderDataConfig):
+        raise bad("image_size", None, "[height, width], each >= 8")
+    if c.image_size is not None:
+        size = list(c.image_size)
+        if len(size) != 2 or any(int(s) < 8 for s in size):
+            raise bad("image_size", size, "[height, width], each >= 8 (or null: from the images)")
+        c.image_size = [int(s) for s in size]
     if int(c.batch_size) < 1:
         raise bad("batch_size", c.batch_size, "an integer >= 1")
     if c.weight_map not in WEIGHT_MAPS:

@@ -12,6 +12,7 @@ Every file is read once, up front, in a thread pool; every problem raises one `V
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -130,6 +131,45 @@ def _resize(arr: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray
     return np.stack(chans, -1).astype(arr.dtype)
 
 
+AUTO_SIZE_LIMIT = 256  # px: the longest side of automatic training crops (CPU-sized)
+
+
+def auto_image_size(
+    sizes: Sequence[tuple[int, int]], divisor: int = 32, limit: int = AUTO_SIZE_LIMIT
+) -> tuple[list[int], str]:
+    """The training size `data.image_size: null` gives a folder: ([height, width], reason).
+
+    Native resolution: crops as large as the smallest image, at most `limit` px a side, rounded
+    down to a multiple of the model's `divisor` (equal tiles of a multiple are used whole; a
+    100 px tile trains on 96 px crops for a divisor of 32). Only images smaller than `divisor`
+    itself are upsampled (to `divisor`), since the model cannot take them.
+
+    Example:
+        >>> auto_image_size([(128, 128)] * 3)
+        ([128, 128], "the images' native size 128x128, used whole")
+    """
+    d = max(int(divisor), 1)
+    low = [min(int(s[0]) for s in sizes), min(int(s[1]) for s in sizes)]
+    same = len({(int(s[0]), int(s[1])) for s in sizes}) == 1
+    top = max(limit // d, 1) * d
+    size = [min(max(v // d, 1) * d, top) for v in low]
+    shape = f"{size[0]}x{size[1]}"
+    if any(v < d for v in low):
+        why = f"images ({low[0]}x{low[1]}) are smaller than the model's divisor {d}: upsampled"
+    elif same and size == low:
+        why = f"the images' native size {shape}, used whole"
+    elif max(low) <= top and size == low:
+        why = f"native-resolution {shape} crops, the size of the smallest image"
+    elif max(low) <= top:
+        why = (
+            f"native-resolution {shape} crops: the smallest image ({low[0]}x{low[1]}) "
+            f"rounded down to a multiple of {d}"
+        )
+    else:
+        why = f"native-resolution {shape} crops (images are >= {low[0]}x{low[1]}; <= {top} px)"
+    return size, why
+
+
 def _target(shape: tuple[int, int], c: FolderDataConfig) -> tuple[int, int]:
     size = (c.image_size[0], c.image_size[1])
     if c.resize == "resize":
@@ -140,6 +180,8 @@ def _target(shape: tuple[int, int], c: FolderDataConfig) -> tuple[int, int]:
 
 
 def _read_pair(pair: tuple[Path, Path], c: FolderDataConfig):
+    """(image, class mask, instances or None) at the stored size, or the read error
+    (`skip_corrupt`)."""
     image_path, mask_path = pair
     try:
         image = read_image_raw(image_path)
@@ -154,31 +196,40 @@ def _read_pair(pair: tuple[Path, Path], c: FolderDataConfig):
             f"is {raw.shape[0]}x{raw.shape[1]} (HxW); they must match"
         )
     mask, instances = map_mask(raw, mask_path, c)
-    native = (int(image.shape[0]), int(image.shape[1]))  # before resizing: the input scale
-    target = _target(native, c)
+    return image, mask, instances
+
+
+def _fit(sample, c: FolderDataConfig):
+    """Resize (resize mode) or upscale-if-smaller (crop mode) one sample to `c.image_size`."""
+    image, mask, instances = sample
+    target = _target(image.shape[:2], c)
     image = _resize(image, target, nearest=False)
     mask = _resize(mask, target, nearest=True)
     if instances is not None:
         instances = _resize(instances, target, nearest=True)
-    return image, mask, instances, native
+    return image, mask, instances
 
 
-def _read_split(
-    pairs: list[tuple[Path, Path]], c: FolderDataConfig, skipped: list[str]
-) -> tuple[Split, Sizes]:
-    """The split's samples and the native (height, width) of each image kept."""
+def _read_raw(pairs: list[tuple[Path, Path]], c: FolderDataConfig) -> list:
     with ThreadPoolExecutor(max(1, c.num_workers)) as pool:
-        results = list(pool.map(lambda p: _read_pair(p, c), pairs))
+        return list(pool.map(lambda p: _read_pair(p, c), pairs))
+
+
+def _split(pairs: list[tuple[Path, Path]], results: list, c: FolderDataConfig,
+           skipped: list[str]) -> tuple[Split, Sizes]:  # fmt: skip
+    """The split's samples, fitted to `c.image_size`, and the native (height, width) of each
+    image kept (before resizing: the model's input scale is computed from them)."""
     images, masks, instances, sizes = [], [], [], []
     for pair, r in zip(pairs, results):
         if isinstance(r, Exception):
             skipped.append(str(pair[0]))
             log.warning("Skipping unreadable sample: %s", r)
             continue
-        images.append(r[0])
-        masks.append(r[1])
-        instances.append(r[2])
-        sizes.append(r[3])
+        sizes.append((int(r[0].shape[0]), int(r[0].shape[1])))
+        image, mask, inst = _fit(r, c)
+        images.append(image)
+        masks.append(mask)
+        instances.append(inst)
     if c.mask_type != "instance":
         return (images, masks, None), sizes
     return (images, masks, instances), sizes
@@ -212,18 +263,19 @@ def split_pairs(
 
 
 def load(
-    c: FolderDataConfig,
+    c: FolderDataConfig, divisor: int = 32
 ) -> tuple[Split, Split | None, tuple[str, ...], tuple[str, ...], Sizes]:
     """Read, check and split a folder dataset.
 
     Args:
         c: the folder data config.
+        divisor: the model's size divisor, for `image_size: null`: `c.image_size` is then set
+            from the images (`auto_image_size`).
 
     Returns:
         (train split, val split or None, class names, skipped file paths, native sizes of the
         training images); a split is (images, masks, instances or None); a native size is the
-        (height, width) of an image as stored, before any resizing (the model's input scale
-        is computed from them).
+        (height, width) of an image as stored, before any resizing.
 
     Raises:
         FileNotFoundError: missing root, images/ or masks/.
@@ -232,8 +284,16 @@ def load(
     root = Path(c.root).expanduser()
     train_pairs, val_pairs = split_pairs(c)
     skipped: list[str] = []
-    train, native_sizes = _read_split(train_pairs, c, skipped)
-    val = _read_split(val_pairs, c, skipped)[0] if val_pairs else None
+    raw_train = _read_raw(train_pairs, c)
+    raw_val = _read_raw(val_pairs, c) if val_pairs else []
+    if c.image_size is None:
+        sizes = [r[0].shape[:2] for r in raw_train + raw_val if not isinstance(r, Exception)]
+        if sizes:
+            size, why = auto_image_size(sizes, divisor)
+            log.info("data.image_size=%s: %s (data.image_size: null)", size, why)
+            c.image_size = size  # the caller's copy (build_datasets) reads it back
+    train, native_sizes = _split(train_pairs, raw_train, c, skipped)
+    val = _split(val_pairs, raw_val, c, skipped)[0] if val_pairs else None
     total = len(train_pairs) + len(val_pairs)
     if skipped:
         ratio = len(skipped) / total

@@ -15,12 +15,18 @@ one). A training loop calls `start()`, times `warmup_steps` steps, calls `on_war
 from __future__ import annotations
 
 import math
-import re
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from zoo.recipe.duration import (  # noqa: F401  (part of this module's API)
+    DURATION_FORMS,
+    BudgetError,
+    format_duration,
+    parse_duration,
+)
 
 PROCESS_SLACK_S = 30.0  # start-up + fingerprint + final evaluation + export, budgets >= 60 s
 SLACK_APPLIES_FROM_S = 60.0
@@ -30,67 +36,6 @@ VAL_COST_FRACTION = 0.10  # ... costing at most 10% of the training time
 MIN_VALIDATION_INTERVAL = 10  # steps: fewer would measure noise, not progress
 FORWARD_COST_RATIO = 0.4  # a validation batch costs ~1/3 of a training step; 0.4 is conservative
 SCHEDULE_KEEP_TOLERANCE = 0.10  # resume keeps the old LR schedule if the new plan is this close
-
-_DURATION = re.compile(
-    r"^\s*(?:(?P<h>\d+(?:\.\d+)?)\s*h)?\s*(?:(?P<m>\d+(?:\.\d+)?)\s*m(?:in)?)?"
-    r"\s*(?:(?P<s>\d+(?:\.\d+)?)\s*s)?\s*$",
-    re.IGNORECASE,
-)
-DURATION_FORMS = "90s, 3m, 1h, 1h30m or 2m30s (a bare number means seconds)"
-
-
-class BudgetError(ValueError):
-    """A time budget that cannot work (bad string, or too short for one training step)."""
-
-
-def parse_duration(value: str | float | int, key: str = "trainer.time_budget") -> float:
-    """Seconds of a duration such as ``"90s"``, ``"3m"``, ``"1h"``, ``"1h30m"`` or ``120``.
-
-    Args:
-        value: a string with h / m (or min) / s parts in that order, or a number of seconds.
-        key: the config key named in the error message.
-
-    Returns:
-        The duration in seconds (> 0).
-
-    Raises:
-        BudgetError: anything else, in one line naming the value and the accepted forms.
-
-    Example:
-        >>> parse_duration("1h30m")
-        5400.0
-    """
-    seconds: float | None = None
-    if isinstance(value, bool):
-        seconds = None
-    elif isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        match = _DURATION.match(value)
-        if match and any(match.group(g) for g in "hms"):
-            parts = {g: float(match.group(g) or 0) for g in "hms"}
-            seconds = parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
-        elif value.strip():
-            try:
-                seconds = float(value)
-            except ValueError:
-                seconds = None
-    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
-        raise BudgetError(
-            f"Invalid value for {key}: expected a positive duration such as {DURATION_FORMS}. "
-            f"Received: {key}={value!r}"
-        )
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """``5400 -> "1h30m"``, ``90 -> "1m30s"``, ``7.5 -> "7.5s"`` (inverse of `parse_duration`)."""
-    if seconds < 60:
-        return f"{seconds:g}s"
-    whole = int(round(seconds))
-    h, rest = divmod(whole, 3600)
-    m, s = divmod(rest, 60)
-    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v)
 
 
 def step_time_from(step_times: Sequence[float]) -> float:
@@ -260,6 +205,13 @@ class BudgetController:
             hard = self.process_start + own + PROCESS_SLACK_S - self.tail_estimate_s
             deadline = min(deadline, hard)
         return deadline
+
+    def set_tail_estimate(self, seconds: float) -> None:
+        """Update the expected final evaluation + export time (e.g. from a measured validation);
+        the plan's deadline follows (budgets >= 60 s with a `process_start`)."""
+        self.tail_estimate_s = max(float(seconds), 0.0)
+        if self.plan is not None and self.started_at is not None:
+            self.plan.deadline_s = self._deadline()
 
     def minimum_budget_s(self, step_time_s: float, val_time_s: float) -> float:
         """The smallest budget that runs the warm-up steps, one more step and one validation."""

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from zoo.errors import DataError, MissingFileError
 from zoo.recipe.stats import microscopy_cues, orientation_scores, per_image, summary
 
 FINGERPRINT_VERSION = 2  # bump when a statistic changes: cached fingerprints are recomputed
@@ -254,15 +255,18 @@ def fingerprint_folder(
     cache: bool = True,
     max_samples: int = 512,
     workers: int = 4,
+    val_ratio: float | None = None,
+    split_seed: int = 0,
 ) -> Fingerprint:
     """Fingerprint of a folder dataset (root/images + root/masks, or root/train + root/val).
 
     Files are read with the training app's readers and mask rules (`zoo.data.io`,
     `zoo.data.folder.map_mask`), so the statistics are of exactly what training sees before
-    resizing. With `root/images`, every image counts as training data (the split is random).
+    resizing. With `root/images`, every image counts as training data, unless `val_ratio` is
+    given: then the app's own split (`zoo.data.folder.split_pairs` with `split_seed`) is used.
 
     Raises:
-        FileNotFoundError / ValueError: as the folder dataset does, naming the file.
+        MissingFileError / DataError: as the folder dataset does, naming the file.
     """
     from zoo.data import folder as zfolder
     from zoo.data.config import FolderDataConfig
@@ -270,10 +274,14 @@ def fingerprint_folder(
 
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"data.root not found: '{root}' (data=folder data.root=/path)")
+        raise MissingFileError(f"data.root not found: '{root}' (data=folder data.root=/path)")
     if (root / "train").is_dir():
         pairs = zfolder.find_pairs(root / "train")
         num_val = len(zfolder.find_pairs(root / "val")) if (root / "val").is_dir() else 0
+    elif val_ratio is not None:
+        split = FolderDataConfig(root=str(root), val_ratio=val_ratio, split_seed=split_seed)
+        pairs, val_pairs = zfolder.split_pairs(split)
+        num_val = len(val_pairs)
     else:
         pairs, num_val = zfolder.find_pairs(root), 0
     settings = {"num_classes": num_classes, "ignore_index": ignore_index, "mask_type": mask_type}
@@ -294,7 +302,7 @@ def fingerprint_folder(
         image = read_image_raw(image_path)
         raw = read_mask(mask_path)
         if image.shape[:2] != raw.shape:
-            raise ValueError(
+            raise DataError(
                 f"Image '{image_path}' is {image.shape[0]}x{image.shape[1]} but its mask "
                 f"'{mask_path}' is {raw.shape[0]}x{raw.shape[1]} (HxW); they must match"
             )

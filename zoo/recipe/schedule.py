@@ -10,6 +10,11 @@ length (the ramp only depends on `warmup_steps`).
 lr(s) = peak * s / warmup                                     for s < warmup
 lr(s) = peak * (alpha + (1 - alpha) * (1 + cos(pi * p)) / 2)  p = (s - warmup) / (total - warmup)
 lr(s) = peak * alpha                                          for s >= total
+
+A re-plan during the decay (`set_length(..., at_step=s0)`) keeps the learning rate continuous:
+the progress p0 reached at s0 is kept and the rest of the curve is spread over the new length,
+p = p0 + (1 - p0) * (s - s0) / (total - s0). Otherwise a longer plan late in a run would raise
+the learning rate again.
 """
 
 from __future__ import annotations
@@ -53,10 +58,37 @@ class BudgetCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.alpha = float(alpha)
         self._total = keras.Variable(1, dtype="int64", trainable=False, name="lr_total_steps")
         self._warmup = keras.Variable(0, dtype="int64", trainable=False, name="lr_warmup_steps")
+        # The decay's anchor: (step, progress) kept by a re-plan; step -1: none (from warm-up).
+        self._anchor_step = keras.Variable(-1, dtype="int64", trainable=False, name="lr_anchor")
+        self._anchor_progress = keras.Variable(
+            0.0, dtype="float32", trainable=False, name="lr_anchor_progress"
+        )
         self.set_length(total_steps, warmup_steps)
 
-    def set_length(self, total_steps: int, warmup_steps: int | None = None) -> None:
-        """Set the schedule length (and warm-up) in steps; takes effect at the next step."""
+    def progress(self, step: int) -> float:
+        """The decay's progress p in [0, 1] at `step` (0 during the warm-up)."""
+        return float(self._progress(ops.cast(step, "float32")))
+
+    def _progress(self, s: Any) -> Any:
+        total = ops.cast(self._total, "float32")
+        anchored = self._anchor_step >= 0
+        s0 = ops.where(
+            anchored, ops.cast(self._anchor_step, "float32"), ops.cast(self._warmup, "float32")
+        )
+        p0 = ops.where(anchored, ops.cast(self._anchor_progress, "float32"), 0.0)
+        return ops.clip(p0 + (1 - p0) * (s - s0) / ops.maximum(total - s0, 1.0), 0.0, 1.0)
+
+    def set_length(
+        self, total_steps: int, warmup_steps: int | None = None, at_step: int | None = None
+    ) -> None:
+        """Set the schedule length (and warm-up) in steps; takes effect at the next step.
+
+        Args:
+            total_steps: the new length.
+            warmup_steps: the new warm-up (None: unchanged).
+            at_step: the current step when re-planning a running schedule: past the warm-up,
+                the learning rate continues from where it is (see the module docstring).
+        """
         total = int(total_steps)
         warmup = int(self._warmup.numpy()) if warmup_steps is None else int(warmup_steps)
         if total < 1 or warmup < 0:
@@ -65,8 +97,16 @@ class BudgetCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
                 f"and warmup >= 0. Received: total_steps={total_steps!r}, "
                 f"warmup_steps={warmup_steps!r}"
             )
+        warmup = min(warmup, total - 1)  # the decay keeps at least one step
+        if at_step is not None and int(at_step) > max(warmup, self.warmup_steps):
+            p0 = self.progress(int(at_step))  # with the old length
+            self._anchor_progress.assign(p0)
+            self._anchor_step.assign(int(at_step))
+        else:
+            self._anchor_step.assign(-1)
+            self._anchor_progress.assign(0.0)
         self._total.assign(total)
-        self._warmup.assign(min(warmup, total - 1))  # the decay keeps at least one step
+        self._warmup.assign(warmup)
 
     @property
     def total_steps(self) -> int:
@@ -76,12 +116,16 @@ class BudgetCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
     def warmup_steps(self) -> int:
         return int(self._warmup.numpy())
 
+    @property
+    def anchor(self) -> tuple[int, float]:
+        """(step, progress) the decay continues from after a re-plan; step -1: none."""
+        return int(self._anchor_step.numpy()), float(self._anchor_progress.numpy())
+
     def __call__(self, step: Any) -> Any:
         s = ops.cast(step, "float32")
-        total = ops.cast(self._total, "float32")
         warmup = ops.cast(self._warmup, "float32")
         ramp = self.peak * s / ops.maximum(warmup, 1.0)
-        p = ops.clip((s - warmup) / ops.maximum(total - warmup, 1.0), 0.0, 1.0)
+        p = self._progress(s)
         decay = self.peak * (self.alpha + (1 - self.alpha) * 0.5 * (1 + ops.cos(math.pi * p)))
         return ops.where(s < warmup, ramp, decay)
 
@@ -91,4 +135,21 @@ class BudgetCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
             "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps,
             "alpha": self.alpha,
+            "anchor": list(self.anchor),
         }
+
+    def restore(self, config: dict[str, Any]) -> None:
+        """Take the length, warm-up and anchor of `get_config()` (a resumed run)."""
+        self.set_length(int(config["total_steps"]), int(config["warmup_steps"]))
+        step, progress = config.get("anchor") or (-1, 0.0)
+        self._anchor_step.assign(int(step))
+        self._anchor_progress.assign(float(progress))
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> BudgetCosineDecay:
+        config = dict(config)
+        anchor = config.pop("anchor", None)
+        schedule = cls(**config)
+        if anchor:
+            schedule.restore({**schedule.get_config(), "anchor": anchor})
+        return schedule

@@ -31,5 +31,9 @@ class PhaseTimer:
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + (self.clock() - start)
 
+    def add(self, name: str, seconds: float) -> None:
+        """Count `seconds` to phase `name` (for code that cannot be wrapped in `phase`)."""
+        self.seconds[name] = self.seconds.get(name, 0.0) + float(seconds)
+
     def as_dict(self) -> dict[str, float]:
         return {f"{k}_s": round(v, 3) for k, v in self.seconds.items()}

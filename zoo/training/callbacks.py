@@ -2,10 +2,11 @@
 
 `build_callbacks` returns them in the only order that works, built here rather than left to
 convention: the NaN guard first (it raises before any later callback of a bad batch saves
-anything), then the callbacks that watch metrics and write logs, then the backup (it records
-what the others did at the epoch end), then the stop-on-signal check (it stops right after a
-backup). Callbacks whose state must survive a resume declare it in `state_attributes`; the
-backup saves and restores exactly those attributes, under the callback's `state_key`.
+anything), then the time-budget pacer (it decides at a step's end whether the run stops there,
+which the others read), then the callbacks that watch metrics and write logs, then the backup
+(it records what the others did at the epoch end), then the stop-on-signal check (it stops right
+after a backup). Callbacks whose state must survive a resume declare it in `state_attributes`;
+the backup saves and restores exactly those attributes, under the callback's `state_key`.
 """
 
 from __future__ import annotations
@@ -112,31 +113,40 @@ class BackupCallback(keras.callbacks.Callback):
     Args:
         backup_dir: where to write (`<run_dir>/backup`).
         train_model: the compiled training model.
-        steps_per_epoch: Keras steps per epoch (a backup at a multiple of it is an epoch-end one).
+        length: the run's `zoo.training.length.TrainingLength` (`length.epoch_end(step)`: the
+            steps at which a Keras epoch ends); an int is read as a fixed steps per epoch.
         every_steps: also back up mid-epoch every this many steps; None: epoch ends only.
         stateful: callbacks whose `state_attributes` are saved and restored.
         config: the resolved run config, stored to compare on resume.
         resumed: the backup this run continues from, or None.
         write: False on non-chief workers (they read the variables with the others, which may
             be a collective, but do not write).
+        extras: more JSON records computed when a backup is written, {name: f(step)} (the time
+            budget's state: `meta["budget"]`).
     """
 
     def __init__(
         self,
         backup_dir: Path,
         train_model: keras.Model,
-        steps_per_epoch: int,
+        length: Any,
         every_steps: int | None,
         stateful: list[keras.callbacks.Callback],
         config: dict[str, Any],
         resumed: Backup | None = None,
         write: bool = True,
+        extras: dict[str, Callable[[int], Any]] | None = None,
     ) -> None:
         super().__init__()
         self.backup_dir = Path(backup_dir)
         self.train_model = train_model
-        self.steps_per_epoch = steps_per_epoch
+        if isinstance(length, int):
+            from zoo.training.length import TrainingLength
+
+            length = TrainingLength("epochs", length, None)
+        self.length = length
         self.every_steps = every_steps
+        self.extras = dict(extras or {})
         self.stateful = [cb for cb in stateful if getattr(cb, "state_attributes", ())]
         self.config = config
         self.write = write
@@ -150,7 +160,8 @@ class BackupCallback(keras.callbacks.Callback):
         self.stopped = bool(resumed.meta.get("stopped", False)) if resumed else False
         self.last_step = resumed.step if resumed else 0
         # Metric accumulators of a partial epoch: fit resets them at epoch begin, we put them back.
-        self._pending_metrics = resumed if resumed and resumed.step % steps_per_epoch else None
+        # Decided at the first epoch begin: a budget run learns its interval after this.
+        self._pending_metrics = resumed
         self._set_callback_state()
 
     @property
@@ -180,6 +191,7 @@ class BackupCallback(keras.callbacks.Callback):
             "callbacks": self.callback_state,
             "stopped": self.stopped,
             "config": self.config,
+            **{name: extra(step) for name, extra in self.extras.items()},
         }
         path = write_backup(self.backup_dir, step, arrays, meta)
         log.debug("Backup written: %s", path)
@@ -192,12 +204,12 @@ class BackupCallback(keras.callbacks.Callback):
         self._set_callback_state()  # after EarlyStopping's own on_train_begin reset
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if self._pending_metrics is not None:
+        resumed, self._pending_metrics = self._pending_metrics, None
+        if resumed is not None and not self.length.epoch_end(resumed.step):
             ids = {id(v) for v in self.train_model.metrics_variables}
-            for v, a in zip(self.variables, self._pending_metrics.arrays):
+            for v, a in zip(self.variables, resumed.arrays):
                 if id(v) in ids:
                     v.assign(a)
-            self._pending_metrics = None
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         step = self.step
@@ -205,7 +217,7 @@ class BackupCallback(keras.callbacks.Callback):
         if (
             self.every_steps
             and step - self.last_step >= self.every_steps
-            and step % self.steps_per_epoch
+            and not self.length.epoch_end(step)
         ):
             self.save()
 
@@ -242,7 +254,7 @@ class StopOnSignal(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         signum = self._requested()
         step = self.backup.step
-        if signum and step % self.backup.steps_per_epoch:
+        if signum and not self.backup.length.epoch_end(step):
             path = self.backup.save() if step > self.backup.last_step else self.backup.latest()
             raise Interrupted(signum, step, path)
 
@@ -262,10 +274,11 @@ class RunCallbacks:
     stop: StopOnSignal
     best: BestModelCheckpoint | None = None
     extra: list[keras.callbacks.Callback] = field(default_factory=list)
+    pacer: keras.callbacks.Callback | None = None  # zoo.training.budget.BudgetCallback
 
     def ordered(self) -> list[keras.callbacks.Callback]:
-        guard = [self.guard] if self.guard is not None else []
-        return [*guard, *self.monitors, self.backup, *self.extra, self.stop]
+        first = [cb for cb in (self.guard, self.pacer) if cb is not None]
+        return [*first, *self.monitors, self.backup, *self.extra, self.stop]
 
 
 def build_callbacks(
@@ -276,7 +289,7 @@ def build_callbacks(
     out_dir: Path,
     backup_dir: Path,
     has_val: bool,
-    steps_per_epoch: int,
+    length: Any,
     config: dict[str, Any],
     resumed: Backup | None,
     chief: bool,
@@ -292,7 +305,7 @@ def build_callbacks(
         out_dir: this worker's output folder (the run directory on the chief).
         backup_dir: the run's backup folder.
         has_val: whether there is validation data (best checkpoint, early stopping).
-        steps_per_epoch: steps of one epoch.
+        length: the run's `zoo.training.length.TrainingLength` (where the epochs end).
         config: the resolved run config (stored in backups).
         resumed: the backup the run continues from, or None.
         chief: whether this worker writes backups.
@@ -325,7 +338,7 @@ def build_callbacks(
     backup = BackupCallback(
         backup_dir,
         train_model,
-        steps_per_epoch,
+        length,
         trainer.backup_every_steps,
         stateful=monitors,
         config=config,

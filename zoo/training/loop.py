@@ -20,9 +20,11 @@ from zoo.evaluation import final_scores, summary
 from zoo.metrics import MetricsLayer
 from zoo.saving import clone
 from zoo.training import backup as backups
+from zoo.training import budget as budgets
+from zoo.training import length as lengths
 from zoo.training import resume
 from zoo.training.callbacks import RunCallbacks, build_callbacks
-from zoo.training.fit import resumable_fit
+from zoo.training.fit import fit_length
 from zoo.training.optim import build_optimizer
 from zoo.training.signals import Interrupted, StopRequests
 
@@ -43,7 +45,8 @@ class Session:
     callbacks: RunCallbacks
     requests: StopRequests
     start_step: int
-    steps_per_epoch: int
+    length: lengths.TrainingLength
+    pacer: budgets.BudgetCallback | None = None  # time budget runs
 
 
 def setup(run: Any) -> Any:
@@ -90,24 +93,26 @@ def build(
 ) -> Session:  # fmt: skip
     """Training model, optimizer and callbacks; the backup's state restored when resuming."""
     t, info = run.trainer, bundle.info
-    steps_per_epoch = t.steps_per_epoch or info.steps_per_epoch
+    length = lengths.plan_length(t, info.steps_per_epoch, info.global_batch_size)
     chief = distribute.is_chief(strategy)
     model.metadata = training_metadata(info)
     with strategy.scope():
         train_model = attach_losses(model, run.loss, info)
         train_model.compile(
-            optimizer=build_optimizer(t, steps_per_epoch * t.epochs),
+            optimizer=build_optimizer(t, length.schedule_steps(), settable=length.kind == "budget"),
             jit_compile=t.jit_compile,
             steps_per_execution=t.steps_per_execution,
         )
         backups.build_optimizer_state(train_model)
     requests = StopRequests()
+    agree = distribute.max_over_workers(strategy)
     callbacks = build_callbacks(
         t, model, train_model, out_dir=out_dir, backup_dir=run_dir / backups.BACKUP_DIR,
-        has_val=info.val_size > 0, steps_per_epoch=steps_per_epoch, config=run.resolved,
-        resumed=resumed, chief=chief, requests=requests,
-        agree=distribute.max_over_workers(strategy),
+        has_val=info.val_size > 0, length=length, config=run.resolved,
+        resumed=resumed, chief=chief, requests=requests, agree=agree,
     )  # fmt: skip
+    val_batches = t.validation_steps or -(-info.val_size // info.global_batch_size)
+    pacer = budgets.attach_budget(run, length, callbacks, resumed, agree, val_batches)
     if resumed is not None:
         backups.restore_variables(callbacks.backup.variables, resumed)
         if chief:
@@ -119,33 +124,33 @@ def build(
         )  # fmt: skip
     return Session(
         run_dir, out_dir, strategy, chief, model, train_model, bundle, callbacks, requests,
-        resumed.step if resumed else 0, steps_per_epoch,
+        resumed.step if resumed else 0, length, pacer,
     )  # fmt: skip
 
 
 def fit(run: Any, s: Session) -> float:
-    """Train to `trainer.epochs` (from the resumed step); returns the training seconds.
+    """Train for the run's length (from the resumed step); returns the training seconds.
 
     Raises:
         Interrupted: SIGINT/SIGTERM arrived; a backup was written first.
     """
     t, info = run.trainer, s.bundle.info
     log.info(
-        "Training %s (%s params) with loss %s on %s: %d epochs x %d steps, global batch %d, "
-        "%d replica(s)",
-        run.model.name, f"{s.model.count_params():,}", run.loss.spec, info.name, t.epochs,
-        s.steps_per_epoch, info.global_batch_size, distribute.num_replicas(s.strategy),
+        "Training %s (%s params) with loss %s on %s: %s, global batch %d, %d replica(s)",
+        run.model.name, f"{s.model.count_params():,}", run.loss.spec, info.name, s.length.why,
+        info.global_batch_size, distribute.num_replicas(s.strategy),
     )  # fmt: skip
     has_val = info.val_size > 0
+    budgets.mark_startup(run.timer, run.process_start, s.pacer)
     start = time.perf_counter()
-    with s.requests:
-        resumable_fit(
+    with s.requests, run.timer.phase("train"):
+        fit_length(
             s.train_model,
-            s.bundle.train,
+            s.bundle.train_at,
+            first_stream=s.bundle.train,
             start_step=s.start_step,
-            epochs=t.epochs,
-            steps_per_epoch=s.steps_per_epoch,
-            stopped=s.callbacks.backup.stopped,
+            length=s.length,
+            stopped=s.callbacks.backup.stopped or budgets.used_up(s.pacer, s.start_step > 0),
             shard=lambda ds: distribute.shard(ds, s.strategy),
             validation_data=distribute.shard(s.bundle.val, s.strategy) if has_val else None,
             validation_steps=t.validation_steps,
@@ -161,6 +166,7 @@ def fit(run: Any, s: Session) -> float:
 def finalize(run: Any, s: Session, train_time: float) -> dict[str, Any]:
     """Evaluate and save the best epoch's model; write metrics, config and overlays (chief)."""
     info, t = s.bundle.info, run.trainer
+    started = run.timer.clock()
     # A local float32 copy: needs no collective of a multi-worker strategy (the other workers
     # may have exited) and exports float32 after mixed-precision training.
     export = clone(s.model, "float32")
@@ -170,6 +176,7 @@ def finalize(run: Any, s: Session, train_time: float) -> dict[str, Any]:
     results: dict[str, Any] = {}
     if info.val_size > 0:  # trainer.final_eval: at image_size or at full resolution
         results = final_scores(export, run, s.bundle)
+    run.timer.add("evaluate", run.timer.clock() - started)
     history = s.callbacks.backup.history  # all epochs, across resumes
     results.update(
         model=run.model.name,
@@ -178,10 +185,15 @@ def finalize(run: Any, s: Session, train_time: float) -> dict[str, Any]:
         epochs=len(history.get("loss", [])),
         best_epoch=best.best_epoch + 1 if best and best.best_epoch is not None else None,
         train_time_s=round(train_time, 2),
+        steps=int(backups.read_value(s.train_model.optimizer.iterations)),
+        image_size=list(info.image_size),
         params=int(s.model.count_params()),
         history=history,
     )
+    started = run.timer.clock()
     outputs.save_model(export, s.out_dir / "model.keras")
+    run.timer.add("export", run.timer.clock() - started)
+    results.update(budgets.outcome(s.length, s.pacer, run.timer, run.process_start))
     outputs.write_json(s.out_dir / "metrics.json", results)
     from omegaconf import OmegaConf
 
@@ -208,10 +220,15 @@ def train(run: Any, run_dir: Path) -> dict[str, Any]:
     from zoo.data import build_datasets
 
     run_dir = Path(run_dir)
+    if run.timer is None:
+        from zoo.recipe import PhaseTimer
+
+        run.timer = PhaseTimer()
     strategy = setup(run)
     resumed = resume.find_resume(run.trainer.resume, run_dir)
     if resumed is not None:
-        resume.check_continuation(resumed, run.resolved, run.trainer.epochs, run_dir)
+        epochs, max_steps = lengths.finish_rule(run.trainer)
+        resume.check_continuation(resumed, run.resolved, epochs, run_dir, max_steps)
     with strategy.scope():
         model = run.model.build()  # constructor checks run before any data is read
     bundle = build_datasets(
@@ -219,6 +236,7 @@ def train(run: Any, run_dir: Path) -> dict[str, Any]:
         global_batch_size=run.data.batch_size * distribute.num_replicas(strategy),
         seed=run.seed,
         start_step=resumed.step if resumed else 0,
+        size_divisor=1 if run.model.kwargs.get("pad_to_divisor") else run.model.divisor,
     )
     with distribute.worker_output_dir(strategy, run_dir) as out_dir:
         session = build(run, strategy, model, bundle, resumed, run_dir, Path(out_dir))

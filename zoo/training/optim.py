@@ -9,14 +9,27 @@ import keras
 from zoo import optimizers
 
 
-def build_optimizer(trainer: Any, total_steps: int) -> keras.optimizers.Optimizer:
+def build_optimizer(
+    trainer: Any, total_steps: int, settable: bool = False
+) -> keras.optimizers.Optimizer:
     """Optimizer and schedule from `trainer` (a `zoo.config.TrainerConfig`).
 
     Cosine decay over `total_steps` after a linear warmup of `warmup_steps` (shortened when the
-    run is shorter), or a constant rate. AdamW decays conv/dense kernels only.
+    run is shorter), or a constant rate. AdamW decays conv/dense kernels only. `settable`: the
+    cosine schedule is a `zoo.recipe.BudgetCosineDecay` whose length a time budget sets after
+    its warm-up steps (`total_steps` is then provisional).
     """
     lr: Any = trainer.learning_rate
-    if trainer.schedule == "cosine":
+    if trainer.schedule == "cosine" and settable:
+        from zoo.recipe.schedule import BudgetCosineDecay
+
+        lr = BudgetCosineDecay(
+            trainer.learning_rate,
+            total_steps=max(int(total_steps), 1),
+            warmup_steps=min(trainer.warmup_steps, max(int(total_steps) - 1, 0)),
+            alpha=trainer.min_lr_ratio,
+        )
+    elif trainer.schedule == "cosine":
         warmup = min(trainer.warmup_steps, max(total_steps - 1, 0))
         lr = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=0.0 if warmup else trainer.learning_rate,

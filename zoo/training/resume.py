@@ -73,16 +73,29 @@ def _describe(changes: dict[str, tuple[Any, Any]], limit: int = 4) -> str:
     return ", ".join(items[:limit]) + more
 
 
-def is_finished(backup: Backup, epochs: int) -> bool:
-    """True when the backup's run trained all `epochs` (or was stopped early)."""
-    return bool(backup.meta.get("stopped")) or backup.epochs_done >= epochs
+def is_finished(backup: Backup, epochs: int | None, max_steps: int | None = None) -> bool:
+    """True when the backup's run trained all `epochs` or `max_steps`, or was stopped (early
+    stopping, or its time budget ended it)."""
+    if backup.meta.get("stopped"):
+        return True
+    if epochs is not None and backup.epochs_done >= epochs:
+        return True
+    return max_steps is not None and backup.step >= max_steps
 
 
-def check_continuation(backup: Backup, config: dict[str, Any], epochs: int, run_dir: Path) -> None:
+def check_continuation(
+    backup: Backup,
+    config: dict[str, Any],
+    epochs: int | None,
+    run_dir: Path,
+    max_steps: int | None = None,
+) -> None:
     """Refuse to re-export a finished run with another config; warn about other changes.
 
     A finished run rerun with the same config only re-evaluates and re-exports (from its
-    backup); with more `trainer.epochs` it trains on. With any other change its outputs would
+    backup); with more `trainer.epochs` (or `trainer.max_steps`) it trains on. `epochs` is the
+    run's epoch count when epochs decide its length (None otherwise). With any other change
+    its outputs would
     describe a model trained on something else, so the run stops with one line saying what to
     do instead.
 
@@ -90,8 +103,9 @@ def check_continuation(backup: Backup, config: dict[str, Any], epochs: int, run_
         OutputError: a finished run and a changed config.
     """
     changes = config_changes(backup.config, config)
-    if is_finished(backup, epochs):
+    if is_finished(backup, epochs, max_steps):
         changes.pop("trainer.epochs", None)
+        changes.pop("trainer.max_steps", None)
         if changes:
             raise OutputError(
                 f"{run_dir} holds a finished run trained with another config "

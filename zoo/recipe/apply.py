@@ -1,0 +1,178 @@
+"""`recipe=auto` in the app: fingerprint the data, plan, apply the plan to the composed config.
+
+    cfg, applied = apply_recipe(cfg, explicit=user_keys, run_dir=run_dir)
+
+Runs after Hydra has composed the config (every group and command-line override applied) and
+before `zoo.config.parse`, so the planned values go through the same checks as typed ones. A key
+set on the command line is never replaced (the table shows the plan's value beside it). The
+fingerprint (cached per dataset) and the recipe are written to the run directory as
+fingerprint.json and recipe.json.
+
+Only `data=folder` is planned: the fingerprint reads the files. Other data keeps its config
+(the log says so); `trainer.time_budget` still sizes the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from zoo.errors import ConfigError
+from zoo.recipe.budget import parse_duration
+from zoo.recipe.fingerprint import Fingerprint, fingerprint_folder
+from zoo.recipe.planner import Recipe, plan_recipe
+
+log = logging.getLogger("zoo")
+
+RECIPES = ("auto",)
+DEVICES = ("auto", "cpu", "gpu")
+LENGTH_KEYS = ("trainer.epochs", "trainer.time_budget")  # either one: the plan sets no max_steps
+
+
+@dataclass
+class AppliedRecipe:
+    """What `recipe=auto` did: the plan, the fingerprint, the values applied, and notes."""
+
+    recipe: Recipe | None
+    fingerprint: Fingerprint | None
+    applied: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "recipe": self.recipe.as_dict() if self.recipe else None,
+            "applied": self.applied,
+            "note": self.note,
+            "table": self.recipe.table() if self.recipe else self.note,
+        }
+
+
+def detect_device(setting: str, strategy: str | None = None) -> str:
+    """The planner's hardware tier: "gpu" with an accelerator (GPU, or the TPU strategy)."""
+    if setting != "auto":
+        return setting
+    if strategy == "tpu":
+        return "gpu"
+    import tensorflow as tf
+
+    return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _divisor_fix(cfg: DictConfig, users: set[str]) -> dict[str, Any]:
+    """Pad inside the model when the planned size is no multiple of the chosen model's
+    divisor (the planner sizes for U-Net; another model may need larger multiples)."""
+    from zoo.config.model import model_spec
+
+    size = OmegaConf.select(cfg, "data.image_size")
+    if size is None or "model.pad_to_divisor" in users:
+        return {}
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    try:
+        spec = model_spec(model, int(cfg.data.num_classes))
+        divisor = spec.divisor
+    except (ConfigError, ValueError):
+        return {}  # parse reports the model's problem
+    if model.get("pad_to_divisor") or all(int(s) % divisor == 0 for s in size):
+        return {}
+    return {"model.pad_to_divisor": True}
+
+
+def apply_recipe(
+    cfg: DictConfig,
+    *,
+    explicit: Collection[str] | None = None,
+    run_dir: str | os.PathLike | None = None,
+    write: bool = True,
+    cache: bool = True,
+) -> tuple[DictConfig, AppliedRecipe | None]:
+    """Apply the `recipe` group's plan to a composed config.
+
+    Args:
+        cfg: the composed config (not changed; a planned copy is returned).
+        explicit: dotted keys set on the command line (they keep their values).
+        run_dir: where fingerprint.json and recipe.json go (None: not written).
+        write: False on processes that must not write the run directory (non-chief workers).
+        cache: use the fingerprint cache.
+
+    Returns:
+        (config, AppliedRecipe), or (cfg, None) without `recipe=...`.
+
+    Raises:
+        ConfigError / MissingFileError / DataError: an unknown recipe, a missing data.root, a
+            file the fingerprint cannot read (one line naming it).
+    """
+    selected = cfg.get("recipe")
+    if not selected:
+        return cfg, None
+    name = selected.get("name")
+    if name not in RECIPES:
+        raise ConfigError(f"Invalid recipe={name!r}; choose one of: {', '.join(RECIPES)}")
+    device_setting = selected.get("device", "auto")
+    if device_setting not in DEVICES:
+        raise ConfigError(
+            f"Invalid recipe.device={device_setting!r}; choose one of: {', '.join(DEVICES)}"
+        )
+    data_name = cfg.data.get("name")
+    if data_name != "folder":
+        note = (
+            f"recipe=auto plans from a fingerprint of a folder of images (data=folder); "
+            f"data={data_name} keeps its own config"
+            + ("; trainer.time_budget still sizes the run" if cfg.trainer.time_budget else "")
+        )
+        log.info(note)
+        return cfg, AppliedRecipe(None, None, {}, note)
+    if OmegaConf.is_missing(cfg.data, "root"):
+        raise ConfigError("Missing data.root: pass data.root=/path/to/dataset")
+    t = cfg.trainer
+    budget_s = parse_duration(t.time_budget) if t.time_budget is not None else None
+    fp = fingerprint_folder(
+        cfg.data.root,
+        num_classes=int(cfg.data.num_classes),
+        ignore_index=cfg.data.ignore_index,
+        mask_type=str(cfg.data.mask_type),
+        cache=cache,
+        val_ratio=float(cfg.data.val_ratio),  # the app's split of root/images
+        split_seed=int(cfg.data.split_seed),
+    )
+    users = set(explicit or ())
+    strategy = OmegaConf.select(cfg, "strategy.name")
+    recipe = plan_recipe(
+        fp,
+        budget_s=budget_s,
+        cores=cpu_cores(),
+        device=detect_device(device_setting, strategy),
+        model=str(cfg.model.name),
+        user_keys=users,
+    )
+    # The run's length is the user's when epochs or a budget is set (command line or config).
+    length_set = any(OmegaConf.select(cfg, k) is not None for k in LENGTH_KEYS)
+    skip = {"trainer.max_steps"} if length_set else set()
+    applied = recipe.overrides(exclude=skip)
+    planned = cfg.copy()
+    for key, value in applied.items():
+        OmegaConf.update(planned, key, value, merge=False, force_add=True)
+    fix = _divisor_fix(planned, users)
+    for key, value in fix.items():
+        OmegaConf.update(planned, key, value, merge=False, force_add=True)
+    applied.update(fix)
+    log.info("%s", recipe.table())
+    outcome = AppliedRecipe(recipe, fp, applied)
+    if run_dir is not None and write:
+        from zoo.outputs import write_json
+
+        fp.save(Path(run_dir) / "fingerprint.json")
+        write_json(Path(run_dir) / "recipe.json", outcome.as_dict())
+    return planned, outcome
