@@ -4,12 +4,18 @@ Every batch normalization in the native encoders and decoders is created by `bat
 the whole zoo shares one setting (synchronized across replicas, PyTorch momentum/epsilon).
 """
 
+from zoo.layers.adaptive_average_pooling import AdaptiveAveragePooling2D
+from zoo.layers.aspp import aspp, sepconv_bn_act
 from zoo.layers.blocks import (
     batch_norm,
     conv_bn_act,
     separable_conv_bn_act,
     upsample_conv_bn_act,
 )
+from zoo.layers.halving_max_pooling import HalvingMaxPooling2D
+from zoo.layers.position_attention import PositionAttention
+from zoo.layers.pyramid_pooling import pyramid_pooling
+from zoo.layers.resize import Resize2D
 from zoo.layers.spatial import (
     BroadcastSpatial,
     ChannelAffine,
@@ -20,14 +26,21 @@ from zoo.layers.spatial import (
 from zoo.layers.upsample_concat_conv2d import UpsampleConcatConv2D
 
 __all__ = [
+    "AdaptiveAveragePooling2D",
     "BroadcastSpatial",
     "ChannelAffine",
     "CheckDivisible",
     "CropToReference",
+    "HalvingMaxPooling2D",
     "PadToMultiple",
+    "PositionAttention",
+    "Resize2D",
     "UpsampleConcatConv2D",
+    "aspp",
     "batch_norm",
     "conv_bn_act",
+    "pyramid_pooling",
     "separable_conv_bn_act",
+    "sepconv_bn_act",
     "upsample_conv_bn_act",
 ]

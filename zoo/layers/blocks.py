@@ -140,16 +140,18 @@ def conv_bn_act(
     strides: int = 1,
     dilation_rate: int = 1,
     activation: str | None = "relu",
+    use_bias: bool = False,
 ):
-    """`Conv2D` (no bias: BN has one) -> `batch_norm` -> activation. Layers are named
-    ``{name}_conv``, ``{name}_bn`` and ``{name}_{activation}``."""
+    """`Conv2D` (no bias by default: BN has one) -> `batch_norm` -> activation. Layers are
+    named ``{name}_conv``, ``{name}_bn`` and ``{name}_{activation}``. `use_bias=True` only to
+    match a reference that has the (redundant) bias, e.g. smp's PAN."""
     x = keras.layers.Conv2D(
         filters,
         kernel_size,
         strides=strides,
         padding="same",
         dilation_rate=dilation_rate,
-        use_bias=False,
+        use_bias=use_bias,
         name=f"{name}_conv",
     )(x)
     x = batch_norm(f"{name}_bn")(x)
