@@ -100,19 +100,26 @@ def _dense_feature_layer(encoder: str, kwargs_json: str, stride: int) -> tuple[s
     return history.operation.name, history.tensor_index
 
 
-def undilated_feature(
-    features: dict[int, Any], encoder: str, encoder_kwargs: dict | None, stride: int
+def stage_output(
+    features: dict[int, Any],
+    encoder: str,
+    encoder_kwargs: dict | None,
+    dense_stride: int,
+    output_stride: int,
 ) -> Any:
-    """The stride-`stride` map of the encoder *before* its dilated stages.
+    """The output of the encoder stage that has stride `dense_stride` when nothing is dilated.
 
-    With ``output_stride=16`` the key 16 holds the last (dilated) stage; smp's PAN also uses
-    the stage before it, whose output has the same stride. The encoder's layers keep their
-    names when dilated, so the layer that gives the undilated encoder's stride-`stride` map
-    (read once from a throwaway build) is looked up in this graph, walking back from the
-    deepest map.
+    Without dilation that is ``features[dense_stride]``. With the encoder dilated to
+    `output_stride` (<= `dense_stride`), the key holds a later stage: e.g. at output stride 16
+    key 16 is a ResNet's last stage, while smp's PAN also uses the stage before it (stride 16
+    too). The encoder's layers keep their names when dilated, so the layer that gives the
+    undilated encoder's stride-`dense_stride` map (read once from a throwaway build) is looked
+    up in this graph, walking back from the deepest map.
     """
+    if output_stride == 32 or dense_stride < output_stride:
+        return features[dense_stride]
     kwargs = {k: v for k, v in (encoder_kwargs or {}).items() if k != "output_stride"}
-    name, index = _dense_feature_layer(encoder, json.dumps(kwargs, sort_keys=True), stride)
+    name, index = _dense_feature_layer(encoder, json.dumps(kwargs, sort_keys=True), dense_stride)
     pending, seen = [features[max(features)]], set()
     while pending:
         tensor = pending.pop()
@@ -124,5 +131,6 @@ def undilated_feature(
                 seen.add(id(parent))
                 pending.append(parent)
     raise ValueError(  # an encoder whose dilated graph renames its layers
-        f"Encoder {encoder!r} gives no stride-{stride} map before its dilated stages."
+        f"Encoder {encoder!r} at output_stride={output_stride} has no layer {name!r}, which "
+        f"gives its undilated stride-{dense_stride} map."
     )

@@ -66,7 +66,8 @@ class DeepLabV3(SegmentationModel):
         decoder_channels: channels of the ASPP branches, projection and decoder conv.
         atrous_rates: the three dilation rates of the ASPP.
         aspp_separable: depthwise-separable atrous branches (smp's ``SeparableConv2d``).
-        aspp_dropout: dropout rate after the ASPP projection, in [0, 1).
+        dropout: dropout rate after the ASPP projection, in [0, 1) (smp's
+            ``decoder_aspp_dropout``).
         activation: None (logits), "sigmoid" or "softmax".
         pad_to_divisor: pad inputs to a multiple of `output_stride` and crop the logits back.
 
@@ -92,7 +93,7 @@ class DeepLabV3(SegmentationModel):
         decoder_channels: int = 256,
         atrous_rates: Sequence[int] = (12, 24, 36),
         aspp_separable: bool = False,
-        aspp_dropout: float = 0.5,
+        dropout: float = 0.5,
         activation: str | None = None,
         pad_to_divisor: bool = False,
         **kwargs,
@@ -103,7 +104,7 @@ class DeepLabV3(SegmentationModel):
         check_positive_int("decoder_channels", decoder_channels)
         rates = check_rates("atrous_rates", atrous_rates, 3)
         check_bool("aspp_separable", aspp_separable)
-        check_rate("aspp_dropout", aspp_dropout)
+        check_rate("dropout", dropout)
         divisor = output_stride
 
         # === Encoder (dilated) ===
@@ -118,7 +119,7 @@ class DeepLabV3(SegmentationModel):
             rates,
             "decoder_aspp",
             separable=aspp_separable,
-            dropout=aspp_dropout,
+            dropout=dropout,
         )
         y = conv_bn_act(y, decoder_channels, 3, "decoder")
 

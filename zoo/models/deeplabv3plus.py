@@ -75,7 +75,8 @@ class DeepLabV3Plus(SegmentationModel):
         decoder_channels: channels of the ASPP and of the decoder convs.
         atrous_rates: the three dilation rates of the ASPP.
         aspp_separable: depthwise-separable atrous branches.
-        aspp_dropout: dropout rate after the ASPP projection, in [0, 1).
+        dropout: dropout rate after the ASPP projection, in [0, 1) (smp's
+            ``decoder_aspp_dropout``).
         activation: None (logits), "sigmoid" or "softmax".
         pad_to_divisor: pad inputs to a multiple of `output_stride` and crop the logits back.
 
@@ -101,7 +102,7 @@ class DeepLabV3Plus(SegmentationModel):
         decoder_channels: int = 256,
         atrous_rates: Sequence[int] = (12, 24, 36),
         aspp_separable: bool = True,
-        aspp_dropout: float = 0.5,
+        dropout: float = 0.5,
         activation: str | None = None,
         pad_to_divisor: bool = False,
         **kwargs,
@@ -112,7 +113,7 @@ class DeepLabV3Plus(SegmentationModel):
         check_positive_int("decoder_channels", decoder_channels)
         rates = check_rates("atrous_rates", atrous_rates, 3)
         check_bool("aspp_separable", aspp_separable)
-        check_rate("aspp_dropout", aspp_dropout)
+        check_rate("dropout", dropout)
         divisor = output_stride
 
         # === Encoder (dilated) ===
@@ -129,7 +130,7 @@ class DeepLabV3Plus(SegmentationModel):
             rates,
             "decoder_aspp",
             separable=aspp_separable,
-            dropout=aspp_dropout,
+            dropout=dropout,
         )
         y = sepconv_bn_act(y, decoder_channels, "decoder_aspp_sepconv")
 

@@ -13,7 +13,7 @@ from zoo.models._common import (
     check_bool,
     check_choice,
     dilated_encoder_features,
-    undilated_feature,
+    stage_output,
 )
 from zoo.models.base import (
     SegmentationModel,
@@ -25,7 +25,7 @@ from zoo.models.base import (
     require_strides,
 )
 
-OUTPUT_STRIDES = (16, 32)
+OUTPUT_STRIDES = (8, 16, 32)
 INTERPOLATIONS = ("bilinear", "nearest")
 
 
@@ -92,11 +92,12 @@ def global_attention_upsample(low, high, name: str, interpolation: str, bias: bo
 class PAN(SegmentationModel):
     """Pyramid Attention Network with the layout of segmentation_models_pytorch's ``PAN``.
 
-    The encoder runs at `output_stride` 16 (last stage dilated) or 32. Feature pyramid
-    attention (FPA) turns the deepest map into `decoder_channels` channels; three global
-    attention upsampling (GAU) blocks then fuse, in turn, the map of the stage before the
-    deepest (stride 16 either way; with dilation it is the undilated stage's output, as in
-    smp), the stride-8 and the stride-4 map. A 3x3 conv with bias and a 4x bilinear
+    The encoder runs at `output_stride` 16 (last stage dilated, smp's default), 32, or 8
+    (last two stages dilated; not offered by smp). Feature pyramid attention (FPA) turns the
+    deepest map into `decoder_channels` channels; three global attention upsampling (GAU)
+    blocks then fuse, in turn, the outputs of the stages that have stride 16, 8 and 4 in the
+    undilated encoder (with dilation, the stride-16 stage's output has the stride of the
+    deepest map, as in smp). A 3x3 conv with bias and a 4x bilinear
     upsampling (align_corners=True) give the logits.
 
     smp's FPA pools its input three times in floor mode, so it fails when the deepest map is
@@ -117,7 +118,8 @@ class PAN(SegmentationModel):
         encoder_kwargs: keyword arguments of the encoder builder.
         encoder_weights: pretrained encoder weights: None (random) or a source named in
             docs/models.md; read when the model is built, never when a saved model loads.
-        output_stride: 16 (smp's default, dilated) or 32; input sizes must be multiples of it.
+        output_stride: 16 (smp's default, dilated), 32 or 8; input sizes must be multiples
+            of it.
         decoder_channels: channels of the FPA output and of every GAU block.
         decoder_interpolation: how GAU blocks resize the high-level map: "bilinear"
             (align_corners=True, smp's default) or "nearest".
@@ -163,16 +165,17 @@ class PAN(SegmentationModel):
         # === Encoder ===
         image, x = model_input(input_shape, divisor, pad_to_divisor)
         features = dilated_encoder_features(encoder, x, encoder_kwargs, output_stride, "pan")
-        require_strides(features, (4, 8, 16, output_stride), "pan", encoder)
+        required = [4] + [s for s in (8, 16, 32) if s <= output_stride]
+        require_strides(features, required, "pan", encoder)
         deepest = features[output_stride]
-        if output_stride == 16:
-            stage4 = undilated_feature(features, encoder, encoder_kwargs, 16)
-        else:
-            stage4 = features[16]
+        # The stages before the deepest, at their own (possibly dilated) resolution.
+        stages = [
+            stage_output(features, encoder, encoder_kwargs, s, output_stride) for s in (16, 8)
+        ]
 
         # === Decoder ===
         y = feature_pyramid_attention(deepest, decoder_channels, "decoder_fpa", decoder_conv_bias)
-        for name, low in (("gau3", stage4), ("gau2", features[8]), ("gau1", features[4])):
+        for name, low in (("gau3", stages[0]), ("gau2", stages[1]), ("gau1", features[4])):
             y = global_attention_upsample(
                 low, y, f"decoder_{name}", decoder_interpolation, decoder_conv_bias
             )

@@ -9,7 +9,7 @@ import keras
 
 import zoo
 from zoo.layers import Resize2D, conv_bn_act, pyramid_pooling
-from zoo.models._common import check_choice, check_rate, dilated_encoder_features
+from zoo.models._common import check_choice, check_rate, dilated_encoder_features, stage_output
 from zoo.models.base import (
     SegmentationModel,
     check_activation,
@@ -21,6 +21,7 @@ from zoo.models.base import (
 )
 
 DEPTHS = (3, 4, 5)
+STRIDES = (8, 16, 32)
 POOL_SIZES = (1, 2, 3, 6)
 
 
@@ -64,8 +65,9 @@ class PSPNet(SegmentationModel):
             docs/models.md; read when the model is built, never when a saved model loads.
         encoder_depth: 3, 4 or 5: the encoder stage whose map is pooled (stride
             ``2**encoder_depth`` unless dilated).
-        output_stride: None (no dilation), or 8 or 16 with ``encoder_depth=5``: the last
-            stages are dilated so that the pooled map has this stride (the divisor).
+        output_stride: stride of the pooled map (the divisor): None for
+            ``2**encoder_depth``; a smaller value (8 or 16) dilates the encoder's later
+            stages instead of striding them.
         psp_out_channels: channels of the fusion conv after the pyramid.
         dropout: 2D (channel) dropout rate before the head, in [0, 1).
         activation: None (logits), "sigmoid" or "softmax".
@@ -100,24 +102,24 @@ class PSPNet(SegmentationModel):
         check_num_classes(num_classes)
         check_activation(activation)
         check_choice("encoder_depth", encoder_depth, DEPTHS)
-        if output_stride is not None and (encoder_depth != 5 or output_stride not in (8, 16)):
+        dense = 2**encoder_depth
+        if output_stride is not None and output_stride not in [s for s in STRIDES if s <= dense]:
             raise ValueError(
-                "Invalid value for argument `output_stride`: expected None, or 8 or 16 with "
-                f"encoder_depth=5 (dilated last stages). Received: output_stride="
-                f"{output_stride!r} with encoder_depth={encoder_depth!r}"
+                "Invalid value for argument `output_stride`: expected None or one of "
+                f"{STRIDES} not above 2**encoder_depth={dense}. Received: "
+                f"output_stride={output_stride!r}"
             )
         check_positive_int("psp_out_channels", psp_out_channels)
         check_rate("dropout", dropout)
-        stride = output_stride or 2**encoder_depth
+        stride = min(output_stride or dense, dense)
+        dilate_to = stride if stride < dense else 32
         divisor = stride
 
         # === Encoder ===
         image, x = model_input(input_shape, divisor, pad_to_divisor)
-        features = dilated_encoder_features(
-            encoder, x, encoder_kwargs, output_stride or 32, "pspnet"
-        )
+        features = dilated_encoder_features(encoder, x, encoder_kwargs, dilate_to, "pspnet")
         require_strides(features, (stride,), "pspnet", encoder)
-        y = features[stride]
+        y = stage_output(features, encoder, encoder_kwargs, dense, dilate_to)
 
         # === Pyramid pooling ===
         branches = pyramid_pooling(

@@ -111,7 +111,7 @@ class UNetPlusPlus(SegmentationModel):
                 if row > 0 and skip is None:
                     continue  # no skip at this level: only the row-0 node (smp: empty nodes)
                 inputs = levels[row] if row == col else nodes[row, col - 1]
-                nested = [nodes[r, col] for r in range(row + 1, col + 1)]
+                nested = [nodes[r, col] for r in range(row + 1, col + 1) if (r, col) in nodes]
                 filters = channels[col] if row == 0 else skip.shape[-1]
                 extra = [skip] if skip is not None else []
                 nodes[row, col] = node(inputs, nested + extra, filters, f"decoder_x_{row}_{col}")

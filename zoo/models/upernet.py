@@ -56,7 +56,7 @@ class UPerNet(SegmentationModel):
     Bilinear resizes inside the decoder use half-pixel centres (align_corners=False).
 
     The feature norms come from smp's transformer-encoder design; the paper's UPerNet on a
-    ResNet has none: ``feature_norm=False`` drops them (960 fewer parameters with
+    ResNet has none: ``feature_norm=False`` drops them (1,920 fewer parameters with
     `resnet34`).
 
     With the defaults, `resnet34` and one class: 29,599,681 trainable parameters, smp 0.6's
