@@ -238,3 +238,29 @@ def test_head_to_head_table_uses_paired_round_ratios() -> None:
     assert cells[:8] == ["float32", "3", "4.00", "2.67", "1.50x", "8.00", "4.00", "2.00x"]
     assert "smp 0.6.0 on torch 9.9" in table
     assert bench.head_to_head_markdown([]) == ""
+
+
+def test_head_to_head_tables_per_model() -> None:
+    bench = _load("run")
+    row = {"train_times_s": [1.0], "infer_times_s": [1.0], "train_img_s": 8.0, "infer_img_s": 8.0}
+    smp_row = {**row, "variant": "smp", "train_times_s": [1.25], "infer_times_s": [0.5]}
+
+    def entry(model, arch, precision):
+        rows = [{**row, "variant": "default"}, smp_row]
+        return {"model": model, "smp_arch": arch, "precision": precision, "rounds": 1, "rows": rows}
+
+    table = bench.head_to_head_markdown(
+        [entry("pan", "PAN", "float32"), entry("upernet", "UPerNet", "float32")]
+    )
+    assert "`pan` vs smp `PAN`" in table and "`upernet` vs smp `UPerNet`" in table
+    lines = [x for x in table.splitlines() if x.startswith("| float32")]
+    assert len(lines) == 2 and all("| 1.25x |" in x and "| 0.50x |" in x for x in lines)
+
+
+def test_tune_smp_counterparts_are_registered_models() -> None:
+    import zoo
+
+    tune = _load("tune")
+    assert set(tune.SMP_ARCH) <= set(zoo.list_models())
+    assert {"unetplusplus", "linknet", "pspnet", "pan", "manet", "upernet"} <= set(tune.SMP_ARCH)
+    assert {"deeplabv3", "deeplabv3plus", "unet", "fpn"} <= set(tune.SMP_ARCH)

@@ -68,11 +68,13 @@ class AdaptiveAveragePooling2D(keras.layers.Layer):
         out_h, out_w = self.output_size
         if (out_h, out_w) == (1, 1):
             return tf.reduce_mean(inputs, axis=(1, 2), keepdims=True)
-        shape = tf.shape(inputs)
-        rows = _pooling_matrix(shape[1], out_h, inputs.dtype)
-        cols = _pooling_matrix(shape[2], out_w, inputs.dtype)
-        y = tf.einsum("ih,bhwc->biwc", rows, inputs)
-        return tf.einsum("jw,biwc->bijc", cols, y)
+        # float32 averages: bins of 3 or 6 pixels have weights bfloat16 cannot hold.
+        x = tf.cast(inputs, tf.float32)
+        shape = tf.shape(x)
+        rows = _pooling_matrix(shape[1], out_h, tf.float32)
+        cols = _pooling_matrix(shape[2], out_w, tf.float32)
+        y = tf.einsum("ih,bhwc->biwc", rows, x)
+        return tf.cast(tf.einsum("jw,biwc->bijc", cols, y), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], *self.output_size, input_shape[3])
