@@ -210,3 +210,64 @@ def test_layers_match_pytorch():
     q, k, v = (got[f"y{pab}_{n}"] for n in ("center_conv", "top_conv", "bottom_conv"))
     ours = x + np.asarray(PositionAttention("smp")([q, k, v]))
     np.testing.assert_allclose(ours, got[f"y{pab}_residual"], rtol=1e-5, atol=1e-5)
+
+
+# --- dilated convolutions: Keras' own layers are the reference ----------------------------
+
+
+def _grads(layer, x):
+    import tensorflow as tf
+
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * tf.sin(tf.cast(y, tf.float32)))
+    return [y, *tape.gradient(loss, [x, *layer.trainable_variables])]
+
+
+@pytest.mark.parametrize("separable", [False, True])
+@pytest.mark.parametrize(
+    # (height, width, rate): nothing, rows, columns, rows and columns pruned
+    "h, w, rate",
+    [(9, 7, 2), (5, 16, 6), (16, 5, 6), (6, 6, 36)],
+)
+def test_dilated_convs_equal_keras_layers(separable, h, w, rate):
+    from zoo.layers import DilatedConv2D, DilatedSeparableConv2D
+
+    ours_cls, keras_cls = (
+        (DilatedSeparableConv2D, keras.layers.SeparableConv2D)
+        if separable
+        else (DilatedConv2D, keras.layers.Conv2D)
+    )
+    kwargs = {"padding": "same", "dilation_rate": rate, "use_bias": True}
+    ours, ref = ours_cls(4, 3, **kwargs), keras_cls(4, 3, **kwargs)
+    x = _x(2, h, w, 5)
+    ours.build(x.shape)
+    ref.build(x.shape)
+    ref.set_weights([RNG.normal(size=v.shape).astype("float32") for v in ref.weights])
+    ours.set_weights(ref.get_weights())
+    for a, b in zip(_grads(ours, x), _grads(ref, x)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+    # Unknown size: the pruning is chosen at run time.
+    inputs = keras.Input((None, None, 5))
+    model = keras.Model(inputs, ours(inputs))
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(ref(x)), rtol=1e-4, atol=1e-4)
+    assert type(ours).from_config(ours.get_config()).dilation_rate == (rate, rate)
+
+
+def test_dilated_conv_without_onednn_takes_keras_route(monkeypatch):
+    # TensorFlow's CPU kernels take dilation rates only with oneDNN: otherwise the layer must
+    # compute through tf.nn.convolution (space-to-batch), with the same result.
+    import tensorflow as tf
+
+    from zoo.layers import DilatedConv2D, dilated_conv2d
+
+    monkeypatch.setattr(dilated_conv2d, "direct_dilation", lambda: False)
+    layer = DilatedConv2D(3, 3, padding="same", dilation_rate=2, use_bias=False)
+    x = _x(1, 8, 8, 2)
+    y = layer(x)
+    graph = tf.function(layer).get_concrete_function(tf.constant(x)).graph.as_graph_def()
+    assert any(n.op == "SpaceToBatchND" for n in graph.node)
+    ref = tf.nn.convolution(x, layer.kernel, padding="SAME", dilations=2)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)

@@ -12,6 +12,8 @@ from zoo.layers.blocks import (
     separable_conv_bn_act,
     upsample_conv_bn_act,
 )
+from zoo.layers.dilated_conv2d import DilatedConv2D
+from zoo.layers.dilated_separable_conv2d import DilatedSeparableConv2D
 from zoo.layers.halving_max_pooling import HalvingMaxPooling2D
 from zoo.layers.position_attention import PositionAttention
 from zoo.layers.pyramid_pooling import pyramid_pooling
@@ -31,6 +33,8 @@ __all__ = [
     "ChannelAffine",
     "CheckDivisible",
     "CropToReference",
+    "DilatedConv2D",
+    "DilatedSeparableConv2D",
     "HalvingMaxPooling2D",
     "PadToMultiple",
     "PositionAttention",

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import keras
 
 from zoo.layers.blocks import batch_norm, conv_bn_act
+from zoo.layers.dilated_separable_conv2d import DilatedSeparableConv2D
 from zoo.layers.spatial import BroadcastSpatial
 
 
@@ -23,7 +24,8 @@ def sepconv_bn_act(
     the two) -> `batch_norm` -> activation: smp's ``SeparableConv2d`` + BN + ReLU. (The zoo's
     `separable_conv_bn_act` normalizes after both halves instead.) Layers are named
     ``{name}_conv``, ``{name}_bn`` and ``{name}_{activation}``."""
-    x = keras.layers.SeparableConv2D(
+    separable = DilatedSeparableConv2D if dilation_rate != 1 else keras.layers.SeparableConv2D
+    x = separable(
         filters,
         kernel_size,
         padding="same",

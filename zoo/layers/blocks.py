@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from zoo.layers.dilated_conv2d import DilatedConv2D
 from zoo.layers.upsample_concat_conv2d import UpsampleConcatConv2D
 
 # PyTorch defaults (momentum 0.1 in its convention = 0.9 here, eps 1e-5): short trainings
@@ -144,8 +145,10 @@ def conv_bn_act(
 ):
     """`Conv2D` (no bias by default: BN has one) -> `batch_norm` -> activation. Layers are
     named ``{name}_conv``, ``{name}_bn`` and ``{name}_{activation}``. `use_bias=True` only to
-    match a reference that has the (redundant) bias, e.g. smp's PAN."""
-    x = keras.layers.Conv2D(
+    match a reference that has the (redundant) bias, e.g. smp's PAN. Dilated convs are
+    `DilatedConv2D` (the same function, computed directly on CPU)."""
+    conv = DilatedConv2D if dilation_rate != 1 else keras.layers.Conv2D
+    x = conv(
         filters,
         kernel_size,
         strides=strides,
