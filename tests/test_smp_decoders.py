@@ -18,6 +18,8 @@ from torch_ref import requires_reference, run_reference
 
 import zoo
 
+pytestmark = pytest.mark.slow  # ~8 s per architecture on 2 cores (reference run included)
+
 ALL = (1, 2, 3, 4, 5)
 # zoo model, smp architecture, arguments (zoo names; smp's if different), smp features used
 CASES = [
