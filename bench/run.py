@@ -900,9 +900,11 @@ def reference_markdown(result: dict[str, Any], ref: dict[str, Any]) -> str:
 
 
 def head_to_head_markdown(entries: list[dict[str, Any]]) -> str:
-    """`bench/tune.py --variants default smp` runs (a list of them, one per precision): the
-    zoo and smp stepped in turn, ratio = median over rounds of smp's time / ours."""
-    rows = []
+    """`bench/tune.py --variants default smp` runs (a list of them, one per model and
+    precision): the zoo and smp stepped in turn, ratio = median over rounds of smp's time /
+    ours. One table per model (entries without a `model` are U-Net runs)."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    versions: dict[str, Any] = {}
     for e in entries:
         by = {r["variant"]: r for r in e.get("rows", [])}
         if "default" not in by or "smp" not in by:
@@ -918,20 +920,27 @@ def head_to_head_markdown(entries: list[dict[str, Any]]) -> str:
                 f"{ratio:.2f}x",
             ]
         cells.append(f"{e.get('date', '')}, load {e.get('load_start')} -> {e.get('load_end')}")
-        rows.append("| " + " | ".join(cells) + " |")
+        key = (e.get("model", "unet"), e.get("smp_arch") or "Unet")
+        groups.setdefault(key, []).append("| " + " | ".join(cells) + " |")
         versions = smp.get("versions", {})
-    if not rows:
+    if not groups:
         return ""
-    head = (
-        "Head to head, `bench/tune.py --variants default smp` (our U-Net and smp "
-        f"{versions.get('segmentation_models_pytorch', '?')} on torch "
-        f"{versions.get('torch', '?')} in separate processes, stepped in turn A B B A; "
-        "smp float32 in channels-last memory format, bfloat16 under autocast for "
-        "mixed_bfloat16; ratio = median over rounds of smp's step time / ours):\n\n"
-        "| precision | rounds | ours train img/s | smp train | ratio | ours infer img/s | "
-        "smp infer | ratio | when |\n|---|---:|---:|---:|---:|---:|---:|---:|---|"
-    )
-    return "\n".join([head, *rows, ""])
+    out = [
+        "Head to head, `bench/tune.py --variants default smp` (each zoo model and its "
+        f"counterpart in smp {versions.get('segmentation_models_pytorch', '?')} on torch "
+        f"{versions.get('torch', '?')}, ResNet-34, in separate processes, stepped in turn "
+        "A B B A; smp float32 in channels-last memory format, bfloat16 under autocast for "
+        "mixed_bfloat16; ratio = median over rounds of smp's step time / ours):\n"
+    ]
+    for (model, arch), rows in groups.items():
+        out += [
+            f"`{model}` vs smp `{arch}`:\n",
+            "| precision | rounds | ours train img/s | smp train | ratio | ours infer img/s | "
+            "smp infer | ratio | when |\n|---|---:|---:|---:|---:|---:|---:|---:|---|",
+            *rows,
+            "",
+        ]
+    return "\n".join(out)
 
 
 def update_doc(doc: Path, tables: str) -> None:

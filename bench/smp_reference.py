@@ -1,11 +1,13 @@
-"""The PyTorch reference: segmentation_models_pytorch Unet("resnet34") on CPU, same setting as
-`bench/run.py throughput` (256x256, batch 8, 1 class, BCE + Dice, AdamW).
+"""The PyTorch reference: a segmentation_models_pytorch model (`--arch`, default Unet, ResNet-34,
+default arguments) on CPU, same setting as `bench/run.py throughput` (256x256, batch 8, 1
+class, BCE + Dice, AdamW).
 
 Runs only where `torch` and `segmentation_models_pytorch` are installed; neither is a project
 dependency. Use a separate virtual environment:
 
     python -m venv /tmp/smp && /tmp/smp/bin/pip install torch segmentation-models-pytorch
     /tmp/smp/bin/python bench/smp_reference.py --out bench/results/smp_reference.json
+    /tmp/smp/bin/python bench/smp_reference.py --arch UPerNet --out /tmp/upernet.json
 
 Float32 runs in channels-last memory format (faster on CPU); bfloat16 uses
 `torch.autocast("cpu", dtype=torch.bfloat16)`. Medians of `--steps` steps after warm-up,
@@ -37,13 +39,21 @@ def matmul_peak(torch: Any, dtype: Any, n: int = 4096, reps: int = 5) -> float:
     return 2.0 * n**3 / sorted(times)[reps // 2]
 
 
-def build(torch: Any, smp: Any, size: int, batch: int, bfloat16: bool) -> dict[str, Any]:
-    """smp Unet("resnet34") with a fixed batch: {"train": step, "infer": forward} callables."""
+def build(
+    torch: Any,
+    smp: Any,
+    size: int,
+    batch: int,
+    bfloat16: bool,
+    arch: str = "Unet",
+    encoder: str = "resnet34",
+) -> dict[str, Any]:
+    """smp `arch`(`encoder`) with a fixed batch: {"train": step, "infer": forward} callables."""
     x = torch.rand(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = (torch.rand(batch, 1, size, size) > 0.5).float()
     dice = smp.losses.DiceLoss("binary", from_logits=True)
     bce = torch.nn.BCEWithLogitsLoss()
-    model = smp.Unet("resnet34", encoder_weights=None, classes=1)
+    model = getattr(smp, arch)(encoder, encoder_weights=None, classes=1)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -66,7 +76,7 @@ def build(torch: Any, smp: Any, size: int, batch: int, bfloat16: bool) -> dict[s
     return {"train": train, "infer": infer}
 
 
-def child(precision: str, size: int, batch: int) -> None:
+def child(precision: str, size: int, batch: int, arch: str, encoder: str) -> None:
     """`bench/tune.py`'s child protocol: build, warm up, print READY, then run one step per
     stdin line ("train" / "infer") and print its seconds. Lets tune.py interleave smp with
     the zoo step by step (`--smp-python`)."""
@@ -74,7 +84,7 @@ def child(precision: str, size: int, batch: int) -> None:
     import torch
 
     torch.manual_seed(0)
-    fns = build(torch, smp, size, batch, bfloat16=precision != "float32")
+    fns = build(torch, smp, size, batch, precision != "float32", arch, encoder)
     fns["train"](), fns["infer"]()
     versions = {"torch": torch.__version__, "segmentation_models_pytorch": smp.__version__}
     print("READY " + json.dumps({**versions, "threads": torch.get_num_threads()}), flush=True)
@@ -86,6 +96,8 @@ def child(precision: str, size: int, batch: int) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="Unet", help="smp architecture class, e.g. UPerNet")
+    p.add_argument("--encoder", default="resnet34")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=6)
@@ -94,7 +106,7 @@ def main() -> int:
     p.add_argument("--child", choices=("float32", "mixed_bfloat16"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        child(args.child, args.size, args.batch)
+        child(args.child, args.size, args.batch, args.arch, args.encoder)
         return 0
     try:
         import segmentation_models_pytorch as smp
@@ -108,7 +120,7 @@ def main() -> int:
     load_start = [round(x, 2) for x in os.getloadavg()]
 
     def make(bfloat16: bool) -> dict[str, Any]:
-        return build(torch, smp, args.size, args.batch, bfloat16)
+        return build(torch, smp, args.size, args.batch, bfloat16, args.arch, args.encoder)
 
     variants = {"float32": make(False), "bfloat16_autocast": make(True)}
     times: dict[str, dict[str, list[float]]] = {v: {"train": [], "infer": []} for v in variants}
@@ -132,7 +144,7 @@ def main() -> int:
         }
         rows.append(row)
         print(
-            f"smp Unet(resnet34) {v:<18} train {row['train_img_s']:6.2f} img/s   "
+            f"smp {args.arch}({args.encoder}) {v:<18} train {row['train_img_s']:6.2f} img/s   "
             f"infer {row['infer_img_s']:6.2f} img/s"
         )
     peak = {str(d).split(".")[-1]: matmul_peak(torch, d) for d in (torch.float32, torch.bfloat16)}
@@ -141,6 +153,8 @@ def main() -> int:
     result = {
         "torch": torch.__version__,
         "segmentation_models_pytorch": smp.__version__,
+        "arch": args.arch,
+        "encoder": args.encoder,
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "size": args.size,

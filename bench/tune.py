@@ -1,4 +1,5 @@
-"""Interleaved A/B of process-level speed settings for U-Net (ResNet-34) training on CPU.
+"""Interleaved A/B of process-level speed settings for zoo models (ResNet-34) on CPU, and the
+head-to-head against segmentation_models_pytorch.
 
 Thread pools and oneDNN options are fixed when TensorFlow starts, so each variant runs in its
 own child process. The children build and warm up their model, then wait; the parent tells
@@ -9,14 +10,20 @@ to the first variant.
     python bench/tune.py --variants default inter1 keras_bn --rounds 6
     python bench/tune.py --variants default onednn_off --precision mixed_bfloat16
     python bench/tune.py --variants default smp --smp-python /tmp/smp/bin/python
+    python bench/tune.py --variants default smp --smp-python /tmp/smp/bin/python \
+        --model all-smp --precision mixed_bfloat16 --out bench/results/vs_smp_all.json
+
+`--model` takes registered names (default `unet`) or `all-smp`, every architecture that smp
+has too (`SMP_ARCH`); each model is its own interleaved comparison (one JSON entry each).
 
 Variants (`--list` prints them): thread settings, allocator and oneDNN switches, XLA,
 steps_per_execution; `keras_bn` (the zoo's BatchNormalization forced onto Keras' element-wise
-path) and `unfused_up` (the U-Net decoder as UpSampling2D -> Concatenate -> Conv2D), what
-the zoo ran before its fast paths, patched in here only to measure the difference; and
-`smp`, segmentation_models_pytorch's Unet("resnet34") in a PyTorch environment
-(`bench/smp_reference.py` speaks the same protocol), float32 in channels-last memory format
-or bfloat16 autocast for mixed_bfloat16: the head-to-head comparison, step by step.
+path) and `unfused_up` (decoders' UpsampleConcatConv2D as UpSampling2D -> Concatenate ->
+Conv2D), what the zoo ran before its fast paths, patched in here only to measure the
+difference; and `smp`, segmentation_models_pytorch's counterpart of the model (`SMP_ARCH`,
+ResNet-34, default arguments, one class) in a PyTorch environment (`bench/smp_reference.py`
+speaks the same protocol), float32 in channels-last memory format or bfloat16 autocast for
+mixed_bfloat16: the head-to-head comparison, step by step.
 """
 
 from __future__ import annotations
@@ -29,6 +36,20 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+# zoo model -> the segmentation_models_pytorch architecture it reproduces (default arguments).
+SMP_ARCH = {
+    "unet": "Unet",
+    "fpn": "FPN",
+    "unetplusplus": "UnetPlusPlus",
+    "linknet": "Linknet",
+    "pspnet": "PSPNet",
+    "pan": "PAN",
+    "manet": "MAnet",
+    "deeplabv3": "DeepLabV3",
+    "deeplabv3plus": "DeepLabV3Plus",
+    "upernet": "UPerNet",
+}
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -47,7 +68,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "doc": "U-Net decoder as UpSampling2D -> Concatenate -> Conv2D (before the fold)",
     },
     "smp": {
-        "doc": "segmentation_models_pytorch Unet(resnet34) (needs --smp-python)",
+        "doc": "segmentation_models_pytorch's model of the same architecture (--smp-python)",
     },
     "bfc": {
         "env": {"TF_CPU_ALLOCATOR_USE_BFC": "true"},
@@ -86,7 +107,7 @@ def _use_unfused_upsampling() -> None:
     UpsampleConcatConv2D.call = call
 
 
-def child(variant: str, precision: str, size: int, batch: int) -> None:
+def child(variant: str, precision: str, size: int, batch: int, model_name: str) -> None:
     """Build, warm up, then run one step per stdin line ("train" / "infer"); print seconds."""
     v = VARIANTS[variant]
     if v.get("mallopt"):
@@ -115,7 +136,7 @@ def child(variant: str, precision: str, size: int, batch: int) -> None:
         _use_unfused_upsampling()
     keras.mixed_precision.set_dtype_policy(precision)
     keras.utils.set_random_seed(0)
-    model = zoo.create_model("unet", num_classes=1, input_shape=(size, size, 3))
+    model = zoo.create_model(model_name, num_classes=1, input_shape=(size, size, 3))
     train_model = losses.attach(model, "wbce+dice")
     keras.mixed_precision.set_dtype_policy("float32")
     spe = int(v.get("spe", 1))
@@ -149,13 +170,14 @@ def child(variant: str, precision: str, size: int, batch: int) -> None:
         print(f"{dt:.6f}", flush=True)
 
 
-def _spawn(variant: str, args: argparse.Namespace) -> subprocess.Popen:
+def _spawn(variant: str, args: argparse.Namespace, model: str) -> subprocess.Popen:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **VARIANTS[variant].get("env", {})}
     if variant == "smp":  # the PyTorch reference, same protocol (bench/smp_reference.py)
         script = Path(__file__).with_name("smp_reference.py")
-        cmd = [args.smp_python, str(script), "--child", args.precision]
+        cmd = [args.smp_python, str(script), "--child", args.precision, "--arch", SMP_ARCH[model]]
     else:
         cmd = [sys.executable, __file__, "--child", variant, "--precision", args.precision]
+        cmd += ["--model", model]
     cmd += ["--size", str(args.size), "--batch", str(args.batch)]
     return subprocess.Popen(
         cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, bufsize=1
@@ -174,6 +196,12 @@ def _wait_ready(proc: subprocess.Popen, variant: str) -> dict[str, Any]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", nargs="+", default=["default", "inter1"])
+    p.add_argument(
+        "--model",
+        nargs="+",
+        default=["unet"],
+        help="registered zoo models, or all-smp (every architecture smp has; see SMP_ARCH)",
+    )
     p.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16"))
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=8)
@@ -193,20 +221,33 @@ def main() -> int:
             print(f"{k:<12} {v.get('doc', 'TensorFlow defaults')}")
         return 0
     if args.child:
-        child(args.child, args.precision, args.size, args.batch)
+        child(args.child, args.precision, args.size, args.batch, args.model[0])
         return 0
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choices: {list(VARIANTS)}")
     if "smp" in args.variants and not args.smp_python:
         raise SystemExit("variant smp needs --smp-python (a Python with torch and smp)")
+    models = list(SMP_ARCH) if args.model == ["all-smp"] else args.model
+    if "smp" in args.variants:
+        missing = [m for m in models if m not in SMP_ARCH]
+        if missing:
+            raise SystemExit(f"no smp counterpart for {missing}; models with one: {list(SMP_ARCH)}")
+    for model in models:
+        compare(model, args)
+    return 0
 
+
+def compare(model: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One interleaved comparison of `args.variants` on `model`; printed and appended to
+    `args.out`."""
     import numpy as np
 
+    print(f"== {model}" + (f" vs smp {SMP_ARCH[model]}" if "smp" in args.variants else ""))
     load_start = [round(x, 2) for x in os.getloadavg()]
     procs, versions = {}, {}
     for v in args.variants:  # build one at a time: building is not what we time
-        procs[v] = _spawn(v, args)
+        procs[v] = _spawn(v, args, model)
         versions[v] = _wait_ready(procs[v], v)
     times: dict[str, dict[str, list[float]]] = {v: {"train": [], "infer": []} for v in procs}
     names = list(procs)
@@ -239,6 +280,8 @@ def main() -> int:
             f"infer {row['infer_img_s']:6.2f} img/s (x{ix:.3f})   {row['doc']}"
         )
     result = {
+        "model": model,
+        "smp_arch": SMP_ARCH.get(model),
         "precision": args.precision,
         "size": args.size,
         "batch": args.batch,
@@ -255,7 +298,7 @@ def main() -> int:
         previous = json.loads(out.read_text()) if out.exists() else []
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps([*previous, result], indent=1) + "\n")
-    return 0
+    return result
 
 
 if __name__ == "__main__":

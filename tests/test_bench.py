@@ -257,3 +257,29 @@ def test_tiled_smoke_writes_json_and_the_doc_table(tmp_path: Path) -> None:
     )
     text = doc.read_text()
     assert "OLD" not in text and "| float32 | 64 | 0.5 | flip |" in text and text.endswith("tail\n")
+
+
+def test_head_to_head_tables_per_model() -> None:
+    bench = _load("run")
+    row = {"train_times_s": [1.0], "infer_times_s": [1.0], "train_img_s": 8.0, "infer_img_s": 8.0}
+    smp_row = {**row, "variant": "smp", "train_times_s": [1.25], "infer_times_s": [0.5]}
+
+    def entry(model, arch, precision):
+        rows = [{**row, "variant": "default"}, smp_row]
+        return {"model": model, "smp_arch": arch, "precision": precision, "rounds": 1, "rows": rows}
+
+    table = bench.head_to_head_markdown(
+        [entry("pan", "PAN", "float32"), entry("upernet", "UPerNet", "float32")]
+    )
+    assert "`pan` vs smp `PAN`" in table and "`upernet` vs smp `UPerNet`" in table
+    lines = [x for x in table.splitlines() if x.startswith("| float32")]
+    assert len(lines) == 2 and all("| 1.25x |" in x and "| 0.50x |" in x for x in lines)
+
+
+def test_tune_smp_counterparts_are_registered_models() -> None:
+    import zoo
+
+    tune = _load("tune")
+    assert set(tune.SMP_ARCH) <= set(zoo.list_models())
+    assert {"unetplusplus", "linknet", "pspnet", "pan", "manet", "upernet"} <= set(tune.SMP_ARCH)
+    assert {"deeplabv3", "deeplabv3plus", "unet", "fpn"} <= set(tune.SMP_ARCH)

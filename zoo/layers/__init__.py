@@ -4,7 +4,9 @@ Every batch normalization in the native encoders and decoders is created by `bat
 the whole zoo shares one setting (synchronized across replicas, PyTorch momentum/epsilon).
 """
 
+from zoo.layers.adaptive_average_pooling import AdaptiveAveragePooling2D
 from zoo.layers.all_mlp_fuse import AllMLPFuse
+from zoo.layers.aspp import aspp, sepconv_bn_act
 from zoo.layers.bilinear_upsampling import BilinearUpsampling
 from zoo.layers.blocks import (
     batch_norm,
@@ -12,10 +14,16 @@ from zoo.layers.blocks import (
     separable_conv_bn_act,
     upsample_conv_bn_act,
 )
+from zoo.layers.dilated_conv2d import DilatedConv2D
+from zoo.layers.dilated_separable_conv2d import DilatedSeparableConv2D
 from zoo.layers.drop_path import DropPath
 from zoo.layers.efficient_self_attention import EfficientSelfAttention
+from zoo.layers.halving_max_pooling import HalvingMaxPooling2D
 from zoo.layers.mix_ffn import MixFFN
 from zoo.layers.overlap_patch_embedding import OverlapPatchEmbedding
+from zoo.layers.position_attention import PositionAttention
+from zoo.layers.pyramid_pooling import pyramid_pooling
+from zoo.layers.resize import Resize2D
 from zoo.layers.spatial import (
     BroadcastSpatial,
     ChannelAffine,
@@ -27,21 +35,30 @@ from zoo.layers.spatial import (
 from zoo.layers.upsample_concat_conv2d import UpsampleConcatConv2D
 
 __all__ = [
+    "AdaptiveAveragePooling2D",
     "AllMLPFuse",
     "BilinearUpsampling",
     "BroadcastSpatial",
     "ChannelAffine",
     "CheckDivisible",
     "CropToReference",
+    "DilatedConv2D",
+    "DilatedSeparableConv2D",
     "DropPath",
     "EfficientSelfAttention",
+    "FoldedOffset",
+    "HalvingMaxPooling2D",
     "MixFFN",
     "OverlapPatchEmbedding",
-    "FoldedOffset",
     "PadToMultiple",
+    "PositionAttention",
+    "Resize2D",
     "UpsampleConcatConv2D",
+    "aspp",
     "batch_norm",
     "conv_bn_act",
+    "pyramid_pooling",
     "separable_conv_bn_act",
+    "sepconv_bn_act",
     "upsample_conv_bn_act",
 ]

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from zoo.build_context import is_exporting
+from zoo.layers.dilated_conv2d import DilatedConv2D
 from zoo.layers.upsample_concat_conv2d import UpsampleConcatConv2D
 
 # PyTorch defaults (momentum 0.1 in its convention = 0.9 here, eps 1e-5): short trainings
@@ -152,16 +153,20 @@ def conv_bn_act(
     strides: int = 1,
     dilation_rate: int = 1,
     activation: str | None = "relu",
+    use_bias: bool = False,
 ):
-    """`Conv2D` (no bias: BN has one) -> `batch_norm` -> activation. Layers are named
-    ``{name}_conv``, ``{name}_bn`` and ``{name}_{activation}``."""
-    x = keras.layers.Conv2D(
+    """`Conv2D` (no bias by default: BN has one) -> `batch_norm` -> activation. Layers are
+    named ``{name}_conv``, ``{name}_bn`` and ``{name}_{activation}``. `use_bias=True` only to
+    match a reference that has the (redundant) bias, e.g. smp's PAN. Dilated convs are
+    `DilatedConv2D` (the same function, computed directly on CPU)."""
+    conv = DilatedConv2D if dilation_rate != 1 else keras.layers.Conv2D
+    x = conv(
         filters,
         kernel_size,
         strides=strides,
         padding="same",
         dilation_rate=dilation_rate,
-        use_bias=False,
+        use_bias=use_bias,
         name=f"{name}_conv",
     )(x)
     x = batch_norm(f"{name}_bn")(x)
