@@ -10,9 +10,9 @@ from torch_ref import requires_reference, run_reference
 
 from zoo.layers import (
     AdaptiveAveragePooling2D,
+    BilinearUpsampling,
     HalvingMaxPooling2D,
     PositionAttention,
-    Resize2D,
 )
 
 RNG = np.random.default_rng(0)
@@ -88,36 +88,33 @@ def _bilinear_align_corners(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray
 
 
 @pytest.mark.parametrize("size, out", [((3, 5), (12, 20)), ((4, 4), (7, 9)), ((1, 2), (5, 3))])
-def test_resize_align_corners_closed_form(size, out):
+def test_resize_to_reference_align_corners_closed_form(size, out):
     x = _x(2, *size, 3)
     ref = _x(1, *out, 1)
-    got = np.asarray(Resize2D(align_corners=True)([x, ref]))
+    got = np.asarray(BilinearUpsampling(None, align_corners=True)([x, ref]))
     np.testing.assert_allclose(got, _bilinear_align_corners(x, *out), rtol=1e-5, atol=1e-5)
 
 
-def test_resize_half_pixel_and_nearest_equal_keras_upsampling():
+def test_resize_to_reference_equals_the_factor_resize():
     x = _x(2, 3, 5, 4)
-    for interpolation in ("bilinear", "nearest"):
-        ours = Resize2D(4, interpolation=interpolation)(x)
-        keras_up = keras.layers.UpSampling2D(4, interpolation=interpolation)(x)
-        np.testing.assert_allclose(np.asarray(ours), np.asarray(keras_up), rtol=1e-6, atol=1e-6)
+    for align_corners in (False, True):
+        by_factor = BilinearUpsampling(4, align_corners=align_corners)(x)
+        to_reference = BilinearUpsampling(None, align_corners=align_corners)([x, _x(1, 12, 20, 1)])
+        np.testing.assert_array_equal(np.asarray(to_reference), np.asarray(by_factor))
 
 
-def test_resize_arguments_shapes_and_config():
-    with pytest.raises(ValueError, match=r"align_corners=True"):
-        Resize2D(2, interpolation="nearest", align_corners=True)
-    with pytest.raises(ValueError, match=r"scale=0"):
-        Resize2D(0)
-    with pytest.raises(ValueError, match=r"interpolation='area'"):
-        Resize2D(2, interpolation="area")
+def test_resize_to_reference_arguments_shapes_and_config():
     with pytest.raises(ValueError, match=r"a list \[x, reference\]"):
-        Resize2D()(_x(1, 2, 2, 1))
+        BilinearUpsampling(None)(_x(1, 2, 2, 1))
+    with pytest.raises(ValueError, match=r"one tensor when `size` is set"):
+        BilinearUpsampling(2)([_x(1, 2, 2, 1), _x(1, 4, 4, 1)])
     x, ref = keras.Input((None, 7, 4)), keras.Input((10, None, 1))
-    assert tuple(Resize2D()([x, ref]).shape) == (None, 10, None, 4)
-    assert tuple(Resize2D(4)(x).shape) == (None, None, 28, 4)
-    layer = Resize2D(8, align_corners=True, dtype="float32")
-    clone = Resize2D.from_config(layer.get_config())
-    assert (clone.scale, clone.interpolation, clone.align_corners) == (8, "bilinear", True)
+    assert tuple(BilinearUpsampling(None)([x, ref]).shape) == (None, 10, None, 4)
+    model = keras.Model([x, ref], BilinearUpsampling(None)([x, ref]))
+    assert model([_x(1, 3, 7, 4), _x(1, 10, 9, 1)]).shape == (1, 10, 9, 4)
+    layer = BilinearUpsampling(None, align_corners=True)
+    clone = BilinearUpsampling.from_config(layer.get_config())
+    assert (clone.size, clone.align_corners, clone.dtype) == (None, True, "float32")
 
 
 def test_position_attention_standard_is_row_softmax_attention():
@@ -157,8 +154,7 @@ RESIZE_CASES = [
     ((3, 5), (12, 20), "bilinear", False),
     ((4, 6), (7, 9), "bilinear", False),
     ((6, 7), (3, 4), "bilinear", False),
-    ((3, 5), (6, 10), "nearest", None),
-    ((4, 6), (7, 9), "nearest", None),
+    ((3, 5), (6, 10), "nearest", None),  # PAN's GAU with decoder_interpolation="nearest"
 ]
 POOL_CASES = [((2, 13, 9, 3), (6, 6)), ((2, 2, 3, 3), (3, 6)), ((1, 8, 8, 2), (3, 2))]
 MAXPOOL_SHAPES = [(2, 5, 8, 3), (1, 9, 2, 2)]
@@ -181,8 +177,11 @@ def test_layers_match_pytorch():
         if align is not None:
             case["align_corners"] = align
         i = add(case, x)
-        layer = Resize2D(interpolation=mode, align_corners=bool(align))
-        checks.append((i, layer([x, np.zeros((1, *out, 1), np.float32)]), f"resize {case}"))
+        if mode == "nearest":  # by an integer factor: Keras' UpSampling2D
+            y = keras.layers.UpSampling2D(out[0] // size[0])(x)
+        else:
+            y = BilinearUpsampling(None, align_corners=align)([x, np.zeros((1, *out, 1))])
+        checks.append((i, y, f"resize {case}"))
     for shape, size in POOL_CASES:
         x = _x(*shape)
         i = add({"op": "adaptive_avg_pool", "output_size": list(size)}, x)

@@ -99,13 +99,13 @@ def _strided_encoder(strides):
 
 
 @pytest.fixture
-def fake_encoders():
-    """`fake_no2` (strides 4-32, like ConvNeXt) and `fake_4_8` (strides 4 and 8 only)."""
+def fake_encoders(monkeypatch):
+    """`fake_no2` (strides 4-32, like ConvNeXt) and `fake_4_8` (strides 4 and 8 only),
+    registered for one test (the registry's entries are restored afterwards)."""
+    registry = zoo.registry.ENCODERS
+    monkeypatch.setattr(registry, "_entries", dict(registry._entries))
     for name, strides in (("fake_no2", (4, 8, 16, 32)), ("fake_4_8", (4, 8))):
         zoo.register_encoder(name, strides=strides, tiny_config={})(_strided_encoder(strides))
-    yield
-    for name in ("fake_no2", "fake_4_8"):
-        zoo.registry.ENCODERS.unregister(name)
 
 
 @pytest.mark.parametrize("name", ["unetplusplus", "linknet", "manet", "upernet", "pspnet"])

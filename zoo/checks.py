@@ -5,6 +5,7 @@ Each raises `ValueError("Invalid value for argument `name`: expected ... Receive
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -33,3 +34,25 @@ def check_rate(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
         raise _bad(name, "a rate in [0, 1)", value)
     return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """`value` if it is True or False."""
+    if not isinstance(value, bool):
+        raise _bad(name, "True or False", value)
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
+    """`value` if it is one of `choices` (a bool never passes for an int choice)."""
+    if isinstance(value, bool) != isinstance(choices[0], bool) or value not in choices:
+        raise _bad(name, f"one of {tuple(choices)}", value)
+    return value
+
+
+def check_positive_ints(name: str, values: Any, count: int) -> tuple[int, ...]:
+    """`values` if it is a list or tuple of `count` positive ints (e.g. atrous rates)."""
+    ok = isinstance(values, (list, tuple)) and len(values) == count
+    if not ok or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise _bad(name, f"{count} positive integers", values)
+    return tuple(values)

@@ -49,7 +49,12 @@ _POINTWISE_NAMES = {
     "StochasticDepth",
     "DropPath",
 }
-_GLOBAL_NAMES = {"EfficientSelfAttention"}  # zoo.layers: attention over all pixels
+_GLOBAL_NAMES = {
+    "EfficientSelfAttention",  # zoo.layers: attention over all pixels
+    "PositionAttention",
+    # PyTorch's adaptive bins: where a bin's window lies depends on the whole image's size.
+    "AdaptiveAveragePooling2D",
+}
 _GLOBAL = (
     keras.layers.GlobalAveragePooling2D,
     keras.layers.GlobalMaxPooling2D,
@@ -141,7 +146,11 @@ def _layer_field(layer: Any, args: tuple, kwargs: dict) -> Field:
         return Field(f.radius + f.jump, f.jump / _pair(layer.size))
     if name == "BilinearUpsampling":  # as bilinear UpSampling2D (aligned corners: the same
         f = fields[0]  # two nearest source pixels per axis)
+        if layer.size is None:  # [x, reference]: x onto the reference's grid (its size only)
+            return Field(f.radius + f.jump, fields[1].jump)
         return Field(f.radius + f.jump, f.jump / _pair(layer.size))
+    if name == "HalvingMaxPooling2D":  # 2x2 / 2 windows (floor mode; a 1-pixel axis stays)
+        return _conv(fields[0], 2, 2, 1, "valid")
     if name == "OverlapPatchEmbedding":  # k x k conv, stride s, k // 2 zeros on every side
         return _conv(fields[0], layer.patch_size, layer.strides, 1, "same")
     if name == "MixFFN":  # one 3x3 depthwise conv between per-pixel dense layers

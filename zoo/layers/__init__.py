@@ -23,7 +23,6 @@ from zoo.layers.mix_ffn import MixFFN
 from zoo.layers.overlap_patch_embedding import OverlapPatchEmbedding
 from zoo.layers.position_attention import PositionAttention
 from zoo.layers.pyramid_pooling import pyramid_pooling
-from zoo.layers.resize import Resize2D
 from zoo.layers.spatial import (
     BroadcastSpatial,
     ChannelAffine,
@@ -52,7 +51,6 @@ __all__ = [
     "OverlapPatchEmbedding",
     "PadToMultiple",
     "PositionAttention",
-    "Resize2D",
     "UpsampleConcatConv2D",
     "aspp",
     "batch_norm",

@@ -71,10 +71,14 @@ class AdaptiveAveragePooling2D(keras.layers.Layer):
         # float32 averages: bins of 3 or 6 pixels have weights bfloat16 cannot hold.
         x = tf.cast(inputs, tf.float32)
         shape = tf.shape(x)
-        rows = _pooling_matrix(shape[1], out_h, tf.float32)
-        cols = _pooling_matrix(shape[2], out_w, tf.float32)
-        y = tf.einsum("ih,bhwc->biwc", rows, x)
-        return tf.cast(tf.einsum("jw,biwc->bijc", cols, y), self.compute_dtype)
+        b, h, w, c = shape[0], shape[1], shape[2], shape[3]
+        rows = _pooling_matrix(h, out_h, tf.float32)  # (out_h, H)
+        cols = _pooling_matrix(w, out_w, tf.float32)  # (out_w, W)
+        # Two broadcast matrix products (BatchMatMul: every converter takes it, unlike
+        # Einsum): rows over (B, H, W*C), then columns over (B*out_h, W, C).
+        y = tf.matmul(rows, tf.reshape(x, [b, h, w * c]))
+        y = tf.matmul(cols, tf.reshape(y, [b * out_h, w, c]))
+        return tf.cast(tf.reshape(y, [b, out_h, out_w, c]), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], *self.output_size, input_shape[3])

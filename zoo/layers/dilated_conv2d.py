@@ -7,6 +7,8 @@ import functools
 
 import keras
 
+from zoo.build_context import is_exporting
+
 
 @functools.cache
 def direct_dilation() -> bool:
@@ -65,7 +67,9 @@ class DilatedConv2D(keras.layers.Conv2D):
     Conv2D the dilation itself, which oneDNN (and cuDNN) compute directly, and drops kernel
     rows / columns that can only read padding (`pruned_taps`). Same weights, outputs and
     gradients as `Conv2D`; anything but stride 1, 'same' padding and channels-last (and, for
-    the direct op, a TensorFlow without oneDNN) takes `Conv2D`'s path.
+    the direct op, a TensorFlow without oneDNN) takes `Conv2D`'s path. So does the export copy
+    (`export_mode`, set when the layer is created inside `zoo.build_context.exporting()`): with
+    an unknown size the pruning is a run-time `tf.switch_case`, which converters do not take.
 
     Args:
         As `keras.layers.Conv2D`.
@@ -82,9 +86,14 @@ class DilatedConv2D(keras.layers.Conv2D):
         arXiv:1706.05587, 2017.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.export_mode = is_exporting()  # not in the config
+
     def convolution_op(self, inputs, kernel):
         fast = (
-            keras.backend.backend() == "tensorflow"
+            not self.export_mode
+            and keras.backend.backend() == "tensorflow"
             and self.rank == 2
             and self.padding == "same"
             and tuple(self.strides) == (1, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import keras
 
+from zoo.build_context import is_exporting
 from zoo.layers.dilated_conv2d import pruned_taps
 
 
@@ -14,7 +15,8 @@ class DilatedSeparableConv2D(keras.layers.SeparableConv2D):
     that can only read padding (`zoo.layers.dilated_conv2d.pruned_taps`): e.g. DeepLabV3+'s
     rate-24 and rate-36 branches on a 16x16 map are a per-channel scale followed by the
     pointwise conv. Same weights, outputs and gradients as `SeparableConv2D`; anything but
-    stride 1, 'same' padding, channels-last and depth multiplier 1 takes its path.
+    stride 1, 'same' padding, channels-last and depth multiplier 1 takes its path, and so does
+    the export copy (`export_mode`, as `DilatedConv2D`'s).
 
     Args:
         As `keras.layers.SeparableConv2D`.
@@ -31,9 +33,14 @@ class DilatedSeparableConv2D(keras.layers.SeparableConv2D):
         Segmentation" (DeepLabV3+), ECCV 2018.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.export_mode = is_exporting()  # not in the config
+
     def call(self, inputs):
         fast = (
-            keras.backend.backend() == "tensorflow"
+            not self.export_mode
+            and keras.backend.backend() == "tensorflow"
             and self.padding == "same"
             and tuple(self.strides) == (1, 1)
             and self.data_format == "channels_last"

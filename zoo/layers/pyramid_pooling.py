@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import keras
 
 from zoo.layers.adaptive_average_pooling import AdaptiveAveragePooling2D
+from zoo.layers.bilinear_upsampling import BilinearUpsampling
 from zoo.layers.blocks import conv_bn_act
-from zoo.layers.resize import Resize2D
 from zoo.layers.spatial import BroadcastSpatial
 
 
@@ -50,9 +50,8 @@ def pyramid_pooling(
         if size == 1:
             y = BroadcastSpatial(name=f"{prefix}_broadcast")([y, x])
         else:
-            # float32: TF 2.21's XLA rejects a bfloat16 bilinear resize in training.
-            y = Resize2D(align_corners=align_corners, name=f"{prefix}_resize", dtype="float32")(
-                [y, x]
-            )
+            # float32 (the layer's default): TF 2.21's XLA rejects a bfloat16 bilinear resize.
+            resize = BilinearUpsampling(None, align_corners=align_corners, name=f"{prefix}_resize")
+            y = resize([y, x])
         branches.append(y)
     return branches

@@ -1,62 +1,25 @@
-"""Argument checks and encoder helpers shared by the smp-parity models (private: not a model)."""
+"""Encoder helpers shared by the models that dilate their encoder (private: not a model)."""
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import keras
 
-import zoo
+from zoo.build_context import restoring_from_file
 from zoo.models.base import encoder_features
-from zoo.saving import restoring_from_file
-
-
-def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
-    """`value` if it is one of `choices` (bools never pass for ints), else a ValueError."""
-    if isinstance(value, bool) != isinstance(choices[0], bool) or value not in choices:
-        raise ValueError(
-            f"Invalid value for argument `{name}`: expected one of {tuple(choices)}. "
-            f"Received: {name}={value!r}"
-        )
-    return value
-
-
-def check_rate(name: str, value: Any) -> float:
-    """A dropout rate in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError(
-            f"Invalid value for argument `{name}`: expected a rate in [0, 1). "
-            f"Received: {name}={value!r}"
-        )
-    return float(value)
-
-
-def check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(
-            f"Invalid value for argument `{name}`: expected True or False. "
-            f"Received: {name}={value!r}"
-        )
-    return value
-
-
-def check_rates(name: str, rates: Any, count: int) -> tuple[int, ...]:
-    """`count` positive integer atrous rates."""
-    ok = isinstance(rates, (list, tuple)) and len(rates) == count
-    ok = ok and all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in rates)
-    if not ok:
-        raise ValueError(
-            f"Invalid value for argument `{name}`: expected {count} positive integers. "
-            f"Received: {name}={rates!r}"
-        )
-    return tuple(rates)
+from zoo.registry import encoder_info, list_encoders
 
 
 def dilated_encoder_features(
-    encoder: str, x: Any, encoder_kwargs: dict | None, output_stride: int, model: str
+    encoder: str,
+    x: Any,
+    encoder_kwargs: dict | None,
+    encoder_weights: Any,
+    output_stride: int,
+    model: str,
 ) -> dict[int, Any]:
     """The encoder's features with its last stages dilated down to `output_stride` (DeepLab).
 
@@ -70,23 +33,22 @@ def dilated_encoder_features(
             f"Set the output stride with the model's `output_stride` argument, not in "
             f"`encoder_kwargs`. Received: encoder_kwargs={encoder_kwargs!r}"
         )
-    if output_stride == 32:
-        return encoder_features(encoder, x, kwargs)
-    if not isinstance(encoder, str) or encoder not in zoo.list_encoders():
-        return encoder_features(encoder, x, kwargs)  # raises naming the choices
-    supported = zoo.encoder_info(encoder).metadata.get("output_strides", (32,))
+    if output_stride == 32 or not isinstance(encoder, str) or encoder not in list_encoders():
+        # (an unknown encoder raises in encoder_features, naming the choices)
+        return encoder_features(encoder, x, kwargs, encoder_weights)
+    supported = _output_strides(encoder)
     if output_stride not in supported:
-        able = [e for e in zoo.list_encoders() if output_stride in _output_strides(e)]
+        able = [e for e in list_encoders() if output_stride in _output_strides(e)]
         raise ValueError(
             f"Model `{model}` with output_stride={output_stride} needs an encoder that "
             f"supports dilation to stride {output_stride}; encoder {encoder!r} supports "
             f"output strides {list(supported)}. Encoders that do: {', '.join(able)}."
         )
-    return encoder_features(encoder, x, {**kwargs, "output_stride": output_stride})
+    return encoder_features(encoder, x, {**kwargs, "output_stride": output_stride}, encoder_weights)
 
 
 def _output_strides(encoder: str) -> tuple[int, ...]:
-    return tuple(zoo.encoder_info(encoder).metadata.get("output_strides", (32,)))
+    return tuple(encoder_info(encoder).metadata.get("output_strides", (32,)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -94,8 +56,10 @@ def _dense_feature_layer(encoder: str, kwargs_json: str, stride: int) -> tuple[s
     """(layer name, output index) producing the undilated encoder's stride-`stride` map."""
     kwargs = json.loads(kwargs_json)
     image = keras.Input((None, None, 3))
-    with restoring_from_file():  # a throwaway graph: never read pretrained weights for it
-        features = encoder_features(encoder, image, kwargs)
+    # A throwaway graph: the builder itself (not `encoder_features`, which records the model
+    # being built), and never reading pretrained weights for it.
+    with restoring_from_file():
+        features = encoder_info(encoder).obj(image, **kwargs)
     history = features[stride]._keras_history
     return history.operation.name, history.tensor_index
 

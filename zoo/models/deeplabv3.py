@@ -7,31 +7,27 @@ from typing import Any
 
 import keras
 
-import zoo
-from zoo.layers import Resize2D, aspp, conv_bn_act
-from zoo.models._common import (
-    check_bool,
-    check_choice,
-    check_rate,
-    check_rates,
-    dilated_encoder_features,
-)
+from zoo.checks import check_bool, check_choice, check_positive_ints
+from zoo.layers import BilinearUpsampling, aspp, conv_bn_act
+from zoo.models._common import dilated_encoder_features
 from zoo.models.base import (
     SegmentationModel,
     check_activation,
     check_num_classes,
     check_positive_int,
+    check_rate,
     model_input,
     model_output,
     require_strides,
 )
+from zoo.registry import register_model
 
 OUTPUT_STRIDES = (8, 16)
 
 
-@zoo.register_model(
+@register_model(
     "deeplabv3",
-    divisor=8,
+    global_context=True,  # ASPP image pooling: every pixel sees the whole image
     output_stride=8,
     tiny_config={
         "encoder": "resnet18",
@@ -82,6 +78,11 @@ class DeepLabV3(SegmentationModel):
         arXiv:1706.05587, 2017.
     """
 
+    @classmethod
+    def divisor_for(cls, config: dict[str, Any] | None = None) -> int:
+        """The output stride: the encoder's deepest map must tile the input exactly."""
+        return int(cls.arguments(config)["output_stride"])
+
     def __init__(
         self,
         num_classes: int = 1,
@@ -102,14 +103,16 @@ class DeepLabV3(SegmentationModel):
         check_activation(activation)
         check_choice("output_stride", output_stride, OUTPUT_STRIDES)
         check_positive_int("decoder_channels", decoder_channels)
-        rates = check_rates("atrous_rates", atrous_rates, 3)
+        rates = check_positive_ints("atrous_rates", atrous_rates, 3)
         check_bool("aspp_separable", aspp_separable)
         check_rate("dropout", dropout)
-        divisor = output_stride
+        divisor = self.divisor_for(locals())
 
         # === Encoder (dilated) ===
         image, x = model_input(input_shape, divisor, pad_to_divisor)
-        features = dilated_encoder_features(encoder, x, encoder_kwargs, output_stride, "deeplabv3")
+        features = dilated_encoder_features(
+            encoder, x, encoder_kwargs, encoder_weights, output_stride, "deeplabv3"
+        )
         require_strides(features, (output_stride,), "deeplabv3", encoder)
 
         # === Decoder ===
@@ -125,11 +128,9 @@ class DeepLabV3(SegmentationModel):
 
         # === Head ===
         y = keras.layers.Conv2D(num_classes, 1, name="head_conv", dtype="float32")(y)
-        logits = Resize2D(output_stride, align_corners=True, name="head_upsample", dtype="float32")(
-            y
-        )
+        logits = BilinearUpsampling(output_stride, align_corners=True, name="head_upsample")(y)
         outputs = model_output(logits, image, activation, pad_to_divisor)
         super().__init__(inputs=image, outputs=outputs, **{"name": "deeplabv3", **kwargs})
 
         # === Config ===
-        self._init_config(locals(), divisor)
+        self._init_config(locals())

@@ -7,32 +7,28 @@ from typing import Any
 
 import keras
 
-import zoo
-from zoo.layers import Resize2D, aspp, conv_bn_act, sepconv_bn_act
-from zoo.models._common import (
-    check_bool,
-    check_choice,
-    check_rate,
-    check_rates,
-    dilated_encoder_features,
-)
+from zoo.checks import check_bool, check_choice, check_positive_ints
+from zoo.layers import BilinearUpsampling, aspp, conv_bn_act, sepconv_bn_act
+from zoo.models._common import dilated_encoder_features
 from zoo.models.base import (
     SegmentationModel,
     check_activation,
     check_num_classes,
     check_positive_int,
+    check_rate,
     model_input,
     model_output,
     require_strides,
 )
+from zoo.registry import register_model
 
 OUTPUT_STRIDES = (8, 16)
 LOW_LEVEL_CHANNELS = 48  # the paper's (and smp's) projection of the stride-4 map
 
 
-@zoo.register_model(
+@register_model(
     "deeplabv3plus",
-    divisor=16,
+    global_context=True,  # ASPP image pooling: every pixel sees the whole image
     output_stride=16,
     tiny_config={
         "encoder": "resnet18",
@@ -91,6 +87,11 @@ class DeepLabV3Plus(SegmentationModel):
         Segmentation", ECCV 2018.
     """
 
+    @classmethod
+    def divisor_for(cls, config: dict[str, Any] | None = None) -> int:
+        """The output stride: the encoder's deepest map must tile the input exactly."""
+        return int(cls.arguments(config)["output_stride"])
+
     def __init__(
         self,
         num_classes: int = 1,
@@ -111,15 +112,15 @@ class DeepLabV3Plus(SegmentationModel):
         check_activation(activation)
         check_choice("output_stride", output_stride, OUTPUT_STRIDES)
         check_positive_int("decoder_channels", decoder_channels)
-        rates = check_rates("atrous_rates", atrous_rates, 3)
+        rates = check_positive_ints("atrous_rates", atrous_rates, 3)
         check_bool("aspp_separable", aspp_separable)
         check_rate("dropout", dropout)
-        divisor = output_stride
+        divisor = self.divisor_for(locals())
 
         # === Encoder (dilated) ===
         image, x = model_input(input_shape, divisor, pad_to_divisor)
         features = dilated_encoder_features(
-            encoder, x, encoder_kwargs, output_stride, "deeplabv3plus"
+            encoder, x, encoder_kwargs, encoder_weights, output_stride, "deeplabv3plus"
         )
         require_strides(features, (4, output_stride), "deeplabv3plus", encoder)
 
@@ -135,17 +136,17 @@ class DeepLabV3Plus(SegmentationModel):
         y = sepconv_bn_act(y, decoder_channels, "decoder_aspp_sepconv")
 
         # === Decoder ===
-        # float32: TF 2.21's XLA rejects a bfloat16 bilinear resize in training.
-        y = Resize2D(output_stride // 4, align_corners=True, name="decoder_up", dtype="float32")(y)
+        # float32 (the layer's default): TF 2.21's XLA rejects a bfloat16 bilinear resize.
+        y = BilinearUpsampling(output_stride // 4, align_corners=True, name="decoder_up")(y)
         low = conv_bn_act(features[4], LOW_LEVEL_CHANNELS, 1, "decoder_block1")
         y = keras.layers.Concatenate(name="decoder_concat")([y, low])
         y = sepconv_bn_act(y, decoder_channels, "decoder_block2")
 
         # === Head ===
         y = keras.layers.Conv2D(num_classes, 1, name="head_conv", dtype="float32")(y)
-        logits = Resize2D(4, align_corners=True, name="head_upsample", dtype="float32")(y)
+        logits = BilinearUpsampling(4, align_corners=True, name="head_upsample")(y)
         outputs = model_output(logits, image, activation, pad_to_divisor)
         super().__init__(inputs=image, outputs=outputs, **{"name": "deeplabv3plus", **kwargs})
 
         # === Config ===
-        self._init_config(locals(), divisor)
+        self._init_config(locals())

@@ -7,9 +7,8 @@ from typing import Any
 
 import keras
 
-import zoo
+from zoo.checks import check_choice
 from zoo.layers import batch_norm, conv_bn_act
-from zoo.models._common import check_choice
 from zoo.models.base import (
     SegmentationModel,
     check_activation,
@@ -20,13 +19,13 @@ from zoo.models.base import (
     model_output,
     require_strides,
 )
+from zoo.registry import register_model
 
 DEPTHS = (3, 4, 5)
 
 
-@zoo.register_model(
+@register_model(
     "linknet",
-    divisor=32,
     output_stride=32,
     tiny_config={"encoder": "resnet18", "encoder_kwargs": {"base_width": 8}},
     description="LinkNet: 1x1 reduce, 4x4 transposed-conv 2x upsampling, 1x1 expand, add skip.",
@@ -71,6 +70,11 @@ class LinkNet(SegmentationModel):
         Efficient Semantic Segmentation", VCIP 2017.
     """
 
+    @classmethod
+    def divisor_for(cls, config: dict[str, Any] | None = None) -> int:
+        """``2**encoder_depth``: the decoder starts at that stride."""
+        return 2 ** int(cls.arguments(config)["encoder_depth"])
+
     def __init__(
         self,
         num_classes: int = 1,
@@ -88,11 +92,11 @@ class LinkNet(SegmentationModel):
         check_activation(activation)
         check_choice("encoder_depth", encoder_depth, DEPTHS)
         check_positive_int("prefinal_channels", prefinal_channels)
-        divisor = 2**encoder_depth
+        divisor = self.divisor_for(locals())
 
         # === Encoder ===
         image, x = model_input(input_shape, divisor, pad_to_divisor)
-        features = encoder_features(encoder, x, encoder_kwargs)
+        features = encoder_features(encoder, x, encoder_kwargs, encoder_weights)
         strides = [divisor // 2**i for i in range(encoder_depth - 1)]  # divisor ... 4
         require_strides(features, strides, "linknet", encoder)
 
@@ -123,4 +127,4 @@ class LinkNet(SegmentationModel):
         super().__init__(inputs=image, outputs=outputs, **{"name": "linknet", **kwargs})
 
         # === Config ===
-        self._init_config(locals(), divisor)
+        self._init_config(locals())

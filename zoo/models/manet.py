@@ -8,10 +8,9 @@ from typing import Any
 
 import keras
 
-import zoo
+from zoo.checks import check_choice
 from zoo.layers import PositionAttention, conv_bn_act, upsample_conv_bn_act
 from zoo.layers.position_attention import VARIANTS
-from zoo.models._common import check_choice
 from zoo.models.base import (
     SegmentationModel,
     check_activation,
@@ -23,6 +22,7 @@ from zoo.models.base import (
     model_output,
     require_strides,
 )
+from zoo.registry import register_model
 
 
 def position_attention_block(x, channels: int, name: str, variant: str):
@@ -48,9 +48,9 @@ def squeeze_excitation(x, reduction: int, name: str):
     return keras.layers.Activation("sigmoid", name=f"{name}_sigmoid")(y)
 
 
-@zoo.register_model(
+@register_model(
     "manet",
-    divisor=32,
+    global_context=True,  # position attention and SE gates: every pixel sees the whole image
     output_stride=32,
     tiny_config={
         "encoder": "resnet18",
@@ -112,6 +112,11 @@ class MANet(SegmentationModel):
         Segmentation", IEEE Access 2020.
     """
 
+    @classmethod
+    def divisor_for(cls, config: dict[str, Any] | None = None) -> int:
+        """``2**depth``: each decoder block doubles the resolution."""
+        return 2 ** len(cls.arguments(config)["decoder_channels"])
+
     def __init__(
         self,
         num_classes: int = 1,
@@ -134,11 +139,11 @@ class MANet(SegmentationModel):
         check_choice("pab_attention", pab_attention, VARIANTS)
         check_positive_int("se_reduction", se_reduction)
         depth = len(channels)
-        divisor = 2**depth
+        divisor = self.divisor_for(locals())
 
         # === Encoder ===
         image, x = model_input(input_shape, divisor, pad_to_divisor)
-        features = encoder_features(encoder, x, encoder_kwargs)
+        features = encoder_features(encoder, x, encoder_kwargs, encoder_weights)
         require_strides(features, (divisor,), "manet", encoder)
 
         # === Decoder ===
@@ -171,4 +176,4 @@ class MANet(SegmentationModel):
         super().__init__(inputs=image, outputs=outputs, **{"name": "manet", **kwargs})
 
         # === Config ===
-        self._init_config(locals(), divisor)
+        self._init_config(locals())

@@ -7,14 +7,9 @@ from typing import Any
 
 import keras
 
-import zoo
-from zoo.layers import BroadcastSpatial, HalvingMaxPooling2D, Resize2D, conv_bn_act
-from zoo.models._common import (
-    check_bool,
-    check_choice,
-    dilated_encoder_features,
-    stage_output,
-)
+from zoo.checks import check_bool, check_choice
+from zoo.layers import BilinearUpsampling, BroadcastSpatial, HalvingMaxPooling2D, conv_bn_act
+from zoo.models._common import dilated_encoder_features, stage_output
 from zoo.models.base import (
     SegmentationModel,
     check_activation,
@@ -24,16 +19,16 @@ from zoo.models.base import (
     model_output,
     require_strides,
 )
+from zoo.registry import register_model
 
 OUTPUT_STRIDES = (8, 16, 32)
 INTERPOLATIONS = ("bilinear", "nearest")
 
 
-def _resize(x, reference, name: str, interpolation: str = "bilinear"):
-    if interpolation == "nearest":
-        return Resize2D(interpolation="nearest", name=name)([x, reference])
-    # align_corners=True as in smp; float32: TF 2.21's XLA rejects bf16 bilinear gradients.
-    return Resize2D(align_corners=True, name=name, dtype="float32")([x, reference])
+def _resize(x, reference, name: str):
+    # align_corners=True as in smp; float32 (the layer's default): TF 2.21's XLA rejects
+    # bfloat16 bilinear gradients.
+    return BilinearUpsampling(None, align_corners=True, name=name)([x, reference])
 
 
 def feature_pyramid_attention(x, channels: int, name: str, bias: bool = True):
@@ -62,12 +57,19 @@ def feature_pyramid_attention(x, channels: int, name: str, bias: bool = True):
     return keras.layers.Add(name=f"{name}_add")([y, branch1])
 
 
-def global_attention_upsample(low, high, name: str, interpolation: str, bias: bool = True):
-    """GAU: the high-level map resized to the low-level one, plus the low-level map (3x3
-    conv-BN-ReLU) weighted per channel by a sigmoid gate of the high-level map's global
-    average (1x1 conv-BN)."""
+def global_attention_upsample(
+    low, high, factor: int, name: str, interpolation: str, bias: bool = True
+):
+    """GAU: the high-level map resized to the low-level one (`factor` times its size: 1 or
+    2), plus the low-level map (3x3 conv-BN-ReLU) weighted per channel by a sigmoid gate of
+    the high-level map's global average (1x1 conv-BN)."""
     channels = high.shape[-1]
-    up = _resize(high, low, f"{name}_upsample", interpolation)
+    if factor == 1:  # smp resizes to the same size: the identity, whatever the mode
+        up = high
+    elif interpolation == "nearest":  # PyTorch's "nearest" by an integer factor: repeat
+        up = keras.layers.UpSampling2D(factor, name=f"{name}_upsample")(high)
+    else:  # align_corners=True as in smp
+        up = BilinearUpsampling(factor, align_corners=True, name=f"{name}_upsample")(high)
     low = conv_bn_act(low, channels, 3, f"{name}_conv2", use_bias=bias)
     gate = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_conv1_pool")(high)
     gate = conv_bn_act(gate, channels, 1, f"{name}_conv1", activation="sigmoid", use_bias=bias)
@@ -75,9 +77,9 @@ def global_attention_upsample(low, high, name: str, interpolation: str, bias: bo
     return keras.layers.Add(name=f"{name}_add")([up, low])
 
 
-@zoo.register_model(
+@register_model(
     "pan",
-    divisor=16,
+    global_context=True,  # global pooling branches: every pixel sees the whole image
     output_stride=16,
     tiny_config={
         "encoder": "resnet18",
@@ -139,6 +141,11 @@ class PAN(SegmentationModel):
         Li et al., "Pyramid Attention Network for Semantic Segmentation", BMVC 2018.
     """
 
+    @classmethod
+    def divisor_for(cls, config: dict[str, Any] | None = None) -> int:
+        """The output stride: the encoder's deepest map must tile the input exactly."""
+        return int(cls.arguments(config)["output_stride"])
+
     def __init__(
         self,
         num_classes: int = 1,
@@ -160,11 +167,13 @@ class PAN(SegmentationModel):
         check_positive_int("decoder_channels", decoder_channels)
         check_choice("decoder_interpolation", decoder_interpolation, INTERPOLATIONS)
         check_bool("decoder_conv_bias", decoder_conv_bias)
-        divisor = output_stride
+        divisor = self.divisor_for(locals())
 
         # === Encoder ===
         image, x = model_input(input_shape, divisor, pad_to_divisor)
-        features = dilated_encoder_features(encoder, x, encoder_kwargs, output_stride, "pan")
+        features = dilated_encoder_features(
+            encoder, x, encoder_kwargs, encoder_weights, output_stride, "pan"
+        )
         required = [4] + [s for s in (8, 16, 32) if s <= output_stride]
         require_strides(features, required, "pan", encoder)
         deepest = features[output_stride]
@@ -175,18 +184,31 @@ class PAN(SegmentationModel):
 
         # === Decoder ===
         y = feature_pyramid_attention(deepest, decoder_channels, "decoder_fpa", decoder_conv_bias)
-        for name, low in (("gau3", stages[0]), ("gau2", stages[1]), ("gau1", features[4])):
+        # (name, low-level map, its stride): with dilation a stage keeps the deepest stride.
+        lows = [
+            ("gau3", stages[0], min(16, output_stride)),
+            ("gau2", stages[1], min(8, output_stride)),
+            ("gau1", features[4], 4),
+        ]
+        stride = output_stride
+        for name, low, low_stride in lows:
             y = global_attention_upsample(
-                low, y, f"decoder_{name}", decoder_interpolation, decoder_conv_bias
+                low,
+                y,
+                stride // low_stride,
+                f"decoder_{name}",
+                decoder_interpolation,
+                decoder_conv_bias,
             )
+            stride = low_stride
 
         # === Head ===
         y = keras.layers.Conv2D(num_classes, 3, padding="same", name="head_conv", dtype="float32")(
             y
         )
-        logits = Resize2D(4, align_corners=True, name="head_upsample", dtype="float32")(y)
+        logits = BilinearUpsampling(4, align_corners=True, name="head_upsample")(y)
         outputs = model_output(logits, image, activation, pad_to_divisor)
         super().__init__(inputs=image, outputs=outputs, **{"name": "pan", **kwargs})
 
         # === Config ===
-        self._init_config(locals(), divisor)
+        self._init_config(locals())

@@ -7,27 +7,29 @@ from typing import Any
 
 import keras
 
-import zoo
-from zoo.layers import Resize2D, conv_bn_act, pyramid_pooling
-from zoo.models._common import check_choice, check_rate, dilated_encoder_features, stage_output
+from zoo.checks import check_choice
+from zoo.layers import BilinearUpsampling, conv_bn_act, pyramid_pooling
+from zoo.models._common import dilated_encoder_features, stage_output
 from zoo.models.base import (
     SegmentationModel,
     check_activation,
     check_num_classes,
     check_positive_int,
+    check_rate,
     model_input,
     model_output,
     require_strides,
 )
+from zoo.registry import register_model
 
 DEPTHS = (3, 4, 5)
 STRIDES = (8, 16, 32)
 POOL_SIZES = (1, 2, 3, 6)
 
 
-@zoo.register_model(
+@register_model(
     "pspnet",
-    divisor=8,
+    global_context=True,  # pyramid pooling: every pixel sees the whole image
     output_stride=8,
     tiny_config={
         "encoder": "resnet18",
@@ -84,6 +86,13 @@ class PSPNet(SegmentationModel):
         Zhao et al., "Pyramid Scene Parsing Network", CVPR 2017.
     """
 
+    @classmethod
+    def divisor_for(cls, config: dict[str, Any] | None = None) -> int:
+        """The pooled map's stride: `output_stride`, or ``2**encoder_depth`` without it."""
+        args = cls.arguments(config)
+        dense = 2 ** int(args["encoder_depth"])
+        return min(args["output_stride"] or dense, dense)
+
     def __init__(
         self,
         num_classes: int = 1,
@@ -113,11 +122,13 @@ class PSPNet(SegmentationModel):
         check_rate("dropout", dropout)
         stride = min(output_stride or dense, dense)
         dilate_to = stride if stride < dense else 32
-        divisor = stride
+        divisor = self.divisor_for(locals())
 
         # === Encoder ===
         image, x = model_input(input_shape, divisor, pad_to_divisor)
-        features = dilated_encoder_features(encoder, x, encoder_kwargs, dilate_to, "pspnet")
+        features = dilated_encoder_features(
+            encoder, x, encoder_kwargs, encoder_weights, dilate_to, "pspnet"
+        )
         require_strides(features, (stride,), "pspnet", encoder)
         y = stage_output(features, encoder, encoder_kwargs, dense, dilate_to)
 
@@ -139,9 +150,9 @@ class PSPNet(SegmentationModel):
         y = keras.layers.Conv2D(num_classes, 3, padding="same", name="head_conv", dtype="float32")(
             y
         )
-        logits = Resize2D(stride, align_corners=True, name="head_upsample", dtype="float32")(y)
+        logits = BilinearUpsampling(stride, align_corners=True, name="head_upsample")(y)
         outputs = model_output(logits, image, activation, pad_to_divisor)
         super().__init__(inputs=image, outputs=outputs, **{"name": "pspnet", **kwargs})
 
         # === Config ===
-        self._init_config(locals(), divisor)
+        self._init_config(locals())

@@ -7,7 +7,6 @@ from typing import Any
 
 import keras
 
-import zoo
 from zoo.layers import conv_bn_act, upsample_conv_bn_act
 from zoo.models.base import (
     SegmentationModel,
@@ -19,11 +18,11 @@ from zoo.models.base import (
     model_output,
     require_strides,
 )
+from zoo.registry import register_model
 
 
-@zoo.register_model(
+@register_model(
     "unetplusplus",
-    divisor=32,
     output_stride=32,
     tiny_config={
         "encoder": "resnet18",
@@ -74,6 +73,11 @@ class UNetPlusPlus(SegmentationModel):
         DLMIA 2018.
     """
 
+    @classmethod
+    def divisor_for(cls, config: dict[str, Any] | None = None) -> int:
+        """``2**depth``: each decoder block doubles the resolution."""
+        return 2 ** len(cls.arguments(config)["decoder_channels"])
+
     def __init__(
         self,
         num_classes: int = 1,
@@ -90,11 +94,11 @@ class UNetPlusPlus(SegmentationModel):
         check_activation(activation)
         channels = check_channels("decoder_channels", decoder_channels, min_len=2)
         depth = len(channels)
-        divisor = 2**depth
+        divisor = self.divisor_for(locals())
 
         # === Encoder ===
         image, x = model_input(input_shape, divisor, pad_to_divisor)
-        features = encoder_features(encoder, x, encoder_kwargs)
+        features = encoder_features(encoder, x, encoder_kwargs, encoder_weights)
         strides = [divisor // 2**level for level in range(depth)]  # level -> stride
         require_strides(features, [s for s in strides if s > 2], "unetplusplus", encoder)
         levels = [features.get(s) for s in strides]  # levels[0]: deepest; None: no map
@@ -125,4 +129,4 @@ class UNetPlusPlus(SegmentationModel):
         super().__init__(inputs=image, outputs=outputs, **{"name": "unetplusplus", **kwargs})
 
         # === Config ===
-        self._init_config(locals(), divisor)
+        self._init_config(locals())

@@ -7,9 +7,8 @@ from typing import Any
 
 import keras
 
-import zoo
-from zoo.layers import Resize2D, conv_bn_act, pyramid_pooling
-from zoo.models._common import check_bool
+from zoo.checks import check_bool
+from zoo.layers import BilinearUpsampling, conv_bn_act, pyramid_pooling
 from zoo.models.base import (
     SegmentationModel,
     check_activation,
@@ -20,19 +19,21 @@ from zoo.models.base import (
     model_output,
     require_strides,
 )
+from zoo.registry import register_model
 
 LEVELS = (4, 8, 16, 32)
 POOL_SIZES = (1, 2, 3, 6)
 
 
 def _resize(x, reference, name: str):
-    # align_corners=False as in smp; float32: TF 2.21's XLA rejects bf16 bilinear gradients.
-    return Resize2D(name=name, dtype="float32")([x, reference])
+    # align_corners=False as in smp; float32 (the layer's default): TF 2.21's XLA rejects
+    # bfloat16 bilinear gradients.
+    return BilinearUpsampling(None, name=name)([x, reference])
 
 
-@zoo.register_model(
+@register_model(
     "upernet",
-    divisor=32,
+    global_context=True,  # pyramid pooling: every pixel sees the whole image
     output_stride=32,
     tiny_config={
         "encoder": "resnet18",
@@ -84,6 +85,8 @@ class UPerNet(SegmentationModel):
         Xiao et al., "Unified Perceptual Parsing for Scene Understanding", ECCV 2018.
     """
 
+    divisor = 32
+
     def __init__(
         self,
         num_classes: int = 1,
@@ -101,11 +104,11 @@ class UPerNet(SegmentationModel):
         check_activation(activation)
         check_positive_int("decoder_channels", decoder_channels)
         check_bool("feature_norm", feature_norm)
-        divisor = 32
+        divisor = self.divisor_for(locals())
 
         # === Encoder ===
         image, x = model_input(input_shape, divisor, pad_to_divisor)
-        features = encoder_features(encoder, x, encoder_kwargs)
+        features = encoder_features(encoder, x, encoder_kwargs, encoder_weights)
         require_strides(features, LEVELS, "upernet", encoder)
         maps = [features[s] for s in LEVELS]
         if feature_norm:
@@ -145,9 +148,9 @@ class UPerNet(SegmentationModel):
 
         # === Head ===
         y = keras.layers.Conv2D(num_classes, 1, name="head_conv", dtype="float32")(y)
-        logits = Resize2D(4, align_corners=True, name="head_upsample", dtype="float32")(y)
+        logits = BilinearUpsampling(4, align_corners=True, name="head_upsample")(y)
         outputs = model_output(logits, image, activation, pad_to_divisor)
         super().__init__(inputs=image, outputs=outputs, **{"name": "upernet", **kwargs})
 
         # === Config ===
-        self._init_config(locals(), divisor)
+        self._init_config(locals())
