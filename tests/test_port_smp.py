@@ -20,8 +20,8 @@ from zoo.saving import load_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def port(tmp_path, checkpoint, model, *extra):
-    out = tmp_path / f"{model}.keras"
+def port(tmp_path, checkpoint, model, *extra, name=None):
+    out = tmp_path / f"{name or model}.keras"
     rc = main(["smp", "--checkpoint", str(checkpoint), "--model", model, "--out", str(out), *extra])
     assert rc == 0
     return load_model(out)
@@ -30,23 +30,28 @@ def port(tmp_path, checkpoint, model, *extra):
 def check_parity(tmp_path, monkeypatch, specs, size):
     """Random smp models (reference interpreter) -> `zoo.port smp` -> equal logits.
 
-    specs: (smp arch, zoo model, checkpoint suffix, classes, encoder, smp kwargs) tuples.
+    specs: (smp arch, zoo model, checkpoint suffix, classes, encoder, smp kwargs[, smp
+    options]) tuples; the options (smp arguments the weights do not tell) go to smp and to
+    the port (``--smp-arg``).
     """
     monkeypatch.setenv("SEGZOO_TORCH_PYTHON", reference_python())
     images = np.random.default_rng(0).random((2, *size, 3), dtype=np.float32)
+    specs = [(*spec, {}) if len(spec) == 6 else spec for spec in specs]
     models = [
         {
             "arch": arch,
             "encoder": encoder,
             "classes": classes,
-            "kwargs": kwargs,
+            "kwargs": {**kwargs, **options},
             "path": str(tmp_path / f"{arch}{suffix}"),
         }
-        for arch, _, suffix, classes, encoder, kwargs in specs
+        for arch, _, suffix, classes, encoder, kwargs, options in specs
     ]
     theirs = run_reference("smp_model", {"images": images}, models=models)
-    for i, (arch, model, _, classes, encoder, _) in enumerate(specs):
-        ours = port(tmp_path, models[i]["path"], model, "--encoder", encoder)
+    for i, (arch, model, _, classes, encoder, _, options) in enumerate(specs):
+        extra = [a for k, v in options.items() for a in ("--smp-arg", f"{k}={v!r}")]
+        path = models[i]["path"]
+        ours = port(tmp_path, path, model, "--encoder", encoder, *extra, name=Path(path).stem)
         assert ours.output.shape[-1] == classes  # read from the weights
         want = theirs[f"logits_{i}"]
         got = np.asarray(ours(images, training=False))
@@ -85,6 +90,74 @@ def test_smp_resnet34_models_port_with_equal_logits(tmp_path, monkeypatch):
     check_parity(tmp_path, monkeypatch, specs, (96, 128))
 
 
+# The eight smp-parity architectures, small (resnet18, narrow decoders): 128x160 images, so
+# that smp's PAN (which needs its stride-16 map to be 8x8 at least) runs and the stride-32
+# maps are odd (4x5). The options that the weights do not tell go through --smp-arg.
+PARITY_SPECS = [
+    (
+        "UnetPlusPlus",
+        "unetplusplus",
+        ".pth",
+        2,
+        "resnet18",
+        {"decoder_channels": (32, 16, 16, 8, 8)},
+    ),
+    ("Linknet", "linknet", ".safetensors", 2, "resnet18", {}),
+    ("PSPNet", "pspnet", ".pth", 2, "resnet18", {"psp_out_channels": 32}),
+    ("PAN", "pan", ".pth", 2, "resnet18", {"decoder_channels": 16}),
+    (
+        "PAN",
+        "pan",
+        "_nearest.pth",
+        3,
+        "resnet18",
+        {"decoder_channels": 16},
+        {"decoder_interpolation": "nearest"},
+    ),
+    (
+        "MAnet",
+        "manet",
+        ".pth",
+        2,
+        "resnet18",
+        {"decoder_channels": (32, 16, 16, 8, 8), "decoder_pab_channels": 16},
+    ),
+    ("DeepLabV3", "deeplabv3", ".pth", 2, "resnet18", {"decoder_channels": 32}),
+    (
+        "DeepLabV3Plus",
+        "deeplabv3plus",
+        ".pth",
+        2,
+        "resnet18",
+        {"decoder_channels": 32},
+        {"encoder_output_stride": 8, "decoder_atrous_rates": (6, 12, 18)},
+    ),
+    ("UPerNet", "upernet", ".pth", 2, "resnet18", {"decoder_channels": 32}),
+]
+
+
+@requires_reference("torch", "segmentation_models_pytorch")
+def test_smp_parity_architectures_port_with_equal_logits(tmp_path, monkeypatch):
+    check_parity(tmp_path, monkeypatch, PARITY_SPECS, (128, 160))
+
+
+@pytest.mark.slow  # eight full ResNet-34 models at smp's defaults, ~2 min on 2 cores
+@requires_reference("torch", "segmentation_models_pytorch")
+def test_smp_parity_architectures_resnet34_defaults_port_with_equal_logits(tmp_path, monkeypatch):
+    archs = [
+        ("UnetPlusPlus", "unetplusplus"),
+        ("Linknet", "linknet"),
+        ("PSPNet", "pspnet"),
+        ("PAN", "pan"),
+        ("MAnet", "manet"),
+        ("DeepLabV3", "deeplabv3"),
+        ("DeepLabV3Plus", "deeplabv3plus"),
+        ("UPerNet", "upernet"),
+    ]
+    specs = [(arch, model, ".pth", 1, "resnet34", {}) for arch, model in archs]
+    check_parity(tmp_path, monkeypatch, specs, (128, 128))
+
+
 # === Bad input: one line, exit status 2 ===
 
 
@@ -108,12 +181,14 @@ def test_unknown_model_is_one_line(tmp_path, capsys):
         "--checkpoint",
         str(ckpt),
         "--model",
-        "linknet",
+        "deeplab_lite",  # ours only: no smp counterpart
         "--out",
         str(tmp_path / "o.keras"),
     )
     assert rc == 1 and "\n" not in err
-    assert "model='linknet'" in err and "'fpn', 'segformer', 'unet'" in err
+    assert "model='deeplab_lite'" in err
+    assert "'deeplabv3', 'deeplabv3plus', 'fpn', 'linknet', 'manet', 'pan', 'pspnet'" in err
+    assert "'segformer', 'unet', 'unetplusplus', 'upernet'" in err
 
 
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):
@@ -295,3 +370,26 @@ def test_module_entry_point(tmp_path):
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("Error: No checkpoint file at")
+
+
+def test_smp_options_are_checked_per_architecture(tmp_path, capsys):
+    ckpt = torchvision_checkpoint(tmp_path)
+    out = str(tmp_path / "o.keras")
+    base = ["smp", "--checkpoint", str(ckpt), "--out", out, "--encoder", "resnet18"]
+    # An option the architecture's weights tell (or that it lacks) is refused, naming those
+    # it takes.
+    rc, err = run_cli(capsys, *base, "--model", "pan", "--smp-arg", "decoder_channels=16")
+    assert rc == 1 and "\n" not in err
+    assert "'decoder_channels'" in err and "decoder_interpolation, encoder_output_stride" in err
+    rc, err = run_cli(capsys, *base, "--model", "unet", "--smp-arg", "encoder_output_stride=8")
+    assert rc == 1 and "options its weights do not tell are none" in err
+    rc, err = run_cli(capsys, *base, "--model", "deeplabv3", "--smp-arg", "encoder_output_stride")
+    assert rc == 1 and "NAME=VALUE" in err and "\n" not in err
+    assert not (tmp_path / "o.keras").exists()
+
+
+def test_smp_options_parse_as_literals():
+    from zoo.port.smp import parse_options
+
+    got = parse_options(["encoder_output_stride=8", "decoder_atrous_rates=(6, 12, 18)", "a=b c"])
+    assert got == {"encoder_output_stride": 8, "decoder_atrous_rates": [6, 12, 18], "a": "b c"}

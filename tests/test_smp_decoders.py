@@ -2,10 +2,11 @@
 
 The reference builds the smp model (ResNet-18, two classes, small decoder widths, decoder
 batch-norm statistics and biases randomized, eval mode) and returns its encoder features,
-logits and decoder weights. Our model with the same arguments gets those weights through
-tests/smp_names.py; a sub-model from our encoder's feature maps to the logits is fed smp's
-features, so only the decoders and heads are compared (encoder porting is the port's job).
-Every smp decoder weight must find its zoo layer and every zoo decoder weight must be set.
+logits and decoder weights. Our model with the same arguments gets those weights through the
+decoder's port table (`zoo.port`, table ``smp.<model>``: every smp decoder weight must find
+its zoo layer and every zoo decoder weight must be set); a sub-model from our encoder's
+feature maps to the logits is fed smp's features, so only the decoders and heads are compared
+(tests/test_port_smp.py compares whole ported models).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from smp_names import keras_name, to_keras
 from torch_ref import requires_reference, run_reference
 
 import zoo
+from zoo.port import assign, get_table
 
 pytestmark = pytest.mark.slow  # ~8 s per architecture on 2 cores (reference run included)
 
@@ -59,16 +60,15 @@ def test_decoder_matches_smp(name, arch, kwargs, smp_kwargs, used):
     )
     model = zoo.create_model(name, num_classes=2, encoder="resnet18", **kwargs)
 
-    # smp's decoder and head weights into our layers, each weight exactly once.
-    assigned = set()
-    for key in (k[3:] for k in ref if k.startswith("w__")):
-        layer, weight = keras_name(arch, key)
-        (variable,) = [v for v in model.get_layer(layer).weights if v.name == weight]
-        variable.assign(to_keras(ref[f"w__{key}"], weight))
-        assert variable.path not in assigned, key
-        assigned.add(variable.path)
-    decoder = [v.path for v in model.weights if not v.path.startswith("encoder_")]
-    assert sorted(assigned) == sorted(decoder)
+    # smp's decoder and head weights into our layers through the port table: every key
+    # used, every variable of ours written.
+    state = {k[3:]: ref[k] for k in ref if k.startswith("w__")}
+    decoder = [layer for layer in model.layers if not layer.name.startswith("encoder")]
+    writes = assign(decoder, state, get_table(f"smp.{name}"))
+    assert len(writes) == len(state)
+    assert {id(w.variable) for w in writes} == {
+        id(v) for v in model.weights if not v.path.startswith("encoder_")
+    }
 
     # Our decoder on smp's encoder features.
     tensors = [model.get_layer(FEATURE_LAYERS[i]).output for i in used]

@@ -2,10 +2,11 @@
 state dicts and their logits on the given [0, 1] images (ImageNet-normalized here, as smp's
 preprocessing does).
 
-Options: models, a list of {arch ("Unet" | "FPN"), encoder, classes, kwargs (more
-constructor arguments), path (.pth with torch.save or .safetensors)}; seed. Outputs
-logits_0, logits_1, ... in that order. One process for several models: smp takes seconds to
-import.
+Options: models, a list of {arch (an smp class name: "Unet", "FPN", "PAN", ...), encoder,
+classes, kwargs (more constructor arguments), path (.pth with torch.save or .safetensors)};
+seed; warmup_size (height and width of the random batch-norm warm-up images, default the
+images' own size: smp's PAN cannot run below 128x128 at stride 16). Outputs logits_0,
+logits_1, ... in that order. One process for several models: smp takes seconds to import.
 """
 
 import segmentation_models_pytorch as smp
@@ -16,6 +17,7 @@ inputs, options, save = parse()
 mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 images = torch.from_numpy(inputs["images"]).permute(0, 3, 1, 2)
+warmup = tuple(options.get("warmup_size", images.shape[2:]))
 outputs = {}
 for i, spec in enumerate(options["models"]):
     torch.manual_seed(options.get("seed", 0) + i)
@@ -29,7 +31,7 @@ for i, spec in enumerate(options["models"]):
         # Random affine norms and batch-norm statistics measured on random images (as
         # training leaves them): unit-scale activations, so the tolerance means something.
         for module in model.modules():
-            if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)):
+            if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.GroupNorm, torch.nn.LayerNorm)):
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.normal_(0.0, 0.2)
             if isinstance(module, torch.nn.BatchNorm2d):
@@ -38,7 +40,7 @@ for i, spec in enumerate(options["models"]):
             p.normal_(0.0, 0.05)
         model.train()
         for _ in range(3):
-            model((torch.rand(4, 3, 64, 64) - mean) / std)
+            model((torch.rand(4, 3, *warmup) - mean) / std)
     model.eval()
     path = spec["path"]
     if path.endswith(".safetensors"):

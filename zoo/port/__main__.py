@@ -29,9 +29,18 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m zoo.port", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     smp = sub.add_parser("smp", help="port a segmentation_models_pytorch model")
-    smp.add_argument("--model", required=True, help="architecture: unet, fpn, segformer, ...")
+    smp.add_argument(
+        "--model", required=True, help="architecture: unet, fpn, segformer, upernet, ..."
+    )
     smp.add_argument(
         "--encoder", default="resnet34", help="smp encoder name (default resnet34; mit_b0, ...)"
+    )
+    smp.add_argument(
+        "--smp-arg",
+        action="append",
+        metavar="NAME=VALUE",
+        help="an smp constructor argument the weights do not tell, in smp's name (repeatable), "
+        "e.g. encoder_output_stride=8 or 'decoder_atrous_rates=[6, 12, 18]'",
     )
     _common(smp)
     hf = sub.add_parser("transformers", help="port a Hugging Face SegformerForSemanticSegmentation")

@@ -118,6 +118,10 @@ def layer_kind(layer: Any) -> str | None:
         return "depthwise"
     if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, UpsampleConcatConv2D)):
         return "conv"
+    if isinstance(layer, keras.layers.Conv2DTranspose):
+        # ConvTranspose2d.weight (in, out, kh, kw) -> kernel (kh, kw, out, in): the same
+        # transpose as a Conv2d's; "same" padding with kernel 4, stride 2 is PyTorch's padding 1.
+        return "conv"
     if isinstance(layer, keras.layers.Dense):
         return "dense"
     if isinstance(layer, keras.layers.BatchNormalization):

@@ -22,9 +22,10 @@ Adding an architecture (e.g. one added to the zoo later): register its decoder t
 
 from __future__ import annotations
 
+import ast
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +50,20 @@ class SmpModel:
             ``segmentation_head.``).
         kwargs: the zoo constructor's arguments read from the state dict (decoder widths
             and the like; not `num_classes`, `input_shape`, `encoder`).
+        options: smp constructor arguments the weights do not tell (an output stride, atrous
+            rates) -> the zoo argument that takes the same value; `port_smp`'s `options`
+            (``--smp-arg name=value``) may set them, smp's defaults are the zoo model's.
+        unused: regexes of the checkpoint's keys that smp builds but never runs (e.g. the
+            encoder stages after PSPNet's `encoder_depth`), from the state dict and the zoo
+            arguments; the zoo model has no such weights.
     """
 
     arch: str
     model: str
     table: str
     kwargs: Callable[[dict[str, np.ndarray]], dict[str, Any]]
+    options: Mapping[str, str] = field(default_factory=dict)
+    unused: Callable[[dict[str, np.ndarray], dict[str, Any]], tuple[str, ...]] | None = None
 
 
 _MODELS: dict[str, SmpModel] = {}
@@ -126,6 +135,7 @@ def port_smp(
     encoder: str = "resnet34",
     num_classes: int | None = None,
     normalization: str | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Any:
     """A zoo model with the weights of an smp checkpoint.
 
@@ -138,6 +148,9 @@ def port_smp(
         normalization: "imagenet" (the model normalizes [0, 1] images inside, as smp's
             ImageNet preprocessing did outside) or "none"; default: "imagenet" for 3 input
             channels, "none" otherwise.
+        options: smp constructor arguments that the weights do not tell, in smp's names
+            (e.g. ``{"encoder_output_stride": 8}`` for a `DeepLabV3Plus`); those not given
+            are smp's defaults. Which ones an architecture takes: `SmpModel.options`.
 
     Returns:
         The zoo model (inference ready; its config records the checkpoint as
@@ -156,6 +169,7 @@ def port_smp(
             f"model={model!r}"
         )
     entry = _MODELS[model]
+    chosen = _options(entry, options)  # a bad option fails before any file is read
     spec = pretrained._ENCODERS.get(encoder)
     if spec is None:
         portable = sorted(pretrained._ENCODERS)
@@ -180,10 +194,12 @@ def port_smp(
         )
     channels = int(state[first_conv].shape[1])
     try:
-        kwargs = entry.kwargs(state)
+        kwargs = {**entry.kwargs(state), **chosen}
     except PortError as err:
         raise PortError(f"Cannot port {source} as smp {entry.arch}: {err}") from None
     table = get_table(spec.table).bind(ours="encoder_", theirs="encoder.") + get_table(entry.table)
+    if entry.unused is not None:
+        table = replace(table, ignore=(*table.ignore, *entry.unused(state, kwargs)))
     return build_and_assign(
         state,
         table,
@@ -195,6 +211,38 @@ def port_smp(
         encoder=encoder,
         **kwargs,
     )
+
+
+def _options(entry: SmpModel, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The zoo arguments for smp `options` (smp's names), checked against the entry's."""
+    out = {}
+    for name, value in (options or {}).items():
+        if name not in entry.options:
+            valid = ", ".join(sorted(entry.options)) or "none"
+            raise ConfigError(
+                f"Invalid smp option {name!r} for smp {entry.arch}: the options its weights do "
+                f"not tell are {valid}. Received: {name}={value!r}"
+            )
+        out[entry.options[name]] = value
+    return out
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, Any]:
+    """``["encoder_output_stride=8", "decoder_atrous_rates=[6, 12, 18]"]`` -> a dict (values
+    are Python literals where they parse as one, strings otherwise)."""
+    options = {}
+    for pair in pairs or []:
+        name, sep, text = pair.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(
+                f"Invalid value for argument `--smp-arg`: expected NAME=VALUE. Received: {pair!r}"
+            )
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            value = text.strip()
+        options[name.strip()] = list(value) if isinstance(value, tuple) else value
+    return options
 
 
 def build_and_assign(
@@ -246,7 +294,10 @@ def build_and_assign(
 def main(args: Any) -> str:
     """``python -m zoo.port smp``: port and save; returns the one-line summary."""
     checkpoint = check_paths(args)
-    net = port_smp(checkpoint, args.model, args.encoder, args.num_classes, args.normalization)
+    options = parse_options(getattr(args, "smp_arg", None))
+    net = port_smp(
+        checkpoint, args.model, args.encoder, args.num_classes, args.normalization, options
+    )
     return save(net, args, f"smp {_MODELS[args.model].arch} ({args.encoder}, ")
 
 
