@@ -91,7 +91,44 @@ def write_litert(
             # types (the signature divides by 255 itself, and callers read probabilities).
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         flatbuffer = converter.convert()
+    if quantize == "int8-full":
+        flatbuffer = widen_empty_ranges(flatbuffer)
     path.write_bytes(flatbuffer)
+
+
+# Below this an int8 activation's scale means an empty calibrated range (see below).
+MIN_INT8_SCALE = 1e-7
+
+
+def widen_empty_ranges(flatbuffer: bytes) -> bytes:
+    """Give int8 activations whose calibrated range is empty the scale of the range [-0.5,
+    0.5] around the same zero point.
+
+    A tensor that is constant on every calibration image (in a trained network: a unit that
+    never fires, e.g. a dead one-channel level of PAN's pyramid after its ReLU) gets a scale
+    near 1e-8 from the converter, and XNNPack refuses the ops that read or write it ("failed
+    to prepare"). Its range of 255 * scale holds both its value and 0 (the zero point), so
+    the value is 0 to within 255 * MIN_INT8_SCALE, and still 0 with the wider scale; every
+    such tensor gets the same scale, so ops that need equal input and output scales keep
+    them. Weights (tensors with data) are left alone: their scales fix the biases'.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    widened = 0
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            q = tensor.quantization
+            scale = None if q is None else q.scale
+            data = model.buffers[tensor.buffer].data if tensor.buffer < len(model.buffers) else None
+            if scale is None or len(scale) != 1 or data is not None and len(data):
+                continue
+            if 0 < float(scale[0]) < MIN_INT8_SCALE:
+                q.scale = [1.0 / 255.0]
+                widened += 1
+    if not widened:
+        return flatbuffer
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def write_onnx(serve: Any, path: Path) -> None:

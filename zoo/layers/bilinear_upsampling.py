@@ -94,6 +94,10 @@ class BilinearUpsampling(keras.layers.Layer):
             source, factors = x, self.size
         else:
             source, factors = reference, (1, 1)
+            if None not in x.shape[1:3] and tuple(x.shape[1:3]) == tuple(source.shape[1:3]):
+                # Already the reference's size (known when built): the resize is the identity
+                # (LiteRT's XNNPack delegate rejects a quantized 1x1 -> 1x1 corner-aligned one).
+                return tf.cast(x, self.compute_dtype)
         dynamic = tf.shape(source)
         new_size = [
             source.shape[axis] * f if source.shape[axis] is not None else dynamic[axis] * f
