@@ -597,7 +597,8 @@ def test_native_sizes_and_input_scale_are_recorded(tmp_path):
     for i, (h, w) in enumerate(sizes):
         write_pair(tmp_path / "train", f"t{i}", *rand_pair(rng, h, w))
     write_pair(tmp_path / "val", "v0", *rand_pair(rng, 20, 24))
-    info = build_datasets(folder_cfg(tmp_path, image_size=[32, 32]), global_batch_size=2).info
+    cfg = folder_cfg(tmp_path, image_size=[32, 32], resize="resize")
+    info = build_datasets(cfg, global_batch_size=2).info
     assert sorted(info.native_sizes) == sorted(sizes)  # training images only
     # y factors 32/64, 32/64, 32/32, 32/64 -> 0.5; x 32/128, 32/128, 32/64, 32/64 -> 0.375
     assert info.input_scale == (0.5, 0.375)

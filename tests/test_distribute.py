@@ -62,7 +62,9 @@ def test_tpu_without_a_tpu_fails_fast(monkeypatch):
     monkeypatch.delenv("TPU_NAME", raising=False)
     if tf.config.list_logical_devices("TPU") or os.path.exists("/dev/accel0"):
         pytest.skip("this machine has a TPU")
-    with pytest.raises(RuntimeError, match="no TPU was found.*strategy.tpu="):
+    from zoo.errors import UserError
+
+    with pytest.raises(UserError, match="no TPU was found.*strategy.tpu="):
         distribute.build_strategy(distribute.StrategyConfig(name="tpu"))
 
 

@@ -238,7 +238,9 @@ def trained_global_model():
     model = build_tiny(name, num_classes=1, dropout=0.0)
     train = losses.attach(model, "wbce+dice")
     train.compile(optimizer=keras.optimizers.Adam(5e-3), jit_compile=False)
-    train.fit(bundle.train, steps_per_epoch=80, epochs=1, verbose=0, shuffle=False)
+    # 160 steps: at 80 the masks are still undecided along the object borders (val Dice 0.94,
+    # tile agreement 98.9%); at 160 Dice is 0.97 and agreement 99.7%.
+    train.fit(bundle.train, steps_per_epoch=160, epochs=1, verbose=0, shuffle=False)
     return model
 
 

@@ -66,11 +66,13 @@ def test_resnet34_features_equal_torchvision(tmp_path, monkeypatch, size, suffix
         want = theirs[f"s{stride}"]
         got = np.asarray(ours[stride])
         assert got.shape == want.shape, stride
-        assert np.abs(want).max() < 50  # unit-scale features: the tolerance means something
-        # float32 through 34 layers: 1e-4 with room for one summation order (oneDNN, torch).
+        scale = float(np.abs(want).max())
+        assert scale < 50  # unit-scale features: the tolerance means something
+        # float32 through 34 layers, relative to the features' size: oneDNN and torch sum in
+        # different orders (CI saw 1.4e-5 of 24 at stride 32); a wrong weight is off by O(1).
         diff = float(np.abs(got - want).max())
-        print(f"stride {stride}: max |diff| {diff:.2e}, max |feature| {np.abs(want).max():.2f}")
-        assert diff < 3e-4, f"stride {stride}: max abs diff {diff}"
+        print(f"stride {stride}: max |diff| {diff:.2e}, max |feature| {scale:.2f}")
+        assert diff < 3e-5 * max(1.0, scale), f"stride {stride}: max abs diff {diff}"
 
 
 # === imagenet: the cache, offline errors ===
