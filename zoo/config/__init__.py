@@ -216,7 +216,7 @@ def parse(cfg: DictConfig, explicit: set[str] | None = None) -> RunConfig:
     predict_options(predict)
     data = parse_data_config(cfg.data)
     strategy = StrategyConfig(**resolved["strategy"])
-    model = model_spec(resolved["model"], data.num_classes)
+    model = model_spec(resolved["model"], data.num_classes, data.channels)
     loss = loss_spec(
         resolved["loss"], resolved.get("loss_options") or {}, data_mode(data.num_classes)
     )

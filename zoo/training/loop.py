@@ -69,7 +69,7 @@ def training_metadata(info: Any) -> dict[str, Any]:
         "ignore_index": info.ignore_index,
         "image_size": list(info.image_size),
         "input_scale": list(info.input_scale),  # training pixels per native pixel
-        "channels": 3,
+        "channels": info.channels,
         "threshold": 0.5,
     }
 
