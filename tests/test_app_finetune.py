@@ -3,6 +3,7 @@ trainer.encoder_lr_mult (docs/training.md, "Fine-tuning"; the optimizer math is 
 test_finetune.py)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from zoo.saving import load_model
 from zoo.training.backup import build_optimizer_state, tracked_variables
 from zoo.training.optim import build_optimizer
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = {"encoder": "resnet18", "encoder_kwargs": {"base_width": 8},
         "decoder_channels": [16, 8, 8, 8, 8]}  # fmt: skip
 TINY_ARGS = ["model.encoder=resnet18", "+model.encoder_kwargs.base_width=8",
@@ -148,9 +150,14 @@ def test_fine_tuning_stages_through_train_py(tmp_path):
               "trainer.num_overlays=0", *TINY_ARGS]  # fmt: skip
 
     stage1 = tmp_path / "frozen"
-    proc = train([*common, f"model.encoder_weights={weights}", "model.freeze_encoder=true",
-                  "trainer.max_steps=2"], stage1)  # fmt: skip
+    frozen_args = [*common, f"model.encoder_weights={weights}", "model.freeze_encoder=true"]
+    proc = train([*frozen_args, "trainer.max_steps=1"], stage1)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Continued from its backup (the rebuilt model is frozen again, its optimizer fits).
+    proc = train([*frozen_args, "trainer.max_steps=2"], stage1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Resuming from" in proc.stdout + proc.stderr
+    assert json.loads((stage1 / "metrics.json").read_text())["steps"] == 2
     frozen = load_model(stage1 / "model.keras")
     assert frozen.encoder_frozen and frozen.metadata["channels"] == 4
     built = zoo.create_model("unet", num_classes=1, input_shape=(None, None, 4),
@@ -183,3 +190,64 @@ def test_fine_tuning_stages_through_train_py(tmp_path):
     assert not np.array_equal(
         enc2["encoder_stem_bn/moving_mean"], got["encoder_stem_bn/moving_mean"]
     )
+
+
+# --- Under a multi-worker strategy (two processes on localhost) ------------------------------
+
+MW_ARGS = ["data.image_size=[32,32]", "data.train_size=16", "data.val_size=8",
+           "data.augment.enabled=false", "trainer.max_steps=2", "trainer.num_overlays=0",
+           "trainer.schedule=constant", "trainer.learning_rate=0.05", "trainer.optimizer=sgd",
+           "trainer.momentum=0", *TINY_ARGS]  # fmt: skip
+
+
+@pytest.mark.slow  # three train.py processes: ~1.5 min on 2 cores
+@pytest.mark.parametrize(
+    "case", ["freeze_export", "lr_mult"], ids=["freeze+export", "encoder_lr_mult"]
+)
+def test_multi_worker_runs_match_one_process(case, tmp_path):
+    """Two workers (per-replica batch 2) train what one process does with batch 4: a frozen
+    pretrained encoder stays bitwise as loaded and only the chief exports; an encoder
+    multiplier with weight decay (its per-variable decay is a cross-replica update) gives
+    the same weights. Plain SGD: Adam's normalized step magnifies summation-order noise."""
+    import sys
+
+    from test_multiworker import free_ports, run_all
+
+    weights = tmp_path / "resnet18_w8.safetensors"
+    save_file(random_torchvision_state("resnet18", width=8), str(weights))
+    if case == "freeze_export":
+        extra = [f"model.encoder_weights={weights}", "model.freeze_encoder=true",
+                 "trainer.export=[saved_model]"]  # fmt: skip
+    else:
+        extra = ["trainer.weight_decay=0.1", "trainer.encoder_lr_mult=0.1"]
+
+    def cmd(run_dir, batch, *more):
+        return [sys.executable, str(ROOT / "train.py"), *MW_ARGS, *extra,
+                f"data.batch_size={batch}", f"hydra.run.dir={run_dir}", *more]  # fmt: skip
+
+    workers = [f"localhost:{p}" for p in free_ports(2)]
+    cmds = []
+    for i in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}
+        mw = cmd(tmp_path / "mw", 2, "strategy=multi_worker", "strategy.timeout_s=120")
+        cmds.append(["env", f"TF_CONFIG={json.dumps(tf_config)}", *mw])
+    results = run_all([*cmds, cmd(tmp_path / "single", 4)])
+    for code, out in results:
+        assert code == 0, out[-3000:]
+    mw, single = (
+        load_model(tmp_path / "mw" / "model.keras"),
+        load_model(tmp_path / "single" / "model.keras"),
+    )
+    for a, b in zip(mw.weights, single.weights):
+        np.testing.assert_allclose(
+            np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-4, err_msg=a.path
+        )
+    if case == "freeze_export":
+        built = zoo.create_model("unet", num_classes=1, encoder_weights=str(weights), **TINY)
+        want, _ = encoder_split(built)
+        got, _ = encoder_split(mw)
+        for path in want:
+            np.testing.assert_array_equal(got[path], want[path], err_msg=path)
+        assert (tmp_path / "mw" / "model_saved_model").is_dir()
+        metrics = json.loads((tmp_path / "mw" / "metrics.json").read_text())
+        assert metrics["exports"]["saved_model"]["logits_error"] <= 1e-5
