@@ -74,6 +74,23 @@ def test_channel_rule_by_hand():
         assert "'/data/x.tif'" in str(info.value) and f"data.channels={got} to" in str(info.value)
 
 
+def test_multiband_tiffs_read_as_stored(tmp_path):
+    import tifffile
+
+    rng = np.random.default_rng(3)
+    for channels, kw in (
+        (4, {}),
+        (13, {"planarconfig": "contig"}),
+        (5, {"planarconfig": "separate"}),
+    ):
+        shape = (channels, 6, 7) if kw.get("planarconfig") == "separate" else (6, 7, channels)
+        stored = rng.integers(0, 65535, shape, dtype=np.uint16)
+        path = tmp_path / f"b{channels}.tif"
+        tifffile.imwrite(path, stored, photometric="minisblack" if channels != 4 else None, **kw)
+        want = np.moveaxis(stored, 0, -1) if kw.get("planarconfig") == "separate" else stored
+        np.testing.assert_array_equal(read_image(path, channels), (want / 65535).astype(np.float32))
+
+
 def test_channels_config_is_checked():
     with pytest.raises(ConfigError, match="data.channels=0"):
         build_datasets({"name": "shapes", "channels": 0}, global_batch_size=2)
