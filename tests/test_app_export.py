@@ -1,6 +1,7 @@
 """trainer.export: checked before anything is built, written next to model.keras at the end
 (the end-to-end run is tests/test_app_channels.py::test_gray_folder_trains_exports_and_predicts)."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,11 @@ def test_entries_by_hand():
 @pytest.mark.parametrize(
     "value,text",
     [
-        (["onxx"], "unknown format 'onxx'; valid entries: saved_model, saved_model:float16, "
-                   "litert, litert:float16, litert:int8, litert:int8-full, onnx"),
+        (
+            ["onxx"],
+            "unknown format 'onxx'; valid entries: saved_model, saved_model:float16, "
+            "litert, litert:float16, litert:int8, litert:int8-full, onnx",
+        ),
         (["onnx:int8"], "onnx takes no quantization"),
         (["saved_model:int8"], "saved_model takes saved_model:float16"),
         ([3], "entry 3: expected a format name"),
@@ -111,3 +115,37 @@ def test_a_time_budget_keeps_time_for_the_artifacts():
     assert export_tail_s([]) == TAIL_EXPORT_S
     want = TAIL_EXPORT_S + ARTIFACT_EXPORT_S["saved_model"] + ARTIFACT_EXPORT_S["litert"]
     assert export_tail_s(["saved_model", "litert:int8"]) == want
+
+
+def test_a_failed_export_is_raised_after_the_other_outputs(tmp_path, monkeypatch):
+    """In-process run: onnx fails verification, saved_model is written; metrics.json, config
+    and overlays are there, metrics.json names the failure, and the run ends with it."""
+    from test_app_channels import gray_folder
+
+    from zoo import export as zexport
+    from zoo.app import run
+
+    real = zexport.export
+
+    def flaky(model, path, **kw):
+        if kw["format"] == "onnx":
+            raise ExportError("Export unet to onnx failed verification 3 times, nothing written")
+        return real(model, path, **kw)
+
+    monkeypatch.setattr(zexport, "export", flaky)
+    root = gray_folder(tmp_path / "gray")
+    cfg = make(["data=folder", f"data.root={root}", "data.channels=1", "data.batch_size=2",
+                "trainer.max_steps=1", "trainer.export=[onnx,saved_model]",
+                "model.encoder=resnet18", "+model.encoder_kwargs.base_width=8",
+                "model.decoder_channels=[16,8,8,8,8]", "trainer.tensorboard=false",
+                "trainer.verbose=0", "trainer.num_overlays=1"])  # fmt: skip
+    run_dir = tmp_path / "run"
+    with pytest.raises(ExportError, match="onnx failed verification"):
+        run(cfg, run_dir, explicit=set())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["exports"]["onnx"] == {
+        "error": "Export unet to onnx failed verification 3 times, nothing written"
+    }
+    assert metrics["exports"]["saved_model"]["logits_error"] <= 1e-5
+    assert (run_dir / "model_saved_model").is_dir() and not (run_dir / "model.onnx").exists()
+    assert (run_dir / "config.yaml").is_file() and list((run_dir / "overlays").glob("*.png"))
