@@ -34,7 +34,8 @@ def check_model_fits_data(
     expected = model.inputs[0].shape[-1]
     if expected is not None and int(expected) != int(channels):
         raise ModelFileError(
-            f"{source} takes images with {expected} channel(s) but the data has {channels}"
+            f"{source} takes images with {expected} channel(s) but the data has "
+            f"data.channels={channels}: set data.channels={expected}"
         )
     mode = model_mode(model)
     if (mode == "binary") != (int(num_classes) == 1):
@@ -180,7 +181,7 @@ def evaluate_checkpoint(run: Any, run_dir: str | os.PathLike) -> dict[str, Any]:
         strategy = build_strategy(run.strategy)
         with strategy.scope():
             model = load_segmentation_model(run.checkpoint)
-        check_model_fits_data(model, run.data.num_classes, 3, run.checkpoint)
+        check_model_fits_data(model, run.data.num_classes, run.data.channels, run.checkpoint)
         results = full_resolution_scores(model, run.data, run.predict, strategy)
         if results is None:  # a non-chief worker: the chief writes the scores
             return {}
@@ -188,7 +189,7 @@ def evaluate_checkpoint(run: Any, run_dir: str | os.PathLike) -> dict[str, Any]:
         from zoo.data import build_datasets
 
         model = load_segmentation_model(run.checkpoint)
-        check_model_fits_data(model, run.data.num_classes, 3, run.checkpoint)
+        check_model_fits_data(model, run.data.num_classes, run.data.channels, run.checkpoint)
         bundle = build_datasets(run.data, global_batch_size=run.data.batch_size, seed=run.seed)
         info = bundle.info
         if info.val_size == 0:

@@ -182,6 +182,25 @@ def predicted_mask(logits: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     return np.argmax(logits, axis=-1).astype(np.uint8)
 
 
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """Image pixels (H, W) or (H, W, C) as uint8 RGB for display, whatever C: gray (one
+    channel, or two: the first) is repeated to RGB; of three or more channels the first
+    three are shown (RGB, or the first three bands), the rest (alpha, near-infrared) dropped.
+
+    uint8 pixels are shown as they are, uint16 scaled by 255 / 65535, floats in [0, 1] by 255.
+    """
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    image = image[..., :3] if image.shape[-1] >= 3 else np.repeat(image[..., :1], 3, -1)
+    kind, size = image.dtype.kind, image.dtype.itemsize
+    if kind == "u" and size == 1:
+        return np.ascontiguousarray(image, np.uint8)
+    if kind == "u" and size == 2:
+        return (image.astype(np.uint32) * 255 // 65535).astype(np.uint8)
+    return np.round(np.clip(image.astype(np.float32), 0, 1) * 255).astype(np.uint8)
+
+
 def write_overlays(
     out_dir: str | os.PathLike,
     images: np.ndarray,
@@ -190,14 +209,18 @@ def write_overlays(
     num_classes: int,
     ignore_index: int | None = None,
 ) -> list[Path]:
-    """One PNG per sample: image | ground truth | prediction, side by side."""
+    """One PNG per sample: image | ground truth | prediction, side by side.
+
+    `images` are float (n, H, W, C) in [0, 1] with any C, shown by `display_rgb` (gray
+    images as gray, multi-band images by their first three channels).
+    """
     from PIL import Image
 
     out_dir = Path(out_dir)
     paths = []
     preds = predicted_mask(logits)
     for i, (img, gt, pred) in enumerate(zip(images, masks, preds)):
-        rgb = (np.clip(np.asarray(img, dtype=np.float32), 0, 1) * 255).astype(np.uint8)
+        rgb = display_rgb(np.asarray(img, dtype=np.float32))
         gt = np.asarray(gt).reshape(rgb.shape[:2])
         panel = np.concatenate(
             [rgb, _colorize(gt, num_classes, ignore_index), _colorize(pred, num_classes, None)],

@@ -9,16 +9,20 @@ Every failure is one `ConfigError` line naming the key, the value and the valid 
 from __future__ import annotations
 
 import difflib
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.config.checks import choice, number
+from zoo.config.exports import ExportRequest, export_requests
 from zoo.config.length import resolve_length
 from zoo.config.model import ModelSpec, model_spec
 from zoo.config.schema import Config, PredictConfig, TrainerConfig, register_configs
 from zoo.errors import ConfigError
+
+log = logging.getLogger("zoo")
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -31,11 +35,13 @@ AUTO_LOSS = {"binary": "wbce+dice", "multiclass": "wce+dice", "multilabel": "wbc
 __all__ = [
     "Config",
     "ConfigError",
+    "ExportRequest",
     "LossSpec",
     "ModelSpec",
     "PredictConfig",
     "RunConfig",
     "TrainerConfig",
+    "export_requests",
     "parse",
     "predict_options",
     "register_configs",
@@ -139,6 +145,7 @@ def check_trainer(t: TrainerConfig) -> None:
     number("trainer.learning_rate", t.learning_rate, 0, open_low=True)
     number("trainer.weight_decay", t.weight_decay, 0)
     number("trainer.momentum", t.momentum, 0, 1)
+    number("trainer.encoder_lr_mult", t.encoder_lr_mult, 0)
     number("trainer.clipnorm", t.clipnorm, 0, open_low=True, optional=True)
     number("trainer.warmup_steps", t.warmup_steps, 0, integer=True)
     number("trainer.min_lr_ratio", t.min_lr_ratio, 0, 1)
@@ -150,6 +157,7 @@ def check_trainer(t: TrainerConfig) -> None:
     number("trainer.verbose", t.verbose, 0, 2, integer=True)
     number("trainer.backup_every_steps", t.backup_every_steps, 1, integer=True, optional=True)
     choice("trainer.final_eval", t.final_eval, FINAL_EVALS)
+    export_requests(t.export)
 
 
 def predict_options(p: PredictConfig) -> Any:
@@ -216,11 +224,16 @@ def parse(cfg: DictConfig, explicit: set[str] | None = None) -> RunConfig:
     predict_options(predict)
     data = parse_data_config(cfg.data)
     strategy = StrategyConfig(**resolved["strategy"])
-    model = model_spec(resolved["model"], data.num_classes)
+    model = model_spec(resolved["model"], data.num_classes, data.channels)
     loss = loss_spec(
         resolved["loss"], resolved.get("loss_options") or {}, data_mode(data.num_classes)
     )
     mode = resolved["mode"]
+    if mode == "train" and model.freeze_encoder and trainer.encoder_lr_mult != 1:
+        log.warning(
+            "trainer.encoder_lr_mult=%g has no effect: model.freeze_encoder=true keeps the "
+            "encoder as it is", trainer.encoder_lr_mult,
+        )  # fmt: skip
     if mode == "train":
         if data.image_size is not None:  # None: from the images (folder)
             check_image_size(data.image_size, model)

@@ -31,6 +31,9 @@ class TrainerConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9  # sgd only
+    # The encoder's learning rate (and decoupled weight decay) is learning_rate x this: 0.1 for
+    # a pretrained encoder that should move slowly; 1 trains it like the rest.
+    encoder_lr_mult: float = 1.0
     clipnorm: float | None = None
     schedule: str = "cosine"
     warmup_steps: int = 50
@@ -51,6 +54,10 @@ class TrainerConfig:
     # image_size: the final scores on the validation tensors (resized/cropped like training);
     # full_resolution: every validation file at its native size, tiled (folder data).
     final_eval: str = "image_size"
+    # Deployment artifacts written next to model.keras at the end of the run, verified against
+    # it (`zoo.export`): a list of `format` or `format:quantize` entries, e.g.
+    # [saved_model, onnx, litert:int8]; empty: model.keras only.
+    export: Any = field(default_factory=list)
 
 
 @dataclass

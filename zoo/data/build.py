@@ -47,6 +47,7 @@ class DataInfo:
         input_scale: (sy, sx) training pixels per native pixel, the median over the training
             images (`zoo.inference.input_scale_from_sizes`); recorded in the model's metadata
             so prediction resamples native images to the scale the model learned.
+        channels: image channels (`data.channels`): the model's input channels.
     """
 
     name: str
@@ -64,6 +65,7 @@ class DataInfo:
     skipped: tuple[str, ...] = ()
     native_sizes: tuple[tuple[int, int], ...] = ()
     input_scale: tuple[float, float] = (1.0, 1.0)
+    channels: int = 3
 
 
 @dataclass
@@ -85,10 +87,11 @@ class DataBundle:
     train_at: Any = field(default=None, repr=False)
 
     def val_images(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """First `n` validation samples: images f32 (n,H,W,3), masks int32 (n,H,W,1)."""
+        """First `n` validation samples: images f32 (n,H,W,C), masks int32 (n,H,W,1)."""
         h, w = self.info.image_size
         if self._val_store is None or n <= 0:
-            return np.zeros((0, h, w, 3), np.float32), np.zeros((0, h, w, 1), np.int32)
+            empty = np.zeros((0, h, w, self.info.channels), np.float32)
+            return empty, np.zeros((0, h, w, 1), np.int32)
         # An uncached copy: a partial read of `val` would leave its cache half-filled.
         ds = pipeline.eval_stream(self._val_store, batch_size=int(n), size=(h, w), cache=False)
         batch = next(iter(ds))
@@ -258,14 +261,16 @@ def build_datasets(
         skipped=tuple(skipped),
         native_sizes=tuple(native_sizes or ()),
         input_scale=input_scale,
+        channels=train_store.channels,
     )
     log.info(
-        "Data %s: %d train / %d val samples of %dx%d, %d steps per epoch, weight map %s",
+        "Data %s: %d train / %d val samples of %dx%dx%d, %d steps per epoch, weight map %s",
         c.name,
         n_train,
         n_val,
         size[0],
         size[1],
+        train_store.channels,
         steps,
         c.weight_map,
     )

@@ -46,6 +46,9 @@ class DataConfig:
     num_classes: int = 1
     ignore_index: int | None = None
     image_size: list[int] = field(default_factory=lambda: [96, 96])
+    # Input channels of the images and the model: 3 (gray repeated, alpha dropped), 1 (gray),
+    # or N (multi-band); see zoo.data.io.to_channels. Generated and pets data are RGB.
+    channels: int = 3
     batch_size: int = 16  # per replica; the app passes the global batch size
     weight_map: str = "none"
     w0: float = 10.0
@@ -167,6 +170,12 @@ def _check(c: DataConfig) -> None:
         c.image_size = [int(s) for s in size]
     if int(c.batch_size) < 1:
         raise bad("batch_size", c.batch_size, "an integer >= 1")
+    if isinstance(c.channels, bool) or not isinstance(c.channels, int) or c.channels < 1:
+        raise bad("channels", c.channels, "an integer >= 1 (1: gray, 3: RGB, N: N bands)")
+    if c.channels != 3 and not isinstance(c, FolderDataConfig):
+        raise bad(
+            "channels", c.channels, f"3: data={c.name} has RGB images (other counts: data=folder)"
+        )
     if c.weight_map not in WEIGHT_MAPS:
         raise bad("weight_map", c.weight_map, f"one of {', '.join(WEIGHT_MAPS)}")
     if c.sigma <= 0:

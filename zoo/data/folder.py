@@ -125,9 +125,15 @@ def _resize(arr: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray
     if arr.ndim == 2:
         mode_arr = arr.astype(np.int32) if nearest else arr.astype(np.float32)
         return np.asarray(Image.fromarray(mode_arr).resize((w, h), method)).astype(arr.dtype)
-    if arr.dtype == np.uint8:
+    if arr.dtype == np.uint8 and arr.shape[-1] == 3:
         return np.asarray(Image.fromarray(arr).resize((w, h), method))
-    chans = [np.asarray(Image.fromarray(arr[..., i]).resize((w, h), method)) for i in range(3)]
+    # Channel by channel (what tiled inference resamples with, `zoo.inference.scale`): Pillow
+    # has no mode for 2 or 5+ channels, and resizes RGBA with premultiplied alpha, which
+    # would mix a fourth band (near-infrared) into the others.
+    chans = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(arr[..., i])).resize((w, h), method))
+        for i in range(arr.shape[-1])
+    ]
     return np.stack(chans, -1).astype(arr.dtype)
 
 
@@ -184,7 +190,7 @@ def _read_pair(pair: tuple[Path, Path], c: FolderDataConfig):
     (`skip_corrupt`)."""
     image_path, mask_path = pair
     try:
-        image = read_image_raw(image_path)
+        image = read_image_raw(image_path, c.channels)
         raw = read_mask(mask_path)
     except UnreadableFileError as e:
         if c.skip_corrupt:

@@ -13,8 +13,8 @@ inference (`zoo.inference`) all read files here:
   [0, 1], signed and 32/64-bit integers are refused; floats are scanned in row blocks, so a
   memory-mapped image is checked without a copy;
 - `read_pixels` = decode + rule, keeping the stored dtype (what tiled inference wants: it
-  converts tile by tile); `read_image_raw` / `read_image` convert to the models' 3-channel
-  input for training; `read_mask` reads class ids.
+  converts tile by tile); `read_image_raw` / `read_image` convert to the model's channel
+  count for training (`to_channels`, `data.channels`); `read_mask` reads class ids.
 """
 
 from __future__ import annotations
@@ -301,35 +301,50 @@ def read_pixels(
     return arr
 
 
-def _to_rgb(arr: np.ndarray, path: Path) -> np.ndarray:
+def to_channels(arr: np.ndarray, path: str | os.PathLike, channels: int = 3) -> np.ndarray:
+    """Stored pixels (H, W) or (H, W, C) as (H, W, `channels`): the one channel rule.
+
+    `channels=3` (the default, RGB models): gray images are repeated to 3 channels and the
+    alpha channel of RGBA is dropped, as photos expect. Any other count takes images with
+    exactly that many channels (a 2-D image counts as 1): gray microscopy with 1, RGB-NIR
+    with 4 (an RGBA file's fourth channel is then kept as data), 13-band satellite images
+    with 13. Nothing else is converted: a colour image is never turned gray behind the
+    user's back, nor a band dropped.
+
+    Raises:
+        DataError: the image has another channel count (names the file and `data.channels`).
+    """
     if arr.ndim == 2:
         arr = arr[..., None]
-    if arr.shape[-1] not in (1, 3, 4):
-        raise DataError(
-            f"Image '{path}' has shape {arr.shape}; expected (H, W) or (H, W, C) with C in 1, 3, 4"
-        )
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    return arr[..., :3]
+    c = int(arr.shape[-1])
+    if c == channels:
+        return arr
+    if channels == 3 and c in (1, 4):
+        return np.repeat(arr, 3, axis=-1) if c == 1 else arr[..., :3]
+    takes = "gray, RGB or RGBA images" if channels == 3 else f"{channels}-channel images only"
+    raise DataError(
+        f"Image '{path}' has {c} channel(s) (shape {tuple(arr.shape)}) but data.channels="
+        f"{channels} takes {takes}; set data.channels={c} to train on {c}-channel images"
+    )
 
 
-def read_image_raw(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image without losing precision: uint8 (H, W, 3) for 8-bit files, else float32.
+def read_image_raw(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
+    """Decode an image without losing precision: uint8 (H, W, C) for 8-bit files, else float32.
 
     Intensities follow one rule for every source (`check_intensity`): unsigned 8-bit pixels
     are kept as uint8 (scaled by 1/255 later), unsigned 16-bit pixels (PNG, TIFF, uint16 .npy)
     are divided by 65535, float pixels (float TIFF, float .npy) must be finite and lie in
-    [0, 1]; signed or 32-bit integer images are refused. Nothing is clipped. Gray images are
-    repeated to 3 channels, alpha is dropped.
+    [0, 1]; signed or 32-bit integer images are refused. Nothing is clipped. Channels follow
+    `to_channels` (default 3: gray repeated, alpha dropped).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: unreadable file, unsupported shape or dtype, NaN/Inf values or floats
-            outside [0, 1].
+        ValueError: unreadable file, unsupported shape, channel count or dtype, NaN/Inf
+            values or floats outside [0, 1].
     """
     path = Path(path)
     arr = read_pixels(path, memmap=False)
-    arr = _to_rgb(arr, path)
+    arr = to_channels(arr, path, channels)
     if arr.dtype.itemsize == 1:
         return np.ascontiguousarray(arr, np.uint8)
     if arr.dtype.kind == "u":
@@ -337,21 +352,23 @@ def read_image_raw(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(arr, np.float32)
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as float32 (H, W, 3) in [0, 1] (the models' input convention).
+def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
+    """Read an image as float32 (H, W, C) in [0, 1] (the models' input convention).
 
     Args:
         path: PNG/JPEG/BMP/TIFF (8 or 16 bit, gray, RGB or RGBA; float TIFF in [0, 1]) or
             .npy file.
+        channels: the model's input channels (`to_channels`): 3 repeats gray images and
+            drops alpha; any other count takes images with exactly that many channels.
 
     Returns:
-        float32 array (H, W, 3) in [0, 1]; gray images are repeated to 3 channels, alpha dropped.
+        float32 array (H, W, channels) in [0, 1].
 
     Example:
         >>> read_image("photo.jpg").shape  # doctest: +SKIP
         (480, 640, 3)
     """
-    arr = read_image_raw(path)
+    arr = read_image_raw(path, channels)
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 255.0
     return arr.astype(np.float32)

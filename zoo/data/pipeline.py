@@ -30,7 +30,8 @@ class Samples:
     """Decoded samples of one split, ready for the pipeline.
 
     Attributes:
-        images: per-sample (H, W, 3) arrays, uint8 (0..255) or float32 in [0, 1].
+        images: per-sample (H, W, C) arrays, uint8 (0..255) or float32 in [0, 1]; the same C
+            for every sample.
         masks: per-sample (H, W) int class ids.
         weights: per-sample (H, W) float32 weight maps.
     """
@@ -55,7 +56,11 @@ class SampleStore:
             shape = tuple(hw[i])
             if samples.masks[i].shape[:2] != shape or samples.weights[i].shape[:2] != shape:
                 raise ValueError(f"sample {i}: image, mask and weight map sizes differ")
+        channels = {int(im.shape[2]) if im.ndim == 3 else 1 for im in samples.images}
+        if len(channels) != 1:
+            raise ValueError(f"samples have different channel counts: {sorted(channels)}")
         self.size = n
+        self.channels = channels.pop()
         self.uint8 = all(im.dtype == np.uint8 for im in samples.images)
 
         def as_stored(im: np.ndarray) -> np.ndarray:
@@ -79,12 +84,13 @@ class SampleStore:
         )
 
     def load(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """(image f32 (h,w,3) in [0,1], mask int32 (h,w,1), weight f32 (h,w,1)) of one sample."""
+        """(image f32 (h,w,C) in [0,1], mask int32 (h,w,1), weight f32 (h,w,1)) of one sample."""
         hw = self._hw[index]
         h, w = hw[0], hw[1]
         o = self._off[index]
         n = h * w
-        image = tf.reshape(self._images[o * 3 : (o + n) * 3], tf.stack([h, w, 3]))
+        c = self.channels
+        image = tf.reshape(self._images[o * c : (o + n) * c], tf.stack([h, w, c]))
         image = tf.cast(image, tf.float32)
         if self.uint8:
             image = image / 255.0
@@ -127,7 +133,7 @@ def center_view(image, mask, weight, size: tuple[int, int]):
 
 
 def _finish(image, mask, weight, size):
-    image = tf.ensure_shape(image, [size[0], size[1], 3])
+    image = tf.ensure_shape(image, [size[0], size[1], image.shape[-1]])
     mask = tf.ensure_shape(tf.cast(mask, tf.int32), [size[0], size[1], 1])
     weight = tf.ensure_shape(weight, [size[0], size[1], 1])
     return {"image": image, "mask": mask, "weight": weight}
@@ -136,8 +142,11 @@ def _finish(image, mask, weight, size):
 def augment(image, mask, weight, key: tf.Tensor, size: tuple[int, int], cfg: AugmentConfig):
     """Random resized crop, flips, rot90 (all fields together); brightness/contrast (image only).
 
+    Any number of image channels: brightness adds one shift to all of them; contrast scales
+    an RGB image around its mean, other images each channel around its own mean.
+
     Args:
-        image, mask, weight: one sample, (h, w, C) tensors.
+        image, mask, weight: one sample, (h, w, C) tensors (C known statically).
         key: int64 (2,) stateless seed of this sample (derived from seed, epoch, index).
         size: output (height, width).
         cfg: augmentation options.
@@ -179,13 +188,17 @@ def augment(image, mask, weight, key: tf.Tensor, size: tuple[int, int], cfg: Aug
         else:  # a quarter turn would change a non-square shape
             k = 2 * tf.random.stateless_uniform([], keys[3], 0, 2, tf.int32)
         stack = tf.image.rot90(stack, k)
-    image, weight, maskf = stack[..., :3], stack[..., 3:4], stack[..., 4:5]
+    c = image.shape[-1]
+    image, weight, maskf = stack[..., :c], stack[..., c : c + 1], stack[..., c + 1 : c + 2]
     mask = tf.cast(tf.round(maskf), tf.int32)
-    if cfg.brightness > 0:
+    if cfg.brightness > 0:  # one shift for every channel
         image = image + tf.random.stateless_uniform([], keys[4], -cfg.brightness, cfg.brightness)
     if cfg.contrast > 0:
         f = tf.random.stateless_uniform([], keys[5], 1.0 - cfg.contrast, 1.0 + cfg.contrast)
-        mean = tf.reduce_mean(image)
+        # RGB: around the image's mean (as torchvision). Other channel counts: each channel
+        # around its own mean, since bands (or a lone gray channel) have levels of their own.
+        axes = None if c == 3 else [0, 1]
+        mean = tf.reduce_mean(image, axis=axes, keepdims=axes is not None)
         image = (image - mean) * f + mean
     image = tf.clip_by_value(image, 0.0, 1.0)
     return _finish(image, mask, weight, size)

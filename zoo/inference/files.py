@@ -28,6 +28,7 @@ from zoo.inference.masks import mask_threshold, to_mask
 from zoo.inference.predictor import Progress, TiledPredictor
 from zoo.inference.settings import PredictOptions
 from zoo.inference.writers import PngStripWriter, class_palette, npy_memmap
+from zoo.outputs import display_rgb
 
 Sink = Callable[[int, np.ndarray, np.ndarray, Any], None]
 BINARY_COLOR = np.array([255, 0, 0], np.uint8)  # overlays: binary foreground in red
@@ -36,17 +37,9 @@ OVERLAY_ALPHA = 0.5
 
 def rgb8(region: np.ndarray) -> np.ndarray:
     """Image pixels (n, W) or (n, W, C) as uint8 RGB for display: gray is repeated, alpha and
-    channels beyond the third dropped (two channels: the first shown as gray)."""
-    region = np.asarray(region)
-    if region.ndim == 2:
-        region = region[..., None]
-    region = region[..., :3] if region.shape[-1] >= 3 else np.repeat(region[..., :1], 3, -1)
-    kind, size = region.dtype.kind, region.dtype.itemsize
-    if kind == "u" and size == 1:
-        return np.ascontiguousarray(region, np.uint8)
-    if kind == "u" and size == 2:
-        return (region.astype(np.uint32) * 255 // 65535).astype(np.uint8)
-    return np.round(np.clip(region.astype(np.float32), 0, 1) * 255).astype(np.uint8)
+    channels beyond the third dropped (two channels: the first shown as gray); the rule of
+    every overlay (`zoo.outputs.display_rgb`)."""
+    return display_rgb(region)
 
 
 class FilePredictor:

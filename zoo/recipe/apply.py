@@ -146,6 +146,7 @@ def apply_recipe(
         cache=cache,
         val_ratio=float(cfg.data.val_ratio),  # the app's split of root/images
         split_seed=int(cfg.data.split_seed),
+        channels=int(cfg.data.get("channels", 3)),
     )
     users = set(explicit or ())
     strategy = OmegaConf.select(cfg, "strategy.name")

@@ -8,8 +8,9 @@ modification times plus the mask settings, so a second run on the same data cost
 
 What is measured (all on the training split; at most `max_samples` images, evenly spaced):
 
-- image sizes; effective channels (1 when every image has equal R, G, B); how the files store
-  intensities ("uint8" for 8-bit files, "float" for 16-bit / float files read as [0, 1]);
+- image sizes; effective channels (1 when all channels of every image are equal, e.g. gray
+  stored as RGB; else the images' count); how the files store intensities ("uint8" for
+  8-bit files, "float" for 16-bit / float files read as [0, 1]);
 - intensity statistics per channel in [0, 1] units (mean, std, 0.5/50/99.5 percentiles);
 - class frequencies (pixel fractions, ignored pixels excluded) and the share of images with
   foreground;
@@ -165,7 +166,7 @@ def _combine(
     start: float,
 ) -> Fingerprint:
     sizes = np.array([s["size"] for s in stats])
-    channels = 1 if all(s["gray"] for s in stats) else 3
+    channels = 1 if all(s["gray"] for s in stats) else max(s["channels"] for s in stats)
     storage = "uint8" if all(s["uint8"] for s in stats) else "float"
     pixels = np.concatenate([s["pixels"] for s in stats])[:, :channels]
     pct = np.percentile(pixels, [0.5, 50, 99.5], axis=0)
@@ -257,6 +258,7 @@ def fingerprint_folder(
     workers: int = 4,
     val_ratio: float | None = None,
     split_seed: int = 0,
+    channels: int = 3,
 ) -> Fingerprint:
     """Fingerprint of a folder dataset (root/images + root/masks, or root/train + root/val).
 
@@ -285,6 +287,8 @@ def fingerprint_folder(
     else:
         pairs, num_val = zfolder.find_pairs(root), 0
     settings = {"num_classes": num_classes, "ignore_index": ignore_index, "mask_type": mask_type}
+    if channels != 3:  # read as training reads them (`data.channels`)
+        settings["channels"] = int(channels)
     key = folder_key(pairs, num_val, {**settings, "max_samples": max_samples})
     path = _cache_dir() / f"{key}.json"
     if cache and path.exists():
@@ -299,7 +303,7 @@ def fingerprint_folder(
 
     def read(i: int):
         image_path, mask_path = pairs[int(i)]
-        image = read_image_raw(image_path)
+        image = read_image_raw(image_path, c.channels)
         raw = read_mask(mask_path)
         if image.shape[:2] != raw.shape:
             raise DataError(

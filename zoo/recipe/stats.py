@@ -195,6 +195,7 @@ def per_image(
     std_thumb = (std_thumb - std_thumb.mean()) / (std_thumb.std() + 1e-6)
     return {
         "size": (h, w),
+        "channels": int(img.shape[-1]),
         "gray": bool(img.shape[-1] == 1 or (np.ptp(img - img[..., :1], axis=None) == 0)),
         "counts": counts,
         "pixels": pixels,

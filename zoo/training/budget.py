@@ -26,6 +26,9 @@ log = logging.getLogger("zoo")
 
 TIMING_STEPS = 5  # warm-up steps timed before a budget is planned (the first one traces)
 TAIL_EXPORT_S = 5.0  # expected model export, overlays and exit after the final evaluation
+# trainer.export: expected seconds per artifact (conversion and verification), about 1.3x what
+# the default U-Net (24M parameters) took on 2 CPU cores: 5 s, 31 s and 13 s.
+ARTIFACT_EXPORT_S = {"saved_model": 10.0, "onnx": 40.0, "litert": 20.0}
 TAIL_FACTOR = 1.2  # the final evaluation costs about a validation (fresh trace included)
 # An epoch end's checkpoint and backup writes before one is measured: weights, two Adam slots and
 # the checkpoint (~16 bytes a parameter) at ~200 MB/s, plus a fixed cost.
@@ -65,6 +68,8 @@ class BudgetCallback(keras.callbacks.Callback):
         timing_steps: steps timed before planning.
         epoch_end_s: the checkpoint + backup writes of an epoch end before one is measured
             (None: `epoch_end_estimate` of the model's parameters).
+        tail_export_s: expected seconds after the final evaluation (model.keras, the
+            `trainer.export` artifacts, overlays, exit).
     """
 
     def __init__(
@@ -80,6 +85,7 @@ class BudgetCallback(keras.callbacks.Callback):
         clock: Callable[[], float] = lambda: CLOCK(),
         timing_steps: int = TIMING_STEPS,
         epoch_end_s: float | None = None,
+        tail_export_s: float = TAIL_EXPORT_S,
     ) -> None:
         super().__init__()
         self.ctl, self.length, self.schedule = controller, length, schedule
@@ -87,6 +93,7 @@ class BudgetCallback(keras.callbacks.Callback):
         self.fixed_interval = fixed_interval
         self.agree, self.clock, self.timing_steps = agree, clock, max(1, int(timing_steps))
         self.epoch_end_s = epoch_end_s
+        self.tail_export_s = float(tail_export_s)
         self.times: list[float] = []
         self.validation_costs: list[float] = []
         self._last: float | None = None  # clock at the last step's end
@@ -155,7 +162,7 @@ class BudgetCallback(keras.callbacks.Callback):
     def _validation_done(self, cost: float, step: int) -> None:
         """A validation (and the epoch-end writes) took `cost` seconds: re-plan from it."""
         self.validation_costs.append(cost)
-        self.ctl.set_tail_estimate(TAIL_FACTOR * max(self.validation_costs) + TAIL_EXPORT_S)
+        self.ctl.set_tail_estimate(TAIL_FACTOR * max(self.validation_costs) + self.tail_export_s)
         # The first validation of a session traces the evaluation: a one-off, not the rate.
         if len(self.validation_costs) >= 2 and self.ctl.plan is not None:
             self._apply(self.ctl.on_validation_done(cost, step), step)
@@ -284,17 +291,27 @@ def attach_budget(
     ctl = budget_controller(
         length.budget_s, state, process_start=run.process_start, max_lr_warmup=t.warmup_steps
     )
+    tail_export = export_tail_s(t.export)
+    ctl.set_tail_estimate(ctl.tail_estimate_s + tail_export - TAIL_EXPORT_S)
     schedule = getattr(callbacks.backup.train_model.optimizer, "_learning_rate", None)
     schedule = schedule if hasattr(schedule, "set_length") else None
     fixed = length.interval  # val_every_steps
     resume_budget(length, state, schedule)
     pacer = BudgetCallback(
         ctl, length, schedule=schedule, val_batches=val_batches, max_steps=t.max_steps,
-        fixed_interval=fixed or length.interval, agree=agree,
+        fixed_interval=fixed or length.interval, agree=agree, tail_export_s=tail_export,
     )  # fmt: skip
     callbacks.pacer = pacer
     callbacks.backup.extras["budget"] = budget_state(ctl, schedule)
     return pacer
+
+
+def export_tail_s(export: Any) -> float:
+    """Expected seconds after the final evaluation: model.keras and the `trainer.export`
+    artifacts (`ARTIFACT_EXPORT_S` each)."""
+    from zoo.config.exports import export_requests
+
+    return TAIL_EXPORT_S + sum(ARTIFACT_EXPORT_S[r.format] for r in export_requests(export))
 
 
 def used_up(pacer: BudgetCallback | None, resumed: bool) -> bool:

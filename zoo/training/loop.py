@@ -16,13 +16,14 @@ from typing import Any
 import keras
 
 from zoo import distribute, outputs
+from zoo.config.exports import export_requests
 from zoo.evaluation import final_scores, summary
 from zoo.metrics import MetricsLayer
 from zoo.saving import clone
+from zoo.training import artifacts, resume
 from zoo.training import backup as backups
 from zoo.training import budget as budgets
 from zoo.training import length as lengths
-from zoo.training import resume
 from zoo.training.callbacks import RunCallbacks, build_callbacks
 from zoo.training.fit import fit_length
 from zoo.training.optim import build_optimizer
@@ -69,7 +70,7 @@ def training_metadata(info: Any) -> dict[str, Any]:
         "ignore_index": info.ignore_index,
         "image_size": list(info.image_size),
         "input_scale": list(info.input_scale),  # training pixels per native pixel
-        "channels": 3,
+        "channels": info.channels,
         "threshold": 0.5,
     }
 
@@ -164,7 +165,9 @@ def fit(run: Any, s: Session) -> float:
 
 
 def finalize(run: Any, s: Session, train_time: float) -> dict[str, Any]:
-    """Evaluate and save the best epoch's model; write metrics, config and overlays (chief)."""
+    """Evaluate and save the best epoch's model and its `trainer.export` artifacts; write
+    metrics, config and overlays (chief). A failed export is raised after everything else is
+    written (metrics.json records it)."""
     info, t = s.bundle.info, run.trainer
     started = run.timer.clock()
     # A local float32 copy: needs no collective of a multi-worker strategy (the other workers
@@ -192,6 +195,12 @@ def finalize(run: Any, s: Session, train_time: float) -> dict[str, Any]:
     )
     started = run.timer.clock()
     outputs.save_model(export, s.out_dir / "model.keras")
+    failed = None
+    if requests := export_requests(t.export):  # trainer.export: verified against model.keras
+        results["exports"], failed = artifacts.write_artifacts(
+            export, s.out_dir / "model.keras", requests, info.image_size,
+            lambda n: artifacts.training_images(s.bundle.train, n),
+        )  # fmt: skip
     run.timer.add("export", run.timer.clock() - started)
     results.update(budgets.outcome(s.length, s.pacer, run.timer, run.process_start))
     outputs.write_json(s.out_dir / "metrics.json", results)
@@ -208,6 +217,8 @@ def finalize(run: Any, s: Session, train_time: float) -> dict[str, Any]:
         )
     if info.val_size > 0:
         print(f"{summary(results)}  ({train_time:.0f} s training)")
+    if failed is not None:  # every other output is written; a rerun exports again
+        raise failed
     return results
 
 
@@ -229,8 +240,12 @@ def train(run: Any, run_dir: Path) -> dict[str, Any]:
     if resumed is not None:
         epochs, max_steps = lengths.finish_rule(run.trainer)
         resume.check_continuation(resumed, run.resolved, epochs, run_dir, max_steps)
+    # model.init_from, read outside the strategy's scope (a resumed run has its backup instead).
+    initial = run.model.initial_weights() if resumed is None else None
     with strategy.scope():
-        model = run.model.build()  # constructor checks run before any data is read
+        # Constructor checks run before any data is read; model.freeze_encoder is applied
+        # here, before compile, and again on resume (the same config builds the same model).
+        model = run.model.build(initial)
     bundle = build_datasets(
         run.data,
         global_batch_size=run.data.batch_size * distribute.num_replicas(strategy),

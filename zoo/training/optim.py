@@ -17,7 +17,8 @@ def build_optimizer(
     Cosine decay over `total_steps` after a linear warmup of `warmup_steps` (shortened when the
     run is shorter), or a constant rate. AdamW decays conv/dense kernels only. `settable`: the
     cosine schedule is a `zoo.recipe.BudgetCosineDecay` whose length a time budget sets after
-    its warm-up steps (`total_steps` is then provisional).
+    its warm-up steps (`total_steps` is then provisional). The `zoo.optimizers` classes
+    scale the encoder's learning rate (and weight decay) by `encoder_lr_mult`.
     """
     lr: Any = trainer.learning_rate
     if trainer.schedule == "cosine" and settable:
@@ -38,7 +39,12 @@ def build_optimizer(
             warmup_target=trainer.learning_rate if warmup else None,
             warmup_steps=warmup,
         )
-    common = {"learning_rate": lr, "clipnorm": trainer.clipnorm}
+    common = {
+        "learning_rate": lr,
+        "clipnorm": trainer.clipnorm,
+        # The encoder's variables (marked by SegmentationModel) train at lr x this.
+        "encoder_lr_mult": trainer.encoder_lr_mult,
+    }
     if trainer.optimizer == "adamw":
         opt = optimizers.AdamW(weight_decay=trainer.weight_decay, **common)
         # Decaying BN scales and biases hurts and is unusual.
@@ -46,5 +52,5 @@ def build_optimizer(
     elif trainer.optimizer == "adam":
         opt = optimizers.Adam(**common)
     else:
-        opt = keras.optimizers.SGD(momentum=trainer.momentum, nesterov=True, **common)
+        opt = optimizers.SGD(momentum=trainer.momentum, nesterov=True, **common)
     return opt

@@ -27,6 +27,7 @@ COSMETIC_KEYS = (
     "trainer.tensorboard",
     "trainer.num_overlays",
     "trainer.backup_every_steps",
+    "trainer.export",  # what is written after training (a rerun of a finished run re-exports)
 )
 
 
