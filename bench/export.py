@@ -10,10 +10,10 @@ reference interpreter) and run in the same ONNX Runtime. Every runtime gets `--t
 threads (TensorFlow intra-op, inter-op 1); the runtimes are called in turn, round after
 round (A B C ... A B C), so a load change on the machine hits all alike; medians of `--runs`.
 
-    python bench/export.py --out bench/results/export.json                  # full (~20 min)
-    python bench/export.py --models unet --sizes 256                        # one part
-    python bench/export.py report bench/results/export.json --doc docs/benchmarks.md
-    python bench/export.py --smoke --out /tmp/export_smoke.json             # tiny, CI
+    python -m bench.export --out bench/results/export.json                  # full (~20 min)
+    python -m bench.export --models unet --sizes 256                        # one part
+    python -m bench.export report bench/results/export.json --doc docs/benchmarks.md
+    python -m bench.export --smoke --out /tmp/export_smoke.json             # tiny, CI
 
 The reference needs `$SEGZOO_REF_PYTHON` (or `--ref-python`): a Python with torch, smp and
 onnx (the `ref` extra); without one the reference rows are left out and the JSON says why.
@@ -37,9 +37,9 @@ import numpy as np  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path[:0] = [str(ROOT), str(BENCH)]
 
-from run import load_average, machine_facts, median  # noqa: E402
+from bench.common import load_average, machine_facts, median, write_json  # noqa: E402
+from bench.report import update_doc  # noqa: E402
 
 DOC_START = "<!-- bench:export:start -->"
 DOC_END = "<!-- bench:export:end -->"
@@ -264,15 +264,6 @@ def markdown(result: dict[str, Any]) -> str:
     return text
 
 
-def update_doc(doc: Path, text: str) -> None:
-    content = doc.read_text()
-    if DOC_START not in content or DOC_END not in content:
-        raise SystemExit(f"{doc} has no '{DOC_START}' / '{DOC_END}' markers")
-    head, rest = content.split(DOC_START, 1)
-    _, tail = rest.split(DOC_END, 1)
-    doc.write_text(f"{head}{DOC_START}\n{text}\n{DOC_END}{tail}")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("command", nargs="?", default="run", choices=("run", "report"))
@@ -295,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         text = markdown(json.loads(Path(args.result).read_text()))
         print(text)
         if args.doc:
-            update_doc(Path(args.doc), text)
+            update_doc(Path(args.doc), text, DOC_START, DOC_END)
         return 0
     args.sizes = args.sizes or ([64] if args.smoke else [256, 512])
     args.runs = args.runs or (2 if args.smoke else 20)
@@ -304,10 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(Path(args.out), result)
     print(markdown(result))
     if args.doc:
-        update_doc(Path(args.doc), markdown(result))
+        update_doc(Path(args.doc), markdown(result), DOC_START, DOC_END)
     return 0
 
 

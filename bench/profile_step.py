@@ -1,11 +1,11 @@
 """Where a training step's time goes, for one model: TF's profiler by op type, and oneDNN's
 own log of every convolution with its achieved GFLOP/s.
 
-    python bench/profile_step.py --model unet --out bench/results/profile_cpu.json
-    python bench/profile_step.py --inter-op 1     # one op at a time (see below)
-    python bench/profile_step.py --smoke          # tiny model, 64x64 (what the tests run)
+    python -m bench.profile_step --model unet --out bench/results/profile_cpu.json
+    python -m bench.profile_step --inter-op 1     # one op at a time (see below)
+    python -m bench.profile_step --smoke          # tiny model, 64x64 (what the tests run)
 
-The step is bench/run.py's: `losses.attach(model, "wbce+dice")`, AdamW, a fixed batch
+The step is `python -m bench.run`'s: `losses.attach(model, "wbce+dice")`, AdamW, a fixed batch
 from memory, warmed up. Two measurements of it:
 
 1. **TF profiler** (`tf.profiler.experimental`): op time summed per op type over the
@@ -15,7 +15,7 @@ from memory, warmed up. Two measurements of it:
 2. **oneDNN verbose log** (a child process with ``ONEDNN_VERBOSE=1``): execution time of
    every oneDNN primitive in one step, convolutions grouped by kind (forward, backward
    data, backward weights) with their FLOPs from the logged shapes, so each kind's GFLOP/s
-   can be held against the machine's matmul peak (bench/run.py flops).
+   can be held against the machine's matmul peak (`python -m bench.run flops`).
 
 Writes JSON with machine facts; prints tables. Nothing here is asserted by a test except
 that the smoke mode runs and finds convolutions.
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import json
 import os
 import re
 import subprocess
@@ -36,14 +35,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 MARK_START, MARK_END = "=====PROFILE-STEP-START=====", "=====PROFILE-STEP-END====="
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    import run
+    from bench import common
 
     ns = argparse.Namespace(
         smoke=args.smoke,
@@ -56,7 +52,7 @@ def _settings(args: argparse.Namespace) -> Any:
         steps_per_execution=1,
         models=[args.model],
     )
-    return run.Settings(ns)
+    return common.Settings(ns)
 
 
 def _configure_threads(args: argparse.Namespace) -> None:
@@ -67,13 +63,13 @@ def _configure_threads(args: argparse.Namespace) -> None:
 
 
 def _warm_step(args: argparse.Namespace) -> Any:
-    """The warmed-up training step of bench/run.py for `args.model`."""
-    import run
+    """The warmed-up training step of `python -m bench.run` for `args.model`."""
+    from bench import common
 
     s = _settings(args)
-    _, train_model = run.attached_train_model(args.model, s, args.precision, False)
-    data = run.synthetic_batch(s.batch, s.size, s.classes)
-    step, _ = run.train_step_fn(train_model, data, s.batch)
+    _, train_model = common.attached_train_model(args.model, s, args.precision, False)
+    data = common.synthetic_batch(s.batch, s.size, s.classes)
+    step, _ = common.train_step_fn(train_model, data, s.batch)
     for _ in range(2):
         step()
     return step, s
@@ -162,9 +158,11 @@ def _verbose_child(args: argparse.Namespace) -> None:
 
 
 def onednn_profile(args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--verbose-child", *_forward_args(args)]
+    from bench.common import ROOT, module_command
+
+    cmd = [*module_command("profile_step"), "--verbose-child", *_forward_args(args)]
     env = {**os.environ, "ONEDNN_VERBOSE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, cwd=ROOT)
     out = proc.stdout.splitlines()
     starts = [i for i, x in enumerate(out) if x.startswith(MARK_START)]
     ends = [i for i, x in enumerate(out) if x.startswith(MARK_END)]
@@ -224,9 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose_child:
         _verbose_child(args)
         return 0
-    import run
-
     import zoo
+    from bench import common
 
     if args.model not in zoo.list_models():
         raise SystemExit(f"unknown model {args.model!r}; choices: {zoo.list_models()}")
@@ -234,17 +231,17 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "precision": args.precision,
         "inter_op": args.inter_op,
-        "machine": run.machine_facts(),
+        "machine": common.machine_facts(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "load_start": run.load_average(),
+        "load_start": common.load_average(),
         "onednn": onednn_profile(args),  # first: the child runs while this process is idle
         "tf_profile": tf_profile(args),
-        "load_end": run.load_average(),
+        "load_end": common.load_average(),
     }
     print(report(result))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        common.write_json(Path(args.out), result)
     return 0
 
 

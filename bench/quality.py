@@ -44,6 +44,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("default", "auto", "baseline")
+from bench.common import write_json  # noqa: E402
+from bench.report import update_doc  # noqa: E402
+
 DOC_START, DOC_END = "<!-- quality:tables:start -->", "<!-- quality:tables:end -->"
 QUIET = ["trainer.tensorboard=false", "trainer.num_overlays=0", "trainer.verbose=0"]
 # The earlier folder defaults, pinned for the "default" recipe (they are not the defaults now).
@@ -293,15 +296,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_doc(doc: Path, tables: str) -> None:
-    text = doc.read_text()
-    if DOC_START not in text or DOC_END not in text:
-        raise ValueError(f"{doc} has no {DOC_START} / {DOC_END} markers")
-    head, rest = text.split(DOC_START, 1)
-    _, tail = rest.split(DOC_END, 1)
-    doc.write_text(f"{head}{DOC_START}\n{tables}{DOC_END}{tail}")
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -335,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         text = markdown(result)
         print(text)
         if args.doc:
-            update_doc(args.doc, text)
+            update_doc(args.doc, text, DOC_START, DOC_END)
         return 0
     if args.smoke:
         args.datasets = args.datasets or ["sim_fluo_nuclei"]
@@ -379,13 +373,13 @@ def main(argv: list[str] | None = None) -> int:
                           flush=True)  # fmt: skip
                     result["summary"] = summarize(result["runs"])
                     args.out.parent.mkdir(parents=True, exist_ok=True)
-                    args.out.write_text(json.dumps(result, indent=1))
+                    write_json(args.out, result)
     result["load_end"] = load_average()
-    args.out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result)
     text = markdown(result)
     print(text)
     if args.doc:
-        update_doc(args.doc, text)
+        update_doc(args.doc, text, DOC_START, DOC_END)
     return 0 if all("dice" in r for r in result["runs"]) else 1
 
 

@@ -8,9 +8,9 @@ as `bench/smp_reference.py`). Both warm up, then the parent asks them for one st
 (A B B A ...), training first, then inference, so a change of load hits both alike.
 Reported: images/s and the paired median ratio zoo / smp (> 1: the zoo is faster).
 
-    python bench/segformer_bench.py --smp-python /path/to/torch/python \\
+    python -m bench.segformer_bench --smp-python /path/to/torch/python \\
         --out bench/results/segformer_vs_smp.json
-    python bench/segformer_bench.py --smoke --smp-python ...   # 64x64, batch 2, 1 step
+    python -m bench.segformer_bench --smoke --smp-python ...   # 64x64, batch 2, 1 step
 
 Defaults: encoders mit_b0 mit_b2; cases 512x512 batch 4 and 256x256 batch 8; float32 and
 mixed_bfloat16; 6 rounds after 1 warm-up round. `--xla` compiles the zoo side with XLA.
@@ -27,7 +27,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def module_command(name: str, python: str) -> list[str]:
+    # Not bench.common's: the PyTorch side runs this file and must not import TensorFlow.
+    return [python, "-m", f"bench.{name}"]
+
+
 PRECISIONS = ("float32", "mixed_bfloat16")
 
 
@@ -36,16 +43,13 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 
 def zoo_child(encoder: str, size: int, batch: int, precision: str, xla: bool) -> None:
     """Build the zoo SegFormer, warm up, print READY, then time one step per stdin line."""
-    sys.path.insert(0, str(BENCH.parent))
-    sys.path.insert(0, str(BENCH))
     import keras
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
-    from run import LOSS_SPEC, _optimizer, infer_fn, synthetic_batch, train_step_fn
-
     import losses
     import zoo
+    from bench.common import LOSS_SPEC, infer_fn, optimizer, synthetic_batch, train_step_fn
 
     keras.mixed_precision.set_dtype_policy(precision)
     keras.utils.set_random_seed(0)
@@ -56,7 +60,7 @@ def zoo_child(encoder: str, size: int, batch: int, precision: str, xla: bool) ->
         train_model = losses.attach(model, LOSS_SPEC)
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
-    train_model.compile(optimizer=_optimizer(), jit_compile=xla)
+    train_model.compile(optimizer=optimizer(), jit_compile=xla)
     data = synthetic_batch(batch, size)
     train, _ = train_step_fn(train_model, data, batch)
     infer = infer_fn(model, data["image"], xla)
@@ -117,11 +121,12 @@ def _serve(fns: dict[str, Any], info: dict[str, Any]) -> None:
 
 def _spawn(side: str, python: str, encoder: str, size: int, batch: int, precision: str,
            xla: bool) -> subprocess.Popen:  # fmt: skip
-    cmd = [python, __file__, "--child", side, "--encoders", encoder, "--precisions", precision]
+    cmd = [*module_command("segformer_bench", python), "--child", side, "--encoders", encoder]
+    cmd += ["--precisions", precision]
     cmd += ["--cases", f"{size}x{batch}"] + (["--xla"] if xla else [])
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.Popen(
-        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, bufsize=1
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, bufsize=1, cwd=ROOT
     )
 
 
@@ -242,7 +247,9 @@ def main() -> int:
     }
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        from bench.common import write_json
+
+        write_json(Path(args.out), result)
     return 0
 
 

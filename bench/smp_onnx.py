@@ -4,7 +4,7 @@ Runs in the reference interpreter (torch, smp and onnx installed: the `ref` extr
 a process that imported TensorFlow (tensorflow#124205). bench/export.py calls it and times
 the files in ONNX Runtime next to our exports:
 
-    /work/venv-ref/bin/python bench/smp_onnx.py --arch Unet --encoder resnet34 \\
+    /work/venv-ref/bin/python -m bench.smp_onnx --arch Unet --encoder resnet34 \\
         --sizes 256 512 --out-dir /tmp/smp_onnx
 
 Writes `<arch>_<encoder>_<size>.onnx` (batch 1, NCHW float32 input "image", output "logits",

@@ -6,8 +6,8 @@ Runs only where `torch` and `segmentation_models_pytorch` are installed; neither
 dependency. Use a separate virtual environment:
 
     python -m venv /tmp/smp && /tmp/smp/bin/pip install torch segmentation-models-pytorch
-    /tmp/smp/bin/python bench/smp_reference.py --out bench/results/smp_reference.json
-    /tmp/smp/bin/python bench/smp_reference.py --arch UPerNet --out /tmp/upernet.json
+    /tmp/smp/bin/python -m bench.smp_reference --out bench/results/smp_reference.json
+    /tmp/smp/bin/python -m bench.smp_reference --arch UPerNet --out /tmp/upernet.json
 
 Float32 runs in channels-last memory format (faster on CPU); bfloat16 uses
 `torch.autocast("cpu", dtype=torch.bfloat16)`. Medians of `--steps` steps after warm-up,

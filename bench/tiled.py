@@ -7,9 +7,9 @@ out, batch 8), median of timed runs after an untimed one that compiles. Memory: 
 process per image size (4096^2 and 16384^2) predicts into a float32 output and reports its
 peak RSS (`VmHWM`) next to the bytes of the input and output arrays.
 
-    python bench/tiled.py all --out bench/results/tiled_cpu.json     # the full run (long)
-    python bench/tiled.py report bench/results/tiled_cpu.json --doc docs/benchmarks.md
-    python bench/tiled.py all --smoke --out /tmp/tiled.json           # tiny model, seconds
+    python -m bench.tiled all --out bench/results/tiled_cpu.json     # the full run (long)
+    python -m bench.tiled report bench/results/tiled_cpu.json --doc docs/benchmarks.md
+    python -m bench.tiled all --smoke --out /tmp/tiled.json           # tiny model, seconds
 
 See docs/inference.md for what the numbers mean and docs/benchmarks.md for the table.
 """
@@ -21,7 +21,6 @@ import itertools
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,11 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import run  # noqa: E402  (bench/run.py: machine facts, timing helpers, doc markers)
+
+from bench import common  # noqa: E402
+from bench.common import module_command  # noqa: E402
+from bench.pipeline import rss_high_water_mib  # noqa: E402
+from bench.report import update_doc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_START = "<!-- bench:tiled:start -->"
@@ -108,7 +111,7 @@ def run_throughput(s: Settings) -> list[dict[str, Any]]:
                     t0 = time.perf_counter()
                     predictor.predict(image)
                     times.append(time.perf_counter() - t0)
-                row["seconds"] = run.median(times)
+                row["seconds"] = common.median(times)
                 row["mpix_s"] = megapixels / row["seconds"]
             except Exception as e:  # a failing variant is a row, not a crash
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
@@ -128,7 +131,7 @@ def _memory_child(s: Settings, size: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     predictor.predict(image, out=out)
     seconds = time.perf_counter() - t0
-    peak = run._rss_high_water_mib()
+    peak = rss_high_water_mib()
     arrays = (image.nbytes + out.nbytes) / 2**20
     return {
         "size": size,
@@ -143,7 +146,7 @@ def run_memory(s: Settings, argv: list[str]) -> list[dict[str, Any]]:
     rows = []
     for size in s.memory_sizes:
         proc = subprocess.run(
-            [sys.executable, __file__, "_memory_child", "--size", str(size), *argv],
+            [*module_command("tiled"), "_memory_child", "--size", str(size), *argv],
             capture_output=True,
             text=True,
             cwd=ROOT,
@@ -199,15 +202,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_doc(doc: Path, tables: str) -> None:
-    text = doc.read_text()
-    if DOC_START not in text or DOC_END not in text:
-        raise SystemExit(f"{doc} has no '{DOC_START}' / '{DOC_END}' markers")
-    head, rest = text.split(DOC_START, 1)
-    _, tail = rest.split(DOC_END, 1)
-    doc.write_text(f"{head}{DOC_START}\n{tables}\n{DOC_END}{tail}")
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=("throughput", "memory", "all", "report", "_memory_child"))
@@ -235,9 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         tables = markdown(json.loads(Path(args.result).read_text()))
         print(tables)
         if args.doc:
-            update_doc(Path(args.doc), tables)
+            update_doc(Path(args.doc), tables, DOC_START, DOC_END)
         return 0
-    sys.path.insert(0, str(ROOT))
     s = Settings(args)
     if args.command == "_memory_child":
         print(json.dumps(_memory_child(s, args.size)))
@@ -245,9 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else None
     result: dict[str, Any] = json.loads(out.read_text()) if out and out.exists() else {}
     result.update(
-        machine=run.machine_facts(),
+        machine=common.machine_facts(),
         settings=s.as_dict(),
-        load_start=run.load_average(),
+        load_start=common.load_average(),
         date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     )
     if args.command in ("throughput", "all"):
@@ -257,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.batch:
             child += ["--batch", str(args.batch)]
         result["memory"] = run_memory(s, child)
-    result["load_end"] = run.load_average()
+    result["load_end"] = common.load_average()
     text = json.dumps(result, indent=2, sort_keys=True) + "\n"
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

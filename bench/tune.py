@@ -7,10 +7,10 @@ them to take one step in turn (A B B A ...), so only one computes at a time and 
 load on the machine hits every variant alike. Reported: median step time and the paired ratio
 to the first variant.
 
-    python bench/tune.py --variants default inter1 keras_bn --rounds 6
-    python bench/tune.py --variants default onednn_off --precision mixed_bfloat16
-    python bench/tune.py --variants default smp --smp-python /tmp/smp/bin/python
-    python bench/tune.py --variants default smp --smp-python /tmp/smp/bin/python \
+    python -m bench.tune --variants default inter1 keras_bn --rounds 6
+    python -m bench.tune --variants default onednn_off --precision mixed_bfloat16
+    python -m bench.tune --variants default smp --smp-python /tmp/smp/bin/python
+    python -m bench.tune --variants default smp --smp-python /tmp/smp/bin/python \
         --model all-smp --precision mixed_bfloat16 --out bench/results/vs_smp_all.json
 
 `--model` takes registered names (default `unet`) or `all-smp`, every architecture that smp
@@ -19,8 +19,9 @@ has too (`SMP_ARCH`); each model is its own interleaved comparison (one JSON ent
 Variants (`--list` prints them): thread settings, allocator and oneDNN switches, XLA,
 steps_per_execution; `keras_bn` (the zoo's BatchNormalization forced onto Keras' element-wise
 path) and `unfused_up` (decoders' UpsampleConcatConv2D as UpSampling2D -> Concatenate ->
-Conv2D), what the zoo ran before its fast paths, patched in here only to measure the
-difference; and `smp`, segmentation_models_pytorch's counterpart of the model (`SMP_ARCH`,
+Conv2D), what the zoo ran before its fast paths, swapped in here (a cloned model) only
+to measure the difference; and `smp`, segmentation_models_pytorch's counterpart of the
+model (`SMP_ARCH`,
 ResNet-34, default arguments, one class) in a PyTorch environment (`bench/smp_reference.py`
 speaks the same protocol), float32 in channels-last memory format or bfloat16 autocast for
 mixed_bfloat16: the head-to-head comparison, step by step.
@@ -36,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.common import ROOT, module_command
 
 # zoo model -> the segmentation_models_pytorch architecture it reproduces (default arguments).
 SMP_ARCH = {
@@ -83,28 +86,42 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _use_keras_batch_norm() -> None:
-    """Send every zoo BatchNormalization down Keras' own (unfused) path."""
-    from zoo.layers.blocks import SyncBatchNormalization
+def _baseline_layers(model: Any, keras_bn: bool, unfused_up: bool) -> Any:
+    """A copy of `model` (keras.models.clone_model) with the zoo's fast layers swapped for what
+    they replace; the library's classes stay as they are.
 
-    SyncBatchNormalization._fusable = lambda self, inputs, mask: False
-
-
-def _use_unfused_upsampling() -> None:
-    """Run every `UpsampleConcatConv2D` as Keras' UpSampling2D -> Concatenate -> 3x3 Conv2D
-    (the same kernel and function, what the U-Net decoder ran before)."""
+    `keras_bn`: every zoo BatchNormalization becomes Keras' own (element-wise ops, no
+    FusedBatchNormV3). `unfused_up`: every `UpsampleConcatConv2D` runs as UpSampling2D ->
+    Concatenate -> 3x3 Conv2D (the same kernel and function, what the U-Net decoder ran
+    before). Weights are fresh: only speed is measured.
+    """
+    import keras
     import tensorflow as tf
     from keras import ops
 
     from zoo.layers import UpsampleConcatConv2D
+    from zoo.layers.blocks import SyncBatchNormalization
 
-    def call(self, inputs):
-        xs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-        up = ops.repeat(ops.repeat(xs[0], 2, axis=1), 2, axis=2)  # as UpSampling2D does
-        x = tf.concat([up, *xs[1:]], axis=-1) if len(xs) > 1 else up
-        return tf.nn.conv2d(x, tf.cast(self.kernel.value, x.dtype), 1, "SAME")
+    class UnfusedUpsampleConcatConv2D(UpsampleConcatConv2D):
+        def call(self, inputs):
+            xs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+            up = ops.repeat(ops.repeat(xs[0], 2, axis=1), 2, axis=2)  # as UpSampling2D does
+            x = tf.concat([up, *xs[1:]], axis=-1) if len(xs) > 1 else up
+            return tf.nn.conv2d(x, tf.cast(self.kernel.value, x.dtype), 1, "SAME")
 
-    UpsampleConcatConv2D.call = call
+    keras_keys = set(keras.layers.BatchNormalization().get_config())
+
+    def clone(layer: Any) -> Any:
+        config = layer.get_config()
+        if keras_bn and isinstance(layer, SyncBatchNormalization):
+            return keras.layers.BatchNormalization(
+                **{k: v for k, v in config.items() if k in keras_keys}
+            )
+        if unfused_up and isinstance(layer, UpsampleConcatConv2D):
+            return UnfusedUpsampleConcatConv2D.from_config(config)
+        return layer.__class__.from_config(config)
+
+    return keras.models.clone_model(model, clone_function=clone, recursive=True)
 
 
 def child(variant: str, precision: str, size: int, batch: int, model_name: str) -> None:
@@ -130,13 +147,11 @@ def child(variant: str, precision: str, size: int, batch: int, model_name: str) 
     import zoo
     from zoo.optimizers import AdamW
 
-    if v.get("keras_bn"):
-        _use_keras_batch_norm()
-    if v.get("unfused_up"):
-        _use_unfused_upsampling()
     keras.mixed_precision.set_dtype_policy(precision)
     keras.utils.set_random_seed(0)
     model = zoo.create_model(model_name, num_classes=1, input_shape=(size, size, 3))
+    if v.get("keras_bn") or v.get("unfused_up"):
+        model = _baseline_layers(model, bool(v.get("keras_bn")), bool(v.get("unfused_up")))
     train_model = losses.attach(model, "wbce+dice")
     keras.mixed_precision.set_dtype_policy("float32")
     spe = int(v.get("spe", 1))
@@ -176,11 +191,11 @@ def _spawn(variant: str, args: argparse.Namespace, model: str) -> subprocess.Pop
         script = Path(__file__).with_name("smp_reference.py")
         cmd = [args.smp_python, str(script), "--child", args.precision, "--arch", SMP_ARCH[model]]
     else:
-        cmd = [sys.executable, __file__, "--child", variant, "--precision", args.precision]
+        cmd = [*module_command("tune"), "--child", variant, "--precision", args.precision]
         cmd += ["--model", model]
     cmd += ["--size", str(args.size), "--batch", str(args.batch)]
     return subprocess.Popen(
-        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, bufsize=1
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, bufsize=1, cwd=ROOT
     )
 
 

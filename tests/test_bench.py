@@ -1,5 +1,5 @@
-"""The benchmark scripts keep working: `bench/run.py all --smoke` writes complete JSON and the
-report turns it into the docs tables. No timing is asserted (CI machines vary)."""
+"""The benchmarks keep working: `python -m bench.run all --smoke` writes complete JSON and
+the report turns it into the docs tables. No timing is asserted (CI machines vary)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "bench" / "run.py"
 
 
-def _run_script(script: Path, *args: str, out: Path) -> dict:
-    """Run a bench script with `--out out`; its JSON."""
+def _module(name: str) -> list[str]:
+    """The command running `bench.<name>` as the docs say: `python -m bench.<name>`."""
+    return [sys.executable, "-m", f"bench.{name}"]
+
+
+def _run_script(name: str, *args: str, out: Path) -> dict:
+    """Run `python -m bench.<name>` with `--out out` from the repository root; its JSON."""
     proc = subprocess.run(
-        [sys.executable, str(script), *args, "--out", str(out)],
+        [*_module(name), *args, "--out", str(out)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -30,7 +34,7 @@ def _run_script(script: Path, *args: str, out: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def smoke_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return _run_script(SCRIPT, "all", "--smoke", out=tmp_path_factory.mktemp("bench") / "s.json")
+    return _run_script("run", "all", "--smoke", out=tmp_path_factory.mktemp("bench") / "s.json")
 
 
 def _positive(x: object) -> bool:
@@ -74,7 +78,7 @@ def test_report_fills_the_doc_markers(smoke_result: dict, tmp_path: Path) -> Non
         "# T\n<!-- bench:tables:start -->\nOLD-TABLES\n<!-- bench:tables:end -->\ntail\n"
     )
     subprocess.run(
-        [sys.executable, str(SCRIPT), "report", str(result), "--doc", str(doc)],
+        [*_module("run"), "report", str(result), "--doc", str(doc)],
         check=True,
         capture_output=True,
         cwd=ROOT,
@@ -118,8 +122,7 @@ def test_report_compares_with_the_reference(tmp_path: Path) -> None:
     (tmp_path / "ref.json").write_text(json.dumps(ref))
     out = subprocess.run(
         [
-            sys.executable,
-            str(SCRIPT),
+            *_module("run"),
             "report",
             str(tmp_path / "r.json"),
             "--reference",
@@ -141,15 +144,11 @@ def test_forward_flops_count_every_convolution() -> None:
     # The profiler's count for a tiny U-Net against a layer-by-layer count: 2 FLOPs per
     # multiply-add; the decoder's UpsampleConcatConv2D does 4 (not 9) per output pixel and
     # upsampled channel, 9 per skip channel.
-    import importlib.util
-
     import keras
 
     import zoo
 
-    spec = importlib.util.spec_from_file_location("bench_run", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load("speed")
     size = 64
     model = zoo.create_model(
         "unet", num_classes=1, input_shape=(size, size, 3), **zoo.model_info("unet").tiny_config
@@ -169,12 +168,9 @@ def test_forward_flops_count_every_convolution() -> None:
 
 
 def _load(name: str):
-    import importlib.util
+    import importlib
 
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"bench.{name}")
 
 
 def test_profile_conv_flops_from_onednn_descriptors() -> None:
@@ -202,8 +198,7 @@ def test_profile_conv_flops_from_onednn_descriptors() -> None:
 
 
 def test_profile_smoke_runs(tmp_path: Path) -> None:
-    script = ROOT / "bench" / "profile_step.py"
-    result = _run_script(script, "--smoke", out=tmp_path / "profile.json")
+    result = _run_script("profile_step", "--smoke", out=tmp_path / "profile.json")
     tfp = result["tf_profile"]
     assert _positive(tfp["step_ms"]) and _positive(tfp["op_ms_total"])
     assert any("Conv2D" in t for t in tfp["op_ms_by_type"])
@@ -215,7 +210,7 @@ def test_profile_smoke_runs(tmp_path: Path) -> None:
 def test_head_to_head_table_uses_paired_round_ratios() -> None:
     # Ratio = median over rounds of smp's time / ours, round by round: [1.5, 1.5, 0.75] -> 1.5
     # (the ratio of the medians would be 3 / 2 = 1.5 too, the mean of the ratios 1.25).
-    bench = _load("run")
+    bench = _load("report")
     row = {"train_times_s": [2.0, 2.0, 4.0], "infer_times_s": [1.0, 1.0, 1.0]}
     entry = {
         "precision": "float32",
@@ -241,8 +236,8 @@ def test_head_to_head_table_uses_paired_round_ratios() -> None:
 
 
 def test_tiled_smoke_writes_json_and_the_doc_table(tmp_path: Path) -> None:
-    script = ROOT / "bench" / "tiled.py"
-    result = _run_script(script, "all", "--smoke", "--memory-sizes", "256", out=tmp_path / "t.json")
+    out = tmp_path / "t.json"
+    result = _run_script("tiled", "all", "--smoke", "--memory-sizes", "256", out=out)
     rows = result["throughput"]
     assert rows and all("error" not in r and _positive(r["mpix_s"]) for r in rows)
     (mem,) = result["memory"]
@@ -250,7 +245,7 @@ def test_tiled_smoke_writes_json_and_the_doc_table(tmp_path: Path) -> None:
     doc = tmp_path / "doc.md"
     doc.write_text("# T\n<!-- bench:tiled:start -->\nOLD\n<!-- bench:tiled:end -->\ntail\n")
     subprocess.run(
-        [sys.executable, str(script), "report", str(tmp_path / "t.json"), "--doc", str(doc)],
+        [*_module("tiled"), "report", str(tmp_path / "t.json"), "--doc", str(doc)],
         check=True,
         capture_output=True,
         cwd=ROOT,
@@ -260,7 +255,7 @@ def test_tiled_smoke_writes_json_and_the_doc_table(tmp_path: Path) -> None:
 
 
 def test_head_to_head_tables_per_model() -> None:
-    bench = _load("run")
+    bench = _load("report")
     row = {"train_times_s": [1.0], "infer_times_s": [1.0], "train_img_s": 8.0, "infer_img_s": 8.0}
     smp_row = {**row, "variant": "smp", "train_times_s": [1.25], "infer_times_s": [0.5]}
 

@@ -741,7 +741,7 @@ def test_bench_export_smoke_writes_json_and_table(tmp_path):
 
     reference = not missing_modules("torch", "segmentation_models_pytorch", "onnx")
     out = tmp_path / "export.json"
-    cmd = [sys.executable, str(ROOT / "bench" / "export.py"), "--smoke", "--out", str(out)]
+    cmd = [sys.executable, "-m", "bench.export", "--smoke", "--out", str(out)]
     if reference:
         cmd += ["--ref-python", reference_python()]
     else:
@@ -760,7 +760,7 @@ def test_bench_export_smoke_writes_json_and_table(tmp_path):
     assert all(runtimes[k]["median_ms"] > 0 for k in expected)
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# B\n<!-- bench:export:start -->\nold\n<!-- bench:export:end -->\ntail\n")
-    report = [sys.executable, str(ROOT / "bench" / "export.py"), "report", str(out)]
+    report = [sys.executable, "-m", "bench.export", "report", str(out)]
     proc = subprocess.run([*report, "--doc", str(doc)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = doc.read_text()

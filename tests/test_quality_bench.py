@@ -64,7 +64,7 @@ def test_report_table_and_doc_markers(tmp_path):
     assert "beats both by 1 point: met (80.0 vs 75.0); within 1 point of 10 min: met" in text
     doc = tmp_path / "q.md"
     doc.write_text(f"# Q\n{quality.DOC_START}\nold\n{quality.DOC_END}\ntail\n")
-    quality.update_doc(doc, text)
+    quality.update_doc(doc, text, quality.DOC_START, quality.DOC_END)
     body = doc.read_text()
     assert "old" not in body and "80.5" in body and body.endswith("tail\n")
 

@@ -741,7 +741,7 @@ def test_segformer_bench_smoke(tmp_path):
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(root / "bench" / "segformer_bench.py"), "--smoke",
+        [sys.executable, "-m", "bench.segformer_bench", "--smoke",
          "--precisions", "float32", "--out", str(out)],
         capture_output=True, text=True, cwd=root, timeout=600, check=False,
     )  # fmt: skip
