@@ -246,6 +246,18 @@ class SegmentationModel(keras.Model):
         """
         return cls.divisor
 
+    @classmethod
+    def num_outputs(cls, config: dict[str, Any] | None = None) -> int:
+        """How many outputs a model built with `config` has: 1, or under deep supervision the
+        logits plus one per auxiliary head (`aux_levels`)."""
+        args = cls.arguments(config)
+        return 1 + (cls.aux_levels(args) if args.get("deep_supervision") else 0)
+
+    @classmethod
+    def aux_levels(cls, args: dict[str, Any]) -> int:
+        """The number of auxiliary heads under deep supervision (models that support it)."""
+        return 0
+
     def __init__(self, inputs: Any, outputs: Any, name: str | None = None, **kwargs: Any) -> None:
         if kwargs.get("deep_supervision", True) is False:
             kwargs.pop("deep_supervision")  # off is what a model without aux outputs does

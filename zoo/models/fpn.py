@@ -90,6 +90,10 @@ class FPN(SegmentationModel):
 
     supports_deep_supervision = True
 
+    @classmethod
+    def aux_levels(cls, args: dict[str, Any]) -> int:
+        return len(LEVELS)
+
     def __init__(
         self,
         num_classes: int = 1,

@@ -97,6 +97,10 @@ class PSPNet(SegmentationModel):
     supports_deep_supervision = True
 
     @classmethod
+    def aux_levels(cls, args: dict[str, Any]) -> int:
+        return 1
+
+    @classmethod
     def divisor_for(cls, config: dict[str, Any] | None = None) -> int:
         """The pooled map's stride: `output_stride`, or ``2**encoder_depth`` without it."""
         args = cls.arguments(config)

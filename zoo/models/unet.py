@@ -79,6 +79,10 @@ class UNet(SegmentationModel):
     supports_deep_supervision = True
 
     @classmethod
+    def aux_levels(cls, args: dict[str, Any]) -> int:
+        return len(args["decoder_channels"]) - 1
+
+    @classmethod
     def divisor_for(cls, config: dict[str, Any] | None = None) -> int:
         """``2**depth``: each decoder block doubles the resolution."""
         return 2 ** len(cls.arguments(config)["decoder_channels"])
