@@ -338,3 +338,33 @@ def test_bad_level_weights_fail_before_training(tmp_path):
     assert proc.returncode != 0
     assert "loss_level_weights=[1, 2]: expected 5 non-negative numbers" in proc.stderr
     assert not (run_dir / "backup").exists() and not (run_dir / "model.keras").exists()
+
+
+def test_init_from_a_saved_model_starts_a_deep_supervised_run(tmp_path):
+    from zoo.config.model import model_spec
+
+    tiny = zoo.model_info("unet").tiny_config
+    saved = zoo.create_model("unet", input_shape=(None, None, 3), **tiny)
+    saved.save(tmp_path / "model.keras")
+    values = {"name": "unet", **tiny, "deep_supervision": True}
+    spec = model_spec({**values, "init_from": str(tmp_path / "model.keras")}, num_classes=1)
+    model = spec.build(spec.initial_weights())
+    assert len(model.outputs) == 5
+    own = {v.path: v for v in saved.weights}
+    for variable in model.weights:
+        if not variable.path.startswith("head_aux_"):
+            np.testing.assert_array_equal(
+                keras.ops.convert_to_numpy(variable), keras.ops.convert_to_numpy(own[variable.path])
+            )
+
+
+@pytest.mark.slow
+def test_a_deep_supervised_run_resumes_from_its_backup(tmp_path):
+    run_dir = tmp_path / "run"
+    assert train(TINY, run_dir).returncode == 0
+    proc = train([*TINY, "trainer.epochs=2"], run_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Resuming from" in proc.stdout + proc.stderr
+    history = json.loads((run_dir / "metrics.json").read_text())["history"]
+    assert len(history["loss"]) == 2 and len(history["dice_aux4_loss"]) == 2
+    assert len(load_model(run_dir / "model.keras").outputs) == 1
