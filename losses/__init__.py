@@ -13,6 +13,7 @@ This package imports nothing from `zoo`: zoo builds on it (its registries use
 from losses import functional as functional
 from losses.base import LossLayer, TermLoss
 from losses.compose import LossTerms, attach
+from losses.deep import NearestDownsample, level_weights
 from losses.dice import Dice, DiceLoss
 from losses.focal import Focal, FocalLoss
 from losses.jaccard import Jaccard, JaccardLoss
@@ -32,6 +33,7 @@ __all__ = [
     "JaccardLoss",
     "LossLayer",
     "LossTerms",
+    "NearestDownsample",
     "TermLoss",
     "Tversky",
     "TverskyLoss",
@@ -43,6 +45,7 @@ __all__ = [
     "functional",
     "get",
     "get_loss",
+    "level_weights",
     "list_losses",
     "parse_spec",
     "register_loss",

@@ -4,7 +4,8 @@
 "mask" and "weight"; a `LossTerms` layer inside it computes every term over the global batch
 and logs each as `<term>_loss`, and the model's `compute_loss` sums them, so
 `compile(optimizer=...)` and `fit(dataset_of_dicts)` train it and `loss` on the progress bar
-is the sum of the logged terms (plus regularization losses).
+is the sum of the logged terms (plus regularization losses). A deep-supervised model
+(several outputs) gets the same terms on every output, weighted per level (`losses.deep`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import keras
 from keras import ops
 
 from losses.base import PACKAGE, LossLayer, unpack_inputs
+from losses.deep import NearestDownsample
+from losses.deep import level_weights as weights_per_level
 from losses.distribution import scale_loss_for_distribution
 from losses.labels import LabelGuard, checked_step, labels_checked
 from losses.modes import BINARY, MULTICLASS, MULTILABEL, validate_mode
@@ -183,12 +186,15 @@ def attach(
     ignore_index: int | None = None,
     weight: bool = True,
     metrics: Sequence[keras.layers.Layer] | None = None,
+    level_weights: Sequence[float] | None = None,
     **term_options: Mapping[str, Any],
 ) -> keras.Model:
     """Wrap `model` (per-pixel logits) into a training model that carries its own losses.
 
     Args:
-        model: a Keras model with one output, logits of shape (B, H, W, C).
+        model: a Keras model whose output is logits of shape (B, H, W, C); or, deep
+            supervised, whose outputs are ``[logits, aux_1, ..., aux_n]``: full-resolution
+            logits first, then auxiliary logits (B, h_k, w_k, C) at their own resolutions.
         spec: the loss spec (see `parse_spec`), e.g. ``"wbce+dice"`` or ``"0.5*wbce+dice"``.
         mode: "binary", "multiclass" or "multilabel"; None infers binary for 1 channel and
             multiclass otherwise.
@@ -196,7 +202,14 @@ def attach(
         weight: whether the training model has a "weight" input (B, H, W, 1).
         metrics: layers called as ``logits = layer([mask, logits])`` that update metrics in the
             graph and pass the logits through (e.g. `zoo.metrics.MetricsLayer`), so metrics
-            reach the targets the same way the loss terms do.
+            reach the targets the same way the loss terms do. They see the full-resolution
+            logits only.
+        level_weights: with several outputs, the relative weight of each output's loss
+            (one per output, non-negative, positive sum; normalized to sum 1). None:
+            halving per level, nnU-Net's scheme (1, 1/2, 1/4, ... normalized). Every term
+            of the spec is applied to every output with weight (spec weight x level
+            weight), against the mask and weight map sampled at the output's size (nearest,
+            `losses.deep.NearestDownsample`: labels and `ignore_index` are never averaged).
         **term_options: per-term option dicts keyed by term name, e.g.
             ``wbce={"pos_weight": 2.0}, dice={"smooth": 0.0}``.
 
@@ -207,7 +220,10 @@ def attach(
         weight with `model`, which stays the
         inference model. Train with ``compile(optimizer=...)`` and ``fit(dataset)``; each term
         is logged as `<term>_loss` (already multiplied by its spec weight), and `loss` is their
-        sum plus the model's regularization losses.
+        sum plus the model's regularization losses. With several outputs the terms of
+        output k > 0 are logged as `<term>_aux<k>_loss` and those of the full-resolution
+        output as `<term>_loss`, each already multiplied by its level weight, so they still
+        add up to `loss`; `logits` are the full-resolution ones.
 
     Example:
 
@@ -218,18 +234,25 @@ def attach(
     train_model.fit(dataset)  # dicts {"image", "mask", "weight"}
     ```
     """
-    if not isinstance(model, keras.Model) or len(model.outputs or []) != 1:
+    if not isinstance(model, keras.Model) or not model.outputs:
         raise ValueError(
-            "Invalid value for argument `model`: expected a built functional keras.Model with "
-            f"exactly one output (per-pixel logits). Received: model={model!r}"
+            "Invalid value for argument `model`: expected a built functional keras.Model whose "
+            f"outputs are per-pixel logits. Received: model={model!r}"
         )
     pairs = parse_terms(spec)
-    logits_shape = tuple(model.outputs[0].shape)
-    if len(logits_shape) != 4:
+    shapes = [tuple(t.shape) for t in model.outputs]
+    logits_shape = shapes[0]
+    if any(len(s) != 4 or s[-1] != logits_shape[-1] for s in shapes):
         raise ValueError(
-            "Invalid value for argument `model`: its output must be per-pixel logits "
-            f"(B, H, W, C). Received output shape {logits_shape}"
+            "Invalid value for argument `model`: its outputs must be per-pixel logits "
+            f"(B, H, W, C) with the same C. Received output shapes {shapes}"
         )
+    if level_weights is not None and len(shapes) == 1:
+        raise ValueError(
+            "Invalid value for argument `level_weights`: the model has one output (no deep "
+            f"supervision); pass None. Received: level_weights={level_weights!r}"
+        )
+    weights = _level_weights(len(shapes), level_weights)
     mode = _infer_mode(mode, logits_shape[-1])
     names = [t for _, t in pairs if isinstance(t, str)]
     for key, options in term_options.items():
@@ -257,6 +280,7 @@ def attach(
             layers.append(term)
     for layer in layers:
         layer.check_num_classes(logits_shape[-1])
+    levels = [(k, _at_level(layers, k, w)) for k, w in enumerate(weights) if w > 0]
 
     reserved = {"mask", "weight"}
     model_inputs = {}
@@ -275,14 +299,42 @@ def attach(
     inputs = dict(model_inputs)
     inputs["mask"] = keras.Input((height, width, mask_channels), dtype="int32", name="mask")
     args = list(model_inputs.values())
-    logits = model(args[0] if len(args) == 1 else args)
+    predictions = model(args[0] if len(args) == 1 else args)
+    predictions = list(predictions) if len(shapes) > 1 else [predictions]
+    logits = predictions[0]
     for layer in metrics or ():
         logits = layer([inputs["mask"], logits])
+    predictions[0] = logits
     if weight:
         inputs["weight"] = keras.Input((height, width, 1), dtype="float32", name="weight")
-        targets = [inputs["mask"], inputs["weight"], logits]
-    else:
-        targets = [inputs["mask"], logits]
-    values = LossTerms(layers, name="loss_terms")(targets)
-    outputs = {"logits": logits, "losses": values}
+    values = []
+    for k, level_layers in levels:
+        targets = [inputs["mask"], inputs["weight"]] if weight else [inputs["mask"]]
+        if k > 0:  # the targets at this output's size
+            targets = [
+                NearestDownsample(name=f"{n}_aux{k}")([t, predictions[k]])
+                for n, t in zip(("mask", "weight"), targets)
+            ]
+        name = "loss_terms" if k == 0 else f"loss_terms_aux{k}"
+        values.append(LossTerms(level_layers, name=name)([*targets, predictions[k]]))
+    if len(values) > 1:
+        values = [keras.layers.Concatenate(name="loss_levels", dtype="float32")(values)]
+    outputs = {"logits": logits, "losses": values[0]}
     return LossModel(inputs, outputs, name=f"{model.name}_train")
+
+
+def _level_weights(num_outputs: int, weights: Sequence[float] | None) -> list[float]:
+    return [1.0] if num_outputs == 1 else weights_per_level(num_outputs, weights)
+
+
+def _at_level(layers: Sequence[LossLayer], level: int, weight: float) -> list[LossLayer]:
+    """The terms for output `level`: weighted by `weight`, named `<term>_aux<level>`."""
+    if level == 0 and weight == 1.0:
+        return list(layers)
+    out = []
+    for layer in layers:
+        config = {**layer.get_config(), "loss_weight": layer.loss_weight * weight}
+        if level > 0:
+            config["name"] = f"{layer.name}_aux{level}"
+        out.append(type(layer).from_config(config))
+    return out

@@ -97,13 +97,47 @@ def clone(model: Any, policy: str = "float32") -> Any:
 
     The copy has the same weights and metadata; what runs after training (evaluation, overlays,
     export) uses it, so it needs no collective ops of a multi-worker strategy and is float32
-    even when the run trained in mixed precision.
+    even when the run trained in mixed precision. The copy of a deep-supervised model is the
+    inference model: built with ``deep_supervision=False`` (only the full-resolution output;
+    the auxiliary heads train, they are not saved).
     """
     previous = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy(policy)
     try:
-        copy = model.__class__.from_config(model.get_config())
-        copy.set_weights(model.get_weights())
+        config = model.get_config()
+        if config.get("deep_supervision"):
+            config["deep_supervision"] = False
+        copy = model.__class__.from_config(config)
+        copy_weights(model, copy)
     finally:
         keras.mixed_precision.set_dtype_policy(previous)
     return copy
+
+
+def copy_weights(source: Any, target: Any) -> None:
+    """Assign `source`'s weights to `target`: all of them, or (`target` the inference model of
+    a deep-supervised `source`) those of every layer of `target`, found by name."""
+    if len(source.outputs) == len(target.outputs):
+        target.set_weights(source.get_weights())
+        return
+    for layer in target.layers:
+        if layer.weights:
+            layer.set_weights(source.get_layer(layer.name).get_weights())
+
+
+def inference_model(model: Any, cache: Any = None) -> Any:
+    """`model` itself, or for a deep-supervised model a single-output copy with its current
+    weights (under the current dtype policy): what a `.keras` file of it should hold.
+
+    Args:
+        model: a zoo model.
+        cache: a copy returned by an earlier call for the same `model`, refreshed in place
+            instead of built again.
+    """
+    if len(model.outputs) == 1:
+        return model
+    if cache is None:
+        return clone(model, keras.mixed_precision.dtype_policy().name)
+    copy_weights(model, cache)
+    cache.metadata = dict(getattr(model, "metadata", {}))
+    return cache

@@ -8,6 +8,7 @@ Every failure is one `ConfigError` line naming the key, the value and the valid 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 from dataclasses import dataclass, field
@@ -51,17 +52,27 @@ __all__ = [
 
 @dataclass(frozen=True)
 class LossSpec:
-    """The loss spec (with `auto` resolved), per-term options and the data's mode."""
+    """The loss spec (with `auto` resolved), per-term options and the data's mode; under deep
+    supervision the model's number of outputs and `loss_level_weights` (None: halving)."""
 
     spec: Any
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     mode: str = "binary"
+    level_weights: list[float] | None = None
+    levels: int = 1
 
     def logged(self) -> list[str]:
         """Every value a training run logs (what `trainer.monitor` may name)."""
         import losses
 
-        names = ["loss", *(f"{t}_loss" for _, t in losses.parse_spec(self.spec)), "dice", "iou"]
+        terms = [t for _, t in losses.parse_spec(self.spec)]
+        names = ["loss", *(f"{t}_loss" for t in terms)]
+        if self.levels > 1:  # deep supervision: outputs with a positive weight log terms too
+            weights = losses.level_weights(self.levels, self.level_weights)
+            names += [
+                f"{t}_aux{k}_loss" for k in range(1, self.levels) if weights[k] for t in terms
+            ]
+        names += ["dice", "iou"]
         return names + [f"val_{n}" for n in names]
 
 
@@ -174,6 +185,36 @@ def predict_options(p: PredictConfig) -> Any:
     return check_options(values, name=lambda key: f"predict.{key}")
 
 
+def level_weights(value: Any, model: ModelSpec) -> tuple[list[float] | None, int]:
+    """`loss_level_weights` checked against the model's outputs; returns (weights, outputs).
+
+    Raises:
+        ConfigError: weights given without `model.deep_supervision=true`, or not one
+            non-negative number per output with a positive sum.
+    """
+    import losses
+    import zoo
+
+    levels = zoo.model_info(model.name).obj.num_outputs(model.kwargs)
+    if value is None:
+        return None, levels
+    if levels == 1:
+        raise ConfigError(
+            f"Invalid loss_level_weights={value!r}: model '{model.name}' has one output; set "
+            "model.deep_supervision=true (models that support it: "
+            f"{', '.join(zoo.models.base.deep_supervision_models())}) or loss_level_weights=null"
+        )
+    try:
+        losses.level_weights(levels, value)
+    except ValueError:
+        raise ConfigError(
+            f"Invalid loss_level_weights={value!r}: expected {levels} non-negative numbers with "
+            f"a positive sum, one per output of model '{model.name}' with deep supervision "
+            "(full resolution first, then the auxiliary outputs from finest to coarsest)"
+        ) from None
+    return [float(w) for w in value], levels
+
+
 def check_monitor(monitor: str, loss: LossSpec) -> None:
     """`trainer.monitor` must name a value the run logs (a typo would never improve)."""
     valid = loss.logged()
@@ -228,6 +269,8 @@ def parse(cfg: DictConfig, explicit: set[str] | None = None) -> RunConfig:
     loss = loss_spec(
         resolved["loss"], resolved.get("loss_options") or {}, data_mode(data.num_classes)
     )
+    weights, levels = level_weights(resolved.get("loss_level_weights"), model)
+    loss = dataclasses.replace(loss, level_weights=weights, levels=levels)
     mode = resolved["mode"]
     if mode == "train" and model.freeze_encoder and trainer.encoder_lr_mult != 1:
         log.warning(

@@ -129,6 +129,8 @@ class ModelSpec:
         # Every constructor argument, the ones left at their defaults too.
         for key, value in zoo.model_info(self.name).obj.arguments(self.kwargs).items():
             old = saved.get(key)
+            if key == "deep_supervision":
+                continue  # training-only heads: the saved model is the same network without
             if key == "input_shape":
                 if _plain(old)[-1] != value[-1]:
                     raise self._misfit(about, f"this run has data.channels={value[-1]}")
@@ -152,7 +154,8 @@ class ModelSpec:
 
     def _assign(self, model: Any, initial: dict[str, Any]) -> None:
         weights, about = initial["weights"], initial["about"]
-        own = {v.path: v for v in model.weights}
+        # Auxiliary heads (deep supervision) train only: a saved model has none; they start new.
+        own = {v.path: v for v in model.weights if not v.path.startswith("head_aux_")}
         for path, variable in own.items():
             if path not in weights:
                 raise self._misfit(about, f"it has no variable {path}")
@@ -231,6 +234,13 @@ def model_spec(values: dict[str, Any], num_classes: int, channels: int = 3) -> M
     app = {key: values.pop(key) for key in list(values) if key in APP_KEYS}
     valid = ", ".join(f"{k} ({describe(h)})" for k, h in {**keys, **APP_KEYS}.items())
     for key, value in values.items():
+        if key == "deep_supervision" and key not in keys:
+            from zoo.models.base import deep_supervision_models
+
+            raise ConfigError(
+                f"Invalid model.deep_supervision={value!r}: model '{name}' has no auxiliary "
+                f"outputs; models that support it: {', '.join(deep_supervision_models())}"
+            )
         if key not in keys:
             raise ConfigError(
                 f"Unknown key model.{key}={value!r} for model '{name}'; valid keys: {valid}"

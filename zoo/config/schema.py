@@ -96,6 +96,8 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     loss: Any = "auto"  # a spec string ("0.5*wbce+dice"), a list of term names, or "auto"
     loss_options: dict[str, Any] = field(default_factory=dict)  # per-term options by term name
+    # Deep supervision: relative loss weight of each model output (null: halving per level).
+    loss_level_weights: Any = None
     seed: int = 0
     deterministic: bool = False
     mode: str = "train"

@@ -156,6 +156,41 @@ def model_output(logits: Any, image: Any, activation: str | None, pad_to_divisor
     return logits
 
 
+def check_deep_supervision(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(
+            "Invalid value for argument `deep_supervision`: expected True or False. "
+            f"Received: deep_supervision={value!r}"
+        )
+    return value
+
+
+def aux_head(x: Any, num_classes: int, index: int, kernel_size: int = 1) -> Any:
+    """Auxiliary logits `head_aux_<index>` of a deep-supervised model, at `x`'s resolution.
+
+    One conv with bias to `num_classes` channels, float32 like the main head (the loss and
+    its target downsampling run in float32 under mixed precision).
+    """
+    return keras.layers.Conv2D(
+        num_classes, kernel_size, padding="same", name=f"head_aux_{index}", dtype="float32"
+    )(x)
+
+
+def with_aux(outputs: Any, aux: Sequence[Any], deep_supervision: bool) -> Any:
+    """The model's outputs: the logits alone, or ``[logits, *aux]`` under deep supervision
+    (full resolution first, then the auxiliary logits from the finest to the coarsest)."""
+    return [outputs, *aux] if deep_supervision else outputs
+
+
+def deep_supervision_models() -> list[str]:
+    """Registered models that take `deep_supervision=True`."""
+    from zoo.registry import list_models, model_info
+
+    return [
+        n for n in list_models() if getattr(model_info(n).obj, "supports_deep_supervision", False)
+    ]
+
+
 def require_strides(features: dict, strides: Sequence[int], model: str, encoder: str) -> None:
     missing = [s for s in strides if s not in features]
     if missing:
@@ -175,6 +210,8 @@ class SegmentationModel(keras.Model):
 
     Attributes:
         divisor: input height and width must be multiples of it (unless padded).
+        supports_deep_supervision: the constructor takes `deep_supervision` (auxiliary
+            logits as extra outputs, see docs/training.md); `deep_supervision_models()`.
         metadata: facts about how the model was trained, saved in its `.keras` file beside
             the constructor arguments, so every consumer of a saved model (prediction, tiled
             inference, export, evaluation) reads them instead of being told again. Keys (all
@@ -185,6 +222,8 @@ class SegmentationModel(keras.Model):
     """
 
     divisor: int = 32
+    # True for models whose constructor takes `deep_supervision` (auxiliary logits).
+    supports_deep_supervision: bool = False
 
     @classmethod
     def arguments(cls, config: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -207,8 +246,29 @@ class SegmentationModel(keras.Model):
         """
         return cls.divisor
 
+    @classmethod
+    def num_outputs(cls, config: dict[str, Any] | None = None) -> int:
+        """How many outputs a model built with `config` has: 1, or under deep supervision the
+        logits plus one per auxiliary head (`aux_levels`)."""
+        args = cls.arguments(config)
+        return 1 + (cls.aux_levels(args) if args.get("deep_supervision") else 0)
+
+    @classmethod
+    def aux_levels(cls, args: dict[str, Any]) -> int:
+        """The number of auxiliary heads under deep supervision (models that support it)."""
+        return 0
+
     def __init__(self, inputs: Any, outputs: Any, name: str | None = None, **kwargs: Any) -> None:
+        if kwargs.get("deep_supervision", True) is False:
+            kwargs.pop("deep_supervision")  # off is what a model without aux outputs does
         unknown = sorted(set(kwargs) - set(BASE_KWARGS))
+        if unknown == ["deep_supervision"]:
+            raise ValueError(
+                f"Invalid value for argument `deep_supervision`: model {type(self).__name__} has "
+                "no auxiliary outputs; models that support it: "
+                f"{', '.join(deep_supervision_models())}. "
+                f"Received: deep_supervision={kwargs['deep_supervision']!r}"
+            )
         if unknown:
             params = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
             valid = [p for p in params if p not in ("args", "kwargs")] + ["name", "trainable"]

@@ -10,7 +10,9 @@ import keras
 from zoo.layers import BilinearUpsampling, conv_bn_act
 from zoo.models.base import (
     SegmentationModel,
+    aux_head,
     check_activation,
+    check_deep_supervision,
     check_num_classes,
     check_positive_int,
     check_rate,
@@ -18,6 +20,7 @@ from zoo.models.base import (
     model_input,
     model_output,
     require_strides,
+    with_aux,
 )
 from zoo.registry import register_model
 
@@ -68,6 +71,10 @@ class FPN(SegmentationModel):
             `segmentation_channels` must be a multiple of 32) after each stage conv.
         align_corners: bilinear upsampling with corners aligned (PyTorch's
             ``align_corners=True``) instead of Keras' half-pixel centers.
+        deep_supervision: also output auxiliary logits (`head_aux_<k>`, a 1x1 conv) of the
+            pyramid levels P4, P8, P16 and P32: the outputs are ``[logits, aux_1 (stride
+            4), aux_2 (8), aux_3 (16), aux_4 (32)]``. Off: the graph and parameters are
+            exactly those without it.
         activation: None (logits), "sigmoid" or "softmax".
         pad_to_divisor: pad inputs to a multiple of 32 and crop the logits back.
 
@@ -80,6 +87,12 @@ class FPN(SegmentationModel):
     Reference:
         Kirillov et al., "Panoptic Feature Pyramid Networks", CVPR 2019.
     """
+
+    supports_deep_supervision = True
+
+    @classmethod
+    def aux_levels(cls, args: dict[str, Any]) -> int:
+        return len(LEVELS)
 
     def __init__(
         self,
@@ -94,6 +107,7 @@ class FPN(SegmentationModel):
         dropout: float = 0.2,
         decoder_norm: str = "batch",
         align_corners: bool = False,
+        deep_supervision: bool = False,
         activation: str | None = None,
         pad_to_divisor: bool = False,
         **kwargs,
@@ -124,6 +138,7 @@ class FPN(SegmentationModel):
                 "Invalid value for argument `align_corners`: expected True or False. "
                 f"Received: align_corners={align_corners!r}"
             )
+        check_deep_supervision(deep_supervision)
         divisor = self.divisor_for(locals())
 
         def upsample(y, factor, name):
@@ -172,6 +187,9 @@ class FPN(SegmentationModel):
         y = keras.layers.Conv2D(num_classes, 1, name="head_conv", dtype="float32")(y)
         logits = upsample(y, 4, "head_upsample")
         outputs = model_output(logits, image, activation, pad_to_divisor)
+        if deep_supervision:  # finest first: P4 is aux 1
+            aux = [aux_head(pyramid[s], num_classes, k) for k, s in enumerate(LEVELS, 1)]
+            outputs = with_aux(outputs, aux, deep_supervision)
         super().__init__(inputs=image, outputs=outputs, **{"name": "fpn", **kwargs})
 
         # === Config ===

@@ -12,13 +12,16 @@ from zoo.layers import BilinearUpsampling, conv_bn_act, pyramid_pooling
 from zoo.models._common import dilated_encoder_features, stage_output
 from zoo.models.base import (
     SegmentationModel,
+    aux_head,
     check_activation,
+    check_deep_supervision,
     check_num_classes,
     check_positive_int,
     check_rate,
     model_input,
     model_output,
     require_strides,
+    with_aux,
 )
 from zoo.registry import register_model
 
@@ -56,7 +59,8 @@ class PSPNet(SegmentationModel):
     tested).
 
     The paper's network instead pools the last stage of a dilated ResNet at stride 8:
-    ``encoder_depth=5, output_stride=8`` (or 16) builds that (no auxiliary loss).
+    ``encoder_depth=5, output_stride=8`` (or 16) builds that; ``deep_supervision=True`` adds
+    the paper's auxiliary loss branch on the stage before the pooled one.
 
     Args:
         num_classes: output channels (1 for binary segmentation).
@@ -72,6 +76,10 @@ class PSPNet(SegmentationModel):
             stages instead of striding them.
         psp_out_channels: channels of the fusion conv after the pyramid.
         dropout: 2D (channel) dropout rate before the head, in [0, 1).
+        deep_supervision: also output auxiliary logits (`head_aux_1`, a 3x3 conv) of the
+            encoder stage before the pooled one (stride ``2**(encoder_depth-1)``, or the
+            output stride when dilated), as the paper's auxiliary loss does: the outputs are
+            ``[logits, aux_1]``. Off: the graph and parameters are exactly those without it.
         activation: None (logits), "sigmoid" or "softmax".
         pad_to_divisor: pad inputs to a multiple of the divisor and crop the logits back.
 
@@ -85,6 +93,12 @@ class PSPNet(SegmentationModel):
     Reference:
         Zhao et al., "Pyramid Scene Parsing Network", CVPR 2017.
     """
+
+    supports_deep_supervision = True
+
+    @classmethod
+    def aux_levels(cls, args: dict[str, Any]) -> int:
+        return 1
 
     @classmethod
     def divisor_for(cls, config: dict[str, Any] | None = None) -> int:
@@ -104,6 +118,7 @@ class PSPNet(SegmentationModel):
         output_stride: int | None = None,
         psp_out_channels: int = 512,
         dropout: float = 0.2,
+        deep_supervision: bool = False,
         activation: str | None = None,
         pad_to_divisor: bool = False,
         **kwargs,
@@ -122,6 +137,7 @@ class PSPNet(SegmentationModel):
         check_rate("dropout", dropout)
         stride = min(output_stride or dense, dense)
         dilate_to = stride if stride < dense else 32
+        check_deep_supervision(deep_supervision)
         divisor = self.divisor_for(locals())
 
         # === Encoder ===
@@ -152,6 +168,9 @@ class PSPNet(SegmentationModel):
         )
         logits = BilinearUpsampling(stride, align_corners=True, name="head_upsample")(y)
         outputs = model_output(logits, image, activation, pad_to_divisor)
+        if deep_supervision:  # the paper's auxiliary branch: the stage before the pooled one
+            before = stage_output(features, encoder, encoder_kwargs, dense // 2, dilate_to)
+            outputs = with_aux(outputs, [aux_head(before, num_classes, 1, 3)], deep_supervision)
         super().__init__(inputs=image, outputs=outputs, **{"name": "pspnet", **kwargs})
 
         # === Config ===

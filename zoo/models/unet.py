@@ -10,13 +10,16 @@ import keras
 from zoo.layers import conv_bn_act, upsample_conv_bn_act
 from zoo.models.base import (
     SegmentationModel,
+    aux_head,
     check_activation,
     check_channels,
+    check_deep_supervision,
     check_num_classes,
     encoder_features,
     model_input,
     model_output,
     require_strides,
+    with_aux,
 )
 from zoo.registry import register_model
 
@@ -54,6 +57,10 @@ class UNet(SegmentationModel):
             docs/models.md; read when the model is built, never when a saved model loads.
         decoder_channels: channels of each decoder block, deepest first; its length is the
             depth.
+        deep_supervision: also output auxiliary logits (`head_aux_<k>`, a 1x1 conv) of
+            every decoder block but the last, at strides 2, 4, ... ``2**(depth-1)``: the
+            outputs are ``[logits, aux_1 (stride 2), ..., aux_{depth-1}]``. Off: the graph and
+            parameters are exactly those without it.
         activation: None (logits), "sigmoid" or "softmax".
         pad_to_divisor: pad inputs to a multiple of the divisor and crop the logits back.
 
@@ -69,6 +76,12 @@ class UNet(SegmentationModel):
         Segmentation", MICCAI 2015.
     """
 
+    supports_deep_supervision = True
+
+    @classmethod
+    def aux_levels(cls, args: dict[str, Any]) -> int:
+        return len(args["decoder_channels"]) - 1
+
     @classmethod
     def divisor_for(cls, config: dict[str, Any] | None = None) -> int:
         """``2**depth``: each decoder block doubles the resolution."""
@@ -82,6 +95,7 @@ class UNet(SegmentationModel):
         encoder_kwargs: dict[str, Any] | None = None,
         encoder_weights: str | None = None,
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+        deep_supervision: bool = False,
         activation: str | None = None,
         pad_to_divisor: bool = False,
         **kwargs,
@@ -89,6 +103,7 @@ class UNet(SegmentationModel):
         check_num_classes(num_classes)
         check_activation(activation)
         channels = check_channels("decoder_channels", decoder_channels)
+        check_deep_supervision(deep_supervision)
         depth = len(channels)
         divisor = self.divisor_for(locals())
 
@@ -99,6 +114,7 @@ class UNet(SegmentationModel):
 
         # === Decoder ===
         x = features[divisor]
+        stages = []  # every block's output but the last, deepest first
         for i, filters in enumerate(channels):
             stride = divisor // 2 ** (i + 1)
             name = f"decoder_block{i + 1}"
@@ -106,12 +122,16 @@ class UNet(SegmentationModel):
             # upsample + concatenate + conv1 as one layer: fewer FLOPs, no upsampled copy
             x = upsample_conv_bn_act(x, skips, filters, f"{name}_conv1")
             x = conv_bn_act(x, filters, 3, f"{name}_conv2")
+            stages.append(x)
 
         # === Head ===
         logits = keras.layers.Conv2D(
             num_classes, 3, padding="same", name="head_conv", dtype="float32"
         )(x)
         outputs = model_output(logits, image, activation, pad_to_divisor)
+        if deep_supervision:  # finest first: stage depth-1 (stride 2) is aux 1
+            aux = [aux_head(y, num_classes, k) for k, y in enumerate(stages[-2::-1], 1)]
+            outputs = with_aux(outputs, aux, deep_supervision)
         super().__init__(inputs=image, outputs=outputs, **{"name": "unet", **kwargs})
 
         # === Config ===

@@ -10,13 +10,16 @@ import keras
 from zoo.layers import conv_bn_act, upsample_conv_bn_act
 from zoo.models.base import (
     SegmentationModel,
+    aux_head,
     check_activation,
     check_channels,
+    check_deep_supervision,
     check_num_classes,
     encoder_features,
     model_input,
     model_output,
     require_strides,
+    with_aux,
 )
 from zoo.registry import register_model
 
@@ -59,6 +62,11 @@ class UNetPlusPlus(SegmentationModel):
             docs/models.md; read when the model is built, never when a saved model loads.
         decoder_channels: row-0 channels, deepest first; the length is the depth (divisor
             ``2**depth``).
+        deep_supervision: also output auxiliary logits (`head_aux_<k>`, a 1x1 conv) of the
+            row-0 nodes ``x_0_{l}`` (the full-depth decoder path) below full resolution,
+            at strides 2, 4, ... ``2**(depth-1)``: the outputs are ``[logits, aux_1 (stride
+            2), ..., aux_{depth-1}]``. Off: the graph and parameters are exactly those
+            without it.
         activation: None (logits), "sigmoid" or "softmax".
         pad_to_divisor: pad inputs to a multiple of the divisor and crop the logits back.
 
@@ -73,6 +81,12 @@ class UNetPlusPlus(SegmentationModel):
         DLMIA 2018.
     """
 
+    supports_deep_supervision = True
+
+    @classmethod
+    def aux_levels(cls, args: dict[str, Any]) -> int:
+        return len(args["decoder_channels"]) - 1
+
     @classmethod
     def divisor_for(cls, config: dict[str, Any] | None = None) -> int:
         """``2**depth``: each decoder block doubles the resolution."""
@@ -86,6 +100,7 @@ class UNetPlusPlus(SegmentationModel):
         encoder_kwargs: dict[str, Any] | None = None,
         encoder_weights: str | None = None,
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+        deep_supervision: bool = False,
         activation: str | None = None,
         pad_to_divisor: bool = False,
         **kwargs,
@@ -94,6 +109,7 @@ class UNetPlusPlus(SegmentationModel):
         check_activation(activation)
         channels = check_channels("decoder_channels", decoder_channels, min_len=2)
         depth = len(channels)
+        check_deep_supervision(deep_supervision)
         divisor = self.divisor_for(locals())
 
         # === Encoder ===
@@ -126,6 +142,10 @@ class UNetPlusPlus(SegmentationModel):
             num_classes, 3, padding="same", name="head_conv", dtype="float32"
         )(y)
         outputs = model_output(logits, image, activation, pad_to_divisor)
+        if deep_supervision:  # finest first: x_0_{depth-2} (stride 2) is aux 1
+            rows = [nodes[0, col] for col in range(depth - 2, -1, -1)]
+            aux = [aux_head(y, num_classes, k) for k, y in enumerate(rows, 1)]
+            outputs = with_aux(outputs, aux, deep_supervision)
         super().__init__(inputs=image, outputs=outputs, **{"name": "unetplusplus", **kwargs})
 
         # === Config ===

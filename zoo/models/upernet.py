@@ -11,13 +11,16 @@ from zoo.checks import check_bool
 from zoo.layers import BilinearUpsampling, conv_bn_act, pyramid_pooling
 from zoo.models.base import (
     SegmentationModel,
+    aux_head,
     check_activation,
+    check_deep_supervision,
     check_num_classes,
     check_positive_int,
     encoder_features,
     model_input,
     model_output,
     require_strides,
+    with_aux,
 )
 from zoo.registry import register_model
 
@@ -72,6 +75,10 @@ class UPerNet(SegmentationModel):
             docs/models.md; read when the model is built, never when a saved model loads.
         decoder_channels: channels of the PPM, FPN and fusion convs.
         feature_norm: layer-normalize the encoder maps first (smp), see above.
+        deep_supervision: also output auxiliary logits (`head_aux_<k>`, a 1x1 conv) of the
+            four FPN levels (after their smoothing convs; stride 32: the PPM output): the
+            outputs are ``[logits, aux_1 (stride 4), aux_2 (8), aux_3 (16), aux_4 (32)]``.
+            Off: the graph and parameters are exactly those without it.
         activation: None (logits), "sigmoid" or "softmax".
         pad_to_divisor: pad inputs to a multiple of 32 and crop the logits back.
 
@@ -86,6 +93,11 @@ class UPerNet(SegmentationModel):
     """
 
     divisor = 32
+    supports_deep_supervision = True
+
+    @classmethod
+    def aux_levels(cls, args: dict[str, Any]) -> int:
+        return len(LEVELS)
 
     def __init__(
         self,
@@ -96,6 +108,7 @@ class UPerNet(SegmentationModel):
         encoder_weights: str | None = None,
         decoder_channels: int = 256,
         feature_norm: bool = True,
+        deep_supervision: bool = False,
         activation: str | None = None,
         pad_to_divisor: bool = False,
         **kwargs,
@@ -104,6 +117,7 @@ class UPerNet(SegmentationModel):
         check_activation(activation)
         check_positive_int("decoder_channels", decoder_channels)
         check_bool("feature_norm", feature_norm)
+        check_deep_supervision(deep_supervision)
         divisor = self.divisor_for(locals())
 
         # === Encoder ===
@@ -150,6 +164,9 @@ class UPerNet(SegmentationModel):
         y = keras.layers.Conv2D(num_classes, 1, name="head_conv", dtype="float32")(y)
         logits = BilinearUpsampling(4, align_corners=True, name="head_upsample")(y)
         outputs = model_output(logits, image, activation, pad_to_divisor)
+        if deep_supervision:  # finest first: the stride-4 level is aux 1
+            aux = [aux_head(y, num_classes, k) for k, y in enumerate(reversed(levels), 1)]
+            outputs = with_aux(outputs, aux, deep_supervision)
         super().__init__(inputs=image, outputs=outputs, **{"name": "upernet", **kwargs})
 
         # === Config ===

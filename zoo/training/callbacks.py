@@ -23,6 +23,7 @@ import numpy as np
 from zoo import outputs
 from zoo.errors import NonFiniteError
 from zoo.outputs import to_plain
+from zoo.saving import inference_model
 from zoo.training.backup import Backup, list_backups, read_value, tracked_variables, write_backup
 from zoo.training.signals import Interrupted, StopRequests
 
@@ -83,6 +84,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     def __init__(self, model: keras.Model, path: Path, monitor: str, mode: str) -> None:
         super().__init__()
         self.inference_model = model
+        self._saved: keras.Model | None = None  # the single-output copy (deep supervision)
         self.path = Path(path)
         self.monitor = monitor
         self.better = np.greater if mode == "max" else np.less
@@ -93,8 +95,10 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         value = (logs or {}).get(self.monitor)
         if value is None or not np.isfinite(value) or not self.better(value, self.best):
             return
+        # A deep-supervised model is saved as its single-output inference model.
+        self._saved = inference_model(self.inference_model, self._saved)
         try:
-            outputs.save_model(self.inference_model, self.path)
+            outputs.save_model(self._saved, self.path)
         except FloatingPointError:
             return  # non-finite weights are never saved; the guard reports them
         self.best, self.best_epoch = float(value), epoch

@@ -84,7 +84,7 @@ def attach_losses(model: keras.Model, loss: Any, info: Any) -> keras.Model:
     metrics = MetricsLayer(info.num_classes, info.ignore_index, name="seg_metrics")
     return losses.attach(
         model, loss.spec, mode=loss.mode, ignore_index=info.ignore_index, metrics=[metrics],
-        **loss.options,
+        level_weights=loss.level_weights, **loss.options,
     )  # fmt: skip
 
 
@@ -190,7 +190,7 @@ def finalize(run: Any, s: Session, train_time: float) -> dict[str, Any]:
         train_time_s=round(train_time, 2),
         steps=int(backups.read_value(s.train_model.optimizer.iterations)),
         image_size=list(info.image_size),
-        params=int(s.model.count_params()),
+        params=int(export.count_params()),  # the saved model's (no auxiliary heads)
         history=history,
     )
     started = run.timer.clock()
