@@ -89,6 +89,7 @@ class RunConfig:
 
 
 def data_mode(num_classes: int) -> str:
+    """The mode `data.mode: auto` means for `num_classes` (`zoo.data.config.data_mode`)."""
     return "binary" if int(num_classes) == 1 else "multiclass"
 
 
@@ -212,6 +213,7 @@ def parse(cfg: DictConfig, explicit: set[str] | None = None) -> RunConfig:
     Raises:
         ConfigError: the first problem found, in one line.
     """
+    from zoo.data.config import data_mode as resolved_data_mode
     from zoo.data.config import parse_data_config
     from zoo.distribute import StrategyConfig
 
@@ -223,12 +225,17 @@ def parse(cfg: DictConfig, explicit: set[str] | None = None) -> RunConfig:
     predict = OmegaConf.to_object(cfg.predict)
     predict_options(predict)
     data = parse_data_config(cfg.data)
+    mode = resolved["mode"]
+    if resolved_data_mode(data) == "multilabel" and mode != "predict":
+        from zoo.data.multilabel import resolve
+
+        # The model's outputs are the labels: K from the label folders (or .npy channels),
+        # known before the model is built. A listing and one .npy header, no mask is read.
+        resolve(data)
+        resolved["data"].update(num_classes=data.num_classes, class_names=data.class_names)
     strategy = StrategyConfig(**resolved["strategy"])
     model = model_spec(resolved["model"], data.num_classes, data.channels)
-    loss = loss_spec(
-        resolved["loss"], resolved.get("loss_options") or {}, data_mode(data.num_classes)
-    )
-    mode = resolved["mode"]
+    loss = loss_spec(resolved["loss"], resolved.get("loss_options") or {}, resolved_data_mode(data))
     if mode == "train" and model.freeze_encoder and trainer.encoder_lr_mult != 1:
         log.warning(
             "trainer.encoder_lr_mult=%g has no effect: model.freeze_encoder=true keeps the "
