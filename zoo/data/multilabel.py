@@ -168,7 +168,7 @@ def _channel(values: np.ndarray, path: Path, ignore: int | None, what: str, png:
     if bad:
         hint = "; set data.ignore_index=255 if 255 marks ignored pixels" if 255 in bad else ""
         raise DataError(
-            f"Mask '{path}' has value {bad[0]:g} {what}; multilabel masks hold {_allowed(ignore)}"
+            f"Mask '{path}' has value {bad[0]:g}{what}; multilabel masks hold {_allowed(ignore)}"
             f"{' (PNG: 0/255 too)' if png else ''}{hint}"
         )
     return values.astype(np.int32)
@@ -193,7 +193,7 @@ def read_labels(ref: Path | tuple[Path, ...], c: FolderDataConfig) -> LabelMask:
                     f"Mask '{p}' is {m.shape[0]}x{m.shape[1]} but '{ref[0]}' is "
                     f"{chans[0].shape[0]}x{chans[0].shape[1]}; the masks of one image must match"
                 )
-            chans.append(_channel(m, p, ignore, f"(label '{p.parent.name}')", png=True))
+            chans.append(_channel(m, p, ignore, f" (label '{p.parent.name}')", png=True))
         arr, source = np.stack(chans, -1), ref[0]
     else:
         source = Path(ref)
