@@ -89,8 +89,9 @@ def test_losses_on_overlapping_labels_match_numpy():
 # --- Folder data ------------------------------------------------------------------------------
 
 
-def label_folder(root, n=6, size=32, seed=0, npy=False):
-    """Images with a bright square (label "a") and a bright bar (label "b") that overlap."""
+def label_folder(root, n=6, size=32, seed=0, npy=False, ignore=False):
+    """Images with a bright square (label "a") and a bright bar (label "b") that overlap;
+    `ignore`: label "a" is unknown (255) in each image's top-left 4x4 corner."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True)
     masks = []
@@ -105,6 +106,8 @@ def label_folder(root, n=6, size=32, seed=0, npy=False):
             0, 60, (size, size, 3)
         )
         Image.fromarray(image.astype(np.uint8)).save(root / "images" / f"s{i}.png")
+        if ignore:
+            a[:4, :4] = 255
         masks.append(np.stack([a, b], -1))
         if npy:
             (root / "masks").mkdir(exist_ok=True)
@@ -113,7 +116,8 @@ def label_folder(root, n=6, size=32, seed=0, npy=False):
             for j, label in enumerate("ab"):
                 (root / "masks" / label).mkdir(parents=True, exist_ok=True)
                 # Label "a" as 0/255, "b" as 0/1: both are binary masks.
-                Image.fromarray(masks[-1][..., j] * (255 if label == "a" else 1)).save(
+                scale = 255 if label == "a" and not ignore else 1
+                Image.fromarray(masks[-1][..., j] * scale).save(
                     root / "masks" / label / f"s{i}.png"
                 )
     return root, masks
@@ -240,20 +244,23 @@ def test_overlay_shows_each_label_and_their_overlap():
 
 
 def numpy_scores(truth, logits):
-    """Per-label foreground Dice over the whole set, with NumPy."""
-    pred = logits > 0
-    t = truth == 1
-    tp = (pred & t).sum((0, 1, 2))
-    fp, fn = (pred & ~t).sum((0, 1, 2)), (~pred & t).sum((0, 1, 2))
+    """Per-label foreground Dice and IoU over the whole set (255: ignored), with NumPy."""
+    pred, t, valid = logits > 0, truth == 1, truth != 255
+    tp = (pred & t & valid).sum((0, 1, 2))
+    fp = (pred & ~t & valid).sum((0, 1, 2))
+    fn = (~pred & t & valid).sum((0, 1, 2))
     return 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)
 
 
 def test_trained_model_is_multilabel_for_every_consumer(tmp_path):
-    root, _ = label_folder(tmp_path / "data", n=8)
+    """Every loss term that takes multilabel data trains in one run, with label "a" partly
+    ignored (255, per label); then model.keras alone tells evaluate and predict its mode."""
+    root, _ = label_folder(tmp_path / "data", n=8, ignore=True)
     run_dir = tmp_path / "run"
+    spec = "wbce+dice+focal+jaccard+tversky"
     args = ["data=folder", f"data.root={root}", "data.mode=multilabel", "data.batch_size=2",
-            "data.val_ratio=0.25", "loss=wbce+dice", "trainer.max_steps=3", *TINY_UNET,
-            "trainer.num_overlays=1"]  # fmt: skip
+            "data.ignore_index=255", "data.val_ratio=0.25", f"loss={spec}",
+            "trainer.max_steps=3", *TINY_UNET, "trainer.num_overlays=1"]  # fmt: skip
     proc = train(args, run_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -268,11 +275,14 @@ def test_trained_model_is_multilabel_for_every_consumer(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("val_dice_a", "val_dice_b", "val_iou_a", "val_iou_b"):
         assert key in metrics and key in metrics["history"], key
-    assert "dice_a" in metrics["history"] and "wbce_loss" in metrics["history"]
+    h = metrics["history"]
+    assert "dice_a" in h and np.isfinite(h["loss"][-1])
+    terms = [h[f"{t}_loss"][-1] for t in spec.split("+")]
+    assert h["loss"][-1] == pytest.approx(sum(terms), rel=1e-4) and all(v > 0 for v in terms)
 
     # The final scores, recomputed independently from the model's logits on the val files.
     c = parse_data_config({"name": "folder", "root": str(root), "mode": "multilabel",
-                           "val_ratio": 0.25})  # fmt: skip
+                           "val_ratio": 0.25, "ignore_index": 255})  # fmt: skip
     val = split_pairs(c)[1]
     images = np.stack([np.asarray(Image.open(p), np.float32) / 255 for p, _ in val])
     truth = np.stack([read_labels(m, c).labels for _, m in val])
@@ -286,7 +296,8 @@ def test_trained_model_is_multilabel_for_every_consumer(tmp_path):
 
     # mode=evaluate, without data.mode: the model says it is multilabel; same per-label scores.
     args = ["mode=evaluate", f"checkpoint={run_dir / 'model.keras'}", "data=folder",
-            f"data.root={root}", "data.val_ratio=0.25", *TINY_UNET]  # fmt: skip
+            f"data.root={root}", "data.val_ratio=0.25", "data.ignore_index=255",
+            *TINY_UNET]  # fmt: skip
     proc = train(args, tmp_path / "eval")
     assert proc.returncode == 0, proc.stderr[-3000:]
     evaluated = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
