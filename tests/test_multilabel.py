@@ -260,7 +260,8 @@ def test_trained_model_is_multilabel_for_every_consumer(tmp_path):
     spec = "wbce+dice+focal+jaccard+tversky"
     args = ["data=folder", f"data.root={root}", "data.mode=multilabel", "data.batch_size=2",
             "data.ignore_index=255", "data.val_ratio=0.25", f"loss={spec}",
-            "trainer.max_steps=3", *TINY_UNET, "trainer.num_overlays=1"]  # fmt: skip
+            "trainer.max_steps=3", *TINY_UNET, "trainer.num_overlays=1",
+            "trainer.export=[saved_model]"]  # fmt: skip
     proc = train(args, run_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -293,6 +294,17 @@ def test_trained_model_is_multilabel_for_every_consumer(tmp_path):
     assert metrics["val_dice"] == pytest.approx(np.nanmean(dice), abs=1e-6)
     (overlay,) = (run_dir / "overlays").glob("*.png")
     assert Image.open(overlay).size == (3 * 32, 32)
+
+    # The exported SavedModel's mask is (B, H, W, K): per label, the sign of its own logit.
+    entry = metrics["exports"]["saved_model"]
+    assert entry["logits_error"] <= 1e-5 and entry["mask_agreement"] >= 0.999
+    loaded = tf.saved_model.load(str(run_dir / "model_saved_model"))
+    uint8 = np.stack([np.asarray(Image.open(p)) for p, _ in val])
+    out = loaded.signatures["serving_default"](image=tf.constant(uint8))
+    exported = out["mask"].numpy()
+    assert exported.shape == logits.shape
+    clear = np.abs(logits) > 1e-4
+    np.testing.assert_array_equal(exported[clear] > 0, (logits > 0)[clear])
 
     # mode=evaluate, without data.mode: the model says it is multilabel; same per-label scores.
     args = ["mode=evaluate", f"checkpoint={run_dir / 'model.keras'}", "data=folder",
