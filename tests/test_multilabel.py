@@ -326,3 +326,15 @@ def test_trained_model_is_multilabel_for_every_consumer(tmp_path):
         mask = np.asarray(Image.open(png)) > 0
         clear = np.abs(logits[0, ..., j]) > 1e-4
         np.testing.assert_array_equal(mask[clear], (logits[0, ..., j] > 0)[clear])
+
+
+def test_recipe_auto_refuses_multilabel_data(tmp_path):
+    from omegaconf import OmegaConf
+
+    from zoo.recipe.apply import apply_recipe
+
+    cfg = OmegaConf.create({"recipe": {"name": "auto", "device": "auto"},
+                            "data": {"name": "folder", "root": str(tmp_path), "mode": "multilabel"},
+                            "trainer": {"time_budget": None}})  # fmt: skip
+    with pytest.raises(ConfigError, match="recipe=auto plans from binary or multiclass"):
+        apply_recipe(cfg, write=False, cache=False)
