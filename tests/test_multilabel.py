@@ -53,6 +53,14 @@ def test_per_label_dice_and_iou_by_hand():
     assert float(halves.result()["dice_0"]) == pytest.approx(0.8)
 
 
+def test_summary_names_each_label():
+    from zoo.evaluation import summary
+
+    results = {"val_dice": 0.5, "val_iou": 0.4, "val_dice_cell": 0.75, "val_dice_a_b": 0.25,
+               "labels": ["cell", "a b"]}  # fmt: skip
+    assert summary(results).endswith("per label: cell 0.7500, a b 0.2500")
+
+
 def test_a_label_absent_everywhere_is_left_out_of_the_mean():
     truth, logits = TRUTH.copy(), LOGITS.copy()
     truth[..., 1] = 0
@@ -274,6 +282,7 @@ def test_trained_model_is_multilabel_for_every_consumer(tmp_path):
     assert meta["mode"] == "multilabel" and meta["class_names"] == ["a", "b"]
     assert model.outputs[0].shape[-1] == 2
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["labels"] == ["a", "b"]
     for key in ("val_dice_a", "val_dice_b", "val_iou_a", "val_iou_b"):
         assert key in metrics and key in metrics["history"], key
     h = metrics["history"]
@@ -313,7 +322,7 @@ def test_trained_model_is_multilabel_for_every_consumer(tmp_path):
     proc = train(args, tmp_path / "eval")
     assert proc.returncode == 0, proc.stderr[-3000:]
     evaluated = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
-    assert evaluated["scored_at"] == "full_resolution"
+    assert evaluated["scored_at"] == "full_resolution" and evaluated["labels"] == ["a", "b"]
     for key in ("val_dice_a", "val_dice_b", "val_iou_a", "val_dice"):
         assert evaluated[key] == pytest.approx(metrics[key], abs=1e-6), key
 

@@ -91,7 +91,16 @@ def summary(results: dict[str, Any], prefix: str = "val_") -> str:
     dice, iou = results.get(f"{prefix}dice"), results.get(f"{prefix}iou")
     if dice is None or (isinstance(dice, float) and math.isnan(dice)):
         return "Validation Dice: n/a (no foreground in the validation masks or predictions)"
-    return f"Validation Dice: {dice:.4f}  IoU: {iou:.4f}"
+    text = f"Validation Dice: {dice:.4f}  IoU: {iou:.4f}"
+    labels = results.get("labels")
+    if labels:  # multilabel: each label's Dice (the keys use `zoo.metrics.label_keys`)
+        from zoo.metrics import label_keys
+
+        per = [results.get(f"{prefix}dice_{k}") for k in label_keys(labels)]
+        text += "  per label: " + ", ".join(
+            f"{name} {v:.4f}" for name, v in zip(labels, per) if isinstance(v, float)
+        )
+    return text
 
 
 def _no_validation(name: str) -> EvaluationError:
@@ -164,10 +173,19 @@ def final_scores(model: Any, run: Any, bundle: Any) -> dict[str, Any]:
     """
     t, info = run.trainer, bundle.info
     if t.final_eval == "full_resolution":
-        return full_resolution_scores(model, run.data, run.predict)
+        return with_labels(full_resolution_scores(model, run.data, run.predict), model)
     scores = evaluate_model(model, bundle.val, info.num_classes, info.ignore_index,
                             t.validation_steps, info.mode, info.class_names)  # fmt: skip
-    return {**{f"val_{k}": v for k, v in scores.items()}, "scored_at": "image_size"}
+    results = {**{f"val_{k}": v for k, v in scores.items()}, "scored_at": "image_size"}
+    return with_labels(results, model)
+
+
+def with_labels(results: dict[str, Any], model: Any) -> dict[str, Any]:
+    """Multilabel models: `labels`, the label names whose `val_dice_<label>` the results hold."""
+    meta = getattr(model, "metadata", None) or {}
+    if results and meta.get("mode") == "multilabel" and meta.get("class_names"):
+        results["labels"] = list(meta["class_names"])
+    return results
 
 
 def adopt_model_mode(model: Any, data: Any) -> None:
@@ -235,6 +253,7 @@ def evaluate_checkpoint(run: Any, run_dir: str | os.PathLike) -> dict[str, Any]:
         )  # fmt: skip
         results = {f"val_{k}": v for k, v in scores.items()}
         results["scored_at"] = "image_size"
+    with_labels(results, model)
     results["checkpoint"] = str(run.checkpoint)
     write_json(Path(run_dir) / "eval_metrics.json", results)
     print(summary(results))
