@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from test_configs import make
 from test_train import TINY_UNET, train
 
 from zoo.data import build_datasets
@@ -216,6 +217,26 @@ def test_config_errors(values, match):
         parse_data_config(values)
 
 
+def test_the_run_config_takes_its_labels_from_the_folders(tmp_path):
+    """K (the model's outputs), the label names, the loss's mode and the per-label values
+    trainer.monitor may name are known at parse time, before any model or mask."""
+    from zoo.config import validate
+
+    root, _ = label_folder(tmp_path / "d", n=2)
+    base = ["data=folder", f"data.root={root}", "data.mode=multilabel"]
+    run = validate(make([*base, "trainer.monitor=val_iou_b"]))
+    assert run.data.num_classes == 2 and run.data.class_names == ["a", "b"]
+    assert run.model.kwargs["num_classes"] == 2 and run.loss.mode == "multilabel"
+    assert run.loss.spec == "wbce+dice"  # loss=auto
+    assert run.resolved["data"]["class_names"] == ["a", "b"]  # config.yaml records them
+    with pytest.raises(ConfigError, match="Did you mean 'val_dice_b'"):
+        validate(make([*base, "trainer.monitor=val_dice_c"]))
+    with pytest.raises(ConfigError, match="term 'wce' supports multiclass"):
+        validate(make([*base, "loss=wce+dice"]))
+    with pytest.raises(DataError, match="num_classes=3 but the multilabel data has 2 labels"):
+        validate(make([*base, "data.num_classes=3"]))
+
+
 def test_augmentation_moves_every_label_with_the_image():
     """Crops, flips and quarter turns: each label channel stays where its pixels are; the
     image's three bands are the three labels, so alignment is checked pixel by pixel."""
@@ -269,7 +290,7 @@ def test_trained_model_is_multilabel_for_every_consumer(tmp_path):
     args = ["data=folder", f"data.root={root}", "data.mode=multilabel", "data.batch_size=2",
             "data.ignore_index=255", "data.val_ratio=0.25", f"loss={spec}",
             "trainer.max_steps=3", *TINY_UNET, "trainer.num_overlays=1",
-            "trainer.export=[saved_model]"]  # fmt: skip
+            "trainer.export=[saved_model]", "trainer.monitor=val_dice_b"]  # fmt: skip
     proc = train(args, run_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
 

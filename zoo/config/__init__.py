@@ -8,6 +8,7 @@ Every failure is one `ConfigError` line naming the key, the value and the valid 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 from dataclasses import dataclass, field
@@ -56,12 +57,14 @@ class LossSpec:
     spec: Any
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     mode: str = "binary"
+    labels: tuple[str, ...] = ()  # multilabel: the per-label metric keys (`dice_<label>`)
 
     def logged(self) -> list[str]:
         """Every value a training run logs (what `trainer.monitor` may name)."""
         import losses
 
         names = ["loss", *(f"{t}_loss" for _, t in losses.parse_spec(self.spec)), "dice", "iou"]
+        names += [f"{m}_{k}" for k in self.labels for m in ("dice", "iou")]
         return names + [f"val_{n}" for n in names]
 
 
@@ -86,11 +89,6 @@ class RunConfig:
     process_start: float | None = None
     timer: Any = None  # zoo.recipe.PhaseTimer
     recipe: Any = None  # zoo.recipe.apply.AppliedRecipe
-
-
-def data_mode(num_classes: int) -> str:
-    """The mode `data.mode: auto` means for `num_classes` (`zoo.data.config.data_mode`)."""
-    return "binary" if int(num_classes) == 1 else "multiclass"
 
 
 def loss_spec(spec: Any, options: dict[str, Any], mode: str) -> LossSpec:
@@ -213,8 +211,7 @@ def parse(cfg: DictConfig, explicit: set[str] | None = None) -> RunConfig:
     Raises:
         ConfigError: the first problem found, in one line.
     """
-    from zoo.data.config import data_mode as resolved_data_mode
-    from zoo.data.config import parse_data_config
+    from zoo.data.config import data_mode, parse_data_config
     from zoo.distribute import StrategyConfig
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -226,7 +223,7 @@ def parse(cfg: DictConfig, explicit: set[str] | None = None) -> RunConfig:
     predict_options(predict)
     data = parse_data_config(cfg.data)
     mode = resolved["mode"]
-    if resolved_data_mode(data) == "multilabel" and mode != "predict":
+    if data_mode(data) == "multilabel" and mode != "predict":
         from zoo.data.multilabel import resolve
 
         # The model's outputs are the labels: K from the label folders (or .npy channels),
@@ -235,7 +232,11 @@ def parse(cfg: DictConfig, explicit: set[str] | None = None) -> RunConfig:
         resolved["data"].update(num_classes=data.num_classes, class_names=data.class_names)
     strategy = StrategyConfig(**resolved["strategy"])
     model = model_spec(resolved["model"], data.num_classes, data.channels)
-    loss = loss_spec(resolved["loss"], resolved.get("loss_options") or {}, resolved_data_mode(data))
+    loss = loss_spec(resolved["loss"], resolved.get("loss_options") or {}, data_mode(data))
+    if data_mode(data) == "multilabel" and data.class_names:
+        from zoo.metrics import label_keys
+
+        loss = dataclasses.replace(loss, labels=tuple(label_keys(data.class_names)))
     if mode == "train" and model.freeze_encoder and trainer.encoder_lr_mult != 1:
         log.warning(
             "trainer.encoder_lr_mult=%g has no effect: model.freeze_encoder=true keeps the "
