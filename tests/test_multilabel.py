@@ -196,6 +196,24 @@ def test_folder_errors_name_the_file(tmp_path):
         build_datasets(folder_cfg(tmp_path / "f"), 2)
 
 
+def test_border_weights_see_the_objects_of_every_label(tmp_path):
+    """unet_border on multilabel data: two objects of different labels 2 px apart get the
+    border term between them (docs/data.md's example: w_c + 10 exp(-(1 + 2)^2 / 50))."""
+    root = tmp_path / "d"
+    for d in ("images", "masks/a", "masks/b"):
+        (root / d).mkdir(parents=True)
+    a, b = np.zeros((32, 32), np.uint8), np.zeros((32, 32), np.uint8)
+    a[10:20, 5:13] = 1
+    b[10:20, 15:23] = 1
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "images" / "x.png")
+    Image.fromarray(a).save(root / "masks" / "a" / "x.png")
+    Image.fromarray(b).save(root / "masks" / "b" / "x.png")
+    bundle = build_datasets(folder_cfg(root, weight_map="unet_border", batch_size=1), 1)
+    w = next(iter(bundle.train))["weight"].numpy()[0, ..., 0]
+    assert w[15, 13] == pytest.approx(1 + 10 * np.exp(-9 / 50), rel=1e-5)
+    assert w[15, 8] == pytest.approx(1.0) and w[15, 18] == pytest.approx(1.0)  # on objects
+
+
 @pytest.mark.parametrize(
     "values, match",
     [
