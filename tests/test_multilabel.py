@@ -217,7 +217,8 @@ def test_border_weights_see_the_objects_of_every_label(tmp_path):
 @pytest.mark.parametrize(
     "values, match",
     [
-        ({"name": "shapes", "mode": "multilabel"}, "multilabel masks: data=folder"),
+        ({"name": "pets", "mode": "multilabel"}, "multilabel masks: data=folder or data=shapes"),
+        ({"name": "shapes", "mode": "multilabel", "num_classes": 3}, "5 .or 1. for multilabel"),
         ({"name": "shapes", "mode": "binary", "num_classes": 5}, "data.mode='binary'"),
         ({"name": "shapes", "mode": "multiclass"}, "multiclass needs >= 2 classes"),
         ({"name": "shapes", "mode": "sparse"}, "auto, binary, multiclass, multilabel"),
@@ -253,6 +254,27 @@ def test_the_run_config_takes_its_labels_from_the_folders(tmp_path):
         validate(make([*base, "loss=wce+dice"]))
     with pytest.raises(DataError, match="num_classes=3 but the multilabel data has 2 labels"):
         validate(make([*base, "data.num_classes=3"]))
+
+
+def test_generated_shapes_have_overlapping_labels():
+    """data=shapes data.mode=multilabel: "shape" overlaps each kind; the same images' class
+    masks (data.num_classes=5) say which kind each pixel is."""
+    cfg = {"name": "shapes", "train_size": 4, "val_size": 2, "image_size": [64, 64],
+           "cache": False, "augment": {"enabled": False}}  # fmt: skip
+    multi = build_datasets({**cfg, "mode": "multilabel"}, 2)
+    classes = build_datasets({**cfg, "num_classes": 5}, 2)
+    assert multi.info.num_classes == 5 and multi.info.class_names[:2] == ("shape", "ellipse")
+    labels, ids = multi.val_images(2)[1], classes.val_images(2)[1][..., 0]
+    assert labels.shape == (2, 64, 64, 5)
+    np.testing.assert_array_equal(labels[..., 0], ids > 0)
+    for k in range(1, 5):
+        np.testing.assert_array_equal(labels[..., k], ids == k)
+    assert labels[..., 0].any() and (labels.sum(-1) == 2 * labels[..., 0]).all()
+    from zoo.config import validate
+
+    run = validate(make(["data.mode=multilabel"]))
+    assert run.model.kwargs["num_classes"] == 5 and run.loss.mode == "multilabel"
+    assert "val_dice_star" in run.loss.logged()
 
 
 def test_augmentation_moves_every_label_with_the_image():

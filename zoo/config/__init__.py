@@ -223,20 +223,23 @@ def parse(cfg: DictConfig, explicit: set[str] | None = None) -> RunConfig:
     predict_options(predict)
     data = parse_data_config(cfg.data)
     mode = resolved["mode"]
+    labels: tuple[str, ...] = ()
     if data_mode(data) == "multilabel" and mode != "predict":
         from zoo.data.multilabel import resolve
 
         # The model's outputs are the labels: K from the label folders (or .npy channels),
         # known before the model is built. A listing and one .npy header, no mask is read.
-        resolve(data)
-        resolved["data"].update(num_classes=data.num_classes, class_names=data.class_names)
+        labels = resolve(data)
+        resolved["data"]["num_classes"] = data.num_classes
+        if "class_names" in resolved["data"]:
+            resolved["data"]["class_names"] = list(labels)
     strategy = StrategyConfig(**resolved["strategy"])
     model = model_spec(resolved["model"], data.num_classes, data.channels)
     loss = loss_spec(resolved["loss"], resolved.get("loss_options") or {}, data_mode(data))
-    if data_mode(data) == "multilabel" and data.class_names:
+    if labels:
         from zoo.metrics import label_keys
 
-        loss = dataclasses.replace(loss, labels=tuple(label_keys(data.class_names)))
+        loss = dataclasses.replace(loss, labels=tuple(label_keys(labels)))
     if mode == "train" and model.freeze_encoder and trainer.encoder_lr_mult != 1:
         log.warning(
             "trainer.encoder_lr_mult=%g has no effect: model.freeze_encoder=true keeps the "

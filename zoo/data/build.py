@@ -117,7 +117,7 @@ def _weight_maps(
             # One (H, W) map for all labels: the border term between objects of any label.
             # Ignored pixels are left out per label by the losses' ignore_index, not here.
             union = (np.asarray(masks[i]) == 1).any(axis=-1).astype(np.int32)
-            return weights.weight_map(union, c.weight_map, class_weights, None, c.w0, c.sigma)
+            return weights.weight_map(union, c.weight_map, class_weights, inst, c.w0, c.sigma)
         return weights.weight_map(
             masks[i], c.weight_map, class_weights, inst, c.w0, c.sigma, c.ignore_index
         )
@@ -152,12 +152,17 @@ def _shapes(c: ShapesDataConfig):
     )
     train = shapes.generate_shapes(c.train_size, split="train", **kw)
     val = shapes.generate_shapes(c.val_size, split="val", **kw) if c.val_size else None
-    names = ("background", "shape") if c.num_classes == 1 else shapes.CLASS_NAMES
+    multilabel = data_mode(c) == "multilabel"
+    if multilabel:
+        names = shapes.LABEL_NAMES
+    else:
+        names = ("background", "shape") if c.num_classes == 1 else shapes.CLASS_NAMES
 
     def split(arrays):
         if arrays is None:
             return None
-        return list(arrays.images), list(arrays.masks(c.num_classes)), list(arrays.instances)
+        masks = arrays.labels() if multilabel else arrays.masks(c.num_classes)
+        return list(arrays.images), list(masks), list(arrays.instances)
 
     return split(train), split(val), names, (), None
 

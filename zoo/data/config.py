@@ -187,10 +187,14 @@ def _check_mode(c: DataConfig, bad: Any) -> None:
             raise bad("class_names", names, "a list of distinct, non-empty label names")
     if c.mode != "multilabel":
         return
-    if not isinstance(c, FolderDataConfig):
+    if isinstance(c, ShapesDataConfig):
+        if c.num_classes not in (1, 5):  # 1: from the data
+            raise bad("num_classes", c.num_classes, "5 (or 1) for multilabel shapes")
+        c.num_classes = 5  # "shape" + the 4 kinds (zoo.data.shapes.LABEL_NAMES)
+    elif not isinstance(c, FolderDataConfig):
         raise bad("mode", c.mode, f"'auto', 'binary' or 'multiclass' for data={c.name} "
-                  "(multilabel masks: data=folder)")  # fmt: skip
-    if c.mask_type != "class":
+                  "(multilabel masks: data=folder or data=shapes)")  # fmt: skip
+    if getattr(c, "mask_type", "class") != "class":
         raise bad("mask_type", c.mask_type, "'class' with data.mode=multilabel")
     if c.weight_map == "class_balance":
         raise bad("weight_map", c.weight_map, "none or unet_border with data.mode=multilabel "

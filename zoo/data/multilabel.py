@@ -105,8 +105,13 @@ def label_names(c: FolderDataConfig) -> tuple[str, ...]:
     return tuple(names)
 
 
-def resolve(c: FolderDataConfig) -> tuple[str, ...]:
-    """Set `c.class_names` and `c.num_classes` (= K) from the data (`label_names`)."""
+def resolve(c: Any) -> tuple[str, ...]:
+    """The labels of multilabel data; folder data: `c.class_names` and `c.num_classes` (= K)
+    set from the files (`label_names`). Generated shapes have fixed labels."""
+    if not isinstance(c, FolderDataConfig):
+        from zoo.data.shapes import LABEL_NAMES
+
+        return LABEL_NAMES
     names = label_names(c)
     c.class_names, c.num_classes = list(names), len(names)
     return names
