@@ -396,6 +396,15 @@ def test_trained_model_is_multilabel_for_every_consumer(tmp_path):
         mask = np.asarray(Image.open(png)) > 0
         clear = np.abs(logits[0, ..., j]) > 1e-4
         np.testing.assert_array_equal(mask[clear], (logits[0, ..., j] > 0)[clear])
+    # A larger image, predicted in 32 px tiles with overlays: a full-size 0/255 mask per label.
+    big = np.asarray(Image.open(val[0][0])).repeat(3, 0).repeat(2, 1)[:70, :50]
+    Image.fromarray(big).save(tmp_path / "big.png")
+    predict_folder(run_dir / "model.keras", tmp_path / "big.png", tmp_path / "tiled", tile=32,
+                   overlays=True)  # fmt: skip
+    for j in range(2):
+        mask = np.asarray(Image.open(tmp_path / "tiled" / f"label_{j}" / "big.png"))
+        assert mask.shape == (70, 50) and set(np.unique(mask)) <= {0, 255}
+    assert Image.open(tmp_path / "tiled" / "overlays" / "big.png").size == (50, 70)
 
 
 def test_recipe_auto_refuses_multilabel_data(tmp_path):
