@@ -309,6 +309,23 @@ def test_overlay_shows_each_label_and_their_overlap():
     assert len({tuple(c) for c in label_colors(12)}) == 12
 
 
+def test_evaluation_refuses_a_model_of_another_mode():
+    from helpers import build_tiny
+
+    from zoo.errors import ModelFileError
+    from zoo.evaluation import check_model_fits_data
+
+    model = build_tiny("unet", num_classes=2)
+    model.metadata = {"mode": "multilabel", "class_names": ["a", "b"]}
+    check_model_fits_data(model, 2, 3, "m.keras", "multilabel")
+    with pytest.raises(ModelFileError, match="m.keras is a multilabel model but the data is "
+                       "multiclass .*set data.mode=multilabel"):  # fmt: skip
+        check_model_fits_data(model, 2, 3, "m.keras")
+    model.metadata = {"mode": "multiclass"}
+    with pytest.raises(ModelFileError, match="is a multiclass model but the data is multilabel"):
+        check_model_fits_data(model, 2, 3, "m.keras", "multilabel")
+
+
 # --- Through train.py -------------------------------------------------------------------------
 
 
