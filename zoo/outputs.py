@@ -253,7 +253,8 @@ def write_overlays(
     `images` are float (n, H, W, C) in [0, 1] with any C, shown by `display_rgb` (gray
     images as gray, multi-band images by their first three channels). Multilabel
     (`mode="multilabel"`, masks (n, H, W, K)): truth and prediction (sigmoid > `threshold`
-    per label) are drawn over the image, each label in its color (`blend_labels`).
+    per label) are drawn over a dimmed gray copy of the image, each label in its color
+    (`blend_labels`).
     """
     from PIL import Image
 
@@ -268,7 +269,9 @@ def write_overlays(
         rgb = display_rgb(np.asarray(img, dtype=np.float32))
         if multilabel:
             gt = np.asarray(gt).reshape(*rgb.shape[:2], -1)
-            parts = [rgb, blend_labels(rgb, gt), blend_labels(rgb, pred)]
+            # Labels over a dimmed gray copy of the image: the colors are the labels' only.
+            gray = np.repeat(rgb.mean(-1, keepdims=True) * 0.5, 3, -1).astype(np.uint8)
+            parts = [rgb, blend_labels(gray, gt, 0.7), blend_labels(gray, pred, 0.7)]
         else:
             gt = np.asarray(gt).reshape(rgb.shape[:2])
             truth = _colorize(gt, num_classes, ignore_index)
