@@ -157,6 +157,16 @@ def test_folder_reads_both_layouts_as_k_channel_masks(tmp_path, npy):
         assert named.info.class_names == ("x", "y")
 
 
+def test_resize_at_load_takes_every_label_by_nearest_neighbour(tmp_path):
+    root, masks = label_folder(tmp_path / "d", n=3)
+    cfg = folder_cfg(root, image_size=[16, 16], resize="resize", batch_size=1)
+    got = build_datasets(cfg, 1).val_images(0)  # empty: no validation split
+    assert got[1].shape == (0, 16, 16, 2)
+    batch = next(iter(build_datasets(cfg, 1).train))["mask"].numpy()[0]
+    # Pillow's nearest 32 -> 16 takes the pixel at 2i + 1 (centre-aligned).
+    assert any(np.array_equal(batch, m[1::2, 1::2]) for m in masks)
+
+
 def test_folder_errors_name_the_file(tmp_path):
     root, _ = label_folder(tmp_path / "d")
     (root / "masks" / "b" / "s3.png").unlink()
