@@ -184,7 +184,7 @@ def read_labels(ref: Path | tuple[Path, ...], c: FolderDataConfig) -> LabelMask:
 
     Raises:
         DataError: a value other than 0/1 (0/255 for label images) or ignore_index, a `.npy`
-            mask that is not (H, W, K) with K = `data.num_classes`, or per-label masks of
+            mask that is not (H, W, K) with K = len(`data.class_names`), or per-label masks of
             different sizes; each names the file.
     """
     ignore = c.ignore_index
@@ -203,11 +203,13 @@ def read_labels(ref: Path | tuple[Path, ...], c: FolderDataConfig) -> LabelMask:
     else:
         source = Path(ref)
         raw = np.asarray(decode(source, "mask"))
-        k = int(c.num_classes)
-        if raw.ndim != 3 or raw.shape[-1] != k:
+        # K: the resolved labels (`resolve`); any K when the labels are not known yet.
+        k = len(names) if names else (raw.shape[-1] if raw.ndim == 3 else 0)
+        if raw.ndim != 3 or raw.shape[-1] != k or k < 1:
+            labels = f" ({', '.join(names)})" if names else ""
             raise DataError(
-                f"Mask '{source}' has shape {raw.shape}; expected (H, W, {k}): one 0/1 channel "
-                f"per label ({', '.join(names)})"
+                f"Mask '{source}' has shape {raw.shape}; expected (H, W, {k or 'K'}): one 0/1 "
+                f"channel per label{labels}"
             )
         if raw.dtype.kind not in "iubf":
             raise DataError(f"Mask '{source}' has dtype {raw.dtype}; expected integers or bool")
