@@ -17,7 +17,11 @@ from zoo.models.base import model_mode
 
 
 def check_model_fits_data(
-    model: Any, num_classes: int, channels: int, source: str | os.PathLike
+    model: Any,
+    num_classes: int,
+    channels: int,
+    source: str | os.PathLike,
+    data_mode: str | None = None,
 ) -> None:
     """A model must predict the data's classes from the data's channels.
 
@@ -38,9 +42,12 @@ def check_model_fits_data(
             f"data.channels={channels}: set data.channels={expected}"
         )
     mode = model_mode(model)
-    if (mode == "binary") != (int(num_classes) == 1):
+    if data_mode is None:
+        data_mode = "binary" if int(num_classes) == 1 else "multiclass"
+    if mode != data_mode:
         raise ModelFileError(
-            f"{source} is a {mode} model but the data has num_classes={num_classes}"
+            f"{source} is a {mode} model but the data is {data_mode} (num_classes="
+            f"{num_classes}): set data.mode={mode}, or evaluate it on the data it was trained for"
         )
 
 
@@ -50,15 +57,23 @@ def evaluate_model(
     num_classes: int,
     ignore_index: int | None,
     steps: int | None = None,
+    mode: str | None = None,
+    class_names: Any = None,
 ) -> dict[str, float]:
     """Exact Dice/IoU (mean and per class) of an inference model over a dataset of dicts.
 
     A class absent from both truth and prediction scores NaN (never 1; see zoo.metrics).
+    `mode` "multilabel": per label (`dice_<label name>`, from `class_names`) and the mean;
+    None: the model's own (`model_mode`).
 
     Raises:
         EvaluationError: no pixel was evaluated (an empty dataset, or only ignored pixels).
     """
-    cm = ConfusionMatrix(num_classes, ignore_index, per_class=True)
+    multilabel = (mode or model_mode(model)) == "multilabel"
+    names = list(class_names) if multilabel and class_names is not None else None
+    cm = ConfusionMatrix(
+        num_classes, ignore_index, per_class=True, multilabel=multilabel, class_names=names
+    )
     for i, batch in enumerate(dataset):
         if steps is not None and i >= steps:
             break
@@ -76,7 +91,16 @@ def summary(results: dict[str, Any], prefix: str = "val_") -> str:
     dice, iou = results.get(f"{prefix}dice"), results.get(f"{prefix}iou")
     if dice is None or (isinstance(dice, float) and math.isnan(dice)):
         return "Validation Dice: n/a (no foreground in the validation masks or predictions)"
-    return f"Validation Dice: {dice:.4f}  IoU: {iou:.4f}"
+    text = f"Validation Dice: {dice:.4f}  IoU: {iou:.4f}"
+    labels = results.get("labels")
+    if labels:  # multilabel: each label's Dice (the keys use `zoo.metrics.label_keys`)
+        from zoo.metrics import label_keys
+
+        per = [results.get(f"{prefix}dice_{k}") for k in label_keys(labels)]
+        text += "  per label: " + ", ".join(
+            f"{name} {v:.4f}" for name, v in zip(labels, per) if isinstance(v, float)
+        )
+    return text
 
 
 def _no_validation(name: str) -> EvaluationError:
@@ -149,10 +173,34 @@ def final_scores(model: Any, run: Any, bundle: Any) -> dict[str, Any]:
     """
     t, info = run.trainer, bundle.info
     if t.final_eval == "full_resolution":
-        return full_resolution_scores(model, run.data, run.predict)
+        return with_labels(full_resolution_scores(model, run.data, run.predict), model)
     scores = evaluate_model(model, bundle.val, info.num_classes, info.ignore_index,
-                            t.validation_steps)  # fmt: skip
-    return {**{f"val_{k}": v for k, v in scores.items()}, "scored_at": "image_size"}
+                            t.validation_steps, info.mode, info.class_names)  # fmt: skip
+    results = {**{f"val_{k}": v for k, v in scores.items()}, "scored_at": "image_size"}
+    return with_labels(results, model)
+
+
+def with_labels(results: dict[str, Any], model: Any) -> dict[str, Any]:
+    """Multilabel models: `labels`, the label names whose `val_dice_<label>` the results hold."""
+    meta = getattr(model, "metadata", None) or {}
+    if results and meta.get("mode") == "multilabel" and meta.get("class_names"):
+        results["labels"] = list(meta["class_names"])
+    return results
+
+
+def adopt_model_mode(model: Any, data: Any) -> None:
+    """Folder data with `data.mode: auto` scored by a multilabel model reads its masks as
+    labels, in the model's label order: the saved model says how its logits become masks, so
+    `data.mode` need not be repeated."""
+    meta = getattr(model, "metadata", None) or {}
+    if getattr(data, "mode", None) != "auto" or meta.get("mode") != "multilabel":
+        return
+    from zoo.data.multilabel import resolve
+
+    data.mode = "multilabel"
+    if data.class_names is None and meta.get("class_names"):
+        data.class_names = list(meta["class_names"])
+    resolve(data)
 
 
 def evaluate_checkpoint(run: Any, run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -171,7 +219,7 @@ def evaluate_checkpoint(run: Any, run_dir: str | os.PathLike) -> dict[str, Any]:
         ModelFileError: the checkpoint does not fit the data (checked before the data loads).
         EvaluationError: the data has no validation samples.
     """
-    from zoo.data.config import FolderDataConfig
+    from zoo.data.config import FolderDataConfig, data_mode
     from zoo.outputs import write_json
     from zoo.saving import load_segmentation_model
 
@@ -181,7 +229,10 @@ def evaluate_checkpoint(run: Any, run_dir: str | os.PathLike) -> dict[str, Any]:
         strategy = build_strategy(run.strategy)
         with strategy.scope():
             model = load_segmentation_model(run.checkpoint)
-        check_model_fits_data(model, run.data.num_classes, run.data.channels, run.checkpoint)
+        adopt_model_mode(model, run.data)
+        check_model_fits_data(
+            model, run.data.num_classes, run.data.channels, run.checkpoint, data_mode(run.data)
+        )
         results = full_resolution_scores(model, run.data, run.predict, strategy)
         if results is None:  # a non-chief worker: the chief writes the scores
             return {}
@@ -189,14 +240,20 @@ def evaluate_checkpoint(run: Any, run_dir: str | os.PathLike) -> dict[str, Any]:
         from zoo.data import build_datasets
 
         model = load_segmentation_model(run.checkpoint)
-        check_model_fits_data(model, run.data.num_classes, run.data.channels, run.checkpoint)
+        check_model_fits_data(
+            model, run.data.num_classes, run.data.channels, run.checkpoint, data_mode(run.data)
+        )
         bundle = build_datasets(run.data, global_batch_size=run.data.batch_size, seed=run.seed)
         info = bundle.info
         if info.val_size == 0:
             raise _no_validation(info.name)
-        scores = evaluate_model(model, bundle.val, info.num_classes, info.ignore_index)
+        scores = evaluate_model(
+            model, bundle.val, info.num_classes, info.ignore_index, None, info.mode,
+            info.class_names,
+        )  # fmt: skip
         results = {f"val_{k}": v for k, v in scores.items()}
         results["scored_at"] = "image_size"
+    with_labels(results, model)
     results["checkpoint"] = str(run.checkpoint)
     write_json(Path(run_dir) / "eval_metrics.json", results)
     print(summary(results))

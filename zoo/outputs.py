@@ -174,6 +174,43 @@ def _colorize(mask: np.ndarray, num_classes: int, ignore_index: int | None) -> n
     return out
 
 
+# Multilabel overlays: one distinct, saturated color per label (then a seeded palette).
+LABEL_COLORS = np.array(
+    [(230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (145, 30, 180),
+     (70, 240, 240), (245, 130, 48), (240, 50, 230), (210, 245, 60), (0, 128, 128)],
+    np.uint8,
+)  # fmt: skip
+
+
+def label_colors(k: int) -> np.ndarray:
+    """(k, 3) uint8 colors, one per label: `LABEL_COLORS`, then seeded random ones."""
+    if k <= len(LABEL_COLORS):
+        return LABEL_COLORS[:k].copy()
+    extra = np.random.default_rng(54321).integers(40, 256, size=(k - len(LABEL_COLORS), 3))
+    return np.concatenate([LABEL_COLORS, extra.astype(np.uint8)])
+
+
+def blend_labels(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Draw multilabel masks over an image: every label in its own color (`label_colors`).
+
+    A pixel with several labels gets the mean of their colors (red + green labels overlap in
+    olive), so overlaps stay visible instead of the last label hiding the others; pixels with
+    no label keep the image. Values other than 1 (0, ignore_index) are not drawn.
+
+    Args:
+        rgb: (H, W, 3) uint8 image.
+        labels: (H, W, K) 0/1 labels.
+        alpha: opacity of the label colors.
+    """
+    on = np.asarray(labels) == 1
+    colors = label_colors(on.shape[-1]).astype(np.float32)
+    count = on.sum(-1, keepdims=True)
+    mean = (on.astype(np.float32) @ colors) / np.maximum(count, 1)
+    base = np.asarray(rgb, np.float32)
+    out = np.where(count > 0, (1 - alpha) * base + alpha * mean, base)
+    return np.round(out).astype(np.uint8)
+
+
 def predicted_mask(logits: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """Class ids from logits: sigmoid > threshold for one channel, arg-max otherwise."""
     logits = np.asarray(logits, dtype=np.float32)
@@ -208,24 +245,38 @@ def write_overlays(
     logits: np.ndarray,
     num_classes: int,
     ignore_index: int | None = None,
+    mode: str | None = None,
+    threshold: float = 0.5,
 ) -> list[Path]:
     """One PNG per sample: image | ground truth | prediction, side by side.
 
     `images` are float (n, H, W, C) in [0, 1] with any C, shown by `display_rgb` (gray
-    images as gray, multi-band images by their first three channels).
+    images as gray, multi-band images by their first three channels). Multilabel
+    (`mode="multilabel"`, masks (n, H, W, K)): truth and prediction (sigmoid > `threshold`
+    per label) are drawn over a dimmed gray copy of the image, each label in its color
+    (`blend_labels`).
     """
     from PIL import Image
 
     out_dir = Path(out_dir)
     paths = []
-    preds = predicted_mask(logits)
+    multilabel = mode == "multilabel"
+    if multilabel:
+        preds = (1.0 / (1.0 + np.exp(-np.asarray(logits, np.float32))) > threshold).astype(np.uint8)
+    else:
+        preds = predicted_mask(logits)
     for i, (img, gt, pred) in enumerate(zip(images, masks, preds)):
         rgb = display_rgb(np.asarray(img, dtype=np.float32))
-        gt = np.asarray(gt).reshape(rgb.shape[:2])
-        panel = np.concatenate(
-            [rgb, _colorize(gt, num_classes, ignore_index), _colorize(pred, num_classes, None)],
-            axis=1,
-        )
+        if multilabel:
+            gt = np.asarray(gt).reshape(*rgb.shape[:2], -1)
+            # Labels over a dimmed gray copy of the image: the colors are the labels' only.
+            gray = np.repeat(rgb.mean(-1, keepdims=True) * 0.5, 3, -1).astype(np.uint8)
+            parts = [rgb, blend_labels(gray, gt, 0.7), blend_labels(gray, pred, 0.7)]
+        else:
+            gt = np.asarray(gt).reshape(rgb.shape[:2])
+            truth = _colorize(gt, num_classes, ignore_index)
+            parts = [rgb, truth, _colorize(pred, num_classes, None)]
+        panel = np.concatenate(parts, axis=1)
         path = out_dir / f"val_{i:03d}.png"
         atomic_write(path, lambda tmp, p=panel: Image.fromarray(p).save(tmp, format="PNG"))
         paths.append(path)

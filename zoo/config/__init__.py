@@ -58,6 +58,7 @@ class LossSpec:
     spec: Any
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     mode: str = "binary"
+    labels: tuple[str, ...] = ()  # multilabel: the per-label metric keys (`dice_<label>`)
     level_weights: list[float] | None = None
     levels: int = 1
 
@@ -73,6 +74,7 @@ class LossSpec:
                 f"{t}_aux{k}_loss" for k in range(1, self.levels) if weights[k] for t in terms
             ]
         names += ["dice", "iou"]
+        names += [f"{m}_{k}" for k in self.labels for m in ("dice", "iou")]
         return names + [f"val_{n}" for n in names]
 
 
@@ -97,10 +99,6 @@ class RunConfig:
     process_start: float | None = None
     timer: Any = None  # zoo.recipe.PhaseTimer
     recipe: Any = None  # zoo.recipe.apply.AppliedRecipe
-
-
-def data_mode(num_classes: int) -> str:
-    return "binary" if int(num_classes) == 1 else "multiclass"
 
 
 def loss_spec(spec: Any, options: dict[str, Any], mode: str) -> LossSpec:
@@ -253,7 +251,7 @@ def parse(cfg: DictConfig, explicit: set[str] | None = None) -> RunConfig:
     Raises:
         ConfigError: the first problem found, in one line.
     """
-    from zoo.data.config import parse_data_config
+    from zoo.data.config import data_mode, parse_data_config
     from zoo.distribute import StrategyConfig
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -264,14 +262,26 @@ def parse(cfg: DictConfig, explicit: set[str] | None = None) -> RunConfig:
     predict = OmegaConf.to_object(cfg.predict)
     predict_options(predict)
     data = parse_data_config(cfg.data)
+    mode = resolved["mode"]
+    labels: tuple[str, ...] = ()
+    if data_mode(data) == "multilabel" and mode != "predict":
+        from zoo.data.multilabel import resolve
+
+        # The model's outputs are the labels: K from the label folders (or .npy channels),
+        # known before the model is built. A listing and one .npy header, no mask is read.
+        labels = resolve(data)
+        resolved["data"]["num_classes"] = data.num_classes
+        if "class_names" in resolved["data"]:
+            resolved["data"]["class_names"] = list(labels)
     strategy = StrategyConfig(**resolved["strategy"])
     model = model_spec(resolved["model"], data.num_classes, data.channels)
-    loss = loss_spec(
-        resolved["loss"], resolved.get("loss_options") or {}, data_mode(data.num_classes)
-    )
+    loss = loss_spec(resolved["loss"], resolved.get("loss_options") or {}, data_mode(data))
     weights, levels = level_weights(resolved.get("loss_level_weights"), model)
     loss = dataclasses.replace(loss, level_weights=weights, levels=levels)
-    mode = resolved["mode"]
+    if labels:
+        from zoo.metrics import label_keys
+
+        loss = dataclasses.replace(loss, labels=tuple(label_keys(labels)))
     if mode == "train" and model.freeze_encoder and trainer.encoder_lr_mult != 1:
         log.warning(
             "trainer.encoder_lr_mult=%g has no effect: model.freeze_encoder=true keeps the "

@@ -17,6 +17,7 @@ from zoo.data.config import (
     FolderDataConfig,
     PetsDataConfig,
     ShapesDataConfig,
+    data_mode,
     parse_data_config,
 )
 from zoo.errors import DataError
@@ -31,13 +32,14 @@ class DataInfo:
     Attributes:
         name: the dataset config's name.
         num_classes: 1 for binary masks, else the number of classes.
-        mode: "binary" or "multiclass".
+        mode: "binary", "multiclass" or "multilabel" (masks (H, W, K), one 0/1 per label).
         ignore_index: mask value of ignored pixels, or None.
         steps_per_epoch: train_size // global_batch_size (full batches per epoch).
         train_size: number of training samples.
         val_size: number of validation samples.
         image_size: (height, width) of every batch.
-        class_names: one name per class (binary: ("background", <foreground>)).
+        class_names: one name per class (binary: ("background", <foreground>); multilabel:
+            one per label).
         global_batch_size: batch size of `train` and `val`.
         class_weights: w_c per class used by the class-balance / U-Net weight maps.
         weight_map: the weight map kind.
@@ -87,11 +89,13 @@ class DataBundle:
     train_at: Any = field(default=None, repr=False)
 
     def val_images(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """First `n` validation samples: images f32 (n,H,W,C), masks int32 (n,H,W,1)."""
+        """First `n` validation samples: images f32 (n,H,W,C), masks int32 (n,H,W,1), or
+        (n,H,W,K) for multilabel data."""
         h, w = self.info.image_size
         if self._val_store is None or n <= 0:
             empty = np.zeros((0, h, w, self.info.channels), np.float32)
-            return empty, np.zeros((0, h, w, 1), np.int32)
+            k = self.info.num_classes if self.info.mode == "multilabel" else 1
+            return empty, np.zeros((0, h, w, k), np.int32)
         # An uncached copy: a partial read of `val` would leave its cache half-filled.
         ds = pipeline.eval_stream(self._val_store, batch_size=int(n), size=(h, w), cache=False)
         batch = next(iter(ds))
@@ -105,8 +109,15 @@ def _weight_maps(
     class_weights: np.ndarray,
     workers: int = 4,
 ) -> list[np.ndarray]:
+    multilabel = data_mode(c) == "multilabel"
+
     def one(i: int) -> np.ndarray:
         inst = instances[i] if instances is not None else None
+        if multilabel:
+            # One (H, W) map for all labels: the border term between objects of any label.
+            # Ignored pixels are left out per label by the losses' ignore_index, not here.
+            union = (np.asarray(masks[i]) == 1).any(axis=-1).astype(np.int32)
+            return weights.weight_map(union, c.weight_map, class_weights, inst, c.w0, c.sigma)
         return weights.weight_map(
             masks[i], c.weight_map, class_weights, inst, c.w0, c.sigma, c.ignore_index
         )
@@ -141,12 +152,17 @@ def _shapes(c: ShapesDataConfig):
     )
     train = shapes.generate_shapes(c.train_size, split="train", **kw)
     val = shapes.generate_shapes(c.val_size, split="val", **kw) if c.val_size else None
-    names = ("background", "shape") if c.num_classes == 1 else shapes.CLASS_NAMES
+    multilabel = data_mode(c) == "multilabel"
+    if multilabel:
+        names = shapes.LABEL_NAMES
+    else:
+        names = ("background", "shape") if c.num_classes == 1 else shapes.CLASS_NAMES
 
     def split(arrays):
         if arrays is None:
             return None
-        return list(arrays.images), list(arrays.masks(c.num_classes)), list(arrays.instances)
+        masks = arrays.labels() if multilabel else arrays.masks(c.num_classes)
+        return list(arrays.images), list(masks), list(arrays.instances)
 
     return split(train), split(val), names, (), None
 
@@ -196,8 +212,12 @@ def build_datasets(
     else:  # pragma: no cover - parse_data_config only returns the schemas above
         raise ValueError(f"Invalid data.name={c.name!r}")
 
-    counts = weights.class_counts(train[1], c.num_classes)
-    class_weights = weights.class_balance_weights(counts)
+    mode = data_mode(c)
+    if mode == "multilabel":  # class_balance is refused; the border map's w_c is 1
+        class_weights = np.ones(2, np.float32)
+    else:
+        counts = weights.class_counts(train[1], c.num_classes)
+        class_weights = weights.class_balance_weights(counts)
     train_samples = make_samples(*train, c, class_weights)
     n_train = len(train_samples)
     steps = n_train // int(global_batch_size)
@@ -248,7 +268,7 @@ def build_datasets(
     info = DataInfo(
         name=c.name,
         num_classes=c.num_classes,
-        mode="binary" if c.num_classes == 1 else "multiclass",
+        mode=mode,
         ignore_index=c.ignore_index,
         steps_per_epoch=steps,
         train_size=n_train,

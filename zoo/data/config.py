@@ -17,6 +17,8 @@ from zoo.outputs import to_plain
 WEIGHT_MAPS = ("none", "class_balance", "unet_border")
 RESIZE_MODES = ("resize", "crop")
 MASK_TYPES = ("class", "instance")
+# "auto": binary for num_classes 1, multiclass otherwise (what a config without `mode` means).
+DATA_MODES = ("auto", "binary", "multiclass", "multilabel")
 
 
 @dataclass
@@ -43,6 +45,9 @@ class DataConfig:
     """Keys shared by every dataset."""
 
     name: str = "???"
+    # auto | binary | multiclass | multilabel (overlapping labels, one 0/1 mask per label:
+    # data=folder only; docs/data.md "Multilabel masks").
+    mode: str = "auto"
     num_classes: int = 1
     ignore_index: int | None = None
     image_size: list[int] = field(default_factory=lambda: [96, 96])
@@ -84,6 +89,9 @@ class FolderDataConfig(DataConfig):
 
     name: str = "folder"
     image_size: list[int] | None = None
+    # Multilabel: the labels (mask subfolders, or the channels of .npy masks), in order;
+    # null: the sorted subfolder names of masks/ (or label_<k> for .npy masks).
+    class_names: list[str] | None = None
     batch_size: int = 8
     root: str = "???"
     val_ratio: float = 0.2
@@ -153,13 +161,57 @@ def parse_data_config(cfg: Any) -> DataConfig:
     return out
 
 
+def data_mode(c: DataConfig) -> str:
+    """The label mode of checked data: "binary", "multiclass" or "multilabel"."""
+    if c.mode != "auto":
+        return c.mode
+    return "binary" if int(c.num_classes) == 1 else "multiclass"
+
+
+def _check_mode(c: DataConfig, bad: Any) -> None:
+    if c.mode not in DATA_MODES:
+        raise bad("mode", c.mode, f"one of {', '.join(DATA_MODES)}")
+    if c.mode == "binary" and c.num_classes != 1:
+        raise bad("mode", c.mode, f"'multiclass' or 'multilabel' for num_classes={c.num_classes}")
+    if c.mode == "multiclass" and c.num_classes < 2:
+        raise bad("mode", c.mode, "'binary' for num_classes=1 (multiclass needs >= 2 classes)")
+    names = getattr(c, "class_names", None)
+    if names is not None:
+        if c.mode != "multilabel":
+            raise bad("class_names", names, "null unless data.mode=multilabel")
+        if (
+            not names
+            or len(set(names)) != len(names)
+            or not all(isinstance(n, str) and n for n in names)
+        ):
+            raise bad("class_names", names, "a list of distinct, non-empty label names")
+    if c.mode != "multilabel":
+        return
+    if isinstance(c, ShapesDataConfig):
+        if c.num_classes not in (1, 5):  # 1: from the data
+            raise bad("num_classes", c.num_classes, "5 (or 1) for multilabel shapes")
+        c.num_classes = 5  # "shape" + the 4 kinds (zoo.data.shapes.LABEL_NAMES)
+    elif not isinstance(c, FolderDataConfig):
+        raise bad("mode", c.mode, f"'auto', 'binary' or 'multiclass' for data={c.name} "
+                  "(multilabel masks: data=folder or data=shapes)")  # fmt: skip
+    if getattr(c, "mask_type", "class") != "class":
+        raise bad("mask_type", c.mask_type, "'class' with data.mode=multilabel")
+    if c.weight_map == "class_balance":
+        raise bad("weight_map", c.weight_map, "none or unet_border with data.mode=multilabel "
+                  "(weigh a rare label with loss_options.wbce.pos_weight)")  # fmt: skip
+    if c.ignore_index is not None and c.ignore_index in (0, 1):
+        raise bad("ignore_index", c.ignore_index, "null or a value other than 0 and 1")
+
+
 def _check(c: DataConfig) -> None:
     def bad(key: str, value: Any, expected: str) -> ConfigError:
         return ConfigError(f"Invalid data.{key}={value!r}; expected {expected}")
 
     if int(c.num_classes) < 1:
         raise bad("num_classes", c.num_classes, "an integer >= 1")
-    if c.ignore_index is not None and 0 <= c.ignore_index < c.num_classes:
+    _check_mode(c, bad)
+    ignore = c.ignore_index
+    if c.mode != "multilabel" and ignore is not None and 0 <= ignore < c.num_classes:
         raise bad("ignore_index", c.ignore_index, f"null or a value outside 0..{c.num_classes - 1}")
     if c.image_size is None and not isinstance(c, FolderDataConfig):
         raise bad("image_size", None, "[height, width], each >= 8")

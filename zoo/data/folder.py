@@ -5,6 +5,9 @@ Layouts (see docs/data.md):
     root/images/*.png|jpg|npy  root/masks/*.png|npy        split by `val_ratio` with `split_seed`
     root/train/{images,masks}/ root/val/{images,masks}/    split given by the folders
 
+Multilabel (`data.mode=multilabel`) masks are either one binary mask per label,
+`masks/<label>/<stem>.png`, or one `(H, W, K)` 0/1 `masks/<stem>.npy` per image (`multilabel`).
+
 Every file is read once, up front, in a thread pool; every problem raises one `ValueError` or
 `FileNotFoundError` naming the file before any training starts.
 """
@@ -15,10 +18,12 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from zoo.data import multilabel
 from zoo.data.config import FolderDataConfig
 from zoo.data.io import (
     IMAGE_SUFFIXES,
@@ -48,8 +53,11 @@ def _files(folder: Path, suffixes: tuple[str, ...], what: str) -> dict[str, Path
     return out
 
 
-def find_pairs(folder: Path) -> list[tuple[Path, Path]]:
+def find_pairs(folder: Path, labels: Sequence[str] | None = None) -> list[tuple[Path, Any]]:
     """(image, mask) paths of `folder/images` and `folder/masks`, matched by file stem.
+
+    With `labels` (multilabel data) the mask of an image is a tuple of one path per label
+    (`masks/<label>/<stem>.png`), or one `.npy` path when `masks/` has no label subfolders.
 
     Raises:
         FileNotFoundError: a missing folder.
@@ -63,6 +71,8 @@ def find_pairs(folder: Path) -> list[tuple[Path, Path]]:
                 "matching file stems (or train/ and val/ subfolders, each with both)"
             )
     images = _files(images_dir, IMAGE_SUFFIXES, "image")
+    if labels is not None and multilabel.label_dirs(masks_dir):
+        return multilabel.label_pairs(images, masks_dir, labels, _files)
     masks = _files(masks_dir, MASK_SUFFIXES, "mask")
     for stem, p in images.items():
         if stem not in masks:
@@ -191,16 +201,22 @@ def _read_pair(pair: tuple[Path, Path], c: FolderDataConfig):
     image_path, mask_path = pair
     try:
         image = read_image_raw(image_path, c.channels)
-        raw = read_mask(mask_path)
+        if c.mode == "multilabel":
+            raw = multilabel.read_labels(mask_path, c)
+            mask_path = raw.source  # the file the size is checked against
+        else:
+            raw = read_mask(mask_path)
     except UnreadableFileError as e:
         if c.skip_corrupt:
             return e
         raise
-    if image.shape[:2] != raw.shape:
+    if image.shape[:2] != raw.shape[:2]:
         raise DataError(
             f"Image '{image_path}' is {image.shape[0]}x{image.shape[1]} but its mask '{mask_path}' "
             f"is {raw.shape[0]}x{raw.shape[1]} (HxW); they must match"
         )
+    if c.mode == "multilabel":
+        return image, raw.labels, None
     mask, instances = map_mask(raw, mask_path, c)
     return image, mask, instances
 
@@ -243,9 +259,10 @@ def _split(pairs: list[tuple[Path, Path]], results: list, c: FolderDataConfig,
 
 def split_pairs(
     c: FolderDataConfig,
-) -> tuple[list[tuple[Path, Path]], list[tuple[Path, Path]]]:
+) -> tuple[list[tuple[Path, Any]], list[tuple[Path, Any]]]:
     """(train, val) lists of (image, mask) paths: the split `load` uses (and full-resolution
-    evaluation, which reads the validation files at native size).
+    evaluation, which reads the validation files at native size). Multilabel data: a mask is
+    a tuple of per-label paths or one `.npy` path (`find_pairs`).
 
     Raises:
         MissingFileError: missing root, images/ or masks/ (or val/ next to train/).
@@ -254,11 +271,12 @@ def split_pairs(
     root = Path(c.root).expanduser()
     if not root.is_dir():
         raise MissingFileError(f"data.root not found: '{root}' (data=folder data.root=/path)")
+    labels = multilabel.resolve(c) if c.mode == "multilabel" else None
     if (root / "train").is_dir():
         if not (root / "val").is_dir():
             raise MissingFileError(f"Found '{root / 'train'}' but no '{root / 'val'}' folder")
-        return find_pairs(root / "train"), find_pairs(root / "val")
-    pairs = find_pairs(root)
+        return find_pairs(root / "train", labels), find_pairs(root / "val", labels)
+    pairs = find_pairs(root, labels)
     order = np.random.default_rng(c.split_seed).permutation(len(pairs))
     n_val = int(round(c.val_ratio * len(pairs)))
     if c.val_ratio > 0 and len(pairs) > 1:
@@ -313,8 +331,10 @@ def load(
             )
     if not train[0]:
         raise DataError(f"No readable training samples under '{root}'")
-    if c.num_classes == 1:
-        names: tuple[str, ...] = ("background", "foreground")
+    if c.mode == "multilabel":
+        names: tuple[str, ...] = tuple(c.class_names or ())
+    elif c.num_classes == 1:
+        names = ("background", "foreground")
     else:
         names = ("background", *(f"class_{i}" for i in range(1, c.num_classes)))
     return train, val, names, tuple(skipped), native_sizes

@@ -32,7 +32,8 @@ class Samples:
     Attributes:
         images: per-sample (H, W, C) arrays, uint8 (0..255) or float32 in [0, 1]; the same C
             for every sample.
-        masks: per-sample (H, W) int class ids.
+        masks: per-sample (H, W) int class ids, or (H, W, K) 0/1 labels (multilabel; the same
+            K for every sample).
         weights: per-sample (H, W) float32 weight maps.
     """
 
@@ -59,8 +60,12 @@ class SampleStore:
         channels = {int(im.shape[2]) if im.ndim == 3 else 1 for im in samples.images}
         if len(channels) != 1:
             raise ValueError(f"samples have different channel counts: {sorted(channels)}")
+        labels = {int(m.shape[2]) if np.ndim(m) == 3 else 1 for m in samples.masks}
+        if len(labels) != 1:
+            raise ValueError(f"masks have different channel counts: {sorted(labels)}")
         self.size = n
         self.channels = channels.pop()
+        self.mask_channels = labels.pop()  # K labels (multilabel), else 1
         self.uint8 = all(im.dtype == np.uint8 for im in samples.images)
 
         def as_stored(im: np.ndarray) -> np.ndarray:
@@ -84,7 +89,8 @@ class SampleStore:
         )
 
     def load(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """(image f32 (h,w,C) in [0,1], mask int32 (h,w,1), weight f32 (h,w,1)) of one sample."""
+        """(image f32 (h,w,C) in [0,1], mask int32 (h,w,1) or (h,w,K), weight f32 (h,w,1)) of
+        one sample."""
         hw = self._hw[index]
         h, w = hw[0], hw[1]
         o = self._off[index]
@@ -94,7 +100,8 @@ class SampleStore:
         image = tf.cast(image, tf.float32)
         if self.uint8:
             image = image / 255.0
-        mask = tf.reshape(self._masks[o : o + n], tf.stack([h, w, 1]))
+        k = self.mask_channels
+        mask = tf.reshape(self._masks[o * k : (o + n) * k], tf.stack([h, w, k]))
         weight = tf.reshape(self._weights[o : o + n], tf.stack([h, w, 1]))
         return image, mask, weight
 
@@ -114,9 +121,11 @@ def _window(h: tf.Tensor, w: tf.Tensor, size: tuple[int, int]) -> tuple[tf.Tenso
 def _resize_triplet(image, mask, weight, size):
     # Nearest for the weight too: it stays aligned with the mask (ignored pixels keep weight 0).
     image = tf.image.resize(image, size, method="bilinear")
+    # Every mask channel (K labels in multilabel data) is resized like one mask.
+    k = mask.shape[-1]
     labels = tf.concat([tf.cast(mask, tf.float32), weight], axis=-1)
     labels = tf.image.resize(labels, size, method="nearest")
-    return image, tf.cast(tf.round(labels[..., :1]), tf.int32), labels[..., 1:]
+    return image, tf.cast(tf.round(labels[..., :k]), tf.int32), labels[..., k:]
 
 
 def center_view(image, mask, weight, size: tuple[int, int]):
@@ -134,7 +143,7 @@ def center_view(image, mask, weight, size: tuple[int, int]):
 
 def _finish(image, mask, weight, size):
     image = tf.ensure_shape(image, [size[0], size[1], image.shape[-1]])
-    mask = tf.ensure_shape(tf.cast(mask, tf.int32), [size[0], size[1], 1])
+    mask = tf.ensure_shape(tf.cast(mask, tf.int32), [size[0], size[1], mask.shape[-1]])
     weight = tf.ensure_shape(weight, [size[0], size[1], 1])
     return {"image": image, "mask": mask, "weight": weight}
 
@@ -146,7 +155,8 @@ def augment(image, mask, weight, key: tf.Tensor, size: tuple[int, int], cfg: Aug
     an RGB image around its mean, other images each channel around its own mean.
 
     Args:
-        image, mask, weight: one sample, (h, w, C) tensors (C known statically).
+        image, mask, weight: one sample, (h, w, C) tensors (C known statically); the mask
+            has 1 channel, or K (multilabel): every channel moves like the mask.
         key: int64 (2,) stateless seed of this sample (derived from seed, epoch, index).
         size: output (height, width).
         cfg: augmentation options.
@@ -189,7 +199,7 @@ def augment(image, mask, weight, key: tf.Tensor, size: tuple[int, int], cfg: Aug
             k = 2 * tf.random.stateless_uniform([], keys[3], 0, 2, tf.int32)
         stack = tf.image.rot90(stack, k)
     c = image.shape[-1]
-    image, weight, maskf = stack[..., :c], stack[..., c : c + 1], stack[..., c + 1 : c + 2]
+    image, weight, maskf = stack[..., :c], stack[..., c : c + 1], stack[..., c + 1 :]
     mask = tf.cast(tf.round(maskf), tf.int32)
     if cfg.brightness > 0:  # one shift for every channel
         image = image + tf.random.stateless_uniform([], keys[4], -cfg.brightness, cfg.brightness)

@@ -21,6 +21,8 @@ import numpy as np
 
 KINDS = ("ellipse", "rectangle", "triangle", "star")
 CLASS_NAMES = ("background", *KINDS)
+# data.mode=multilabel: "shape" (any object) and each kind; every object pixel has two labels.
+LABEL_NAMES = ("shape", *KINDS)
 _SPLITS = {"train": 0, "val": 1}
 
 
@@ -43,6 +45,11 @@ class ShapesArrays:
         if num_classes == 1:
             return (self.instances > 0).astype(np.int32)
         return self.classes
+
+    def labels(self) -> np.ndarray:
+        """Multilabel masks, uint8 (N, H, W, 5): `LABEL_NAMES`, "shape" overlapping each kind."""
+        kinds = [self.classes == k for k in range(1, len(KINDS) + 1)]
+        return np.stack([self.instances > 0, *kinds], -1).astype(np.uint8)
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int, channels: int):

@@ -55,7 +55,8 @@ def evaluate(
     Returns:
         ``{"dice", "iou", "dice_<k>", "iou_<k>", "images", "scored_at": "full_resolution"}``
         (per class: multiclass classes 0..K-1; binary 0 = background, 1 = foreground;
-        multilabel: per label, and the means over labels). None on non-chief workers of a
+        multilabel: `dice_<label name>` per label, names from the model's metadata, and the
+        mean over the labels that occur). None on non-chief workers of a
         multi-worker strategy (every worker must call it: the steps are collective).
 
     Example:
@@ -72,13 +73,12 @@ def evaluate(
         ignore_index = getattr(model, "metadata", {}).get("ignore_index")
     threshold = mask_threshold(model, threshold)
     k, mode = predictor.num_outputs, predictor.mode
-    labels = k if mode == "multilabel" else 1
-    matrices = [
-        ConfusionMatrix(
-            num_classes=1 if mode != "multiclass" else k, ignore_index=ignore_index, per_class=True
-        )
-        for _ in range(labels)
-    ]
+    multilabel = mode == "multilabel"
+    names = getattr(model, "metadata", {}).get("class_names") if multilabel else None
+    matrix = ConfusionMatrix(
+        num_classes=1 if mode == "binary" else k, ignore_index=ignore_index, per_class=True,
+        multilabel=multilabel, class_names=names if names and len(names) == k else None,
+    )  # fmt: skip
     images = 0
     for index, (image, mask) in enumerate(pairs):
         mask = np.asarray(mask)
@@ -91,30 +91,21 @@ def evaluate(
         for row, rows in predictor.strips(image, progress):
             pred = to_mask(rows, mode, threshold)
             truth = mask[row : row + rows.shape[0]]
-            if mode == "multilabel":
-                for j, m in enumerate(matrices):
-                    m.update_state(truth[..., j][None], _pseudo_logits(pred[..., j], 1)[None])
+            if multilabel:  # per-label decisions: +-1 pseudo logits, label by label
+                logits = np.where(pred > 0, 1.0, -1.0).astype(np.float32)
             else:
-                matrices[0].update_state(
-                    truth[None], _pseudo_logits(pred, matrices[0].num_classes)[None]
-                )
+                logits = _pseudo_logits(pred, matrix.num_classes)
+            matrix.update_state(truth[None], logits[None])
         images += 1
     if not predictor.chief:
         return None
-    if sum(float(m.total()) for m in matrices) == 0:
+    if float(matrix.total()) == 0:
         raise EvaluationError(
             "The evaluation counted no pixels (no validation images, or every pixel ignored): "
             "there is nothing to score"
         )
     results: dict[str, Any] = {"images": images, "scored_at": "full_resolution"}
-    if mode != "multilabel":
-        results.update({key: float(v) for key, v in matrices[0].result().items()})
-        return results
-    per = [{key: float(v) for key, v in m.result().items()} for m in matrices]
-    for j, r in enumerate(per):
-        results[f"dice_{j}"], results[f"iou_{j}"] = r["dice"], r["iou"]
-    results["dice"] = float(np.mean([r["dice"] for r in per]))
-    results["iou"] = float(np.mean([r["iou"] for r in per]))
+    results.update({key: float(v) for key, v in matrix.result().items()})
     return results
 
 
@@ -132,6 +123,16 @@ def read_eval_pair(image_path: Any, mask_path: Any, data_cfg: Any) -> tuple[Any,
 
     c = data_cfg if hasattr(data_cfg, "mask_type") else parse_data_config(data_cfg)
     image = read_pixels(image_path)
+    if c.mode == "multilabel":  # (H, W, K) 0/1 labels (zoo.data.multilabel)
+        from zoo.data.multilabel import read_labels
+
+        labels = read_labels(mask_path, c)
+        if tuple(image.shape[:2]) != labels.shape[:2]:
+            raise DataError(
+                f"Image '{image_path}' is {image.shape[0]}x{image.shape[1]} but its mask "
+                f"'{labels.source}' is {labels.shape[0]}x{labels.shape[1]} (HxW); they must match"
+            )
+        return image, labels.labels
     raw = read_mask(mask_path)
     if tuple(image.shape[:2]) != raw.shape:
         raise DataError(

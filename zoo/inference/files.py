@@ -28,7 +28,7 @@ from zoo.inference.masks import mask_threshold, to_mask
 from zoo.inference.predictor import Progress, TiledPredictor
 from zoo.inference.settings import PredictOptions
 from zoo.inference.writers import PngStripWriter, class_palette, npy_memmap
-from zoo.outputs import display_rgb
+from zoo.outputs import blend_labels, display_rgb
 
 Sink = Callable[[int, np.ndarray, np.ndarray, Any], None]
 BINARY_COLOR = np.array([255, 0, 0], np.uint8)  # overlays: binary foreground in red
@@ -181,12 +181,9 @@ class FilePredictor:
         base = rgb8(image[row : row + mask.shape[0]]).astype(np.float32)
         color = np.zeros_like(base)
         on = np.zeros(base.shape[:2], bool)
-        if self.mode == "multilabel":
-            for j in range(mask.shape[-1]):  # later labels drawn over earlier ones
-                hit = mask[..., j] > 0
-                color[hit] = self.palette[(j + 1) % len(self.palette)]
-                on |= hit
-        elif self.mode == "binary":
+        if self.mode == "multilabel":  # each label its color; overlaps in the mean color
+            return blend_labels(base.astype(np.uint8), mask > 0, OVERLAY_ALPHA)
+        if self.mode == "binary":
             on = mask > 0
             color[on] = BINARY_COLOR
         else:

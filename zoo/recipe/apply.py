@@ -136,6 +136,12 @@ def apply_recipe(
         return cfg, AppliedRecipe(None, None, {}, note)
     if OmegaConf.is_missing(cfg.data, "root"):
         raise ConfigError("Missing data.root: pass data.root=/path/to/dataset")
+    if cfg.data.get("mode") == "multilabel":
+        # The fingerprint reads one class mask per image; multilabel layouts are not planned.
+        raise ConfigError(
+            "recipe=auto plans from binary or multiclass masks; with data.mode=multilabel "
+            "leave out recipe=auto and set data/model/trainer options yourself"
+        )
     t = cfg.trainer
     budget_s = parse_duration(t.time_budget) if t.time_budget is not None else None
     fp = fingerprint_folder(

@@ -81,7 +81,12 @@ def attach_losses(model: keras.Model, loss: Any, info: Any) -> keras.Model:
 
     # Metrics see the mask through the graph like the loss terms; under a distribution strategy
     # their confusion counts are summed over replicas, so val_dice is exact.
-    metrics = MetricsLayer(info.num_classes, info.ignore_index, name="seg_metrics")
+    # Multilabel: Dice/IoU of each label (`dice_<label>`) besides their mean.
+    multilabel = info.mode == "multilabel"
+    metrics = MetricsLayer(
+        info.num_classes, info.ignore_index, per_class=multilabel, multilabel=multilabel,
+        class_names=list(info.class_names) if multilabel else None, name="seg_metrics",
+    )  # fmt: skip
     return losses.attach(
         model, loss.spec, mode=loss.mode, ignore_index=info.ignore_index, metrics=[metrics],
         level_weights=loss.level_weights, **loss.options,
@@ -213,7 +218,13 @@ def finalize(run: Any, s: Session, train_time: float) -> dict[str, Any]:
         images, masks = s.bundle.val_images(t.num_overlays)
         logits = keras.ops.convert_to_numpy(export(images, training=False))
         outputs.write_overlays(
-            s.out_dir / "overlays", images, masks, logits, info.num_classes, info.ignore_index
+            s.out_dir / "overlays",
+            images,
+            masks,
+            logits,
+            info.num_classes,
+            info.ignore_index,
+            mode=info.mode,
         )
     if info.val_size > 0:
         print(f"{summary(results)}  ({train_time:.0f} s training)")
