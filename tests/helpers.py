@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import zoo
@@ -20,6 +21,21 @@ AUTO_NAMES = (
     "max_pooling2d",
     "dropout",
 )
+
+
+# The models whose heavy end-to-end tests (a train.py run, every export format, mixed
+# precision) run by default: one of each kind of decoder (skip-connection, pyramid, atrous,
+# transformer). Every other registered model runs them with the tests marked slow (CI runs
+# both), which keeps the default run near 20 minutes on 2 cores as the zoo grows.
+DEFAULT_RUN_MODELS = ("unet", "fpn", "deeplab_lite", "segformer")
+
+
+def every_model_heavy() -> list:
+    """`zoo.list_models()` as pytest params, those outside DEFAULT_RUN_MODELS marked slow."""
+    return [
+        pytest.param(n, marks=() if n in DEFAULT_RUN_MODELS else pytest.mark.slow)
+        for n in zoo.list_models()
+    ]
 
 
 def build_tiny(name: str, num_classes: int = 2, input_shape=(None, None, 3), **overrides):

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import build_tiny
+from helpers import build_tiny, every_model_heavy
 
 import losses
 import zoo
@@ -34,7 +34,6 @@ from zoo.models.base import SegmentationModel
 from zoo.saving import clone
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = zoo.list_models()
 SIZE = 64
 DATA = {
     "name": "shapes",
@@ -137,7 +136,7 @@ def out_root(tmp_path_factory) -> str:
 # ----------------------------------------------------------------------------- export paths
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", every_model_heavy())
 def test_export_copy_computes_the_training_path_logits(name):
     # Every layer's export path (plain batch norm, identity size check, unfolded upsampling
     # convolution, bilinear resize with run-time sizes) gives the trained model's logits.
@@ -244,7 +243,7 @@ def test_bilinear_upsample_rejects_bad_size(bad):
 
 
 @pytest.mark.parametrize("fmt", FORMAT_PARAMS)
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", every_model_heavy())
 def test_float32_artifact_matches_keras(name, fmt, out_root):
     model = trained(name)
     result = exported(name, fmt, None, out_root)
@@ -281,7 +280,7 @@ def test_float32_artifact_matches_keras(name, fmt, out_root):
 
 
 @requires("litert")
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", every_model_heavy())
 def test_litert_quantized_masks_and_dice(name, out_root):
     model = trained(name)
     images, truth = validation()

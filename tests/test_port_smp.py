@@ -136,6 +136,7 @@ PARITY_SPECS = [
 ]
 
 
+@pytest.mark.slow  # eight smp models built, ported and run: ~1-2 min
 @requires_reference("torch", "segmentation_models_pytorch")
 def test_smp_parity_architectures_port_with_equal_logits(tmp_path, monkeypatch):
     check_parity(tmp_path, monkeypatch, PARITY_SPECS, (128, 160))

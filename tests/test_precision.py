@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import every_model_heavy
 
 import losses
 import zoo
@@ -32,7 +33,7 @@ def batches() -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices(data).batch(BATCH)
 
 
-@pytest.mark.parametrize("name", zoo.list_models())
+@pytest.mark.parametrize("name", every_model_heavy())
 def test_mixed_bfloat16_trains_and_exports_float32(name, policy, tmp_path):
     policy("mixed_bfloat16")
     model = zoo.create_model(

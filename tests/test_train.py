@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import every_model_heavy
 from PIL import Image
 
 import zoo
@@ -62,7 +63,7 @@ def train(args, run_dir, timeout=600):
     )
 
 
-@pytest.mark.parametrize("name", zoo.list_models())
+@pytest.mark.parametrize("name", every_model_heavy())
 def test_every_model_trains_end_to_end(name, tmp_path):
     run_dir = tmp_path / "run"
     proc = train([*tiny_model_overrides(name), "loss=wbce+dice", *TINY], run_dir)
@@ -398,6 +399,7 @@ def test_recipe_auto_with_max_steps_end_to_end(tmp_path):
     assert parts <= timing["total_s"] + 0.01
 
 
+@pytest.mark.slow  # a 30 s budget, then the checks of what it wrote
 def test_time_budget_end_to_end(tmp_path):
     run_dir = tmp_path / "run"
     args = ["data.image_size=[32,32]", "data.train_size=16", "data.val_size=8",
