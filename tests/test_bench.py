@@ -41,6 +41,7 @@ def _positive(x: object) -> bool:
     return isinstance(x, (int, float)) and x > 0
 
 
+@pytest.mark.slow  # runs a benchmark end to end (tiny model): half a minute
 def test_machine_facts(smoke_result: dict) -> None:
     m = smoke_result["machine"]
     for key in ("cpu", "logical_cores", "tensorflow", "keras", "intra_op_threads"):
@@ -49,6 +50,7 @@ def test_machine_facts(smoke_result: dict) -> None:
     assert smoke_result["settings"]["smoke"] is True
 
 
+@pytest.mark.slow  # runs a benchmark end to end (tiny model): half a minute
 def test_every_part_has_numbers(smoke_result: dict) -> None:
     rows = smoke_result["throughput"]["rows"]
     assert rows and all("error" not in r for r in rows)
@@ -70,6 +72,7 @@ def test_every_part_has_numbers(smoke_result: dict) -> None:
     assert mem["peak_rss_mib"] >= mem["import_rss_mib"] > 0
 
 
+@pytest.mark.slow  # runs a benchmark end to end (tiny model): half a minute
 def test_report_fills_the_doc_markers(smoke_result: dict, tmp_path: Path) -> None:
     result = tmp_path / "r.json"
     result.write_text(json.dumps(smoke_result))
@@ -197,6 +200,7 @@ def test_profile_conv_flops_from_onednn_descriptors() -> None:
     assert conv["gflop_s"] == pytest.approx(2 * 2 * 8 * 64 * 64 * 64 * 9 * 64 / 1e9 / 0.05)
 
 
+@pytest.mark.slow  # runs a benchmark end to end (tiny model): half a minute
 def test_profile_smoke_runs(tmp_path: Path) -> None:
     result = _run_script("profile_step", "--smoke", out=tmp_path / "profile.json")
     tfp = result["tf_profile"]
@@ -235,6 +239,7 @@ def test_head_to_head_table_uses_paired_round_ratios() -> None:
     assert bench.head_to_head_markdown([]) == ""
 
 
+@pytest.mark.slow  # runs a benchmark end to end (tiny model): half a minute
 def test_tiled_smoke_writes_json_and_the_doc_table(tmp_path: Path) -> None:
     out = tmp_path / "t.json"
     result = _run_script("tiled", "all", "--smoke", "--memory-sizes", "256", out=out)

@@ -62,6 +62,7 @@ def check_parity(tmp_path, monkeypatch, specs, size):
         assert diff < 1e-4 * max(1.0, float(np.abs(want).max())), (arch, diff)
 
 
+@pytest.mark.slow  # smp models built and run in a torch interpreter: half a minute
 @requires_reference("torch", "segmentation_models_pytorch")
 def test_small_smp_models_port_with_equal_logits(tmp_path, monkeypatch):
     specs = [
