@@ -27,12 +27,13 @@ def port(tmp_path, checkpoint, model, *extra, name=None):
     return load_model(out)
 
 
-def check_parity(tmp_path, monkeypatch, specs, size):
+def check_parity(tmp_path, monkeypatch, specs, size, rtol=1e-4):
     """Random smp models (reference interpreter) -> `zoo.port smp` -> equal logits.
 
     specs: (smp arch, zoo model, checkpoint suffix, classes, encoder, smp kwargs[, smp
     options]) tuples; the options (smp arguments the weights do not tell) go to smp and to
-    the port (``--smp-arg``).
+    the port (``--smp-arg``). rtol: the largest difference allowed, relative to the largest
+    logit (at least 1).
     """
     monkeypatch.setenv("SEGZOO_TORCH_PYTHON", reference_python())
     images = np.random.default_rng(0).random((2, *size, 3), dtype=np.float32)
@@ -59,7 +60,7 @@ def check_parity(tmp_path, monkeypatch, specs, size):
         assert np.abs(want).max() > 0.1  # not trivially zero
         diff = float(np.abs(got - want).max())
         print(f"{arch} {encoder}: max |diff| {diff:.2e}, max |logit| {np.abs(want).max():.2f}")
-        assert diff < 1e-4 * max(1.0, float(np.abs(want).max())), (arch, diff)
+        assert diff < rtol * max(1.0, float(np.abs(want).max())), (arch, diff)
 
 
 @pytest.mark.slow  # smp models built and run in a torch interpreter: half a minute
@@ -157,7 +158,11 @@ def test_smp_parity_architectures_resnet34_defaults_port_with_equal_logits(tmp_p
         ("UPerNet", "upernet"),
     ]
     specs = [(arch, model, ".pth", 1, "resnet34", {}) for arch, model in archs]
-    check_parity(tmp_path, monkeypatch, specs, (128, 128))
+    # Full ResNet-34s: oneDNN and torch sum in different orders through 34 layers (the
+    # encoder alone drifts by 1.4e-5 of its largest stride-32 feature, test_pretrained.py),
+    # and MAnet's attention blocks carry that drift to logits of ~2 (2.1e-4 measured). A
+    # weight that lands in the wrong place is off by O(0.1) or more.
+    check_parity(tmp_path, monkeypatch, specs, (128, 128), rtol=3e-4)
 
 
 # === Bad input: one line, exit status 2 ===
