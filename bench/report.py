@@ -133,7 +133,7 @@ def reference_markdown(result: dict[str, Any], ref: dict[str, Any]) -> str:
     out = [
         f"Against segmentation_models_pytorch {ref.get('segmentation_models_pytorch')} "
         f"(torch {ref.get('torch')}, {ref.get('threads')} threads) on this machine, "
-        f"`bench/smp_reference.py`, {ref.get('date')}, load {ref.get('load_start')} -> "
+        f"`python -m bench.smp_reference`, {ref.get('date')}, load {ref.get('load_start')} -> "
         f"{ref.get('load_end')}; U-Net ResNet-34, {ref.get('size')}x{ref.get('size')}, "
         f"batch {ref.get('batch')}:\n",
         "| ours vs smp | train img/s | smp train | ratio | infer img/s | smp infer | "
@@ -179,7 +179,7 @@ def head_to_head_markdown(entries: list[dict[str, Any]]) -> str:
     if not groups:
         return ""
     out = [
-        "Head to head, `bench/tune.py --variants default smp` (each zoo model and its "
+        "Head to head, `python -m bench.tune --variants default smp` (each zoo model and its "
         f"counterpart in smp {versions.get('segmentation_models_pytorch', '?')} on torch "
         f"{versions.get('torch', '?')}, ResNet-34, in separate processes, stepped in turn "
         "A B B A; smp float32 in channels-last memory format, bfloat16 under autocast for "
