@@ -40,6 +40,7 @@ ROOT = BENCH.parent
 
 from bench.common import load_average, machine_facts, median, write_json  # noqa: E402
 from bench.report import update_doc  # noqa: E402
+from bench.tune import SMP_ARCH  # noqa: E402
 
 DOC_START = "<!-- bench:export:start -->"
 DOC_END = "<!-- bench:export:end -->"
@@ -53,7 +54,9 @@ VARIANTS = (
     ("onnx", None),
 )
 # Our model -> its segmentation_models_pytorch counterpart (architecture, encoder).
-SMP_COUNTERPARTS = {"unet": ("Unet", "resnet34"), "fpn": ("FPN", "resnet34")}
+# Every default config uses ResNet-34, SegFormer MiT-B0 (conf/model/*.yaml).
+SMP_COUNTERPARTS = {name: (arch, "resnet34") for name, arch in SMP_ARCH.items()}
+SMP_COUNTERPARTS["segformer"] = ("Segformer", "mit_b0")
 SMOKE_SMP = ("Unet", "resnet18")
 
 
@@ -214,7 +217,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="segzoo_bench_export_") as tmp:
         for name in args.models or (["unet"] if args.smoke else zoo.list_models()):
             result["rows"] += bench_model(name, args, Path(tmp), ref_python)
-    result["load_end"] = load_average()
+            result["load_end"] = load_average()
+            if args.out:  # after every model, so a long run that is cut keeps what it measured
+                write_json(Path(args.out), result)
     return result
 
 
@@ -292,10 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     args.runs = args.runs or (2 if args.smoke else 20)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 3)
     args.calibration_samples = args.calibration_samples or (4 if args.smoke else 32)
-    result = run(args)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        write_json(Path(args.out), result)
+    result = run(args)
     print(markdown(result))
     if args.doc:
         update_doc(Path(args.doc), markdown(result), DOC_START, DOC_END)
