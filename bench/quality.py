@@ -23,6 +23,7 @@ JSON to bench/results/quality.json, table into docs/quality.md between the quali
     python -m bench.quality --datasets dsb2018_nuclei --budgets 60 --seeds 0 --out /tmp/q.json
     python -m bench.quality --smoke --out /tmp/q.json        # seconds-scale plumbing check
     python -m bench.quality report bench/results/quality.json --doc docs/quality.md
+    python -m bench.quality report part1.json part2.json --doc docs/quality.md   # merged
 """
 
 from __future__ import annotations
@@ -248,15 +249,44 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several parts of the matrix (run separately): runs concatenated, the
+    summary recomputed; a (dataset, recipe, budget, seed) measured twice keeps the later."""
+    merged = {**results[0], "datasets": {}, "runs": []}
+    seen: dict[tuple, int] = {}
+    for part in results:
+        merged["datasets"].update(part.get("datasets", {}))
+        for r in part.get("runs", []):
+            key = (r["dataset"], r["recipe"], r["budget_s"], r["seed"])
+            if key in seen:
+                merged["runs"][seen[key]] = r
+            else:
+                seen[key] = len(merged["runs"])
+                merged["runs"].append(r)
+    merged["summary"] = summarize(merged["runs"])
+    if len(results) > 1:
+        merged["parts"] = [
+            {k: p.get(k) for k in ("settings", "load_start", "load_end")} for p in results
+        ]
+    return merged
+
+
 def markdown(result: dict[str, Any]) -> str:
     from bench.quality_data import SOURCES
 
     summary = result["summary"]
     budgets = sorted({float(b) for d in summary.values() for r in d.values() for b in r})
     head = " | ".join(f"{b / 60:g} min" for b in budgets)
+    ns = [c["n"] for d in summary.values() for r in d.values() for c in r.values()]
+    counts, most = set(ns), max(ns, default=0)
+    seeds = (
+        f"median of {counts.pop()} seeds"
+        if len(counts) == 1
+        else "median over seeds; (n) = seeds where not all were run"
+    )
     lines = [
-        f"Foreground Dice on the validation split (median of {result['settings']['seeds']} "
-        f"seeds), {result['settings']['cores']} CPU cores, budgets of training-loop time.",
+        f"Foreground Dice on the validation split ({seeds}), "
+        f"{result['settings']['cores']} CPU cores, budgets of training-loop time.",
         "",
         f"| dataset | domain | recipe | {head} |",
         "|---|---|---|" + "---|" * len(budgets),
@@ -270,7 +300,9 @@ def markdown(result: dict[str, Any]) -> str:
             vals = " | ".join(
                 "-"
                 if c.get("median") is None
-                else f"{100 * c['median']:.1f}" + ("*" if abs(c["time_ratio"] - 1) > 0.3 else "")
+                else f"{100 * c['median']:.1f}"
+                + ("*" if abs(c["time_ratio"] - 1) > 0.3 else "")
+                + (f" ({c['n']})" if c["n"] < most else "")
                 for c in cells
             )
             name = d + (" (stand-in)" if src.kind == "stand-in" else "")
@@ -302,7 +334,9 @@ def markdown(result: dict[str, Any]) -> str:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("command", nargs="?", default="run", choices=("run", "report"))
-    p.add_argument("result", nargs="?", type=Path, help="report: the JSON to render")
+    p.add_argument(
+        "result", nargs="*", type=Path, help="report: the JSON(s) to render (runs are merged)"
+    )
     p.add_argument("--datasets", nargs="+", default=None)
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
     p.add_argument("--budgets", type=lambda s: [float(x) for x in s.split(",")], default=None)
@@ -325,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     if args.command == "report":
-        result = json.loads(args.result.read_text())
+        if not args.result:
+            raise SystemExit("report needs at least one result JSON")
+        result = merge([json.loads(p.read_text()) for p in args.result])
         text = markdown(result)
         print(text)
         if args.doc:

@@ -59,14 +59,35 @@ def test_report_table_and_doc_markers(tmp_path):
     cell = result["summary"]["dsb2018_nuclei"]["auto"]["180"]
     assert cell == {"median": 0.8, "n": 3, "time_ratio": 1.0}
     text = quality.markdown(result)
-    assert "| dsb2018_nuclei | microscopy | auto | 80.0 | 80.5 |" in text
-    assert "| dsb2018_nuclei | microscopy | default | 60.0* | - |" in text  # 400 s of 180
+    # Cells with fewer seeds than the most-measured cell say how many they have.
+    assert "median over seeds; (n) = seeds where not all were run" in text
+    assert "| dsb2018_nuclei | microscopy | auto | 80.0 | 80.5 (1) |" in text
+    assert "| dsb2018_nuclei | microscopy | default | 60.0* (1) | - |" in text  # 400 s of 180
     assert "beats both by 1 point: met (80.0 vs 75.0); within 1 point of 10 min: met" in text
     doc = tmp_path / "q.md"
     doc.write_text(f"# Q\n{quality.DOC_START}\nold\n{quality.DOC_END}\ntail\n")
     quality.update_doc(doc, text, quality.DOC_START, quality.DOC_END)
     body = doc.read_text()
     assert "old" not in body and "80.5" in body and body.endswith("tail\n")
+
+
+def test_report_merges_parts_run_separately():
+    def run(recipe, seed, dice):
+        return {"dataset": "dsb2018_nuclei", "recipe": recipe, "budget_s": 180.0,
+                "seed": seed, "dice": dice, "train_time_s": 180.0}  # fmt: skip
+
+    settings = {"seeds": 1, "cores": 2}
+    first = {"settings": settings, "datasets": {"a": 1}, "runs": [run("auto", 0, 0.5)]}
+    second = {  # a rerun of seed 0 replaces the first measurement
+        "settings": settings,
+        "datasets": {"b": 2},
+        "runs": [run("auto", 0, 0.7), run("auto", 1, 0.9), run("auto", 2, 0.6)],
+    }
+    merged = quality.merge([first, second])
+    assert merged["datasets"] == {"a": 1, "b": 2}
+    assert sorted(r["dice"] for r in merged["runs"]) == [0.6, 0.7, 0.9]
+    assert merged["summary"]["dsb2018_nuclei"]["auto"]["180"]["median"] == 0.7
+    assert "(median of 3 seeds)" in quality.markdown(merged)
 
 
 def test_evaluate_native_scores_at_stored_resolution(tmp_path):
