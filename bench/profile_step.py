@@ -4,6 +4,7 @@ own log of every convolution with its achieved GFLOP/s.
     python -m bench.profile_step --model unet --out bench/results/profile_cpu.json
     python -m bench.profile_step --inter-op 1     # one op at a time (see below)
     python -m bench.profile_step --smoke          # tiny model, 64x64 (what the tests run)
+    python -m bench.profile_step --table a.json b.json   # one markdown row per profile
 
 The step is `python -m bench.run`'s: `losses.attach(model, "wbce+dice")`, AdamW, a fixed batch
 from memory, warmed up. Two measurements of it:
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
+import json
 import os
 import re
 import subprocess
@@ -206,6 +208,43 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+CONV_KINDS = ("forward_training", "backward_data", "backward_weights")
+
+
+def table_row(result: dict[str, Any], others: int = 3) -> str:
+    """One markdown row of a profile: step time, each convolution kind's time and GFLOP/s
+    (oneDNN log), the convolutions' share of the step, and the largest non-convolution op
+    types of the TF profiler."""
+    tfp, dnn = result["tf_profile"], result["onednn"]
+    cells = [result["model"], result["precision"], f"{tfp['step_ms']:.0f}"]
+    conv_ms = 0.0
+    for kind in CONV_KINDS:
+        g = next(
+            (g for g in dnn["by_kind"] if g["primitive"] == "convolution" and g["kind"] == kind),
+            None,
+        )
+        conv_ms += g["ms"] if g else 0.0
+        cells.append(f"{g['ms']:.0f} ({g['gflop_s']:.0f})" if g and g["gflop_s"] else "-")
+    cells.append(f"{100 * conv_ms / dnn['step_ms']:.0f}%")
+    rest = [(t, ms) for t, ms in tfp["op_ms_by_type"].items() if "Conv2D" not in t]
+    rest.sort(key=lambda item: -item[1])
+    cells.append(
+        ", ".join(
+            f"{t.removeprefix('_Mkl').removeprefix('Native')} {ms:.0f}" for t, ms in rest[:others]
+        )
+    )
+    return "| " + " | ".join(cells) + " |"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """Markdown table of several profiles (`--table`)."""
+    head = (
+        "| model | precision | step ms | conv fwd ms (GFLOP/s) | bwd data | bwd weights "
+        "| conv share | largest other ops (ms) |"
+    )
+    return "\n".join([head, "|---|---|---:|---:|---:|---:|---:|---|", *map(table_row, results)])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="unet")
@@ -216,8 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inter-op", type=int, default=0, help="0 = TF's default pool")
     p.add_argument("--smoke", action="store_true", help="tiny model, 64x64, batch 2")
     p.add_argument("--out", help="write the JSON here")
+    p.add_argument("--table", nargs="+", metavar="JSON", help="print a table of saved profiles")
     p.add_argument("--verbose-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.table:
+        print(table([json.loads(Path(f).read_text()) for f in args.table]))
+        return 0
     _configure_threads(args)
     if args.verbose_child:
         _verbose_child(args)

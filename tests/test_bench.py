@@ -200,6 +200,35 @@ def test_profile_conv_flops_from_onednn_descriptors() -> None:
     assert conv["gflop_s"] == pytest.approx(2 * 2 * 8 * 64 * 64 * 64 * 9 * 64 / 1e9 / 0.05)
 
 
+def test_profile_table_row_hand_worked() -> None:
+    profile = _load("profile_step")
+
+    def conv(kind, ms, gflop_s):
+        return {"primitive": "convolution", "kind": kind, "ms": ms, "gflop_s": gflop_s}
+
+    result = {
+        "model": "pan",
+        "precision": "float32",
+        "tf_profile": {
+            "step_ms": 1000.4,
+            "op_ms_by_type": {"_MklNativeConv2D": 300.0, "ResizeBilinear": 50.0, "Mul": 7.0},
+        },
+        "onednn": {
+            "step_ms": 800.0,
+            "by_kind": [
+                conv("forward_training", 200.0, 150.0),
+                conv("backward_weights", 300.0, 100.0),
+                {"primitive": "reorder", "kind": "undef", "ms": 10.0, "gflop_s": None},
+            ],
+        },
+    }
+    # Convolutions: 200 + 300 of the 800 ms oneDNN step = 62%; no backward-data entry.
+    assert profile.table_row(result, others=2) == (
+        "| pan | float32 | 1000 | 200 (150) | - | 300 (100) | 62% | ResizeBilinear 50, Mul 7 |"
+    )
+    assert profile.table([result]).splitlines()[2] == profile.table_row(result)
+
+
 @pytest.mark.slow  # runs a benchmark end to end (tiny model): half a minute
 def test_profile_smoke_runs(tmp_path: Path) -> None:
     result = _run_script("profile_step", "--smoke", out=tmp_path / "profile.json")
