@@ -67,9 +67,11 @@ class DilatedConv2D(keras.layers.Conv2D):
     Conv2D the dilation itself, which oneDNN (and cuDNN) compute directly, and drops kernel
     rows / columns that can only read padding (`pruned_taps`). Same weights, outputs and
     gradients as `Conv2D`; anything but stride 1, 'same' padding and channels-last (and, for
-    the direct op, a TensorFlow without oneDNN) takes `Conv2D`'s path. So does the export copy
-    (`export_mode`, set when the layer is created inside `zoo.build_context.exporting()`): with
-    an unknown size the pruning is a run-time `tf.switch_case`, which converters do not take.
+    the direct op, a TensorFlow without oneDNN) takes `Conv2D`'s path. The export copy
+    (`export_mode`, set when the layer is created inside `zoo.build_context.exporting()`) is
+    the direct dilated conv (forward only: every TensorFlow CPU build runs it, and converters
+    map it to a dilated conv), pruned only when the input size is static: with an unknown size
+    the pruning would be a run-time `tf.switch_case`, which converters do not take.
 
     Args:
         As `keras.layers.Conv2D`.
@@ -91,18 +93,36 @@ class DilatedConv2D(keras.layers.Conv2D):
         self.export_mode = is_exporting()  # not in the config
 
     def convolution_op(self, inputs, kernel):
-        fast = (
-            not self.export_mode
-            and keras.backend.backend() == "tensorflow"
+        eligible = (
+            keras.backend.backend() == "tensorflow"
             and self.rank == 2
             and self.padding == "same"
             and tuple(self.strides) == (1, 1)
             and self.data_format == "channels_last"
             and tuple(self.dilation_rate) != (1, 1)
         )
-        if not fast:
+        if not eligible:
             return super().convolution_op(inputs, kernel)
         import tensorflow as tf
+
+        kernel = tf.convert_to_tensor(kernel)
+        if self.export_mode:
+            # Converters take a Conv2D with dilations (ONNX Conv `dilations`, LiteRT CONV_2D
+            # dilation factors) and every TF CPU build runs it forward; they do not take a
+            # run-time branch, so the taps are pruned only where the size is static. The
+            # 'same' padding is explicit (it does not depend on the size at stride 1): ONNX
+            # Runtime rejects dilation with auto_pad SAME.
+            def direct(x, k, rate):
+                pads = [[0, 0]]
+                for size, r in zip(k.shape[:2], rate):
+                    total = (int(size) - 1) * r
+                    pads.append([total // 2, total - total // 2])
+                x = tf.pad(x, [*pads, [0, 0]])
+                return tf.nn.conv2d(x, k, 1, "VALID", dilations=rate)
+
+            if inputs.shape[1] is None or inputs.shape[2] is None:
+                return direct(inputs, kernel, list(self.dilation_rate))
+            return pruned_taps(inputs, kernel, self.dilation_rate, direct)
 
         def conv(x, k, rate):
             if rate == [1, 1]:
@@ -111,4 +131,4 @@ class DilatedConv2D(keras.layers.Conv2D):
                 return tf.nn.conv2d(x, k, 1, "SAME", dilations=rate)
             return tf.nn.convolution(x, k, padding="SAME", dilations=rate)
 
-        return pruned_taps(inputs, tf.convert_to_tensor(kernel), self.dilation_rate, conv)
+        return pruned_taps(inputs, kernel, self.dilation_rate, conv)

@@ -16,7 +16,9 @@ class DilatedSeparableConv2D(keras.layers.SeparableConv2D):
     rate-24 and rate-36 branches on a 16x16 map are a per-channel scale followed by the
     pointwise conv. Same weights, outputs and gradients as `SeparableConv2D`; anything but
     stride 1, 'same' padding, channels-last and depth multiplier 1 takes its path, and so does
-    the export copy (`export_mode`, as `DilatedConv2D`'s).
+    the export copy (`export_mode`, as `DilatedConv2D`'s) when the input size is unknown: it
+    prunes only a static size (LiteRT's fixed input), since a run-time branch does not
+    convert.
 
     Args:
         As `keras.layers.SeparableConv2D`.
@@ -38,8 +40,10 @@ class DilatedSeparableConv2D(keras.layers.SeparableConv2D):
         self.export_mode = is_exporting()  # not in the config
 
     def call(self, inputs):
+        # The export copy prunes only a static size (a run-time branch does not convert).
+        static = inputs.shape[1] is not None and inputs.shape[2] is not None
         fast = (
-            not self.export_mode
+            (static or not self.export_mode)
             and keras.backend.backend() == "tensorflow"
             and self.padding == "same"
             and tuple(self.strides) == (1, 1)
