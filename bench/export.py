@@ -249,7 +249,11 @@ def markdown(result: dict[str, Any]) -> str:
     for model, size in keys:
         cells = []
         for rt in runtimes:
-            match = [r for r in rows if (r["model"], r["size"], r["runtime"]) == (model, size, rt)]
+            match = [
+                r
+                for r in rows
+                if (r["model"], r["size"], r["runtime"]) == (model, size, rt) and "error" not in r
+            ]
             cells.append(f"{match[0]['median_ms']:.1f}" if match else "—")
         table.append(f"| {model} | {size} | " + " | ".join(cells) + " |")
         errors += [

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from zoo.build_context import is_exporting
+
 # The reference initialization (timm-style): dense kernels N(0, 0.02), convolution kernels
 # N(0, 2 / fan_out) (He, fan-out mode), biases zero. Keras' Glorot default trains these deep
 # pre-norm stacks visibly worse from scratch.
@@ -66,6 +68,7 @@ class EfficientSelfAttention(keras.layers.Layer):
         self.sr_ratio = _positive_int("sr_ratio", sr_ratio)
         self.qkv_bias = bool(qkv_bias)
         self.epsilon = float(epsilon)
+        self.export_mode = is_exporting()  # not in the config
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -105,6 +108,8 @@ class EfficientSelfAttention(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs):
+        if self.export_mode:
+            return self._export_call(inputs)
         import tensorflow as tf  # the zoo runs on the TensorFlow backend
 
         shape = ops.shape(inputs)
@@ -126,6 +131,33 @@ class EfficientSelfAttention(keras.layers.Layer):
         out = ops.einsum("bhqk,bkhd->bqhd", probs, v)
         out = ops.reshape(out, (batch, height, width, channels))
         return self.proj(out)
+
+    def _export_call(self, inputs):
+        """The same function without 4-D head reshapes or einsums: heads are slices of the
+        channels and every product is a 3-D matmul. tf2onnx merged the head reshapes of the
+        training path with the dense layers' own into one wrong reshape (keys with the batch
+        and pixel axes fused; ONNX Runtime then refused the product), depending on which
+        biases were zero."""
+        import tensorflow as tf
+
+        shape = ops.shape(inputs)
+        batch, height, width = shape[0], shape[1], shape[2]
+        channels = inputs.shape[-1]
+        head_dim = channels // self.num_heads
+        q = self.q(ops.reshape(inputs, (batch, height * width, channels)))
+        reduced = self.norm(self.sr(inputs)) if self.sr_ratio > 1 else inputs
+        reduced = ops.reshape(reduced, (batch, -1, channels))
+        k, v = self.k(reduced), self.v(reduced)
+        heads = []
+        for i in range(self.num_heads):
+            part = slice(i * head_dim, (i + 1) * head_dim)
+            qi, ki, vi = (q, k, v) if self.num_heads == 1 else (t[..., part] for t in (q, k, v))
+            scores = ops.matmul(qi, ops.transpose(ki, (0, 2, 1)))
+            scores = ops.cast(scores, "float32") * (head_dim**-0.5)
+            probs = ops.cast(tf.nn.softmax(scores, axis=-1), q.dtype)
+            heads.append(ops.matmul(probs, vi))
+        out = heads[0] if self.num_heads == 1 else ops.concatenate(heads, axis=-1)
+        return ops.reshape(self.proj(out), (batch, height, width, channels))
 
     def compute_output_shape(self, input_shape):
         return input_shape
