@@ -113,7 +113,10 @@ def smp_onnx(arch: str, encoder: str, sizes: list[int], out: Path, ref_python: s
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     if proc.returncode != 0:
-        return f"bench/smp_onnx.py failed: {proc.stderr.strip().splitlines()[-1:]}"
+        lines = proc.stderr.strip().splitlines() or ["(no message)"]
+        # The exception's own line, not the tail of a multi-line message.
+        why = next((x for x in reversed(lines) if "Error:" in x), lines[-1]).strip()
+        return f"bench/smp_onnx.py failed: {why[:300]}"
     info = json.loads((out / "versions.json").read_text())
     return {int(k): Path(v) for k, v in info["files"].items()}, info["versions"]
 
