@@ -215,7 +215,9 @@ def run_one(
         rec["params"] = metrics.get("params")
         rec["steps"] = metrics.get("steps")
         if "budget" in metrics:
-            rec["budget"] = {k: metrics["budget"].get(k) for k in ("used_s", "stop", "step_time_s")}
+            keys = ("used_s", "stop", "step_time_s", "validation_s")
+            rec["budget"] = {k: metrics["budget"].get(k) for k in keys}
+        rec["timing"] = metrics.get("timing")  # where the wall time outside training went
         applied = work / "run" / "recipe.json"
         if applied.exists():
             rec["recipe_applied"] = json.loads(applied.read_text())["applied"]
