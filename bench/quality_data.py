@@ -52,7 +52,7 @@ class Source:
 
     name: str
     domain: str
-    kind: str  # "real" | "stand-in"
+    kind: str  # "real" | "stand-in" | "excluded" (kept for the record, not run by default)
     package: str | None  # pip requirement, e.g. "stardist==0.9.2"
     files: dict[str, str]  # archive member suffix -> sha256
     description: str
@@ -70,7 +70,9 @@ SOURCES = {
         "DSB 2018 fluorescence nuclei (StarDist test image), 12 train / 4 val tiles of 128x128",
     ),
     "spacenet_buildings": Source(
-        "spacenet_buildings", "aerial", "real", "solaris==0.4.0",
+        # Excluded: its footprint mask does not line up with the image (seen in overlays; no
+        # transpose or flip fixes it) and no recipe beat predicting all foreground on it.
+        "spacenet_buildings", "aerial", "excluded", "solaris==0.4.0",
         {
             "solaris/data/sample_geotiff.tif":
                 "f135d521b13a7e16a97983df976579217afbb07550c878115e0c71c36de193c5",

@@ -64,6 +64,11 @@ def test_report_table_and_doc_markers(tmp_path):
     assert "| dsb2018_nuclei | microscopy | auto | 80.0 | 80.5 (1) |" in text
     assert "| dsb2018_nuclei | microscopy | default | 60.0* (1) | - |" in text  # 400 s of 180
     assert "beats both by 1 point: met (80.0 vs 75.0); within 1 point of 10 min: met" in text
+    # A dataset excluded for bad labels is shown as such and never judged against the targets.
+    excluded = [dict(r, dataset="spacenet_buildings") for r in runs]
+    text = quality.markdown({**result, "summary": quality.summarize(runs + excluded)})
+    assert "| spacenet_buildings (excluded) | aerial | auto | 80.0 | 80.5 (1) |" in text
+    assert "- spacenet_buildings:" not in text
     doc = tmp_path / "q.md"
     doc.write_text(f"# Q\n{quality.DOC_START}\nold\n{quality.DOC_END}\ntail\n")
     quality.update_doc(doc, text, quality.DOC_START, quality.DOC_END)
