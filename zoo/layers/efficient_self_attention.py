@@ -107,11 +107,18 @@ class EfficientSelfAttention(keras.layers.Layer):
         self.proj.build(input_shape)
         self.built = True
 
+    @staticmethod
+    def _probabilities(scores, head_dim: int, dtype):
+        # Softmax in float32: half-precision scores over thousands of keys lose the small
+        # probabilities (and float16 overflows); the matmuls stay in the compute dtype.
+        import tensorflow as tf  # the zoo runs on the TensorFlow backend
+
+        scores = ops.cast(scores, "float32") * (head_dim**-0.5)
+        return ops.cast(tf.nn.softmax(scores, axis=-1), dtype)  # no size-1 axis warning
+
     def call(self, inputs):
         if self.export_mode:
             return self._export_call(inputs)
-        import tensorflow as tf  # the zoo runs on the TensorFlow backend
-
         shape = ops.shape(inputs)
         batch, height, width = shape[0], shape[1], shape[2]
         channels = inputs.shape[-1]
@@ -123,11 +130,7 @@ class EfficientSelfAttention(keras.layers.Layer):
             reduced = self.norm(self.sr(inputs))
         k = ops.reshape(self.k(reduced), (batch, -1, heads, head_dim))
         v = ops.reshape(self.v(reduced), (batch, -1, heads, head_dim))
-        scores = ops.einsum("bqhd,bkhd->bhqk", q, k)
-        # Softmax in float32: half-precision scores over thousands of keys lose the small
-        # probabilities (and float16 overflows); the matmuls stay in the compute dtype.
-        scores = ops.cast(scores, "float32") * (head_dim**-0.5)
-        probs = ops.cast(tf.nn.softmax(scores, axis=-1), q.dtype)  # no size-1 axis warning
+        probs = self._probabilities(ops.einsum("bqhd,bkhd->bhqk", q, k), head_dim, q.dtype)
         out = ops.einsum("bhqk,bkhd->bqhd", probs, v)
         out = ops.reshape(out, (batch, height, width, channels))
         return self.proj(out)
@@ -138,7 +141,6 @@ class EfficientSelfAttention(keras.layers.Layer):
         training path with the dense layers' own into one wrong reshape (keys with the batch
         and pixel axes fused; ONNX Runtime then refused the product), depending on which
         biases were zero."""
-        import tensorflow as tf
 
         shape = ops.shape(inputs)
         batch, height, width = shape[0], shape[1], shape[2]
@@ -153,9 +155,7 @@ class EfficientSelfAttention(keras.layers.Layer):
             part = slice(i * head_dim, (i + 1) * head_dim)
             qi, ki, vi = (q, k, v) if self.num_heads == 1 else (t[..., part] for t in (q, k, v))
             scores = ops.matmul(qi, ops.transpose(ki, (0, 2, 1)))
-            scores = ops.cast(scores, "float32") * (head_dim**-0.5)
-            probs = ops.cast(tf.nn.softmax(scores, axis=-1), q.dtype)
-            heads.append(ops.matmul(probs, vi))
+            heads.append(ops.matmul(self._probabilities(scores, head_dim, q.dtype), vi))
         out = heads[0] if self.num_heads == 1 else ops.concatenate(heads, axis=-1)
         return ops.reshape(self.proj(out), (batch, height, width, channels))
 
