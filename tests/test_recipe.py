@@ -343,7 +343,8 @@ def test_plan_sizes_for_large_and_odd_images():
     # p90 40 px > 32: depth 5 (divisor 32); 4 x 40 = 160 px crops at native resolution.
     assert r.get("data.image_size") == [160, 160] and r.get("data.resize") == "crop"
     assert r.get("model.encoder_kwargs") == {"base_width": 32}  # 200 Mpx on CPU for an hour
-    assert r.get("model.decoder_channels") == [256, 128, 64, 32, 16]
+    chans = r.get("model.decoder_channels")
+    assert chans == [256, 128, 64, 32, 16] and all(type(c) is int for c in chans)
     assert r.get("trainer.learning_rate") == 1e-3
     odd = _fp(image_size_min=[100, 100], image_size_median=[100, 100], image_size_max=[100, 100])
     r = plan_recipe(odd, budget_s=60)

@@ -361,7 +361,8 @@ def plan_recipe(
             f"width {width} (default 64) trains faster and overfits less",
         )
         chans = (
-            [max(8, width * 2 ** (depth - 2 - i)) for i in range(depth)]
+            # Integer arithmetic: the last stage is width / 2 (a float 16.0 fails the config).
+            [max(8, width * 2 ** (depth - 1 - i) // 2) for i in range(depth)]
             if width < 64
             else [256, 128, 64, 32, 16][:depth]
         )
