@@ -304,8 +304,6 @@ def main(argv: list[str] | None = None) -> int:
     args.runs = args.runs or (2 if args.smoke else 20)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 3)
     args.calibration_samples = args.calibration_samples or (4 if args.smoke else 32)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     result = run(args)
     print(markdown(result))
     if args.doc:
