@@ -70,6 +70,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "unfused_up": True,
         "doc": "U-Net decoder as UpSampling2D -> Concatenate -> Conv2D (before the fold)",
     },
+    "conv_grad": {
+        "conv_grad": True,
+        "doc": "oneDNN's backward-weights kernel for every dilated conv (no matmul gradient)",
+    },
     "smp": {
         "doc": "segmentation_models_pytorch's model of the same architecture (--smp-python)",
     },
@@ -147,6 +151,10 @@ def child(variant: str, precision: str, size: int, batch: int, model_name: str) 
     import zoo
     from zoo.optimizers import AdamW
 
+    if v.get("conv_grad"):
+        from zoo.layers import dilated_conv2d
+
+        dilated_conv2d.MATMUL_GRAD_MIN_ENTRIES = float("inf")
     keras.mixed_precision.set_dtype_policy(precision)
     keras.utils.set_random_seed(0)
     model = zoo.create_model(model_name, num_classes=1, input_shape=(size, size, 3))

@@ -270,3 +270,66 @@ def test_dilated_conv_without_onednn_takes_keras_route(monkeypatch):
     assert any(n.op == "SpaceToBatchND" for n in graph.node)
     ref = tf.nn.convolution(x, layer.kernel, padding="SAME", dilations=2)
     np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    # (height, width, kernel (kh, kw), rates): odd sizes, unequal rates, a 1-row kernel
+    "h, w, ksize, rates",
+    [(9, 7, (3, 3), (2, 2)), (6, 11, (3, 5), (3, 1)), (5, 5, (1, 3), (1, 2))],
+)
+def test_matmul_kernel_gradient_equals_convolution_gradient(h, w, ksize, rates):
+    # The bfloat16 fast path computes the kernel gradient as one matmul per tap; in float32
+    # it must give TensorFlow's own convolution gradients (input and kernel) to rounding.
+    import tensorflow as tf
+
+    from zoo.layers.dilated_conv2d import dilated_conv_matmul_grad
+
+    x = tf.constant(_x(2, h, w, 5))
+    k = tf.constant(RNG.normal(size=(*ksize, 5, 4)).astype("float32"))
+    dy = tf.constant(RNG.normal(size=(2, h, w, 4)).astype("float32"))
+
+    def grads(fn):
+        with tf.GradientTape() as tape:
+            tape.watch([x, k])
+            y = fn(x, k)
+            loss = tf.reduce_sum(y * dy)
+        return [y, *tape.gradient(loss, [x, k])]
+
+    ours = grads(lambda a, b: dilated_conv_matmul_grad(a, b, rates))
+    ref = grads(lambda a, b: tf.nn.conv2d(a, b, 1, "SAME", dilations=list(rates)))
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_wide_bfloat16_dilated_conv_takes_matmul_kernel_gradient():
+    # Under mixed_bfloat16 a 512 -> 512 dilated conv (a dilated ResNet's last stage) gets
+    # its kernel gradient from matmuls; the gradient matches float32 to bfloat16 precision.
+    import tensorflow as tf
+
+    from zoo.layers import DilatedConv2D
+
+    x = tf.constant(_x(2, 4, 4, 512))
+    grads = {}
+    for policy in ("mixed_bfloat16", "float32"):
+        layer = DilatedConv2D(512, 3, padding="same", dilation_rate=2, use_bias=False, dtype=policy)
+        layer.build(x.shape)
+        layer.kernel.assign(RNG_KERNEL_512)
+
+        @tf.function
+        def step(layer=layer):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.cast(layer(x), tf.float32) ** 2)
+            return tape.gradient(loss, layer.kernel)
+
+        grads[policy] = step().numpy()
+        ops = {
+            n.op
+            for f in step.get_concrete_function().graph.as_graph_def().library.function
+            for n in f.node_def
+        } | {n.op for n in step.get_concrete_function().graph.as_graph_def().node}
+        assert ("Conv2DBackpropFilter" not in ops) == (policy == "mixed_bfloat16"), ops
+    scale = np.abs(grads["float32"]).max()
+    np.testing.assert_allclose(grads["mixed_bfloat16"], grads["float32"], atol=0.03 * scale)
+
+
+RNG_KERNEL_512 = np.random.default_rng(5).normal(0, 0.02, size=(3, 3, 512, 512)).astype("float32")

@@ -56,6 +56,73 @@ def pruned_taps(x, kernel, rates, conv):
     return tf.switch_case(index, branches)
 
 
+# Below this many kernel entries (cin * cout) oneDNN's own bfloat16 backward-weights kernel
+# is as fast as the matmuls (measured on 2 AVX-512-BF16 cores: 256x256 channels on a 32x32
+# map break even, 512x512 on 16x16 take 25-27 ms against 34-41).
+MATMUL_GRAD_MIN_ENTRIES = 512 * 512
+
+
+def matmul_kernel_gradient(kernel) -> bool:
+    """Whether `dilated_conv_matmul_grad` computes this kernel's gradient: bfloat16 kernels
+    of at least `MATMUL_GRAD_MIN_ENTRIES` input x output channels."""
+    shape = kernel.shape
+    return (
+        keras.backend.standardize_dtype(kernel.dtype) == "bfloat16"
+        and shape[2] is not None
+        and shape[3] is not None
+        and int(shape[2]) * int(shape[3]) >= MATMUL_GRAD_MIN_ENTRIES
+    )
+
+
+def dilated_conv_matmul_grad(x, kernel, rates):
+    """A 'same'-padded, stride-1 dilated conv whose kernel gradient is one matmul per tap.
+
+    The forward pass and the input gradient are TensorFlow's (oneDNN's) own. The kernel
+    gradient ``dK[i, j] = X_ij^T dY`` (``X_ij``: the padded input shifted by the tap's offset,
+    flattened to pixels x channels) runs as ``kh * kw`` matmuls: for wide bfloat16 layers on
+    small maps (a dilated ResNet's last stage) oneDNN's bfloat16 backward-weights
+    convolution kernel (``jit_bf16``) reaches ~300 GFLOP/s where its bfloat16 matmul reaches
+    ~380 (docs/benchmarks.md). The same sums in another order: equal to the convolution's
+    gradient up to rounding (tested).
+    """
+    import tensorflow as tf
+
+    kh, kw, cin, cout = (int(d) for d in kernel.shape)
+    rh, rw = (int(r) for r in rates)
+    th, tw = (kh - 1) * rh, (kw - 1) * rw  # TF's 'same' at stride 1: total // 2 before
+
+    @tf.custom_gradient
+    def conv(x, k):
+        y = tf.nn.conv2d(x, k, 1, "SAME", dilations=[rh, rw])
+
+        def grad(dy):
+            dx = tf.raw_ops.Conv2DBackpropInput(  # what TF's own Conv2D gradient runs
+                input_sizes=tf.shape(x),
+                filter=k,
+                out_backprop=dy,
+                strides=[1, 1, 1, 1],
+                padding="SAME",
+                dilations=[1, rh, rw, 1],
+            )
+            xp = tf.pad(x, [[0, 0], [th // 2, th - th // 2], [tw // 2, tw - tw // 2], [0, 0]])
+            h, w = tf.shape(x)[1], tf.shape(x)[2]
+            d = tf.reshape(dy, [-1, cout])
+            taps = [
+                tf.matmul(
+                    tf.reshape(xp[:, i * rh : i * rh + h, j * rw : j * rw + w, :], [-1, cin]),
+                    d,
+                    transpose_a=True,
+                )
+                for i in range(kh)
+                for j in range(kw)
+            ]
+            return dx, tf.reshape(tf.stack(taps), [kh, kw, cin, cout])
+
+        return y, grad
+
+    return conv(x, kernel)
+
+
 @keras.saving.register_keras_serializable(package="zoo")
 class DilatedConv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D` for dilated ('atrous') convolutions, faster on CPU.
@@ -128,6 +195,8 @@ class DilatedConv2D(keras.layers.Conv2D):
             if rate == [1, 1]:
                 return tf.nn.conv2d(x, k, 1, "SAME")
             if direct_dilation():
+                if matmul_kernel_gradient(k):
+                    return dilated_conv_matmul_grad(x, k, rate)
                 return tf.nn.conv2d(x, k, 1, "SAME", dilations=rate)
             return tf.nn.convolution(x, k, padding="SAME", dilations=rate)
 
