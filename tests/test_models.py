@@ -273,6 +273,38 @@ def test_encoder_rejects_bad_output_stride():
         zoo.create_encoder("resnet18", input_shape=(64, 64, 3), output_stride=4)
 
 
+def test_vgg_encoders_match_torchvision_param_count():
+    # torchvision vgg*_bn().features (conv weights and biases, BN scales and offsets).
+    expected = {
+        "vgg11_bn": 9_225_984,
+        "vgg13_bn": 9_410_880,
+        "vgg16_bn": 14_723_136,
+        "vgg19_bn": 20_035_392,
+    }
+    for name, count in expected.items():
+        assert count_trainable(zoo.create_encoder(name)) == count, name
+
+
+def test_unet_full_resolution_skip():
+    # vgg13_bn's first stage (8 channels at base width 8) joins the last decoder block: its
+    # first conv (3x3, 8 filters here) gains 8 input channels = 9 * 8 * 8 weights; nothing
+    # else changes. An encoder without stride-1 features is unaffected.
+    kw = {"encoder_kwargs": {"base_width": 8}, "decoder_channels": [16, 8]}
+    x = np.random.default_rng(0).random((1, 32, 32, 3), dtype=np.float32)
+    counts = {}
+    for encoder in ("vgg13_bn", "resnet18"):
+        for skip in (False, True):
+            model = zoo.create_model(
+                "unet", num_classes=1, encoder=encoder, full_resolution_skip=skip, **kw
+            )
+            assert model(x).shape == (1, 32, 32, 1)
+            counts[encoder, skip] = count_trainable(model)
+    assert counts["vgg13_bn", True] - counts["vgg13_bn", False] == 9 * 8 * 8
+    assert counts["resnet18", True] == counts["resnet18", False]
+    with pytest.raises(ValueError, match="full_resolution_skip='yes'"):
+        zoo.create_model("unet", full_resolution_skip="yes")
+
+
 def test_resnet_encoder_matches_torchvision_param_count():
     # torchvision resnet18 / resnet34 without the 512x1000 classifier (513,000 params).
     assert count_trainable(zoo.create_encoder("resnet18")) == 11_689_512 - 513_000

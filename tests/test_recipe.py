@@ -247,6 +247,40 @@ def test_fingerprint_detects_orientation(oriented_fp):
     assert not oriented_fp.microscopy["likely"]  # bright, graded background
 
 
+def test_fluorescence_needs_objects_that_are_the_brightest():
+    # Dark surroundings, one channel, labelled structure brighter than the mean background,
+    # but a brighter unlabelled structure beside it (gray matter next to white matter in a
+    # T1 MRI): not fluorescence-like. Without the brighter neighbour it is.
+    rng = np.random.default_rng(3)
+    images, masks, plain = [], [], []
+    for _ in range(8):
+        mask = np.zeros((64, 64), np.int32)
+        mask[20:44, 10:20] = 1  # labelled, intensity 120
+        img = np.full((64, 64), 5.0)
+        img[20:44, 10:20] = 120
+        plain.append(np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8))
+        img[20:44, 24:44] = 220  # unlabelled and brighter: 480 of 3856 background pixels
+        images.append(np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8))
+        masks.append(mask)
+    mri_like = fingerprint_arrays(images, masks).microscopy
+    assert mri_like["dark_background"] and mri_like["bright_objects"]
+    assert not mri_like["objects_brightest"] and not mri_like["likely"]
+    fluo = fingerprint_arrays(plain, masks).microscopy
+    assert fluo["objects_brightest"] and fluo["likely"]
+
+
+def test_plan_no_zoom_for_structures_spanning_the_image():
+    # p90 extent 50 px of 64 (> half the side): anatomy-like layout, no zoom; 20 px of 64:
+    # discrete objects, zoom from the spread p90 / p10 = 2 -> sqrt 2 = 1.41, capped at 1.4.
+    extent = {"count": 40, "min": 8, "p10": 10, "median": 30, "p90": 50, "max": 60}
+    r = plan_recipe(_fp(object_extent=extent), budget_s=180)
+    assert r.get("data.augment.scale") == [1.0, 1.0]
+    assert "span the image" in r.table()
+    extent.update(p90=20)
+    r = plan_recipe(_fp(object_extent=extent), budget_s=180)
+    assert r.get("data.augment.scale") == [round(1 / 1.4**2, 2), 1.0]
+
+
 def test_fingerprint_border_classes_and_storage():
     img = np.zeros((32, 32), np.uint16)
     img[:] = 100  # 16-bit file holding small values: uses 0.15% of the range
@@ -312,9 +346,12 @@ def test_plan_for_unoriented_fluorescence_squares(plain_fp):
     assert r.get("loss") == "wbce+dice"
     f = 400 / 4096
     assert r.get("loss_options.wbce.pos_weight") == round(math.sqrt((1 - f) / f), 2)
-    assert r.get("model.encoder") == "resnet18"
+    # CPU minutes: the original U-Net layout (VGG-13-BN, depth 4, full-resolution skip),
+    # decoder blocks as wide as the stages they join (16, 32, 64, 128 at width 16).
+    assert r.get("model.encoder") == "vgg13_bn"
     assert r.get("model.encoder_kwargs") == {"base_width": 16}
-    assert r.get("model.decoder_channels") == [64, 32, 16, 8]  # 10 px objects: depth 4
+    assert r.get("model.decoder_channels") == [128, 64, 32, 16]
+    assert r.get("model.full_resolution_skip") is True
     assert r.get("trainer.learning_rate") == 2e-3
     assert "model.pad_to_divisor" not in r.overrides()
 
@@ -340,11 +377,11 @@ def test_plan_sizes_for_large_and_odd_images():
         num_train=200,
     )  # fmt: skip
     r = plan_recipe(big, budget_s=3600)
-    # p90 40 px > 32: depth 5 (divisor 32); 4 x 40 = 160 px crops at native resolution.
+    # VGG U-Net: depth 4 (divisor 16); 4 x 40 = 160 px crops at native resolution.
     assert r.get("data.image_size") == [160, 160] and r.get("data.resize") == "crop"
     assert r.get("model.encoder_kwargs") == {"base_width": 32}  # 200 Mpx on CPU for an hour
     chans = r.get("model.decoder_channels")
-    assert chans == [256, 128, 64, 32, 16] and all(type(c) is int for c in chans)
+    assert chans == [256, 128, 64, 32] and all(type(c) is int for c in chans)
     assert r.get("trainer.learning_rate") == 1e-3
     odd = _fp(image_size_min=[100, 100], image_size_median=[100, 100], image_size_max=[100, 100])
     r = plan_recipe(odd, budget_s=60)
@@ -482,9 +519,10 @@ def test_recipe_auto_applies_the_plan_except_command_line_keys(tmp_path, monkeyp
     # The plan for 12 fluorescence-like 64x64 tiles with 10 px objects and no orientation.
     assert (run.data.image_size, run.data.resize) == ([64, 64], "crop")
     assert run.data.augment.vflip and run.data.augment.rot90 and run.data.augment.contrast == 0.3
-    assert run.model.kwargs["encoder"] == "resnet18"
+    assert run.model.kwargs["encoder"] == "vgg13_bn"
     assert run.model.kwargs["encoder_kwargs"] == {"base_width": 16}
-    assert run.model.kwargs["decoder_channels"] == [64, 32, 16, 8]
+    assert run.model.kwargs["decoder_channels"] == [128, 64, 32, 16]
+    assert run.model.kwargs["full_resolution_skip"] is True
     f = 400 / 4096
     assert run.loss.options["wbce"]["pos_weight"] == round(math.sqrt((1 - f) / f), 2)
     assert run.trainer.learning_rate == 2e-3 and run.trainer.time_budget == "3m"

@@ -41,7 +41,8 @@ class UNet(SegmentationModel):
     The decoder has one block per entry of `decoder_channels`: with ``d`` entries it starts
     from the encoder's stride-``2**d`` features and each block upsamples 2x (nearest),
     concatenates the encoder features of the new stride if the encoder has them (none at
-    stride 1, none at stride 2 for encoders such as ConvNeXt), then applies two 3x3
+    stride 2 for encoders such as ConvNeXt; at stride 1 only with `full_resolution_skip`),
+    then applies two 3x3
     conv-BN-ReLU. A 3x3 conv head (with bias) gives the logits. Input sizes must be
     multiples of ``2**d``. The upsampling, concatenation and first convolution of a block
     are one `zoo.layers.UpsampleConcatConv2D`: the same function with 2.25x fewer
@@ -63,6 +64,10 @@ class UNet(SegmentationModel):
             parameters are exactly those without it.
         activation: None (logits), "sigmoid" or "softmax".
         pad_to_divisor: pad inputs to a multiple of the divisor and crop the logits back.
+        full_resolution_skip: also concatenate the encoder's stride-1 features (encoders
+            whose first stage runs at full resolution, e.g. `vgg13_bn`) in the last block,
+            as the original U-Net does. Off (smp's layout): the last block has no skip.
+            Encoders without stride-1 features are unaffected.
 
     Example:
 
@@ -98,12 +103,18 @@ class UNet(SegmentationModel):
         deep_supervision: bool = False,
         activation: str | None = None,
         pad_to_divisor: bool = False,
+        full_resolution_skip: bool = False,
         **kwargs,
     ):
         check_num_classes(num_classes)
         check_activation(activation)
         channels = check_channels("decoder_channels", decoder_channels)
         check_deep_supervision(deep_supervision)
+        if not isinstance(full_resolution_skip, bool):
+            raise ValueError(
+                "Invalid value for argument `full_resolution_skip`: expected true or false. "
+                f"Received: full_resolution_skip={full_resolution_skip!r}"
+            )
         depth = len(channels)
         divisor = self.divisor_for(locals())
 
@@ -118,7 +129,8 @@ class UNet(SegmentationModel):
         for i, filters in enumerate(channels):
             stride = divisor // 2 ** (i + 1)
             name = f"decoder_block{i + 1}"
-            skips = [features[stride]] if stride in features and stride > 1 else []
+            usable = stride > 1 or full_resolution_skip
+            skips = [features[stride]] if stride in features and usable else []
             # upsample + concatenate + conv1 as one layer: fewer FLOPs, no upsampled copy
             x = upsample_conv_bn_act(x, skips, filters, f"{name}_conv1")
             x = conv_bn_act(x, filters, 3, f"{name}_conv2")

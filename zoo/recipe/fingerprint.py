@@ -40,7 +40,7 @@ import numpy as np
 from zoo.errors import DataError, MissingFileError
 from zoo.recipe.stats import microscopy_cues, orientation_scores, per_image, summary
 
-FINGERPRINT_VERSION = 2  # bump when a statistic changes: cached fingerprints are recomputed
+FINGERPRINT_VERSION = 3  # bump when a statistic changes: cached fingerprints are recomputed
 
 
 @dataclass
@@ -193,6 +193,7 @@ def _combine(
         [s["bg_level"] for s in stats],
         [s["dark_fraction"] for s in stats],
         contrasts,
+        [s["bg_above_fg"] for s in stats if s["bg_above_fg"] is not None],
     )
     notes = []
     if float(np.max(pct[2])) < 0.05:

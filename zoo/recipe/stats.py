@@ -116,6 +116,7 @@ def microscopy_cues(
     bg_levels: Sequence[float],
     dark_fractions: Sequence[float],
     fg_contrasts: Sequence[float],
+    bg_above_fg: Sequence[float] = (),
 ) -> dict[str, Any]:
     """Fluorescence-likeness from cheap cues (each a named boolean in the result).
 
@@ -124,9 +125,15 @@ def microscopy_cues(
       percentile range, and more than half the pixels are in the bottom 25%;
     - bright objects: foreground brighter than background by > 0.5 background std (median
       over images);
-    - high bit depth: 16-bit or float files.
-    `likely` needs a dark background plus one other cue: intensity augmentations then matter
-    (exposure and staining vary between acquisitions).
+    - high bit depth: 16-bit or float files;
+    - objects brightest: under 5% of the background is brighter than the foreground's median
+      (median over images). Stained objects are the bright part of a fluorescence image; a
+      scan whose labelled tissue sits between darker and brighter unlabelled tissue (gray
+      matter in a T1 MRI: white matter is brighter) is not fluorescence-like, whatever its
+      dark surroundings. Without measurements (no foreground) the cue does not veto.
+    `likely` needs a dark background, objects that are the brightest structures and one other
+    cue: intensity augmentations then matter (exposure and staining vary between
+    acquisitions).
     """
     single = channels == 1
     dark = bool(
@@ -134,12 +141,14 @@ def microscopy_cues(
     )
     bright = bool(fg_contrasts and float(np.median(fg_contrasts)) > 0.5)
     deep = storage == "float"
-    likely = dark and (single or bright or deep)
+    brightest = not bg_above_fg or float(np.median(bg_above_fg)) < 0.05
+    likely = dark and brightest and (single or bright or deep)
     return {
         "likely": likely,
         "single_channel": single,
         "dark_background": dark,
         "bright_objects": bright,
+        "objects_brightest": brightest,
         "high_bit_depth": deep,
         "background_level": round(float(np.median(bg_levels)), 4) if bg_levels else None,
     }
@@ -167,9 +176,10 @@ def per_image(
     span = max(hi - lo, 1e-6)
     fg = valid & (mask > 0)
     bg = valid & (mask == 0)
-    contrast = None
+    contrast = above = None
     if fg.any() and bg.any():
         contrast = float((gray[fg].mean() - gray[bg].mean()) / (gray[bg].std() + 1e-6))
+        above = float(np.mean(gray[bg] > np.median(gray[fg])))
     extents, diameters, border = [], [], 0
     for c in range(1, k):
         if instances is not None:
@@ -202,6 +212,7 @@ def per_image(
         "bg_level": float((med - lo) / span),
         "dark_fraction": float(np.mean(gray < lo + 0.25 * span)),
         "contrast": contrast,
+        "bg_above_fg": above,
         "extents": extents,
         "diameters": diameters,
         "border_objects": border,
