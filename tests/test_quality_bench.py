@@ -63,7 +63,10 @@ def test_report_table_and_doc_markers(tmp_path):
     assert "median over seeds; (n) = seeds where not all were run" in text
     assert "| dsb2018_nuclei | microscopy | auto | 80.0 | 80.5 (1) |" in text
     assert "| dsb2018_nuclei | microscopy | default | 60.0* (1) | - |" in text  # 400 s of 180
-    assert "beats both by 1 point: met (80.0 vs 75.0); within 1 point of 10 min: met" in text
+    assert (
+        "beats both by 1 point: met (80.00 vs 75.00, +5.00); within 1 point of 10 min: met (80.50)"
+        in text
+    )
     # A dataset excluded for bad labels is shown as such and never judged against the targets.
     excluded = [dict(r, dataset="spacenet_buildings") for r in runs]
     text = quality.markdown({**result, "summary": quality.summarize(runs + excluded)})
