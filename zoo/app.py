@@ -24,7 +24,7 @@ def explicit_keys() -> set[str] | None:
     """Dotted keys set on the command line of this Hydra job (None outside a Hydra app)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from zoo.recipe.planner import user_keys_from_overrides
+    from zoo.recipe.choices import user_keys_from_overrides
 
     if not HydraConfig.initialized():
         return None

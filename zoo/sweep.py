@@ -97,7 +97,7 @@ class ComparisonTable(Callback):
 
         from zoo.config import parse
         from zoo.errors import UserError
-        from zoo.recipe.planner import user_keys_from_overrides
+        from zoo.recipe.choices import user_keys_from_overrides
 
         jobs = sweep_jobs(config)
         for i, overrides in enumerate(jobs):

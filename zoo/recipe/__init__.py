@@ -14,8 +14,9 @@ from zoo.recipe.budget import (
     plan_steps,
     step_time_from,
 )
+from zoo.recipe.choices import Choice, Recipe, user_keys_from_overrides
 from zoo.recipe.fingerprint import Fingerprint, fingerprint_arrays, fingerprint_folder
-from zoo.recipe.planner import Choice, Recipe, plan_recipe, user_keys_from_overrides
+from zoo.recipe.planner import plan_recipe
 from zoo.recipe.schedule import BudgetCosineDecay
 from zoo.recipe.stats import orientation_scores
 from zoo.recipe.timing import PhaseTimer

@@ -25,8 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from zoo.errors import ConfigError
 from zoo.recipe.budget import parse_duration
+from zoo.recipe.choices import Recipe
 from zoo.recipe.fingerprint import Fingerprint, fingerprint_folder
-from zoo.recipe.planner import Recipe, plan_recipe
+from zoo.recipe.planner import plan_recipe
 
 log = logging.getLogger("zoo")
 
