@@ -285,7 +285,7 @@ def test_vgg_encoders_match_torchvision_param_count():
         assert count_trainable(zoo.create_encoder(name)) == count, name
 
 
-def test_unet_full_resolution_skip():
+def test_unet_full_resolution_skip(tmp_path):
     # vgg13_bn's first stage (8 channels at base width 8) joins the last decoder block: its
     # first conv (3x3, 8 filters here) gains 8 input channels = 9 * 8 * 8 weights; nothing
     # else changes. An encoder without stride-1 features is unaffected.
@@ -301,6 +301,15 @@ def test_unet_full_resolution_skip():
             counts[encoder, skip] = count_trainable(model)
     assert counts["vgg13_bn", True] - counts["vgg13_bn", False] == 9 * 8 * 8
     assert counts["resnet18", True] == counts["resnet18", False]
+    # The option is saved with the model: a reloaded VGG U-Net computes the same logits.
+    model = zoo.create_model(
+        "unet", num_classes=1, encoder="vgg13_bn", full_resolution_skip=True, **kw
+    )
+    path = tmp_path / "vgg_unet.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert loaded.get_config()["full_resolution_skip"] is True
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="full_resolution_skip='yes'"):
         zoo.create_model("unet", full_resolution_skip="yes")
 

@@ -42,12 +42,11 @@ class UNet(SegmentationModel):
     from the encoder's stride-``2**d`` features and each block upsamples 2x (nearest),
     concatenates the encoder features of the new stride if the encoder has them (none at
     stride 2 for encoders such as ConvNeXt; at stride 1 only with `full_resolution_skip`),
-    then applies two 3x3
-    conv-BN-ReLU. A 3x3 conv head (with bias) gives the logits. Input sizes must be
-    multiples of ``2**d``. The upsampling, concatenation and first convolution of a block
-    are one `zoo.layers.UpsampleConcatConv2D`: the same function with 2.25x fewer
-    multiply-adds on the upsampled channels (U-Net ResNet-34: 13.95 instead of 15.63
-    forward GFLOP per 256x256 image).
+    then applies two 3x3 conv-BN-ReLU. A 3x3 conv head (with bias) gives the logits. Input
+    sizes must be multiples of ``2**d``. The upsampling, concatenation and first
+    convolution of a block are one `zoo.layers.UpsampleConcatConv2D`: the same function
+    with 2.25x fewer multiply-adds on the upsampled channels (U-Net ResNet-34: 13.95
+    instead of 15.63 forward GFLOP per 256x256 image).
 
     Args:
         num_classes: output channels (1 for binary segmentation).
