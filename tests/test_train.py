@@ -380,9 +380,10 @@ def test_recipe_auto_with_max_steps_end_to_end(tmp_path):
     assert "Recipe (recipe=auto): 8 train / 2 val images of 48x48" in logged
     assert "data.augment.contrast" in logged and "set on the command line" in logged
     config = (run_dir / "config.yaml").read_text()
-    # Planned: native 48 px tiles, ResNet-18 at width 16, depth 4 for 8 px objects, rot90.
-    for line in ("resize: crop", "encoder: resnet18", "base_width: 16", "rot90: true",
-                 "contrast: 0.05", "max_steps: 12"):  # fmt: skip
+    # Planned: native 48 px tiles, the VGG U-Net at width 16 with its full-resolution skip,
+    # rot90.
+    for line in ("resize: crop", "encoder: vgg13_bn", "base_width: 16", "rot90: true",
+                 "full_resolution_skip: true", "contrast: 0.05", "max_steps: 12"):  # fmt: skip
         assert line in config, line
     fp = json.loads((run_dir / "fingerprint.json").read_text())
     assert fp["object_extent"]["median"] == 8 and fp["image_size_median"] == [48, 48]
