@@ -62,15 +62,25 @@ def pruned_taps(x, kernel, rates, conv):
 MATMUL_GRAD_MIN_ENTRIES = 512 * 512
 
 
+@functools.cache
+def _cpu_only() -> bool:
+    """No GPU visible: training runs on oneDNN (a GPU keeps cuDNN's own kernels)."""
+    import tensorflow as tf
+
+    return not tf.config.list_logical_devices("GPU")
+
+
 def matmul_kernel_gradient(kernel) -> bool:
     """Whether `dilated_conv_matmul_grad` computes this kernel's gradient: bfloat16 kernels
-    of at least `MATMUL_GRAD_MIN_ENTRIES` input x output channels."""
+    of at least `MATMUL_GRAD_MIN_ENTRIES` input x output channels, on a machine without a
+    GPU (the measurement is oneDNN's)."""
     shape = kernel.shape
     return (
         keras.backend.standardize_dtype(kernel.dtype) == "bfloat16"
         and shape[2] is not None
         and shape[3] is not None
         and int(shape[2]) * int(shape[3]) >= MATMUL_GRAD_MIN_ENTRIES
+        and _cpu_only()
     )
 
 
