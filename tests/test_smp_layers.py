@@ -322,11 +322,10 @@ def test_wide_bfloat16_dilated_conv_takes_matmul_kernel_gradient():
             return tape.gradient(loss, layer.kernel)
 
         grads[policy] = step().numpy()
-        ops = {
-            n.op
-            for f in step.get_concrete_function().graph.as_graph_def().library.function
-            for n in f.node_def
-        } | {n.op for n in step.get_concrete_function().graph.as_graph_def().node}
+        graph = step.get_concrete_function().graph.as_graph_def()
+        ops = {n.op for n in graph.node} | {
+            n.op for f in graph.library.function for n in f.node_def
+        }
         assert ("Conv2DBackpropFilter" not in ops) == (policy == "mixed_bfloat16"), ops
     scale = np.abs(grads["float32"]).max()
     np.testing.assert_allclose(grads["mixed_bfloat16"], grads["float32"], atol=0.03 * scale)

@@ -137,10 +137,9 @@ def plan_recipe(
         encoder, width, why = CPU_ENCODER, 32, "CPU run"
     else:
         encoder, width, why = "resnet34", 64, "accelerator"
-    if encoder == CPU_ENCODER:
-        depth = 4  # VGG's fifth stage (stride 16) is the bottleneck, as in the original U-Net
-    else:
-        depth = 4 if has_objects and e90 <= 32 else 5
+    vgg = encoder == CPU_ENCODER
+    # VGG's fifth stage (stride 16) is the bottleneck, as in the original U-Net.
+    depth = 4 if vgg or (has_objects and e90 <= 32) else 5
     divisor = 2**depth
 
     # ---- input size
@@ -277,7 +276,6 @@ def plan_recipe(
 
     # ---- model
     if model == "unet":
-        vgg = encoder == CPU_ENCODER
         choose(
             "model.encoder",
             encoder,
