@@ -269,6 +269,60 @@ def test_fluorescence_needs_objects_that_are_the_brightest():
     assert fluo["objects_brightest"] and fluo["likely"]
 
 
+def test_intensity_jitter_follows_the_measured_variation():
+    # Not fluorescence-like (a brighter unlabelled structure, 220), labelled structures at
+    # 100, 105, 110, 115 in the four images: their median brightness has a population SD of
+    # sqrt(31.25) = 5.590 gray levels; the used range tops at 220 (p99.5), so the spread is
+    # 2.54% of it, the jitter 2x that = 0.051 (brightness in the used range's units).
+    images, masks = [], []
+    for level in (100, 105, 110, 115):
+        mask = np.zeros((64, 64), np.int32)
+        mask[8:40, 8:24] = 1
+        img = np.full((64, 64), 5, np.uint8)
+        img[8:40, 8:24] = level
+        img[20:44, 30:50] = 220
+        images.append(img)
+        masks.append(mask)
+    fp = fingerprint_arrays(images, masks)
+    assert not fp.microscopy["likely"]
+    sd = fp.intensity["foreground_median_sd"][0]
+    assert sd == pytest.approx(math.sqrt(31.25) / 255, abs=1e-5)
+    r = plan_recipe(fp, budget_s=180)
+    assert r.get("data.augment.contrast") == 0.051
+    assert r.get("data.augment.brightness") == round(0.051 * 220 / 255, 4)
+    # Identical images: nothing varies, the floor applies; one image: nothing to measure.
+    same = fingerprint_arrays([images[0]] * 4, [masks[0]] * 4)
+    assert same.intensity["foreground_median_sd"] == [0.0]
+    assert plan_recipe(same, budget_s=180).get("data.augment.contrast") == 0.02
+    one = fingerprint_arrays(images[:1], masks[:1])
+    assert one.intensity["foreground_median_sd"] == []
+    assert plan_recipe(one, budget_s=180).get("data.augment.contrast") == 0.1
+
+
+def test_cpu_bf16_reads_the_cpu_flags(tmp_path):
+    from zoo.recipe.apply import cpu_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 fma\n\n")
+    assert cpu_bf16(info) == "avx512_bf16"
+    info.write_text("flags\t\t: fpu amx_tile avx512_bf16 amx_bf16\n")
+    assert cpu_bf16(info) == "amx_bf16"
+    info.write_text("flags\t\t: fpu sse2 avx2 avx512f\nbugs\t\t: avx512_bf16\n")
+    assert cpu_bf16(info) is None  # only the flags line counts
+    assert cpu_bf16(tmp_path / "absent") is None
+
+
+def test_plan_precision_follows_native_bf16(plain_fp):
+    fast = plan_recipe(plain_fp, budget_s=180, cpu_bf16="avx512_bf16")
+    assert fast.get("trainer.precision") == "mixed_bfloat16"
+    assert "avx512_bf16" in fast.table()
+    assert plan_recipe(plain_fp, budget_s=180).get("trainer.precision") == "float32"
+    # Accelerators keep the configured precision; the user's choice wins.
+    assert "trainer.precision" not in plan_recipe(plain_fp, device="gpu").overrides()
+    mine = plan_recipe(plain_fp, cpu_bf16="amx_bf16", user_keys={"trainer.precision"})
+    assert "trainer.precision" not in mine.overrides()
+
+
 def test_plan_no_zoom_for_structures_spanning_the_image():
     # p90 extent 50 px of 64 (> half the side): anatomy-like layout, no zoom; 20 px of 64:
     # discrete objects, zoom from the spread p90 / p10 = 2 -> sqrt 2 = 1.41, capped at 1.4.
@@ -360,7 +414,9 @@ def test_plan_for_oriented_data_keeps_orientation(oriented_fp):
     r = plan_recipe(oriented_fp, budget_s=600)
     assert r.get("data.augment.vflip") is False and r.get("data.augment.rot90") is False
     assert r.get("data.augment.hflip") is True
-    assert r.get("data.augment.contrast") == 0.1
+    # Not fluorescence-like: jitter 2x the measured spread of the squares' brightness.
+    rel = oriented_fp.intensity["foreground_median_sd"][0] / oriented_fp.intensity["p99_5"][0]
+    assert r.get("data.augment.contrast") == round(min(max(2 * rel, 0.02), 0.1), 3)
     assert r.get("model.encoder_kwargs") == {"base_width": 16}  # 16 x 64x64 px: little data
 
 
@@ -504,7 +560,7 @@ def test_recipe_auto_applies_the_plan_except_command_line_keys(tmp_path, monkeyp
     import json
 
     from zoo.config import validate
-    from zoo.recipe.apply import apply_recipe
+    from zoo.recipe.apply import apply_recipe, cpu_bf16
 
     monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
     _write_folder(tmp_path / "data", *squares_dataset())
@@ -527,6 +583,8 @@ def test_recipe_auto_applies_the_plan_except_command_line_keys(tmp_path, monkeyp
     assert run.loss.options["wbce"]["pos_weight"] == round(math.sqrt((1 - f) / f), 2)
     assert run.trainer.learning_rate == 2e-3 and run.trainer.time_budget == "3m"
     assert run.trainer.max_steps is None  # the budget decides the steps
+    native = cpu_bf16() is not None  # this machine's CPU decides the precision
+    assert run.trainer.precision == ("mixed_bfloat16" if native else "float32")
     assert cfg.data.image_size is None  # the composed config itself is not changed
     fp = json.loads((tmp_path / "run" / "fingerprint.json").read_text())
     assert fp["num_train"] == 12 and fp["object_extent"]["median"] == 10

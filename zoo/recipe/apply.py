@@ -65,6 +65,23 @@ def detect_device(setting: str, strategy: str | None = None) -> str:
     return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
 
 
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of native bfloat16 math
+
+
+def cpu_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str | None:
+    """The first of `BF16_CPU_FLAGS` this CPU reports, or None (also where cpuinfo is absent)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break
+    return next((f for f in BF16_CPU_FLAGS if f in flags), None)
+
+
 def cpu_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -157,13 +174,15 @@ def apply_recipe(
     )
     users = set(explicit or ())
     strategy = OmegaConf.select(cfg, "strategy.name")
+    device = detect_device(device_setting, strategy)
     recipe = plan_recipe(
         fp,
         budget_s=budget_s,
         cores=cpu_cores(),
-        device=detect_device(device_setting, strategy),
+        device=device,
         model=str(cfg.model.name),
         user_keys=users,
+        cpu_bf16=cpu_bf16() if device == "cpu" else None,
     )
     # The run's length is the user's when epochs or a budget is set (command line or config).
     length_set = any(OmegaConf.select(cfg, k) is not None for k in LENGTH_KEYS)

@@ -19,8 +19,9 @@ The rules, and why (docs/quality.md has the measured effect):
   orientation test finds no layout prior (or, with too few images to test, for fluorescence-like
   data); zoom range from the object-size spread, for discrete objects only (structures
   spanning much of the image, e.g. anatomy at a fixed scan geometry, get none); stronger
-  brightness/contrast jitter for fluorescence-like data, scaled to the intensity range
-  actually used.
+  brightness/contrast jitter for fluorescence-like data, else jitter sized to the measured
+  between-image variation of the foreground's brightness (2x, 0.02..0.1); brightness in units
+  of the intensity range actually used.
 - loss: BCE + Dice, BCE up-weighting a rare foreground by sqrt(imbalance) (capped at 10);
   multi-class: CE with sqrt inverse-frequency class weights + Dice.
 - model: on CPU the original U-Net's layout, a VGG-13-BN encoder whose first stage runs at full
@@ -29,6 +30,9 @@ The rules, and why (docs/quality.md has the measured effect):
   ResNet-18 U-Net at equal time where structures are a few pixels wide (a ResNet's stride-2
   stem sees them at half resolution). On accelerators U-Net on ResNet-34 at width 64.
 - learning rate: 2e-3 for short CPU schedules (cosine to zero), else 1e-3.
+- precision: mixed bfloat16 on CPUs with native bfloat16 math (AVX512-BF16, AMX): 1.5-1.6x
+  faster steps measured for the planned U-Nets on 2 cores; float32 elsewhere on CPU (emulated
+  bfloat16 is slower). Accelerators keep the configured precision.
 """
 
 from __future__ import annotations
@@ -50,6 +54,11 @@ CPU_ENCODER = "vgg13_bn"
 # Objects whose p90 extent exceeds this share of the smaller image side are structures that
 # span the image (organs, tissue layers), not discrete objects: no zoom jitter.
 SPANNING_EXTENT = 0.5
+# Intensity jitter for data that is not fluorescence-like: this many times the between-image
+# spread of the foreground's median brightness (relative to the used range), within bounds.
+JITTER_PER_SPREAD = 2.0
+MIN_JITTER = 0.02
+MAX_JITTER = 0.1
 
 
 def _floor_to(x: int, d: int) -> int:
@@ -96,6 +105,7 @@ def plan_recipe(
     device: str = "cpu",
     model: str = "unet",
     user_keys: Iterable[str] = (),
+    cpu_bf16: str | None = None,
 ) -> Recipe:
     """Plan config overrides from a fingerprint.
 
@@ -106,6 +116,7 @@ def plan_recipe(
         device: "cpu" or "gpu" (any accelerator).
         model: the model the run uses; only U-Net gets decoder widths.
         user_keys: dotted keys set on the command line (`user_keys_from_overrides`); they win.
+        cpu_bf16: the CPU flag of native bfloat16 math (`zoo.recipe.apply.cpu_bf16`), or None.
 
     Returns:
         A `Recipe`; `recipe.overrides()` are the values to apply.
@@ -241,18 +252,31 @@ def plan_recipe(
         choose("data.augment.scale", [0.6, 1.0], "no objects measured: moderate zoom")
     top = max(fp.intensity.get("p99_5", [1.0]) or [1.0])
     top = min(max(float(top), 1e-3), 1.0)
-    bright, contrast = (0.15, 0.3) if fluo else (0.1, 0.1)
+    spread = fp.intensity.get("foreground_median_sd") or []
+    if fluo:
+        bright, contrast = 0.15, 0.3
+        why_b = ": exposure varies in fluorescence data"
+        why_c = "fluorescence-like: staining/exposure vary"
+    elif spread:
+        # Jitter the data does not show slows a short training down (on an MRI template a
+        # brightness shift of 0.09 cost ~1 Dice point at 3 minutes): match the measured variation.
+        rel = float(spread[0]) / top
+        bright = contrast = round(min(max(JITTER_PER_SPREAD * rel, MIN_JITTER), MAX_JITTER), 3)
+        why_b = (
+            f": the labelled structures' median brightness varies by {rel:.1%} of it between "
+            f"images; {JITTER_PER_SPREAD:g}x that, {MIN_JITTER:g}..{MAX_JITTER:g}"
+        )
+        why_c = "as brightness: sized to the measured between-image variation"
+    else:
+        bright, contrast = MAX_JITTER, MAX_JITTER
+        why_b = ": too few images with foreground to measure its variation"
+        why_c = "mild contrast jitter"
     choose(
         "data.augment.brightness",
         round(bright * top, 4),
-        f"{bright:g} of the used intensity range ({top:.3g})"
-        + (": exposure varies in fluorescence data" if fluo else ""),
+        f"{bright:g} of the used intensity range ({top:.3g})" + why_b,
     )
-    choose(
-        "data.augment.contrast",
-        contrast,
-        "fluorescence-like: staining/exposure vary" if fluo else "mild contrast jitter",
-    )
+    choose("data.augment.contrast", contrast, why_c)
 
     # ---- loss
     freqs = fp.class_frequencies
@@ -326,6 +350,16 @@ def plan_recipe(
         if short
         else "AdamW default for U-Nets",
     )
+    if cpu:
+        if cpu_bf16:
+            choose(
+                "trainer.precision",
+                "mixed_bfloat16",
+                f"this CPU computes bfloat16 natively ({cpu_bf16}): steps ~1.5x faster than "
+                "float32, more of them fit (the saved model is float32)",
+            )
+        else:
+            choose("trainer.precision", "float32", "no native bfloat16 on this CPU")
     choose("trainer.schedule", "cosine", "cosine over the steps that fit (warm-up 5%, <= 50 steps)")
     if budget_s is None:
         per_epoch = max(1, fp.num_train // batch)

@@ -176,7 +176,9 @@ def per_image(
     span = max(hi - lo, 1e-6)
     fg = valid & (mask > 0)
     bg = valid & (mask == 0)
-    contrast = above = None
+    contrast = above = fg_level = None
+    if fg.any():
+        fg_level = float(np.median(gray[fg]))
     if fg.any() and bg.any():
         contrast = float((gray[fg].mean() - gray[bg].mean()) / (gray[bg].std() + 1e-6))
         above = float(np.mean(gray[bg] > np.median(gray[fg])))
@@ -213,6 +215,7 @@ def per_image(
         "dark_fraction": float(np.mean(gray < lo + 0.25 * span)),
         "contrast": contrast,
         "bg_above_fg": above,
+        "fg_level": fg_level,
         "extents": extents,
         "diameters": diameters,
         "border_objects": border,
