@@ -160,6 +160,9 @@ def test_build_shapes_layout_and_info():
     assert 0 <= batch["image"].min() and batch["image"].max() <= 1
     assert set(np.unique(batch["mask"])) <= {0, 1}
     assert tf.data.experimental.cardinality(bundle.train) == tf.data.INFINITE_CARDINALITY
+    # No autotuning thread, whose up-to-60-s sleep an iterator's destructor waits out.
+    assert not bundle.train.options().autotune.enabled
+    assert not bundle.val.options().autotune.enabled
     val = take(bundle.val, 10)
     assert [b["image"].shape[0] for b in val] == [4, 1]
     # Validation is unaugmented: exactly the generated images and masks, in order.
