@@ -214,6 +214,21 @@ def test_budget_stops_at_the_deadline_when_steps_get_slower(tmp_path):
     assert r.pacer.summary()["used_s"] == 49.5
 
 
+def test_budget_replans_from_the_step_time_measured_since_the_plan(tmp_path):
+    clock = FakeClock()
+    r = budget_run(tmp_path, 50, Ticker(clock, slow_from=5, slow=0.625), clock)
+    # Planned at 0.5 s/step (81 steps, every 19), but every step after the warm-up takes
+    # 0.625 s. The second validation (step 38, clock 29.625) re-plans at the measured 0.625:
+    # 20.375 s left, 19.75 after the margin (one step): 28 steps + 2 validations = 19.5 s fit
+    # (29 would need 20.125), so 38 + 28 = 66 steps, > 10% off 81: a new LR schedule. The
+    # cosine then ends on time instead of being cut at the deadline (step 57 with 0.5 s/step).
+    assert r.rec.ends == [19, 38, 57, 66]
+    assert r.ctl.stop_reason == "planned steps done" and steps_of(r.model) == 66
+    assert r.model.optimizer._learning_rate.total_steps == 66
+    assert r.ctl.plan.step_time_s == 0.625
+    assert r.pacer.summary()["used_s"] == pytest.approx(49.125, abs=0.01)
+
+
 def test_budget_max_steps_caps_the_plan(tmp_path):
     clock = FakeClock()
     r = budget_run(tmp_path, 50, Ticker(clock), clock, max_steps=30)

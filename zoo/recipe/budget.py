@@ -290,17 +290,27 @@ class BudgetController:
         )
         return self.plan
 
-    def on_validation_done(self, seconds: float, step: int, now: float | None = None) -> BudgetPlan:
+    def on_validation_done(
+        self,
+        seconds: float,
+        step: int,
+        now: float | None = None,
+        step_time_s: float | None = None,
+    ) -> BudgetPlan:
         """Record a measured validation (with its checkpoint/backup writes) and re-plan.
 
         The steps still to run are those that fit before the deadline with validations of the
-        measured cost at the planned interval; the plan's length changes only when it is off
-        by more than SCHEDULE_KEEP_TOLERANCE (then update the LR schedule, e.g.
-        `BudgetCosineDecay.set_length(plan.schedule_steps)`).
+        measured cost at the planned interval, at `step_time_s` per step when given (the rate
+        measured since the plan: steps can settle slower than in the warm-up) or the warm-up's;
+        the plan's length changes only when it is off by more than SCHEDULE_KEEP_TOLERANCE
+        (then update the LR schedule, e.g. `BudgetCosineDecay.set_length(plan.schedule_steps)`),
+        so that a schedule is not cut short by the deadline.
         """
         if self.plan is None:
             raise RuntimeError("on_validation_done before on_warmup_done")
         plan, now = self.plan, (self.clock() if now is None else float(now))
+        if step_time_s is not None and math.isfinite(step_time_s) and step_time_s > 0:
+            plan.step_time_s = float(step_time_s)
         plan.val_time_s = v = max(float(seconds), 0.0)
         t, every = plan.step_time_s, plan.validation_every
         left = plan.deadline_s - now

@@ -25,6 +25,7 @@ from zoo.training.length import TrainingLength
 log = logging.getLogger("zoo")
 
 TIMING_STEPS = 5  # warm-up steps timed before a budget is planned (the first one traces)
+MIN_RATE_STEPS = 10  # steps since the plan before their mean time replaces the warm-up's
 TAIL_EXPORT_S = 5.0  # expected model export, overlays and exit after the final evaluation
 # trainer.export: expected seconds per artifact (conversion and verification), about 1.3x what
 # the default U-Net (24M parameters) took on 2 CPU cores: 5 s, 31 s and 13 s.
@@ -102,6 +103,7 @@ class BudgetCallback(keras.callbacks.Callback):
         self._segment = False
         self._out_of_time = False  # a resumed run found its budget spent
         self.used_s: float | None = None  # training seconds (all sessions) when fit ended
+        self._run_s, self._run_steps = 0.0, 0  # step time and steps since the plan
 
     # ------------------------------------------------------------------ helpers
     def _step(self) -> int:
@@ -165,7 +167,10 @@ class BudgetCallback(keras.callbacks.Callback):
         self.ctl.set_tail_estimate(TAIL_FACTOR * max(self.validation_costs) + self.tail_export_s)
         # The first validation of a session traces the evaluation: a one-off, not the rate.
         if len(self.validation_costs) >= 2 and self.ctl.plan is not None:
-            self._apply(self.ctl.on_validation_done(cost, step), step)
+            rate = None
+            if self._run_steps >= MIN_RATE_STEPS:
+                rate = self._run_s / self._run_steps
+            self._apply(self.ctl.on_validation_done(cost, step, step_time_s=rate), step)
 
     # ------------------------------------------------------------------ Keras hooks
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
@@ -185,6 +190,9 @@ class BudgetCallback(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         now = self.clock()
         step = self._step()
+        if self.ctl.plan is not None and self._last is not None and self._last_step is not None:
+            self._run_s += now - self._last
+            self._run_steps += max(step - self._last_step, 1)
         if self.ctl.plan is None and not self._out_of_time:
             # Per step, also when a batch-end call covers several (steps_per_execution).
             ran = max(step - self._last_step, 1) if self._last_step is not None else 1
