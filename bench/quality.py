@@ -274,6 +274,7 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown(result: dict[str, Any]) -> str:
+    from bench.quality_curves import curves_markdown
     from bench.quality_data import SOURCES
 
     summary = result["summary"]
@@ -330,6 +331,10 @@ def markdown(result: dict[str, Any]) -> str:
             f"({100 * a3:.2f} vs {100 * max(others):.2f}, {100 * (a3 - max(others)):+.2f}); "
             f"within 1 point of 10 min: {near}{at10}"
         )
+    real = [d for d in summary if SOURCES[d].kind == "real"]
+    curves = curves_markdown(result.get("runs", []), budget_s=180.0, real=real)
+    if curves:
+        lines += ["", "Learning curves at 3 minutes (every seed):", "", curves]
     return "\n".join(lines) + "\n"
 
 

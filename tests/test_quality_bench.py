@@ -79,6 +79,33 @@ def test_report_table_and_doc_markers(tmp_path):
     assert "old" not in body and "80.5" in body and body.endswith("tail\n")
 
 
+def test_learning_curves_by_share_of_the_run():
+    from bench.quality_curves import at_fractions
+
+    # Checkpoints at steps 30, 60, 90, 100: at 10%/20% of 100 steps none yet, at 30% the
+    # first, 50% still the first (60 > 50), 100% the last.
+    curve = [[30, 0.5], [60, 0.6], [90, 0.8], [100, 0.7]]
+    assert at_fractions(curve) == [None, None, 0.5, 0.5, 0.5, 0.6, 0.6, 0.6, 0.8, 0.7]
+    assert at_fractions([], parts=3) == [None, None, None]
+    runs = [
+        {"dataset": "dsb2018_nuclei", "recipe": "baseline", "budget_s": 180.0, "seed": 1,
+         "dice": 0.81, "train_time_s": 180.0, "curve": curve},
+        {"dataset": "dsb2018_nuclei", "recipe": "auto", "budget_s": 180.0, "seed": 0,
+         "dice": 0.8, "train_time_s": 180.0, "curve": curve},
+        {"dataset": "sim_fluo_nuclei", "recipe": "auto", "budget_s": 180.0, "seed": 0,
+         "dice": 0.9, "train_time_s": 180.0, "curve": curve},
+    ]  # fmt: skip
+    text = quality.markdown(
+        {"settings": {"seeds": 1, "cores": 2}, "summary": quality.summarize(runs), "runs": runs}
+    )
+    assert "dsb2018_nuclei, 3 min: validation Dice by share of the run's steps" in text
+    row = "| 100 | - | - | 50.0 | 50.0 | 50.0 | 60.0 | 60.0 | 60.0 | 80.0 | 70.0 |"
+    # auto before baseline; the stand-in has no curves table (it never counts for the targets).
+    assert f"| auto | 0 {row} 80.0 |" in text and f"| baseline | 1 {row} 81.0 |" in text
+    assert text.index("| auto | 0 ") < text.index("| baseline | 1 ")
+    assert "sim_fluo_nuclei, 3 min" not in text
+
+
 def test_report_merges_parts_run_separately():
     def run(recipe, seed, dice):
         return {"dataset": "dsb2018_nuclei", "recipe": recipe, "budget_s": 180.0,
