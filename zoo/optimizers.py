@@ -14,6 +14,11 @@ with its own learning rate would be. Encoder variables are those a zoo model's e
 created (`mark_encoder_variables`; `SegmentationModel` marks them when it is built). The
 optimizer's variables (slots, iterations) are Keras' own, so backups and resumed runs see
 the same state as without a multiplier; the multiplier itself is in the optimizer's config.
+
+Weight averaging (`use_ema=True`): Keras' moving average of the weights, with the momentum
+warmed up as in `tf.train.ExponentialMovingAverage` (``min(ema_momentum, (1 + step) / (10 +
+step))``) so the average forgets the random initialization within the first few dozen steps
+instead of the first few hundred; ``ema_warmup=False`` gives Keras' constant momentum.
 """
 
 from __future__ import annotations
@@ -100,6 +105,32 @@ def _handle(variable: Any) -> Any:
     return variable.value.handle if isinstance(variable, keras.Variable) else variable.handle
 
 
+class _WarmedUpEMA:
+    """Mixin: the weights' moving average uses ``min(ema_momentum, (1 + t) / (10 + t))``."""
+
+    def __init__(self, *args: Any, ema_warmup: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ema_warmup = bool(ema_warmup)
+
+    def _update_model_variables_moving_average(self, trainable_variables: Any) -> None:
+        if not (self.use_ema and self.ema_warmup):
+            return super()._update_model_variables_moving_average(trainable_variables)
+        ops = keras.ops
+        # `iterations` counts the steps before this one: 0 copies the weights.
+        step = ops.cast(self.iterations, "float32")
+        momentum = ops.minimum(self.ema_momentum, (1.0 + step) / (10.0 + step))
+        momentum = momentum * ops.cast(ops.not_equal(self.iterations, 0), "float32")
+        for variable, average in zip(trainable_variables, self._model_variables_moving_average):
+            if average is None:
+                continue
+            m = ops.cast(momentum, variable.dtype)
+            average.assign(m * average + (1.0 - m) * variable)
+        return None
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "ema_warmup": self.ema_warmup}
+
+
 class _FusedAdamUpdate:
     """Mixin: `update_step` on `ResourceApplyAdam` where it is exact, Keras' path elsewhere."""
 
@@ -140,7 +171,7 @@ class _FusedAdamUpdate:
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class Adam(_EncoderLRMultiplier, _FusedAdamUpdate, keras.optimizers.Adam):
+class Adam(_EncoderLRMultiplier, _WarmedUpEMA, _FusedAdamUpdate, keras.optimizers.Adam):
     """`keras.optimizers.Adam` with the update in one fused TensorFlow kernel per variable.
 
     Same arguments and results as Keras' Adam (see this module's docstring for why), plus
@@ -160,7 +191,7 @@ class Adam(_EncoderLRMultiplier, _FusedAdamUpdate, keras.optimizers.Adam):
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class AdamW(_EncoderLRMultiplier, _FusedAdamUpdate, keras.optimizers.AdamW):
+class AdamW(_EncoderLRMultiplier, _WarmedUpEMA, _FusedAdamUpdate, keras.optimizers.AdamW):
     """`keras.optimizers.AdamW` with the Adam update in one fused TensorFlow kernel.
 
     Keras applies the decoupled weight decay before `update_step`, so only the Adam part is
@@ -179,7 +210,7 @@ class AdamW(_EncoderLRMultiplier, _FusedAdamUpdate, keras.optimizers.AdamW):
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class SGD(_EncoderLRMultiplier, keras.optimizers.SGD):
+class SGD(_EncoderLRMultiplier, _WarmedUpEMA, keras.optimizers.SGD):
     """`keras.optimizers.SGD` with ``encoder_lr_mult`` (the encoder's learning rate is
     ``learning_rate * encoder_lr_mult``); otherwise Keras' SGD.
 

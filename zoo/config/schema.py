@@ -35,6 +35,9 @@ class TrainerConfig:
     # a pretrained encoder that should move slowly; 1 trains it like the rest.
     encoder_lr_mult: float = 1.0
     clipnorm: float | None = None
+    # Validate, checkpoint and export an exponential moving average of the weights with this
+    # momentum (Keras' use_ema / ema_momentum, warmed up as (1 + step) / (10 + step)); None: off.
+    ema_momentum: float | None = None
     schedule: str = "cosine"
     warmup_steps: int = 50
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of learning_rate

@@ -3,7 +3,8 @@
 `build_callbacks` returns them in the only order that works, built here rather than left to
 convention: the NaN guard first (it raises before any later callback of a bad batch saves
 anything), then the time-budget pacer (it decides at a step's end whether the run stops there,
-which the others read), then the callbacks that watch metrics and write logs, then the backup
+which the others read), then the callbacks that watch metrics and write logs (with
+`trainer.ema_momentum` they see the averaged weights, which go back out next), then the backup
 (it records what the others did at the epoch end), then the stop-on-signal check (it stops right
 after a backup). Callbacks whose state must survive a resume declare it in `state_attributes`;
 the backup saves and restores exactly those attributes, under the callback's `state_key`.
@@ -24,6 +25,7 @@ from zoo import outputs
 from zoo.errors import NonFiniteError
 from zoo.outputs import to_plain
 from zoo.saving import inference_model
+from zoo.training.averaging import ValidateAveragedWeights
 from zoo.training.backup import Backup, list_backups, read_value, tracked_variables, write_backup
 from zoo.training.signals import Interrupted, StopRequests
 
@@ -279,10 +281,13 @@ class RunCallbacks:
     best: BestModelCheckpoint | None = None
     extra: list[keras.callbacks.Callback] = field(default_factory=list)
     pacer: keras.callbacks.Callback | None = None  # zoo.training.budget.BudgetCallback
+    averaged: ValidateAveragedWeights | None = None  # trainer.ema_momentum
 
     def ordered(self) -> list[keras.callbacks.Callback]:
         first = [cb for cb in (self.guard, self.pacer) if cb is not None]
-        return [*first, *self.monitors, self.backup, *self.extra, self.stop]
+        # The monitors read the averaged weights; the backup must see the raw ones.
+        averaged = [self.averaged] if self.averaged is not None else []
+        return [*first, *self.monitors, *averaged, self.backup, *self.extra, self.stop]
 
 
 def build_callbacks(
@@ -355,4 +360,5 @@ def build_callbacks(
         backup=backup,
         stop=StopOnSignal(requests, backup, agree),
         best=best,
+        averaged=ValidateAveragedWeights() if trainer.ema_momentum is not None else None,
     )

@@ -24,6 +24,7 @@ from zoo.training import artifacts, resume
 from zoo.training import backup as backups
 from zoo.training import budget as budgets
 from zoo.training import length as lengths
+from zoo.training.averaging import averaging_optimizer, swap_averaged_weights
 from zoo.training.callbacks import RunCallbacks, build_callbacks
 from zoo.training.fit import fit_length
 from zoo.training.optim import build_optimizer
@@ -177,9 +178,13 @@ def finalize(run: Any, s: Session, train_time: float) -> dict[str, Any]:
     started = run.timer.clock()
     # A local float32 copy: needs no collective of a multi-worker strategy (the other workers
     # may have exited) and exports float32 after mixed-precision training.
-    export = clone(s.model, "float32")
     best = s.callbacks.best
-    if best is not None and best.best_epoch is not None:
+    kept_best = best is not None and best.best_epoch is not None
+    averaged = averaging_optimizer(s.train_model.optimizer) is not None
+    if averaged and not kept_best:  # no checkpoint: the last averaged weights are the result
+        swap_averaged_weights(s.train_model.optimizer)
+    export = clone(s.model, "float32")
+    if kept_best:
         export.load_weights(best.path)  # evaluate and export the best epoch, not the last
     results: dict[str, Any] = {}
     if info.val_size > 0:  # trainer.final_eval: at image_size or at full resolution

@@ -45,6 +45,8 @@ def build_optimizer(
         # The encoder's variables (marked by SegmentationModel) train at lr x this.
         "encoder_lr_mult": trainer.encoder_lr_mult,
     }
+    if trainer.ema_momentum is not None:
+        common.update(use_ema=True, ema_momentum=trainer.ema_momentum)
     if trainer.optimizer == "adamw":
         opt = optimizers.AdamW(weight_decay=trainer.weight_decay, **common)
         # Decaying BN scales and biases hurts and is unusual.
