@@ -42,10 +42,10 @@ def test_average_warms_up_hand_worked():
 
 
 def test_warmed_up_momentum_reaches_the_configured_one():
-    # From t = 89 on (1+t)/(10+t) >= 0.9: the last 11 steps use 0.9 exactly, as Keras would.
-    assert (1 + 89) / (10 + 89) >= 0.9 > (1 + 88) / (10 + 88)
-    w0, a0 = sgd_steps(89, ema_momentum=0.9)
-    w1, a1 = sgd_steps(90, ema_momentum=0.9)
+    # (1+t)/(10+t) reaches 0.9 at t = 80: from that step on the momentum is 0.9, as in Keras.
+    assert (1 + 80) / (10 + 80) >= 0.9 > (1 + 79) / (10 + 79)
+    _, a0 = sgd_steps(80, ema_momentum=0.9)
+    w1, a1 = sgd_steps(81, ema_momentum=0.9)
     assert a1 == pytest.approx(0.9 * a0 + 0.1 * w1, abs=1e-6)
 
 
@@ -66,10 +66,11 @@ def closed_form_run(strategy, callbacks_after, tmp_path, momentum=0.9):
             optimizer=optimizers.SGD(learning_rate=0.01, use_ema=True, ema_momentum=momentum),
             loss="mae",
         )
-    x, y = np.ones((4, 1), "float32"), np.zeros((4, 1), "float32")
+    # Batches of 2: each of two replicas gets one sample (4 steps per epoch either way).
+    x, y = np.ones((8, 1), "float32"), np.zeros((8, 1), "float32")
     best = BestModelCheckpoint(model, tmp_path / "best.keras", "val_loss", "min")
     history = model.fit(
-        x, y, batch_size=1, epochs=3, validation_data=(x, y), shuffle=False, verbose=0,
+        x, y, batch_size=2, epochs=3, validation_data=(x, y), shuffle=False, verbose=0,
         callbacks=[best, ValidateAveragedWeights(), *callbacks_after],
     )  # fmt: skip
     return model, history, best

@@ -115,6 +115,7 @@ def test_semantic_errors_name_the_key(overrides, text):
         (["trainer.learning_rate=inf"], "trainer.learning_rate=inf"),
         (["trainer.warmup_steps=-5"], "trainer.warmup_steps=-5"),
         (["trainer.clipnorm=-1.0"], "trainer.clipnorm=-1.0"),
+        (["trainer.ema_momentum=1.0"], "trainer.ema_momentum=1.0"),
         (["trainer.momentum=1.5"], "trainer.momentum=1.5"),
         (["trainer.backup_every_steps=0"], "trainer.backup_every_steps=0"),
         (["predict.threshold=0"], "predict.threshold=0"),

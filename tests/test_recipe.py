@@ -254,6 +254,8 @@ def test_only_a_rare_foreground_is_up_weighted(plain_fp, foreground, weight):
     r = plan_recipe(fp, budget_s=180, cores=2)
     assert r.get("loss") == "wbce+dice"
     assert r.overrides().get("loss_options.wbce.pos_weight") == weight
+    reasons = {c.key: c.reason for c in r.choices}
+    assert reasons["model.encoder"].startswith("3 CPU minutes")  # each choice keeps its reason
 
 
 def test_fingerprint_detects_orientation(oriented_fp):

@@ -18,7 +18,9 @@ the same state as without a multiplier; the multiplier itself is in the optimize
 Weight averaging (`use_ema=True`): Keras' moving average of the weights, with the momentum
 warmed up as in `tf.train.ExponentialMovingAverage` (``min(ema_momentum, (1 + step) / (10 +
 step))``) so the average forgets the random initialization within the first few dozen steps
-instead of the first few hundred; ``ema_warmup=False`` gives Keras' constant momentum.
+instead of the first few hundred; ``ema_warmup=False`` gives Keras' constant momentum. Unlike
+Keras, `fit` leaves the raw weights in the model at its end (it trains in several `fit` calls);
+`zoo.training.averaging.swap_averaged_weights` puts the average in.
 """
 
 from __future__ import annotations
@@ -125,6 +127,12 @@ class _WarmedUpEMA:
                 continue
             m = ops.cast(momentum, variable.dtype)
             average.assign(m * average + (1.0 - m) * variable)
+        return None
+
+    def finalize_variable_values(self, var_list: Any) -> None:
+        # Keras' fit ends by overwriting the weights with their average. The zoo trains in
+        # several fit calls (resume, budget segments) that must go on from the raw weights; its
+        # loop swaps the average in where it is used (zoo.training.averaging).
         return None
 
     def get_config(self) -> dict[str, Any]:

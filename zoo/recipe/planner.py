@@ -290,10 +290,10 @@ def plan_recipe(
     freqs = fp.class_frequencies
     if fp.num_classes == 1:
         f = max(fp.foreground_fraction, 1e-6)
-        why = "BCE for calibrated pixels + Dice for the overlap metric"
+        loss_why = "BCE for calibrated pixels + Dice for the overlap metric"
         if f >= RARE_FOREGROUND:
-            why += f"; foreground {f:.1%} is not rare (< {RARE_FOREGROUND:.0%}): unweighted"
-        choose("loss", "wbce+dice", why)
+            loss_why += f"; foreground {f:.1%} is not rare (< {RARE_FOREGROUND:.0%}): unweighted"
+        choose("loss", "wbce+dice", loss_why)
         if f < RARE_FOREGROUND:
             pw = round(min(math.sqrt((1 - f) / f), 10.0), 2)
             choose(

@@ -8,6 +8,7 @@ signals.py    SIGINT/SIGTERM -> backup and exit 130/143
 fit.py        Keras fit over the run's length from any global step
 length.py     how long a run trains (epochs, max_steps, time budget) and the budget's pacer
 optim.py      optimizer and learning-rate schedule
+averaging.py  validating and saving the weights' moving average (trainer.ema_momentum)
 """
 
 from zoo.training.loop import train
