@@ -176,13 +176,13 @@ def finalize(run: Any, s: Session, train_time: float) -> dict[str, Any]:
     written (metrics.json records it)."""
     info, t = s.bundle.info, run.trainer
     started = run.timer.clock()
-    # A local float32 copy: needs no collective of a multi-worker strategy (the other workers
-    # may have exited) and exports float32 after mixed-precision training.
     best = s.callbacks.best
     kept_best = best is not None and best.best_epoch is not None
     averaged = averaging_optimizer(s.train_model.optimizer) is not None
     if averaged and not kept_best:  # no checkpoint: the last averaged weights are the result
         swap_averaged_weights(s.train_model.optimizer)
+    # A local float32 copy: needs no collective of a multi-worker strategy (the other workers
+    # may have exited) and exports float32 after mixed-precision training.
     export = clone(s.model, "float32")
     if kept_best:
         export.load_weights(best.path)  # evaluate and export the best epoch, not the last
