@@ -255,7 +255,7 @@ def test_only_a_rare_foreground_is_up_weighted(plain_fp, foreground, weight):
     assert r.get("loss") == "wbce+dice"
     assert r.overrides().get("loss_options.wbce.pos_weight") == weight
     reasons = {c.key: c.reason for c in r.choices}
-    assert reasons["model.encoder"].startswith("3 CPU minutes")  # each choice keeps its reason
+    assert reasons["model.encoder"].startswith("CPU: full-resolution")  # each keeps its reason
 
 
 def test_fingerprint_detects_orientation(oriented_fp):
@@ -418,14 +418,37 @@ def test_plan_for_unoriented_fluorescence_squares(plain_fp):
     assert r.get("loss") == "wbce+dice"
     # Foreground 400 / 4096 = 9.8% is not rare: plain BCE + Dice.
     assert "loss_options.wbce.pos_weight" not in r.overrides()
-    # CPU minutes: the original U-Net layout (VGG-13-BN, depth 4, full-resolution skip),
-    # decoder blocks as wide as the stages they join (16, 32, 64, 128 at width 16).
+    # CPU: the original U-Net layout (VGG-13-BN, depth 4, full-resolution skip), decoder
+    # blocks as wide as the stages they join (32, 64, 128, 256 at width 32: ~998 float32 steps
+    # of 8 x 64x64 fit 3 minutes, test_cpu_width_follows_the_steps_that_fit).
     assert r.get("model.encoder") == "vgg13_bn"
-    assert r.get("model.encoder_kwargs") == {"base_width": 16}
-    assert r.get("model.decoder_channels") == [128, 64, 32, 16]
+    assert r.get("model.encoder_kwargs") == {"base_width": 32}
+    assert r.get("model.decoder_channels") == [256, 128, 64, 32]
     assert r.get("model.full_resolution_skip") is True
     assert r.get("trainer.learning_rate") == 2e-3
     assert "model.pad_to_divisor" not in r.overrides()
+
+
+@pytest.mark.parametrize(
+    "budget, bf16, cores, width",
+    [(47, "avx512_bf16", 2, 16), (49, "avx512_bf16", 2, 32), (70, None, 2, 16),
+     (74, None, 2, 32), (37, None, 4, 32), (35, None, 4, 16), (None, None, 2, 16)],
+)  # fmt: skip
+def test_cpu_width_follows_the_steps_that_fit(plain_fp, budget, bf16, cores, width):
+    # 8 x 64x64 = 32768 px per step; width 32 costs 3.3 us per pixel in bfloat16 on 2 cores:
+    # 0.1081 s per step, x1.5 in float32 (0.1622 s), x2/4 on 4 cores (0.0811 s). Width 32 when
+    # 400 steps fit in 90% of the budget: from 48.1 s (bfloat16), 72.1 s (float32), 36.0 s
+    # (float32, 4 cores). Without a budget: 16 x 64x64 = 0.066 Mpx is little data.
+    r = plan_recipe(plain_fp, budget_s=budget, cores=cores, cpu_bf16=bf16)
+    assert r.get("data.batch_size") == 8
+    assert r.get("model.encoder_kwargs") == {"base_width": width}
+    assert r.get("model.decoder_channels") == [width * 2**k for k in (3, 2, 1, 0)]
+    reason = {c.key: c.reason for c in r.choices}["model.encoder_kwargs"]
+    if budget is None:
+        assert reason.startswith("little data (0.066 Mpx)")
+    else:
+        step = 32768 * 3.3e-6 * (1 if bf16 else 1.5) * 2 / cores
+        assert reason.startswith(f"~{int(0.9 * budget / step)} steps of width 32")
 
 
 def test_plan_for_oriented_data_keeps_orientation(oriented_fp):
@@ -435,7 +458,7 @@ def test_plan_for_oriented_data_keeps_orientation(oriented_fp):
     # Not fluorescence-like: jitter 2x the measured spread of the squares' brightness.
     rel = oriented_fp.intensity["foreground_median_sd"][0] / oriented_fp.intensity["p99_5"][0]
     assert r.get("data.augment.contrast") == round(min(max(2 * rel, 0.02), 0.1), 3)
-    assert r.get("model.encoder_kwargs") == {"base_width": 16}  # 16 x 64x64 px: little data
+    assert r.get("model.encoder_kwargs") == {"base_width": 32}  # 10 minutes of 64x64 batches
 
 
 def _fp(**changes) -> Fingerprint:
@@ -489,7 +512,7 @@ def test_user_overrides_win_and_args_parse(plain_fp):
     assert "model.encoder" in over  # a group choice does not pin the model's values
     assert "set on the command line" in r.table() and "data.batch_size" in r.table()
     args = r.hydra_args()
-    assert "++model.encoder_kwargs={base_width:16}" in args
+    assert "++model.encoder_kwargs={base_width:32}" in args
     parsed = OverridesParser.create().parse_overrides(args)
     assert {o.key_or_group for o in parsed} == set(over)
     for o in parsed:  # the parsed values are the planned ones
@@ -594,8 +617,9 @@ def test_recipe_auto_applies_the_plan_except_command_line_keys(tmp_path, monkeyp
     assert (run.data.image_size, run.data.resize) == ([64, 64], "crop")
     assert run.data.augment.vflip and run.data.augment.rot90 and run.data.augment.contrast == 0.3
     assert run.model.kwargs["encoder"] == "vgg13_bn"
-    assert run.model.kwargs["encoder_kwargs"] == {"base_width": 16}
-    assert run.model.kwargs["decoder_channels"] == [128, 64, 32, 16]
+    # Width 32: even in float32 on one core ~666 steps of 6 x 64x64 fit 3 minutes.
+    assert run.model.kwargs["encoder_kwargs"] == {"base_width": 32}
+    assert run.model.kwargs["decoder_channels"] == [256, 128, 64, 32]
     assert run.model.kwargs["full_resolution_skip"] is True
     assert "pos_weight" not in run.loss.options.get("wbce", {})  # 9.8% foreground: unweighted
     assert run.trainer.learning_rate == 2e-3 and run.trainer.time_budget == "3m"

@@ -26,10 +26,12 @@ The rules, and why (docs/quality.md has the measured effect):
   then BCE up-weights it by sqrt(imbalance) (capped at 10); multi-class: CE with sqrt
   inverse-frequency class weights + Dice.
 - model: on CPU the original U-Net's layout, a VGG-13-BN encoder whose first stage runs at full
-  resolution with a skip from it (`full_resolution_skip`) and depth 4, at base width 16 for CPU
-  minutes or little data and 32 for longer runs; measured on the real datasets it beats a
-  ResNet-18 U-Net at equal time where structures are a few pixels wide (a ResNet's stride-2
-  stem sees them at half resolution). On accelerators U-Net on ResNet-34 at width 64.
+  resolution with a skip from it (`full_resolution_skip`) and depth 4; measured on the real
+  datasets it beats a ResNet-18 U-Net at equal time where structures are a few pixels wide (a
+  ResNet's stride-2 stem sees them at half resolution). Its base width is 32 when at least 400
+  steps of it fit the budget (estimated from the batch's pixels, the cores and the precision),
+  else 16 (without a budget: 16 for under 1 Mpx of training data). On accelerators U-Net on
+  ResNet-34 at width 64.
 - learning rate: 2e-3 for short CPU schedules (cosine to zero), else 1e-3.
 - precision: mixed bfloat16 on CPUs with native bfloat16 math (AVX512-BF16, AMX): 1.5-1.6x
   faster steps measured for the planned U-Nets on 2 cores; float32 elsewhere on CPU (emulated
@@ -50,7 +52,6 @@ GPU_BATCH_PIXELS = 32 * 256 * 256
 CPU_CROP_LIMIT = 256
 GPU_CROP_LIMIT = 512
 SHORT_CPU_BUDGET_S = 15 * 60
-TINY_CPU_BUDGET_S = 5 * 60
 CPU_ENCODER = "vgg13_bn"
 # Objects whose p90 extent exceeds this share of the smaller image side are structures that
 # span the image (organs, tissue layers), not discrete objects: no zoom jitter.
@@ -66,6 +67,18 @@ MAX_JITTER = 0.1
 # when the overlap is good). Measured on the MRI (15.5%): weight 2.34 -> 1 raised Dice at 3
 # minutes on all three seeds (docs/quality.md).
 RARE_FOREGROUND = 0.05
+# CPU width from the steps that fit the budget. Training-step cost of the planned VGG U-Net
+# (depth 4, full-resolution skip) per pixel of the batch, in microseconds, measured on 2 cores
+# in mixed bfloat16: width 16 0.107 s for 6 x 128x128 and 0.196 s for 4 x 233x197 (~1.1 us),
+# width 32 ~0.32 s for 6 x 128x128 (~3.3 us); float32 steps are ~1.5x slower. An estimate:
+# other CPUs differ, and the budget measures the real step time once training starts.
+CPU_STEP_US_PER_PIXEL = {16: 1.1, 32: 3.3}
+CPU_FLOAT32_SLOWDOWN = 1.5
+# Width 32 once this many of its steps fit (after ~10% for validation). Measured at 3 minutes:
+# nuclei (12 tiles, ~500 steps at width 32) 95.10 against 94.95 at width 16 (~1,500 steps),
+# median of 3 seeds, every seed higher; MRI (49 slices, ~270 steps at width 24) 95.7-95.8
+# against 96.2 at width 16 (~830 steps).
+MIN_WIDE_STEPS = 400
 
 
 def _floor_to(x: int, d: int) -> int:
@@ -78,6 +91,32 @@ def _ceil_to(x: float, d: int) -> int:
 
 def _pow2_floor(x: float) -> int:
     return 1 << max(0, int(math.floor(math.log2(max(x, 1)))))
+
+
+def _cpu_width(
+    budget_s: float | None,
+    batch_pixels: int,
+    pixels: int,
+    cores: int | None,
+    cpu_bf16: str | None,
+) -> tuple[int, str]:
+    """The VGG U-Net's base width on CPU, with its reason."""
+    if budget_s is None:  # steps, not time, set the run's length
+        if pixels < 1_000_000:
+            return 16, f"little data ({pixels / 1e6:.2g} Mpx)"
+        return 32, f"{pixels / 1e6:.2g} Mpx, no time budget"
+    slow = (1.0 if cpu_bf16 else CPU_FLOAT32_SLOWDOWN) * 2 / max(cores or 2, 1)
+
+    def steps(width: int) -> int:
+        return int(0.9 * budget_s / (batch_pixels * CPU_STEP_US_PER_PIXEL[width] * 1e-6 * slow))
+
+    wide = steps(32)
+    if wide >= MIN_WIDE_STEPS:
+        return 32, f"~{wide} steps of width 32 fit {budget_s:g} s (>= {MIN_WIDE_STEPS})"
+    return 16, (
+        f"~{wide} steps of width 32 would fit {budget_s:g} s (< {MIN_WIDE_STEPS}); "
+        f"~{steps(16)} of width 16"
+    )
 
 
 def _summary(fp: Fingerprint) -> str:
@@ -147,14 +186,8 @@ def plan_recipe(
     h, w = (int(v) for v in fp.image_size_median)
     pixels = fp.num_train * h * w
     short = cpu and budget_s is not None and budget_s <= SHORT_CPU_BUDGET_S
-    if cpu and budget_s is not None and budget_s <= TINY_CPU_BUDGET_S:
-        encoder, width, why = CPU_ENCODER, 16, f"{budget_s / 60:g} CPU minutes"
-    elif cpu and pixels < 1_000_000:
-        encoder, width, why = CPU_ENCODER, 16, f"little data ({pixels / 1e6:.2g} Mpx)"
-    elif cpu:
-        encoder, width, why = CPU_ENCODER, 32, "CPU run"
-    else:
-        encoder, width, why = "resnet34", 64, "accelerator"
+    # On CPU the width waits for the batch (with a budget it follows the steps that fit).
+    encoder, width, why = (CPU_ENCODER, 16, "") if cpu else ("resnet34", 64, "accelerator")
     vgg = encoder == CPU_ENCODER
     # VGG's fifth stage (stride 16) is the bottleneck, as in the original U-Net.
     depth = 4 if vgg or (has_objects and e90 <= 32) else 5
@@ -209,6 +242,8 @@ def plan_recipe(
         f"~{target // 1024}k pixels per batch on {device.upper()}"
         + (f", at most half of the {fp.num_train} images" if batch == cap else ""),
     )
+    if cpu:
+        width, why = _cpu_width(budget_s, batch * size[0] * size[1], pixels, cores, cpu_bf16)
 
     # ---- augmentation
     o = fp.orientation
@@ -314,15 +349,14 @@ def plan_recipe(
         choose(
             "model.encoder",
             encoder,
-            f"{why}: full-resolution first stage (the original U-Net's encoder)"
+            "CPU: full-resolution first stage (the original U-Net's encoder)"
             if vgg
-            else f"{why}: light encoder",
+            else "accelerator: ResNet-34 (a common, well-studied encoder)",
         )
         choose(
             "model.encoder_kwargs",
             {"base_width": width},
-            f"{fp.num_train} images{', ' + str(int(budget_s)) + ' s budget' if budget_s else ''}: "
-            f"width {width} (default 64) trains faster and overfits less",
+            f"{why}: width {width} (default 64)",
         )
         if vgg:  # each block as wide as the encoder stage it joins (16 ... 128 at width 16)
             chans = [width * 2 ** (depth - 1 - i) for i in range(depth)]
