@@ -76,7 +76,7 @@ CPU_STEP_US_PER_PIXEL = {16: 1.1, 32: 3.3}
 CPU_FLOAT32_SLOWDOWN = 1.5
 # Width 32 once this many of its steps fit (after ~10% for validation). Measured at 3 minutes:
 # nuclei (12 tiles, ~500 steps at width 32) 95.10 against 94.95 at width 16 (~1,500 steps),
-# median of 3 seeds, every seed higher; MRI (49 slices, ~270 steps at width 24) 95.7-95.8
+# median of 5 seeds, every seed higher; MRI (49 slices, ~270 steps at width 24) 95.7-95.8
 # against 96.2 at width 16 (~830 steps).
 MIN_WIDE_STEPS = 400
 
