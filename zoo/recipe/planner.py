@@ -158,7 +158,7 @@ def plan_recipe(
     Args:
         fp: the training data's fingerprint.
         budget_s: the training time budget (None: no budget; the recipe then sets max_steps).
-        cores: CPU cores the run gets (reported; CPU tiers assume few cores).
+        cores: CPU cores the run gets (None: 2); the width estimate scales step time by 2 / cores.
         device: "cpu" or "gpu" (any accelerator).
         model: the model the run uses; only U-Net gets decoder widths.
         user_keys: dotted keys set on the command line (`user_keys_from_overrides`); they win.
