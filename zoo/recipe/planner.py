@@ -46,6 +46,7 @@ from typing import Any
 
 from zoo.recipe.choices import Choice, Recipe, covered
 from zoo.recipe.fingerprint import Fingerprint
+from zoo.recipe.width import cpu_width
 
 CPU_BATCH_PIXELS = 8 * 128 * 128
 GPU_BATCH_PIXELS = 32 * 256 * 256
@@ -67,18 +68,6 @@ MAX_JITTER = 0.1
 # when the overlap is good). Measured on the MRI (15.5%): weight 2.34 -> 1 raised Dice at 3
 # minutes on all three seeds (docs/quality.md).
 RARE_FOREGROUND = 0.05
-# CPU width from the steps that fit the budget. Training-step cost of the planned VGG U-Net
-# (depth 4, full-resolution skip) per pixel of the batch, in microseconds, measured on 2 cores
-# in mixed bfloat16: width 16 0.107 s for 6 x 128x128 and 0.196 s for 4 x 233x197 (~1.1 us),
-# width 32 ~0.32 s for 6 x 128x128 (~3.3 us); float32 steps are ~1.5x slower. An estimate:
-# other CPUs differ, and the budget measures the real step time once training starts.
-CPU_STEP_US_PER_PIXEL = {16: 1.1, 32: 3.3}
-CPU_FLOAT32_SLOWDOWN = 1.5
-# Width 32 once this many of its steps fit (after ~10% for validation). Measured at 3 minutes:
-# nuclei (12 tiles, ~500 steps at width 32) 95.10 against 94.95 at width 16 (~1,500 steps),
-# median of 5 seeds, every seed higher; MRI (49 slices, ~270 steps at width 24) 95.7-95.8
-# against 96.2 at width 16 (~830 steps).
-MIN_WIDE_STEPS = 400
 
 
 def _floor_to(x: int, d: int) -> int:
@@ -91,32 +80,6 @@ def _ceil_to(x: float, d: int) -> int:
 
 def _pow2_floor(x: float) -> int:
     return 1 << max(0, int(math.floor(math.log2(max(x, 1)))))
-
-
-def _cpu_width(
-    budget_s: float | None,
-    batch_pixels: int,
-    pixels: int,
-    cores: int | None,
-    cpu_bf16: str | None,
-) -> tuple[int, str]:
-    """The VGG U-Net's base width on CPU, with its reason."""
-    if budget_s is None:  # steps, not time, set the run's length
-        if pixels < 1_000_000:
-            return 16, f"little data ({pixels / 1e6:.2g} Mpx)"
-        return 32, f"{pixels / 1e6:.2g} Mpx, no time budget"
-    slow = (1.0 if cpu_bf16 else CPU_FLOAT32_SLOWDOWN) * 2 / max(cores or 2, 1)
-
-    def steps(width: int) -> int:
-        return int(0.9 * budget_s / (batch_pixels * CPU_STEP_US_PER_PIXEL[width] * 1e-6 * slow))
-
-    wide = steps(32)
-    if wide >= MIN_WIDE_STEPS:
-        return 32, f"~{wide} steps of width 32 fit {budget_s:g} s (>= {MIN_WIDE_STEPS})"
-    return 16, (
-        f"~{wide} steps of width 32 would fit {budget_s:g} s (< {MIN_WIDE_STEPS}); "
-        f"~{steps(16)} of width 16"
-    )
 
 
 def _summary(fp: Fingerprint) -> str:
@@ -243,7 +206,7 @@ def plan_recipe(
         + (f", at most half of the {fp.num_train} images" if batch == cap else ""),
     )
     if cpu:
-        width, why = _cpu_width(budget_s, batch * size[0] * size[1], pixels, cores, cpu_bf16)
+        width, why = cpu_width(budget_s, batch * size[0] * size[1], pixels, cores, cpu_bf16)
 
     # ---- augmentation
     o = fp.orientation

@@ -1,0 +1,59 @@
+"""The planned U-Net's width on CPU, from the steps of it that fit the time budget.
+
+A wider network learns more per step but takes fewer steps in the same time; the planner picks
+width 32 only when enough of its steps fit. The step time is estimated before the model exists
+(the width decides what is built), from the batch's pixels and a per-pixel cost measured on the
+planned architecture; the budget then measures the real step time once training starts.
+"""
+
+from __future__ import annotations
+
+# Training-step cost of the planned VGG U-Net (depth 4, full-resolution skip) per pixel of the
+# batch, in microseconds, measured on 2 cores in mixed bfloat16: width 16 0.107 s for
+# 6 x 128x128 and 0.196 s for 4 x 233x197 (~1.1 us), width 32 ~0.32 s for 6 x 128x128
+# (~3.3 us); float32 steps are ~1.5x slower. Other CPUs differ: the budget measures the real
+# step time once training starts.
+CPU_STEP_US_PER_PIXEL = {16: 1.1, 32: 3.3}
+CPU_FLOAT32_SLOWDOWN = 1.5
+# Width 32 once this many of its steps fit (after ~10% for validation). Measured at 3 minutes:
+# nuclei (12 tiles, ~500 steps at width 32) 95.10 against 94.95 at width 16 (~1,500 steps),
+# median of 5 seeds, every seed higher; MRI (49 slices, ~270 steps at width 24) 95.7-95.8
+# against 96.2 at width 16 (~830 steps).
+MIN_WIDE_STEPS = 400
+
+
+def cpu_width(
+    budget_s: float | None,
+    batch_pixels: int,
+    pixels: int,
+    cores: int | None,
+    cpu_bf16: str | None,
+) -> tuple[int, str]:
+    """The VGG U-Net's base width on CPU and its reason.
+
+    Args:
+        budget_s: the training time budget (None: the run's length is set in steps).
+        batch_pixels: pixels of one planned batch (batch x height x width).
+        pixels: pixels of the whole training set (the rule without a budget).
+        cores: CPU cores the run gets (None: 2); step time is scaled by 2 / cores.
+        cpu_bf16: the CPU's native bfloat16 flag, or None (float32 steps, 1.5x slower).
+
+    Returns:
+        (32 or 16, the reason printed in the recipe's table).
+    """
+    if budget_s is None:  # steps, not time, set the run's length
+        if pixels < 1_000_000:
+            return 16, f"little data ({pixels / 1e6:.2g} Mpx)"
+        return 32, f"{pixels / 1e6:.2g} Mpx, no time budget"
+    slow = (1.0 if cpu_bf16 else CPU_FLOAT32_SLOWDOWN) * 2 / max(cores or 2, 1)
+
+    def steps(width: int) -> int:
+        return int(0.9 * budget_s / (batch_pixels * CPU_STEP_US_PER_PIXEL[width] * 1e-6 * slow))
+
+    wide = steps(32)
+    if wide >= MIN_WIDE_STEPS:
+        return 32, f"~{wide} steps of width 32 fit {budget_s:g} s (>= {MIN_WIDE_STEPS})"
+    return 16, (
+        f"~{wide} steps of width 32 would fit {budget_s:g} s (< {MIN_WIDE_STEPS}); "
+        f"~{steps(16)} of width 16"
+    )
