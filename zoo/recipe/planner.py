@@ -149,8 +149,7 @@ def plan_recipe(
     h, w = (int(v) for v in fp.image_size_median)
     pixels = fp.num_train * h * w
     short = cpu and budget_s is not None and budget_s <= SHORT_CPU_BUDGET_S
-    # On CPU the width waits for the batch (with a budget it follows the steps that fit).
-    encoder, width, why = (CPU_ENCODER, 16, "") if cpu else ("resnet34", 64, "accelerator")
+    encoder = CPU_ENCODER if cpu else "resnet34"  # the width follows the batch, below
     vgg = encoder == CPU_ENCODER
     # VGG's fifth stage (stride 16) is the bottleneck, as in the original U-Net.
     depth = 4 if vgg or (has_objects and e90 <= 32) else 5
@@ -205,8 +204,11 @@ def plan_recipe(
         f"~{target // 1024}k pixels per batch on {device.upper()}"
         + (f", at most half of the {fp.num_train} images" if batch == cap else ""),
     )
-    if cpu:
-        width, why = cpu_width(budget_s, batch * size[0] * size[1], pixels, cores, cpu_bf16)
+    width, why = (
+        cpu_width(budget_s, batch * size[0] * size[1], pixels, cores, cpu_bf16)
+        if cpu
+        else (64, "accelerator")
+    )
 
     # ---- augmentation
     o = fp.orientation
