@@ -8,6 +8,8 @@ planned architecture; the budget then measures the real step time once training 
 
 from __future__ import annotations
 
+from zoo.recipe.budget import VAL_COST_FRACTION
+
 # Training-step cost of the planned VGG U-Net (depth 4, full-resolution skip) per pixel of the
 # batch, in microseconds, measured on 2 cores in mixed bfloat16: width 16 0.107 s for
 # 6 x 128x128 and 0.196 s for 4 x 233x197 (~1.1 us), width 32 ~0.32 s for 6 x 128x128
@@ -15,10 +17,10 @@ from __future__ import annotations
 # step time once training starts.
 CPU_STEP_US_PER_PIXEL = {16: 1.1, 32: 3.3}
 CPU_FLOAT32_SLOWDOWN = 1.5
-# Width 32 once this many of its steps fit (after ~10% for validation). Measured at 3 minutes:
-# nuclei (12 tiles, ~500 steps at width 32) 95.10 against 94.95 at width 16 (~1,500 steps),
-# median of 5 seeds, every seed higher; MRI (49 slices, ~270 steps at width 24) 95.7-95.8
-# against 96.2 at width 16 (~830 steps).
+# Width 32 once this many of its steps fit (besides the budget's validation share). Measured
+# at 3 minutes: nuclei (12 tiles, ~500 steps at width 32) 95.10 against 94.95 at width 16
+# (~1,500 steps), median of 5 seeds, every seed higher; MRI (49 slices, ~270 steps at width
+# 24) 95.7-95.8 against 96.2 at width 16 (~830 steps).
 MIN_WIDE_STEPS = 400
 
 
@@ -48,7 +50,8 @@ def cpu_width(
     slow = (1.0 if cpu_bf16 else CPU_FLOAT32_SLOWDOWN) * 2 / max(cores or 2, 1)
 
     def steps(width: int) -> int:
-        return int(0.9 * budget_s / (batch_pixels * CPU_STEP_US_PER_PIXEL[width] * 1e-6 * slow))
+        step_s = batch_pixels * CPU_STEP_US_PER_PIXEL[width] * 1e-6 * slow
+        return int((1 - VAL_COST_FRACTION) * budget_s / step_s)
 
     wide = steps(32)
     if wide >= MIN_WIDE_STEPS:
