@@ -27,8 +27,9 @@ class AugmentConfig:
 
     `scale` is the range of the crop window's area relative to the base window (the whole stored
     image when `resize: resize`, an `image_size` window when `resize: crop`); the window is
-    resized back to `image_size`. `brightness` is the largest additive shift, `contrast` the
-    largest relative change of the contrast factor (0 disables either).
+    resized back to `image_size`. `rotate` is the largest rotation in degrees (a uniform angle in
+    [-rotate, rotate], the borders filled by reflection). `brightness` is the largest additive
+    shift, `contrast` the largest relative change of the contrast factor (0 disables any of them).
     """
 
     enabled: bool = True
@@ -36,6 +37,7 @@ class AugmentConfig:
     vflip: bool = True
     rot90: bool = True
     scale: list[float] = field(default_factory=lambda: [0.6, 1.0])
+    rotate: float = 0.0
     brightness: float = 0.1
     contrast: float = 0.1
 
@@ -237,6 +239,8 @@ def _check(c: DataConfig) -> None:
     scale = list(c.augment.scale)
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         raise bad("augment.scale", scale, "[min, max] with 0 < min <= max <= 1")
+    if not 0 <= c.augment.rotate <= 180:
+        raise bad("augment.rotate", c.augment.rotate, "an angle in degrees in [0, 180]")
     if not 0 <= c.augment.brightness <= 1:
         raise bad("augment.brightness", c.augment.brightness, "a number in [0, 1]")
     if not 0 <= c.augment.contrast < 1:

@@ -12,6 +12,7 @@ then skips inside the first epoch, without generating the skipped batches.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -148,8 +149,34 @@ def _finish(image, mask, weight, size):
     return {"image": image, "mask": mask, "weight": weight}
 
 
+def rotate(x: tf.Tensor, angle: tf.Tensor, interpolation: str) -> tf.Tensor:
+    """Rotate an (h, w, C) tensor by `angle` radians (counter-clockwise on screen) about its
+    centre; pixels from outside are filled by reflecting the image at its border.
+
+    `interpolation` is "BILINEAR" (images, weight maps) or "NEAREST" (label masks, which must
+    keep their class values).
+    """
+    h = tf.cast(tf.shape(x)[0], tf.float32)
+    w = tf.cast(tf.shape(x)[1], tf.float32)
+    cy, cx = (h - 1.0) / 2.0, (w - 1.0) / 2.0
+    c, s = tf.cos(angle), tf.sin(angle)
+    # The transform maps each output pixel (x, y) to the input point it samples: rows
+    # [a0, a1, a2] (x) and [b0, b1, b2] (y); a turn by -angle in image coordinates (y down).
+    transform = tf.stack([c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy, 0.0, 0.0])[None]
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(x, tf.float32)[None],
+        transforms=transform,
+        output_shape=tf.shape(x)[:2],
+        fill_value=0.0,
+        interpolation=interpolation,
+        fill_mode="REFLECT",
+    )
+    return tf.cast(out[0], x.dtype)
+
+
 def augment(image, mask, weight, key: tf.Tensor, size: tuple[int, int], cfg: AugmentConfig):
-    """Random resized crop, flips, rot90 (all fields together); brightness/contrast (image only).
+    """Random resized crop, flips, rot90, rotation (all fields together); brightness/contrast
+    (image only).
 
     Any number of image channels: brightness adds one shift to all of them; contrast scales
     an RGB image around its mean, other images each channel around its own mean.
@@ -201,6 +228,12 @@ def augment(image, mask, weight, key: tf.Tensor, size: tuple[int, int], cfg: Aug
     c = image.shape[-1]
     image, weight, maskf = stack[..., :c], stack[..., c : c + 1], stack[..., c + 1 :]
     mask = tf.cast(tf.round(maskf), tf.int32)
+    if cfg.rotate > 0:
+        limit = cfg.rotate * math.pi / 180.0
+        angle = tf.random.stateless_uniform([], keys[6], -limit, limit)
+        fields = rotate(tf.concat([image, weight], axis=-1), angle, "BILINEAR")
+        image, weight = fields[..., :c], fields[..., c:]
+        mask = rotate(mask, angle, "NEAREST")
     if cfg.brightness > 0:  # one shift for every channel
         image = image + tf.random.stateless_uniform([], keys[4], -cfg.brightness, cfg.brightness)
     if cfg.contrast > 0:
