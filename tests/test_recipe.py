@@ -341,6 +341,17 @@ def test_plan_precision_follows_native_bf16(plain_fp):
     assert "trainer.precision" not in mine.overrides()
 
 
+def test_plan_averages_the_weights_on_cpu(plain_fp):
+    for budget in (60, 180, None):
+        plan = plan_recipe(plain_fp, budget_s=budget)
+        assert plan.get("trainer.ema_momentum") == 0.99
+        assert "trainer.ema_momentum" in plan.overrides()
+    # Accelerators keep the configured averaging (off by default); the user's value wins.
+    assert "trainer.ema_momentum" not in plan_recipe(plain_fp, device="gpu").overrides()
+    mine = plan_recipe(plain_fp, budget_s=180, user_keys={"trainer.ema_momentum"})
+    assert "trainer.ema_momentum" not in mine.overrides()
+
+
 def test_plan_no_zoom_for_structures_spanning_the_image():
     # p90 extent 50 px of 64 (> half the side): anatomy-like layout, no zoom; 20 px of 64:
     # discrete objects, zoom from the spread p90 / p10 = 2 -> sqrt 2 = 1.41, capped at 1.4.
