@@ -13,6 +13,7 @@ from PIL import Image
 
 from zoo.data import (
     build_datasets,
+    elastic,
     generate_shapes,
     parse_data_config,
     pipeline,
@@ -287,6 +288,65 @@ def test_rotation_moves_points_by_the_angle_and_keeps_labels():
     assert len(seen) == 8  # a different angle per sample
 
 
+def test_elastic_warp_resamples_at_the_displaced_points():
+    # Closed forms: bilinear interpolation reproduces a linear ramp exactly, so a constant
+    # displacement (dy, dx) gives ramp(y + dy, x + dx) wherever that point is inside; points
+    # outside are mirrored at the border (x = -2 reads x = 2); a zero field is the identity.
+    h, w = 20, 24
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ramp = np.stack([0.5 * yy + 0.25 * xx, 3.0 - 0.1 * xx], -1)
+    zero = tf.zeros([h, w, 2])
+    for interpolation in ("BILINEAR", "NEAREST"):
+        out = elastic.warp(tf.constant(ramp), zero, interpolation).numpy()
+        np.testing.assert_allclose(out, ramp, atol=1e-6)
+    dy, dx = 1.25, -2.5
+    field = tf.constant(np.broadcast_to([dy, dx], (h, w, 2)).astype(np.float32))
+    out = elastic.warp(tf.constant(ramp), field, "BILINEAR").numpy()
+    want = np.stack([0.5 * (yy + dy) + 0.25 * (xx + dx), 3.0 - 0.1 * (xx + dx)], -1)
+    inside = (yy + dy <= h - 1) & (xx + dx >= 0)
+    np.testing.assert_allclose(out[inside], want[inside], atol=1e-5)
+    shift = tf.constant(np.broadcast_to([0.0, -2.0], (h, w, 2)).astype(np.float32))
+    labels = np.random.default_rng(1).integers(0, 4, (h, w, 1)).astype(np.int32)
+    moved = elastic.warp(tf.constant(labels), shift, "NEAREST").numpy()
+    assert moved.dtype == np.int32
+    np.testing.assert_array_equal(moved[:, 0], labels[:, 2])  # mirrored: -2 -> 2
+    np.testing.assert_array_equal(moved[:, 1], labels[:, 1])
+    np.testing.assert_array_equal(moved[:, 2:], labels[:, :-2])
+    # The field's unit is pixels: with one control point per pixel (no interpolation) its
+    # standard deviation is the requested one.
+    key = tf.constant([3, 4], tf.int64)
+    f = elastic.displacement_field(key, 64, 64, 6.0, 64).numpy()
+    assert f.shape == (64, 64, 2)
+    assert abs(f.std() - 6.0) < 0.3 and abs(f.mean()) < 0.3
+    smooth = elastic.displacement_field(key, 64, 64, 6.0, 3).numpy()
+    # A coarse grid: neighbouring pixels move alike (independent ones differ by ~6 * sqrt 2).
+    assert np.abs(np.diff(smooth, axis=0)).mean() < 0.05 * np.abs(np.diff(f, axis=0)).mean()
+
+
+def test_elastic_augment_keeps_labels_and_moves_every_field_together():
+    image, mask, weight = coded_sample()
+    cfg = AugmentConfig(
+        hflip=False, vflip=False, rot90=False, scale=[1, 1], elastic=4, brightness=0, contrast=0
+    )
+    seen = set()
+    for i in range(6):
+        out = pipeline.augment(image, mask, weight, tf.constant([7, i], tf.int64), (32, 32), cfg)
+        m = out["mask"].numpy()[..., 0]
+        assert set(np.unique(m)) <= set(np.unique(mask.numpy()))
+        code = np.round(out["image"].numpy()[..., 0] * 3)
+        assert (code == m).mean() > 0.9
+        assert (np.round(out["weight"].numpy()[..., 0]) == 1.0 + m).mean() > 0.9
+        assert out["weight"].numpy().min() >= 1.0 - 1e-6  # reflected, not zero-filled
+        assert not np.array_equal(m, mask.numpy()[..., 0])
+        seen.add(m.tobytes())
+    assert len(seen) == 6
+    off = AugmentConfig(
+        hflip=False, vflip=False, rot90=False, scale=[1, 1], brightness=0, contrast=0
+    )
+    out = pipeline.augment(image, mask, weight, tf.constant([7, 0], tf.int64), (32, 32), off)
+    np.testing.assert_array_equal(out["mask"].numpy(), mask.numpy())
+
+
 # ----------------------------------------------------------------------------- configs
 
 
@@ -309,6 +369,8 @@ def test_yaml_configs_match_schemas(tmp_path):
         ({"augment": {"flip": True}}, r"Unknown key data.augment.flip"),
         ({"augment": {"scale": [0.5, 2.0]}}, r"data.augment.scale"),
         ({"augment": {"rotate": 270}}, r"data.augment.rotate=270.*\[0, 180\]"),
+        ({"augment": {"elastic": -1}}, r"data.augment.elastic=-1.*pixels"),
+        ({"augment": {"elastic_grid": 1}}, r"data.augment.elastic_grid=1.*>= 2"),
         ({"image_size": [32]}, r"data.image_size"),
         ({"num_classes": 3}, r"data.num_classes=3"),
     ],

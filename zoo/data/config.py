@@ -28,7 +28,10 @@ class AugmentConfig:
     `scale` is the range of the crop window's area relative to the base window (the whole stored
     image when `resize: resize`, an `image_size` window when `resize: crop`); the window is
     resized back to `image_size`. `rotate` is the largest rotation in degrees (a uniform angle in
-    [-rotate, rotate], the borders filled by reflection). `brightness` is the largest additive
+    [-rotate, rotate], the borders filled by reflection). `elastic` is the standard deviation in
+    pixels of a random displacement at each of `elastic_grid` x `elastic_grid` control points,
+    interpolated bicubically to every pixel (the U-Net paper's elastic deformation; 0 = off).
+    `brightness` is the largest additive
     shift, `contrast` the largest relative change of the contrast factor (0 disables any of them).
     """
 
@@ -38,6 +41,8 @@ class AugmentConfig:
     rot90: bool = True
     scale: list[float] = field(default_factory=lambda: [0.6, 1.0])
     rotate: float = 0.0
+    elastic: float = 0.0
+    elastic_grid: int = 3
     brightness: float = 0.1
     contrast: float = 0.1
 
@@ -241,6 +246,11 @@ def _check(c: DataConfig) -> None:
         raise bad("augment.scale", scale, "[min, max] with 0 < min <= max <= 1")
     if not 0 <= c.augment.rotate <= 180:
         raise bad("augment.rotate", c.augment.rotate, "an angle in degrees in [0, 180]")
+    if not 0 <= c.augment.elastic <= 64:
+        raise bad("augment.elastic", c.augment.elastic, "a displacement in pixels in [0, 64]")
+    grid = c.augment.elastic_grid
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
+        raise bad("augment.elastic_grid", grid, "an integer >= 2 (control points per side)")
     if not 0 <= c.augment.brightness <= 1:
         raise bad("augment.brightness", c.augment.brightness, "a number in [0, 1]")
     if not 0 <= c.augment.contrast < 1:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from zoo.data import elastic
 from zoo.data.config import AugmentConfig
 
 # Salts keep the permutation and augmentation streams independent for the same (seed, epoch).
@@ -175,8 +176,8 @@ def rotate(x: tf.Tensor, angle: tf.Tensor, interpolation: str) -> tf.Tensor:
 
 
 def augment(image, mask, weight, key: tf.Tensor, size: tuple[int, int], cfg: AugmentConfig):
-    """Random resized crop, flips, rot90, rotation (all fields together); brightness/contrast
-    (image only).
+    """Random resized crop, flips, rot90, rotation, elastic deformation (all fields together);
+    brightness/contrast (image only).
 
     Any number of image channels: brightness adds one shift to all of them; contrast scales
     an RGB image around its mean, other images each channel around its own mean.
@@ -234,6 +235,12 @@ def augment(image, mask, weight, key: tf.Tensor, size: tuple[int, int], cfg: Aug
         fields = rotate(tf.concat([image, weight], axis=-1), angle, "BILINEAR")
         image, weight = fields[..., :c], fields[..., c:]
         mask = rotate(mask, angle, "NEAREST")
+    if cfg.elastic > 0:
+        hw = tf.shape(image)[:2]
+        field = elastic.displacement_field(keys[7], hw[0], hw[1], cfg.elastic, cfg.elastic_grid)
+        fields = elastic.warp(tf.concat([image, weight], axis=-1), field, "BILINEAR")
+        image, weight = fields[..., :c], fields[..., c:]
+        mask = elastic.warp(mask, field, "NEAREST")
     if cfg.brightness > 0:  # one shift for every channel
         image = image + tf.random.stateless_uniform([], keys[4], -cfg.brightness, cfg.brightness)
     if cfg.contrast > 0:
