@@ -600,7 +600,8 @@ BAD_CASES = {
     "value_out_of_range": (
         lambda r: Image.fromarray(np.full((16, 16), 7, np.uint8)).save(r / "masks" / "x3.png"),
         ValueError,
-        r"Mask '.*x3.png' has value 7 out of range for num_classes=1",
+        r"Mask '.*x3.png' has value 7 out of range for num_classes=1 \(allowed: 0/1 or 0/255\); "
+        r"set data.num_classes=8 \(or more\)",
     ),
     "nan_image": (
         lambda r: (

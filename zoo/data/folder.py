@@ -119,6 +119,9 @@ def map_mask(
         if ignore is not None:
             allowed += f", or ignore_index={ignore}"
         hint = "; set data.ignore_index=255 if 255 marks ignored pixels" if 255 in bad else ""
+        ids = [int(v) for v in bad if 0 < v < 255]
+        if ids and not hint:  # class ids beyond num_classes: name the setting that fits them
+            hint = f"; set data.num_classes={max(ids) + 1} (or more) if it holds class ids"
         raise DataError(
             f"Mask '{path}' has value {int(bad[0])} out of range for num_classes={c.num_classes} "
             f"(allowed: {allowed}){hint}"
