@@ -430,6 +430,34 @@ def test_folder_ratio_split_binary_0_255(tmp_path):
     np.testing.assert_array_equal(again.val_images(3)[0], images)
 
 
+def test_crop_mode_validates_every_pixel_of_larger_images(tmp_path):
+    # A 40x24 validation image with 16x16 windows: rows start at 0, 16, 24 (the last flush
+    # with the edge), columns at 0, 8; a 16x16 one is one window; a 10x16 one (shorter than
+    # the window) is one window resized as before. The windows hold the image's own pixels.
+    assert pipeline.eval_windows(np.array([[40, 24], [16, 16], [10, 16]]), (16, 16)).tolist() == [
+        [0, 0, 0], [0, 0, 8], [0, 16, 0], [0, 16, 8], [0, 24, 0], [0, 24, 8],
+        [1, 0, 0], [2, 0, 0],
+    ]  # fmt: skip
+    rng = np.random.default_rng(5)
+    big, big_mask = rand_pair(rng, 40, 24)
+    write_pair(tmp_path / "val", "big", big, big_mask)
+    for i in range(3):
+        write_pair(tmp_path / "train", f"t{i}", *rand_pair(rng, 40, 24))
+    bundle = build_datasets(folder_cfg(tmp_path, resize="crop"), global_batch_size=2)
+    assert bundle.info.val_size == 6
+    batches = list(bundle.val)
+    images = np.concatenate([b["image"].numpy() for b in batches])
+    masks = np.concatenate([b["mask"].numpy() for b in batches])[..., 0]
+    assert images.shape == (6, 16, 16, 3) and [len(b["image"]) for b in batches] == [2, 2, 2]
+    for k, (y0, x0) in enumerate([(0, 0), (0, 8), (16, 0), (16, 8), (24, 0), (24, 8)]):
+        np.testing.assert_allclose(images[k], big[y0 : y0 + 16, x0 : x0 + 16] / 255.0, atol=1e-6)
+        np.testing.assert_array_equal(masks[k], big_mask[y0 : y0 + 16, x0 : x0 + 16] // 255)
+    covered = np.zeros((40, 24), bool)
+    for _, y0, x0 in pipeline.eval_windows(np.array([[40, 24]]), (16, 16)):
+        covered[y0 : y0 + 16, x0 : x0 + 16] = True
+    assert covered.all()
+
+
 def test_folder_subfolders_16bit_multiclass_resize_and_npy(tmp_path):
     rng = np.random.default_rng(1)
     for split, n in (("train", 4), ("val", 2)):
@@ -505,11 +533,9 @@ def test_folder_defaults_keep_native_resolution(tmp_path):
     bundle = build_datasets(cfg, global_batch_size=2)
     assert bundle.info.image_size == (96, 96)
     images, masks = bundle.val_images(1)
-    # The validation view is the centre 96x96 window of a stored image, pixel for pixel.
-    crops = {
-        s: (img[(img.shape[0] - 96) // 2 :][:96, (img.shape[1] - 96) // 2 :][:, :96], m)
-        for s, (img, m) in pairs.items()
-    }
+    # The first validation window is the top-left 96x96 of a stored image, pixel for pixel
+    # (the windows that follow cover the rest of it).
+    crops = {s: (img[:96, :96], m) for s, (img, m) in pairs.items()}
     stem = min(crops, key=lambda s: np.abs(crops[s][0] / 255.0 - images[0]).max())
     np.testing.assert_allclose(images[0], crops[stem][0] / 255.0, atol=1e-6)
     batch = take(bundle.train, 1)[0]

@@ -36,7 +36,8 @@ class DataInfo:
         ignore_index: mask value of ignored pixels, or None.
         steps_per_epoch: train_size // global_batch_size (full batches per epoch).
         train_size: number of training samples.
-        val_size: number of validation samples.
+        val_size: number of validation samples (windows: in crop mode an image larger than
+            `image_size` is validated as the grid of windows that covers it).
         image_size: (height, width) of every batch.
         class_names: one name per class (binary: ("background", <foreground>); multilabel:
             one per label).
@@ -257,7 +258,12 @@ def build_datasets(
             size=size,
             num_parallel_calls=c.num_parallel_calls,
         )
-        n_val = val_store.size
+        n_val = len(pipeline.eval_windows(val_store.hw, size))
+        if n_val != val_store.size:  # crop mode: larger images are validated window by window
+            log.info(
+                "Validation: %d image(s) covered by %d windows of %dx%d (every pixel validated)",
+                val_store.size, n_val, size[0], size[1],
+            )  # fmt: skip
     else:
         n_val = 0
         val_store = None

@@ -66,6 +66,7 @@ class SampleStore:
         if len(labels) != 1:
             raise ValueError(f"masks have different channel counts: {sorted(labels)}")
         self.size = n
+        self.hw = hw  # (n, 2) stored heights and widths
         self.channels = channels.pop()
         self.mask_channels = labels.pop()  # K labels (multilabel), else 1
         self.uint8 = all(im.dtype == np.uint8 for im in samples.images)
@@ -130,12 +131,36 @@ def _resize_triplet(image, mask, weight, size):
     return image, tf.cast(tf.round(labels[..., :k]), tf.int32), labels[..., k:]
 
 
-def center_view(image, mask, weight, size: tuple[int, int]):
-    """Validation transform: centered base window, resized to `size` (identity if already so)."""
+def _starts(n: int, s: int) -> list[int]:
+    """Window starts along a side of n pixels: windows of s that cover it, the last one flush
+    with the far edge (one window at 0 when the side is not longer than s)."""
+    if n <= s:
+        return [0]
+    return [min(i * s, n - s) for i in range(-(-n // s))]
+
+
+def eval_windows(hw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(index, y0, x0) of the validation windows: each stored image covered by `size` windows.
+
+    Images no larger than `size` give one window (the whole image); larger ones (crop mode)
+    give a grid whose last row and column are flush with the image's edges, so every pixel
+    is validated (where the grid does not divide the image, the last windows overlap the
+    ones before them and those pixels count twice).
+    """
+    rows = [
+        (i, y0, x0)
+        for i, (h, w) in enumerate(np.asarray(hw, np.int64).tolist())
+        for y0 in _starts(h, size[0])
+        for x0 in _starts(w, size[1])
+    ]
+    return np.asarray(rows, np.int64).reshape(-1, 3)
+
+
+def window_view(image, mask, weight, y0, x0, size: tuple[int, int]):
+    """Validation transform: the base window at (y0, x0), resized to `size` (identity if the
+    window already is)."""
     shape = tf.shape(mask, out_type=tf.int64)
-    h, w = shape[0], shape[1]
-    ch, cw = _window(h, w, size)
-    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    ch, cw = _window(shape[0], shape[1], size)
     image = image[y0 : y0 + ch, x0 : x0 + cw]
     mask = mask[y0 : y0 + ch, x0 : x0 + cw]
     weight = weight[y0 : y0 + ch, x0 : x0 + cw]
@@ -322,13 +347,14 @@ def eval_stream(
     num_parallel_calls: int = -1,
     cache: bool = True,
 ) -> tf.data.Dataset:
-    """A finite, ordered, unaugmented dataset of batches (last batch may be smaller)."""
+    """A finite, ordered, unaugmented dataset of batches (last batch may be smaller): every
+    image whole, or covered by `size` windows where it is larger (`eval_windows`)."""
 
-    def load(index):
-        image, mask, weight = store.load(index)
-        return center_view(image, mask, weight, size)
+    def load(row):
+        image, mask, weight = store.load(row[0])
+        return window_view(image, mask, weight, row[1], row[2], size)
 
-    ds = tf.data.Dataset.range(store.size)
+    ds = tf.data.Dataset.from_tensor_slices(eval_windows(store.hw, size))
     ds = ds.map(load, num_parallel_calls=_calls(num_parallel_calls), deterministic=True)
     if cache:
         ds = ds.cache()
