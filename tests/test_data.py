@@ -430,7 +430,7 @@ def test_folder_ratio_split_binary_0_255(tmp_path):
     np.testing.assert_array_equal(again.val_images(3)[0], images)
 
 
-def test_crop_mode_validates_every_pixel_of_larger_images(tmp_path):
+def test_crop_mode_validates_every_pixel_of_larger_images(tmp_path, monkeypatch):
     # A 40x24 validation image with 16x16 windows: rows start at 0, 16, 24 (the last flush
     # with the edge), columns at 0, 8; a 16x16 one is one window; a 10x16 one (shorter than
     # the window) is one window resized as before. The windows hold the image's own pixels.
@@ -452,6 +452,12 @@ def test_crop_mode_validates_every_pixel_of_larger_images(tmp_path):
     for k, (y0, x0) in enumerate([(0, 0), (0, 8), (16, 0), (16, 8), (24, 0), (24, 8)]):
         np.testing.assert_allclose(images[k], big[y0 : y0 + 16, x0 : x0 + 16] / 255.0, atol=1e-6)
         np.testing.assert_array_equal(masks[k], big_mask[y0 : y0 + 16, x0 : x0 + 16] // 255)
+    # Too many windows to cache (many large images): the same batches, cut on every pass.
+    monkeypatch.setattr("zoo.data.build.VAL_CACHE_BYTES", 0)
+    uncached = build_datasets(folder_cfg(tmp_path, resize="crop"), global_batch_size=2)
+    for _ in range(2):
+        again = np.concatenate([b["image"].numpy() for b in uncached.val])
+        np.testing.assert_array_equal(again, images)
     covered = np.zeros((40, 24), bool)
     for _, y0, x0 in pipeline.eval_windows(np.array([[40, 24]]), (16, 16)):
         covered[y0 : y0 + 16, x0 : x0 + 16] = True

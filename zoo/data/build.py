@@ -23,6 +23,8 @@ from zoo.data.config import (
 from zoo.errors import DataError
 
 log = logging.getLogger(__name__)
+# Validation windows are cached in memory up to this size (float32 image, mask and weight).
+VAL_CACHE_BYTES = 1 << 30
 
 
 @dataclass
@@ -252,13 +254,17 @@ def build_datasets(
     train_ds = train_at(int(start_step))
     if val is not None and len(val[0]):
         val_store = pipeline.SampleStore(make_samples(*val, c, class_weights))
+        n_val = len(pipeline.eval_windows(val_store.hw, size))
+        # The windows are float32 (image, mask, weight); many large images would not fit in
+        # memory twice, and cutting windows from the in-memory store is cheap anyway.
+        per_window = size[0] * size[1] * 4 * (val_store.channels + val_store.mask_channels + 1)
         val_ds = pipeline.eval_stream(
             val_store,
             batch_size=int(global_batch_size),
             size=size,
             num_parallel_calls=c.num_parallel_calls,
+            cache=n_val * per_window <= VAL_CACHE_BYTES,
         )
-        n_val = len(pipeline.eval_windows(val_store.hw, size))
         if n_val != val_store.size:  # crop mode: larger images are validated window by window
             log.info(
                 "Validation: %d image(s) covered by %d windows of %dx%d (every pixel validated)",
