@@ -269,23 +269,28 @@ def test_rotation_moves_points_by_the_angle_and_keeps_labels():
     out = pipeline.rotate(tf.constant(blob), tf.constant(a, tf.float32), "BILINEAR").numpy()[..., 0]
     centroid = ((yy * out).sum() / out.sum(), (xx * out).sum() / out.sum())
     np.testing.assert_allclose(centroid, (cy - 10 * np.sin(a), cx + 10 * np.cos(a)), atol=0.05)
-    # Through augment: labels keep their values (nearest), the weight map follows the mask,
-    # the image agrees with the mask away from block edges; borders are reflected (no zeros).
-    image, mask, weight = coded_sample()
     cfg = AugmentConfig(
         hflip=False, vflip=False, rot90=False, scale=[1, 1], rotate=45, brightness=0, contrast=0
     )
+    assert len(warped_masks(cfg, 6, 8)) == 8  # a different angle per sample
+
+
+def warped_masks(cfg, seed, n):
+    """Augment `coded_sample` n times with a warping `cfg` and check what must hold: labels
+    keep their values (nearest), the weight map follows the mask, the image agrees with the
+    mask away from block edges, borders are reflected (no zeros). Returns the distinct masks."""
+    image, mask, weight = coded_sample()
     seen = set()
-    for i in range(8):
-        out = pipeline.augment(image, mask, weight, tf.constant([6, i], tf.int64), (32, 32), cfg)
+    for i in range(n):
+        out = pipeline.augment(image, mask, weight, tf.constant([seed, i], tf.int64), (32, 32), cfg)
         m = out["mask"].numpy()[..., 0]
         assert set(np.unique(m)) <= set(np.unique(mask.numpy()))
         code = np.round(out["image"].numpy()[..., 0] * 3)
         assert (code == m).mean() > 0.9
         assert (np.round(out["weight"].numpy()[..., 0]) == 1.0 + m).mean() > 0.9
-        assert out["weight"].numpy().min() >= 1.0 - 1e-6  # reflected, not zero-filled
+        assert out["weight"].numpy().min() >= 1.0 - 1e-6
         seen.add(m.tobytes())
-    assert len(seen) == 8  # a different angle per sample
+    return seen
 
 
 def test_elastic_warp_resamples_at_the_displaced_points():
@@ -324,22 +329,12 @@ def test_elastic_warp_resamples_at_the_displaced_points():
 
 
 def test_elastic_augment_keeps_labels_and_moves_every_field_together():
-    image, mask, weight = coded_sample()
     cfg = AugmentConfig(
         hflip=False, vflip=False, rot90=False, scale=[1, 1], elastic=4, brightness=0, contrast=0
     )
-    seen = set()
-    for i in range(6):
-        out = pipeline.augment(image, mask, weight, tf.constant([7, i], tf.int64), (32, 32), cfg)
-        m = out["mask"].numpy()[..., 0]
-        assert set(np.unique(m)) <= set(np.unique(mask.numpy()))
-        code = np.round(out["image"].numpy()[..., 0] * 3)
-        assert (code == m).mean() > 0.9
-        assert (np.round(out["weight"].numpy()[..., 0]) == 1.0 + m).mean() > 0.9
-        assert out["weight"].numpy().min() >= 1.0 - 1e-6  # reflected, not zero-filled
-        assert not np.array_equal(m, mask.numpy()[..., 0])
-        seen.add(m.tobytes())
-    assert len(seen) == 6
+    seen = warped_masks(cfg, 7, 6)
+    image, mask, weight = coded_sample()
+    assert len(seen) == 6 and mask.numpy()[..., 0].tobytes() not in seen  # every sample moved
     off = AugmentConfig(
         hflip=False, vflip=False, rot90=False, scale=[1, 1], brightness=0, contrast=0
     )
