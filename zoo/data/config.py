@@ -31,8 +31,8 @@ class AugmentConfig:
     [-rotate, rotate], the borders filled by reflection). `elastic` is the standard deviation in
     pixels of a random displacement at each of `elastic_grid` x `elastic_grid` control points,
     interpolated bicubically to every pixel (the U-Net paper's elastic deformation; 0 = off).
-    `brightness` is the largest additive
-    shift, `contrast` the largest relative change of the contrast factor (0 disables any of them).
+    `brightness` is the largest additive shift, `contrast` the largest relative change of the
+    contrast factor (0 disables any of them).
     """
 
     enabled: bool = True
