@@ -459,6 +459,22 @@ def test_crop_mode_validates_every_pixel_of_larger_images(tmp_path, monkeypatch)
     assert covered.all()
 
 
+def test_too_few_training_images_for_the_batch_name_a_batch_that_fits(tmp_path):
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        write_pair(tmp_path, f"t{i}", *rand_pair(rng))
+    cfg = folder_cfg(tmp_path, batch_size=4, val_ratio=0.0)
+    with pytest.raises(
+        ValueError,
+        match=r"has 3 samples, fewer than global_batch_size=4; .*"
+        r"data.batch_size=3\), add data, or let recipe=auto plan the batch",
+    ):
+        build_datasets(cfg, global_batch_size=4)
+    # Two replicas of 4: 3 images give one full global batch at 1 per replica.
+    with pytest.raises(ValueError, match=r"global_batch_size=8; .*data.batch_size=1\)"):
+        build_datasets(cfg, global_batch_size=8)
+
+
 def test_folder_subfolders_16bit_multiclass_resize_and_npy(tmp_path):
     rng = np.random.default_rng(1)
     for split, n in (("train", 4), ("val", 2)):

@@ -225,9 +225,12 @@ def build_datasets(
     n_train = len(train_samples)
     steps = n_train // int(global_batch_size)
     if steps < 1:
+        replicas = max(1, int(global_batch_size) // max(1, int(c.batch_size)))
+        fits = max(1, n_train // replicas)
         raise DataError(
             f"The training set has {n_train} samples, fewer than global_batch_size="
-            f"{global_batch_size}; lower data.batch_size or add data"
+            f"{global_batch_size}; lower data.batch_size (e.g. data.batch_size={fits}), add "
+            "data, or let recipe=auto plan the batch"
         )
     size = (c.image_size[0], c.image_size[1])
     input_scale = (1.0, 1.0)
