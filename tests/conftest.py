@@ -2,12 +2,17 @@
 
 Two logical CPUs let MirroredStrategy tests run on a machine without GPUs; they must be
 configured before TensorFlow initializes its devices, hence here, at import time.
+
+The suite runs in pytest-xdist workers (`-n auto` in pyproject.toml), one process per core up
+to MAX_WORKERS; each worker is a TensorFlow process of its own, so this module runs in each.
 """
 
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Workers share a GPU where there is one: without growth the first takes all its memory.
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 import tensorflow as tf  # noqa: E402
 
@@ -22,6 +27,23 @@ if _cpus:
 
 
 import pytest  # noqa: E402
+
+# More workers than this gain little (each is a TensorFlow process using every core for its
+# ops, ~1-2 GB of memory) and cost memory on big machines.
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: one worker per available core, at most MAX_WORKERS
+    (PYTEST_XDIST_AUTO_NUM_WORKERS overrides, as in xdist itself)."""
+    env = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
+    if env:
+        return int(env)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_WORKERS))
 
 
 @pytest.fixture(scope="session")
