@@ -33,17 +33,14 @@ import pytest  # noqa: E402
 MAX_WORKERS = 4
 
 
-def pytest_xdist_auto_num_workers(config) -> int:
-    """`-n auto`: one worker per available core, at most MAX_WORKERS
-    (PYTEST_XDIST_AUTO_NUM_WORKERS overrides, as in xdist itself)."""
-    env = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
-    if env:
-        return int(env)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, MAX_WORKERS))
+@pytest.hookimpl(wrapper=True)
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: xdist's count (one per available core) capped at MAX_WORKERS, unless
+    PYTEST_XDIST_AUTO_NUM_WORKERS sets it."""
+    workers = yield
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return workers
+    return min(workers, MAX_WORKERS)
 
 
 @pytest.fixture(scope="session")
