@@ -165,12 +165,13 @@ def _lean_tf2onnx() -> Iterator[None]:
     under protobuf's upb runtime a deleted field stays in the message's arena until the
     message itself is freed, so every pass kept one more copy of all the weights; and the
     replaced graph copies are reference cycles, freed only by a full garbage collection,
-    which a process holding TensorFlow's many objects runs rarely. The default U-Net (100 MB
-    of weights) peaked at 7.6 GB resident. Here each pass starts every node from a fresh
-    `NodeProto` (the same fields; the attributes, which tf2onnx rewrites next, left out), and
-    the graph is collected before each pass, with the objects that existed before the
-    conversion frozen out of the collector's scans (`gc.freeze`), which keeps the collections
-    cheap: 2.8 GB, and a little faster. A tf2onnx without these methods is left as it is.
+    which a process holding TensorFlow's many objects runs rarely. Exporting the default U-Net
+    (93 MiB of weights) peaked at 6.5 GB resident (bench/export_memory.py). Here each pass
+    starts every node from a fresh `NodeProto` (the same fields; the attributes, which
+    tf2onnx rewrites next, left out), and the graph is collected before each pass, with the
+    objects that existed before the conversion frozen out of the collector's scans
+    (`gc.freeze`), which keeps the collections cheap: 2.8 GB, and a little faster. A tf2onnx
+    without these methods is left as it is.
     """
     global _patch_users
     from onnx import NodeProto
