@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT, load_average, machine_facts, module_command, write_json
+from bench.pipeline import rss_high_water_mib
 from bench.report import update_doc
 
 DOC_START = "<!-- bench:export-memory:start -->"
@@ -43,12 +44,6 @@ def resident_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def peak_mib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def child(args: argparse.Namespace) -> None:
     """One export in this process; prints a JSON line."""
     import contextlib
@@ -62,7 +57,7 @@ def child(args: argparse.Namespace) -> None:
     model = zoo.create_model(args.model, num_classes=1, input_shape=(None, None, 3), **config)
     model.metadata["image_size"] = [args.size, args.size]
     weights = sum(int(v.numpy().nbytes) for v in model.weights) / 2**20
-    before, before_peak = resident_mib(), peak_mib()
+    before, before_peak = resident_mib(), rss_high_water_mib()
     with tempfile.TemporaryDirectory(prefix="segzoo_bench_export_memory_") as tmp:
         path = Path(tmp) / f"model{zexport.formats.SUFFIXES[args.format]}"
         start = time.perf_counter()
@@ -72,7 +67,7 @@ def child(args: argparse.Namespace) -> None:
         "weights_mib": round(weights, 1),
         "model_rss_mib": round(before, 1),
         "peak_before_export_mib": round(before_peak, 1),
-        "peak_mib": round(peak_mib(), 1),
+        "peak_mib": round(rss_high_water_mib(), 1),
         "export_s": round(seconds, 2),
     }
     print("RESULT " + json.dumps(row), flush=True)
