@@ -366,6 +366,8 @@ def test_yaml_configs_match_schemas(tmp_path):
         ({"augment": {"rotate": 270}}, r"data.augment.rotate=270.*\[0, 180\]"),
         ({"augment": {"elastic": -1}}, r"data.augment.elastic=-1.*pixels"),
         ({"augment": {"elastic_grid": 1}}, r"data.augment.elastic_grid=1.*>= 2"),
+        ({"augment": {"gamma": -0.5}}, r"data.augment.gamma=-0.5.*\[0, 4\]"),
+        ({"augment": {"noise": 2}}, r"data.augment.noise=2.*standard deviation"),
         ({"image_size": [32]}, r"data.image_size"),
         ({"num_classes": 3}, r"data.num_classes=3"),
     ],

@@ -31,8 +31,12 @@ class AugmentConfig:
     [-rotate, rotate], the borders filled by reflection). `elastic` is the standard deviation in
     pixels of a random displacement at each of `elastic_grid` x `elastic_grid` control points,
     interpolated bicubically to every pixel (the U-Net paper's elastic deformation; 0 = off).
-    `brightness` is the largest additive shift, `contrast` the largest relative change of the
-    contrast factor (0 disables any of them).
+    `gamma` sets the range of a gamma (power-law) change of the intensities within each image's
+    own range, exponent in [1 / (1 + gamma), 1 + gamma] (log-uniform). `brightness` is the
+    largest additive shift, `contrast` the largest relative change of the contrast factor,
+    `noise` the largest standard deviation of additive Gaussian pixel noise (drawn per sample
+    in [0, noise]). Intensity options are in units of the [0, 1] image range; 0 disables any
+    of them.
     """
 
     enabled: bool = True
@@ -43,8 +47,10 @@ class AugmentConfig:
     rotate: float = 0.0
     elastic: float = 0.0
     elastic_grid: int = 3
+    gamma: float = 0.0
     brightness: float = 0.1
     contrast: float = 0.1
+    noise: float = 0.0
 
 
 @dataclass
@@ -251,6 +257,10 @@ def _check(c: DataConfig) -> None:
     grid = c.augment.elastic_grid
     if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
         raise bad("augment.elastic_grid", grid, "an integer >= 2 (control points per side)")
+    if not 0 <= c.augment.gamma <= 4:
+        raise bad("augment.gamma", c.augment.gamma, "a number in [0, 4] (exponent 1/(1+g)..1+g)")
+    if not 0 <= c.augment.noise <= 1:
+        raise bad("augment.noise", c.augment.noise, "a standard deviation in [0, 1]")
     if not 0 <= c.augment.brightness <= 1:
         raise bad("augment.brightness", c.augment.brightness, "a number in [0, 1]")
     if not 0 <= c.augment.contrast < 1:

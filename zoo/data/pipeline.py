@@ -202,10 +202,11 @@ def rotate(x: tf.Tensor, angle: tf.Tensor, interpolation: str) -> tf.Tensor:
 
 def augment(image, mask, weight, key: tf.Tensor, size: tuple[int, int], cfg: AugmentConfig):
     """Random resized crop, flips, rot90, rotation, elastic deformation (all fields together);
-    brightness/contrast (image only).
+    gamma, brightness, contrast and noise (image only).
 
-    Any number of image channels: brightness adds one shift to all of them; contrast scales
-    an RGB image around its mean, other images each channel around its own mean.
+    Any number of image channels: gamma and brightness change all of them alike; contrast
+    scales an RGB image around its mean, other images each channel around its own mean; noise
+    is drawn per pixel and channel.
 
     Args:
         image, mask, weight: one sample, (h, w, C) tensors (C known statically); the mask
@@ -266,6 +267,12 @@ def augment(image, mask, weight, key: tf.Tensor, size: tuple[int, int], cfg: Aug
         fields = elastic.warp(tf.concat([image, weight], axis=-1), field, "BILINEAR")
         image, weight = fields[..., :c], fields[..., c:]
         mask = elastic.warp(mask, field, "NEAREST")
+    if cfg.gamma > 0:  # one exponent for every channel, within the image's own range
+        g = tf.math.log(1.0 + cfg.gamma)
+        e = tf.exp(tf.random.stateless_uniform([], _fold(key, 1), -g, g))
+        lo, hi = tf.reduce_min(image), tf.reduce_max(image)
+        span = tf.maximum(hi - lo, 1e-6)
+        image = lo + span * tf.pow(tf.clip_by_value((image - lo) / span, 0.0, 1.0), e)
     if cfg.brightness > 0:  # one shift for every channel
         image = image + tf.random.stateless_uniform([], keys[4], -cfg.brightness, cfg.brightness)
     if cfg.contrast > 0:
@@ -275,8 +282,17 @@ def augment(image, mask, weight, key: tf.Tensor, size: tuple[int, int], cfg: Aug
         axes = None if c == 3 else [0, 1]
         mean = tf.reduce_mean(image, axis=axes, keepdims=axes is not None)
         image = (image - mean) * f + mean
+    if cfg.noise > 0:  # per-pixel Gaussian noise, its strength drawn per sample
+        std = tf.random.stateless_uniform([], _fold(key, 2), 0.0, cfg.noise)
+        image = image + std * tf.random.stateless_normal(tf.shape(image), _fold(key, 3))
     image = tf.clip_by_value(image, 0.0, 1.0)
     return _finish(image, mask, weight, size)
+
+
+def _fold(key: tf.Tensor, n: int) -> tf.Tensor:
+    # Keys for options added after the first eight: folded in, so the streams of the earlier
+    # options (and runs seeded before) stay as they were.
+    return tf.random.experimental.stateless_fold_in(key, n)
 
 
 def sample_key(seed, epoch, index) -> tf.Tensor:
