@@ -462,6 +462,24 @@ def test_cpu_width_follows_the_steps_that_fit(plain_fp, budget, bf16, cores, wid
         assert reason.startswith(f"~{int(0.9 * budget / step)} steps of width 32")
 
 
+@pytest.mark.parametrize("budget, width", [(300, 16), (301, 32)])
+def test_cpu_width_waits_until_the_narrow_net_has_seen_the_data(plain_fp, budget, width):
+    # 200 images of 64x64, batch 16 (the CPU cap): a step sees 16 / 200 = 0.08 of them. Width
+    # 16 steps cost 65536 px x 1.1 us = 0.0721 s (bfloat16, 2 cores): 90% of 300 s holds 3745
+    # of them, 299.6 passes (< 300: width 16, though ~1248 width-32 steps fit); 301 s holds
+    # 3757, 300.6 passes.
+    many = Fingerprint.from_dict({**plain_fp.as_dict(), "num_train": 200})
+    r = plan_recipe(many, budget_s=budget, cores=2, cpu_bf16="avx512_bf16")
+    assert r.get("data.batch_size") == 16
+    assert r.get("model.encoder_kwargs") == {"base_width": width}
+    reason = {c.key: c.reason for c in r.choices}["model.encoder_kwargs"]
+    passes = int(int(0.9 * budget / (65536 * 1.1e-6)) * 0.08)
+    assert passes == (299 if budget == 300 else 300)
+    assert f"~{passes} passes over the training images" in reason or (
+        f"would pass ~{passes} times" in reason
+    )
+
+
 def test_plan_for_oriented_data_keeps_orientation(oriented_fp):
     r = plan_recipe(oriented_fp, budget_s=600)
     assert r.get("data.augment.vflip") is False and r.get("data.augment.rot90") is False

@@ -210,7 +210,14 @@ def plan_recipe(
         + (f", at most half of the {fp.num_train} images" if batch == cap else ""),
     )
     width, why = (
-        cpu_width(budget_s, batch * size[0] * size[1], pixels, cores, cpu_bf16)
+        cpu_width(
+            budget_s,
+            batch * size[0] * size[1],
+            pixels,
+            cores,
+            cpu_bf16,
+            passes_per_step=batch / max(fp.num_train, 1),
+        )
         if cpu
         else (64, "accelerator")
     )

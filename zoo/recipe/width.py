@@ -1,7 +1,8 @@
 """The planned U-Net's width on CPU, from the steps of it that fit the time budget.
 
 A wider network learns more per step but takes fewer steps in the same time; the planner picks
-width 32 only when enough of its steps fit. The step time is estimated before the model exists
+width 32 only when enough of its steps fit and the narrow network would have seen every training
+image so often that it stops learning from them. The step time is estimated before the model exists
 (the width decides what is built), from the batch's pixels and a per-pixel cost measured on the
 planned architecture; the budget then measures the real step time once training starts.
 """
@@ -22,6 +23,13 @@ CPU_FLOAT32_SLOWDOWN = 1.5
 # (~1,500 steps), median of 5 seeds, every seed higher; MRI (49 slices, ~270 steps at width
 # 24) 95.7-95.8 against 96.2 at width 16 (~830 steps).
 MIN_WIDE_STEPS = 400
+# ... and once width 16 would pass over every training image at least this many times in the
+# budget: a narrow net that has not yet learned what the data holds gains more from steps than
+# from width. Measured: width 16 on the nuclei (12 tiles) peaked after ~300 passes and then
+# overfitted, so width 32 paid off at 3 minutes (~750 passes of width 16); on the MRI (49
+# slices) width 16 was still improving at ~220 passes (the baseline, 10 minutes: 97.1), where
+# width 32 at 10 minutes (~80 passes) scored 95.9 and width 16 at 3 minutes (~65) 96.2.
+MIN_NARROW_PASSES = 300
 
 
 def cpu_width(
@@ -30,6 +38,8 @@ def cpu_width(
     pixels: int,
     cores: int | None,
     cpu_bf16: str | None,
+    *,
+    passes_per_step: float,
 ) -> tuple[int, str]:
     """The VGG U-Net's base width on CPU and its reason.
 
@@ -39,6 +49,7 @@ def cpu_width(
         pixels: pixels of the whole training set (the rule without a budget).
         cores: CPU cores the run gets (None: 2); step time is scaled by 2 / cores.
         cpu_bf16: the CPU's native bfloat16 flag, or None (float32 steps, 1.5x slower).
+        passes_per_step: the share of the training images one step sees (batch / images).
 
     Returns:
         (32 or 16, the reason printed in the recipe's table).
@@ -53,10 +64,19 @@ def cpu_width(
         step_s = batch_pixels * CPU_STEP_US_PER_PIXEL[width] * 1e-6 * slow
         return int((1 - VAL_COST_FRACTION) * budget_s / step_s)
 
-    wide = steps(32)
-    if wide >= MIN_WIDE_STEPS:
-        return 32, f"~{wide} steps of width 32 fit {budget_s:g} s (>= {MIN_WIDE_STEPS})"
-    return 16, (
-        f"~{wide} steps of width 32 would fit {budget_s:g} s (< {MIN_WIDE_STEPS}); "
-        f"~{steps(16)} of width 16"
+    wide, narrow = steps(32), steps(16)
+    passes = int(narrow * passes_per_step)
+    if wide < MIN_WIDE_STEPS:
+        return 16, (
+            f"~{wide} steps of width 32 would fit {budget_s:g} s (< {MIN_WIDE_STEPS}); "
+            f"~{narrow} of width 16"
+        )
+    if passes < MIN_NARROW_PASSES:
+        return 16, (
+            f"~{narrow} steps of width 16 fit {budget_s:g} s, ~{passes} passes over the "
+            f"training images (< {MIN_NARROW_PASSES}): steps before width"
+        )
+    return 32, (
+        f"~{wide} steps of width 32 fit {budget_s:g} s (>= {MIN_WIDE_STEPS}); width 16 "
+        f"would pass ~{passes} times over the training images (>= {MIN_NARROW_PASSES})"
     )
