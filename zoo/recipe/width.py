@@ -27,8 +27,9 @@ MIN_WIDE_STEPS = 400
 # budget: a narrow net that has not yet learned what the data holds gains more from steps than
 # from width. Measured: width 16 on the nuclei (12 tiles) peaked after ~300 passes and then
 # overfitted, so width 32 paid off at 3 minutes (~750 passes of width 16); on the MRI (49
-# slices) width 16 was still improving at ~220 passes (the baseline, 10 minutes: 97.1), where
-# width 32 at 10 minutes (~80 passes) scored 95.9 and width 16 at 3 minutes (~65) 96.2.
+# slices) width 32 at 10 minutes (~80 passes) scored 95.9, below width 16 at 3 minutes (~65
+# passes, 96.2) and at 10 minutes (96.3, seed 0); the baseline, a width-16 U-Net, was still
+# improving after ~220 passes (97.1).
 MIN_NARROW_PASSES = 300
 
 
