@@ -209,18 +209,10 @@ def plan_recipe(
         f"~{target // 1024}k pixels per batch on {device.upper()}"
         + (f", at most half of the {fp.num_train} images" if batch == cap else ""),
     )
-    width, why = (
-        cpu_width(
-            budget_s,
-            batch * size[0] * size[1],
-            pixels,
-            cores,
-            cpu_bf16,
-            passes_per_step=batch / max(fp.num_train, 1),
-        )
-        if cpu
-        else (64, "accelerator")
-    )
+    share = batch / max(fp.num_train, 1)  # of the training images, seen by one step
+    width, why = (64, "accelerator")
+    if cpu:
+        width, why = cpu_width(budget_s, batch * size[0] * size[1], pixels, cores, cpu_bf16, share)
 
     # ---- augmentation
     o = fp.orientation

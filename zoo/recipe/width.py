@@ -39,7 +39,6 @@ def cpu_width(
     pixels: int,
     cores: int | None,
     cpu_bf16: str | None,
-    *,
     passes_per_step: float,
 ) -> tuple[int, str]:
     """The VGG U-Net's base width on CPU and its reason.
