@@ -1,8 +1,8 @@
 """The planned U-Net's width on CPU, from the steps of it that fit the time budget.
 
 A wider network learns more per step but takes fewer steps in the same time; the planner picks
-width 32 only when enough of its steps fit and the narrow network would have seen every training
-image so often that it stops learning from them. The step time is estimated before the model exists
+width 32 only when enough of its steps fit and the narrow network would see every training image
+so often that it stops learning from them. The step time is estimated before the model exists
 (the width decides what is built), from the batch's pixels and a per-pixel cost measured on the
 planned architecture; the budget then measures the real step time once training starts.
 """
