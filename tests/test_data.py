@@ -825,3 +825,41 @@ def test_pillow_limit_is_lifted_for_our_reads_only_and_restored_across_threads(t
     with pytest.raises(ValueError, match=r"0\.png' has 1200 pixels, more than max_pixels=1000"):
         read_pixels(tmp_path / "0.png", max_pixels=1000)
     assert Image.MAX_IMAGE_PIXELS == limit
+
+
+def test_resample_shrinks_before_cropping_and_sets_the_input_scale(tmp_path):
+    """`data.resample`: the stored images are resampled (Pillow bilinear, masks nearest) before
+    crops are cut; the automatic crop size and the input scale follow the resampled size."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (128, 96, 3), dtype=np.uint8)
+    mask = np.zeros((128, 96), np.uint8)
+    mask[20:84, 10:50] = 255  # 64 x 40 px -> 32 x 20 px at 0.5x
+    for split in ("train", "val"):
+        for i in range(2):
+            write_pair(tmp_path / split, f"{split}{i}", image, mask)
+    cfg = folder_cfg(tmp_path, image_size=None, resample=0.5)
+    bundle = build_datasets(cfg, global_batch_size=2)
+    info = bundle.info
+    # 64 x 48 after resampling -> crops of 64 x 32 (divisor 32); the model sees 0.5x.
+    assert list(info.image_size) == [64, 32]
+    assert tuple(info.input_scale) == (0.5, 0.5)
+    assert sorted(info.native_sizes) == [(128, 96)] * 2  # stored sizes, as before
+    # The first validation window is the top-left 64 x 32 of the image shrunk to 64 x 48.
+    images, masks = bundle.val_images(1)
+    small = np.asarray(Image.fromarray(image).resize((48, 64), Image.BILINEAR)) / 255.0
+    np.testing.assert_allclose(images[0], small[:, :32], atol=1e-6)
+    expected = np.zeros((64, 48), np.int32)
+    expected[10:42, 5:25] = 1
+    np.testing.assert_array_equal(masks[0][..., 0], expected[:, :32])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [({"resample": 0}, r"data.resample=0; expected a factor in \(0, 4\]"),
+     ({"resample": -0.5}, r"data.resample=-0.5"),
+     ({"resample": 0.5, "resize": "resize"}, r"data.resample=0.5; expected 1 with resize=resize")],
+)  # fmt: skip
+def test_bad_resample_is_one_line(tmp_path, override, message):
+    write_pair(tmp_path, "a", *rand_pair(np.random.default_rng(0)))
+    with pytest.raises(ValueError, match=message):
+        build_datasets(folder_cfg(tmp_path, val_ratio=0, **override), global_batch_size=1)

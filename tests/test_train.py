@@ -366,6 +366,29 @@ def test_folder_defaults_end_to_end(tmp_path):
     assert "image_size: null" in (run_dir / "config.yaml").read_text()  # what the user asked
 
 
+def test_folder_resample_end_to_end(tmp_path):
+    # data.resample=0.5: 96 px tiles train as 48 px images (32 px crops for the divisor 32),
+    # the model records the scale and the final Dice is scored on the stored 96 px files.
+    root = squares_folder(tmp_path / "data", n=6, size=96)
+    run_dir = tmp_path / "run"
+    args = ["data=folder", f"data.root={root}", "data.resample=0.5", "data.batch_size=2",
+            "trainer.max_steps=2", "trainer.final_eval=full_resolution", *TINY_UNET]  # fmt: skip
+    proc = train(args, run_dir, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["image_size"] == [32, 32] and metrics["scored_at"] == "full_resolution"
+    assert 0.0 <= metrics["val_dice"] <= 1.0
+
+    from zoo.inference import predict
+    from zoo.saving import load_model
+
+    model = load_model(run_dir / "model.keras")
+    assert model.metadata["input_scale"] == [0.5, 0.5]
+    image = np.asarray(Image.open(root / "images" / "t00.png").convert("RGB")) / 255.0
+    probs = predict(model, image.astype(np.float32), tile=None)
+    assert probs.shape == (96, 96, 1)  # predicted at 0.5x, returned at the stored size
+
+
 def test_recipe_auto_with_max_steps_end_to_end(tmp_path):
     # ~10 s of training: the recipe plans from the folder, the command line keeps its keys,
     # and 12 steps with a validation every 5 give validations at steps 5, 10 and 12.

@@ -237,8 +237,10 @@ def build_datasets(
     if native_sizes:
         from zoo.inference.scale import input_scale_from_sizes
 
-        resize = c.resize if isinstance(c, FolderDataConfig) else "resize"
-        sy, sx = input_scale_from_sizes(native_sizes, size, resize)
+        folder = isinstance(c, FolderDataConfig)
+        resize = c.resize if folder else "resize"
+        resample = c.resample if folder else 1.0
+        sy, sx = input_scale_from_sizes(native_sizes, size, resize, resample)
         input_scale = (sy, sx)
     train_store = pipeline.SampleStore(train_samples)
 

@@ -111,6 +111,11 @@ class FolderDataConfig(DataConfig):
     split_seed: int = 0
     mask_type: str = "class"
     resize: str = "crop"
+    # Training pixels per stored pixel (crop mode): images and masks are resampled by this
+    # factor as they are read (0.5 halves each side, aspect kept), crops are cut from the
+    # result, and the model's input_scale records it, so prediction resamples native images
+    # the same way. For large images whose objects need more context than a crop holds.
+    resample: float = 1.0
     skip_corrupt: bool = False
     max_corrupt_ratio: float = 0.05
     num_workers: int = 8
@@ -286,5 +291,10 @@ def _check(c: DataConfig) -> None:
             raise bad("mask_type", c.mask_type, expected)
         if c.resize not in RESIZE_MODES:
             raise bad("resize", c.resize, f"one of {', '.join(RESIZE_MODES)}")
+        r = c.resample
+        if isinstance(r, bool) or not isinstance(r, int | float) or not 0 < r <= 4:
+            raise bad("resample", r, "a factor in (0, 4] (training pixels per stored pixel)")
+        if c.resize == "resize" and r != 1:
+            raise bad("resample", r, "1 with resize=resize (every image is resized to image_size)")
         if not 0 <= c.max_corrupt_ratio <= 1:
             raise bad("max_corrupt_ratio", c.max_corrupt_ratio, "a number in [0, 1]")

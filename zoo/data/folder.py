@@ -189,11 +189,22 @@ def auto_image_size(
     return size, why
 
 
+def resampled_size(shape: Sequence[int], c: FolderDataConfig) -> tuple[int, int]:
+    """(height, width) of a stored image after `data.resample` (crop mode), rounded as
+    prediction rounds (`zoo.inference.scale.scaled_size`), so both see the same pixels."""
+    if c.resample == 1:
+        return int(shape[0]), int(shape[1])
+    from zoo.inference.scale import scaled_size
+
+    return scaled_size(shape[:2], (c.resample, c.resample))
+
+
 def _target(shape: tuple[int, int], c: FolderDataConfig) -> tuple[int, int]:
     size = (c.image_size[0], c.image_size[1])
     if c.resize == "resize":
         return size
-    # Crop mode keeps native resolution; only images smaller than a crop are upscaled.
+    # Crop mode keeps the (resampled) resolution; only images smaller than a crop are upscaled.
+    shape = resampled_size(shape, c)
     f = max(size[0] / shape[0], size[1] / shape[1], 1.0)
     return (max(int(np.ceil(shape[0] * f)), size[0]), max(int(np.ceil(shape[1] * f)), size[1]))
 
@@ -314,7 +325,11 @@ def load(
     raw_train = _read_raw(train_pairs, c)
     raw_val = _read_raw(val_pairs, c) if val_pairs else []
     if c.image_size is None:
-        sizes = [r[0].shape[:2] for r in raw_train + raw_val if not isinstance(r, Exception)]
+        sizes = [
+            resampled_size(r[0].shape[:2], c)
+            for r in raw_train + raw_val
+            if not isinstance(r, Exception)
+        ]
         if sizes:
             size, why = auto_image_size(sizes, divisor)
             log.info("data.image_size=%s: %s (data.image_size: null)", size, why)

@@ -5,10 +5,11 @@ per axis (a single number means the same on both axes). A folder dataset with
 ``resize: resize`` scales image ``i`` (native ``h_i x w_i``) to ``image_size = (H, W)``, a factor
 ``(H / h_i, W / w_i)`` that differs per image; the recorded scale is the per-axis **median** of
 those factors over the training images (`input_scale_from_sizes`), i.e. the scale of the
-typical training image. With ``resize: crop`` images keep their native resolution (factor 1)
-unless smaller than a crop, in which case they were upscaled by ``max(H / h, W / w)``; the
-median of that factor is recorded. Generated data (shapes) is 1. Random zoom augmentation
-(``augment.scale``) is centred on the base scale and not part of it.
+typical training image. With ``resize: crop`` images keep their native resolution (factor 1),
+or ``resample`` times it when the data config resamples them, unless smaller than a crop, in
+which case they were upscaled by ``max(H / h, W / w)``; the median of that factor is recorded.
+Generated data (shapes) is 1. Random zoom augmentation (``augment.scale``) is centred on the
+base scale and not part of it.
 
 At prediction, an image of native size ``h x w`` is seen at ``round(h * sy) x round(w * sx)``
 (halves round up)
@@ -36,7 +37,10 @@ from PIL import Image
 
 
 def input_scale_from_sizes(
-    native_sizes: Iterable[Sequence[int]], image_size: Sequence[int], resize: str = "resize"
+    native_sizes: Iterable[Sequence[int]],
+    image_size: Sequence[int],
+    resize: str = "resize",
+    resample: float = 1.0,
 ) -> list[float]:
     """The `input_scale` metadata of a model trained on images of `native_sizes`.
 
@@ -44,6 +48,8 @@ def input_scale_from_sizes(
         native_sizes: (height, width) of every training image before resizing.
         image_size: the data config's [height, width].
         resize: the folder data config's `resize` ("resize" or "crop").
+        resample: the folder data config's `resample` (crop mode: images resampled by this
+            factor before cropping).
 
     Returns:
         ``[sy, sx]``, training pixels per native pixel (median over the images).
@@ -59,7 +65,8 @@ def input_scale_from_sizes(
     if resize == "resize":
         factors = np.array([(th / h, tw / w) for h, w in sizes], np.float64)
     elif resize == "crop":
-        f = [max(th / h, tw / w, 1.0) for h, w in sizes]
+        r = float(resample)
+        f = [r * max(th / (h * r), tw / (w * r), 1.0) for h, w in sizes]
         factors = np.array([(x, x) for x in f], np.float64)
     else:
         raise ValueError(
