@@ -690,3 +690,73 @@ def test_recipe_auto_pads_for_another_models_divisor_and_skips_other_data(tmp_pa
     same, outcome = apply_recipe(cfg, explicit=set())
     assert same is cfg and outcome.applied == {}
     assert "data=shapes keeps its own config" in outcome.note
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def test_structure_width_of_known_bands_and_squares(plain_fp):
+    # Full-width bands 5 px high: the ridge is each band's middle row, 3 px from the
+    # background -> 2 * 3 - 1 = 5 px everywhere. A 10 px square's ridge is its middle 2x2,
+    # 5 px from the background -> 9 (even widths read 1 less).
+    mask = np.zeros((64, 64), np.int32)
+    for top in (10, 30, 50):
+        mask[top : top + 5] = 1
+    image = (20 + 200 * mask).astype(np.uint8)
+    fp = fingerprint_arrays([image] * 4, [mask] * 4)
+    assert fp.structure_width["count"] == 4 * 3 * 64
+    assert all(fp.structure_width[k] == 5 for k in ("p10", "p25", "median", "p90"))
+    assert plain_fp.structure_width["p10"] == plain_fp.structure_width["p90"] == 9
+
+
+def _large(p90=200.0, side=(1024, 1024), width=20.0):
+    return _fp(
+        image_size_min=list(side), image_size_median=list(side), image_size_max=list(side),
+        object_extent={"count": 50, "min": 20, "p10": 40, "median": 100, "p90": p90,
+                       "max": 300},
+        structure_width={"count": 500, "p10": width, "p25": width, "median": 30, "p90": 60},
+        num_train=40,
+    )  # fmt: skip
+
+
+def test_plan_shrinks_large_images_until_the_window_holds_the_objects():
+    from zoo.recipe.resolution import plan_resample
+
+    # 1024 px images, objects up to 200 px: a window of 4 x 200 = 800 px would be needed;
+    # the CPU window is 256 -> 256 / 800 = 0.32 (thin parts 20 px -> 6.4 px: allowed).
+    r = plan_recipe(_large(), budget_s=180)
+    assert r.get("data.resample") == 0.32
+    # At 0.32x: 328 px images, objects 64 px -> 4 x 64 = 256 px crops.
+    assert r.get("data.image_size") == [256, 256] and r.get("data.resize") == "crop"
+    # Thin parts 5 px: shrinking stops at 3 / 5 = 0.6 (the reason says so); crops of
+    # 4 x 120 px capped at 256.
+    r = plan_recipe(_large(width=5.0), budget_s=180)
+    assert r.get("data.resample") == 0.6 and r.get("data.image_size") == [256, 256]
+    assert (
+        "thin structures (p25 width 5 px)" in {c.key: c.reason for c in r.choices}["data.resample"]
+    )
+    # Thin parts 3 px: no shrinking at all; 4 px: 0.75 is kept, 3.2 px: 0.94 is not worth it.
+    assert plan_resample(_large(width=3.0))[0] == 1.0
+    assert plan_resample(_large(width=4.0))[0] == 0.75
+    assert plan_resample(_large(width=3.2))[0] == 1.0
+    # Objects that a native window holds (4 x 40 = 160 px): native resolution.
+    assert plan_resample(_large(p90=40.0))[0] == 1.0
+    # A GPU window (512 px) needs less shrinking: 512 / 800 = 0.64.
+    assert plan_resample(_large(), device="gpu")[0] == 0.64
+
+
+def test_plan_shrinks_images_whose_structures_span_them_to_the_window():
+    from zoo.recipe.resolution import plan_resample
+
+    # 600 x 450 photos of one object up to 400 px (> half of 450: spanning): a whole image
+    # in the 256 px window -> 256 / 600 = 0.4267, rounded up to 0.43: 258 x 194 px, crops
+    # of the smallest side rounded down to the divisor 16: 192.
+    fp = _large(p90=400.0, side=(600, 450), width=100.0)
+    factor, why = plan_resample(fp)
+    assert factor == 0.43 and "a whole image" in why
+    r = plan_recipe(fp, budget_s=180)
+    assert r.get("data.image_size") == [192, 192] and r.get("data.augment.scale") == [1.0, 1.0]
+    # Tiles that fit the window keep their resolution whatever their objects.
+    tiles = _large(p90=100.0, side=(200, 200))
+    assert plan_resample(tiles)[0] == 1.0
+    assert plan_recipe(tiles, budget_s=180).get("data.resample") == 1.0

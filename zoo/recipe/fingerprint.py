@@ -20,7 +20,9 @@ What is measured (all on the training split; at most `max_samples` images, evenl
   of at least 9 px:
   count per image and size, as the bounding-box extent (longest side, px) and the
   equivalent-circle diameter, both at the stored resolution; the share of objects and of images
-  whose foreground touches the image border;
+  whose foreground touches the image border; the structures' local widths (`structure_width`,
+  twice the distance to the background along each structure's ridge: how thin the thin parts
+  are, which sets how far large images can be shrunk);
 - orientation (see `zoo.recipe.stats.orientation_scores`);
 - fluorescence-likeness (see `zoo.recipe.stats.microscopy_cues`): intensity augmentations.
 """
@@ -42,7 +44,7 @@ import numpy as np
 from zoo.errors import DataError, MissingFileError
 from zoo.recipe.stats import microscopy_cues, orientation_scores, per_image, summary
 
-FINGERPRINT_VERSION = 4  # bump when a statistic changes: cached fingerprints are recomputed
+FINGERPRINT_VERSION = 5  # bump when a statistic changes: cached fingerprints are recomputed
 
 
 @dataclass
@@ -74,6 +76,8 @@ class Fingerprint:
     source: str = ""
     version: int = FINGERPRINT_VERSION
     notes: list[str] = field(default_factory=list)
+    # p10 / p25 / median / p90 of `zoo.recipe.stats.ridge_widths` over the sampled images.
+    structure_width: dict[str, float] = field(default_factory=dict)
 
     @property
     def foreground_fraction(self) -> float:
@@ -186,6 +190,8 @@ def _combine(
     freqs = (counts / max(counts.sum(), 1)).round(6).tolist()
     extents = [e for s in stats for e in s["extents"]]
     diameters = [d for s in stats for d in s["diameters"]]
+    widths = np.concatenate([s["widths"] for s in stats])
+    width_q = np.percentile(widths, [10, 25, 50, 90]) if widths.size else np.zeros(4)
     per_image = [len(s["extents"]) for s in stats]
     n_obj = max(len(extents), 1)
     contrasts = [s["contrast"] for s in stats if s["contrast"] is not None]
@@ -232,6 +238,10 @@ def _combine(
         seconds=round(time.perf_counter() - start, 3),
         source=source,
         notes=notes,
+        structure_width={
+            "count": int(widths.size),
+            **{k: round(float(v), 3) for k, v in zip(("p10", "p25", "median", "p90"), width_q)},
+        },
     )
 
 

@@ -10,10 +10,12 @@ line is never overridden (the table shows it as the user's). Steps, validation i
 schedule length come from `zoo.recipe.budget.BudgetController` once the step time is measured.
 
 The rules, and why (docs/quality.md has the measured effect):
-- size: never resample tiles the model can take as they are; large images are cropped at native
-  resolution to a window that holds the largest objects (4x their p90 extent) within a CPU- or
-  GPU-sized limit; a ResNet decoder's depth follows the object size (stride 16 suffices for
-  objects under 32 px).
+- size (`zoo.recipe.resolution`): never resample tiles the model can take as they are; large
+  images are cropped to a window that holds the largest objects (4x their p90 extent; a whole
+  image for structures spanning it) within a CPU- or GPU-sized limit, after shrinking them
+  (`data.resample`) when the window would not hold that at native resolution, as far as the
+  thin structures allow; a ResNet decoder's depth follows the object size at that resolution
+  (stride 16 suffices for objects under 32 px).
 - batch: ~128k pixels on CPU (2M on GPU), 4..16 (32), at most half the images.
 - augmentation: hflip unless the data is left-right oriented; vflip and rot90 only when the
   orientation test finds no layout prior (or, with too few images to test, for fluorescence-like
@@ -47,17 +49,13 @@ from typing import Any
 
 from zoo.recipe.choices import Choice, Recipe, covered
 from zoo.recipe.fingerprint import Fingerprint
+from zoo.recipe.resolution import plan_resample, plan_size, spans_image
 from zoo.recipe.width import cpu_width
 
 CPU_BATCH_PIXELS = 8 * 128 * 128
 GPU_BATCH_PIXELS = 32 * 256 * 256
-CPU_CROP_LIMIT = 256
-GPU_CROP_LIMIT = 512
 SHORT_CPU_BUDGET_S = 15 * 60
 CPU_ENCODER = "vgg13_bn"
-# Objects whose p90 extent exceeds this share of the smaller image side are structures that
-# span the image (organs, tissue layers), not discrete objects: no zoom jitter.
-SPANNING_EXTENT = 0.5
 # Intensity jitter for data that is not fluorescence-like: this many times the between-image
 # spread of the foreground's median brightness (relative to the used range), within bounds.
 JITTER_PER_SPREAD = 2.0
@@ -73,14 +71,6 @@ RARE_FOREGROUND = 0.05
 # the nuclei rose (median of 5 seeds 95.06 -> 95.18, 4 seeds up) and the MRI stayed level
 # (96.22 -> 96.15, within its seeds' spread of 0.5), docs/quality.md.
 EMA_MOMENTUM = 0.99
-
-
-def _floor_to(x: int, d: int) -> int:
-    return max(d, (int(x) // d) * d)
-
-
-def _ceil_to(x: float, d: int) -> int:
-    return max(d, int(math.ceil(x / d)) * d)
 
 
 def _pow2_floor(x: float) -> int:
@@ -148,54 +138,34 @@ def plan_recipe(
     def choose(key: str, value: Any, reason: str) -> None:
         choices.append(Choice(key, value, reason, user=covered(key, users)))
 
-    # ---- model capacity (first: the decoder depth sets the size divisor)
-    e90 = float(fp.object_extent.get("p90", 0) or 0)
+    # ---- resolution (first: the objects' size at it sets the decoder depth and the crop)
+    resample, resample_why = plan_resample(fp, device)
+    e90 = float(fp.object_extent.get("p90", 0) or 0) * resample
     has_objects = bool(fp.object_extent.get("count"))
-    h, w = (int(v) for v in fp.image_size_median)
-    pixels = fp.num_train * h * w
+    pixels = fp.num_train * int(fp.image_size_median[0]) * int(fp.image_size_median[1])
+    pixels = int(pixels * resample**2)
     short = cpu and budget_s is not None and budget_s <= SHORT_CPU_BUDGET_S
     encoder = CPU_ENCODER if cpu else "resnet34"  # the width follows the batch, below
     vgg = encoder == CPU_ENCODER
     # VGG's fifth stage (stride 16) is the bottleneck, as in the original U-Net.
     depth = 4 if vgg or (has_objects and e90 <= 32) else 5
     divisor = 2**depth
-
-    # ---- input size
-    limit = CPU_CROP_LIMIT if cpu else GPU_CROP_LIMIT
+    size, pad, size_why = plan_size(fp, divisor, resample, device)
     min_side = min(fp.image_size_min)
-    pad = False
-    if fp.same_size and max(h, w) <= limit:
-        size = [h, w]
-        pad = h % divisor != 0 or w % divisor != 0
-        size_why = f"native size {h}x{w} (all images equal): no resampling, tiles never upsampled"
-    elif max(fp.image_size_max) <= limit:
-        side = _floor_to(min_side, divisor)
-        size = [side, side]
-        size_why = (
-            f"random {side}x{side} crops at native resolution (images vary, smallest {min_side} px)"
-        )
-    else:
-        want = _ceil_to(4 * e90, divisor) if has_objects else 2 * divisor * 4
-        side = min(max(want, 128), limit, _floor_to(min_side, divisor))
-        size = [side, side]
-        size_why = (
-            f"crops at native resolution: images are ~{h}x{w}; {side} px holds "
-            + (f"4x the large objects (p90 {e90:g} px)" if has_objects else "enough context")
-            + f" within the {device.upper()} limit {limit}"
-        )
-    if min_side < divisor:
-        side = _ceil_to(min_side, divisor)
-        size = [side, side]
-        size_why = (
-            f"images ({min_side} px) are smaller than the model's minimum {divisor}: upsampled"
-        )
     choose("data.image_size", size, size_why)
-    choose("data.resize", "crop", "keep native resolution (crop, never squash or stretch)")
+    choose("data.resize", "crop", "keep the aspect ratio (crop, never squash or stretch)")
+    choose("data.resample", resample, resample_why)
+    if resample != 1:
+        choose(
+            "trainer.final_eval",
+            "full_resolution",
+            f"trained at {resample:g}x: the final Dice is scored on the stored files, full size",
+        )
     if pad:
         choose(
             "model.pad_to_divisor",
             True,
-            f"{h}x{w} is not a multiple of {divisor}: pad inside the model",
+            f"{size[0]}x{size[1]} is not a multiple of {divisor}: pad inside the model",
         )
 
     # ---- batch
@@ -241,12 +211,12 @@ def plan_recipe(
         ("no orientation prior: " if free else "oriented data: ") + why_o,
     )
     choose("data.augment.rot90", free, "as vflip (90-degree turns)")
-    spanning = has_objects and e90 > SPANNING_EXTENT * min_side
-    if spanning:
+    if spans_image(fp):  # a fixed geometry: no zoom jitter
+        e90_native = fp.object_extent["p90"]
         choose(
             "data.augment.scale",
             [1.0, 1.0],
-            f"structures span the image (p90 extent {e90:g} of {min_side} px): "
+            f"structures span the image (p90 extent {e90_native:g} of {min_side} px): "
             "a fixed geometry, no zoom",
         )
     elif has_objects and fp.object_extent.get("p10", 0) > 0:

@@ -1,0 +1,128 @@
+"""The training resolution of a plan: how far large images are shrunk, and the crop size.
+
+Two choices, made in this order by `zoo.recipe.planner.plan_recipe`:
+
+- `plan_resample`: images larger than the CPU (GPU) window whose objects need more context
+  than the window holds at native resolution (a window of 4x the objects' p90 extent; a whole
+  image when the structures span it) are shrunk until it does, but never so far that the
+  thin structures (the p25 of the fingerprint's `structure_width`) fall under
+  `MIN_STRUCTURE_WIDTH` px, and not at all when the factor would be above `MIN_SHRINK`.
+  Measured on the MRI slices enlarged 3x (docs/quality.md): 256 px native crops score 88.9
+  at 3 minutes, the images shrunk back to ~1/3 score 93.9 at the native resolution.
+- `plan_size`: tiles the model can take are used whole; other images give random crops of
+  the (resampled) smallest side, or, for large ones, a window holding 4x the objects.
+"""
+
+from __future__ import annotations
+
+import math
+
+from zoo.recipe.fingerprint import Fingerprint
+
+CPU_CROP_LIMIT = 256
+GPU_CROP_LIMIT = 512
+# Objects whose p90 extent exceeds this share of the smaller image side are structures that
+# span the image (organs, tissue layers, lesions filling the frame), not discrete objects.
+SPANNING_EXTENT = 0.5
+# Shrinking stops where the thin structures (p25 of the ridge widths) would be this thin: the
+# MRI's gray-matter ribbons (p25 3 px) are segmented at 96 Dice at their stored resolution.
+MIN_STRUCTURE_WIDTH = 3.0
+# A smaller change of resolution is not worth resampling every image (and the prediction).
+MIN_SHRINK = 0.9
+
+
+def _floor_to(x: float, d: int) -> int:
+    return max(d, (int(x) // d) * d)
+
+
+def _ceil_to(x: float, d: int) -> int:
+    return max(d, int(math.ceil(x / d)) * d)
+
+
+def crop_limit(device: str) -> int:
+    return CPU_CROP_LIMIT if device == "cpu" else GPU_CROP_LIMIT
+
+
+def spans_image(fp: Fingerprint) -> bool:
+    """Whether the objects are structures spanning the image rather than discrete objects."""
+    e90 = float(fp.object_extent.get("p90", 0) or 0)
+    return bool(fp.object_extent.get("count")) and e90 > SPANNING_EXTENT * min(fp.image_size_min)
+
+
+def plan_resample(fp: Fingerprint, device: str = "cpu") -> tuple[float, str]:
+    """(`data.resample` factor, reason): 1.0 unless large images need more context."""
+    limit = crop_limit(device)
+    h, w = (int(v) for v in fp.image_size_median)
+    e90 = float(fp.object_extent.get("p90", 0) or 0)
+    if max(fp.image_size_max) <= limit:
+        return 1.0, f"native resolution: the images fit the {device.upper()} window ({limit} px)"
+    if not fp.object_extent.get("count"):
+        return 1.0, "native resolution: no objects measured to size the context from"
+    spanning = spans_image(fp)
+    want = max(h, w) if spanning else 4 * e90
+    need = (
+        f"a whole image (structures span the ~{h}x{w} images, p90 extent {e90:g} px)"
+        if spanning
+        else f"4x the objects (p90 extent {e90:g} px)"
+    )
+    if want <= limit:
+        return 1.0, f"native resolution: a {limit} px window holds {need}"
+    thin = float(fp.structure_width.get("p25", 0) or 0)
+    floor = MIN_STRUCTURE_WIDTH / thin if thin > 0 else 1.0
+    factor = min(1.0, math.ceil(max(limit / want, floor) * 100) / 100)
+    if factor > MIN_SHRINK:
+        return 1.0, (
+            f"native resolution: shrinking to fit {need} into {limit} px would make the thin "
+            f"structures (p25 width {thin:g} px) thinner than {MIN_STRUCTURE_WIDTH:g} px"
+        )
+    why = f"shrink {factor:g}x so that {need} fits the {device.upper()} window ({limit} px)"
+    if factor > limit / want + 0.01:
+        why += (
+            f"; not further: the thin structures (p25 width {thin:g} px) keep "
+            f">= {MIN_STRUCTURE_WIDTH:g} px"
+        )
+    return factor, why
+
+
+def plan_size(
+    fp: Fingerprint, divisor: int, resample: float = 1.0, device: str = "cpu"
+) -> tuple[list[int], bool, str]:
+    """([height, width] of training crops, pad inside the model?, reason) at `resample`."""
+    limit = crop_limit(device)
+
+    def at_scale(n: int) -> int:  # as `zoo.inference.scale.scaled_size` rounds
+        return max(1, int(math.floor(int(n) * resample + 0.5)))
+
+    h, w = (at_scale(v) for v in fp.image_size_median)
+    min_side = at_scale(min(fp.image_size_min))
+    largest = at_scale(max(fp.image_size_max))
+    e90 = float(fp.object_extent.get("p90", 0) or 0) * resample
+    has_objects = bool(fp.object_extent.get("count"))
+    at = "native resolution" if resample == 1 else f"{resample:g}x resolution"
+    pad = False
+    if fp.same_size and max(h, w) <= limit:
+        size = [h, w]
+        pad = h % divisor != 0 or w % divisor != 0
+        why = (
+            f"native size {h}x{w} (all images equal): no resampling, tiles never upsampled"
+            if resample == 1
+            else f"whole {h}x{w} images at {at}"
+        )
+    elif largest <= limit:
+        side = _floor_to(min_side, divisor)
+        size = [side, side]
+        why = f"random {side}x{side} crops at {at} (images vary, smallest {min_side} px)"
+    else:
+        want = _ceil_to(4 * e90, divisor) if has_objects else 2 * divisor * 4
+        side = min(max(want, 128), limit, _floor_to(min_side, divisor))
+        size = [side, side]
+        why = (
+            f"crops at {at}: images are ~{h}x{w}; {side} px holds "
+            + (f"4x the large objects (p90 {e90:.0f} px)" if has_objects else "enough context")
+            + f" within the {device.upper()} limit {limit}"
+        )
+    if min_side < divisor:
+        side = _ceil_to(min_side, divisor)
+        size = [side, side]
+        why = f"images ({min_side} px) are smaller than the model's minimum {divisor}: upsampled"
+    return size, pad, why
