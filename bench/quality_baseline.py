@@ -58,11 +58,24 @@ def _pad(x: np.ndarray, d: int) -> np.ndarray:
 
 
 def evaluate_native(model: Any, root: Path, resize_to: list[int] | None = None) -> float:
-    """Foreground Dice of `model` (logits) on root/val at the stored resolution."""
+    """Foreground Dice of `model` (logits) on root/val at the stored resolution.
+
+    A model trained on resampled images (`data.resample`: its `metadata["input_scale"]` is not
+    1) is run as a user runs it, through `zoo.inference.predict`, which resamples each image
+    to that scale and the logits back; `resize_to` resizes the input to a fixed size instead.
+    """
     import tensorflow as tf
 
     images, masks = load_split(root, "val")
     preds = []
+    scale = (getattr(model, "metadata", None) or {}).get("input_scale", [1.0, 1.0])
+    if resize_to is None and list(scale) != [1.0, 1.0]:
+        from zoo.inference import predict
+
+        for image in images:
+            logits = predict(model, image, tile=None, output="logits")
+            preds.append((logits[..., 0] > 0).astype(np.int32))
+        return pooled_dice(preds, masks)
     for image, mask in zip(images, masks):
         h, w = mask.shape
         x = tf.convert_to_tensor(image[None])

@@ -18,6 +18,8 @@ spatial train/validation split:
   but one population-average volume: smoother and more uniform than patient scans. Every other
   slice of z 30..169; 10-slice slabs 60-69, 100-109 and 140-149 are validation, and the 2 slices
   next to each slab are left out of training.
+- mni152_gray_matter_x3 (STAND-IN for large images): the same slices and split enlarged 3x
+  (699x591), for the recipe's handling of images larger than its training window.
 - sim_fluo_nuclei (STAND-IN, simulated): fluorescence-like nuclei with touching clusters, blur,
   uneven illumination and shot noise (`simulate_nuclei`); never counted for the targets.
 
@@ -90,6 +92,16 @@ SOURCES = {
                 "97a5ca69bd24db37a9cb7b32525e1733a209af904129bf1cd36da06d24243bed",
         },
         "ICBM 2009a T1 template axial slices, gray matter (atlas probability > 0.5)",
+    ),
+    "mni152_gray_matter_x3": Source(
+        "mni152_gray_matter_x3", "medical (MRI, enlarged 3x)", "stand-in", "nilearn==0.14.1",
+        {
+            "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz":
+                "421a10e872fd6cadae7f61d358dffbcc1795a497d61ee76c5dda2503e1a1e9e6",
+            "nilearn/datasets/data/mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz":
+                "97a5ca69bd24db37a9cb7b32525e1733a209af904129bf1cd36da06d24243bed",
+        },
+        "STAND-IN for large images: the MRI slices enlarged 3x (699x591), same split",
     ),
     "sim_fluo_nuclei": Source(
         "sim_fluo_nuclei", "microscopy (simulated)", "stand-in", None, {},
@@ -197,6 +209,30 @@ def build_mni(files: dict[str, bytes]) -> tuple[Pairs, Pairs]:
     return train, val
 
 
+def build_mni_x3(files: dict[str, bytes]) -> tuple[Pairs, Pairs]:
+    """The MRI slices enlarged 3x: images bicubic, the gray-matter probability enlarged
+    bicubically before its threshold, so outlines are smooth rather than 3x3 blocks."""
+    t1 = read_nifti(files["mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"])
+    gm = read_nifti(files["mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"])
+
+    def enlarge(plane: np.ndarray) -> np.ndarray:
+        h, w = plane.shape
+        big = Image.fromarray(np.ascontiguousarray(plane).astype(np.float32))
+        return np.asarray(big.resize((3 * w, 3 * h), Image.BICUBIC))
+
+    pairs: dict[str, tuple[Pairs, Pairs]] = {}
+    train, val = build_mni(files)
+    for split, items in (("train", train), ("val", val)):
+        out = []
+        for stem, _, _ in items:
+            z = int(stem[1:])
+            image = np.clip(enlarge(t1[z][::-1]) + 0.5, 0, 255).astype(np.uint8)
+            mask = (enlarge(gm[z][::-1]) > 127).astype(np.uint8)
+            out.append((stem, image, mask))
+        pairs[split] = out
+    return pairs["train"], pairs["val"]
+
+
 def simulate_nuclei(
     n: int, size: int = 128, seed: int = 0
 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -240,6 +276,7 @@ BUILDERS: dict[str, Callable[[dict[str, bytes]], tuple[Pairs, Pairs]]] = {
     "dsb2018_nuclei": build_dsb,
     "spacenet_buildings": build_spacenet,
     "mni152_gray_matter": build_mni,
+    "mni152_gray_matter_x3": build_mni_x3,
     "sim_fluo_nuclei": build_sim,
 }
 

@@ -142,3 +142,23 @@ def test_evaluate_native_scores_at_stored_resolution(tmp_path):
     assert quality_baseline.evaluate_native(model, tmp_path) == 1.0
     # Through a 32x32 resize and back, only the edges may move.
     assert quality_baseline.evaluate_native(model, tmp_path, resize_to=[32, 32]) > 0.95
+
+
+def test_evaluate_native_runs_a_resampled_model_at_its_scale(tmp_path):
+    import keras
+    from PIL import Image
+
+    for sub in ("images", "masks"):
+        (tmp_path / "val" / sub).mkdir(parents=True)
+    # A 1-px checkerboard: the image is its own perfect prediction at the stored resolution,
+    # but shrunk 2x (antialiased) it is a flat 0.5 gray.
+    mask = (np.indices((64, 64)).sum(axis=0) % 2).astype(np.uint8)
+    Image.fromarray(mask * 255).save(tmp_path / "val" / "images" / "a.png")
+    Image.fromarray(mask * 255).save(tmp_path / "val" / "masks" / "a.png")
+    model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(1, 1)])
+    model.layers[-1].set_weights([np.array([1.0, 0, 0]).reshape(1, 1, 3, 1), np.array([-0.4])])
+    assert quality_baseline.evaluate_native(model, tmp_path) == 1.0
+    # Recorded input scale 0.5 (data.resample=0.5): run at 32x32 as `predict` runs it, gray
+    # 0.5 -> logit +0.1 everywhere -> all foreground: Dice 2 * 0.5 / (2 * 0.5 + 0.5) = 2/3.
+    model.metadata = {"input_scale": [0.5, 0.5]}
+    assert quality_baseline.evaluate_native(model, tmp_path) == pytest.approx(2 / 3, abs=1e-6)
