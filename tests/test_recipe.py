@@ -743,6 +743,16 @@ def test_plan_shrinks_large_images_until_the_window_holds_the_objects():
     assert plan_resample(_large(p90=40.0))[0] == 1.0
     # A GPU window (512 px) needs less shrinking: 512 / 800 = 0.64.
     assert plan_resample(_large(), device="gpu")[0] == 0.64
+    # data.resize on the command line (resize mode takes no resample): not planned.
+    r = plan_recipe(_large(), budget_s=180, user_keys={"data.resize"})
+    assert r.get("data.resample") == 1.0 and "trainer.final_eval" not in r.overrides()
+    # data.resample on the command line: the crops are planned at the user's scale (0.5x:
+    # 512 px images, objects 100 px -> 4 x 100 = 400 px capped at 256).
+    r = plan_recipe(_large(), budget_s=180, user_keys={"data.resample"}, resample=0.5)
+    assert "data.resample" not in r.overrides() and r.get("data.image_size") == [256, 256]
+    r = plan_recipe(_large(p90=40.0), budget_s=180, user_keys={"data.resample"}, resample=0.5)
+    # objects 20 px at 0.5x: 4 x 20 = 80 px, raised to the 128 px minimum (160 px at 1x).
+    assert r.get("data.image_size") == [128, 128]
 
 
 def test_plan_shrinks_images_whose_structures_span_them_to_the_window():
@@ -760,3 +770,19 @@ def test_plan_shrinks_images_whose_structures_span_them_to_the_window():
     tiles = _large(p90=100.0, side=(200, 200))
     assert plan_resample(tiles)[0] == 1.0
     assert plan_recipe(tiles, budget_s=180).get("data.resample") == 1.0
+
+
+def test_recipe_auto_plans_the_size_at_the_command_lines_resample(tmp_path, monkeypatch):
+    from zoo.config import validate
+    from zoo.recipe.apply import apply_recipe
+
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    _write_folder(tmp_path / "data", *squares_dataset())
+    user = ["data.resample=0.5"]
+    cfg = compose(["recipe=auto", "data=folder", f"data.root={tmp_path / 'data'}", *user])
+    planned, outcome = apply_recipe(cfg, explicit=user_keys_from_overrides(user))
+    # 64 px tiles at 0.5x: whole 32 px images (not the 64 px the stored size would give).
+    assert outcome.applied["data.image_size"] == [32, 32]
+    assert "data.resample" not in outcome.applied
+    run = validate(planned, user_keys_from_overrides(user))
+    assert run.data.resample == 0.5 and run.data.image_size == [32, 32]

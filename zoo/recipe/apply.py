@@ -183,6 +183,7 @@ def apply_recipe(
         model=str(cfg.model.name),
         user_keys=users,
         cpu_bf16=cpu_bf16() if device == "cpu" else None,
+        resample=float(cfg.data.resample) if "data.resample" in users else None,
     )
     # The run's length is the user's when epochs or a budget is set (command line or config).
     length_set = any(OmegaConf.select(cfg, k) is not None for k in LENGTH_KEYS)

@@ -110,6 +110,7 @@ def plan_recipe(
     model: str = "unet",
     user_keys: Iterable[str] = (),
     cpu_bf16: str | None = None,
+    resample: float | None = None,
 ) -> Recipe:
     """Plan config overrides from a fingerprint.
 
@@ -121,6 +122,8 @@ def plan_recipe(
         model: the model the run uses; only U-Net gets decoder widths.
         user_keys: dotted keys set on the command line (`user_keys_from_overrides`); they win.
         cpu_bf16: the CPU flag of native bfloat16 math (`zoo.recipe.apply.cpu_bf16`), or None.
+        resample: `data.resample` when the command line sets it (the size is planned at it);
+            None: planned (`zoo.recipe.resolution.plan_resample`).
 
     Returns:
         A `Recipe`; `recipe.overrides()` are the values to apply.
@@ -139,7 +142,12 @@ def plan_recipe(
         choices.append(Choice(key, value, reason, user=covered(key, users)))
 
     # ---- resolution (first: the objects' size at it sets the decoder depth and the crop)
-    resample, resample_why = plan_resample(fp, device)
+    if resample is not None:  # the command line's: the crop size and depth follow it
+        resample_why = "set on the command line"
+    else:
+        resample, resample_why = plan_resample(fp, device)
+        if resample != 1 and covered("data.resize", users):  # resize mode takes no resample
+            resample, resample_why = 1.0, "data.resize was set on the command line: not resampled"
     e90 = float(fp.object_extent.get("p90", 0) or 0) * resample
     has_objects = bool(fp.object_extent.get("count"))
     pixels = fp.num_train * int(fp.image_size_median[0]) * int(fp.image_size_median[1])
