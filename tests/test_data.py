@@ -863,3 +863,28 @@ def test_bad_resample_is_one_line(tmp_path, override, message):
     write_pair(tmp_path, "a", *rand_pair(np.random.default_rng(0)))
     with pytest.raises(ValueError, match=message):
         build_datasets(folder_cfg(tmp_path, val_ratio=0, **override), global_batch_size=1)
+
+
+def test_binary_jpeg_masks_are_thresholded_and_class_ids_refused(tmp_path):
+    # A 0/255 mask saved as JPEG comes back with compression noise near its edges; it is read
+    # as 1 where the gray level is >= 128, which recovers the drawn mask.
+    rng = np.random.default_rng(4)
+    truth = np.zeros((48, 48), np.uint8)
+    truth[8:30, 12:40] = 255
+    for i in range(3):
+        (tmp_path / "images").mkdir(exist_ok=True)
+        (tmp_path / "masks").mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(
+            tmp_path / "images" / f"a{i}.png"
+        )
+        Image.fromarray(np.stack([truth] * 3, -1)).save(
+            tmp_path / "masks" / f"a{i}.jpg", quality=75
+        )
+    stored = np.asarray(Image.open(tmp_path / "masks" / "a0.jpg"))
+    assert len(np.unique(stored)) > 2  # the file really is noisy
+    np.testing.assert_array_equal(read_mask(tmp_path / "masks" / "a0.jpg"), truth // 255)
+    bundle = build_datasets(folder_cfg(tmp_path, image_size=[48, 48], val_ratio=0.34),
+                            global_batch_size=1)  # fmt: skip
+    np.testing.assert_array_equal(bundle.val_images(1)[1][0][..., 0], truth // 255)
+    with pytest.raises(ValueError, match=r"a0.jpg' is a JPEG: .*only be binary"):
+        build_datasets(folder_cfg(tmp_path, num_classes=3), global_batch_size=1)

@@ -27,6 +27,7 @@ from zoo.data import multilabel
 from zoo.data.config import FolderDataConfig
 from zoo.data.io import (
     IMAGE_SUFFIXES,
+    JPEG_SUFFIXES,
     MASK_SUFFIXES,
     UnreadableFileError,
     read_image_raw,
@@ -99,6 +100,13 @@ def map_mask(
     (0 -> 0, any other id -> 1) and their ids feed the U-Net border weight map.
     """
     ignore = c.ignore_index
+    if Path(path).suffix.lower() in JPEG_SUFFIXES and (
+        c.num_classes != 1 or c.mask_type != "class"
+    ):
+        raise DataError(
+            f"Mask '{path}' is a JPEG: its compression changes mask values, so JPEG masks can "
+            "only be binary (num_classes=1, mask_type=class); save class or instance ids as PNG"
+        )
     values = np.unique(mask)
     if c.mask_type == "instance":
         if values.min() < 0:
