@@ -888,3 +888,25 @@ def test_binary_jpeg_masks_are_thresholded_and_class_ids_refused(tmp_path):
     np.testing.assert_array_equal(bundle.val_images(1)[1][0][..., 0], truth // 255)
     with pytest.raises(ValueError, match=r"a0.jpg' is a JPEG: .*only be binary"):
         build_datasets(folder_cfg(tmp_path, num_classes=3), global_batch_size=1)
+
+
+def test_mask_suffix_pairs_masks_named_after_their_images(tmp_path):
+    rng = np.random.default_rng(6)
+    for i in range(3):
+        image, mask = rand_pair(rng)
+        (tmp_path / "images").mkdir(exist_ok=True)
+        (tmp_path / "masks").mkdir(exist_ok=True)
+        Image.fromarray(image).save(tmp_path / "images" / f"ISIC_{i}.png")
+        Image.fromarray(mask).save(tmp_path / "masks" / f"ISIC_{i}_segmentation.png")
+    # Without the suffix: one line naming the image, and the setting that pairs them.
+    with pytest.raises(
+        ValueError, match=r"ISIC_0.png' has no mask.*data.mask_suffix=_segmentation"
+    ):
+        build_datasets(folder_cfg(tmp_path, val_ratio=0), global_batch_size=1)
+    bundle = build_datasets(folder_cfg(tmp_path, val_ratio=0, mask_suffix="_segmentation"),
+                            global_batch_size=1)  # fmt: skip
+    assert bundle.info.train_size == 3
+    from zoo.recipe import fingerprint_folder
+
+    fp = fingerprint_folder(tmp_path, mask_suffix="_segmentation", cache=False)
+    assert fp.num_train == 3

@@ -110,6 +110,8 @@ class FolderDataConfig(DataConfig):
     val_ratio: float = 0.2
     split_seed: int = 0
     mask_type: str = "class"
+    # Ends every mask's file stem: "_segmentation" pairs images/a.jpg with masks/a_segmentation.png.
+    mask_suffix: str = ""
     resize: str = "crop"
     # Training pixels per stored pixel (crop mode): images and masks are resampled by this
     # factor as they are read (0.5 halves each side, aspect kept), crops are cut from the

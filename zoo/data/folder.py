@@ -14,6 +14,7 @@ Every file is read once, up front, in a thread pool; every problem raises one `V
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,24 +42,37 @@ Split = tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None]
 Sizes = list[tuple[int, int]]
 
 
-def _files(folder: Path, suffixes: tuple[str, ...], what: str) -> dict[str, Path]:
+def _files(folder: Path, suffixes: tuple[str, ...], what: str, strip: str = "") -> dict[str, Path]:
+    """{stem: path} of the files with `suffixes`; `strip` is cut from the end of each stem
+    that has it (`data.mask_suffix`: `a_mask.png` is the mask of `a`)."""
     out: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
         if p.name.startswith(".") or not p.is_file() or p.suffix.lower() not in suffixes:
             continue
-        if p.stem in out:
-            raise DataError(
-                f"Two {what} files share the stem '{p.stem}': '{out[p.stem]}' and '{p}'"
-            )
-        out[p.stem] = p
+        stem = p.stem[: -len(strip)] if strip and p.stem.endswith(strip) else p.stem
+        if stem in out:
+            raise DataError(f"Two {what} files share the stem '{stem}': '{out[stem]}' and '{p}'")
+        out[stem] = p
     return out
 
 
-def find_pairs(folder: Path, labels: Sequence[str] | None = None) -> list[tuple[Path, Any]]:
+def _suffix_hint(image_stem: str, masks: dict[str, Path]) -> str:
+    """A `data.mask_suffix` that would pair the image with a mask named like it, if any."""
+    for stem in sorted(masks):
+        rest = stem[len(image_stem) :]
+        if stem.startswith(image_stem) and rest and not rest[0].isalnum():
+            return f"; masks named like '{masks[stem].name}': set data.mask_suffix={rest}"
+    return ""
+
+
+def find_pairs(
+    folder: Path, labels: Sequence[str] | None = None, mask_suffix: str = ""
+) -> list[tuple[Path, Any]]:
     """(image, mask) paths of `folder/images` and `folder/masks`, matched by file stem.
 
     With `labels` (multilabel data) the mask of an image is a tuple of one path per label
     (`masks/<label>/<stem>.png`), or one `.npy` path when `masks/` has no label subfolders.
+    `mask_suffix` ends every mask's stem: `masks/<stem><mask_suffix>.png`.
 
     Raises:
         FileNotFoundError: a missing folder.
@@ -72,16 +86,26 @@ def find_pairs(folder: Path, labels: Sequence[str] | None = None) -> list[tuple[
                 "matching file stems (or train/ and val/ subfolders, each with both)"
             )
     images = _files(images_dir, IMAGE_SUFFIXES, "image")
+    files = functools.partial(_files, strip=mask_suffix)
     if labels is not None and multilabel.label_dirs(masks_dir):
-        return multilabel.label_pairs(images, masks_dir, labels, _files)
-    masks = _files(masks_dir, MASK_SUFFIXES, "mask")
+        return multilabel.label_pairs(images, masks_dir, labels, files)
+    masks = files(masks_dir, MASK_SUFFIXES, "mask")
     for stem, p in images.items():
         if stem not in masks:
-            raise DataError(f"Image '{p}' has no mask: expected '{masks_dir / stem}.png' (or .npy)")
+            hint = "" if mask_suffix else _suffix_hint(stem, masks)
+            raise DataError(
+                f"Image '{p}' has no mask: expected '{masks_dir / stem}{mask_suffix}.png' "
+                f"(or .npy){hint}"
+            )
     for stem, p in masks.items():
         if stem not in images:
             raise DataError(
                 f"Mask '{p}' has no image: expected '{images_dir / stem}.png/.jpg/.npy'"
+                + (
+                    f" (data.mask_suffix={mask_suffix} is cut from mask names)"
+                    if mask_suffix
+                    else ""
+                )
             )
     if not images:
         raise DataError(
@@ -297,8 +321,9 @@ def split_pairs(
     if (root / "train").is_dir():
         if not (root / "val").is_dir():
             raise MissingFileError(f"Found '{root / 'train'}' but no '{root / 'val'}' folder")
-        return find_pairs(root / "train", labels), find_pairs(root / "val", labels)
-    pairs = find_pairs(root, labels)
+        suffix = c.mask_suffix
+        return find_pairs(root / "train", labels, suffix), find_pairs(root / "val", labels, suffix)
+    pairs = find_pairs(root, labels, c.mask_suffix)
     order = np.random.default_rng(c.split_seed).permutation(len(pairs))
     n_val = int(round(c.val_ratio * len(pairs)))
     if c.val_ratio > 0 and len(pairs) > 1:

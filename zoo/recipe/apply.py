@@ -167,6 +167,7 @@ def apply_recipe(
         num_classes=int(cfg.data.num_classes),
         ignore_index=cfg.data.ignore_index,
         mask_type=str(cfg.data.mask_type),
+        mask_suffix=str(cfg.data.get("mask_suffix") or ""),
         cache=cache,
         val_ratio=float(cfg.data.val_ratio),  # the app's split of root/images
         split_seed=int(cfg.data.split_seed),

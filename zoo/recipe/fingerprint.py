@@ -275,6 +275,7 @@ def fingerprint_folder(
     val_ratio: float | None = None,
     split_seed: int = 0,
     channels: int = 3,
+    mask_suffix: str = "",
 ) -> Fingerprint:
     """Fingerprint of a folder dataset (root/images + root/masks, or root/train + root/val).
 
@@ -294,14 +295,17 @@ def fingerprint_folder(
     if not root.is_dir():
         raise MissingFileError(f"data.root not found: '{root}' (data=folder data.root=/path)")
     if (root / "train").is_dir():
-        pairs = zfolder.find_pairs(root / "train")
-        num_val = len(zfolder.find_pairs(root / "val")) if (root / "val").is_dir() else 0
+        pairs = zfolder.find_pairs(root / "train", mask_suffix=mask_suffix)
+        val = root / "val"
+        num_val = len(zfolder.find_pairs(val, mask_suffix=mask_suffix)) if val.is_dir() else 0
     elif val_ratio is not None:
-        split = FolderDataConfig(root=str(root), val_ratio=val_ratio, split_seed=split_seed)
+        split = FolderDataConfig(
+            root=str(root), val_ratio=val_ratio, split_seed=split_seed, mask_suffix=mask_suffix
+        )
         pairs, val_pairs = zfolder.split_pairs(split)
         num_val = len(val_pairs)
     else:
-        pairs, num_val = zfolder.find_pairs(root), 0
+        pairs, num_val = zfolder.find_pairs(root, mask_suffix=mask_suffix), 0
     settings = {"num_classes": num_classes, "ignore_index": ignore_index, "mask_type": mask_type}
     if channels != 3:  # read as training reads them (`data.channels`)
         settings["channels"] = int(channels)
