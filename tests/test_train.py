@@ -423,6 +423,37 @@ def test_recipe_auto_with_max_steps_end_to_end(tmp_path):
     assert parts <= timing["total_s"] + 0.01
 
 
+def test_recipe_auto_shrinks_large_images_end_to_end(tmp_path):
+    # 320 x 288 RGB images, each mostly one blob (it spans the image): the 256 px CPU window
+    # holds a whole image at 256 / 320 = 0.8x, so the plan resamples, trains at 256 x 230,
+    # scores the stored files and the saved model predicts at the stored size.
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[:320, :288]
+    for i in range(6):
+        cy, cx = rng.integers(140, 180), rng.integers(120, 160)
+        mask = (((yy - cy) / 120.0) ** 2 + ((xx - cx) / 110.0) ** 2 <= 1).astype(np.uint8)
+        image = np.stack([40 + 150 * mask, 90 + 0 * mask, 160 - 100 * mask], -1)
+        image = np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+        write_pair(tmp_path / "data", f"p{i}", image, mask * 255)
+    run_dir = tmp_path / "run"
+    args = ["recipe=auto", "data=folder", f"data.root={tmp_path / 'data'}", "trainer.max_steps=2",
+            "trainer.verbose=0", "trainer.num_overlays=0", "trainer.tensorboard=false"]  # fmt: skip
+    proc = train(args, run_dir, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    applied = json.loads((run_dir / "recipe.json").read_text())["applied"]
+    assert applied["data.resample"] == 0.8 and applied["trainer.final_eval"] == "full_resolution"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["scored_at"] == "full_resolution"
+
+    from zoo.inference import predict
+    from zoo.saving import load_model
+
+    model = load_model(run_dir / "model.keras")
+    assert model.metadata["input_scale"] == [0.8, 0.8]
+    image = np.asarray(Image.open(tmp_path / "data" / "images" / "p0.png")) / 255.0
+    assert predict(model, image.astype(np.float32)).shape == (320, 288, 1)
+
+
 @pytest.mark.slow  # a 30 s budget, then the checks of what it wrote
 def test_time_budget_end_to_end(tmp_path):
     run_dir = tmp_path / "run"

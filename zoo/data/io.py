@@ -34,9 +34,7 @@ from zoo.errors import DataError, MissingFileError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy")
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".npy", ".jpg", ".jpeg")
-# Lossy: compression moves values near edges (a 0/255 mask holds 3, 251, ...), so JPEG masks
-# can only be binary and are read as 1 where the gray level is at least half (`read_mask`).
-JPEG_SUFFIXES = (".jpg", ".jpeg")
+JPEG_SUFFIXES = (".jpg", ".jpeg")  # lossy (a 0/255 mask holds 3, 251, ...): binary masks only
 TIFF_SUFFIXES = (".tif", ".tiff")
 MAX_PIXELS = 2**30  # about 32k x 32k (3 GiB as uint8 RGB)
 _ROW_BLOCK_BYTES = 64 * 2**20  # float images are checked this much at a time
@@ -379,11 +377,8 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     """Read a mask's raw values as int32 (H, W): 8- or 16-bit PNG/TIFF, palette PNG/TIFF
-    (indices) or .npy. JPEG masks (lossy: binary data only) are read as 0/1, 1 where the
-    gray level (the mean of the channels) is at least 128.
-
-    Values are returned as stored (0/255 binary masks are mapped later, with the dataset's
-    `num_classes` known).
+    (indices) or .npy, as stored (0/255 binary masks are mapped later, `num_classes` known).
+    JPEG masks (lossy: binary only) are read as 1 where the channels' mean is >= 128, else 0.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -392,8 +387,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     arr = decode(path, "mask")
     if path.suffix.lower() in JPEG_SUFFIXES:  # binary only (`zoo.data.folder.map_mask`)
-        gray = arr.mean(axis=-1) if arr.ndim == 3 else arr
-        return (gray >= 128).astype(np.int32)
+        return ((arr.mean(axis=-1) if arr.ndim == 3 else arr) >= 128).astype(np.int32)
     if arr.dtype.kind not in "iub":
         raise DataError(f"Mask '{path}' has dtype {arr.dtype}; expected integers")
     if arr.ndim == 3:
