@@ -707,6 +707,14 @@ def test_structure_width_of_known_bands_and_squares(plain_fp):
     assert fp.structure_width["count"] == 4 * 3 * 64
     assert all(fp.structure_width[k] == 5 for k in ("p10", "p25", "median", "p90"))
     assert plain_fp.structure_width["p10"] == plain_fp.structure_width["p90"] == 9
+    # A 1200 px mask is measured in one 512 px window: still 5 px everywhere, fewer values.
+    from zoo.recipe.stats import ridge_widths
+
+    big = np.zeros((1200, 1200), bool)
+    for top in range(20, 1200, 40):
+        big[top : top + 5] = True
+    widths = ridge_widths(big, np.random.default_rng(0), limit=10**6)
+    assert set(widths.tolist()) == {5.0} and len(widths) <= 13 * 512
 
 
 def _large(p90=200.0, side=(1024, 1024), width=20.0):

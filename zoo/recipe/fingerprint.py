@@ -44,7 +44,7 @@ import numpy as np
 from zoo.errors import DataError, MissingFileError
 from zoo.recipe.stats import microscopy_cues, orientation_scores, per_image, summary
 
-FINGERPRINT_VERSION = 5  # bump when a statistic changes: cached fingerprints are recomputed
+FINGERPRINT_VERSION = 6  # bump when a statistic changes: cached fingerprints are recomputed
 
 
 @dataclass

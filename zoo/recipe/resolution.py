@@ -91,8 +91,10 @@ def plan_size(
     """([height, width] of training crops, pad inside the model?, reason) at `resample`."""
     limit = crop_limit(device)
 
-    def at_scale(n: int) -> int:  # as `zoo.inference.scale.scaled_size` rounds
-        return max(1, int(math.floor(int(n) * resample + 0.5)))
+    from zoo.inference.scale import scaled_size  # the rounding training and prediction use
+
+    def at_scale(n: int) -> int:
+        return scaled_size((n, n), (resample, resample))[0]
 
     h, w = (at_scale(v) for v in fp.image_size_median)
     min_side = at_scale(min(fp.image_size_min))
