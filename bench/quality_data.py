@@ -194,43 +194,47 @@ def build_spacenet(files: dict[str, bytes]) -> tuple[Pairs, Pairs]:
     return grid_tiles(image, mask, 128, val_col=6)
 
 
-def build_mni(files: dict[str, bytes]) -> tuple[Pairs, Pairs]:
+def _mni_planes(
+    files: dict[str, bytes], make: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+) -> tuple[Pairs, Pairs]:
+    """The MRI split: `make(t1 plane, gray-matter plane)` -> (image, mask) for every other axial
+    slice of z 30..169 (anterior at the top); slabs 60-69, 100-109, 140-149 are validation and
+    the 2 slices next to each slab are left out."""
     t1 = read_nifti(files["mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"])
     gm = read_nifti(files["mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"])
     train, val = [], []
     val_slabs = [(60, 70), (100, 110), (140, 150)]
     for z in range(30, 170, 2):
-        image = np.ascontiguousarray(t1[z][::-1]).astype(np.uint8)  # anterior at the top
-        mask = (gm[z][::-1] > 127).astype(np.uint8)
         if any(a <= z < b for a, b in val_slabs):
-            val.append((f"z{z:03d}", image, mask))
+            val.append((f"z{z:03d}", *make(t1[z][::-1], gm[z][::-1])))
         elif not any(a - 2 <= z < b + 2 for a, b in val_slabs):
-            train.append((f"z{z:03d}", image, mask))
+            train.append((f"z{z:03d}", *make(t1[z][::-1], gm[z][::-1])))
     return train, val
+
+
+def build_mni(files: dict[str, bytes]) -> tuple[Pairs, Pairs]:
+    return _mni_planes(
+        files,
+        lambda t1, gm: (np.ascontiguousarray(t1).astype(np.uint8), (gm > 127).astype(np.uint8)),
+    )
 
 
 def build_mni_x3(files: dict[str, bytes]) -> tuple[Pairs, Pairs]:
     """The MRI slices enlarged 3x: images bicubic, the gray-matter probability enlarged
     bicubically before its threshold, so outlines are smooth rather than 3x3 blocks."""
-    t1 = read_nifti(files["mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"])
-    gm = read_nifti(files["mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"])
 
     def enlarge(plane: np.ndarray) -> np.ndarray:
         h, w = plane.shape
         big = Image.fromarray(np.ascontiguousarray(plane).astype(np.float32))
         return np.asarray(big.resize((3 * w, 3 * h), Image.BICUBIC))
 
-    pairs: dict[str, tuple[Pairs, Pairs]] = {}
-    train, val = build_mni(files)
-    for split, items in (("train", train), ("val", val)):
-        out = []
-        for stem, _, _ in items:
-            z = int(stem[1:])
-            image = np.clip(enlarge(t1[z][::-1]) + 0.5, 0, 255).astype(np.uint8)
-            mask = (enlarge(gm[z][::-1]) > 127).astype(np.uint8)
-            out.append((stem, image, mask))
-        pairs[split] = out
-    return pairs["train"], pairs["val"]
+    return _mni_planes(
+        files,
+        lambda t1, gm: (
+            np.clip(enlarge(t1) + 0.5, 0, 255).astype(np.uint8),
+            (enlarge(gm) > 127).astype(np.uint8),
+        ),
+    )
 
 
 def simulate_nuclei(

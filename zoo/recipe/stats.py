@@ -43,9 +43,9 @@ def ridge_widths(fg: np.ndarray, rng: np.random.Generator, limit: int = 2048) ->
     foreground pixel: the distance transform of a whole 4 Mpx mask costs ~0.5 s.
     """
     h, w = fg.shape
-    ys, xs = np.nonzero(fg)
-    if max(h, w) > WIDTH_WINDOW and ys.size:
-        i = int(rng.integers(ys.size))
+    ys, xs = np.nonzero(fg) if max(h, w) > WIDTH_WINDOW else ((), ())
+    if len(ys):
+        i = int(rng.integers(len(ys)))
         y0 = min(max(int(ys[i]) - WIDTH_WINDOW // 2, 0), max(h - WIDTH_WINDOW, 0))
         x0 = min(max(int(xs[i]) - WIDTH_WINDOW // 2, 0), max(w - WIDTH_WINDOW, 0))
         fg = fg[y0 : y0 + WIDTH_WINDOW, x0 : x0 + WIDTH_WINDOW]
