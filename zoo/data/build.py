@@ -53,6 +53,8 @@ class DataInfo:
             images (`zoo.inference.input_scale_from_sizes`); recorded in the model's metadata
             so prediction resamples native images to the scale the model learned.
         channels: image channels (`data.channels`): the model's input channels.
+        class_colors: the [r, g, b] of each class in color-coded masks (`data.class_colors`),
+            or () for masks of class ids.
     """
 
     name: str
@@ -71,6 +73,7 @@ class DataInfo:
     native_sizes: tuple[tuple[int, int], ...] = ()
     input_scale: tuple[float, float] = (1.0, 1.0)
     channels: int = 3
+    class_colors: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclass
@@ -299,6 +302,7 @@ def build_datasets(
         native_sizes=tuple(native_sizes or ()),
         input_scale=input_scale,
         channels=train_store.channels,
+        class_colors=tuple(tuple(v) for v in getattr(c, "class_colors", None) or ()),
     )
     log.info(
         "Data %s: %d train / %d val samples of %dx%dx%d, %d steps per epoch, weight map %s",

@@ -105,6 +105,7 @@ class FolderDataConfig(DataConfig):
     # Multilabel: the labels (mask subfolders, or the channels of .npy masks), in order;
     # null: the sorted subfolder names of masks/ (or label_<k> for .npy masks).
     class_names: list[str] | None = None
+    class_colors: list[list[int]] | None = None  # RGB masks: one [r, g, b] per class id
     batch_size: int = 8
     root: str = "???"
     val_ratio: float = 0.2
@@ -223,6 +224,28 @@ def _check_mode(c: DataConfig, bad: Any) -> None:
         raise bad("ignore_index", c.ignore_index, "null or a value other than 0 and 1")
 
 
+def _check_colors(c: FolderDataConfig, bad: Any) -> None:
+    colors, k = c.class_colors, max(int(c.num_classes), 2)
+    shown = colors if len(str(colors)) <= 80 else f"<{len(colors)} colors>"
+    if c.mode == "multilabel" or c.mask_type != "class":
+        raise bad("class_colors", shown, "null with data.mode=multilabel or mask_type=instance")
+    ok = all(
+        isinstance(v, list | tuple)
+        and len(v) == 3
+        and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 255 for x in v)
+        for v in colors
+    )
+    if not ok or len({tuple(v) for v in colors}) != len(colors):
+        raise bad("class_colors", shown, "a list of distinct [r, g, b] colors, each 0..255")
+    if len(colors) != k:
+        fix = f"data.num_classes={len(colors)}" if len(colors) > 2 else "data.num_classes=1"
+        raise bad(
+            "class_colors", shown, f"{k} colors (one per class of num_classes={c.num_classes}); "
+            f"for {len(colors)} classes set {fix}",
+        )  # fmt: skip
+    c.class_colors = [[int(x) for x in v] for v in colors]
+
+
 def _check(c: DataConfig) -> None:
     def bad(key: str, value: Any, expected: str) -> ConfigError:
         return ConfigError(f"Invalid data.{key}={value!r}; expected {expected}")
@@ -293,6 +316,8 @@ def _check(c: DataConfig) -> None:
             raise bad("mask_type", c.mask_type, expected)
         if c.resize not in RESIZE_MODES:
             raise bad("resize", c.resize, f"one of {', '.join(RESIZE_MODES)}")
+        if c.class_colors is not None:
+            _check_colors(c, bad)
         r = c.resample
         if isinstance(r, bool) or not isinstance(r, int | float) or not 0 < r <= 4:
             raise bad("resample", r, "a factor in (0, 4] (training pixels per stored pixel)")

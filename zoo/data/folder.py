@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from zoo.data import multilabel
+from zoo.data.colors import read_class_mask
 from zoo.data.config import FolderDataConfig
 from zoo.data.io import (
     IMAGE_SUFFIXES,
@@ -32,7 +33,6 @@ from zoo.data.io import (
     MASK_SUFFIXES,
     UnreadableFileError,
     read_image_raw,
-    read_mask,
 )
 from zoo.errors import DataError, MissingFileError
 
@@ -251,7 +251,7 @@ def _read_pair(pair: tuple[Path, Path], c: FolderDataConfig):
             raw = multilabel.read_labels(mask_path, c)
             mask_path = raw.source  # the file the size is checked against
         else:
-            raw = read_mask(mask_path)
+            raw = read_class_mask(mask_path, c)
     except UnreadableFileError as e:
         if c.skip_corrupt:
             return e

@@ -117,9 +117,10 @@ def read_eval_pair(image_path: Any, mask_path: Any, data_cfg: Any) -> tuple[Any,
     through the folder dataset's own value rules (`zoo.data.folder.map_mask`: 0/255 binary
     masks, range checks, ignore_index), without any resizing.
     """
+    from zoo.data.colors import read_class_mask
     from zoo.data.config import parse_data_config
     from zoo.data.folder import map_mask
-    from zoo.data.io import read_mask, read_pixels
+    from zoo.data.io import read_pixels
 
     c = data_cfg if hasattr(data_cfg, "mask_type") else parse_data_config(data_cfg)
     image = read_pixels(image_path)
@@ -133,7 +134,7 @@ def read_eval_pair(image_path: Any, mask_path: Any, data_cfg: Any) -> tuple[Any,
                 f"'{labels.source}' is {labels.shape[0]}x{labels.shape[1]} (HxW); they must match"
             )
         return image, labels.labels
-    raw = read_mask(mask_path)
+    raw = read_class_mask(mask_path, c)
     if tuple(image.shape[:2]) != raw.shape:
         raise DataError(
             f"Image '{image_path}' is {image.shape[0]}x{image.shape[1]} but its mask "

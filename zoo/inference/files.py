@@ -7,7 +7,8 @@ renamed when complete; an error leaves no partial file). Outputs, for the mask n
 `<stem>.png` given by `zoo.outputs.mask_names`:
 
 - mask: binary `<stem>.png`, 8-bit gray 0 / 255; multiclass `<stem>.png`, a palette PNG
-  whose pixels are class ids (PASCAL VOC colors; 16-bit gray beyond 256 classes);
+  whose pixels are class ids (the training data's `data.class_colors` where it had them,
+  else PASCAL VOC colors; 16-bit gray beyond 256 classes);
   multilabel `label_<k>/<stem>.png`, one 0 / 255 PNG per label;
 - probabilities="npy": `probabilities/<stem>.npy`, float16 (H, W, K);
 - probabilities="png": 16-bit gray, round(p x 65535): `probabilities/<stem>.png` for one
@@ -68,6 +69,9 @@ class FilePredictor:
         self.threshold = mask_threshold(model, options.threshold)
         to_mask(np.zeros((1, self.classes), np.float32), self.mode, self.threshold)  # checks it
         self.palette = class_palette(max(2, min(self.classes, 256)))
+        colors = (getattr(model, "metadata", None) or {}).get("class_colors")
+        if colors and len(colors) <= len(self.palette):  # the dataset's own colors
+            self.palette[: len(colors)] = np.asarray(colors, np.uint8)
 
     @property
     def chief(self) -> bool:

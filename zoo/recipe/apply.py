@@ -172,6 +172,9 @@ def apply_recipe(
         val_ratio=float(cfg.data.val_ratio),  # the app's split of root/images
         split_seed=int(cfg.data.split_seed),
         channels=int(cfg.data.get("channels", 3)),
+        class_colors=OmegaConf.to_object(cfg.data.class_colors)
+        if cfg.data.get("class_colors")
+        else None,
     )
     users = set(explicit or ())
     strategy = OmegaConf.select(cfg, "strategy.name")

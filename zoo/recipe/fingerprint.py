@@ -276,6 +276,7 @@ def fingerprint_folder(
     split_seed: int = 0,
     channels: int = 3,
     mask_suffix: str = "",
+    class_colors: list[list[int]] | None = None,
 ) -> Fingerprint:
     """Fingerprint of a folder dataset (root/images + root/masks, or root/train + root/val).
 
@@ -288,8 +289,9 @@ def fingerprint_folder(
         MissingFileError / DataError: as the folder dataset does, naming the file.
     """
     from zoo.data import folder as zfolder
+    from zoo.data.colors import read_class_mask
     from zoo.data.config import FolderDataConfig
-    from zoo.data.io import read_image_raw, read_mask
+    from zoo.data.io import read_image_raw
 
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -309,6 +311,8 @@ def fingerprint_folder(
     settings = {"num_classes": num_classes, "ignore_index": ignore_index, "mask_type": mask_type}
     if channels != 3:  # read as training reads them (`data.channels`)
         settings["channels"] = int(channels)
+    if class_colors:  # RGB masks, one color per class (`zoo.data.colors`)
+        settings["class_colors"] = [[int(x) for x in v] for v in class_colors]
     key = folder_key(pairs, num_val, {**settings, "max_samples": max_samples})
     path = _cache_dir() / f"{key}.json"
     if cache and path.exists():
@@ -324,7 +328,7 @@ def fingerprint_folder(
     def read(i: int):
         image_path, mask_path = pairs[int(i)]
         image = read_image_raw(image_path, c.channels)
-        raw = read_mask(mask_path)
+        raw = read_class_mask(mask_path, c)
         if image.shape[:2] != raw.shape:
             raise DataError(
                 f"Image '{image_path}' is {image.shape[0]}x{image.shape[1]} but its mask "

@@ -72,6 +72,7 @@ def training_metadata(info: Any) -> dict[str, Any]:
         "image_size": list(info.image_size),
         "input_scale": list(info.input_scale),  # training pixels per native pixel
         "channels": info.channels,
+        "class_colors": [list(v) for v in info.class_colors] or None,  # RGB masks' colors
         "threshold": 0.5,
     }
 
