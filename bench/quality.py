@@ -153,7 +153,9 @@ def run_one(
 ) -> dict[str, Any]:
     """One cell of the matrix; returns the record stored in the JSON."""
     from bench.quality_baseline import evaluate_native
+    from bench.quality_data import SOURCES
 
+    k = SOURCES[dataset].num_classes if dataset in SOURCES else 1
     rec: dict[str, Any] = {"dataset": dataset, "recipe": recipe, "budget_s": budget, "seed": seed}
     work = Path(tempfile.mkdtemp(prefix=f"q_{dataset}_{recipe}_"))
     try:
@@ -161,6 +163,7 @@ def run_one(
             out = work / "baseline.json"
             cmd = [sys.executable, "-m", "bench.quality_baseline", "--root", str(root)]
             cmd += ["--budget", str(budget), "--seed", str(seed), "--out", str(out)]
+            cmd += ["--num-classes", str(k)]
             start = time.perf_counter()
             proc = subprocess.run(
                 cmd, capture_output=True, text=True, cwd=ROOT, env=_env(opts.cores),
@@ -171,6 +174,7 @@ def run_one(
             rec.update(json.loads(out.read_text()), wall_s=round(time.perf_counter() - start, 1))
             return rec
         base = ["data=folder", f"data.root={root}", f"seed={seed}"]
+        base += [f"data.num_classes={k}"] if k > 1 else []
         resize_to = None
         n_train, n_val = _count(root, "train"), _count(root, "val")
         if recipe == "default":
@@ -188,7 +192,8 @@ def run_one(
             if recipe == "auto":
                 from zoo.recipe import fingerprint_folder, plan_recipe
 
-                plan = plan_recipe(fingerprint_folder(root), budget_s=budget, cores=opts.cores)
+                fp = fingerprint_folder(root, num_classes=k)
+                plan = plan_recipe(fp, budget_s=budget, cores=opts.cores)
                 base += plan.hydra_args()
                 batch = int(plan.get("data.batch_size"))
                 rec["recipe_args"] = plan.hydra_args()
@@ -289,7 +294,8 @@ def markdown(result: dict[str, Any]) -> str:
     )
     lines = [
         f"Foreground Dice on the validation split ({seeds}), "
-        f"{result['settings']['cores']} CPU cores, budgets of training-loop time.",
+        f"{result['settings']['cores']} CPU cores, budgets of training-loop time; "
+        "multi-class sets: the mean of their foreground classes' Dice.",
         "",
         f"| dataset | domain | recipe | {head} |",
         "|---|---|---|" + "---|" * len(budgets),

@@ -2,10 +2,10 @@
 
 The baseline is what a practitioner writes in an afternoon: a textbook 4-level U-Net (two 3x3
 conv-BN-ReLU per level, 16-32-64-128 filters, a 256-filter bottleneck, transposed-conv
-upsampling), BCE + soft Dice, Adam at 1e-3, random horizontal and vertical flips, whole images at
-native resolution (padded to a multiple of 16), BN with PyTorch's momentum, trained until the
-time budget is spent. Like the
-app it validates about 10 times and keeps the best weights, so all recipes are judged alike.
+upsampling), BCE + soft Dice (multi-class: softmax CE + soft Dice), Adam at 1e-3, random
+horizontal and vertical flips, whole images at native resolution (padded to a multiple of 16),
+BN with PyTorch's momentum, trained until the time budget is spent. Like the app it validates
+about 10 times and keeps the best weights, so all recipes are judged alike.
 
 `evaluate_native` scores any saved model on the validation images at their stored resolution
 (foreground Dice pooled over all validation pixels), whatever input size the model was trained
@@ -30,8 +30,11 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def load_split(root: Path, split: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Images (float32 HxWx3 in [0, 1]) and binary masks of root/split, with the app's readers."""
+def load_split(
+    root: Path, split: str, num_classes: int = 1
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Images (float32 HxWx3 in [0, 1]) and masks of root/split, with the app's readers:
+    binary masks as 0/1 (0/255 mapped), class-id masks (`num_classes` > 1) as stored."""
     from zoo.data import folder
     from zoo.data.io import read_image, read_mask
 
@@ -39,16 +42,32 @@ def load_split(root: Path, split: str) -> tuple[list[np.ndarray], list[np.ndarra
     for image_path, mask_path in folder.find_pairs(root / split):
         images.append(read_image(image_path))
         raw = read_mask(mask_path)
-        masks.append(((raw == 255) | (raw == 1)).astype(np.int32) if raw.max() > 1 else raw)
+        if num_classes == 1 and raw.max() > 1:
+            raw = ((raw == 255) | (raw == 1)).astype(np.int32)
+        masks.append(raw)
     return images, masks
 
 
-def pooled_dice(preds: list[np.ndarray], masks: list[np.ndarray]) -> float:
-    """Foreground Dice over all pixels of all images (as the app's ConfusionMatrix)."""
-    tp = sum(float(np.sum((p > 0) & (m > 0))) for p, m in zip(preds, masks))
-    fp = sum(float(np.sum((p > 0) & (m == 0))) for p, m in zip(preds, masks))
-    fn = sum(float(np.sum((p == 0) & (m > 0))) for p, m in zip(preds, masks))
-    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+def pooled_dice(preds: list[np.ndarray], masks: list[np.ndarray], num_classes: int = 1) -> float:
+    """Dice over all pixels of all images (as the app's ConfusionMatrix): the foreground's for
+    binary masks, else the mean over the foreground classes 1..K-1 (class 0 is background; a
+    class absent from both masks and predictions is left out)."""
+    scores = []
+    for k in range(1, max(num_classes, 2)):
+        on = (lambda a: a > 0) if num_classes == 1 else (lambda a, k=k: a == k)
+        tp = sum(float(np.sum(on(p) & on(m))) for p, m in zip(preds, masks))
+        fp = sum(float(np.sum(on(p) & ~on(m))) for p, m in zip(preds, masks))
+        fn = sum(float(np.sum(~on(p) & on(m))) for p, m in zip(preds, masks))
+        if tp + fp + fn:
+            scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores)) if scores else 1.0
+
+
+def to_labels(logits: np.ndarray) -> np.ndarray:
+    """(H, W, K) logits -> (H, W) int32 predictions: logit > 0 (K = 1) or the arg-max class."""
+    if logits.shape[-1] == 1:
+        return (logits[..., 0] > 0).astype(np.int32)
+    return np.argmax(logits, axis=-1).astype(np.int32)
 
 
 def _pad(x: np.ndarray, d: int) -> np.ndarray:
@@ -58,7 +77,8 @@ def _pad(x: np.ndarray, d: int) -> np.ndarray:
 
 
 def evaluate_native(model: Any, root: Path, resize_to: list[int] | None = None) -> float:
-    """Foreground Dice of `model` (logits) on root/val at the stored resolution.
+    """Foreground Dice of `model` (logits) on root/val at the stored resolution (multi-class
+    models: the mean over the foreground classes, `pooled_dice`).
 
     A model trained on resampled images (`data.resample`: its `metadata["input_scale"]` is not
     1) is run as a user runs it, through `zoo.inference.predict`, which resamples each image
@@ -66,16 +86,16 @@ def evaluate_native(model: Any, root: Path, resize_to: list[int] | None = None) 
     """
     import tensorflow as tf
 
-    images, masks = load_split(root, "val")
+    k = int(model.outputs[0].shape[-1])
+    images, masks = load_split(root, "val", k)
     preds = []
     scale = (getattr(model, "metadata", None) or {}).get("input_scale", [1.0, 1.0])
     if resize_to is None and list(scale) != [1.0, 1.0]:
         from zoo.inference import predict
 
         for image in images:
-            logits = predict(model, image, tile=None, output="logits")
-            preds.append((logits[..., 0] > 0).astype(np.int32))
-        return pooled_dice(preds, masks)
+            preds.append(to_labels(predict(model, image, tile=None, output="logits")))
+        return pooled_dice(preds, masks, k)
     for image, mask in zip(images, masks):
         h, w = mask.shape
         x = tf.convert_to_tensor(image[None])
@@ -83,11 +103,11 @@ def evaluate_native(model: Any, root: Path, resize_to: list[int] | None = None) 
             x = tf.image.resize(x, resize_to, method="bilinear")
         logits = model(x, training=False)
         logits = tf.image.resize(tf.cast(logits, tf.float32), (h, w), method="bilinear")
-        preds.append((logits.numpy()[0, ..., 0] > 0).astype(np.int32))
-    return pooled_dice(preds, masks)
+        preds.append(to_labels(logits.numpy()[0]))
+    return pooled_dice(preds, masks, k)
 
 
-def textbook_unet(base: int = 16, levels: int = 4) -> Any:
+def textbook_unet(base: int = 16, levels: int = 4, num_classes: int = 1) -> Any:
     import keras
     from keras import layers
 
@@ -112,23 +132,28 @@ def textbook_unet(base: int = 16, levels: int = 4) -> Any:
         x = layers.Conv2DTranspose(base * 2**i, 2, strides=2, name=f"up{i}")(x)
         x = layers.Concatenate(name=f"cat{i}")([x, skips[i]])
         x = block(x, base * 2**i, f"dec{i}")
-    logits = layers.Conv2D(1, 1, name="head", dtype="float32")(x)
+    logits = layers.Conv2D(num_classes, 1, name="head", dtype="float32")(x)
     return keras.Model(inputs, logits, name="textbook_unet")
 
 
-def run_baseline(root: Path, budget_s: float, seed: int, batch: int = 8) -> dict[str, Any]:
-    """Train the textbook U-Net for `budget_s` seconds of training loop; best-on-val Dice."""
+def run_baseline(
+    root: Path, budget_s: float, seed: int, batch: int = 8, num_classes: int = 1
+) -> dict[str, Any]:
+    """Train the textbook U-Net for `budget_s` seconds of training loop; best-on-val Dice.
+    Multi-class masks (`num_classes` > 1) train with softmax CE + the classes' mean soft Dice."""
     import keras
     import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
-    images, masks = load_split(root, "train")
+    k = int(num_classes)
+    images, masks = load_split(root, "train", k)
     x = np.stack([_pad(i, 16) for i in images]).astype(np.float32)
-    y = np.stack([_pad(m, 16) for m in masks]).astype(np.float32)[..., None]
+    y = np.stack([_pad(m, 16) for m in masks])
+    y = (y[..., None] if k == 1 else np.eye(k)[y]).astype(np.float32)  # one-hot classes
     batch = max(1, min(batch, len(x) // 2 or 1))
-    model = textbook_unet()
+    model = textbook_unet(num_classes=k)
     opt = keras.optimizers.Adam(1e-3)
-    val_images, val_masks = load_split(root, "val")
+    val_images, val_masks = load_split(root, "val", k)
     vx = [_pad(i, 16)[None] for i in val_images]
 
     @tf.function
@@ -140,10 +165,15 @@ def run_baseline(root: Path, budget_s: float, seed: int, batch: int = 8) -> dict
         xb, yb = xy[..., :3], xy[..., 3:]
         with tf.GradientTape() as tape:
             logits = model(xb, training=True)
-            bce = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(yb, logits))
-            p = tf.sigmoid(logits)
-            dice = 1 - (2 * tf.reduce_sum(p * yb) + 1) / (tf.reduce_sum(p) + tf.reduce_sum(yb) + 1)
-            loss = bce + dice
+            if k == 1:
+                ce = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(yb, logits))
+                p = tf.sigmoid(logits)
+            else:
+                ce = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(yb, logits))
+                p = tf.nn.softmax(logits)
+            axes = [0, 1, 2]  # soft Dice per channel over the batch, then the channels' mean
+            inter, total = tf.reduce_sum(p * yb, axes), tf.reduce_sum(p + yb, axes)
+            loss = ce + 1 - tf.reduce_mean((2 * inter + 1) / (total + 1))
         grads = tape.gradient(loss, model.trainable_variables)
         opt.apply_gradients(zip(grads, model.trainable_variables))
         return loss
@@ -153,9 +183,8 @@ def run_baseline(root: Path, budget_s: float, seed: int, batch: int = 8) -> dict
     def validate() -> float:
         preds = []
         for xi, m in zip(vx, val_masks):
-            logits = forward(xi).numpy()[0, : m.shape[0], : m.shape[1], 0]
-            preds.append((logits > 0).astype(np.int32))
-        return pooled_dice(preds, val_masks)
+            preds.append(to_labels(forward(xi).numpy()[0, : m.shape[0], : m.shape[1]]))
+        return pooled_dice(preds, val_masks, k)
 
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
@@ -205,9 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, required=True)
     p.add_argument("--budget", type=float, required=True, help="training seconds")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-classes", type=int, default=1, help="1: binary, K: class-id masks")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    result = run_baseline(args.root, args.budget, args.seed)
+    result = run_baseline(args.root, args.budget, args.seed, num_classes=args.num_classes)
     args.out.write_text(json.dumps(result))
     return 0
 

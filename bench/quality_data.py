@@ -58,6 +58,7 @@ class Source:
     package: str | None  # pip requirement, e.g. "stardist==0.9.2"
     files: dict[str, str]  # archive member suffix -> sha256
     description: str
+    num_classes: int = 1  # 1: binary masks (stored 0/255); K > 1: class ids 0..K-1
 
 
 SOURCES = {
@@ -102,6 +103,19 @@ SOURCES = {
                 "97a5ca69bd24db37a9cb7b32525e1733a209af904129bf1cd36da06d24243bed",
         },
         "STAND-IN for large images: the MRI slices enlarged 3x (699x591), same split",
+    ),
+    "mni152_tissue": Source(
+        "mni152_tissue", "medical (MRI, 3 classes)", "real", "nilearn==0.14.1",
+        {
+            "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz":
+                "421a10e872fd6cadae7f61d358dffbcc1795a497d61ee76c5dda2503e1a1e9e6",
+            "nilearn/datasets/data/mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz":
+                "97a5ca69bd24db37a9cb7b32525e1733a209af904129bf1cd36da06d24243bed",
+            "nilearn/datasets/data/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz":
+                "382d92812de4744f9c86c7a0e4f680dc317a0a50e4da1f0153618a6798c7b7db",
+        },
+        "ICBM 2009a T1 axial slices, the most probable tissue: background, gray, white matter",
+        num_classes=3,
     ),
     "sim_fluo_nuclei": Source(
         "sim_fluo_nuclei", "microscopy (simulated)", "stand-in", None, {},
@@ -194,21 +208,28 @@ def build_spacenet(files: dict[str, bytes]) -> tuple[Pairs, Pairs]:
     return grid_tiles(image, mask, 128, val_col=6)
 
 
+MNI = "nilearn/datasets/data/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
+
+
 def _mni_planes(
-    files: dict[str, bytes], make: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+    files: dict[str, bytes],
+    make: Callable[..., tuple[np.ndarray, np.ndarray]],
+    maps: tuple[str, ...] = ("gm",),
 ) -> tuple[Pairs, Pairs]:
-    """The MRI split: `make(t1 plane, gray-matter plane)` -> (image, mask) for every other axial
-    slice of z 30..169 (anterior at the top); slabs 60-69, 100-109, 140-149 are validation and
-    the 2 slices next to each slab are left out."""
-    t1 = read_nifti(files["mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"])
-    gm = read_nifti(files["mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"])
+    """The MRI split: `make(t1 plane, *tissue planes)` -> (image, mask) for every other axial
+    slice of z 30..169 (anterior at the top), the tissue probability maps `maps` ("gm", "wm")
+    in that order; slabs 60-69, 100-109, 140-149 are validation and the 2 slices next to each
+    slab are left out."""
+    t1 = read_nifti(files[MNI.format("t1").rsplit("/", 1)[1]])
+    tissues = [read_nifti(files[MNI.format(m).rsplit("/", 1)[1]]) for m in maps]
     train, val = [], []
     val_slabs = [(60, 70), (100, 110), (140, 150)]
     for z in range(30, 170, 2):
+        planes = [t1[z][::-1], *(v[z][::-1] for v in tissues)]
         if any(a <= z < b for a, b in val_slabs):
-            val.append((f"z{z:03d}", *make(t1[z][::-1], gm[z][::-1])))
+            val.append((f"z{z:03d}", *make(*planes)))
         elif not any(a - 2 <= z < b + 2 for a, b in val_slabs):
-            train.append((f"z{z:03d}", *make(t1[z][::-1], gm[z][::-1])))
+            train.append((f"z{z:03d}", *make(*planes)))
     return train, val
 
 
@@ -217,6 +238,18 @@ def build_mni(files: dict[str, bytes]) -> tuple[Pairs, Pairs]:
         files,
         lambda t1, gm: (np.ascontiguousarray(t1).astype(np.uint8), (gm > 127).astype(np.uint8)),
     )
+
+
+def build_mni_tissue(files: dict[str, bytes]) -> tuple[Pairs, Pairs]:
+    """Three classes per pixel: the most probable of background (255 - gray - white, which
+    holds CSF and everything outside the brain), gray matter (1) and white matter (2)."""
+
+    def make(t1: np.ndarray, gm: np.ndarray, wm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        gm, wm = gm.astype(np.int32), wm.astype(np.int32)
+        ids = np.argmax(np.stack([255 - gm - wm, gm, wm]), axis=0).astype(np.uint8)
+        return np.ascontiguousarray(t1).astype(np.uint8), ids
+
+    return _mni_planes(files, make, ("gm", "wm"))
 
 
 def build_mni_x3(files: dict[str, bytes]) -> tuple[Pairs, Pairs]:
@@ -281,16 +314,18 @@ BUILDERS: dict[str, Callable[[dict[str, bytes]], tuple[Pairs, Pairs]]] = {
     "spacenet_buildings": build_spacenet,
     "mni152_gray_matter": build_mni,
     "mni152_gray_matter_x3": build_mni_x3,
+    "mni152_tissue": build_mni_tissue,
     "sim_fluo_nuclei": build_sim,
 }
 
 
-def _write_split(root: Path, split: str, pairs: Pairs) -> None:
+def _write_split(root: Path, split: str, pairs: Pairs, num_classes: int = 1) -> None:
     for sub in ("images", "masks"):
         (root / split / sub).mkdir(parents=True, exist_ok=True)
     for stem, image, mask in pairs:
         Image.fromarray(image).save(root / split / "images" / f"{stem}.png")
-        Image.fromarray((mask * 255).astype(np.uint8)).save(root / split / "masks" / f"{stem}.png")
+        stored = mask * 255 if num_classes == 1 else mask  # binary as 0/255, else class ids
+        Image.fromarray(stored.astype(np.uint8)).save(root / split / "masks" / f"{stem}.png")
 
 
 def prepare(name: str, cache: Path | None = None) -> Path:
@@ -309,8 +344,8 @@ def prepare(name: str, cache: Path | None = None) -> Path:
         import shutil
 
         shutil.rmtree(tmp)
-    _write_split(tmp, "train", train)
-    _write_split(tmp, "val", val)
+    _write_split(tmp, "train", train, source.num_classes)
+    _write_split(tmp, "val", val, source.num_classes)
     meta = {**source.__dict__, "train": len(train), "val": len(val)}
     (tmp / "SOURCE.json").write_text(json.dumps(meta, indent=2))
     os.replace(tmp, root)

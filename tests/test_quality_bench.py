@@ -162,3 +162,55 @@ def test_evaluate_native_runs_a_resampled_model_at_its_scale(tmp_path):
     # 0.5 -> logit +0.1 everywhere -> all foreground: Dice 2 * 0.5 / (2 * 0.5 + 0.5) = 2/3.
     model.metadata = {"input_scale": [0.5, 0.5]}
     assert quality_baseline.evaluate_native(model, tmp_path) == pytest.approx(2 / 3, abs=1e-6)
+
+
+def test_pooled_dice_multiclass_is_the_mean_over_foreground_classes():
+    m = np.array([[0, 1, 1, 2, 2, 2]])
+    p = np.array([[1, 1, 0, 2, 2, 0]])
+    # class 1: tp 1, fp 1, fn 1 -> 2/4; class 2: tp 2, fn 1 -> 4/5; background not counted.
+    got = quality_baseline.pooled_dice([p], [m], num_classes=3)
+    assert got == pytest.approx((2 / 4 + 4 / 5) / 2)
+    # A class absent from both masks and predictions is left out, not scored 1.
+    assert quality_baseline.pooled_dice([p], [m], num_classes=4) == pytest.approx(got)
+
+
+def test_evaluate_native_takes_the_arg_max_of_multiclass_logits(tmp_path):
+    import keras
+    from PIL import Image
+
+    for sub in ("images", "masks"):
+        (tmp_path / "val" / sub).mkdir(parents=True)
+    ids = np.zeros((32, 32), np.uint8)
+    ids[4:20, 4:20], ids[20:30, 10:30] = 1, 2
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[ids == 1, 0], image[ids == 2, 1] = 255, 255
+    Image.fromarray(image).save(tmp_path / "val" / "images" / "a.png")
+    Image.fromarray(ids).save(tmp_path / "val" / "masks" / "a.png")
+    # Logits (0.5, red, green): the arg-max is the class painted in.
+    model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(3, 1)])
+    kernel = np.zeros((1, 1, 3, 3))
+    kernel[0, 0, 0, 1] = kernel[0, 0, 1, 2] = 1.0
+    model.layers[-1].set_weights([kernel, np.array([0.5, 0, 0])])
+    assert quality_baseline.evaluate_native(model, tmp_path) == 1.0
+    # Class 2 predicted as 1: class 1 Dice 2*256/(2*256+200) and class 2 scores 0.
+    kernel[0, 0, 1, 1], kernel[0, 0, 1, 2] = 1.0, 0.0
+    model.layers[-1].set_weights([kernel, np.array([0.5, 0, 0])])
+    want = (2 * 256 / (2 * 256 + 200) + 0.0) / 2
+    assert quality_baseline.evaluate_native(model, tmp_path) == pytest.approx(want)
+
+
+def test_mri_tissue_builder_gives_the_most_probable_class(monkeypatch):
+    t1 = np.full((2, 3), 9, np.uint8)
+    gm = np.array([[200, 10, 60], [0, 100, 90]], np.uint8)
+    wm = np.array([[20, 230, 100], [0, 120, 60]], np.uint8)
+    calls = []
+
+    def planes(files, make, maps):
+        calls.append(maps)
+        return [("z", *make(t1, gm, wm))], []
+
+    monkeypatch.setattr(quality_data, "_mni_planes", planes)
+    ((_, image, ids),) = quality_data.build_mni_tissue({})[0]
+    assert calls == [("gm", "wm")] and image.dtype == np.uint8
+    # background = 255 - gm - wm: [[35, 15, 95], [255, 35, 105]]
+    np.testing.assert_array_equal(ids, [[1, 2, 2], [0, 2, 0]])
