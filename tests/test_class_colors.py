@@ -143,3 +143,18 @@ def test_recipe_auto_trains_on_color_masks_end_to_end(tmp_path):
     written = Image.open(out / "f0.png")
     assert written.mode == "P" and written.getpalette()[:9] == sum(COLORS, [])
     assert set(np.unique(np.asarray(written))) <= {0, 1, 2}
+
+
+def test_training_overlays_draw_classes_in_their_colors(tmp_path):
+    from zoo.outputs import write_overlays
+
+    _, _, ids = painted(0)
+    ids[ids == 255] = 0
+    logits = np.eye(3, dtype=np.float32)[ids]  # a perfect prediction
+    image = np.zeros((1, 32, 32, 3), np.float32)
+    (path,) = write_overlays(tmp_path, image, ids[None, ..., None], logits[None], 3,
+                             class_colors=COLORS)  # fmt: skip
+    panel = np.asarray(Image.open(path))
+    truth, pred = panel[:, 32:64], panel[:, 64:96]
+    np.testing.assert_array_equal(truth, np.asarray(COLORS, np.uint8)[ids])
+    np.testing.assert_array_equal(pred, truth)

@@ -161,12 +161,17 @@ def mask_names(paths: Sequence[str | os.PathLike]) -> dict[Path, str]:
     return {p: (f"{p.name}.png" if stems[p.stem] > 1 else f"{p.stem}.png") for p in paths}
 
 
-def _colorize(mask: np.ndarray, num_classes: int, ignore_index: int | None) -> np.ndarray:
-    """Class ids -> RGB uint8 with a fixed palette (ignored pixels grey)."""
+def _colorize(
+    mask: np.ndarray, num_classes: int, ignore_index: int | None, colors: Any = None
+) -> np.ndarray:
+    """Class ids -> RGB uint8 with a fixed palette, or the data's `class_colors` (ignored
+    pixels grey)."""
     rng = np.random.default_rng(12345)
     palette = rng.integers(40, 255, size=(max(num_classes, 2) + 1, 3)).astype(np.uint8)
     palette[0] = 0
     palette[1] = (255, 255, 255) if num_classes <= 2 else palette[1]
+    if colors:
+        palette[: len(colors)] = np.asarray(colors, np.uint8)
     m = np.asarray(mask).astype(np.int64)
     out = palette[np.clip(m, 0, len(palette) - 1)]
     if ignore_index is not None:
@@ -247,6 +252,7 @@ def write_overlays(
     ignore_index: int | None = None,
     mode: str | None = None,
     threshold: float = 0.5,
+    class_colors: Any = None,
 ) -> list[Path]:
     """One PNG per sample: image | ground truth | prediction, side by side.
 
@@ -254,7 +260,8 @@ def write_overlays(
     images as gray, multi-band images by their first three channels). Multilabel
     (`mode="multilabel"`, masks (n, H, W, K)): truth and prediction (sigmoid > `threshold`
     per label) are drawn over a dimmed gray copy of the image, each label in its color
-    (`blend_labels`).
+    (`blend_labels`). `class_colors` (one [r, g, b] per class) draws classes in the
+    dataset's own colors (`data.class_colors`).
     """
     from PIL import Image
 
@@ -274,8 +281,8 @@ def write_overlays(
             parts = [rgb, blend_labels(gray, gt, 0.7), blend_labels(gray, pred, 0.7)]
         else:
             gt = np.asarray(gt).reshape(rgb.shape[:2])
-            truth = _colorize(gt, num_classes, ignore_index)
-            parts = [rgb, truth, _colorize(pred, num_classes, None)]
+            truth = _colorize(gt, num_classes, ignore_index, class_colors)
+            parts = [rgb, truth, _colorize(pred, num_classes, None, class_colors)]
         panel = np.concatenate(parts, axis=1)
         path = out_dir / f"val_{i:03d}.png"
         atomic_write(path, lambda tmp, p=panel: Image.fromarray(p).save(tmp, format="PNG"))

@@ -231,6 +231,7 @@ def finalize(run: Any, s: Session, train_time: float) -> dict[str, Any]:
             info.num_classes,
             info.ignore_index,
             mode=info.mode,
+            class_colors=info.class_colors,
         )
     if info.val_size > 0:
         print(f"{summary(results)}  ({train_time:.0f} s training)")
