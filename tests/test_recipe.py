@@ -285,6 +285,18 @@ def test_fluorescence_needs_objects_that_are_the_brightest():
     assert not mri_like["objects_brightest"] and not mri_like["likely"]
     fluo = fingerprint_arrays(plain, masks).microscopy
     assert fluo["objects_brightest"] and fluo["likely"]
+    # Both structures labelled, as classes 1 and 2 (gray and white matter): the union is the
+    # brightest part of the image, but class 1 is not, so it is still not fluorescence-like;
+    # merged into one foreground it would be.
+    tissue = []
+    for mask in masks:
+        both = mask.copy()
+        both[20:44, 24:44] = 2
+        tissue.append(both)
+    per_class = fingerprint_arrays(images, tissue, num_classes=3).microscopy
+    assert not per_class["objects_brightest"] and not per_class["likely"]
+    merged = fingerprint_arrays(images, [np.minimum(t, 1) for t in tissue]).microscopy
+    assert merged["objects_brightest"] and merged["likely"]
 
 
 def test_intensity_jitter_follows_the_measured_variation():
@@ -315,6 +327,19 @@ def test_intensity_jitter_follows_the_measured_variation():
     one = fingerprint_arrays(images[:1], masks[:1])
     assert one.intensity["foreground_median_sd"] == []
     assert plan_recipe(one, budget_s=180).get("data.augment.contrast") == 0.1
+    # Two classes: the 220 structure labelled 2, 480 px in the first two images and 800 px in
+    # the last two. The union's median would jump from the class-1 level to 220 with the
+    # classes' proportions; each class's own level is measured instead (class 2: no spread),
+    # so the largest spread is class 1's 5.59 gray levels again.
+    two_images, two = [], []
+    for i, (img, mask) in enumerate(zip(images, masks)):
+        img = img.copy()
+        if i >= 2:
+            img[44:60, 30:50] = 220
+        two_images.append(img)
+        two.append(np.where(img == 220, 2, mask))
+    fp2 = fingerprint_arrays(two_images, two, num_classes=3)
+    assert fp2.intensity["foreground_median_sd"][0] == pytest.approx(sd, abs=1e-5)
 
 
 def test_cpu_bf16_reads_the_cpu_flags(tmp_path):

@@ -13,7 +13,8 @@ What is measured (all on the training split; at most `max_samples` images, evenl
   8-bit files, "float" for 16-bit / float files read as [0, 1]);
 - intensity statistics per channel in [0, 1] units (mean, std, 0.5/50/99.5 percentiles), and
   how much the labelled structures' brightness varies between images (`foreground_median_sd`:
-  the standard deviation over images of the foreground's median gray level);
+  the standard deviation over images of the foreground's median gray level; several classes:
+  the largest of the classes' own);
 - class frequencies (pixel fractions, ignored pixels excluded) and the share of images with
   foreground;
 - objects: connected components of each foreground class (instance ids for instance masks)
@@ -44,7 +45,7 @@ import numpy as np
 from zoo.errors import DataError, MissingFileError
 from zoo.recipe.stats import microscopy_cues, orientation_scores, per_image, summary
 
-FINGERPRINT_VERSION = 6  # bump when a statistic changes: cached fingerprints are recomputed
+FINGERPRINT_VERSION = 8  # bump when a statistic changes: cached fingerprints are recomputed
 
 
 @dataclass
@@ -183,9 +184,14 @@ def _combine(
         "p50": pct[1].round(5).tolist(),
         "p99_5": pct[2].round(5).tolist(),
     }
-    levels = [s["fg_level"] for s in stats if s["fg_level"] is not None]
-    # Empty with fewer than two images with foreground: no between-image variation to measure.
-    intensity["foreground_median_sd"] = [round(float(np.std(levels)), 5)] if len(levels) > 1 else []
+    # Per foreground class, the spread over images of its median level; the largest counts.
+    # Empty with fewer than two images with a class: no between-image variation to measure.
+    sds = []
+    for c in range(max(num_classes, 2) - 1):
+        levels = [s["fg_levels"][c] for s in stats if s["fg_levels"][c] is not None]
+        if len(levels) > 1:
+            sds.append(float(np.std(levels)))
+    intensity["foreground_median_sd"] = [round(max(sds), 5)] if sds else []
     counts = np.sum([s["counts"] for s in stats], axis=0).astype(np.float64)
     freqs = (counts / max(counts.sum(), 1)).round(6).tolist()
     extents = [e for s in stats for e in s["extents"]]

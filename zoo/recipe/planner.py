@@ -22,8 +22,8 @@ The rules, and why (docs/quality.md has the measured effect):
   data); zoom range from the object-size spread, for discrete objects only (structures
   spanning much of the image, e.g. anatomy at a fixed scan geometry, get none); stronger
   brightness/contrast jitter for fluorescence-like data, else jitter sized to the measured
-  between-image variation of the foreground's brightness (2x, 0.02..0.1); brightness in units
-  of the intensity range actually used.
+  between-image variation of the foreground's brightness (2x, 0.02..0.1; several classes:
+  the class that varies most); brightness in units of the intensity range actually used.
 - loss: BCE + Dice, unweighted (nnU-Net's) unless the foreground is rare (< 5% of pixels):
   then BCE up-weights it by sqrt(imbalance) (capped at 10); multi-class: CE with sqrt
   inverse-frequency class weights + Dice.

@@ -158,7 +158,8 @@ def microscopy_cues(
       over images);
     - high bit depth: 16-bit or float files;
     - objects brightest: under 5% of the background is brighter than the foreground's median
-      (median over images). Stained objects are the bright part of a fluorescence image; a
+      (median over images; several classes: each class against the rest of the image, the
+      worst class counted). Stained objects are the bright part of a fluorescence image; a
       scan whose labelled tissue sits between darker and brighter unlabelled tissue (gray
       matter in a T1 MRI: white matter is brighter) is not fluorescence-like, whatever its
       dark surroundings. Without measurements (no foreground) the cue does not veto.
@@ -207,12 +208,20 @@ def per_image(
     span = max(hi - lo, 1e-6)
     fg = valid & (mask > 0)
     bg = valid & (mask == 0)
-    contrast = above = fg_level = None
-    if fg.any():
-        fg_level = float(np.median(gray[fg]))
+    contrast = above = None
+    # Each foreground class's median gray level (None where absent): with several classes
+    # the union's median would move with the classes' proportions, not with the exposure.
+    fg_levels = [float(np.median(gray[mask == c])) if counts[c] else None for c in range(1, k)]
     if fg.any() and bg.any():
         contrast = float((gray[fg].mean() - gray[bg].mean()) / (gray[bg].std() + 1e-6))
-        above = float(np.mean(gray[bg] > np.median(gray[fg])))
+        # Each foreground class against the rest of the image (the binary rule, one class at
+        # a time): the worst class decides. White matter brighter than gray matter in a T1
+        # scan vetoes it, as it does when gray matter alone is labelled.
+        above = max(
+            float(np.mean(gray[valid & (mask != c)] > np.median(gray[mask == c])))
+            for c in range(1, k)
+            if counts[c]
+        )
     extents, diameters, border = [], [], 0
     for c in range(1, k):
         if instances is not None:
@@ -246,7 +255,7 @@ def per_image(
         "dark_fraction": float(np.mean(gray < lo + 0.25 * span)),
         "contrast": contrast,
         "bg_above_fg": above,
-        "fg_level": fg_level,
+        "fg_levels": fg_levels,
         "extents": extents,
         "diameters": diameters,
         "widths": ridge_widths(fgmask, rng),
