@@ -208,7 +208,7 @@ def build_spacenet(files: dict[str, bytes]) -> tuple[Pairs, Pairs]:
     return grid_tiles(image, mask, 128, val_col=6)
 
 
-MNI = "nilearn/datasets/data/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
+MNI = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"  # t1, gm (gray), wm (white matter)
 
 
 def _mni_planes(
@@ -220,8 +220,8 @@ def _mni_planes(
     slice of z 30..169 (anterior at the top), the tissue probability maps `maps` ("gm", "wm")
     in that order; slabs 60-69, 100-109, 140-149 are validation and the 2 slices next to each
     slab are left out."""
-    t1 = read_nifti(files[MNI.format("t1").rsplit("/", 1)[1]])
-    tissues = [read_nifti(files[MNI.format(m).rsplit("/", 1)[1]]) for m in maps]
+    t1 = read_nifti(files[MNI.format("t1")])
+    tissues = [read_nifti(files[MNI.format(m)]) for m in maps]
     train, val = [], []
     val_slabs = [(60, 70), (100, 110), (140, 150)]
     for z in range(30, 170, 2):
