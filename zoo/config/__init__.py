@@ -157,6 +157,7 @@ def check_trainer(t: TrainerConfig) -> None:
     number("trainer.encoder_lr_mult", t.encoder_lr_mult, 0)
     number("trainer.clipnorm", t.clipnorm, 0, open_low=True, optional=True)
     number("trainer.ema_momentum", t.ema_momentum, 0, 0.9999, optional=True)
+    number("trainer.precise_bn_batches", t.precise_bn_batches, 0, integer=True)
     number("trainer.warmup_steps", t.warmup_steps, 0, integer=True)
     number("trainer.min_lr_ratio", t.min_lr_ratio, 0, 1)
     number(

@@ -38,6 +38,9 @@ class TrainerConfig:
     # Validate, checkpoint and export an exponential moving average of the weights with this
     # momentum (Keras' use_ema / ema_momentum, warmed up as (1 + step) / (10 + step)); None: off.
     ema_momentum: float | None = None
+    # Before each validation, set the batch-norm statistics to their mean over this many
+    # training batches under the validated weights (precise BN, zoo.training.precise_bn); 0: off.
+    precise_bn_batches: int = 0
     schedule: str = "cosine"
     warmup_steps: int = 50
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of learning_rate

@@ -27,6 +27,7 @@ from zoo.outputs import to_plain
 from zoo.saving import inference_model
 from zoo.training.averaging import ValidateAveragedWeights
 from zoo.training.backup import Backup, list_backups, read_value, tracked_variables, write_backup
+from zoo.training.precise_bn import PreciseBatchNorm
 from zoo.training.signals import Interrupted, StopRequests
 
 log = logging.getLogger("zoo")
@@ -282,11 +283,13 @@ class RunCallbacks:
     extra: list[keras.callbacks.Callback] = field(default_factory=list)
     pacer: keras.callbacks.Callback | None = None  # zoo.training.budget.BudgetCallback
     averaged: ValidateAveragedWeights | None = None  # trainer.ema_momentum
+    precise: keras.callbacks.Callback | None = None  # trainer.precise_bn_batches
 
     def ordered(self) -> list[keras.callbacks.Callback]:
         first = [cb for cb in (self.guard, self.pacer) if cb is not None]
         # The monitors read the averaged weights; the backup must see the raw ones.
-        averaged = [self.averaged] if self.averaged is not None else []
+        # Batch-norm statistics are measured for the (averaged) weights being validated.
+        averaged = [cb for cb in (self.averaged, self.precise) if cb is not None]
         return [*first, *self.monitors, *averaged, self.backup, *self.extra, self.stop]
 
 
@@ -304,6 +307,7 @@ def build_callbacks(
     chief: bool,
     requests: StopRequests,
     agree: Callable[[int], int],
+    train_batches: Callable[[], Any] | None = None,
 ) -> RunCallbacks:
     """The callbacks of a run, from `trainer` (a `zoo.config.TrainerConfig`).
 
@@ -320,6 +324,7 @@ def build_callbacks(
         chief: whether this worker writes backups.
         requests: the signal recorder the stop check reads.
         agree: combines the workers' signal flags (identity on one worker).
+        train_batches: returns a stream of training batches (`trainer.precise_bn_batches`).
     """
     monitors: list[keras.callbacks.Callback] = []
     best = None
@@ -361,4 +366,7 @@ def build_callbacks(
         stop=StopOnSignal(requests, backup, agree),
         best=best,
         averaged=ValidateAveragedWeights() if trainer.ema_momentum is not None else None,
+        precise=PreciseBatchNorm(model, train_batches, trainer.precise_bn_batches)
+        if has_val and trainer.precise_bn_batches and train_batches is not None
+        else None,
     )

@@ -118,6 +118,7 @@ def build(
         t, model, train_model, out_dir=out_dir, backup_dir=run_dir / backups.BACKUP_DIR,
         has_val=info.val_size > 0, length=length, config=run.resolved,
         resumed=resumed, chief=chief, requests=requests, agree=agree,
+        train_batches=lambda: bundle.train_at(0),
     )  # fmt: skip
     val_batches = t.validation_steps or -(-info.val_size // info.global_batch_size)
     pacer = budgets.attach_budget(run, length, callbacks, resumed, agree, val_batches)
