@@ -299,13 +299,10 @@ def test_fluorescence_needs_objects_that_are_the_brightest():
     assert merged["objects_brightest"] and merged["likely"]
 
 
-def test_intensity_jitter_follows_the_measured_variation():
-    # Not fluorescence-like (a brighter unlabelled structure, 220), labelled structures at
-    # 100, 105, 110, 115 in the four images: their median brightness has a population SD of
-    # sqrt(31.25) = 5.590 gray levels; the used range tops at 220 (p99.5), so the spread is
-    # 2.54% of it, the jitter 2x that = 0.051 (brightness in the used range's units).
+def _levels_dataset(levels):
+    """Labelled structures at `levels` (one image each) beside an unlabelled one at 220."""
     images, masks = [], []
-    for level in (100, 105, 110, 115):
+    for level in levels:
         mask = np.zeros((64, 64), np.int32)
         mask[8:40, 8:24] = 1
         img = np.full((64, 64), 5, np.uint8)
@@ -313,17 +310,34 @@ def test_intensity_jitter_follows_the_measured_variation():
         img[20:44, 30:50] = 220
         images.append(img)
         masks.append(mask)
-    fp = fingerprint_arrays(images, masks)
+    return images, masks
+
+
+def test_intensity_jitter_follows_the_measured_variation():
+    # Not fluorescence-like (a brighter unlabelled structure, 220), labelled structures at
+    # 100, 106, 112, 118 in the four images: their median brightness has a population SD of
+    # sqrt(45) = 6.708 gray levels; the used range tops at 220 (p99.5), so the spread is
+    # 3.05% of it, the jitter 2x that = 0.061 (brightness in the used range's units).
+    fp = fingerprint_arrays(*_levels_dataset((100, 106, 112, 118)))
     assert not fp.microscopy["likely"]
+    assert fp.intensity["foreground_median_sd"][0] == pytest.approx(math.sqrt(45) / 255, abs=1e-5)
+    r = plan_recipe(fp, budget_s=180)
+    assert r.get("data.augment.contrast") == 0.061
+    assert r.get("data.augment.brightness") == round(0.061 * 220 / 255, 4)
+    # 100, 105, 110, 115: SD sqrt(31.25) = 5.590 levels, 2.54% of the range (< 3%): the
+    # structures keep their brightness, no jitter. Identical images: none either.
+    images, masks = _levels_dataset((100, 105, 110, 115))
+    fp = fingerprint_arrays(images, masks)
     sd = fp.intensity["foreground_median_sd"][0]
     assert sd == pytest.approx(math.sqrt(31.25) / 255, abs=1e-5)
     r = plan_recipe(fp, budget_s=180)
-    assert r.get("data.augment.contrast") == 0.051
-    assert r.get("data.augment.brightness") == round(0.051 * 220 / 255, 4)
-    # Identical images: nothing varies, the floor applies; one image: nothing to measure.
+    assert r.get("data.augment.contrast") == 0 and r.get("data.augment.brightness") == 0
+    why = next(c.reason for c in r.choices if c.key == "data.augment.brightness")
+    assert "2.5%" in why and "< 3%" in why
     same = fingerprint_arrays([images[0]] * 4, [masks[0]] * 4)
     assert same.intensity["foreground_median_sd"] == [0.0]
-    assert plan_recipe(same, budget_s=180).get("data.augment.contrast") == 0.02
+    assert plan_recipe(same, budget_s=180).get("data.augment.contrast") == 0
+    # One image: nothing to measure, the mild default.
     one = fingerprint_arrays(images[:1], masks[:1])
     assert one.intensity["foreground_median_sd"] == []
     assert plan_recipe(one, budget_s=180).get("data.augment.contrast") == 0.1
@@ -511,9 +525,10 @@ def test_plan_for_oriented_data_keeps_orientation(oriented_fp):
     r = plan_recipe(oriented_fp, budget_s=600)
     assert r.get("data.augment.vflip") is False and r.get("data.augment.rot90") is False
     assert r.get("data.augment.hflip") is True
-    # Not fluorescence-like: jitter 2x the measured spread of the squares' brightness.
+    # Not fluorescence-like: jitter 2x the measured spread of the squares' brightness (none
+    # under 3%).
     rel = oriented_fp.intensity["foreground_median_sd"][0] / oriented_fp.intensity["p99_5"][0]
-    assert r.get("data.augment.contrast") == round(min(max(2 * rel, 0.02), 0.1), 3)
+    assert r.get("data.augment.contrast") == (round(min(2 * rel, 0.1), 3) if rel >= 0.03 else 0)
     assert r.get("model.encoder_kwargs") == {"base_width": 32}  # 10 minutes of 64x64 batches
 
 
