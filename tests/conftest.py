@@ -59,6 +59,14 @@ def mirrored_strategy():
     return distribute.build_strategy({"name": "mirrored", "devices": ["/cpu:0", "/cpu:1"]})
 
 
+@pytest.fixture(params=["default", "mirrored"])
+def one_or_two_replicas(request):
+    """The default strategy (one device), then the shared two-replica `mirrored_strategy`."""
+    if request.param == "mirrored":
+        return request.getfixturevalue("mirrored_strategy")
+    return tf.distribute.get_strategy()
+
+
 class NetworkBlockedError(OSError):
     """A test tried to reach the network (tests must not)."""
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -97,3 +101,22 @@ def assert_save_load_identical(model, images, path) -> keras.Model:
         np.asarray(model(images, training=False)), np.asarray(loaded(images, training=False))
     )
     return loaded
+
+
+# A train.py run of a few seconds: 6 steps of a width-8 ResNet-18 U-Net on 32x32 shapes.
+TINY_RUN = [
+    "data.image_size=[32,32]", "data.train_size=8", "data.batch_size=4", "data.cache=false",
+    "model.encoder=resnet18", "+model.encoder_kwargs.base_width=8",
+    "model.decoder_channels=[16,8,8,8,8]", "trainer.max_steps=6", "trainer.tensorboard=false",
+    "trainer.num_overlays=0", "trainer.verbose=0",
+]  # fmt: skip
+
+
+def train_tiny(run_dir: Path, *overrides: str) -> None:
+    """`train.py` with TINY_RUN plus `overrides` into `run_dir`; fails the test if it fails."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "train.py", *TINY_RUN, *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=root, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]

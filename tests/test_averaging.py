@@ -3,13 +3,12 @@ the exact swap, validation and the best checkpoint on the average, backups on th
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+from helpers import train_tiny
 
 from zoo import optimizers
 from zoo.saving import load_model
@@ -97,17 +96,10 @@ class Recorder(keras.callbacks.Callback):
         self.kernels.append(float(self.model.get_weights()[0].ravel()[0]))
 
 
-@pytest.mark.parametrize("strategy_name", ["default", "mirrored"])
 def test_validation_and_best_checkpoint_see_the_average_and_the_backup_the_raw(
-    strategy_name, tmp_path, request
+    one_or_two_replicas, tmp_path
 ):
-    import tensorflow as tf
-
-    strategy = (
-        request.getfixturevalue("mirrored_strategy")
-        if strategy_name == "mirrored"
-        else tf.distribute.get_strategy()
-    )
+    strategy = one_or_two_replicas
     recorder = Recorder()
     model, history, best = closed_form_run(strategy, [recorder], tmp_path)
     averages = expected_averages(12, 0.9)
@@ -145,18 +137,7 @@ def test_swap_needs_an_averaging_optimizer():
 def test_without_validation_the_saved_model_is_the_final_average(tmp_path):
     # No validation data, so no best checkpoint: model.keras is the average of the last step,
     # which the last backup holds next to the raw weights it trains from.
-    tiny = [
-        "data.image_size=[32,32]", "data.train_size=8", "data.val_size=0", "data.batch_size=4",
-        "data.cache=false", "model.encoder=resnet18", "+model.encoder_kwargs.base_width=8",
-        "model.decoder_channels=[16,8,8,8,8]", "trainer.max_steps=6",
-        "trainer.tensorboard=false", "trainer.num_overlays=0", "trainer.verbose=0",
-        "trainer.ema_momentum=0.5",
-    ]  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, "train.py", *tiny, f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train_tiny(tmp_path, "data.val_size=0", "trainer.ema_momentum=0.5")
     backup = backups.read_backup(backups.list_backups(tmp_path / "backup")[0])
     state = dict(zip(backup.meta["variables"], backup.arrays, strict=True))
     averages = [v for k, v in state.items() if "average" in k]

@@ -11,6 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from helpers import train_tiny
 from omegaconf import OmegaConf
 
 from zoo.layers.blocks import BN_MOMENTUM, batch_norm
@@ -80,17 +81,10 @@ class Recorder(keras.callbacks.Callback):
         self.epoch_end.append(self.layer.moving_mean.numpy().copy())
 
 
-@pytest.mark.parametrize("strategy_name", ["default", "mirrored"])
 def test_validation_sees_precise_statistics_and_training_the_running_ones(
-    strategy_name, tmp_path, request
+    one_or_two_replicas, tmp_path
 ):
-    import tensorflow as tf
-
-    strategy = (
-        request.getfixturevalue("mirrored_strategy")
-        if strategy_name == "mirrored"
-        else tf.distribute.get_strategy()
-    )
+    strategy = one_or_two_replicas
     with strategy.scope():
         inputs = keras.Input((2, 2, 3))
         bn = batch_norm("bn")  # synchronized: N replicas keep one device's statistics
@@ -150,18 +144,10 @@ def test_the_saved_model_holds_the_statistics_of_its_own_weights(tmp_path):
     statistics of the raw weights the backup holds."""
     from zoo.data.build import build_datasets
 
-    tiny = [
-        "data.image_size=[32,32]", "data.train_size=8", "data.val_size=4", "data.batch_size=4",
-        "data.cache=false", "model.encoder=resnet18", "+model.encoder_kwargs.base_width=8",
-        "model.decoder_channels=[16,8,8,8,8]", "trainer.max_steps=6", "trainer.val_every_steps=3",
-        "trainer.tensorboard=false", "trainer.num_overlays=0", "trainer.verbose=0",
-        "trainer.ema_momentum=0.5", "trainer.precise_bn_batches=3",
-    ]  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, "train.py", *tiny, f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    train_tiny(
+        tmp_path, "data.val_size=4", "trainer.val_every_steps=3", "trainer.ema_momentum=0.5",
+        "trainer.precise_bn_batches=3",
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = OmegaConf.load(tmp_path / "config.yaml")
     saved = load_model(tmp_path / "model.keras")
     layers = batch_norm_layers(saved)
