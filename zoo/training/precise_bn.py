@@ -81,7 +81,10 @@ class PreciseBatchNorm(keras.callbacks.Callback):
     def __init__(self, model: keras.Model, batches: Callable[[], Iterable[Any]], num_batches: int):
         super().__init__()
         if num_batches < 1:
-            raise ValueError(f"num_batches must be >= 1. Received: num_batches={num_batches!r}")
+            raise ValueError(
+                "Invalid value for argument `num_batches`: expected an int >= 1. "
+                f"Received: num_batches={num_batches!r}"
+            )
         self.inference_model = model
         self.batches = batches
         self.num_batches = int(num_batches)
