@@ -380,15 +380,32 @@ def test_plan_precision_follows_native_bf16(plain_fp):
     assert "trainer.precision" not in mine.overrides()
 
 
-def test_plan_averages_the_weights_on_cpu(plain_fp):
+def test_plan_validated_weights_on_cpu(plain_fp, oriented_fp):
+    # Fluorescence-like data (plain_fp): a moving average of the weights, running statistics.
     for budget in (60, 180, None):
         plan = plan_recipe(plain_fp, budget_s=budget)
         assert plan.get("trainer.ema_momentum") == 0.99
         assert "trainer.ema_momentum" in plan.overrides()
+        assert "trainer.precise_bn_batches" not in plan.overrides()
+    # Other data (oriented_fp: bright graded background): the plain weights, with batch-norm
+    # statistics over about one pass of training batches, at most 16 batches.
+    assert not oriented_fp.microscopy["likely"]
+    many = _fp(num_train=1000, microscopy={**plain_fp.microscopy, "likely": False})
+    for fp, budget in ((oriented_fp, 180), (many, 60)):
+        plan = plan_recipe(fp, budget_s=budget)
+        batch = plan.get("data.batch_size")
+        assert plan.get("trainer.ema_momentum") is None
+        want = min(-(-fp.num_train // batch), 16)
+        assert plan.get("trainer.precise_bn_batches") == want
+        assert want == (2 if fp is oriented_fp else 16)  # 16 images in batches of 8; capped
     # Accelerators keep the configured averaging (off by default); the user's value wins.
-    assert "trainer.ema_momentum" not in plan_recipe(plain_fp, device="gpu").overrides()
+    for fp in (plain_fp, oriented_fp):
+        gpu = plan_recipe(fp, device="gpu").overrides()
+        assert "trainer.ema_momentum" not in gpu and "trainer.precise_bn_batches" not in gpu
     mine = plan_recipe(plain_fp, budget_s=180, user_keys={"trainer.ema_momentum"})
     assert "trainer.ema_momentum" not in mine.overrides()
+    mine = plan_recipe(oriented_fp, budget_s=180, user_keys={"trainer.precise_bn_batches"})
+    assert "trainer.precise_bn_batches" not in mine.overrides()
 
 
 def test_plan_no_zoom_for_structures_spanning_the_image():
@@ -565,9 +582,16 @@ def test_plan_multiclass_weights():
     mean = sum(raw) / 3
     assert r.get("loss") == "wce+dice"
     assert r.get("loss_options.wce.class_weights") == [round(x / mean, 3) for x in raw]
+    assert r.get("loss_options.dice.classes") == [1, 2]  # background (class 0) left out
     import losses
 
     losses.get("wce", class_weights=r.get("loss_options.wce.class_weights"))
+    losses.get("dice", mode="multiclass", classes=r.get("loss_options.dice.classes"))
+    # No class under 5% of the pixels: plain CE (as for a binary foreground that is not rare).
+    even = plan_recipe(_fp(num_classes=3, class_frequencies=[0.75, 0.16, 0.09]), budget_s=180)
+    assert "loss_options.wce.class_weights" not in even.overrides()
+    assert "9.0% of pixels, not rare" in even.table()
+    assert even.get("loss_options.dice.classes") == [1, 2]
 
 
 def test_user_overrides_win_and_args_parse(plain_fp):
