@@ -53,6 +53,7 @@ from typing import Any
 
 from zoo.recipe.choices import Choice, Recipe, covered
 from zoo.recipe.fingerprint import Fingerprint
+from zoo.recipe.loss import plan_loss
 from zoo.recipe.resolution import plan_resample, plan_size, spans_image
 from zoo.recipe.width import cpu_width
 
@@ -69,15 +70,6 @@ MAX_JITTER = 0.1
 # On the 3-class MRI (2.6%) no jitter raised Dice at 3 minutes on all three seeds
 # (96.66 -> 96.90, docs/quality.md).
 CONSISTENT_SPREAD = 0.03
-# Below this foreground share BCE is up-weighted. Above it plain BCE + Dice (nnU-Net's loss) is
-# better for the overlap metric: a positive weight w moves the decision threshold of a calibrated
-# model from 0.5 to 1 / (1 + w), while the best threshold for Dice is about Dice / 2 (near 0.5
-# when the overlap is good). Measured on the MRI (15.5%): weight 2.34 -> 1 raised Dice at 3
-# minutes on all three seeds (docs/quality.md). Several classes: CE's class weights likewise
-# only when a foreground class is rare; the 3-class MRI's weights (0.49 / 1.08 / 1.43) had it
-# predict gray matter on 2,314 background pixels against 337 the other way, and without them
-# Dice rose on every seed.
-RARE_FOREGROUND = 0.05
 # CPU plans for fluorescence-like data validate and save a moving average of the weights
 # (horizon ~100 steps): on the nuclei it rose the median of 5 seeds 95.06 -> 95.18 at 3 minutes
 # (4 seeds up). Other data validates its plain weights with batch-norm statistics re-measured
@@ -293,47 +285,8 @@ def plan_recipe(
     )
     choose("data.augment.contrast", contrast, why_c)
 
-    # ---- loss
-    freqs = fp.class_frequencies
-    if fp.num_classes == 1:
-        f = max(fp.foreground_fraction, 1e-6)
-        loss_why = "BCE for calibrated pixels + Dice for the overlap metric"
-        if f >= RARE_FOREGROUND:
-            loss_why += f"; foreground {f:.1%} is not rare (< {RARE_FOREGROUND:.0%}): unweighted"
-        choose("loss", "wbce+dice", loss_why)
-        if f < RARE_FOREGROUND:
-            pw = round(min(math.sqrt((1 - f) / f), 10.0), 2)
-            choose(
-                "loss_options.wbce.pos_weight",
-                pw,
-                f"foreground is {f:.1%} of pixels (rare): up-weight it sqrt(imbalance)",
-            )
-    else:
-        present = [q for q in freqs if q > 0]
-        rarest = min((q for q in freqs[1:] if q > 0), default=1.0)  # class 0: background
-        loss_why = "multi-class: CE + Dice"
-        if rarest >= RARE_FOREGROUND:
-            loss_why += (
-                f"; the rarest foreground class has {rarest:.1%} of pixels, not rare "
-                f"(< {RARE_FOREGROUND:.0%}): unweighted"
-            )
-        choose("loss", "wce+dice", loss_why)
-        if rarest < RARE_FOREGROUND:
-            raw = [(1.0 / math.sqrt(q)) if q > 0 else 0.0 for q in freqs]
-            mean = sum(r for r in raw if r > 0) / max(len(present), 1)
-            weights = [round(min(max(r / mean, 0.1), 10.0), 3) if r > 0 else 1.0 for r in raw]
-            choose(
-                "loss_options.wce.class_weights",
-                weights,
-                f"a class has {rarest:.1%} of pixels (rare): sqrt inverse class frequencies, "
-                "mean 1",
-            )
-        choose(
-            "loss_options.dice.classes",
-            list(range(1, fp.num_classes)),
-            "Dice over the foreground classes (class 0 is background, as in the fingerprint; "
-            "nnU-Net's too): the background's Dice sits near 1 and only dilutes the others'",
-        )
+    # ---- loss (zoo.recipe.loss)
+    plan_loss(fp, choose)
 
     # ---- model
     if model == "unet":
