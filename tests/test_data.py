@@ -370,6 +370,8 @@ def test_yaml_configs_match_schemas(tmp_path):
         ({"augment": {"noise": 2}}, r"data.augment.noise=2.*standard deviation"),
         ({"image_size": [32]}, r"data.image_size"),
         ({"num_classes": 3}, r"data.num_classes=3"),
+        ({"background_class": 0}, r"data.background_class=0.*null unless the data is multiclass"),
+        ({"num_classes": 5, "background_class": 5}, r"data.background_class=5.*class id 0\.\.4"),
     ],
 )
 def test_bad_config(override, message):

@@ -54,6 +54,38 @@ def test_hand_worked_multiclass():
     assert float(metric.result()["iou"]) == pytest.approx((1 + 0.5 + 0) / 3)
 
 
+@pytest.mark.parametrize("background", [0, 2])
+def test_background_class_is_left_out_of_the_mean(background):
+    # The pixels of test_hand_worked_multiclass: per-class Dice 1, 2/3, 0 and IoU 1, 1/2, 0.
+    metric = ConfusionMatrix(3, ignore_index=255, per_class=True, background_class=background)
+    logits = np.eye(3, dtype=np.float32)[[0, 1, 1, 2]][None, None]
+    metric.update_state(np.array([[[0, 1, 2, 255]]]), logits)
+    result = {k: float(v) for k, v in metric.result().items()}
+    dice, iou = {0: 1.0, 1: 2 / 3, 2: 0.0}, {0: 1.0, 1: 0.5, 2: 0.0}
+    rest = [c for c in range(3) if c != background]
+    assert result["dice"] == pytest.approx(np.mean([dice[c] for c in rest]))
+    assert result["iou"] == pytest.approx(np.mean([iou[c] for c in rest]))
+    assert result[f"dice_{background}"] == pytest.approx(dice[background])  # still reported
+    restored = ConfusionMatrix.from_config(metric.get_config())
+    assert restored.background_class == background
+
+
+def test_only_the_background_present_is_nan():
+    # Truth and prediction all class 0: no foreground class to average, so no score (not 1).
+    metric = ConfusionMatrix(3, background_class=0)
+    metric.update_state(np.zeros((1, 2, 2)), np.eye(3, dtype=np.float32)[np.zeros((1, 2, 2), int)])
+    assert np.isnan(float(metric.result()["dice"]))
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"num_classes": 1}, {"num_classes": 3, "multilabel": True}, {"num_classes": 3}]
+)
+def test_background_class_must_be_a_multiclass_id(kwargs):
+    bad = 3 if kwargs == {"num_classes": 3} else 0
+    with pytest.raises(ValueError, match=f"background_class={bad}"):
+        ConfusionMatrix(background_class=bad, **kwargs)
+
+
 def test_reset_and_nothing_to_score_is_nan_never_one():
     metric = ConfusionMatrix(1)
     # Nothing counted at all: every score is undefined (the evaluator turns this into an error).

@@ -592,6 +592,16 @@ def test_plan_multiclass_weights():
     assert "loss_options.wce.class_weights" not in even.overrides()
     assert "9.0% of pixels, not rare" in even.table()
     assert even.get("loss_options.dice.classes") == [1, 2]
+    # The best checkpoint follows the same classes as the Dice loss.
+    assert even.get("data.background_class") == 0
+    assert "data.background_class" not in plan_recipe(_fp(), budget_s=180).overrides()  # binary
+    # The user's background: Dice over the other classes, the key left as the user set it.
+    theirs = plan_recipe(
+        _fp(num_classes=3, class_frequencies=[0.2, 0.3, 0.5]), budget_s=180,
+        user_keys={"data.background_class"}, background=2,
+    )  # fmt: skip
+    assert theirs.get("loss_options.dice.classes") == [0, 1]
+    assert "data.background_class" not in theirs.overrides()
 
 
 def test_user_overrides_win_and_args_parse(plain_fp):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 from helpers import every_model_heavy
@@ -286,6 +287,24 @@ def test_the_documented_multiclass_command_trains(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["loss"] == "wce+dice" and "wce_loss" in metrics["history"]
+
+
+def test_background_class_leaves_the_background_out_of_val_dice(tmp_path):
+    run = tmp_path / "run"
+    multi = [*tiny_model_overrides("unet"), *TINY, "data.num_classes=5"]
+    proc = train([*multi, "data.background_class=0"], run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((run / "metrics.json").read_text())
+    fg = [m[f"val_dice_{k}"] for k in range(1, 5) if not math.isnan(m[f"val_dice_{k}"])]
+    assert fg and m["val_dice"] == pytest.approx(np.mean(fg), abs=1e-6)
+    assert m["val_dice"] != pytest.approx(np.mean([*fg, m["val_dice_0"]]), abs=1e-6)
+    model = keras.saving.load_model(run / "model.keras")
+    assert model.metadata["background_class"] == 0
+    # A saved model is evaluated as it was trained, without repeating the key.
+    proc = train(["mode=evaluate", f"checkpoint={run / 'model.keras'}", *multi], tmp_path / "e")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = json.loads((tmp_path / "e" / "eval_metrics.json").read_text())
+    assert evaluated["val_dice"] == pytest.approx(m["val_dice"], abs=1e-6)
 
 
 @pytest.mark.parametrize("where", ["proc", "file"])

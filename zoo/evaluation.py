@@ -59,12 +59,14 @@ def evaluate_model(
     steps: int | None = None,
     mode: str | None = None,
     class_names: Any = None,
+    background_class: int | None = None,
 ) -> dict[str, float]:
     """Exact Dice/IoU (mean and per class) of an inference model over a dataset of dicts.
 
     A class absent from both truth and prediction scores NaN (never 1; see zoo.metrics).
     `mode` "multilabel": per label (`dice_<label name>`, from `class_names`) and the mean;
-    None: the model's own (`model_mode`).
+    None: the model's own (`model_mode`). `background_class`: multiclass, the class left out
+    of the mean.
 
     Raises:
         EvaluationError: no pixel was evaluated (an empty dataset, or only ignored pixels).
@@ -72,8 +74,9 @@ def evaluate_model(
     multilabel = (mode or model_mode(model)) == "multilabel"
     names = list(class_names) if multilabel and class_names is not None else None
     cm = ConfusionMatrix(
-        num_classes, ignore_index, per_class=True, multilabel=multilabel, class_names=names
-    )
+        num_classes, ignore_index, per_class=True, multilabel=multilabel, class_names=names,
+        background_class=None if multilabel else background_class,
+    )  # fmt: skip
     for i, batch in enumerate(dataset):
         if steps is not None and i >= steps:
             break
@@ -175,9 +178,18 @@ def final_scores(model: Any, run: Any, bundle: Any) -> dict[str, Any]:
     if t.final_eval == "full_resolution":
         return with_labels(full_resolution_scores(model, run.data, run.predict), model)
     scores = evaluate_model(model, bundle.val, info.num_classes, info.ignore_index,
-                            t.validation_steps, info.mode, info.class_names)  # fmt: skip
+                            t.validation_steps, info.mode, info.class_names,
+                            info.background_class)  # fmt: skip
     results = {**{f"val_{k}": v for k, v in scores.items()}, "scored_at": "image_size"}
     return with_labels(results, model)
+
+
+def _background(info: Any, model: Any) -> int | None:
+    """The data's background class, else the one the model was trained with (a recipe's)."""
+    if info.background_class is not None or info.mode != "multiclass":
+        return info.background_class
+    bg = (getattr(model, "metadata", None) or {}).get("background_class")
+    return bg if isinstance(bg, int) and 0 <= bg < info.num_classes else None
 
 
 def with_labels(results: dict[str, Any], model: Any) -> dict[str, Any]:
@@ -249,7 +261,7 @@ def evaluate_checkpoint(run: Any, run_dir: str | os.PathLike) -> dict[str, Any]:
             raise _no_validation(info.name)
         scores = evaluate_model(
             model, bundle.val, info.num_classes, info.ignore_index, None, info.mode,
-            info.class_names,
+            info.class_names, _background(info, model),
         )  # fmt: skip
         results = {f"val_{k}": v for k, v in scores.items()}
         results["scored_at"] = "image_size"

@@ -10,6 +10,9 @@ Conventions:
   `logit > 0` (probability > 0.5), and `dice` / `iou` are the *foreground* scores;
 - multiclass: the prediction is the arg-max class, and `dice` / `iou` are means over the classes
   that occur in the ground truth or the prediction (a class absent from both is skipped, not 1);
+  with `background_class` set, the means leave that class out (nnU-Net's foreground Dice,
+  MONAI's `include_background=False`): the background's Dice sits near 1 on most data and would
+  hide changes in the classes that matter; its per-class values are still reported;
 - a score with nothing to score is NaN, never 1: a class absent from both the ground truth and
   the prediction has NaN per-class scores (binary: the foreground), and with no pixel counted
   at all every score is NaN (`zoo.evaluation` turns that into an error);
@@ -42,6 +45,8 @@ class ConfusionMatrix(keras.metrics.Metric):
             `dice_<label name>`, `iou_<label name>`).
         multilabel: `num_classes` independent 0/1 labels (masks (B, H, W, K)).
         class_names: multilabel label names for the per-label keys (default: `0..K-1`).
+        background_class: multiclass: the class id left out of the mean `dice` / `iou`
+            (None: every class counts).
         name: metric name.
 
     Call arguments (`update_state`):
@@ -64,6 +69,7 @@ class ConfusionMatrix(keras.metrics.Metric):
         per_class: bool = False,
         multilabel: bool = False,
         class_names: Sequence[str] | None = None,
+        background_class: int | None = None,
         name: str = "confusion_matrix",
         **kwargs: Any,
     ) -> None:
@@ -73,6 +79,19 @@ class ConfusionMatrix(keras.metrics.Metric):
                 f"Invalid value for argument `num_classes`: expected a positive int. "
                 f"Received: num_classes={num_classes!r}"
             )
+        if background_class is not None and (
+            num_classes < 2
+            or multilabel
+            or isinstance(background_class, bool)
+            or not isinstance(background_class, int)
+            or not 0 <= background_class < num_classes
+        ):
+            raise ValueError(
+                "Invalid value for argument `background_class`: expected None or a class id in "
+                f"0..{num_classes - 1} of multiclass counts (binary Dice is already the "
+                f"foreground's). Received: background_class={background_class!r}"
+            )
+        self.background_class = background_class
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.prefix = prefix
@@ -158,10 +177,15 @@ class ConfusionMatrix(keras.metrics.Metric):
             # Binary: the foreground score (NaN when no foreground was there or predicted).
             mean_dice, mean_iou = dice[1], iou[1]
         else:
-            # Mean over the classes that occur; NaN (0 / 0) when no pixel was counted.
-            n = ops.sum(ops.cast(present, "float32"))
-            mean_dice = ops.sum(ops.where(present, dice, 0.0)) / n
-            mean_iou = ops.sum(ops.where(present, iou, 0.0)) / n
+            # Mean over the classes that occur (but the background); NaN (0 / 0) when none.
+            counted = present
+            if self.background_class is not None:
+                counted = ops.logical_and(
+                    present, ops.not_equal(ops.arange(self._k), self.background_class)
+                )
+            n = ops.sum(ops.cast(counted, "float32"))
+            mean_dice = ops.sum(ops.where(counted, dice, 0.0)) / n
+            mean_iou = ops.sum(ops.where(counted, iou, 0.0)) / n
         out = {f"{self.prefix}dice": mean_dice, f"{self.prefix}iou": mean_iou}
         if self.per_class:
             for k, key in enumerate(self.keys()):
@@ -187,6 +211,7 @@ class ConfusionMatrix(keras.metrics.Metric):
             "per_class": self.per_class,
             "multilabel": self.multilabel,
             "class_names": self.class_names,
+            "background_class": self.background_class,
         }
 
 
@@ -213,6 +238,7 @@ class MetricsLayer(keras.layers.Layer):
         per_class: also report per-class Dice and IoU.
         multilabel: K independent labels (`ConfusionMatrix`).
         class_names: multilabel label names (per-label keys `dice_<name>`).
+        background_class: multiclass: the class left out of the mean Dice/IoU (`ConfusionMatrix`).
     """
 
     def __init__(
@@ -222,6 +248,7 @@ class MetricsLayer(keras.layers.Layer):
         per_class: bool = False,
         multilabel: bool = False,
         class_names: Sequence[str] | None = None,
+        background_class: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -230,9 +257,11 @@ class MetricsLayer(keras.layers.Layer):
         self.per_class = per_class
         self.multilabel = bool(multilabel)
         self.class_names = list(class_names) if class_names is not None else None
+        self.background_class = background_class
         self.confusion = ConfusionMatrix(
             num_classes=num_classes, ignore_index=ignore_index, per_class=per_class,
-            multilabel=multilabel, class_names=class_names, name="seg",
+            multilabel=multilabel, class_names=class_names, background_class=background_class,
+            name="seg",
         )  # fmt: skip
 
     def call(self, inputs: list[Any]) -> Any:
@@ -251,4 +280,5 @@ class MetricsLayer(keras.layers.Layer):
             "per_class": self.per_class,
             "multilabel": self.multilabel,
             "class_names": self.class_names,
+            "background_class": self.background_class,
         }

@@ -55,6 +55,8 @@ class DataInfo:
         channels: image channels (`data.channels`): the model's input channels.
         class_colors: the [r, g, b] of each class in color-coded masks (`data.class_colors`),
             or () for masks of class ids.
+        background_class: multiclass: the class left out of the mean Dice/IoU
+            (`data.background_class`), or None.
     """
 
     name: str
@@ -74,6 +76,7 @@ class DataInfo:
     input_scale: tuple[float, float] = (1.0, 1.0)
     channels: int = 3
     class_colors: tuple[tuple[int, int, int], ...] = ()
+    background_class: int | None = None
 
 
 @dataclass
@@ -303,6 +306,7 @@ def build_datasets(
         input_scale=input_scale,
         channels=train_store.channels,
         class_colors=tuple(tuple(v) for v in getattr(c, "class_colors", None) or ()),
+        background_class=c.background_class,
     )
     log.info(
         "Data %s: %d train / %d val samples of %dx%dx%d, %d steps per epoch, weight map %s",

@@ -63,6 +63,9 @@ class DataConfig:
     mode: str = "auto"
     num_classes: int = 1
     ignore_index: int | None = None
+    # Multiclass: the background's class id; val_dice / val_iou (and so the monitored metric)
+    # then average the other classes. null: every class counts.
+    background_class: int | None = None
     image_size: list[int] = field(default_factory=lambda: [96, 96])
     # Input channels of the images and the model: 3 (gray repeated, alpha dropped), 1 (gray),
     # or N (multi-band); see zoo.data.io.to_channels. Generated and pets data are RGB.
@@ -196,6 +199,19 @@ def _check_mode(c: DataConfig, bad: Any) -> None:
         raise bad("mode", c.mode, f"'multiclass' or 'multilabel' for num_classes={c.num_classes}")
     if c.mode == "multiclass" and c.num_classes < 2:
         raise bad("mode", c.mode, "'binary' for num_classes=1 (multiclass needs >= 2 classes)")
+    bg = c.background_class
+    if bg is not None and (
+        data_mode(c) != "multiclass"
+        or isinstance(bg, bool)
+        or not isinstance(bg, int)
+        or not 0 <= bg < c.num_classes
+    ):
+        valid = (
+            f"null or a class id 0..{c.num_classes - 1}"
+            if data_mode(c) == "multiclass"
+            else "null unless the data is multiclass (binary Dice is the foreground's already)"
+        )
+        raise bad("background_class", bg, valid)
     names = getattr(c, "class_names", None)
     if names is not None:
         if c.mode != "multilabel":

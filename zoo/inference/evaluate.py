@@ -75,9 +75,12 @@ def evaluate(
     k, mode = predictor.num_outputs, predictor.mode
     multilabel = mode == "multilabel"
     names = getattr(model, "metadata", {}).get("class_names") if multilabel else None
+    background = getattr(model, "metadata", {}).get("background_class")  # trained with
     matrix = ConfusionMatrix(
         num_classes=1 if mode == "binary" else k, ignore_index=ignore_index, per_class=True,
         multilabel=multilabel, class_names=names if names and len(names) == k else None,
+        background_class=background if mode == "multiclass" and background is not None
+        and 0 <= background < k else None,
     )  # fmt: skip
     images = 0
     for index, (image, mask) in enumerate(pairs):

@@ -108,6 +108,14 @@ def _divisor_fix(cfg: DictConfig, users: set[str]) -> dict[str, Any]:
     return {"model.pad_to_divisor": True}
 
 
+def _user_background(cfg: DictConfig, users: set[str]) -> int | None:
+    """The command line's `data.background_class` (the Dice loss leaves that class out)."""
+    if "data.background_class" not in users:
+        return None
+    bg = OmegaConf.select(cfg, "data.background_class")
+    return bg if isinstance(bg, int) and not isinstance(bg, bool) else None
+
+
 def apply_recipe(
     cfg: DictConfig,
     *,
@@ -188,6 +196,7 @@ def apply_recipe(
         user_keys=users,
         cpu_bf16=cpu_bf16() if device == "cpu" else None,
         resample=float(cfg.data.resample) if "data.resample" in users else None,
+        background=_user_background(cfg, users),
     )
     # The run's length is the user's when epochs or a budget is set (command line or config).
     length_set = any(OmegaConf.select(cfg, k) is not None for k in LENGTH_KEYS)

@@ -19,8 +19,12 @@ from zoo.recipe.fingerprint import Fingerprint
 RARE_FOREGROUND = 0.05
 
 
-def plan_loss(fp: Fingerprint, choose: Callable[[str, Any, str], None]) -> None:
-    """Choose `loss` and its `loss_options` for the fingerprinted data through `choose`."""
+def plan_loss(
+    fp: Fingerprint, choose: Callable[[str, Any, str], None], background: int | None = None
+) -> None:
+    """Choose `loss` and its `loss_options` for the fingerprinted data through `choose`;
+    several classes: also the background class the metrics leave out (`background`, the
+    command line's `data.background_class`, else class 0)."""
     freqs = fp.class_frequencies
     if fp.num_classes == 1:
         f = max(fp.foreground_fraction, 1e-6)
@@ -55,9 +59,17 @@ def plan_loss(fp: Fingerprint, choose: Callable[[str, Any, str], None]) -> None:
                 f"a class has {rarest:.1%} of pixels (rare): sqrt inverse class frequencies, "
                 "mean 1",
             )
+        bg = 0 if background is None else background
         choose(
             "loss_options.dice.classes",
-            list(range(1, fp.num_classes)),
-            "Dice over the foreground classes (class 0 is background, as in the fingerprint; "
-            "nnU-Net's too): the background's Dice sits near 1 and only dilutes the others'",
+            [k for k in range(fp.num_classes) if k != bg],
+            f"Dice over the foreground classes (class {bg} is background"
+            + (", as in the fingerprint" if bg == 0 else "")
+            + "; nnU-Net's choice): the background's Dice sits near 1 and only dilutes the others'",
+        )
+        choose(
+            "data.background_class",
+            bg,
+            f"val_dice (and so the best checkpoint) averages the foreground classes, as the "
+            f"Dice loss; class {bg}'s Dice stays in the per-class scores",
         )

@@ -28,7 +28,8 @@ The rules, and why (docs/quality.md has the measured effect):
 - loss: BCE + Dice, unweighted (nnU-Net's) unless the foreground is rare (< 5% of pixels):
   then BCE up-weights it by sqrt(imbalance) (capped at 10); multi-class: CE (with sqrt
   inverse-frequency class weights when a foreground class is rare) + Dice over the foreground
-  classes (class 0 is background).
+  classes (class 0 is background, and `data.background_class` so that val_dice and the best
+  checkpoint follow the same classes).
 - model: on CPU the original U-Net's layout, a VGG-13-BN encoder whose first stage runs at full
   resolution with a skip from it (`full_resolution_skip`) and depth 4; measured on the real
   datasets it beats a ResNet-18 U-Net at equal time where structures are a few pixels wide (a
@@ -119,6 +120,7 @@ def plan_recipe(
     user_keys: Iterable[str] = (),
     cpu_bf16: str | None = None,
     resample: float | None = None,
+    background: int | None = None,
 ) -> Recipe:
     """Plan config overrides from a fingerprint.
 
@@ -132,6 +134,8 @@ def plan_recipe(
         cpu_bf16: the CPU flag of native bfloat16 math (`zoo.recipe.apply.cpu_bf16`), or None.
         resample: `data.resample` when the command line sets it (the size is planned at it);
             None: planned (`zoo.recipe.resolution.plan_resample`).
+        background: `data.background_class` when the command line sets it (several classes:
+            the Dice loss leaves it out); None: class 0.
 
     Returns:
         A `Recipe`; `recipe.overrides()` are the values to apply.
@@ -286,7 +290,7 @@ def plan_recipe(
     choose("data.augment.contrast", contrast, why_c)
 
     # ---- loss (zoo.recipe.loss)
-    plan_loss(fp, choose)
+    plan_loss(fp, choose, background)
 
     # ---- model
     if model == "unet":

@@ -73,6 +73,7 @@ def training_metadata(info: Any) -> dict[str, Any]:
         "input_scale": list(info.input_scale),  # training pixels per native pixel
         "channels": info.channels,
         "class_colors": [list(v) for v in info.class_colors] or None,  # RGB masks' colors
+        "background_class": info.background_class,  # left out of the mean Dice/IoU
         "threshold": 0.5,
     }
 
@@ -83,11 +84,13 @@ def attach_losses(model: keras.Model, loss: Any, info: Any) -> keras.Model:
 
     # Metrics see the mask through the graph like the loss terms; under a distribution strategy
     # their confusion counts are summed over replicas, so val_dice is exact.
-    # Multilabel: Dice/IoU of each label (`dice_<label>`) besides their mean.
+    # Multilabel: Dice/IoU of each label (`dice_<label>`) besides their mean. Multiclass with
+    # a background class: the mean leaves it out (data.background_class).
     multilabel = info.mode == "multilabel"
     metrics = MetricsLayer(
         info.num_classes, info.ignore_index, per_class=multilabel, multilabel=multilabel,
-        class_names=list(info.class_names) if multilabel else None, name="seg_metrics",
+        class_names=list(info.class_names) if multilabel else None,
+        background_class=info.background_class, name="seg_metrics",
     )  # fmt: skip
     return losses.attach(
         model, loss.spec, mode=loss.mode, ignore_index=info.ignore_index, metrics=[metrics],
