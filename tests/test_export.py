@@ -43,7 +43,9 @@ DATA = {
     "cache": False,
     "weight_map": "none",
 }
-TRAIN_STEPS = 40
+# 40 steps left SegFormer's Dice anywhere in 0.50-0.89 by seed and by whether an earlier test in
+# the worker had switched on op determinism (CI once saw 0.494); 80 give 0.87-0.91 either way.
+TRAIN_STEPS = 80
 # The parity targets (absolute logits differences; mask agreement; Dice).
 FLOAT_TOL = {"saved_model": 1e-5, "onnx": 1e-4, "litert": 1e-4}
 FLOAT16_AGREEMENT, INT8_AGREEMENT, INT8_FULL_DICE_LOSS = 0.995, 0.99, 0.02
