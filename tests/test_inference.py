@@ -9,6 +9,7 @@ resampling), and confusion counts from `np.bincount`.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -502,6 +503,11 @@ _MEMORY_CHILD = textwrap.dedent(
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     import numpy as np
     sys.path.insert(0, {tests!r})
+    import tensorflow as tf
+    # One thread: the kernels' per-thread scratch (Eigen's, without oneDNN) is not the
+    # predictor's, and with several threads it varied the peak by up to 25 MiB between runs.
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
     import zoo.inference as inf
     from test_inference import conv_model
 
@@ -537,6 +543,10 @@ def test_peak_memory_does_not_grow_with_the_image(tmp_path):
             stderr=subprocess.PIPE,
             text=True,
             cwd=ROOT,
+            # One malloc arena (and one thread, above): without oneDNN (CPUs without AVX-512)
+            # per-thread arenas grew the peak by 31-38 MiB more at 4096^2 than at 1024^2;
+            # single-threaded in one arena the growth is the row band's, 12-18 MiB.
+            env={**os.environ, "MALLOC_ARENA_MAX": "1"},
         )
         for n in (1024, 4096)
     }
