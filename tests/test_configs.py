@@ -56,6 +56,16 @@ def test_defaults_are_the_main_job():
     )
 
 
+@pytest.mark.parametrize("model", options("model"))
+@pytest.mark.parametrize(
+    "override", ["model.encoder_kwargs={base_width:16}", "+model.encoder_kwargs.base_width=16"]
+)
+def test_encoder_kwargs_override_forms(model, override):
+    # docs/models.md writes the first form: a `{}` default would reject it (struct mode).
+    run = validate(make([f"model={model}", override]))
+    assert run.model.kwargs["encoder_kwargs"] == {"base_width": 16}
+
+
 @pytest.mark.parametrize("spec", ["wbce+dice", "0.5*wbce+dice", "[wbce,dice]", "dice+wbce"])
 def test_loss_spec_forms(spec):
     validate(make([f"loss={spec}"]))
@@ -125,7 +135,7 @@ def test_semantic_errors_name_the_key(overrides, text):
             ["predict.overlap=1.0"],
             r"predict.overlap=1.0; expected a fraction of the tile in \[0, 1\)",
         ),
-        (["predict.tta=rot"], "predict.tta='rot'; expected one of none, flip, d4"),
+        (["predict.tta=rot"], "predict.tta='rot'; expected one of none, hflip, flip, d4"),
         (["predict.blend=max"], "predict.blend='max'"),
         (["predict.batch_size=0"], "predict.batch_size=0"),
         (["predict.probabilities=tif"], "predict.probabilities='tif'"),

@@ -212,7 +212,6 @@ def test_yaml_config_matches_constructor(name):
     assert set(config) == set(params)
     for key, default in params.items():
         expected = list(default) if isinstance(default, tuple) else default
-        expected = {} if expected is None and key == "encoder_kwargs" else expected
         assert config[key] == expected, key
 
 
