@@ -357,9 +357,11 @@ def test_flip_set_is_the_four_flips():
     }
     assert got == want
     assert len({tta.forward_np(x, m, k).tobytes() for m, k in tta.TRANSFORMS["d4"]}) == 8
+    hflip = {tta.forward_np(x, m, k).tobytes() for m, k in tta.TRANSFORMS["hflip"]}
+    assert hflip == {np.ascontiguousarray(v).tobytes() for v in (x, x[:, :, ::-1])}
 
 
-@pytest.mark.parametrize("mode", ["flip", "d4"])
+@pytest.mark.parametrize("mode", ["hflip", "flip", "d4"])
 def test_tta_on_an_equivariant_model_changes_nothing(mode):
     model = conv_model(2, seed=5, symmetric=True, mode="multiclass")
     image = rand_image(41, 58, seed=6)
@@ -367,17 +369,19 @@ def test_tta_on_an_equivariant_model_changes_nothing(mode):
     np.testing.assert_allclose(inf.predict(model, image, tile=(16, 24), tta=mode), plain, atol=1e-5)
 
 
-def test_d4_on_a_random_model_is_the_average_of_the_eight_views():
+@pytest.mark.parametrize("mode,n", [("hflip", 2), ("d4", 8)])
+def test_tta_on_a_random_model_is_the_average_of_its_views(mode, n):
     model = conv_model(1, seed=7)
     image = rand_image(37, 50, seed=8)
     overlap = inf.receptive_overlap(2, 16)
-    got = inf.predict(model, image, tile=(16, 24), overlap=overlap, blend="center", tta="d4")
+    got = inf.predict(model, image, tile=(16, 24), overlap=overlap, blend="center", tta=mode)
     views = [
         tta.inverse_np(
             sigmoid(whole(model, np.ascontiguousarray(tta.forward_np(image, m, k)))), m, k
         )
-        for m, k in tta.TRANSFORMS["d4"]
+        for m, k in tta.TRANSFORMS[mode]
     ]
+    assert len(views) == n
     np.testing.assert_allclose(got, np.mean(views, axis=0), atol=1e-5)
     plain = inf.predict(model, image, tile=(16, 24), overlap=overlap, blend="center")
     assert np.abs(got - plain).max() > 1e-2

@@ -273,7 +273,7 @@ def test_input_scale_resamples_native_images(tmp_path):
     "flags,needle",
     [
         (["--overlap", "1"], "Invalid --overlap=1; expected a fraction of the tile in [0, 1)"),
-        (["--tta", "rot90"], "Invalid --tta='rot90'; expected one of none, flip, d4"),
+        (["--tta", "rot90"], "Invalid --tta='rot90'; expected one of none, hflip, flip, d4"),
         (["--tile", "big"], "Invalid --tile='big'"),
         (["--batch-size", "0"], "Invalid --batch-size=0"),
         (["--probabilities", "tif"], "Invalid --probabilities='tif'; expected null or one of"),

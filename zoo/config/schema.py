@@ -77,7 +77,7 @@ class PredictConfig:
     overlap: float = 0.5
     blend: str = "gaussian"  # gaussian | uniform | center
     batch_size: int = 8  # tiles per replica per step
-    tta: str = "none"  # none | flip | d4
+    tta: str = "none"  # none | hflip | flip | d4
     threshold: float | None = None  # null: the model's metadata threshold, else 0.5
     probabilities: str | None = None  # null | npy | png: also write probability maps
     overlays: bool = False  # also write image + mask overlays

@@ -56,8 +56,8 @@ class TiledPredictor:
             whole-image logits exactly when ``2 * radius + 1 <= tile - step`` for the model's
             receptive-field radius, see `receptive_overlap`).
         batch_size: tiles per replica per step.
-        tta: "none", "flip" (4 flips) or "d4" (8 rotations and reflections), averaged in
-            probability space.
+        tta: "none", "hflip" (identity and left-right), "flip" (4 flips) or "d4" (8 rotations
+            and reflections), averaged in probability space.
         output: "probabilities" (sigmoid for binary/multilabel, softmax for multiclass) or
             "logits" (only without TTA: an average of probabilities has no logits).
         scale: model pixels per native pixel, a number or (sy, sx); None reads

@@ -1,4 +1,4 @@
-"""Test-time augmentation: the flip group and the dihedral group D4 on image batches.
+"""Test-time augmentation: flip groups and the dihedral group D4 on image batches.
 
 An element is ``(mirror, k)``: mirror left-right (if `mirror`), then rotate ``k`` quarter
 turns counter-clockwise. Its inverse undoes both in reverse order, exactly (flips and quarter
@@ -7,6 +7,8 @@ turn of an ``h x w`` tile is ``w x h``, and the model (fully convolutional, dyna
 size) runs on it as it is.
 
 - ``"none"``: the identity;
+- ``"hflip"``: identity and left-right (for models trained with left-right flips only, e.g.
+  anatomy or street scenes, whose up-down orientation is fixed);
 - ``"flip"``: identity, left-right, up-down, both (a group of 4: averaging over it is itself
   left-right and up-down symmetric);
 - ``"d4"``: the 8 rotations and reflections of the square.
@@ -21,10 +23,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-TTA_MODES = ("none", "flip", "d4")
+TTA_MODES = ("none", "hflip", "flip", "d4")
 # (mirror, quarter turns). Up-down flip = mirror then a half turn; both flips = a half turn.
 TRANSFORMS: dict[str, tuple[tuple[bool, int], ...]] = {
     "none": ((False, 0),),
+    "hflip": ((False, 0), (True, 0)),
     "flip": ((False, 0), (True, 0), (True, 2), (False, 2)),
     "d4": tuple((m, k) for m in (False, True) for k in range(4)),
 }
