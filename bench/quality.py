@@ -49,6 +49,16 @@ from bench.common import write_json  # noqa: E402
 from bench.report import update_doc  # noqa: E402
 
 DOC_START, DOC_END = "<!-- quality:tables:start -->", "<!-- quality:tables:end -->"
+# What makes two machines' Dice at equal time incomparable: the CPU's vector units (TensorFlow
+# uses oneDNN only with AVX-512) and whether oneDNN ran.
+MACHINE_KEYS = ("cpu_flags", "onednn")
+
+
+def markers(section: str) -> tuple[str, str]:
+    """The doc markers of a table section: "tables" is the main table of docs/quality.md."""
+    return f"<!-- quality:{section}:start -->", f"<!-- quality:{section}:end -->"
+
+
 QUIET = ["trainer.tensorboard=false", "trainer.num_overlays=0", "trainer.verbose=0"]
 # The earlier folder defaults, pinned for the "default" recipe (they are not the defaults now).
 PREVIOUS_DEFAULT = ["data.image_size=[256,256]", "data.resize=resize"]
@@ -259,6 +269,12 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     """One result from several parts of the matrix (run separately): runs concatenated, the
     summary recomputed; a (dataset, recipe, budget, seed) measured twice keeps the later."""
+    kinds = {tuple(map(str, (p.get("machine", {}).get(k) for k in MACHINE_KEYS))) for p in results}
+    if len(kinds) > 1:
+        raise SystemExit(
+            f"the parts were measured on different machines ({', '.join(MACHINE_KEYS)}: "
+            f"{sorted(kinds)}): their times are not comparable, report them separately"
+        )
     merged = {**results[0], "datasets": {}, "runs": []}
     seen: dict[tuple, int] = {}
     for part in results:
@@ -367,6 +383,11 @@ def _parser() -> argparse.ArgumentParser:
         "result, written only when given)",
     )
     p.add_argument("--doc", type=Path, default=None, help="update this doc's table")
+    p.add_argument(
+        "--section",
+        default="tables",
+        help="--doc: the table between <!-- quality:SECTION:start/end --> (default: the main one)",
+    )
     p.add_argument("--smoke", action="store_true", help="stand-in data, a 30 s budget, tiny model")
     p.add_argument(
         "--calibrated",
@@ -387,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         text = markdown(result)
         print(text)
         if args.doc:
-            update_doc(args.doc, text, DOC_START, DOC_END)
+            update_doc(args.doc, text, *markers(args.section))
         if args.out is not None:  # the merge holds every input's runs: nothing is lost
             write_json(args.out, result)
         return 0
@@ -440,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(result)
     print(text)
     if args.doc:
-        update_doc(args.doc, text, DOC_START, DOC_END)
+        update_doc(args.doc, text, *markers(args.section))
     return 0 if all("dice" in r for r in result["runs"]) else 1
 
 

@@ -125,6 +125,33 @@ def test_report_merges_parts_run_separately():
     assert "(median of 3 seeds)" in quality.markdown(merged)
 
 
+def test_report_keeps_machines_apart_and_fills_a_named_section(tmp_path):
+    import json
+
+    def part(flags, onednn, dice):
+        run = {"dataset": "dsb2018_nuclei", "recipe": "auto", "budget_s": 180.0, "seed": 0,
+               "dice": dice, "train_time_s": 180.0}  # fmt: skip
+        machine = {"cpu_flags": flags, "onednn": onednn}
+        return {"machine": machine, "settings": {"seeds": 1, "cores": 2}, "runs": [run]}
+
+    avx512 = part(["avx2", "fma", "avx512f", "avx512_bf16"], True, 0.9)
+    avx2 = part(["avx2", "fma"], False, 0.8)
+    with pytest.raises(SystemExit, match="different machines"):
+        quality.merge([avx512, avx2])
+    assert quality.merge([avx2, part(["avx2", "fma"], False, 0.7)])["runs"][0]["dice"] == 0.7
+    paths = []
+    for i, p in enumerate((avx512, avx2)):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(p))
+    doc = tmp_path / "q.md"
+    main, second = quality.markers("tables"), quality.markers("avx2")
+    doc.write_text(f"{main[0]}\nkeep\n{main[1]}\n{second[0]}\nold\n{second[1]}\n")
+    assert quality.main(["report", str(paths[1]), "--doc", str(doc), "--section", "avx2"]) == 0
+    body = doc.read_text()
+    assert "keep" in body and "old" not in body and "| auto | 80.0 |" in body
+    assert body.index("80.0") > body.index(second[0])
+
+
 def test_evaluate_native_scores_at_stored_resolution(tmp_path):
     import keras
     from PIL import Image
