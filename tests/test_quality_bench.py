@@ -241,3 +241,19 @@ def test_mri_tissue_builder_gives_the_most_probable_class(monkeypatch):
     assert calls == [("gm", "wm")] and image.dtype == np.uint8
     # background = 255 - gm - wm: [[35, 15, 95], [255, 35, 105]]
     np.testing.assert_array_equal(ids, [[1, 2, 2], [0, 2, 0]])
+
+
+@pytest.mark.parametrize(
+    "result,section", [("quality.json", "tables"), ("quality_avx2.json", "avx2")]
+)
+def test_doc_tables_are_the_report_of_the_stored_results(result, section):
+    # docs/quality.md's tables are rendered from bench/results, never edited by hand.
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    stored = json.loads((root / "bench" / "results" / result).read_text())
+    doc = (root / "docs" / "quality.md").read_text()
+    start, end = quality.markers(section)
+    table = doc.split(start, 1)[1].split(end, 1)[0]
+    assert table.strip() == quality.markdown(quality.merge([stored])).strip()
