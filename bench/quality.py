@@ -48,17 +48,16 @@ RECIPES = ("default", "auto", "baseline")
 from bench.common import write_json  # noqa: E402
 from bench.report import update_doc  # noqa: E402
 
-DOC_START, DOC_END = "<!-- quality:tables:start -->", "<!-- quality:tables:end -->"
-# What makes two machines' Dice at equal time incomparable: the CPU's vector units (TensorFlow
-# uses oneDNN only with AVX-512) and whether oneDNN ran.
-MACHINE_KEYS = ("cpu_flags", "onednn")
-
 
 def markers(section: str) -> tuple[str, str]:
     """The doc markers of a table section: "tables" is the main table of docs/quality.md."""
     return f"<!-- quality:{section}:start -->", f"<!-- quality:{section}:end -->"
 
 
+DOC_START, DOC_END = markers("tables")
+# What makes two machines' Dice at equal time incomparable: the CPU's vector units (TensorFlow
+# uses oneDNN only with AVX-512) and whether oneDNN ran.
+MACHINE_KEYS = ("cpu_flags", "onednn")
 QUIET = ["trainer.tensorboard=false", "trainer.num_overlays=0", "trainer.verbose=0"]
 # The earlier folder defaults, pinned for the "default" recipe (they are not the defaults now).
 PREVIOUS_DEFAULT = ["data.image_size=[256,256]", "data.resize=resize"]
