@@ -160,7 +160,9 @@ def test_pan_default_biases_before_batch_norm_get_no_gradient():
         g = np.abs(np.asarray(g)).max()
         pre_bn_bias = v.path.startswith("decoder_") and v.path.endswith("_conv/bias")
         if pre_bn_bias:
-            assert g <= 1e-6 * scale, v.path
+            # zero but for float32 round-off of the BN backward's batch sums (~1e-6 relative
+            # with oneDNN's kernel; a learning weight's is of the order of the scale)
+            assert g <= 1e-5 * scale, v.path
         else:
             assert g > 0, v.path
 
