@@ -223,6 +223,10 @@ def run_one(
 
         model = keras.saving.load_model(work / "run" / "model.keras")
         rec["dice"] = round(evaluate_native(model, root, resize_to), 4)
+        tta = (getattr(model, "metadata", None) or {}).get("tta", "none")
+        if tta != "none":  # the share of the model's test-time augmentation in its score
+            rec["tta"] = tta
+            rec["dice_without_tta"] = round(evaluate_native(model, root, resize_to, "none"), 4)
         rec["app_val_dice"] = metrics.get("val_dice")
         rec["train_time_s"] = metrics.get("train_time_s")
         rec["wall_s"] = round(wall, 1)

@@ -76,25 +76,33 @@ def _pad(x: np.ndarray, d: int) -> np.ndarray:
     return np.pad(x, ((0, ph), (0, pw)) + ((0, 0),) * (x.ndim - 2))
 
 
-def evaluate_native(model: Any, root: Path, resize_to: list[int] | None = None) -> float:
+def evaluate_native(
+    model: Any, root: Path, resize_to: list[int] | None = None, tta: str | None = None
+) -> float:
     """Foreground Dice of `model` (logits) on root/val at the stored resolution (multi-class
     models: the mean over the foreground classes, `pooled_dice`).
 
     A model trained on resampled images (`data.resample`: its `metadata["input_scale"]` is not
-    1) is run as a user runs it, through `zoo.inference.predict`, which resamples each image
-    to that scale and the logits back; `resize_to` resizes the input to a fixed size instead.
+    1) or recording a test-time augmentation (`metadata["tta"]`, as `recipe=auto` does) is
+    run as a user runs it, through `zoo.inference.predict`, which resamples each image to that
+    scale and the probabilities back and averages the model's TTA views; `resize_to` resizes
+    the input to a fixed size instead. `tta`: the views to average (None: the model's own).
     """
     import tensorflow as tf
+
+    from zoo.inference.tta import model_tta
 
     k = int(model.outputs[0].shape[-1])
     images, masks = load_split(root, "val", k)
     preds = []
     scale = (getattr(model, "metadata", None) or {}).get("input_scale", [1.0, 1.0])
-    if resize_to is None and list(scale) != [1.0, 1.0]:
+    tta = model_tta(model) if tta is None else tta
+    if resize_to is None and (list(scale) != [1.0, 1.0] or tta != "none"):
         from zoo.inference import predict
 
         for image in images:
-            preds.append(to_labels(predict(model, image, tile=None, output="logits")))
+            probs = predict(model, image, tile=None, tta=tta)  # at the model's own scale
+            preds.append((probs[..., 0] > 0.5).astype(np.int32) if k == 1 else to_labels(probs))
         return pooled_dice(preds, masks, k)
     for image, mask in zip(images, masks):
         h, w = mask.shape

@@ -178,7 +178,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--overlap", default="0.5", help="tile overlap in [0, 1) (0.5)")
     parser.add_argument("--blend", default="gaussian", help="gaussian, uniform or center")
     parser.add_argument("--batch-size", default="8", help="tiles per step per replica (8)")
-    parser.add_argument("--tta", default="none", help="none, hflip, flip or d4")
+    parser.add_argument(
+        "--tta",
+        default=None,
+        help="none, hflip, flip or d4 (default: the model's own, recorded by recipe=auto, "
+        "else none)",
+    )
     parser.add_argument(
         "--threshold",
         default=None,

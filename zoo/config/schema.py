@@ -77,7 +77,9 @@ class PredictConfig:
     overlap: float = 0.5
     blend: str = "gaussian"  # gaussian | uniform | center
     batch_size: int = 8  # tiles per replica per step
-    tta: str = "none"  # none | hflip | flip | d4
+    # none | hflip | flip | d4; null: the model's own (metadata "tta", else none). In a
+    # training run: the views its final full-resolution scores average, recorded in the model.
+    tta: str | None = None
     threshold: float | None = None  # null: the model's metadata threshold, else 0.5
     probabilities: str | None = None  # null | npy | png: also write probability maps
     overlays: bool = False  # also write image + mask overlays

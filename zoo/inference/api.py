@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from zoo.inference.predictor import Progress, TiledPredictor
+from zoo.inference.tta import resolve_tta
 
 
 def _cached(model: Any, settings: dict[str, Any]) -> TiledPredictor:
@@ -29,7 +30,7 @@ def predict(
     overlap: float = 0.5,
     blend: str = "gaussian",
     batch_size: int = 8,
-    tta: str = "none",
+    tta: str | None = None,
     output: str = "probabilities",
     scale: float | tuple[float, float] | None = None,
     strategy: tf.distribute.Strategy | None = None,
@@ -53,7 +54,7 @@ def predict(
         overlap=overlap,
         blend=blend,
         batch_size=batch_size,
-        tta=tta,
+        tta=resolve_tta(model, tta, output),  # resolved here: the cache key names the views
         output=output,
         scale=scale,
         strategy=strategy,

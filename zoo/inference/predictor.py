@@ -24,7 +24,7 @@ from zoo.inference import scale as scaling
 from zoo.inference.masks import _bad, mask_threshold, to_mask
 from zoo.inference.tiles import cut_tile, tile_contribution
 from zoo.inference.tiling import BLENDS, AxisPlan, plan_axis
-from zoo.inference.tta import TRANSFORMS, check_tta, forward, inverse
+from zoo.inference.tta import TRANSFORMS, forward, inverse, resolve_tta
 from zoo.models.base import model_mode
 
 OUTPUTS = ("probabilities", "logits")
@@ -57,7 +57,9 @@ class TiledPredictor:
             receptive-field radius, see `receptive_overlap`).
         batch_size: tiles per replica per step.
         tta: "none", "hflip" (identity and left-right), "flip" (4 flips) or "d4" (8 rotations
-            and reflections), averaged in probability space.
+            and reflections), averaged in probability space; None: the model's own
+            (``metadata["tta"]``, `recipe=auto` records the flips it trained with), "none"
+            when it records none or for ``output="logits"``.
         output: "probabilities" (sigmoid for binary/multilabel, softmax for multiclass) or
             "logits" (only without TTA: an average of probabilities has no logits).
         scale: model pixels per native pixel, a number or (sy, sx); None reads
@@ -81,7 +83,7 @@ class TiledPredictor:
         overlap: float = 0.5,
         blend: str = "gaussian",
         batch_size: int = 8,
-        tta: str = "none",
+        tta: str | None = None,
         output: str = "probabilities",
         scale: float | tuple[float, float] | None = None,
         strategy: tf.distribute.Strategy | None = None,
@@ -107,13 +109,13 @@ class TiledPredictor:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise _bad("batch_size", batch_size, "expected a positive integer")
         self.batch_size = batch_size
-        self.tta = check_tta(tta)
         if output not in OUTPUTS:
             raise _bad("output", output, f"expected one of {OUTPUTS}")
+        self.tta = resolve_tta(model, tta, output)
         # The activation a zoo model applies to its own logits ("sigmoid"/"softmax"), or None.
         own = (getattr(model, "_config", None) or {}).get("activation")
-        if output == "logits" and (tta != "none" or own is not None):
-            why = "a TTA average of probabilities" if tta != "none" else f"{own} outputs"
+        if output == "logits" and (self.tta != "none" or own is not None):
+            why = "a TTA average of probabilities" if self.tta != "none" else f"{own} outputs"
             raise _bad("output", output, f"logits are not defined for {why}; use 'probabilities'")
         self.output = output
         # Sigmoid per channel for binary/multilabel, softmax for multiclass; none when the

@@ -30,7 +30,8 @@ class PredictOptions:
     Attributes:
         tile: "auto" (whole up to twice the training size per side, else tiles of the
             training size), None (every image whole) or (height, width).
-        overlap, blend, batch_size, tta: `zoo.inference.TiledPredictor` settings.
+        overlap, blend, batch_size, tta: `zoo.inference.TiledPredictor` settings (tta None:
+            the model's own, `zoo.inference.tta.model_tta`).
         threshold: probability cut for binary/multilabel masks; None: the model's metadata
             "threshold", else 0.5.
         probabilities: also write probability maps: None, "npy" (float16 (H, W, K)) or
@@ -43,7 +44,7 @@ class PredictOptions:
     overlap: float = 0.5
     blend: str = "gaussian"
     batch_size: int = 8
-    tta: str = "none"
+    tta: str | None = None
     threshold: float | None = None
     probabilities: str | None = None
     overlays: bool = False
@@ -140,8 +141,11 @@ def check_options(
     batch = number(v["batch_size"])
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise bad("batch_size")("a positive integer (tiles per replica per step)")
-    if v["tta"] not in TTA_MODES:
-        raise bad("tta")(f"one of {', '.join(TTA_MODES)}")
+    tta = v["tta"]
+    if isinstance(tta, str) and tta.lower() == "null":
+        tta = None  # the model's own, spelled on a command line
+    if tta is not None and tta not in TTA_MODES:
+        raise bad("tta")(f"one of {', '.join(TTA_MODES)}, or null for the model's own")
     threshold = number(v["threshold"])
     if threshold is not None and (not _is_number(threshold) or not 0 < threshold < 1):
         raise bad("threshold")("a probability in (0, 1), or null for the model's own")
@@ -160,7 +164,7 @@ def check_options(
         overlap=float(overlap),
         blend=v["blend"],
         batch_size=int(batch),
-        tta=v["tta"],
+        tta=tta,
         threshold=None if threshold is None else float(threshold),
         probabilities=probs,
         overlays=v["overlays"],

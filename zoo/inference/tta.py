@@ -14,6 +14,11 @@ size) runs on it as it is.
 - ``"d4"``: the 8 rotations and reflections of the square.
 
 Predictions are averaged in probability space (after the sigmoid/softmax), as nnU-Net does.
+
+A model may record its own mode (``model.metadata["tta"]``: `recipe=auto` records the flips
+it trained with, `predict.tta` of a training run records what it was given); ``tta=None``
+in the predictors means that mode, or "none" when the model records none or logits are
+asked for (an average of probabilities has no logits).
 """
 
 from __future__ import annotations
@@ -39,6 +44,29 @@ def check_tta(tta: Any) -> str:
             f"Invalid value for argument `tta`: expected one of {TTA_MODES}. Received: tta={tta!r}"
         )
     return tta
+
+
+def model_tta(model: Any) -> str:
+    """The TTA mode `model` records (``metadata["tta"]``), "none" when it records none."""
+    meta = getattr(model, "metadata", None) or {}
+    own = meta.get("tta") or "none"
+    if own not in TTA_MODES:
+        raise ValueError(
+            f"The model's metadata['tta']={own!r} is not one of {TTA_MODES}: pass `tta`"
+        )
+    return own
+
+
+def resolve_tta(model: Any, tta: str | None, output: str = "probabilities") -> str:
+    """`tta` checked, or for None the model's own mode (`model_tta`; "none" for logits).
+
+    Example:
+        >>> resolve_tta(None, "flip")
+        'flip'
+    """
+    if tta is None:
+        return model_tta(model) if output == "probabilities" else "none"
+    return check_tta(tta)
 
 
 def forward(x: tf.Tensor, mirror: bool, k: int) -> tf.Tensor:

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zoo.errors import ConfigError
 from zoo.recipe.budget import parse_duration
-from zoo.recipe.choices import Recipe
+from zoo.recipe.choices import Recipe, covered
 from zoo.recipe.fingerprint import Fingerprint, fingerprint_folder
 from zoo.recipe.planner import plan_recipe
 
@@ -116,6 +116,16 @@ def _user_background(cfg: DictConfig, users: set[str]) -> int | None:
     return bg if isinstance(bg, int) and not isinstance(bg, bool) else None
 
 
+def _user_flips(cfg: DictConfig, users: set[str]) -> dict[str, bool]:
+    """The command line's left-right / up-down flips (the planned TTA follows them)."""
+    out = {}
+    for key in ("hflip", "vflip"):
+        value = OmegaConf.select(cfg, f"data.augment.{key}")
+        if covered(f"data.augment.{key}", users) and isinstance(value, bool):
+            out[key] = value
+    return out
+
+
 def apply_recipe(
     cfg: DictConfig,
     *,
@@ -197,6 +207,7 @@ def apply_recipe(
         cpu_bf16=cpu_bf16() if device == "cpu" else None,
         resample=float(cfg.data.resample) if "data.resample" in users else None,
         background=_user_background(cfg, users),
+        flips=_user_flips(cfg, users),
     )
     # The run's length is the user's when epochs or a budget is set (command line or config).
     length_set = any(OmegaConf.select(cfg, k) is not None for k in LENGTH_KEYS)

@@ -62,8 +62,12 @@ def setup(run: Any) -> Any:
     return distribute.build_strategy(run.strategy)
 
 
-def training_metadata(info: Any) -> dict[str, Any]:
-    """What every consumer of the saved model needs to know (`SegmentationModel.metadata`)."""
+def training_metadata(info: Any, tta: str | None = None) -> dict[str, Any]:
+    """What every consumer of the saved model needs to know (`SegmentationModel.metadata`).
+
+    `tta`: the run's `predict.tta`, recorded as the model's own test-time augmentation (the
+    default of its predictions, `zoo.inference.tta.model_tta`).
+    """
     return {
         "mode": info.mode,
         "num_classes": info.num_classes,
@@ -75,6 +79,7 @@ def training_metadata(info: Any) -> dict[str, Any]:
         "class_colors": [list(v) for v in info.class_colors] or None,  # RGB masks' colors
         "background_class": info.background_class,  # left out of the mean Dice/IoU
         "threshold": 0.5,
+        "tta": tta or "none",
     }
 
 
@@ -106,7 +111,7 @@ def build(
     t, info = run.trainer, bundle.info
     length = lengths.plan_length(t, info.steps_per_epoch, info.global_batch_size)
     chief = distribute.is_chief(strategy)
-    model.metadata = training_metadata(info)
+    model.metadata = training_metadata(info, run.predict.tta)
     with strategy.scope():
         train_model = attach_losses(model, run.loss, info)
         train_model.compile(
