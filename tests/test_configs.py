@@ -178,6 +178,9 @@ def test_predict_options_from_config_are_normalized():
     assert (options.tile, options.tta, options.probabilities) == ((64, 96), "d4", "png")
     assert predict_options(validate(make(["predict.tile=whole"])).predict).tile is None
     assert predict_options(validate(make([])).predict).tile == "auto"
+    # tta null (the default): the model's own (metadata "tta"), resolved by the predictor.
+    assert predict_options(validate(make([])).predict).tta is None
+    assert predict_options(validate(make(["predict.tta=none"])).predict).tta == "none"
 
 
 # --- How long a run trains: trainer.time_budget / max_steps / epochs ----------------------------

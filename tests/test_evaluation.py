@@ -130,6 +130,9 @@ def test_final_eval_records_input_scale_and_scores_native_files(tmp_path):
     info = DataInfo("folder", 1, "binary", None, 1, 4, 2, (32, 32), ("bg", "fg"), 2,
                     native_sizes=((64, 128), (32, 64)), input_scale=(0.5, 0.375))  # fmt: skip
     assert training_metadata(info)["input_scale"] == [0.5, 0.375]
+    # The run's predict.tta is the model's own (the default of its predictions).
+    assert training_metadata(info)["tta"] == "none"
+    assert training_metadata(info, "hflip")["tta"] == "hflip"
     rng = np.random.default_rng(1)
     for split, sizes in (("train", [(32, 32)]), ("val", [(48, 40), (90, 70)])):
         for i, (h, w) in enumerate(sizes):

@@ -387,6 +387,29 @@ def test_tta_on_a_random_model_is_the_average_of_its_views(mode, n):
     assert np.abs(got - plain).max() > 1e-2
 
 
+def test_a_model_recording_a_tta_predicts_with_it_by_default():
+    model = conv_model(1, seed=7)
+    image = rand_image(37, 50, seed=8)
+    # Tiles blended so that they give the whole-image logits exactly (the test above).
+    kw = dict(tile=(16, 24), overlap=inf.receptive_overlap(2, 16), blend="center")
+    plain = inf.predict(model, image, **kw)
+    model.metadata = {"tta": "hflip"}  # as recipe=auto records it
+    own = inf.predict(model, image, **kw)
+    assert np.abs(own - plain).max() > 1e-2
+    # The model's own views: the image and its mirror, averaged (as tta="hflip" computes).
+    mirrored = sigmoid(whole(model, np.ascontiguousarray(image[:, ::-1])))[:, ::-1]
+    np.testing.assert_allclose(own, (sigmoid(whole(model, image)) + mirrored) / 2, atol=1e-5)
+    np.testing.assert_array_equal(inf.predict(model, image, **kw, tta="none"), plain)
+    # Logits have no TTA average: None means "none" there; an explicit mode is refused.
+    logits = inf.predict(model, image, **kw, output="logits")
+    np.testing.assert_allclose(sigmoid(logits), plain, atol=1e-6)
+    with pytest.raises(ValueError, match="logits are not defined"):
+        inf.TiledPredictor(model, tile=16, tta="hflip", output="logits")
+    model.metadata = {"tta": "rot45"}
+    with pytest.raises(ValueError, match=r"metadata\['tta'\]='rot45'"):
+        inf.TiledPredictor(model, tile=16)
+
+
 # --------------------------------------------------------------------------- API behaviour
 
 

@@ -189,6 +189,31 @@ def test_evaluate_native_runs_a_resampled_model_at_its_scale(tmp_path):
     assert quality_baseline.evaluate_native(model, tmp_path) == pytest.approx(2 / 3, abs=1e-6)
 
 
+def test_evaluate_native_averages_the_models_own_tta(tmp_path):
+    import keras
+    from PIL import Image
+
+    for sub in ("images", "masks"):
+        (tmp_path / "val" / sub).mkdir(parents=True)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 8:40] = 1  # 32 px wide
+    Image.fromarray(mask * 255).save(tmp_path / "val" / "images" / "a.png")
+    Image.fromarray(mask * 255).save(tmp_path / "val" / "masks" / "a.png")
+    # logit(x) = 10 * red(x - 1) - 4: the mask moved 1 px right, Dice 2 * 31 / 64 per row.
+    model = keras.Sequential(
+        [keras.Input((None, None, 3)), keras.layers.Conv2D(1, (1, 3), padding="same")]
+    )
+    kernel = np.zeros((1, 3, 3, 1))
+    kernel[0, 0, 0, 0] = 10.0
+    model.layers[-1].set_weights([kernel, np.array([-4.0])])
+    assert quality_baseline.evaluate_native(model, tmp_path) == pytest.approx(31 / 32)
+    # With its mirror averaged (sigmoid(6) + sigmoid(-4) > 1): foreground where either
+    # neighbour is, columns 7..40, Dice 2 * 32 / (32 + 34).
+    model.metadata = {"tta": "hflip"}
+    assert quality_baseline.evaluate_native(model, tmp_path) == pytest.approx(32 / 33)
+    assert quality_baseline.evaluate_native(model, tmp_path, tta="none") == pytest.approx(31 / 32)
+
+
 def test_pooled_dice_multiclass_is_the_mean_over_foreground_classes():
     m = np.array([[0, 1, 1, 2, 2, 2]])
     p = np.array([[1, 1, 0, 2, 2, 0]])

@@ -549,6 +549,30 @@ def test_plan_for_oriented_data_keeps_orientation(oriented_fp):
     assert r.get("model.encoder_kwargs") == {"base_width": 32}  # 10 minutes of 64x64 batches
 
 
+def test_plan_tta_follows_the_flips_trained_with(plain_fp, oriented_fp):
+    from zoo.recipe.planner import plan_tta
+
+    assert [plan_tta(h, v)[0] for h, v in [(1, 1), (1, 0), (0, 1), (0, 0)]] == [
+        "flip", "hflip", "none", "none"
+    ]  # fmt: skip
+    # No orientation: every flip trained, so the 4 flipped views; the final Dice is scored
+    # on the whole files with them (as predictions get it).
+    r = plan_recipe(plain_fp, budget_s=180)
+    assert r.get("predict.tta") == "flip" and r.get("trainer.final_eval") == "full_resolution"
+    # Up-down orientation kept, left-right flips on: the image and its mirror.
+    r = plan_recipe(oriented_fp, budget_s=180)
+    assert r.get("predict.tta") == "hflip" and r.get("trainer.final_eval") == "full_resolution"
+    # The command line's flips decide (data.augment.hflip=false: no view is averaged, and
+    # the final evaluation stays the config's).
+    r = plan_recipe(oriented_fp, budget_s=180, user_keys={"data.augment.hflip"},
+                    flips={"hflip": False})  # fmt: skip
+    assert r.get("predict.tta") == "none" and "trainer.final_eval" not in r.overrides()
+    r = plan_recipe(
+        plain_fp, budget_s=180, user_keys={"data.augment.vflip"}, flips={"vflip": False}
+    )
+    assert r.get("predict.tta") == "hflip"
+
+
 def _fp(**changes) -> Fingerprint:
     base = fingerprint_arrays(*squares_dataset(n=4)).as_dict()
     base.update(changes)
@@ -721,6 +745,7 @@ def test_recipe_auto_applies_the_plan_except_command_line_keys(tmp_path, monkeyp
     # The plan for 12 fluorescence-like 64x64 tiles with 10 px objects and no orientation.
     assert (run.data.image_size, run.data.resize) == ([64, 64], "crop")
     assert run.data.augment.vflip and run.data.augment.rot90 and run.data.augment.contrast == 0.3
+    assert (run.predict.tta, run.trainer.final_eval) == ("flip", "full_resolution")
     assert run.model.kwargs["encoder"] == "vgg13_bn"
     # Width 32: even in float32 on one core ~666 steps of 6 x 64x64 fit 3 minutes.
     assert run.model.kwargs["encoder_kwargs"] == {"base_width": 32}
@@ -743,6 +768,11 @@ def test_recipe_auto_applies_the_plan_except_command_line_keys(tmp_path, monkeyp
     assert outcome.applied["trainer.max_steps"] == 1000 and outcome.applied["data.batch_size"] == 6
     planned, outcome = apply_recipe(compose(base + ["trainer.epochs=2"]), explicit=set())
     assert "trainer.max_steps" not in outcome.applied and planned.trainer.epochs == 2
+    # A flip turned off on the command line: the TTA follows (up-down flips alone: none).
+    planned, outcome = apply_recipe(
+        compose(base + ["data.augment.hflip=false"]), explicit={"data.augment.hflip"}
+    )
+    assert planned.predict.tta == "none" and "predict.tta" in outcome.applied
 
 
 def test_recipe_auto_pads_for_another_models_divisor_and_skips_other_data(tmp_path, monkeypatch):

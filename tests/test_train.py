@@ -440,6 +440,12 @@ def test_recipe_auto_with_max_steps_end_to_end(tmp_path):
     parts = sum(timing[p] for p in ("startup_s", "fingerprint_s", "train_s", "evaluate_s",
                                     "export_s"))  # fmt: skip
     assert parts <= timing["total_s"] + 0.01
+    # Trained with every flip: the model predicts with the 4 flipped views by default, and
+    # the final Dice was scored that way, on the whole validation files.
+    assert "tta: flip" in config and metrics["scored_at"] == "full_resolution"
+    from zoo.saving import load_model
+
+    assert load_model(run_dir / "model.keras").metadata["tta"] == "flip"
 
 
 def test_recipe_auto_shrinks_large_images_end_to_end(tmp_path):
