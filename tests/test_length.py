@@ -139,7 +139,7 @@ VAL = tf.data.Dataset.from_tensors((np.ones((2, 4), np.float32), np.zeros((2, 1)
 
 
 def budget_run(tmp_path, budget, ticker, clock, *, model=None, state=None, process_start=None,
-               interval=None, max_steps=None):  # fmt: skip
+               interval=None, max_steps=None, final_views=1):  # fmt: skip
     """A budget run the way zoo.training.loop wires it (pacer, backups with the budget state)."""
     model = model or tiny_model()
     start = int(read_value(model.optimizer.iterations))
@@ -151,7 +151,7 @@ def budget_run(tmp_path, budget, ticker, clock, *, model=None, state=None, proce
     resume_budget(length, state, schedule)
     pacer = BudgetCallback(
         ctl, length, schedule=schedule, val_batches=0, max_steps=max_steps,
-        fixed_interval=length.interval, clock=clock, epoch_end_s=1.0,
+        fixed_interval=length.interval, clock=clock, epoch_end_s=1.0, final_views=final_views,
     )  # fmt: skip
     backup = BackupCallback(
         tmp_path / "backup",
@@ -202,6 +202,24 @@ def test_budget_plans_validates_and_stops_at_the_planned_step(tmp_path):
     assert (
         last.meta["budget"]["elapsed_s"] == 50.0 and last.meta["budget"]["lr"]["total_steps"] == 81
     )
+
+
+def test_final_evaluation_with_tta_reserves_a_validation_per_view(tmp_path):
+    from zoo.training.budget import TAIL_EXPORT_S, final_views
+
+    # A full-resolution final evaluation averaging 4 flipped views costs ~4 validations.
+    clock = FakeClock()
+    r = budget_run(tmp_path, 50, Ticker(clock), clock, final_views=4)
+    assert r.pacer.validation_costs[0] == 1.0
+    assert r.ctl.tail_estimate_s == pytest.approx(1.2 * 4 * 1.0 + TAIL_EXPORT_S)
+    run = SimpleNamespace(
+        trainer=SimpleNamespace(final_eval="full_resolution"), predict=SimpleNamespace(tta="flip")
+    )
+    assert final_views(run) == 4
+    run.predict.tta = None  # the model records none: one view
+    assert final_views(run) == 1
+    run.trainer.final_eval, run.predict.tta = "image_size", "d4"  # TTA is not used there
+    assert final_views(run) == 1
 
 
 def test_budget_stops_at_the_deadline_when_steps_get_slower(tmp_path):

@@ -71,6 +71,8 @@ class BudgetCallback(keras.callbacks.Callback):
             (None: `epoch_end_estimate` of the model's parameters).
         tail_export_s: expected seconds after the final evaluation (model.keras, the
             `trainer.export` artifacts, overlays, exit).
+        final_views: the views the final evaluation averages per image (its test-time
+            augmentation; 1 without), each costing about a validation's forward passes.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class BudgetCallback(keras.callbacks.Callback):
         timing_steps: int = TIMING_STEPS,
         epoch_end_s: float | None = None,
         tail_export_s: float = TAIL_EXPORT_S,
+        final_views: int = 1,
     ) -> None:
         super().__init__()
         self.ctl, self.length, self.schedule = controller, length, schedule
@@ -95,6 +98,7 @@ class BudgetCallback(keras.callbacks.Callback):
         self.agree, self.clock, self.timing_steps = agree, clock, max(1, int(timing_steps))
         self.epoch_end_s = epoch_end_s
         self.tail_export_s = float(tail_export_s)
+        self.final_views = max(1, int(final_views))
         self.times: list[float] = []
         self.validation_costs: list[float] = []
         self._last: float | None = None  # clock at the last step's end
@@ -164,7 +168,8 @@ class BudgetCallback(keras.callbacks.Callback):
     def _validation_done(self, cost: float, step: int) -> None:
         """A validation (and the epoch-end writes) took `cost` seconds: re-plan from it."""
         self.validation_costs.append(cost)
-        self.ctl.set_tail_estimate(TAIL_FACTOR * max(self.validation_costs) + self.tail_export_s)
+        final = TAIL_FACTOR * self.final_views * max(self.validation_costs)
+        self.ctl.set_tail_estimate(final + self.tail_export_s)
         # The first validation of a session traces the evaluation: a one-off, not the rate.
         if len(self.validation_costs) >= 2 and self.ctl.plan is not None:
             rate = None
@@ -308,10 +313,21 @@ def attach_budget(
     pacer = BudgetCallback(
         ctl, length, schedule=schedule, val_batches=val_batches, max_steps=t.max_steps,
         fixed_interval=fixed or length.interval, agree=agree, tail_export_s=tail_export,
+        final_views=final_views(run),
     )  # fmt: skip
     callbacks.pacer = pacer
     callbacks.backup.extras["budget"] = budget_state(ctl, schedule)
     return pacer
+
+
+def final_views(run: Any) -> int:
+    """Views per image of the final evaluation: the TTA of a full-resolution one (which the
+    model records as its own, `zoo.inference.tta`), 1 at image_size."""
+    from zoo.inference.tta import TRANSFORMS
+
+    if run.trainer.final_eval != "full_resolution":
+        return 1
+    return len(TRANSFORMS.get(run.predict.tta or "none", ((False, 0),)))
 
 
 def export_tail_s(export: Any) -> float:
