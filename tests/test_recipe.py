@@ -550,7 +550,7 @@ def test_plan_for_oriented_data_keeps_orientation(oriented_fp):
 
 
 def test_plan_tta_follows_the_flips_trained_with(plain_fp, oriented_fp):
-    from zoo.recipe.planner import plan_tta
+    from zoo.recipe.tta import plan_tta
 
     assert [plan_tta(h, v)[0] for h, v in [(1, 1), (1, 0), (0, 1), (0, 0)]] == [
         "flip", "hflip", "none", "none"

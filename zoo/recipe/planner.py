@@ -56,6 +56,7 @@ from zoo.recipe.choices import Choice, Recipe, covered
 from zoo.recipe.fingerprint import Fingerprint
 from zoo.recipe.loss import plan_loss
 from zoo.recipe.resolution import plan_resample, plan_size, spans_image
+from zoo.recipe.tta import choose_tta
 from zoo.recipe.width import cpu_width
 
 CPU_BATCH_PIXELS = 8 * 128 * 128
@@ -80,21 +81,6 @@ CONSISTENT_SPREAD = 0.03
 EMA_MOMENTUM = 0.99
 # Precise BN keeps its batches in memory and runs them before each validation: at most this many.
 PRECISE_BN_MAX_BATCHES = 16
-
-
-def plan_tta(hflip: bool, vflip: bool) -> tuple[str, str]:
-    """Test-time augmentation from the flips a run trains with, and why.
-
-    Averaging the predictions of the flipped views the model learned cancels its
-    left-right (and up-down) biases at the outlines, as nnU-Net's mirroring does: measured
-    +0.10..+0.25 Dice on every MRI model of the quality table (docs/quality.md), level on the
-    nuclei. 90-degree turns are left out: twice the views for no measured gain.
-    """
-    if hflip and vflip:
-        return "flip", "trained with left-right and up-down flips: average the 4 flipped views"
-    if hflip:
-        return "hflip", "trained with left-right flips only: average the image and its mirror"
-    return "none", "no left-right flips in training: predict the image as it is"
 
 
 def _pow2_floor(x: float) -> int:
@@ -250,16 +236,9 @@ def plan_recipe(
     )
     choose("data.augment.rot90", free, "as vflip (90-degree turns)")
     trained = {"hflip": not left_right, "vflip": free, **(flips or {})}
-    tta, why_t = plan_tta(bool(trained["hflip"]), bool(trained["vflip"]))
-    choose("predict.tta", tta, why_t)
-    # (resampled runs score full size already; a resize mode typed on the command line
-    # squashes images, which whole-file prediction would not)
-    if tta != "none" and resample == 1 and not covered("data.resize", users):
-        choose(
-            "trainer.final_eval",
-            "full_resolution",
-            "the final Dice as predictions get it: each validation file whole, with the TTA",
-        )
+    # (resampled runs score full size already; a typed resize mode squashes the images)
+    whole_files = resample == 1 and not covered("data.resize", users)
+    choose_tta(choose, bool(trained["hflip"]), bool(trained["vflip"]), whole_files)
     if spans_image(fp):  # a fixed geometry: no zoom jitter
         e90_native = fp.object_extent["p90"]
         choose(
