@@ -223,7 +223,9 @@ def run_one(
 
         model = keras.saving.load_model(work / "run" / "model.keras")
         rec["dice"] = round(evaluate_native(model, root, resize_to), 4)
-        tta = (getattr(model, "metadata", None) or {}).get("tta", "none")
+        from zoo.inference.tta import model_tta
+
+        tta = model_tta(model)
         if tta != "none":  # the share of the model's test-time augmentation in its score
             rec["tta"] = tta
             rec["dice_without_tta"] = round(evaluate_native(model, root, resize_to, "none"), 4)

@@ -327,7 +327,7 @@ def final_views(run: Any) -> int:
 
     if run.trainer.final_eval != "full_resolution":
         return 1
-    return len(TRANSFORMS.get(run.predict.tta or "none", ((False, 0),)))
+    return len(TRANSFORMS[run.predict.tta or "none"])  # (checked by the config)
 
 
 def export_tail_s(export: Any) -> float:
