@@ -413,7 +413,10 @@ def test_attach_trains_every_registered_model(name):
     import zoo
 
     info = zoo.model_info(name)
-    size = max(32, info.divisor)
+    # The coarsest map at least 2x2: at 1x1 a pyramid pooling module batch-normalizes 2 values
+    # per channel (UPerNet at 32x32), its gradients are noise, and whether the loss falls in 4
+    # steps turns on round-off (it rose by 4e-4 with oneDNN's AVX2 kernels).
+    size = max(64, 2 * info.divisor)
     keras.utils.set_random_seed(0)
     kwargs = dict(info.tiny_config)
     if "dropout" in inspect.signature(info.obj).parameters:

@@ -157,7 +157,9 @@ def test_auto_shard_policy(workers, files, expected):
 GLOBAL_BATCH, STEPS, SIZE, LEARNING_RATE = 4, 2, 32, 1e-3
 
 
-def batches(num_classes: int) -> tf.data.Dataset:
+def batches(num_classes: int, reverse: bool = False) -> tf.data.Dataset:
+    """STEPS batches of GLOBAL_BATCH; `reverse`: the same batches with their samples in reverse
+    order (the same loss and gradients, summed in another order)."""
     rng = np.random.default_rng(0)
     n = GLOBAL_BATCH * STEPS
     data = {
@@ -165,6 +167,9 @@ def batches(num_classes: int) -> tf.data.Dataset:
         "mask": rng.integers(0, 2, (n, SIZE, SIZE, 1)).astype("int32"),
         "weight": rng.uniform(0.5, 2.0, (n, SIZE, SIZE, 1)).astype("float32"),
     }
+    if reverse:
+        data = {k: v.reshape(STEPS, GLOBAL_BATCH, *v.shape[1:])[:, ::-1].reshape(v.shape)
+                for k, v in data.items()}  # fmt: skip
     return tf.data.Dataset.from_tensor_slices(data).batch(GLOBAL_BATCH)
 
 
@@ -187,7 +192,12 @@ def deterministic_kwargs(name: str) -> dict:
     return kwargs
 
 
-def train(name: str, strategy: tf.distribute.Strategy, init: list[np.ndarray] | None):
+def train(
+    name: str,
+    strategy: tf.distribute.Strategy,
+    init: list[np.ndarray] | None,
+    reverse: bool = False,
+):
     keras.utils.set_random_seed(0)
     with strategy.scope():
         model = zoo.create_model(
@@ -198,7 +208,7 @@ def train(name: str, strategy: tf.distribute.Strategy, init: list[np.ndarray] | 
         start = [w.copy() for w in model.get_weights()]
         train_model = losses.attach(model, "wbce+dice")
         train_model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE, momentum=0.9))
-    history = train_model.fit(batches(1), epochs=1, verbose=0, shuffle=False)
+    history = train_model.fit(batches(1, reverse), epochs=1, verbose=0, shuffle=False)
     return start, history.history, model.get_weights()
 
 
@@ -244,59 +254,93 @@ def test_sync_batch_norm_matches_one_device_when_ill_conditioned(mirrored):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
-# Updates after 2 steps agree to 2.6% for deeplab_lite (unet 0.2%, fpn 0.05%): on one device
-# alone its step-2 gradients are ~400x more sensitive to the step-1 weights than unet's
-# (moving the weights by 1e-6 of the step-1 update moves them by ~4e-5; unet: ~1e-5 at 1e-4),
-# so the float32 rounding of step 1 shows. Per-replica BatchNorm statistics, the bug this
-# test is for, move them by ~450% (the test after this one).
+# Updates after 2 steps agree to 0.7% or better for most models (unet 0.2%, fpn 0.15%,
+# deeplab_lite 0.6%). A variable may agree less where its gradient is a sum that mostly cancels
+# (a BatchNorm beta's is the sum of its upstream gradients): float32 round-off then depends on
+# the order of the sum. One device summing the same batch in reverse order moves manet's stem
+# beta by 13% of its update with oneDNN's AVX2 kernels, as much as the two replicas do. So a
+# variable passes when its update agrees to UPDATE_RTOL, or to REORDER_FACTOR times what that
+# reordering moves it on one device. The logged losses (the mean over both steps) agree to
+# 1e-4 or to twice the reordering's difference (deeplab_lite with Eigen kernels on an AVX-512
+# CPU: 2.9e-4, its second step following a first whose round-off it amplifies). Per-replica
+# BatchNorm statistics, the bug this test is for, move most updates by ~450% (the test after
+# this one).
 UPDATE_RTOL = 5e-2
+REORDER_FACTOR = 2.0
 
 
-def update_mismatch(weights, ref_weights, start) -> tuple[float, float, int]:
-    """Largest |update - reference update| / |reference update| over the variables that moved
-    (by more than 1e-5), the largest |difference| over those that did not, and how many moved."""
-    worst, still, moved = 0.0, 0.0, 0
+def update_mismatch(weights, ref_weights, start) -> tuple[np.ndarray, float]:
+    """|update - reference update| / |reference update| per variable that moved (by more than
+    1e-5; NaN for the others), and the largest |difference| over those that did not move."""
+    ratios, still = [], 0.0
     for a, b, s in zip(weights, ref_weights, start):
         got, want = np.linalg.norm(a - b), np.linalg.norm(b - s)
-        if want > 1e-5:
-            worst, moved = max(worst, got / want), moved + 1
-        else:
+        ratios.append(got / want if want > 1e-5 else np.nan)
+        if want <= 1e-5:
             still = max(still, got)
-    return worst, still, moved
+    return np.array(ratios), still
+
+
+LOSS_KEYS, LOSS_RTOL = ("loss", "wbce_loss", "dice_loss"), 1e-4
+
+
+def disagreeing(name, start, reference, run) -> dict[str, tuple[float, float]]:
+    """What in `run` (start, history, weights) disagrees with the one-device `reference`: the
+    logged losses beyond LOSS_RTOL and the variables' updates beyond UPDATE_RTOL (relative), each
+    also beyond REORDER_FACTOR times what the reference's own round-off moves it (the reference
+    trained again on the same batches in reverse sample order; trained only when needed).
+    Returns {loss key or variable index: (mismatch, reordering's mismatch)}."""
+    (_, ref_hist, ref_weights), (_, hist, weights) = reference, run
+    found = {k: abs(hist[k][-1] / ref_hist[k][-1] - 1) for k in LOSS_KEYS}
+    found = {k: v for k, v in found.items() if v > LOSS_RTOL}
+    ratios, _ = update_mismatch(weights, ref_weights, start)
+    found |= {str(i): r for i, r in enumerate(ratios) if r > UPDATE_RTOL}  # NaN: not moved
+    if not found:
+        return {}
+    default = distribute.build_strategy({"name": "default"})
+    _, re_hist, reordered = train(name, default, start, reverse=True)
+    floor = {k: abs(re_hist[k][-1] / ref_hist[k][-1] - 1) for k in LOSS_KEYS}
+    floor |= {str(i): r for i, r in enumerate(update_mismatch(reordered, ref_weights, start)[0])}
+    return {k: (v, floor[k]) for k, v in found.items() if v > REORDER_FACTOR * floor[k]}
 
 
 @pytest.mark.slow  # ~10 s (default) + ~15 s (mirrored) per model on 2 shared cores
 @pytest.mark.parametrize("name", zoo.list_models())
 def test_mirrored_matches_default(name, mirrored):
     assert distribute.num_replicas(mirrored) == 2
-    start, ref_hist, ref_weights = train(name, distribute.build_strategy({"name": "default"}), None)
-    _, hist, weights = train(name, mirrored, start)
-    assert set(hist) >= {"loss", "wbce_loss", "dice_loss"}
-    for key in ("loss", "wbce_loss", "dice_loss"):
-        np.testing.assert_allclose(hist[key], ref_hist[key], rtol=1e-4, err_msg=key)
+    reference = train(name, distribute.build_strategy({"name": "default"}), None)
+    start, _, ref_weights = reference
+    run = train(name, mirrored, start)
+    assert set(run[1]) >= set(LOSS_KEYS) and len(run[1]["loss"]) == 1  # one epoch
     # Compare the updates, not the weights, which barely move in two steps.
-    worst, still, moved = update_mismatch(weights, ref_weights, start)
-    assert worst <= UPDATE_RTOL, worst
+    assert not disagreeing(name, start, reference, run)
+    ratios, still = update_mismatch(run[2], ref_weights, start)
     assert still <= 1e-6, still
+    moved = ~np.isnan(ratios)
     # The comparison is not between untrained weights: most variables changed, some by more
     # than 1e-5. (Inside transformer blocks, whose branches start from N(0, 0.02) weights,
     # two SGD steps move most variables by only 1e-7..1e-5, so "changed" cannot mean "moved
     # by 1e-5"; for SegFormer those small updates agree to ~1e-6 relative.)
     changed = sum(bool(np.any(w != s)) for w, s in zip(ref_weights, start))
-    assert changed > len(start) // 2 and moved > 0, (changed, moved)
+    assert changed > len(start) // 2 and moved.any(), (changed, int(moved.sum()))
 
 
 @pytest.mark.slow  # ~25 s
 def test_mirrored_without_sync_bn_differs(mirrored, monkeypatch):
     # The tolerance above must catch the bug synchronized BatchNorm prevents: each replica
     # normalizing with the statistics of its own half of the batch.
-    name = "deeplab_lite"  # the model with the loosest agreement above
-    start, _, ref_weights = train(name, distribute.build_strategy({"name": "default"}), None)
+    name = "deeplab_lite"  # among the models most sensitive to round-off (above)
+    reference = train(name, distribute.build_strategy({"name": "default"}), None)
+    start, _, ref_weights = reference
     monkeypatch.setattr(
         zoo.layers.blocks.SyncBatchNormalization,
         "_moments",
         lambda self, x, mask: keras.ops.moments(x, axes=self._reduction_axes),
     )
-    _, _, weights = train(name, mirrored, start)
-    worst, _, _ = update_mismatch(weights, ref_weights, start)
-    assert worst > 10 * UPDATE_RTOL, worst
+    run = train(name, mirrored, start)
+    monkeypatch.undo()  # the reordered one-device reference runs the real layer
+    ratios, _ = update_mismatch(run[2], ref_weights, start)
+    moved = int(np.sum(~np.isnan(ratios)))
+    # Not a few variables at the edge of the tolerance: most of them, far beyond it.
+    assert len(disagreeing(name, start, reference, run)) > moved // 2, moved
+    assert np.nanmax(ratios) > 10 * UPDATE_RTOL, np.nanmax(ratios)

@@ -236,17 +236,28 @@ def test_train_py_multi_worker_matches_single_process(tmp_path):
                 *train_cmd(tmp_path / "mw", 2, "strategy=multi_worker", "strategy.timeout_s=120"),
             ]
         )
-    # Per-replica batch 2 x 2 workers = global batch 4 = one process with batch 4.
-    results = run_all([*cmds, train_cmd(tmp_path / "single", 4)])
+    # Per-replica batch 2 x 2 workers = global batch 4 = one process with batch 4; the start
+    # weights come from the same run with a learning rate too small to move any of them.
+    start_cmd = train_cmd(tmp_path / "start", 4, "trainer.learning_rate=1e-30")
+    results = run_all([*cmds, train_cmd(tmp_path / "single", 4), start_cmd])
     for code, out in results:
         assert code == 0, out[-3000:]
     mw_files = sorted(p.name for p in (tmp_path / "mw").iterdir())
     for name in ("model.keras", "metrics.json", "overlays", "tensorboard", "train_log.csv"):
         assert name in mw_files, mw_files
-    mw = keras.saving.load_model(tmp_path / "mw" / "model.keras")
-    ref = keras.saving.load_model(tmp_path / "single" / "model.keras")
-    for a, b in zip(mw.get_weights(), ref.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    mw, ref, start = (
+        keras.saving.load_model(tmp_path / run / "model.keras") for run in ("mw", "single", "start")
+    )
+    # Trainable weights: the updates agree to 2% of their size in every variable (measured:
+    # 0.6% at most, a BatchNorm beta; elementwise, a weight that the update takes close to 0
+    # differs by a few % of its value). Moving statistics are not updates: plain closeness.
+    trainable = {id(v) for v in ref.trainable_weights}
+    for v, a, b, s in zip(ref.weights, mw.get_weights(), ref.get_weights(), start.get_weights()):
+        if id(v) in trainable:
+            diff, update = float(np.linalg.norm(a - b)), float(np.linalg.norm(b - s))
+            assert 0 < update and diff <= 2e-2 * update, (v.path, diff, update)
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4, err_msg=v.path)
     m_mw = json.loads((tmp_path / "mw" / "metrics.json").read_text())
     m_ref = json.loads((tmp_path / "single" / "metrics.json").read_text())
     np.testing.assert_allclose(m_mw["history"]["loss"], m_ref["history"]["loss"], rtol=1e-3)
