@@ -5,7 +5,8 @@ conv-BN-ReLU per level, 16-32-64-128 filters, a 256-filter bottleneck, transpose
 upsampling), BCE + soft Dice (multi-class: softmax CE + soft Dice), Adam at 1e-3, random
 horizontal and vertical flips, whole images at native resolution (padded to a multiple of 16),
 BN with PyTorch's momentum, trained until the time budget is spent. Like the app it validates
-about 10 times and keeps the best weights, so all recipes are judged alike.
+about 10 times and keeps the best weights, so all recipes are judged alike. TensorFlow starts
+as in train.py (`import zoo` first: oneDNN kernels on x86), so recipes differ in nothing else.
 
 `evaluate_native` scores any saved model on the validation images at their stored resolution
 (foreground Dice pooled over all validation pixels), whatever input size the model was trained
@@ -149,6 +150,9 @@ def run_baseline(
 ) -> dict[str, Any]:
     """Train the textbook U-Net for `budget_s` seconds of training loop; best-on-val Dice.
     Multi-class masks (`num_classes` > 1) train with softmax CE + the classes' mean soft Dice."""
+    import zoo  # noqa: F401  (first: TensorFlow starts as in train.py, oneDNN on x86)
+
+    # isort: split
     import keras
     import tensorflow as tf
 

@@ -55,13 +55,13 @@ SMP_ARCH = {
 }
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "default": {},
+    "default": {"doc": "what train.py runs (TensorFlow as `import zoo` starts it)"},
     "inter1": {"inter": 1, "intra": 0, "doc": "inter_op_parallelism_threads=1"},
     "intra1": {"intra": 1, "inter": 2, "doc": "one thread per op, two ops at once"},
     "onednn_off": {"env": {"TF_ENABLE_ONEDNN_OPTS": "0"}, "doc": "Eigen kernels, no oneDNN"},
-    "onednn_on": {
-        "env": {"TF_ENABLE_ONEDNN_OPTS": "1"},
-        "doc": "oneDNN forced on (TensorFlow enables it by itself only on AVX-512 CPUs)",
+    "onednn_avx2": {
+        "env": {"TF_ENABLE_ONEDNN_OPTS": "1", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+        "doc": "oneDNN held to its AVX2 kernels: an AVX2 CPU's oneDNN, on an AVX-512 one",
     },
     "fpmath_bf16": {
         "env": {"ONEDNN_DEFAULT_FPMATH_MODE": "BF16"},
@@ -142,6 +142,10 @@ def child(variant: str, precision: str, size: int, batch: int, model_name: str) 
         libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
         libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
     import numpy as np
+
+    import zoo  # first, as in train.py: TensorFlow starts with the zoo's choices (oneDNN)
+
+    # isort: split
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
@@ -152,7 +156,6 @@ def child(variant: str, precision: str, size: int, batch: int, model_name: str) 
     import keras
 
     import losses
-    import zoo
     from zoo.optimizers import AdamW
 
     if v.get("conv_grad"):

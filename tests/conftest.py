@@ -15,6 +15,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Workers share a GPU where there is one: without growth the first takes all its memory.
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
+# `zoo` first, as a user's script would: it makes TensorFlow's start-up choices (oneDNN on x86)
+# that only hold when made before TensorFlow is imported.
+import zoo  # noqa: E402, F401
+
+# isort: split
 import tensorflow as tf  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")
