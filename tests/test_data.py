@@ -479,6 +479,43 @@ def test_too_few_training_images_for_the_batch_name_a_batch_that_fits(tmp_path):
         build_datasets(cfg, global_batch_size=8)
 
 
+def test_fewer_images_than_a_batch_draw_several_crops_each(tmp_path):
+    # 3 images of 40x40 hold 2 x 2 crops of 16x16 each (12 in all): a batch of 8 is drawn as
+    # 3 passes' worth of draws, every image in it 2-3 times, each draw at its own window.
+    yy, xx = np.mgrid[0:40, 0:40]
+    for i in range(3):
+        image = np.stack([np.full((40, 40), 40 * i + 10), yy * 5, xx * 5], -1).astype(np.uint8)
+        write_pair(tmp_path, f"t{i}", image, np.zeros((40, 40), np.uint8))
+    crops_only = {"hflip": False, "vflip": False, "rot90": False, "scale": [1.0, 1.0],
+                  "brightness": 0.0, "contrast": 0.0}  # fmt: skip
+    cfg = folder_cfg(tmp_path, batch_size=8, val_ratio=0.0, augment=crops_only)
+    bundle = build_datasets(cfg, global_batch_size=8, seed=3)
+    assert (bundle.info.train_size, bundle.info.steps_per_epoch) == (3, 1)  # 9 draws // 8
+    batches = [b["image"].numpy() for b in bundle.train.take(3)]
+    for x in batches:
+        ids = np.rint(x[:, 0, 0, 0] * 255 - 10).astype(int) // 40
+        assert sorted(np.bincount(ids, minlength=3)) == [2, 3, 3]
+        corners = {(i, round(y * 51), round(z * 51)) for i, y, z in zip(ids, x[:, 0, 0, 1],
+                                                                        x[:, 0, 0, 2])}  # fmt: skip
+        # Draws of one image are different crops (25 x 25 windows possible in 40 px).
+        assert len(corners) >= 6
+        # Each crop is a 16x16 window of its image: the coordinates step by one pixel.
+        np.testing.assert_allclose(np.diff(x[:, :, 0, 1], axis=1) * 255, 5, atol=1e-3)
+    # Resume: the stream from step 2 is the full stream's third batch.
+    again = build_datasets(cfg, global_batch_size=8, seed=3, start_step=2)
+    np.testing.assert_array_equal(next(iter(again.train))["image"].numpy(), batches[2])
+    # A batch no larger than the images: one draw per image and pass.
+    small = build_datasets({**cfg, "batch_size": 2}, global_batch_size=2, seed=3)
+    assert small.info.steps_per_epoch == 1
+    # Crops that cannot fill a batch: the error counts them and names a batch that fits.
+    fits = r"lower data.batch_size \(e.g. data.batch_size=12\)"
+    with pytest.raises(
+        ValueError,
+        match=r"has 3 samples \(12 crops of 16x16\), fewer than global_batch_size=16; " + fits,
+    ):
+        build_datasets({**cfg, "batch_size": 16}, global_batch_size=16)
+
+
 def test_folder_subfolders_16bit_multiclass_resize_and_npy(tmp_path):
     rng = np.random.default_rng(1)
     for split, n in (("train", 4), ("val", 2)):

@@ -588,15 +588,55 @@ def test_plan_sizes_for_large_and_odd_images():
     r = plan_recipe(big, budget_s=3600)
     # VGG U-Net: depth 4 (divisor 16); 4 x 40 = 160 px crops at native resolution.
     assert r.get("data.image_size") == [160, 160] and r.get("data.resize") == "crop"
-    assert r.get("model.encoder_kwargs") == {"base_width": 32}  # 200 Mpx on CPU for an hour
+    # Batch 4 (128k px / 160^2 = 5.1 -> 4). A pass is every image's pixels: 200 x 1024^2 px
+    # against 4 x 160^2 px a step, 0.000488 of them; 90% of an hour holds 3240 s / (102400 px
+    # x 1.1 us x 1.5 float32) = 19176 width-16 steps, 9 passes (< 300): width 16, though
+    # ~6392 width-32 steps fit.
+    assert r.get("data.batch_size") == 4
+    assert r.get("model.encoder_kwargs") == {"base_width": 16}
+    reason = {c.key: c.reason for c in r.choices}["model.encoder_kwargs"]
+    assert reason.startswith("~19176 steps of width 16 fit 3600 s, ~9 passes over the")
     chans = r.get("model.decoder_channels")
-    assert chans == [256, 128, 64, 32] and all(type(c) is int for c in chans)
+    assert chans == [128, 64, 32, 16] and all(type(c) is int for c in chans)
     assert r.get("trainer.learning_rate") == 1e-3
     odd = _fp(image_size_min=[100, 100], image_size_median=[100, 100], image_size_max=[100, 100])
     r = plan_recipe(odd, budget_s=60)
     assert r.get("data.image_size") == [100, 100] and r.get("model.pad_to_divisor") is True
     gpu = plan_recipe(big, device="gpu")
     assert gpu.get("model.encoder") == "resnet34" and gpu.get("trainer.max_steps") >= 1000
+
+
+def _sized(fp: Fingerprint, h: int, w: int, **kw: object) -> Fingerprint:
+    """`fp` with all its images `h` x `w` (and other fields from `kw`)."""
+    size = {"image_size_min": [h, w], "image_size_median": [h, w], "image_size_max": [h, w]}
+    return Fingerprint.from_dict({**fp.as_dict(), **size, **kw})
+
+
+def test_batch_counts_the_crops_of_images_larger_than_the_window():
+    # 6 images of 900x1200 with objects up to 23 px: 128 px crops at native resolution, each
+    # image holds 7 x 9 = 63 of them, 378 in all. The batch is the pixel target's 8 (128k px /
+    # 128^2), not half of the 6 images (3); the data pipeline draws 2 crops per image and pass.
+    extent = {"count": 500, "min": 6, "p10": 9, "median": 15, "p90": 23, "max": 30}
+    few = _sized(_fp(object_extent=extent, num_train=6), 900, 1200)
+    r = plan_recipe(few, budget_s=60, cpu_bf16="avx512_bf16")
+    assert r.get("data.image_size") == [128, 128] and r.get("data.resample") == 1.0
+    assert r.get("data.batch_size") == 8
+    # Tiles the window holds whole keep the cap at half of the images (6: 3).
+    assert plan_recipe(_sized(few, 128, 128), budget_s=60).get("data.batch_size") == 3
+    # 2 images of 300x300 hold 2 x 2 x 2 = 8 windows of 128: at most 4 a batch, and the
+    # reason says why.
+    r = plan_recipe(_sized(few, 300, 300, num_train=2), budget_s=60)
+    assert r.get("data.batch_size") == 4
+    reason = {c.key: c.reason for c in r.choices}["data.batch_size"]
+    assert reason.endswith("at most half of the 8 crops that the 2 images hold")
+    # Precise batch-norm statistics (data that is not fluorescence-like) over about one pass
+    # of the crops: 378 crops in batches of 8 -> 48 batches, capped at 16.
+    dim = _sized(few, 900, 1200, microscopy={**few.microscopy, "likely": False})
+    r = plan_recipe(dim, budget_s=60)
+    assert r.get("trainer.precise_bn_batches") == 16
+    assert "(~128 crops)" in {c.key: c.reason for c in r.choices}["trainer.precise_bn_batches"]
+    r = plan_recipe(_sized(dim, 300, 300, num_train=2), budget_s=60)
+    assert r.get("trainer.precise_bn_batches") == 2  # 8 crops in batches of 4
 
 
 def test_plan_multiclass_weights():

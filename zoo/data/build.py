@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -229,16 +230,29 @@ def build_datasets(
         class_weights = weights.class_balance_weights(counts)
     train_samples = make_samples(*train, c, class_weights)
     n_train = len(train_samples)
-    steps = n_train // int(global_batch_size)
-    if steps < 1:
-        replicas = max(1, int(global_batch_size) // max(1, int(c.batch_size)))
-        fits = max(1, n_train // replicas)
-        raise DataError(
-            f"The training set has {n_train} samples, fewer than global_batch_size="
-            f"{global_batch_size}; lower data.batch_size (e.g. data.batch_size={fits}), add "
-            "data, or let recipe=auto plan the batch"
-        )
     size = (c.image_size[0], c.image_size[1])
+    draws = 1
+    if n_train < int(global_batch_size):
+        crop = isinstance(c, FolderDataConfig) and c.resize == "crop"
+        hw = np.array([im.shape[:2] for im in train_samples.images])
+        windows = pipeline.distinct_windows(hw, size) if crop else n_train
+        if windows < int(global_batch_size):
+            replicas = max(1, int(global_batch_size) // max(1, int(c.batch_size)))
+            fits = max(1, windows // replicas)
+            held = f" ({windows} crops of {size[0]}x{size[1]})" if windows > n_train else ""
+            raise DataError(
+                f"The training set has {n_train} samples{held}, fewer than global_batch_size="
+                f"{global_batch_size}; lower data.batch_size (e.g. data.batch_size={fits}), "
+                "add data, or let recipe=auto plan the batch"
+            )
+        # A few images larger than the crop hold a batch of different crops: each pass draws
+        # every image several times, each draw with its own window and augmentation.
+        draws = math.ceil(int(global_batch_size) / n_train)
+        log.info(
+            "Training: %d image(s) hold %d crops of %dx%d; each pass draws every image %d times "
+            "(a batch of %d)", n_train, windows, size[0], size[1], draws, global_batch_size,
+        )  # fmt: skip
+    steps = n_train * draws // int(global_batch_size)
     input_scale = (1.0, 1.0)
     if native_sizes:
         from zoo.inference.scale import input_scale_from_sizes
@@ -260,6 +274,7 @@ def build_datasets(
             size=size,
             augment_cfg=c.augment,
             num_parallel_calls=c.num_parallel_calls,
+            draws=draws,
         )
 
     train_ds = train_at(int(start_step))

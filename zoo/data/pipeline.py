@@ -116,6 +116,19 @@ def epoch_permutation(seed: int | tf.Tensor, epoch: int | tf.Tensor, n: int) -> 
     return tf.argsort(tf.random.stateless_uniform([n], seed=key), stable=True)
 
 
+def distinct_windows(hw: np.ndarray, size: tuple[int, int]) -> int:
+    """How many non-overlapping `size` crops the images of heights and widths `hw` (n, 2)
+    hold: at least one each (a smaller image is one crop of itself).
+
+    Example:
+        >>> distinct_windows(np.array([[900, 1200], [100, 100]]), (128, 128))
+        64
+    """
+    hw = np.asarray(hw, np.int64).reshape(-1, 2)
+    per = np.maximum(hw[:, 0] // size[0], 1) * np.maximum(hw[:, 1] // size[1], 1)
+    return int(per.sum())
+
+
 def _window(h: tf.Tensor, w: tf.Tensor, size: tuple[int, int]) -> tuple[tf.Tensor, tf.Tensor]:
     """Base crop window: the whole stored image, or at most `size` (crop mode)."""
     return tf.minimum(h, size[0]), tf.minimum(w, size[1])
@@ -328,14 +341,23 @@ def train_stream(
     size: tuple[int, int],
     augment_cfg: AugmentConfig,
     num_parallel_calls: int = -1,
+    draws: int = 1,
 ) -> tf.data.Dataset:
-    """The infinite training stream of batches, starting at batch `start_step`."""
+    """The infinite training stream of batches, starting at batch `start_step`.
+
+    `draws` > 1 draws every image that many times per pass (crop mode with fewer images than
+    a batch): draw `v` is image `v % store.size` with its own crop and augmentation, so one
+    draw per image (the default) is the stream of `store.size` samples as before.
+    """
     if start_step < 0:
         raise ValueError(f"Invalid start_step={start_step}; expected >= 0")
+    if draws < 1:
+        raise ValueError(f"Invalid draws={draws}; expected >= 1")
     per_epoch = steps_per_epoch * batch_size
     first_epoch = start_step // steps_per_epoch
     first_offset = (start_step % steps_per_epoch) * batch_size
-    n = store.size
+    n = store.size * draws
+    images = tf.constant(store.size, tf.int64)
 
     def epoch_items(epoch):
         order = epoch_permutation(seed, epoch, n)[:per_epoch]
@@ -344,9 +366,9 @@ def train_stream(
         epochs = tf.fill(tf.shape(order), epoch)
         return tf.data.Dataset.from_tensor_slices((epochs, order))
 
-    def load(epoch, index):
-        image, mask, weight = store.load(index)
-        return augment(image, mask, weight, sample_key(seed, epoch, index), size, augment_cfg)
+    def load(epoch, draw):
+        image, mask, weight = store.load(draw % images)
+        return augment(image, mask, weight, sample_key(seed, epoch, draw), size, augment_cfg)
 
     ds = tf.data.Dataset.counter(start=first_epoch, dtype=tf.int64).flat_map(epoch_items)
     ds = ds.map(load, num_parallel_calls=_calls(num_parallel_calls), deterministic=True)

@@ -16,7 +16,8 @@ The rules, and why (docs/quality.md has the measured effect):
   (`data.resample`) when the window would not hold that at native resolution, as far as the
   thin structures allow; a ResNet decoder's depth follows the object size at that resolution
   (stride 16 suffices for objects under 32 px).
-- batch: ~128k pixels on CPU (2M on GPU), 4..16 (32), at most half the images.
+- batch: ~128k pixels on CPU (2M on GPU), 4..16 (32), at most half the images (of the crops
+  they hold, for images several windows large).
 - augmentation: hflip unless the data is left-right oriented; vflip and rot90 only when the
   orientation test finds no layout prior (or, with too few images to test, for fluorescence-like
   data); zoom range from the object-size spread, for discrete objects only (structures
@@ -195,15 +196,25 @@ def plan_recipe(
     # ---- batch
     target = CPU_BATCH_PIXELS if cpu else GPU_BATCH_PIXELS
     batch = min(max(_pow2_floor(target / (size[0] * size[1])), 4), 16 if cpu else 32)
-    cap = max(1, fp.num_train // 2)
+    # Crops of images larger than the window are different samples: a step may hold more
+    # crops than there are images (the data pipeline then draws several per image and pass).
+    h, w = (int(v * resample) for v in fp.image_size_median)
+    per_image = max(1, h // size[0]) * max(1, w // size[1])
+    windows = fp.num_train * per_image
+    cap = max(1, windows // 2)
     batch = max(1, min(batch, cap))
+    half = f"half of the {fp.num_train} images"
+    if per_image > 1:
+        half = f"half of the {windows} crops that the {fp.num_train} images hold"
     choose(
         "data.batch_size",
         batch,
         f"~{target // 1024}k pixels per batch on {device.upper()}"
-        + (f", at most half of the {fp.num_train} images" if batch == cap else ""),
+        + (f", at most {half}" if batch == cap else ""),
     )
-    share = batch / max(fp.num_train, 1)  # of the training images, seen by one step
+    # The share of the training pixels one step sees: a pass is every image's pixels once.
+    seen = batch * min(h, size[0]) * min(w, size[1])
+    share = seen / max(fp.num_train * h * w, 1)
     width, why = (64, "accelerator")
     if cpu:
         width, why = cpu_width(budget_s, batch * size[0] * size[1], pixels, cores, cpu_bf16, share)
@@ -369,7 +380,7 @@ def plan_recipe(
                 "smooths the step-to-step noise of small batches of few tiles",
             )
         else:
-            n_bn = min(math.ceil(fp.num_train / batch), PRECISE_BN_MAX_BATCHES)
+            n_bn = min(math.ceil(windows / batch), PRECISE_BN_MAX_BATCHES)
             choose(
                 "trainer.ema_momentum",
                 None,
@@ -378,7 +389,8 @@ def plan_recipe(
             choose(
                 "trainer.precise_bn_batches",
                 n_bn,
-                f"batch-norm statistics over {n_bn} training batches (~{n_bn * batch} images) "
+                f"batch-norm statistics over {n_bn} training batches (~{n_bn * batch} "
+                f"{'crops' if per_image > 1 else 'images'}) "
                 "before each validation: small batches of different images make the running "
                 "ones swing",
             )

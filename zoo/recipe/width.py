@@ -49,7 +49,8 @@ def cpu_width(
         pixels: pixels of the whole training set (the rule without a budget).
         cores: CPU cores the run gets (None: 2); step time is scaled by 2 / cores.
         cpu_bf16: the CPU's native bfloat16 flag, or None (float32 steps, 1.5x slower).
-        passes_per_step: the share of the training images one step sees (batch / images).
+        passes_per_step: the share of the training pixels one step sees (batch / images for
+            tiles the window holds whole).
 
     Returns:
         (32 or 16, the reason printed in the recipe's table).
