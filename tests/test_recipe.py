@@ -911,13 +911,33 @@ def test_plan_shrinks_images_whose_structures_span_them_to_the_window():
     from zoo.recipe.resolution import plan_resample
 
     # 600 x 450 photos of one object up to 400 px (> half of 450: spanning): a whole image
-    # in the 256 px window -> 256 / 600 = 0.4267, rounded up to 0.43: 258 x 194 px, crops
-    # of the smallest side rounded down to the divisor 16: 192.
+    # in the 256 px window -> 256 / 600 = 0.4267, rounded down to 0.42 so that it fits:
+    # 252 x 189 px, trained whole (padded inside the model to the divisor 16).
     fp = _large(p90=400.0, side=(600, 450), width=100.0)
     factor, why = plan_resample(fp)
-    assert factor == 0.43 and "a whole image" in why
+    assert factor == 0.42 and "a whole image" in why
     r = plan_recipe(fp, budget_s=180)
-    assert r.get("data.image_size") == [192, 192] and r.get("data.augment.scale") == [1.0, 1.0]
+    assert r.get("data.image_size") == [252, 189] and r.get("model.pad_to_divisor") is True
+    assert r.get("data.augment.scale") == [1.0, 1.0]
+    # Thin parts that forbid a whole image: square crops, bounded by the short side. 96 x 1024
+    # strips crossed by bands (p90 extent 96 px: spanning; p25 width 9 px, so at most 3 / 9 =
+    # 0.34x, where 1024 px would need 0.25x): the short side fits the window at native
+    # resolution, where shrinking would only lower it (it gave 32 px crops of 33 x 348 images).
+    strips = _large(p90=96.0, side=(96, 1024), width=9.0)
+    factor, why = plan_resample(strips)
+    assert factor == 1.0 and "holds the images' short side" in why
+    assert plan_recipe(strips, budget_s=60).get("data.image_size") == [96, 96]
+    # ... and a short side above the window is shrunk to it: 600 x 2400, p25 width 4 px (at
+    # most 0.75x, not the 0.11x a whole image needs): 256 / 600 = 0.4267 -> 0.75 by the floor;
+    # with p25 width 2 px (no shrinking at all: 1.5 > 1) native.
+    wide = _large(p90=500.0, side=(600, 2400), width=4.0)
+    assert plan_resample(wide)[0] == 0.75
+    assert plan_resample(_large(p90=500.0, side=(600, 2400), width=2.0))[0] == 1.0
+    # p25 width 20 px (at most 0.15x; a whole image needs 0.107x): 256 / 600 -> 0.43.
+    assert plan_resample(_large(p90=500.0, side=(600, 2400), width=20.0))[0] == 0.43
+    # p25 width 30 px (0.1x allowed): the whole image fits at 256 / 2400 -> 0.10.
+    factor, why = plan_resample(_large(p90=500.0, side=(600, 2400), width=30.0))
+    assert factor == 0.1 and "a whole image" in why
     # Tiles that fit the window keep their resolution whatever their objects.
     tiles = _large(p90=100.0, side=(200, 200))
     assert plan_resample(tiles)[0] == 1.0

@@ -60,17 +60,27 @@ def plan_resample(fp: Fingerprint, device: str = "cpu") -> tuple[float, str]:
     if not fp.object_extent.get("count"):
         return 1.0, "native resolution: no objects measured to size the context from"
     spanning = spans_image(fp)
+    thin = float(fp.structure_width.get("p25", 0) or 0)
+    floor = MIN_STRUCTURE_WIDTH / thin if thin > 0 else 1.0
     want = max(h, w) if spanning else 4 * e90
     need = (
         f"a whole image (structures span the ~{h}x{w} images, p90 extent {e90:g} px)"
         if spanning
         else f"4x the objects (p90 extent {e90:g} px)"
     )
+    whole = spanning and limit / want >= floor
+    if spanning and not whole:
+        # The thin parts forbid fitting a whole image, so training takes square crops, which
+        # the short side bounds: shrinking below where that side fits the window only lowers
+        # the resolution (96x1024 strips: 96 px crops at any factor under 1).
+        want = min(h, w)
+        need = f"the images' short side (structures span the ~{h}x{w} images)"
     if want <= limit:
         return 1.0, f"native resolution: a {limit} px window holds {need}"
-    thin = float(fp.structure_width.get("p25", 0) or 0)
-    floor = MIN_STRUCTURE_WIDTH / thin if thin > 0 else 1.0
-    factor = min(1.0, math.ceil(max(limit / want, floor) * 100) / 100)
+    if whole:  # rounded down, so that the whole image does fit
+        factor = max(math.floor(limit / want * 100) / 100, math.ceil(floor * 100) / 100)
+    else:
+        factor = min(1.0, math.ceil(max(limit / want, floor) * 100) / 100)
     if factor > MIN_SHRINK:
         return 1.0, (
             f"native resolution: shrinking to fit {need} into {limit} px would make the thin "
