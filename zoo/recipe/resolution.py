@@ -9,7 +9,10 @@ Two choices, made in this order by `zoo.recipe.planner.plan_recipe`:
   `MIN_STRUCTURE_WIDTH` px, and not at all when the factor would be above `MIN_SHRINK`.
   Measured on the MRI slices enlarged 3x (docs/quality.md, 3 minutes, Dice on the stored
   files): 256 px crops at the stored resolution 93.4 (seed 0), shrunk 0.37x 96.1 (median of
-  3 seeds, seed 0 96.3), about what the recipe scores on the slices at their own size.
+  3 seeds, seed 0 96.3), about what the recipe scores on the slices at their own size;
+  shrunk 0.36x, whole slices (the factor rounded down to fit), 96.6 with the mirrored views.
+  Where the thin parts forbid a whole image, the factor only brings the short side into the
+  window: training takes square crops, which that side bounds.
 - `plan_size`: tiles the model can take are used whole; other images give random crops of
   the (resampled) smallest side, or, for large ones, a window holding 4x the objects.
 """
