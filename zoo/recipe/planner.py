@@ -16,8 +16,8 @@ The rules, and why (docs/quality.md has the measured effect):
   (`data.resample`) when the window would not hold that at native resolution, as far as the
   thin structures allow; a ResNet decoder's depth follows the object size at that resolution
   (stride 16 suffices for objects under 32 px).
-- batch: ~128k pixels on CPU (2M on GPU), 4..16 (32), at most half the images (of the crops
-  they hold, for images several windows large).
+- batch (`zoo.recipe.batch`): ~128k pixels on CPU (2M on GPU), 4..16 (32), at most half the
+  images (of the crops they hold, for images several windows large).
 - augmentation: hflip unless the data is left-right oriented; vflip and rot90 only when the
   orientation test finds no layout prior (or, with too few images to test, for fluorescence-like
   data); zoom range from the object-size spread, for discrete objects only (structures
@@ -53,6 +53,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from zoo.recipe.batch import plan_batch
 from zoo.recipe.choices import Choice, Recipe, covered
 from zoo.recipe.fingerprint import Fingerprint
 from zoo.recipe.loss import plan_loss
@@ -60,8 +61,6 @@ from zoo.recipe.resolution import plan_resample, plan_size, spans_image
 from zoo.recipe.tta import choose_tta
 from zoo.recipe.width import cpu_width
 
-CPU_BATCH_PIXELS = 8 * 128 * 128
-GPU_BATCH_PIXELS = 32 * 256 * 256
 SHORT_CPU_BUDGET_S = 15 * 60
 CPU_ENCODER = "vgg13_bn"
 # Intensity jitter for data that is not fluorescence-like: this many times the between-image
@@ -82,10 +81,6 @@ CONSISTENT_SPREAD = 0.03
 EMA_MOMENTUM = 0.99
 # Precise BN keeps its batches in memory and runs them before each validation: at most this many.
 PRECISE_BN_MAX_BATCHES = 16
-
-
-def _pow2_floor(x: float) -> int:
-    return 1 << max(0, int(math.floor(math.log2(max(x, 1)))))
 
 
 def _summary(fp: Fingerprint) -> str:
@@ -194,30 +189,14 @@ def plan_recipe(
         )
 
     # ---- batch
-    target = CPU_BATCH_PIXELS if cpu else GPU_BATCH_PIXELS
-    batch = min(max(_pow2_floor(target / (size[0] * size[1])), 4), 16 if cpu else 32)
-    # Crops of images larger than the window are different samples: a step may hold more
-    # crops than there are images (the data pipeline then draws several per image and pass).
-    h, w = (int(v * resample) for v in fp.image_size_median)
-    per_image = max(1, h // size[0]) * max(1, w // size[1])
-    windows = fp.num_train * per_image
-    cap = max(1, windows // 2)
-    batch = max(1, min(batch, cap))
-    half = f"half of the {fp.num_train} images"
-    if per_image > 1:
-        half = f"half of the {windows} crops that the {fp.num_train} images hold"
-    choose(
-        "data.batch_size",
-        batch,
-        f"~{target // 1024}k pixels per batch on {device.upper()}"
-        + (f", at most {half}" if batch == cap else ""),
-    )
-    # The share of the training pixels one step sees: a pass is every image's pixels once.
-    seen = batch * min(h, size[0]) * min(w, size[1])
-    share = seen / max(fp.num_train * h * w, 1)
+    batch_plan = plan_batch(fp, size, resample, device)
+    batch = batch_plan.size
+    choose("data.batch_size", batch, batch_plan.reason)
     width, why = (64, "accelerator")
     if cpu:
-        width, why = cpu_width(budget_s, batch * size[0] * size[1], pixels, cores, cpu_bf16, share)
+        width, why = cpu_width(
+            budget_s, batch * size[0] * size[1], pixels, cores, cpu_bf16, batch_plan.share
+        )
 
     # ---- augmentation
     o = fp.orientation
@@ -380,7 +359,7 @@ def plan_recipe(
                 "smooths the step-to-step noise of small batches of few tiles",
             )
         else:
-            n_bn = min(math.ceil(windows / batch), PRECISE_BN_MAX_BATCHES)
+            n_bn = min(math.ceil(batch_plan.samples / batch), PRECISE_BN_MAX_BATCHES)
             choose(
                 "trainer.ema_momentum",
                 None,
@@ -390,7 +369,7 @@ def plan_recipe(
                 "trainer.precise_bn_batches",
                 n_bn,
                 f"batch-norm statistics over {n_bn} training batches (~{n_bn * batch} "
-                f"{'crops' if per_image > 1 else 'images'}) "
+                f"{batch_plan.unit}) "
                 "before each validation: small batches of different images make the running "
                 "ones swing",
             )
