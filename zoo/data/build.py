@@ -231,11 +231,11 @@ def build_datasets(
     train_samples = make_samples(*train, c, class_weights)
     n_train = len(train_samples)
     size = (c.image_size[0], c.image_size[1])
+    train_store = pipeline.SampleStore(train_samples)
     draws = 1
     if n_train < int(global_batch_size):
         crop = isinstance(c, FolderDataConfig) and c.resize == "crop"
-        hw = np.array([im.shape[:2] for im in train_samples.images])
-        windows = pipeline.distinct_windows(hw, size) if crop else n_train
+        windows = pipeline.distinct_windows(train_store.hw, size) if crop else n_train
         if windows < int(global_batch_size):
             replicas = max(1, int(global_batch_size) // max(1, int(c.batch_size)))
             fits = max(1, windows // replicas)
@@ -262,7 +262,6 @@ def build_datasets(
         resample = c.resample if folder else 1.0
         sy, sx = input_scale_from_sizes(native_sizes, size, resize, resample)
         input_scale = (sy, sx)
-    train_store = pipeline.SampleStore(train_samples)
 
     def train_at(step: int) -> tf.data.Dataset:
         return pipeline.train_stream(
