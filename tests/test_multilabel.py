@@ -434,13 +434,44 @@ def test_trained_model_is_multilabel_for_every_consumer(tmp_path):
     assert Image.open(tmp_path / "tiled" / "overlays" / "big.png").size == (50, 70)
 
 
-def test_recipe_auto_refuses_multilabel_data(tmp_path):
-    from omegaconf import OmegaConf
+def test_fingerprint_of_multilabel_data_is_of_the_union_and_each_label(tmp_path):
+    from zoo.recipe import fingerprint_folder
 
-    from zoo.recipe.apply import apply_recipe
+    root, masks = label_folder(tmp_path / "data", n=6, ignore=True)
+    fp = fingerprint_folder(root, mode="multilabel", ignore_index=255, cache=False)
+    m = np.stack(masks)  # (6, 32, 32, 2): label "a" ignored (255) in each top-left corner
+    assert fp.labels == ["a", "b"] and fp.num_classes == 1  # the union's statistics
+    for j in range(2):
+        share = (m[..., j] == 1).sum() / (m[..., j] != 255).sum()
+        assert fp.label_frequencies[j] == pytest.approx(share, abs=1e-6)
+    union = (m == 1).any(-1)  # label "b" is known everywhere, so every pixel counts
+    assert fp.class_frequencies[1] == pytest.approx(union.mean(), abs=1e-6)
+    assert fp.foreground_fraction > max(fp.label_frequencies)  # the labels overlap, not nest
 
-    cfg = OmegaConf.create({"recipe": {"name": "auto", "device": "auto"},
-                            "data": {"name": "folder", "root": str(tmp_path), "mode": "multilabel"},
-                            "trainer": {"time_budget": None}})  # fmt: skip
-    with pytest.raises(ConfigError, match="recipe=auto plans from binary or multiclass"):
-        apply_recipe(cfg, write=False, cache=False)
+
+def test_recipe_auto_plans_multilabel_data_end_to_end(tmp_path):
+    root, masks = label_folder(tmp_path / "data", n=8)
+    run_dir = tmp_path / "run"
+    args = ["recipe=auto", "data=folder", f"data.root={root}", "data.mode=multilabel",
+            "trainer.max_steps=3", "trainer.verbose=0", "trainer.num_overlays=0",
+            "trainer.tensorboard=false"]  # fmt: skip
+    proc = train(args, run_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = np.stack(masks)
+    shares = [(m[..., j] == 1).mean() for j in range(2)]  # over all 8 (the split's 6 differ)
+    logged = proc.stdout + proc.stderr
+    assert "Recipe (recipe=auto): 6 train / 2 val images of 32x32" in logged
+    applied = json.loads((run_dir / "recipe.json").read_text())["applied"]
+    # Both labels cover well over 5% of the pixels: plain BCE + Dice, per label.
+    assert min(shares) > 0.05 and applied["loss"] == "wbce+dice"
+    assert "loss_options.wbce.pos_weight" not in applied
+    fp = json.loads((run_dir / "fingerprint.json").read_text())
+    assert fp["labels"] == ["a", "b"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["labels"] == ["a", "b"] and metrics["steps"] == 3
+    # The plan's final Dice is of whole validation files, with the flips it trained with.
+    assert metrics["scored_at"] == "full_resolution" and "val_dice_b" in metrics
+    from zoo.saving import load_model
+
+    model = load_model(run_dir / "model.keras")
+    assert model.metadata["mode"] == "multilabel" and model.outputs[0].shape[-1] == 2

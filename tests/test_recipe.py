@@ -639,6 +639,46 @@ def test_batch_counts_the_crops_of_images_larger_than_the_window():
     assert r.get("trainer.precise_bn_batches") == 2  # 8 crops in batches of 4
 
 
+def test_a_few_small_images_do_not_set_the_crop_for_all():
+    # The smallest short side, leaving out images under 3/4 of the 10th percentile: 19 images
+    # of 64x80 and one of 32x40 -> 64 (32 < 48 is an outlier); one of 56x70 instead -> 56
+    # (not an outlier); two of 32x40 (10% of 20: the percentile is theirs) -> 32.
+    images, masks = squares_dataset(n=20)
+    wide = [np.pad(i, ((0, 0), (0, 16))) for i in images]
+    wide_masks = [np.pad(m, ((0, 0), (0, 16))) for m in masks]
+
+    def floor(*hw):
+        small = [(i[:h, :w], m[:h, :w]) for (h, w), i, m in zip(hw, images, masks)]
+        ims = [s[0] for s in small] + wide[len(hw) :]
+        return fingerprint_arrays(ims, [s[1] for s in small] + wide_masks[len(hw) :])
+
+    fp = floor((32, 40))
+    assert fp.image_size_min == [32, 40] and fp.short_side_floor == 64
+    assert floor((56, 70)).short_side_floor == 56
+    assert floor((32, 40), (32, 40)).short_side_floor == 32
+    # 40 photos of 300x400 with objects up to 60 px and one thumbnail of 100x130: the window
+    # for 4x the objects is 240 px (native resolution, it fits 256), and the images but the
+    # thumbnail are 300 px high, so the crop is 240 px.
+    extent = {"count": 80, "min": 20, "p10": 30, "median": 45, "p90": 60, "max": 70}
+    photos = _fp(
+        image_size_min=[100, 130], image_size_median=[300, 400], image_size_max=[300, 400],
+        short_side_floor=300, same_size=False, object_extent=extent, num_train=41,
+    )  # fmt: skip
+    r = plan_recipe(photos, budget_s=60)
+    assert r.get("data.resample") == 1.0 and r.get("data.image_size") == [240, 240]
+    reason = {c.key: c.reason for c in r.choices}["data.image_size"]
+    assert reason.endswith(
+        "holds 4x the large objects (p90 60 px); images far smaller than the rest, down to "
+        "100 px, are enlarged to it"
+    )
+    # Measured against the smallest image (a fingerprint without the floor, cached
+    # before it), the thumbnail would make the 60 px objects look like structures spanning
+    # the images (over half of 100 px): every image shrunk 0.64x and cropped to 64 px.
+    older = Fingerprint.from_dict({**photos.as_dict(), "short_side_floor": 0})
+    r = plan_recipe(older, budget_s=60)
+    assert r.get("data.resample") == 0.64 and r.get("data.image_size") == [64, 64]
+
+
 def test_plan_multiclass_weights():
     fp = _fp(num_classes=3, class_frequencies=[0.81, 0.18, 0.01])
     r = plan_recipe(fp, budget_s=180)

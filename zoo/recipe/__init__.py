@@ -15,7 +15,8 @@ from zoo.recipe.budget import (
     step_time_from,
 )
 from zoo.recipe.choices import Choice, Recipe, user_keys_from_overrides
-from zoo.recipe.fingerprint import Fingerprint, fingerprint_arrays, fingerprint_folder
+from zoo.recipe.fingerprint import Fingerprint, fingerprint_arrays
+from zoo.recipe.folder import fingerprint_folder
 from zoo.recipe.planner import plan_recipe
 from zoo.recipe.schedule import BudgetCosineDecay
 from zoo.recipe.stats import orientation_scores

@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from zoo.errors import ConfigError
 from zoo.recipe.budget import parse_duration
 from zoo.recipe.choices import Recipe, covered
-from zoo.recipe.fingerprint import Fingerprint, fingerprint_folder
+from zoo.recipe.fingerprint import Fingerprint
+from zoo.recipe.folder import fingerprint_folder
 from zoo.recipe.planner import plan_recipe
 
 log = logging.getLogger("zoo")
@@ -172,12 +173,6 @@ def apply_recipe(
         return cfg, AppliedRecipe(None, None, {}, note)
     if OmegaConf.is_missing(cfg.data, "root"):
         raise ConfigError("Missing data.root: pass data.root=/path/to/dataset")
-    if cfg.data.get("mode") == "multilabel":
-        # The fingerprint reads one class mask per image; multilabel layouts are not planned.
-        raise ConfigError(
-            "recipe=auto plans from binary or multiclass masks; with data.mode=multilabel "
-            "leave out recipe=auto and set data/model/trainer options yourself"
-        )
     t = cfg.trainer
     budget_s = parse_duration(t.time_budget) if t.time_budget is not None else None
     fp = fingerprint_folder(
@@ -193,6 +188,8 @@ def apply_recipe(
         class_colors=OmegaConf.to_object(cfg.data.class_colors)
         if cfg.data.get("class_colors")
         else None,
+        mode=str(cfg.data.get("mode") or "class"),
+        class_names=list(cfg.data.class_names) if cfg.data.get("class_names") else None,
     )
     users = set(explicit or ())
     strategy = OmegaConf.select(cfg, "strategy.name")

@@ -1,16 +1,16 @@
 """Dataset fingerprint: the statistics a training recipe is planned from, computed in seconds.
 
-`fingerprint_folder(root)` reads a folder dataset with the app's own readers (zoo.data.folder /
-zoo.data.io), `fingerprint_arrays(images, masks)` takes in-memory arrays. Both return a
-`Fingerprint` (JSON-serializable via `as_dict`); folder fingerprints are cached under
-``$ZOO_CACHE_DIR/fingerprints`` (default ~/.cache/segzoo) by a key of the files' names, sizes and
-modification times plus the mask settings, so a second run on the same data costs milliseconds.
+`fingerprint_arrays(images, masks)` takes in-memory arrays; `zoo.recipe.folder.fingerprint_folder`
+reads a folder dataset with the app's own readers and caches the result. Both return a
+`Fingerprint` (JSON-serializable via `as_dict`).
 
 What is measured (all on the training split; at most `max_samples` images, evenly spaced):
 
-- image sizes; effective channels (1 when all channels of every image are equal, e.g. gray
-  stored as RGB; else the images' count); how the files store intensities ("uint8" for
-  8-bit files, "float" for 16-bit / float files read as [0, 1]);
+- image sizes (smallest, median and largest height and width, and the smallest short side
+  once outliers are left out: a thumbnail among photos should not set the crop size); effective
+  channels (1 when all channels of every image are equal, e.g. gray stored as RGB; else the
+  images' count); how the files store intensities ("uint8" for 8-bit files, "float" for
+  16-bit / float files read as [0, 1]);
 - intensity statistics per channel in [0, 1] units (mean, std, 0.5/50/99.5 percentiles), and
   how much the labelled structures' brightness varies between images (`foreground_median_sd`:
   the standard deviation over images of the foreground's median gray level; several classes:
@@ -30,7 +30,6 @@ What is measured (all on the training split; at most `max_samples` images, evenl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -42,10 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from zoo.errors import DataError, MissingFileError
 from zoo.recipe.stats import microscopy_cues, orientation_scores, per_image, summary
 
-FINGERPRINT_VERSION = 8  # bump when a statistic changes: cached fingerprints are recomputed
+FINGERPRINT_VERSION = 10  # bump when a statistic changes: cached fingerprints are recomputed
+OUTLIER_SIDE = 0.75  # an image whose short side is under this share of the p10 is an outlier
 
 
 @dataclass
@@ -79,6 +78,13 @@ class Fingerprint:
     notes: list[str] = field(default_factory=list)
     # p10 / p25 / median / p90 of `zoo.recipe.stats.ridge_widths` over the sampled images.
     structure_width: dict[str, float] = field(default_factory=dict)
+    # The smallest short side of the images, leaving out outliers under `OUTLIER_SIDE` of the
+    # 10th percentile (a thumbnail among photos); 0 in fingerprints that predate it.
+    short_side_floor: int = 0
+    # Multilabel data (`data.mode=multilabel`): the labels and each one's share of the pixels;
+    # every other statistic is of their union (a pixel with any label is foreground).
+    labels: list[str] = field(default_factory=list)
+    label_frequencies: list[float] = field(default_factory=list)
 
     @property
     def foreground_fraction(self) -> float:
@@ -104,6 +110,11 @@ class Fingerprint:
         tmp.write_text(json.dumps(self.as_dict(), indent=2))
         os.replace(tmp, path)
         return path
+
+
+def _short_side_floor(sizes: np.ndarray) -> int:
+    sides = sizes.min(axis=1)
+    return int(sides[sides >= OUTLIER_SIDE * np.percentile(sides, 10, method="lower")].min())
 
 
 def fingerprint_arrays(
@@ -226,6 +237,7 @@ def _combine(
         image_size_median=np.median(sizes, axis=0).astype(int).tolist(),
         image_size_max=sizes.max(axis=0).tolist(),
         same_size=bool((sizes == sizes[0]).all()),
+        short_side_floor=_short_side_floor(sizes),
         channels=channels,
         storage=storage,
         intensity=intensity,
@@ -249,119 +261,3 @@ def _combine(
             **{k: round(float(v), 3) for k, v in zip(("p10", "p25", "median", "p90"), width_q)},
         },
     )
-
-
-# --------------------------------------------------------------------------- folders + cache
-
-
-def _cache_dir() -> Path:
-    root = Path(os.environ.get("ZOO_CACHE_DIR", Path.home() / ".cache" / "segzoo"))
-    return root / "fingerprints"
-
-
-def folder_key(pairs: Sequence[tuple[Path, Path]], num_val: int, settings: dict[str, Any]) -> str:
-    """Cache key: names, sizes and mtimes of every file plus the mask settings (no reading)."""
-    h = hashlib.sha1(f"v{FINGERPRINT_VERSION}|{num_val}|{sorted(settings.items())}".encode())
-    for image, mask in pairs:
-        for p in (image, mask):
-            st = p.stat()
-            h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
-
-
-def fingerprint_folder(
-    root: str | os.PathLike,
-    *,
-    num_classes: int = 1,
-    ignore_index: int | None = None,
-    mask_type: str = "class",
-    cache: bool = True,
-    max_samples: int = 512,
-    workers: int = 4,
-    val_ratio: float | None = None,
-    split_seed: int = 0,
-    channels: int = 3,
-    mask_suffix: str = "",
-    class_colors: list[list[int]] | None = None,
-) -> Fingerprint:
-    """Fingerprint of a folder dataset (root/images + root/masks, or root/train + root/val).
-
-    Files are read with the training app's readers and mask rules (`zoo.data.io`,
-    `zoo.data.folder.map_mask`), so the statistics are of exactly what training sees before
-    resizing. With `root/images`, every image counts as training data, unless `val_ratio` is
-    given: then the app's own split (`zoo.data.folder.split_pairs` with `split_seed`) is used.
-
-    Raises:
-        MissingFileError / DataError: as the folder dataset does, naming the file.
-    """
-    from zoo.data import folder as zfolder
-    from zoo.data.colors import read_class_mask
-    from zoo.data.config import FolderDataConfig
-    from zoo.data.io import read_image_raw
-
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise MissingFileError(f"data.root not found: '{root}' (data=folder data.root=/path)")
-    if (root / "train").is_dir():
-        pairs = zfolder.find_pairs(root / "train", mask_suffix=mask_suffix)
-        val = root / "val"
-        num_val = len(zfolder.find_pairs(val, mask_suffix=mask_suffix)) if val.is_dir() else 0
-    elif val_ratio is not None:
-        split = FolderDataConfig(
-            root=str(root), val_ratio=val_ratio, split_seed=split_seed, mask_suffix=mask_suffix
-        )
-        pairs, val_pairs = zfolder.split_pairs(split)
-        num_val = len(val_pairs)
-    else:
-        pairs, num_val = zfolder.find_pairs(root, mask_suffix=mask_suffix), 0
-    settings = {"num_classes": num_classes, "ignore_index": ignore_index, "mask_type": mask_type}
-    if channels != 3:  # read as training reads them (`data.channels`)
-        settings["channels"] = int(channels)
-    if class_colors:  # RGB masks, one color per class (`zoo.data.colors`)
-        settings["class_colors"] = [[int(x) for x in v] for v in class_colors]
-    key = folder_key(pairs, num_val, {**settings, "max_samples": max_samples})
-    path = _cache_dir() / f"{key}.json"
-    if cache and path.exists():
-        try:
-            fp = Fingerprint.from_dict(json.loads(path.read_text()))
-            if fp.version == FINGERPRINT_VERSION:
-                return fp
-        except (ValueError, TypeError):
-            pass  # a broken cache entry is recomputed
-    c = FolderDataConfig(root=str(root), **settings)
-    pick = np.unique(np.linspace(0, len(pairs) - 1, min(max_samples, len(pairs))).astype(int))
-
-    def read(i: int):
-        image_path, mask_path = pairs[int(i)]
-        image = read_image_raw(image_path, c.channels)
-        raw = read_class_mask(mask_path, c)
-        if image.shape[:2] != raw.shape:
-            raise DataError(
-                f"Image '{image_path}' is {image.shape[0]}x{image.shape[1]} but its mask "
-                f"'{mask_path}' is {raw.shape[0]}x{raw.shape[1]} (HxW); they must match"
-            )
-        mask, instances = zfolder.map_mask(raw, mask_path, c)
-        return image, mask, instances
-
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        samples = list(pool.map(read, pick))
-    images, masks, inst = zip(*samples)
-    fp = fingerprint_arrays(
-        list(images),
-        list(masks),
-        num_classes=num_classes,
-        ignore_index=ignore_index,
-        instances=list(inst) if mask_type == "instance" else None,
-        num_val=num_val,
-        max_samples=max_samples,
-        workers=workers,
-        source=str(root),
-    )
-    fp.num_train = len(pairs)
-    fp.key = key
-    if cache:
-        try:
-            fp.save(path)
-        except OSError:
-            pass  # a read-only cache only costs the recomputation
-    return fp

@@ -29,15 +29,20 @@ def plan_loss(
     if fp.num_classes == 1:
         f = max(fp.foreground_fraction, 1e-6)
         loss_why = "BCE for calibrated pixels + Dice for the overlap metric"
+        what = "foreground"
+        if fp.labels:  # multilabel: one sigmoid per label; the loss averages over the labels
+            f = max(sum(fp.label_frequencies) / len(fp.label_frequencies), 1e-6)
+            loss_why = "multilabel: BCE + Dice per label"
+            what = "the labels' mean share"
         if f >= RARE_FOREGROUND:
-            loss_why += f"; foreground {f:.1%} is not rare (< {RARE_FOREGROUND:.0%}): unweighted"
+            loss_why += f"; {what} {f:.1%} is not rare (< {RARE_FOREGROUND:.0%}): unweighted"
         choose("loss", "wbce+dice", loss_why)
         if f < RARE_FOREGROUND:
             pw = round(min(math.sqrt((1 - f) / f), 10.0), 2)
             choose(
                 "loss_options.wbce.pos_weight",
                 pw,
-                f"foreground is {f:.1%} of pixels (rare): up-weight it sqrt(imbalance)",
+                f"{what} is {f:.1%} of pixels (rare): up-weight it sqrt(imbalance)",
             )
     else:
         present = [q for q in freqs if q > 0]

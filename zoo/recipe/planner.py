@@ -57,7 +57,7 @@ from zoo.recipe.batch import plan_batch
 from zoo.recipe.choices import Choice, Recipe, covered
 from zoo.recipe.fingerprint import Fingerprint
 from zoo.recipe.loss import plan_loss
-from zoo.recipe.resolution import plan_resample, plan_size, spans_image
+from zoo.recipe.resolution import plan_resample, plan_size, short_side, spans_image
 from zoo.recipe.tta import choose_tta
 from zoo.recipe.width import cpu_width
 
@@ -95,6 +95,9 @@ def _summary(fp: Fingerprint) -> str:
         f"{fp.channels} channel{'s' if fp.channels > 1 else ''}",
         f"foreground {fp.foreground_fraction:.1%}",
     ]
+    if fp.labels:
+        shares = zip(fp.labels, fp.label_frequencies)
+        parts[-1] = "labels " + ", ".join(f"{k} {q:.1%}" for k, q in shares)
     if fp.object_extent.get("count"):
         parts.append(
             f"{fp.objects_per_image['median']:g} objects/image "
@@ -171,7 +174,7 @@ def plan_recipe(
     depth = 4 if vgg or (has_objects and e90 <= 32) else 5
     divisor = 2**depth
     size, pad, size_why = plan_size(fp, divisor, resample, device)
-    min_side = min(fp.image_size_min)
+    min_side = short_side(fp)
     choose("data.image_size", size, size_why)
     choose("data.resize", "crop", "keep the aspect ratio (crop, never squash or stretch)")
     choose("data.resample", resample, resample_why)

@@ -265,3 +265,14 @@ def per_image(
         "mask_thumb": _thumb(fgmask.astype(np.float32)),
         "uint8": np.asarray(image).dtype == np.uint8,
     }
+
+
+def label_union(labels: np.ndarray, ignore: int | None) -> tuple[np.ndarray, None, np.ndarray]:
+    """(union mask, no instances, [[ones per label], [valid pixels per label]]) of one (H, W, K)
+    multilabel mask: foreground where any label is 1; ignored where every label is ignored."""
+    ones = labels == 1
+    union = ones.any(-1).astype(np.int32)
+    valid = np.ones_like(ones) if ignore is None else labels != ignore
+    if ignore is not None:
+        union[~valid.any(-1)] = ignore
+    return union, None, np.stack([ones.sum((0, 1)), valid.sum((0, 1))])
