@@ -679,6 +679,29 @@ def test_a_few_small_images_do_not_set_the_crop_for_all():
     assert r.get("data.resample") == 0.64 and r.get("data.image_size") == [64, 64]
 
 
+def test_photos_of_many_megapixels_take_gray_statistics_from_a_grid():
+    from zoo.recipe.stats import GRAY_GRID_PIXELS, per_image
+
+    # 2101 x 2101 px (4.4 Mpx > 4 Mpx: every 2nd row and column) of gray level 50 with a
+    # 301 x 301 square of 200. Pixel counts and objects stay exact; the gray levels are the
+    # grid's, here the same as the whole image's.
+    assert 2101**2 > GRAY_GRID_PIXELS > (2101 // 2 + 1) ** 2
+    image = np.full((2101, 2101), 50, np.uint8)
+    mask = np.zeros((2101, 2101), np.int32)
+    image[900:1201, 700:1001] = 200
+    mask[900:1201, 700:1001] = 1
+    st = per_image(image, mask, None, 1, None, np.random.default_rng(0))
+    assert st["counts"].tolist() == [2101**2 - 301**2, 301**2]
+    assert st["extents"] == [301] and st["border_objects"] == 0
+    assert st["fg_levels"] == [pytest.approx(200 / 255)] and st["bg_above_fg"] == 0.0
+    grid = (image[::2, ::2] == 50).mean()  # the grid's share of background pixels
+    assert st["dark_fraction"] == pytest.approx(grid) and abs(grid - 0.9795) < 1e-3
+    # The same scene at a quarter of the size (under the limit, used whole) agrees.
+    small = per_image(image[::2, ::2], mask[::2, ::2], None, 1, None, np.random.default_rng(0))
+    assert small["dark_fraction"] == st["dark_fraction"]
+    np.testing.assert_allclose(small["thumb"], st["thumb"], atol=1e-6)
+
+
 def test_plan_multiclass_weights():
     fp = _fp(num_classes=3, class_frequencies=[0.81, 0.18, 0.01])
     r = plan_recipe(fp, budget_s=180)
