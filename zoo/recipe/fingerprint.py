@@ -43,7 +43,7 @@ import numpy as np
 
 from zoo.recipe.stats import microscopy_cues, orientation_scores, per_image, summary
 
-FINGERPRINT_VERSION = 10  # bump when a statistic changes: cached fingerprints are recomputed
+FINGERPRINT_VERSION = 11  # bump when a statistic changes: cached fingerprints are recomputed
 OUTLIER_SIDE = 0.75  # an image whose short side is under this share of the p10 is an outlier
 
 
