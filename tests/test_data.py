@@ -567,7 +567,7 @@ def test_folder_crop_mode_and_instance_masks(tmp_path):
 
 
 def test_auto_image_size_hand_worked():
-    from zoo.data.folder import auto_image_size
+    from zoo.data.sizing import auto_image_size
 
     assert auto_image_size([(128, 128)] * 3)[0] == [128, 128]  # used whole
     assert auto_image_size([(100, 100), (300, 200)])[0] == [96, 96]  # multiples of 32
@@ -575,6 +575,13 @@ def test_auto_image_size_hand_worked():
     assert auto_image_size([(1024, 768)])[0] == [256, 256]  # CPU-sized crops at native scale
     size, why = auto_image_size([(20, 20)])
     assert size == [32, 32] and "upsampled" in why  # only below the model's divisor
+    # A 100x130 thumbnail among 19 photos of 300x400 does not set the crop: 256 px, the
+    # thumbnail enlarged to it; one of 230x390 is no outlier (230 >= 3/4 of 300) and sets 224;
+    # two thumbnails of 20 (10%) are the 10th percentile themselves and set the crop (96x128).
+    size, why = auto_image_size([(300, 400)] * 19 + [(100, 130)])
+    assert size == [256, 256] and why.endswith("(down to 100x130) are enlarged to the crop")
+    assert auto_image_size([(300, 400)] * 19 + [(230, 390)])[0] == [224, 256]
+    assert auto_image_size([(300, 400)] * 18 + [(100, 130)] * 2)[0] == [96, 128]
 
 
 def test_folder_defaults_keep_native_resolution(tmp_path):

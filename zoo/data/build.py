@@ -195,7 +195,7 @@ def build_datasets(
         start_step: index of the first training batch (resume); the stream equals the stream of
             `start_step=0` with its first `start_step` batches dropped.
         size_divisor: the model's size divisor; a folder config with `image_size: null` takes
-            its size from the images in multiples of it (`zoo.data.folder.auto_image_size`).
+            its size from the images in multiples of it (`zoo.data.sizing.auto_image_size`).
 
     Returns:
         `DataBundle` with `train`, `val` and `info`.

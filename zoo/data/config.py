@@ -99,8 +99,9 @@ class FolderDataConfig(DataConfig):
     """Images and masks on disk (see docs/data.md for the layout).
 
     `image_size: None` (the default) takes the size from the images: native-resolution crops of
-    the smallest image, at most `AUTO_SIZE_LIMIT` px a side, rounded down to the model's divisor
-    (`zoo.data.folder.auto_image_size`); small tiles are never upsampled.
+    the smallest image (outliers far smaller than the rest aside), at most `AUTO_SIZE_LIMIT` px
+    a side, rounded down to the model's divisor (`zoo.data.sizing.auto_image_size`); tiles are
+    never upsampled, only such outliers.
     """
 
     name: str = "folder"

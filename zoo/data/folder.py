@@ -34,6 +34,7 @@ from zoo.data.io import (
     UnreadableFileError,
     read_image_raw,
 )
+from zoo.data.sizing import auto_image_size
 from zoo.errors import DataError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -180,45 +181,6 @@ def _resize(arr: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray
         for i in range(arr.shape[-1])
     ]
     return np.stack(chans, -1).astype(arr.dtype)
-
-
-AUTO_SIZE_LIMIT = 256  # px: the longest side of automatic training crops (CPU-sized)
-
-
-def auto_image_size(
-    sizes: Sequence[tuple[int, int]], divisor: int = 32, limit: int = AUTO_SIZE_LIMIT
-) -> tuple[list[int], str]:
-    """The training size `data.image_size: null` gives a folder: ([height, width], reason).
-
-    Native resolution: crops as large as the smallest image, at most `limit` px a side, rounded
-    down to a multiple of the model's `divisor` (equal tiles of a multiple are used whole; a
-    100 px tile trains on 96 px crops for a divisor of 32). Only images smaller than `divisor`
-    itself are upsampled (to `divisor`), since the model cannot take them.
-
-    Example:
-        >>> auto_image_size([(128, 128)] * 3)
-        ([128, 128], "the images' native size 128x128, used whole")
-    """
-    d = max(int(divisor), 1)
-    low = [min(int(s[0]) for s in sizes), min(int(s[1]) for s in sizes)]
-    same = len({(int(s[0]), int(s[1])) for s in sizes}) == 1
-    top = max(limit // d, 1) * d
-    size = [min(max(v // d, 1) * d, top) for v in low]
-    shape = f"{size[0]}x{size[1]}"
-    if any(v < d for v in low):
-        why = f"images ({low[0]}x{low[1]}) are smaller than the model's divisor {d}: upsampled"
-    elif same and size == low:
-        why = f"the images' native size {shape}, used whole"
-    elif max(low) <= top and size == low:
-        why = f"native-resolution {shape} crops, the size of the smallest image"
-    elif max(low) <= top:
-        why = (
-            f"native-resolution {shape} crops: the smallest image ({low[0]}x{low[1]}) "
-            f"rounded down to a multiple of {d}"
-        )
-    else:
-        why = f"native-resolution {shape} crops (images are >= {low[0]}x{low[1]}; <= {top} px)"
-    return size, why
 
 
 def resampled_size(shape: Sequence[int], c: FolderDataConfig) -> tuple[int, int]:

@@ -44,7 +44,6 @@ import numpy as np
 from zoo.recipe.stats import microscopy_cues, orientation_scores, per_image, summary
 
 FINGERPRINT_VERSION = 11  # bump when a statistic changes: cached fingerprints are recomputed
-OUTLIER_SIDE = 0.75  # an image whose short side is under this share of the p10 is an outlier
 
 
 @dataclass
@@ -78,8 +77,8 @@ class Fingerprint:
     notes: list[str] = field(default_factory=list)
     # p10 / p25 / median / p90 of `zoo.recipe.stats.ridge_widths` over the sampled images.
     structure_width: dict[str, float] = field(default_factory=dict)
-    # The smallest short side of the images, leaving out outliers under `OUTLIER_SIDE` of the
-    # 10th percentile (a thumbnail among photos); 0 in fingerprints that predate it.
+    # The smallest short side of the images, leaving out outliers under 3/4 of the 10th
+    # percentile (`zoo.data.folder.smallest_regular`); 0 in fingerprints that predate it.
     short_side_floor: int = 0
     # Multilabel data (`data.mode=multilabel`): the labels and each one's share of the pixels;
     # every other statistic is of their union (a pixel with any label is foreground).
@@ -113,8 +112,9 @@ class Fingerprint:
 
 
 def _short_side_floor(sizes: np.ndarray) -> int:
-    sides = sizes.min(axis=1)
-    return int(sides[sides >= OUTLIER_SIDE * np.percentile(sides, 10, method="lower")].min())
+    from zoo.data.sizing import smallest_regular  # the rule the folder defaults crop by
+
+    return smallest_regular(sizes.min(axis=1).tolist())
 
 
 def fingerprint_arrays(
