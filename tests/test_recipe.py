@@ -702,6 +702,19 @@ def test_photos_of_many_megapixels_take_gray_statistics_from_a_grid():
     np.testing.assert_allclose(small["thumb"], st["thumb"], atol=1e-6)
 
 
+def test_instance_ids_of_any_size_are_objects():
+    # Instance ids need not be small or consecutive (some tools write hashes): a 10x10 object
+    # of id 3e9 and a 20x10 one of id 7 are two objects of extents 10 and 20.
+    mask = np.zeros((64, 64), np.int64)
+    inst = np.zeros((64, 64), np.int64)
+    mask[5:15, 5:15], inst[5:15, 5:15] = 1, 3_000_000_000
+    mask[30:50, 30:40], inst[30:50, 30:40] = 1, 7
+    fp = fingerprint_arrays([np.zeros((64, 64), np.uint8)], [mask], instances=[inst])
+    e, d = fp.object_extent, fp.object_diameter
+    assert (e["count"], e["min"], e["max"]) == (2, 10, 20)
+    assert d["max"] == pytest.approx(2 * math.sqrt(200 / math.pi), abs=1e-3)
+
+
 def test_plan_multiclass_weights():
     fp = _fp(num_classes=3, class_frequencies=[0.81, 0.18, 0.01])
     r = plan_recipe(fp, budget_s=180)

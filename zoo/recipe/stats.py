@@ -245,6 +245,9 @@ def per_image(
         ids = ids[ids > 0]
         if not len(ids):
             continue
+        if ids[-1] >= labels.size:  # sparse instance ids (e.g. hashes): number them 1..n
+            labels = np.searchsorted(np.concatenate([[0], ids]), labels)
+            ids = np.arange(1, len(ids) + 1)
         areas = _bincount(labels)[ids]  # pixels per object
         boxes = ndimage.find_objects(labels.astype(np.int64))
         for i, area in zip(ids, areas):
