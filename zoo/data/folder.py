@@ -203,9 +203,9 @@ def _target(shape: tuple[int, int], c: FolderDataConfig) -> tuple[int, int]:
     return (max(int(np.ceil(shape[0] * f)), size[0]), max(int(np.ceil(shape[1] * f)), size[1]))
 
 
-def _read_pair(pair: tuple[Path, Path], c: FolderDataConfig):
-    """(image, class mask, instances or None) at the stored size, or the read error
-    (`skip_corrupt`)."""
+def read_pair(pair: tuple[Path, Any], c: FolderDataConfig):
+    """(image, class mask (multilabel: (H, W, K) labels), instances or None) at the stored
+    size, or the read error (`skip_corrupt`). The fingerprint reads with it too."""
     image_path, mask_path = pair
     try:
         image = read_image_raw(image_path, c.channels)
@@ -242,7 +242,7 @@ def _fit(sample, c: FolderDataConfig):
 
 def _read_raw(pairs: list[tuple[Path, Path]], c: FolderDataConfig) -> list:
     with ThreadPoolExecutor(max(1, c.num_workers)) as pool:
-        return list(pool.map(lambda p: _read_pair(p, c), pairs))
+        return list(pool.map(lambda p: read_pair(p, c), pairs))
 
 
 def _split(pairs: list[tuple[Path, Path]], results: list, c: FolderDataConfig,

@@ -78,7 +78,7 @@ class Fingerprint:
     # p10 / p25 / median / p90 of `zoo.recipe.stats.ridge_widths` over the sampled images.
     structure_width: dict[str, float] = field(default_factory=dict)
     # The smallest short side of the images, leaving out outliers under 3/4 of the 10th
-    # percentile (`zoo.data.folder.smallest_regular`); 0 in fingerprints that predate it.
+    # percentile (`zoo.data.sizing.smallest_regular`); 0 in fingerprints that predate it.
     short_side_floor: int = 0
     # Multilabel data (`data.mode=multilabel`): the labels and each one's share of the pixels;
     # every other statistic is of their union (a pixel with any label is foreground).

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.errors import DataError, MissingFileError
+from zoo.errors import MissingFileError
 from zoo.recipe.fingerprint import FINGERPRINT_VERSION, Fingerprint, fingerprint_arrays
 
 
@@ -70,9 +70,7 @@ def fingerprint_folder(
     """
     from zoo.data import folder as zfolder
     from zoo.data import multilabel as zmultilabel
-    from zoo.data.colors import read_class_mask
     from zoo.data.config import FolderDataConfig
-    from zoo.data.io import read_image_raw
     from zoo.recipe.stats import label_union
 
     root = Path(root).expanduser()
@@ -114,21 +112,9 @@ def fingerprint_folder(
     pick = np.unique(np.linspace(0, len(pairs) - 1, min(max_samples, len(pairs))).astype(int))
 
     def read(i: int):
-        image_path, mask_path = pairs[int(i)]
-        image = read_image_raw(image_path, c.channels)
-        if labels is not None:
-            raw = zmultilabel.read_labels(mask_path, c)
-            mask_path, raw = raw.source, raw.labels
-        else:
-            raw = read_class_mask(mask_path, c)
-        if image.shape[:2] != raw.shape[:2]:
-            raise DataError(
-                f"Image '{image_path}' is {image.shape[0]}x{image.shape[1]} but its mask "
-                f"'{mask_path}' is {raw.shape[0]}x{raw.shape[1]} (HxW); they must match"
-            )
-        if labels is not None:
-            return (image, *label_union(raw, ignore_index))
-        mask, instances = zfolder.map_mask(raw, mask_path, c)
+        image, mask, instances = zfolder.read_pair(pairs[int(i)], c)  # as training reads it
+        if labels is not None:  # mask: (H, W, K) 0/1 labels
+            return (image, *label_union(mask, ignore_index))
         return image, mask, instances, None
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
