@@ -102,6 +102,23 @@ def test_encoder_lr_mult_reaches_the_optimizer(name, cls):
     assert default.encoder_lr_mult == 1.0
 
 
+@pytest.mark.parametrize("name,decays", [("adam", False), ("adamw", True), ("sgd", True)])
+def test_weight_decay_reaches_adamw_and_sgd_kernels_only(name, decays):
+    # Zero gradients: the only change a step makes is the decoupled decay, kernel *= 1 - lr * wd
+    # (SGD took trainer.weight_decay silently without applying it before).
+    import keras
+
+    run = validate(make([f"trainer.optimizer={name}", "trainer.weight_decay=0.1",
+                         "trainer.schedule=constant", "trainer.learning_rate=0.1"]))  # fmt: skip
+    opt = build_optimizer(run.trainer, 10)
+    layer = keras.layers.Dense(2, bias_initializer="ones")
+    layer.build((None, 3))
+    kernel, bias = np.asarray(layer.kernel), np.asarray(layer.bias)
+    opt.apply_gradients([(np.zeros_like(kernel), layer.kernel), (np.zeros_like(bias), layer.bias)])
+    np.testing.assert_allclose(np.asarray(layer.kernel), kernel * (0.99 if decays else 1.0), 1e-6)
+    np.testing.assert_array_equal(np.asarray(layer.bias), bias)
+
+
 def test_init_from_loads_every_weight_or_names_the_misfit(tmp_path):
     weights = tmp_path / "resnet18_w8.safetensors"
     save_file(random_torchvision_state("resnet18", width=8), str(weights))

@@ -15,7 +15,8 @@ def build_optimizer(
     """Optimizer and schedule from `trainer` (a `zoo.config.TrainerConfig`).
 
     Cosine decay over `total_steps` after a linear warmup of `warmup_steps` (shortened when the
-    run is shorter), or a constant rate. AdamW decays conv/dense kernels only. `settable`: the
+    run is shorter), or a constant rate. AdamW and SGD decay conv/dense kernels only
+    (`weight_decay`, decoupled); Adam does not decay. `settable`: the
     cosine schedule is a `zoo.recipe.BudgetCosineDecay` whose length a time budget sets after
     its warm-up steps (`total_steps` is then provisional). The `zoo.optimizers` classes
     scale the encoder's learning rate (and weight decay) by `encoder_lr_mult`.
@@ -47,12 +48,13 @@ def build_optimizer(
     }
     if trainer.ema_momentum is not None:
         common.update(use_ema=True, ema_momentum=trainer.ema_momentum)
+    if trainer.optimizer == "adam":  # plain Adam: no weight decay (that is AdamW)
+        return optimizers.Adam(**common)
+    decay = {"weight_decay": trainer.weight_decay} if trainer.weight_decay else {}
     if trainer.optimizer == "adamw":
-        opt = optimizers.AdamW(weight_decay=trainer.weight_decay, **common)
-        # Decaying BN scales and biases hurts and is unusual.
+        opt = optimizers.AdamW(**{"weight_decay": trainer.weight_decay, **common})
+    else:  # SGD with decoupled decay (SGDW), as AdamW decays
+        opt = optimizers.SGD(momentum=trainer.momentum, nesterov=True, **decay, **common)
+    if trainer.weight_decay:  # decaying BN scales and biases hurts and is unusual
         opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
-    elif trainer.optimizer == "adam":
-        opt = optimizers.Adam(**common)
-    else:
-        opt = optimizers.SGD(momentum=trainer.momentum, nesterov=True, **common)
     return opt
