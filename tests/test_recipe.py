@@ -492,8 +492,27 @@ def test_plan_for_unoriented_fluorescence_squares(plain_fp):
     assert r.get("model.encoder_kwargs") == {"base_width": 32}
     assert r.get("model.decoder_channels") == [256, 128, 64, 32]
     assert r.get("model.full_resolution_skip") is True
-    assert r.get("trainer.learning_rate") == 2e-3
+    # Short CPU schedule: SGD with Nesterov momentum 0.99 at 1e-2 (nnU-Net's optimizer).
+    opt = [r.get(f"trainer.{k}") for k in ("optimizer", "learning_rate", "momentum")]
+    assert opt == ["sgd", 1e-2, 0.99]
     assert "model.pad_to_divisor" not in r.overrides()
+
+
+@pytest.mark.parametrize(
+    "short, user, want",
+    [
+        (True, None, {"optimizer": "sgd", "learning_rate": 1e-2, "momentum": 0.99}),
+        (False, None, {"optimizer": "adamw", "learning_rate": 1e-3}),
+        (True, "adam", {"learning_rate": 2e-3}),  # the user's optimizer: not chosen again
+        (False, "sgd", {"learning_rate": 1e-2, "momentum": 0.99}),
+    ],
+)
+def test_planned_optimizer_and_its_learning_rate(short, user, want):
+    from zoo.recipe.optimizer import plan_optimizer
+
+    got = {}
+    plan_optimizer(lambda key, value, why: got.update({key.split(".")[1]: value}), short, user)
+    assert got == want
 
 
 @pytest.mark.parametrize(
@@ -598,7 +617,8 @@ def test_plan_sizes_for_large_and_odd_images():
     assert reason.startswith("~19176 steps of width 16 fit 3600 s, ~9 passes over the")
     chans = r.get("model.decoder_channels")
     assert chans == [128, 64, 32, 16] and all(type(c) is int for c in chans)
-    assert r.get("trainer.learning_rate") == 1e-3
+    assert (r.get("trainer.optimizer"), r.get("trainer.learning_rate")) == ("adamw", 1e-3)
+    assert "trainer.momentum" not in r.overrides()
     odd = _fp(image_size_min=[100, 100], image_size_median=[100, 100], image_size_max=[100, 100])
     r = plan_recipe(odd, budget_s=60)
     assert r.get("data.image_size") == [100, 100] and r.get("model.pad_to_divisor") is True
@@ -868,7 +888,8 @@ def test_recipe_auto_applies_the_plan_except_command_line_keys(tmp_path, monkeyp
     assert run.model.kwargs["decoder_channels"] == [256, 128, 64, 32]
     assert run.model.kwargs["full_resolution_skip"] is True
     assert "pos_weight" not in run.loss.options.get("wbce", {})  # 9.8% foreground: unweighted
-    assert run.trainer.learning_rate == 2e-3 and run.trainer.time_budget == "3m"
+    assert (run.trainer.optimizer, run.trainer.learning_rate) == ("sgd", 1e-2)
+    assert run.trainer.momentum == 0.99 and run.trainer.time_budget == "3m"
     assert run.trainer.max_steps is None  # the budget decides the steps
     native = cpu_bf16() is not None  # this machine's CPU decides the precision
     assert run.trainer.precision == ("mixed_bfloat16" if native else "float32")
@@ -889,6 +910,12 @@ def test_recipe_auto_applies_the_plan_except_command_line_keys(tmp_path, monkeyp
         compose(base + ["data.augment.hflip=false"]), explicit={"data.augment.hflip"}
     )
     assert planned.predict.tta == "none" and "predict.tta" in outcome.applied
+    # The command line's optimizer is kept and gets its own learning rate: AdamW on a short
+    # CPU schedule 2e-3, not the 1e-2 planned for SGD.
+    user = ["trainer.optimizer=adamw", "trainer.time_budget=3m"]
+    planned, outcome = apply_recipe(compose(base + user), explicit=user_keys_from_overrides(user))
+    assert (planned.trainer.optimizer, planned.trainer.learning_rate) == ("adamw", 2e-3)
+    assert "trainer.optimizer" not in outcome.applied and "trainer.momentum" not in outcome.applied
 
 
 def test_recipe_auto_pads_for_another_models_divisor_and_skips_other_data(tmp_path, monkeypatch):

@@ -117,6 +117,13 @@ def _user_background(cfg: DictConfig, users: set[str]) -> int | None:
     return bg if isinstance(bg, int) and not isinstance(bg, bool) else None
 
 
+def _user_optimizer(cfg: DictConfig, users: set[str]) -> str | None:
+    """The command line's `trainer.optimizer` (the planned learning rate follows it)."""
+    if not covered("trainer.optimizer", users):
+        return None
+    return str(OmegaConf.select(cfg, "trainer.optimizer"))
+
+
 def _user_flips(cfg: DictConfig, users: set[str]) -> dict[str, bool]:
     """The command line's left-right / up-down flips (the planned TTA follows them)."""
     out = {}
@@ -205,6 +212,7 @@ def apply_recipe(
         resample=float(cfg.data.resample) if "data.resample" in users else None,
         background=_user_background(cfg, users),
         flips=_user_flips(cfg, users),
+        optimizer=_user_optimizer(cfg, users),
     )
     # The run's length is the user's when epochs or a budget is set (command line or config).
     length_set = any(OmegaConf.select(cfg, k) is not None for k in LENGTH_KEYS)

@@ -38,7 +38,8 @@ The rules, and why (docs/quality.md has the measured effect):
   steps of it fit the budget (estimated from the batch's pixels, the cores and the precision),
   else 16 (without a budget: 16 for under 1 Mpx of training data). On accelerators U-Net on
   ResNet-34 at width 64.
-- learning rate: 2e-3 for short CPU schedules (cosine to zero), else 1e-3. On CPU,
+- optimizer: SGD (Nesterov momentum 0.99, peak 1e-2) for short CPU schedules, else AdamW
+  at 1e-3 (`zoo.recipe.optimizer`); cosine to zero. On CPU,
   fluorescence-like data validates and saves a moving average of the weights (momentum 0.99);
   other data its plain weights, with batch-norm statistics re-measured over about one pass of
   training batches (at most 16) before each validation (precise BN).
@@ -57,6 +58,7 @@ from zoo.recipe.batch import plan_batch
 from zoo.recipe.choices import Choice, Recipe, covered
 from zoo.recipe.fingerprint import Fingerprint
 from zoo.recipe.loss import plan_loss
+from zoo.recipe.optimizer import plan_optimizer
 from zoo.recipe.resolution import plan_resample, plan_size, short_side, spans_image
 from zoo.recipe.tta import choose_tta
 from zoo.recipe.width import cpu_width
@@ -122,6 +124,7 @@ def plan_recipe(
     resample: float | None = None,
     background: int | None = None,
     flips: dict[str, bool] | None = None,
+    optimizer: str | None = None,
 ) -> Recipe:
     """Plan config overrides from a fingerprint.
 
@@ -139,6 +142,8 @@ def plan_recipe(
             the Dice loss leaves it out); None: class 0.
         flips: the command line's `data.augment.{hflip,vflip}` values (the test-time
             augmentation follows the flips the run trains with).
+        optimizer: the command line's `trainer.optimizer` (its learning rate is planned for
+            it); None: planned (`zoo.recipe.optimizer.plan_optimizer`).
 
     Returns:
         A `Recipe`; `recipe.overrides()` are the values to apply.
@@ -336,14 +341,7 @@ def plan_recipe(
         notes.append(f"model={model}: only U-Net gets a planned width; the model's defaults stay")
 
     # ---- optimization
-    lr = 2e-3 if short else 1e-3
-    choose(
-        "trainer.learning_rate",
-        lr,
-        "short CPU schedule, cosine to zero: a higher peak converges in fewer steps"
-        if short
-        else "AdamW default for U-Nets",
-    )
+    plan_optimizer(choose, short, optimizer)
     if cpu:
         if cpu_bf16:
             choose(
