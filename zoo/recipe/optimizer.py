@@ -8,10 +8,9 @@ through `recipe=auto` with the override, seed by seed: the nuclei 95.20 / 95.19 
 97.30 against 97.17 / 96.56 / 97.08, the 3-class MRI 97.59 / 97.52 / 97.41 against 97.34 /
 97.41 / 97.48: 11 of 13 seeds higher, medians +0.09 to +0.15 (measured before SGD applied
 `trainer.weight_decay`, whose 1e-4 decoupled decay moves a kernel by at most 1e-6 of itself a
-step at this peak). Longer and
-accelerator schedules keep AdamW at 1e-3, not measured against SGD here. A command line's
-`trainer.optimizer` keeps its own learning rate rule: SGD 1e-2 with momentum 0.99, AdamW and
-Adam 2e-3 on short CPU schedules, else 1e-3.
+step at this peak). Longer and accelerator schedules keep AdamW at 1e-3, not measured
+against SGD here. A command line's `trainer.optimizer` keeps its own learning rate rule: SGD
+1e-2 with momentum 0.99, AdamW and Adam 2e-3 on short CPU schedules, else 1e-3.
 """
 
 from __future__ import annotations
