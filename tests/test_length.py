@@ -255,6 +255,15 @@ def test_budget_max_steps_caps_the_plan(tmp_path):
     assert r.model.optimizer._learning_rate.total_steps == 30
 
 
+def test_budget_max_steps_under_the_warm_up_stops_at_max_steps(tmp_path):
+    # 3 steps bound the run before the 5 timed warm-up steps are done: planned at step 3
+    # from the 3 timings, and stopped there (it ran the 5 warm-up steps before).
+    clock = FakeClock()
+    r = budget_run(tmp_path, 50, Ticker(clock), clock, max_steps=3)
+    assert steps_of(r.model) == 3 and r.length.total == 3 and len(r.pacer.times) == 3
+    assert r.model.optimizer._learning_rate.total_steps == 3
+
+
 def test_resume_continues_a_partly_used_budget(tmp_path):
     clock = FakeClock()
     with pytest.raises(Killed):

@@ -203,6 +203,8 @@ class BudgetCallback(keras.callbacks.Callback):
             ran = max(step - self._last_step, 1) if self._last_step is not None else 1
             self.times.append((now - (self._last if self._last is not None else now)) / ran)
             due = len(self.times) >= self.timing_steps or self.ctl.remaining(now) <= 0
+            # max_steps under the warm-up: plan now, so that the run stops at max_steps.
+            due = due or bool(self.max_steps and step >= int(self.max_steps))
             if int(self.agree(int(due))):  # planning is collective: all workers or none
                 self._plan(step, now)  # BudgetError: too short, one line
         self._last, self._last_step = now, step
