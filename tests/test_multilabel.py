@@ -453,8 +453,8 @@ def test_recipe_auto_plans_multilabel_data_end_to_end(tmp_path):
     root, masks = label_folder(tmp_path / "data", n=8)
     run_dir = tmp_path / "run"
     args = ["recipe=auto", "data=folder", f"data.root={root}", "data.mode=multilabel",
-            "trainer.max_steps=3", "trainer.verbose=0", "trainer.num_overlays=0",
-            "trainer.tensorboard=false"]  # fmt: skip
+            "trainer.max_steps=3", "trainer.time_budget=1m", "trainer.verbose=0",
+            "trainer.num_overlays=0", "trainer.tensorboard=false"]  # fmt: skip
     proc = train(args, run_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = np.stack(masks)
@@ -465,6 +465,12 @@ def test_recipe_auto_plans_multilabel_data_end_to_end(tmp_path):
     # Both labels cover well over 5% of the pixels: plain BCE + Dice, per label.
     assert min(shares) > 0.05 and applied["loss"] == "wbce+dice"
     assert "loss_options.wbce.pos_weight" not in applied
+    # A short CPU budget (max_steps bounds it here): SGD with Nesterov momentum 0.99 at 1e-2.
+    assert [applied[f"trainer.{k}"] for k in ("optimizer", "learning_rate", "momentum")] == [
+        "sgd",
+        0.01,
+        0.99,
+    ]
     fp = json.loads((run_dir / "fingerprint.json").read_text())
     assert fp["labels"] == ["a", "b"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
