@@ -50,11 +50,11 @@ def build_optimizer(
         common.update(use_ema=True, ema_momentum=trainer.ema_momentum)
     if trainer.optimizer == "adam":  # plain Adam: no weight decay (that is AdamW)
         return optimizers.Adam(**common)
-    decay = {"weight_decay": trainer.weight_decay} if trainer.weight_decay else {}
-    if trainer.optimizer == "adamw":
-        opt = optimizers.AdamW(**{"weight_decay": trainer.weight_decay, **common})
-    else:  # SGD with decoupled decay (SGDW), as AdamW decays
-        opt = optimizers.SGD(momentum=trainer.momentum, nesterov=True, **decay, **common)
+    if trainer.optimizer == "adamw":  # always given: Keras' AdamW defaults to 0.004
+        opt = optimizers.AdamW(weight_decay=trainer.weight_decay, **common)
+    else:  # SGD with decoupled decay (SGDW), as AdamW decays; None: none
+        decay = trainer.weight_decay or None
+        opt = optimizers.SGD(momentum=trainer.momentum, nesterov=True, weight_decay=decay, **common)
     if trainer.weight_decay:  # decaying BN scales and biases hurts and is unusual
         opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     return opt
