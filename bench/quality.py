@@ -212,6 +212,7 @@ def run_one(
                 sized, info = size_auto(budget, cal, n_val, batch)
             else:
                 sized, info = size_default(budget, cal, n_train, n_val, batch)
+        sized += opts.set  # a variant under test (--set): appended, so it wins
         if opts.smoke:
             sized += SMOKE_ARGS
             resize_to = [64, 64] if resize_to else None
@@ -280,6 +281,12 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
             f"the parts were measured on different machines ({', '.join(MACHINE_KEYS)}: "
             f"{sorted(kinds)}): their times are not comparable, report them separately"
         )
+    variants = {tuple(p.get("settings", {}).get("overrides") or ()) for p in results}
+    if len(variants) > 1:
+        raise SystemExit(
+            f"the parts were run with different --set overrides ({sorted(variants)}): "
+            "they measure different recipes, report them separately"
+        )
     merged = {**results[0], "datasets": {}, "runs": []}
     seen: dict[tuple, int] = {}
     for part in results:
@@ -316,7 +323,12 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Foreground Dice on the validation split ({seeds}), "
         f"{result['settings']['cores']} CPU cores, budgets of training-loop time; "
-        "multi-class sets: the mean of their foreground classes' Dice.",
+        "multi-class sets: the mean of their foreground classes' Dice."
+        + (
+            f" Variant: {' '.join(result['settings']['overrides'])} on every default and auto run."
+            if result["settings"].get("overrides")
+            else ""
+        ),
         "",
         f"| dataset | domain | recipe | {head} |",
         "|---|---|---|" + "---|" * len(budgets),
@@ -393,6 +405,14 @@ def _parser() -> argparse.ArgumentParser:
         default="tables",
         help="--doc: the table between <!-- quality:SECTION:start/end --> (default: the main one)",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Hydra override appended to every train.py run (default and auto), to measure a "
+        "variant, e.g. --set trainer.optimizer=adamw; recorded in the JSON's settings",
+    )
     p.add_argument("--smoke", action="store_true", help="stand-in data, a 30 s budget, tiny model")
     p.add_argument(
         "--calibrated",
@@ -406,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     from bench.quality_data import SOURCES, prepare
 
     args = _parser().parse_args(argv)
+    bad = [s for s in args.set if "=" not in s or s.startswith("=")]
+    if bad:
+        raise SystemExit(f"--set takes KEY=VALUE (a Hydra override), got {bad[0]!r}")
     if args.command == "report":
         if not args.result:
             raise SystemExit("report needs at least one result JSON")
@@ -438,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             "smoke": args.smoke, "cores": args.cores, "seeds": len(args.seeds),
             "budgets_s": args.budgets, "recipes": args.recipes,
             "sizing": "calibrated epochs" if args.calibrated else "trainer.time_budget",
+            "overrides": args.set,
         },
         "datasets": {},
         "runs": [],

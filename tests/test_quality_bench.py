@@ -123,6 +123,24 @@ def test_report_merges_parts_run_separately():
     assert sorted(r["dice"] for r in merged["runs"]) == [0.6, 0.7, 0.9]
     assert merged["summary"]["dsb2018_nuclei"]["auto"]["180"]["median"] == 0.7
     assert "(median of 3 seeds)" in quality.markdown(merged)
+    assert "Variant" not in quality.markdown(merged)
+
+
+def test_report_keeps_variants_apart():
+    """Parts run with different --set overrides measure different recipes: never merged."""
+    run = {"dataset": "dsb2018_nuclei", "recipe": "auto", "budget_s": 60.0, "seed": 0,
+           "dice": 0.9, "train_time_s": 60.0}  # fmt: skip
+    plain = {"settings": {"seeds": 1, "cores": 2, "overrides": []}, "runs": [run]}
+    adamw = {"settings": {"seeds": 1, "cores": 2, "overrides": ["trainer.optimizer=adamw"]},
+             "runs": [run]}  # fmt: skip
+    with pytest.raises(SystemExit, match="different --set overrides"):
+        quality.merge([plain, adamw])
+    older = {"settings": {"seeds": 1, "cores": 2}, "runs": [run]}  # before --set existed
+    assert quality.merge([older, plain])["runs"] == [run]
+    text = quality.markdown(quality.merge([adamw]))
+    assert "Variant: trainer.optimizer=adamw on every default and auto run." in text
+    with pytest.raises(SystemExit, match="--set takes KEY=VALUE.*'adamw'"):
+        quality.main(["--set", "adamw"])
 
 
 def test_report_keeps_machines_apart_and_fills_a_named_section(tmp_path):
