@@ -499,19 +499,28 @@ def test_plan_for_unoriented_fluorescence_squares(plain_fp):
 
 
 @pytest.mark.parametrize(
-    "short, user, want",
+    "short, user, steps, want",
     [
-        (True, None, {"optimizer": "sgd", "learning_rate": 1e-2, "momentum": 0.99}),
-        (False, None, {"optimizer": "adamw", "learning_rate": 1e-3}),
-        (True, "adam", {"learning_rate": 2e-3}),  # the user's optimizer: not chosen again
-        (False, "sgd", {"learning_rate": 1e-2, "momentum": 0.99}),
+        (True, None, None, {"optimizer": "sgd", "learning_rate": 1e-2, "momentum": 0.99}),
+        (True, None, 400, {"optimizer": "sgd", "learning_rate": 1e-2, "momentum": 0.99}),
+        # Too few steps for momentum 0.99's ~100-step horizon: AdamW's short-schedule peak.
+        (True, None, 399, {"optimizer": "adamw", "learning_rate": 2e-3}),
+        (False, None, None, {"optimizer": "adamw", "learning_rate": 1e-3}),
+        (False, None, 100, {"optimizer": "adamw", "learning_rate": 1e-3}),
+        (True, "adam", None, {"learning_rate": 2e-3}),  # the user's optimizer: not chosen again
+        (True, "sgd", 100, {"learning_rate": 1e-2, "momentum": 0.99}),  # kept, however few
+        (False, "sgd", None, {"learning_rate": 1e-2, "momentum": 0.99}),
     ],
 )
-def test_planned_optimizer_and_its_learning_rate(short, user, want):
+def test_planned_optimizer_and_its_learning_rate(short, user, steps, want):
     from zoo.recipe.optimizer import plan_optimizer
 
     got = {}
-    plan_optimizer(lambda key, value, why: got.update({key.split(".")[1]: value}), short, user)
+
+    def choose(key, value, why):
+        got[key.split(".")[1]] = value
+
+    plan_optimizer(choose, short, user, steps)
     assert got == want
 
 
@@ -619,6 +628,13 @@ def test_plan_sizes_for_large_and_odd_images():
     assert chans == [128, 64, 32, 16] and all(type(c) is int for c in chans)
     assert (r.get("trainer.optimizer"), r.get("trainer.learning_rate")) == ("adamw", 1e-3)
     assert "trainer.momentum" not in r.overrides()
+    # A minute holds 54 s / 0.16896 s = 319 width-16 steps (< 400): AdamW at 2e-3, not SGD;
+    # three minutes hold 958: SGD.
+    r = plan_recipe(big, budget_s=60)
+    assert (r.get("trainer.optimizer"), r.get("trainer.learning_rate")) == ("adamw", 2e-3)
+    reason = {c.key: c.reason for c in r.choices}["trainer.optimizer"]
+    assert reason.startswith("short CPU schedule of ~319 steps (< 400)")
+    assert plan_recipe(big, budget_s=180).get("trainer.optimizer") == "sgd"
     odd = _fp(image_size_min=[100, 100], image_size_median=[100, 100], image_size_max=[100, 100])
     r = plan_recipe(odd, budget_s=60)
     assert r.get("data.image_size") == [100, 100] and r.get("model.pad_to_divisor") is True

@@ -61,7 +61,7 @@ from zoo.recipe.loss import plan_loss
 from zoo.recipe.optimizer import plan_optimizer
 from zoo.recipe.resolution import plan_resample, plan_size, short_side, spans_image
 from zoo.recipe.tta import choose_tta
-from zoo.recipe.width import cpu_width
+from zoo.recipe.width import cpu_steps, cpu_width
 
 SHORT_CPU_BUDGET_S = 15 * 60
 CPU_ENCODER = "vgg13_bn"
@@ -341,7 +341,10 @@ def plan_recipe(
         notes.append(f"model={model}: only U-Net gets a planned width; the model's defaults stay")
 
     # ---- optimization
-    plan_optimizer(choose, short, optimizer)
+    steps = None  # the planned U-Net's estimated steps (another model's are unknown)
+    if short and model == "unet" and not covered("model.encoder", users):
+        steps = cpu_steps(budget_s, batch * size[0] * size[1], width, cores, cpu_bf16)
+    plan_optimizer(choose, short, optimizer, steps)
     if cpu:
         if cpu_bf16:
             choose(

@@ -33,6 +33,16 @@ MIN_WIDE_STEPS = 400
 MIN_NARROW_PASSES = 300
 
 
+def cpu_steps(
+    budget_s: float, batch_pixels: int, width: int, cores: int | None, cpu_bf16: str | None
+) -> int:
+    """Training steps of the planned U-Net at `width` (16 or 32) estimated to fit the budget,
+    besides the budget's validation share (arguments as `cpu_width`'s)."""
+    slow = (1.0 if cpu_bf16 else CPU_FLOAT32_SLOWDOWN) * 2 / max(cores or 2, 1)
+    step_s = batch_pixels * CPU_STEP_US_PER_PIXEL[width] * 1e-6 * slow
+    return int((1 - VAL_COST_FRACTION) * budget_s / step_s)
+
+
 def cpu_width(
     budget_s: float | None,
     batch_pixels: int,
@@ -59,13 +69,8 @@ def cpu_width(
         if pixels < 1_000_000:
             return 16, f"little data ({pixels / 1e6:.2g} Mpx)"
         return 32, f"{pixels / 1e6:.2g} Mpx, no time budget"
-    slow = (1.0 if cpu_bf16 else CPU_FLOAT32_SLOWDOWN) * 2 / max(cores or 2, 1)
-
-    def steps(width: int) -> int:
-        step_s = batch_pixels * CPU_STEP_US_PER_PIXEL[width] * 1e-6 * slow
-        return int((1 - VAL_COST_FRACTION) * budget_s / step_s)
-
-    wide, narrow = steps(32), steps(16)
+    wide = cpu_steps(budget_s, batch_pixels, 32, cores, cpu_bf16)
+    narrow = cpu_steps(budget_s, batch_pixels, 16, cores, cpu_bf16)
     passes = int(narrow * passes_per_step)
     if wide < MIN_WIDE_STEPS:
         return 16, (
