@@ -22,6 +22,8 @@ spatial train/validation split:
   (699x591), for the recipe's handling of images larger than its training window.
 - sim_fluo_nuclei (STAND-IN, simulated): fluorescence-like nuclei with touching clusters, blur,
   uneven illumination and shot noise (`simulate_nuclei`); never counted for the targets.
+- sim_aerial_buildings (STAND-IN, simulated): RGB 256x256 aerial tiles, building footprints
+  among roads, paved yards, trees and shadows (`bench.quality_sim_aerial`); not counted either.
 
     python -m bench.quality_data --list
     python -m bench.quality_data dsb2018_nuclei --cache ~/.cache/segzoo/quality
@@ -120,6 +122,10 @@ SOURCES = {
     "sim_fluo_nuclei": Source(
         "sim_fluo_nuclei", "microscopy (simulated)", "stand-in", None, {},
         "STAND-IN: simulated fluorescence nuclei, touching clusters, blur, noise; 40 / 10 tiles",
+    ),
+    "sim_aerial_buildings": Source(
+        "sim_aerial_buildings", "aerial (simulated, RGB)", "stand-in", None, {},
+        "STAND-IN: simulated RGB aerial tiles, building footprints; 48 / 12 tiles of 256x256",
     ),
 }  # fmt: skip
 
@@ -309,6 +315,12 @@ def build_sim(_: dict[str, bytes]) -> tuple[Pairs, Pairs]:
     return simulate_nuclei(40, seed=0), simulate_nuclei(10, seed=1)
 
 
+def build_sim_aerial(_: dict[str, bytes]) -> tuple[Pairs, Pairs]:
+    from bench.quality_sim_aerial import simulate_aerial
+
+    return simulate_aerial(48, seed=0), simulate_aerial(12, seed=1)
+
+
 BUILDERS: dict[str, Callable[[dict[str, bytes]], tuple[Pairs, Pairs]]] = {
     "dsb2018_nuclei": build_dsb,
     "spacenet_buildings": build_spacenet,
@@ -316,6 +328,7 @@ BUILDERS: dict[str, Callable[[dict[str, bytes]], tuple[Pairs, Pairs]]] = {
     "mni152_gray_matter_x3": build_mni_x3,
     "mni152_tissue": build_mni_tissue,
     "sim_fluo_nuclei": build_sim,
+    "sim_aerial_buildings": build_sim_aerial,
 }
 
 

@@ -934,6 +934,32 @@ def test_recipe_auto_applies_the_plan_except_command_line_keys(tmp_path, monkeyp
     assert "trainer.optimizer" not in outcome.applied and "trainer.momentum" not in outcome.applied
 
 
+@pytest.mark.parametrize("precision, width", [(None, 32), ("float32", 16), ("mixed_bfloat16", 32)])
+def test_recipe_auto_estimates_steps_at_the_typed_precision(
+    tmp_path, monkeypatch, precision, width
+):
+    # A bfloat16 CPU, 2 cores, 45 s. 12 tiles of 64x64, batch 6 = 24576 px a step. Width 32:
+    # 24576 x 3.3 us = 0.0811 s in bfloat16, 0.1217 s in float32; 90% of 45 s holds 499 of
+    # the first (>= 400: width 32) and 332 of the second (< 400: width 16). A typed float32
+    # runs float32 steps, so the plan counts those.
+    from zoo.recipe import apply
+
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(apply, "cpu_bf16", lambda: "avx512_bf16")
+    monkeypatch.setattr(apply, "cpu_cores", lambda: 2)
+    _write_folder(tmp_path / "data", *squares_dataset())
+    user = ["trainer.time_budget=45s"] + ([f"trainer.precision={precision}"] if precision else [])
+    base = ["recipe=auto", "recipe.device=cpu", "data=folder", f"data.root={tmp_path / 'data'}"]
+    planned, outcome = apply.apply_recipe(
+        compose(base + user), explicit=user_keys_from_overrides(user)
+    )
+    assert planned.data.batch_size == 6
+    assert planned.model.encoder_kwargs == {"base_width": width}
+    assert planned.trainer.precision == (precision or "mixed_bfloat16")
+    wide = int(0.9 * 45 / (24576 * 3.3e-6 * (1.5 if precision == "float32" else 1)))
+    assert f"~{wide} steps of width 32" in outcome.recipe.table()
+
+
 def test_recipe_auto_pads_for_another_models_divisor_and_skips_other_data(tmp_path, monkeypatch):
     from zoo.config import validate
     from zoo.recipe.apply import apply_recipe

@@ -83,6 +83,15 @@ def cpu_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str | None:
     return next((f for f in BF16_CPU_FLAGS if f in flags), None)
 
 
+def _planned_bf16(cfg: DictConfig, users: set[str]) -> str | None:
+    """The CPU's bfloat16 flag as the plan should count it: a precision typed on the command
+    line without bfloat16 (e.g. float32 on a CPU that has it) runs float32-speed steps, and
+    the width and optimizer rules estimate the steps that fit from that."""
+    if "trainer.precision" in users and "bfloat16" not in str(cfg.trainer.precision):
+        return None
+    return cpu_bf16()
+
+
 def cpu_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -208,7 +217,7 @@ def apply_recipe(
         device=device,
         model=str(cfg.model.name),
         user_keys=users,
-        cpu_bf16=cpu_bf16() if device == "cpu" else None,
+        cpu_bf16=_planned_bf16(cfg, users) if device == "cpu" else None,
         resample=float(cfg.data.resample) if "data.resample" in users else None,
         background=_user_background(cfg, users),
         flips=_user_flips(cfg, users),
