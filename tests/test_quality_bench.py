@@ -28,6 +28,28 @@ def test_simulated_nuclei_are_deterministic_and_labelled():
         assert ia[ma == 1].mean() > ia[ma == 0].mean() + 20
 
 
+def test_simulated_aerial_tiles_are_deterministic_with_shadows_cast_one_way():
+    from bench.quality_sim_aerial import SUN, simulate_aerial
+
+    a = simulate_aerial(4, size=96, seed=2)
+    b = simulate_aerial(4, size=96, seed=2)
+    dy, dx = SUN
+    lit, shaded = [], []
+    for (_, ia, ma), (_, ib, mb) in zip(a, b):
+        assert np.array_equal(ia, ib) and np.array_equal(ma, mb)
+        assert ia.shape == (96, 96, 3) and ia.dtype == np.uint8 and set(np.unique(ma)) <= {0, 1}
+        foot = ma.astype(bool)
+        # Ground just beyond a footprint, on the side away from the sun and the side facing it.
+        away = np.zeros_like(foot)
+        away[dy:, dx:] = foot[:-dy, :-dx]
+        toward = np.zeros_like(foot)
+        toward[:-dy, :-dx] = foot[dy:, dx:]
+        gray = ia.mean(axis=-1)
+        shaded.append(gray[away & ~toward & ~foot])
+        lit.append(gray[toward & ~away & ~foot])
+    assert np.concatenate(shaded).mean() < 0.85 * np.concatenate(lit).mean()
+
+
 def test_pooled_dice_hand_worked():
     p1, m1 = np.array([[1, 1, 0, 0]]), np.array([[1, 0, 0, 0]])  # tp 1, fp 1
     p2, m2 = np.array([[0, 0]]), np.array([[1, 1]])  # fn 2
