@@ -9,9 +9,9 @@ Each 256x256 tile holds fields (two ground colours mixed by a smooth random fiel
 fine texture), 0-2 straight roads, 3-12 buildings (rectangles 12-48 px a side, turned to the
 nearest road's direction, roofs in concrete, tile or dark colours, half of some gabled roofs
 lit brighter), their shadows cast the same way in every tile (a fixed sun), trees (round
-dark-green crowns, some over a building's edge), paved yards in roof colours but flat
-(no shadow), haze, blur and sensor noise. The mask is
-the buildings' footprints, as in SpaceNet: the parts under a tree crown are still building.
+dark-green crowns, some over a building's edge), paved yards in roof colours but flat (no
+shadow), haze, blur and sensor noise. The mask is the buildings' footprints, as in SpaceNet:
+the parts under a tree crown are still building.
 """
 
 from __future__ import annotations
