@@ -14,6 +14,17 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Workers share a GPU where there is one: without growth the first takes all its memory.
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+# Fingerprints and CPU speed measured by the tests' runs (under the suite's load) stay out of
+# the user's cache (~/.cache/segzoo): a later real run would plan from them.
+if "ZOO_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _cache, _creator = tempfile.mkdtemp(prefix="segzoo-test-cache-"), os.getpid()
+    os.environ["ZOO_CACHE_DIR"] = _cache
+    # xdist workers may inherit the folder: only its creator (the last to exit) removes it.
+    atexit.register(lambda: os.getpid() == _creator and shutil.rmtree(_cache, True))
 
 # `zoo` first, as a user's script would: it makes TensorFlow's start-up choices (oneDNN on x86)
 # that only hold when made before TensorFlow is imported.

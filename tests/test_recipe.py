@@ -949,7 +949,9 @@ def test_recipe_auto_estimates_steps_at_the_typed_precision(
     monkeypatch.setattr(apply, "cpu_cores", lambda: 2)
     _write_folder(tmp_path / "data", *squares_dataset())
     user = ["trainer.time_budget=45s"] + ([f"trainer.precision={precision}"] if precision else [])
-    base = ["recipe=auto", "recipe.device=cpu", "data=folder", f"data.root={tmp_path / 'data'}"]
+    # The fixed costs (no speed probe): the estimate follows the precision alone.
+    base = ["recipe=auto", "recipe.device=cpu", "recipe.cpu_probe=false", "data=folder"]
+    base.append(f"data.root={tmp_path / 'data'}")
     planned, outcome = apply.apply_recipe(
         compose(base + user), explicit=user_keys_from_overrides(user)
     )

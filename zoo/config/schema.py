@@ -92,6 +92,9 @@ class RecipeConfig:
 
     name: str = "auto"
     device: str = "auto"  # auto | cpu | gpu: the planner's hardware tier
+    # Time a small convolution workload on this CPU for the plan's step estimates (cached);
+    # false: the reference machine's costs scaled by core count and bfloat16.
+    cpu_probe: bool = True
 
 
 @dataclass

@@ -210,6 +210,14 @@ def apply_recipe(
     users = set(explicit or ())
     strategy = OmegaConf.select(cfg, "strategy.name")
     device = detect_device(device_setting, strategy)
+    bf16 = _planned_bf16(cfg, users) if device == "cpu" else None
+    slowdown = None
+    # Workers of one multi-worker run must build the same model: none times its own CPU.
+    probe = selected.get("cpu_probe", True) and strategy != "multi_worker"
+    if device == "cpu" and budget_s is not None and probe:
+        from zoo.recipe.probe import cpu_slowdown
+
+        slowdown = cpu_slowdown(bf16 is not None, cpu_cores(), cache=cache)
     recipe = plan_recipe(
         fp,
         budget_s=budget_s,
@@ -217,12 +225,18 @@ def apply_recipe(
         device=device,
         model=str(cfg.model.name),
         user_keys=users,
-        cpu_bf16=_planned_bf16(cfg, users) if device == "cpu" else None,
+        cpu_bf16=bf16,
         resample=float(cfg.data.resample) if "data.resample" in users else None,
         background=_user_background(cfg, users),
         flips=_user_flips(cfg, users),
         optimizer=_user_optimizer(cfg, users),
+        cpu_slowdown=slowdown,
     )
+    if slowdown is not None:
+        recipe.notes.append(
+            f"step estimates: this CPU ran the speed probe {slowdown:.2f}x as long as the "
+            "reference machine (recipe.cpu_probe)"
+        )
     # The run's length is the user's when epochs or a budget is set (command line or config).
     length_set = any(OmegaConf.select(cfg, k) is not None for k in LENGTH_KEYS)
     skip = {"trainer.max_steps"} if length_set else set()

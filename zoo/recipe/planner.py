@@ -125,6 +125,7 @@ def plan_recipe(
     background: int | None = None,
     flips: dict[str, bool] | None = None,
     optimizer: str | None = None,
+    cpu_slowdown: float | None = None,
 ) -> Recipe:
     """Plan config overrides from a fingerprint.
 
@@ -144,6 +145,8 @@ def plan_recipe(
             augmentation follows the flips the run trains with).
         optimizer: the command line's `trainer.optimizer` (its learning rate is planned for
             it); None: planned (`zoo.recipe.optimizer.plan_optimizer`).
+        cpu_slowdown: this CPU's measured step time over the reference machine's
+            (`zoo.recipe.probe`); None: estimated from `cores` and `cpu_bf16`.
 
     Returns:
         A `Recipe`; `recipe.overrides()` are the values to apply.
@@ -202,8 +205,9 @@ def plan_recipe(
     choose("data.batch_size", batch, batch_plan.reason)
     width, why = (64, "accelerator")
     if cpu:
+        batch_px = batch * size[0] * size[1]
         width, why = cpu_width(
-            budget_s, batch * size[0] * size[1], pixels, cores, cpu_bf16, batch_plan.share
+            budget_s, batch_px, pixels, cores, cpu_bf16, batch_plan.share, cpu_slowdown
         )
 
     # ---- augmentation
@@ -343,7 +347,7 @@ def plan_recipe(
     # ---- optimization
     steps = None  # the planned U-Net's estimated steps (another model's are unknown)
     if short and model == "unet" and not covered("model.encoder", users):
-        steps = cpu_steps(budget_s, batch * size[0] * size[1], width, cores, cpu_bf16)
+        steps = cpu_steps(budget_s, batch_px, width, cores, cpu_bf16, cpu_slowdown)
     plan_optimizer(choose, short, optimizer, steps)
     if cpu:
         if cpu_bf16:

@@ -14,8 +14,8 @@ from zoo.recipe.budget import VAL_COST_FRACTION
 # Training-step cost of the planned VGG U-Net (depth 4, full-resolution skip) per pixel of the
 # batch, in microseconds, measured on 2 cores in mixed bfloat16: width 16 0.107 s for
 # 6 x 128x128 and 0.196 s for 4 x 233x197 (~1.1 us), width 32 ~0.32 s for 6 x 128x128
-# (~3.3 us); float32 steps are ~1.5x slower. Other CPUs differ: the budget measures the real
-# step time once training starts.
+# (~3.3 us); float32 steps are ~1.5x slower. Other CPUs differ: `zoo.recipe.probe` measures
+# how much (`recipe.cpu_probe`), and the budget measures the real step time once training starts.
 CPU_STEP_US_PER_PIXEL = {16: 1.1, 32: 3.3}
 CPU_FLOAT32_SLOWDOWN = 1.5
 # Width 32 once this many of its steps fit (besides the budget's validation share). Measured
@@ -34,11 +34,18 @@ MIN_NARROW_PASSES = 300
 
 
 def cpu_steps(
-    budget_s: float, batch_pixels: int, width: int, cores: int | None, cpu_bf16: str | None
+    budget_s: float,
+    batch_pixels: int,
+    width: int,
+    cores: int | None,
+    cpu_bf16: str | None,
+    slowdown: float | None = None,
 ) -> int:
     """Training steps of the planned U-Net at `width` (16 or 32) estimated to fit the budget,
     besides the budget's validation share (arguments as `cpu_width`'s)."""
-    slow = (1.0 if cpu_bf16 else CPU_FLOAT32_SLOWDOWN) * 2 / max(cores or 2, 1)
+    slow = slowdown
+    if slow is None:  # not measured: the reference machine's costs, by precision and cores
+        slow = (1.0 if cpu_bf16 else CPU_FLOAT32_SLOWDOWN) * 2 / max(cores or 2, 1)
     step_s = batch_pixels * CPU_STEP_US_PER_PIXEL[width] * 1e-6 * slow
     return int((1 - VAL_COST_FRACTION) * budget_s / step_s)
 
@@ -50,6 +57,7 @@ def cpu_width(
     cores: int | None,
     cpu_bf16: str | None,
     passes_per_step: float,
+    slowdown: float | None = None,
 ) -> tuple[int, str]:
     """The VGG U-Net's base width on CPU and its reason.
 
@@ -61,6 +69,8 @@ def cpu_width(
         cpu_bf16: the CPU's native bfloat16 flag, or None (float32 steps, 1.5x slower).
         passes_per_step: the share of the training pixels one step sees (batch / images for
             tiles the window holds whole).
+        slowdown: this CPU's measured step time over the reference machine's
+            (`zoo.recipe.probe.cpu_slowdown`); None: estimated from `cores` and `cpu_bf16`.
 
     Returns:
         (32 or 16, the reason printed in the recipe's table).
@@ -69,8 +79,8 @@ def cpu_width(
         if pixels < 1_000_000:
             return 16, f"little data ({pixels / 1e6:.2g} Mpx)"
         return 32, f"{pixels / 1e6:.2g} Mpx, no time budget"
-    wide = cpu_steps(budget_s, batch_pixels, 32, cores, cpu_bf16)
-    narrow = cpu_steps(budget_s, batch_pixels, 16, cores, cpu_bf16)
+    wide = cpu_steps(budget_s, batch_pixels, 32, cores, cpu_bf16, slowdown)
+    narrow = cpu_steps(budget_s, batch_pixels, 16, cores, cpu_bf16, slowdown)
     passes = int(narrow * passes_per_step)
     if wide < MIN_WIDE_STEPS:
         return 16, (

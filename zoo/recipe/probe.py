@@ -1,0 +1,138 @@
+"""This CPU's training speed, measured, for the planner's step estimates (`recipe.cpu_probe`).
+
+The planner sizes the U-Net's width and picks the optimizer from the steps that fit the time
+budget, before the model exists (`zoo.recipe.width.cpu_steps`). Its per-pixel step costs were
+measured on one machine (2 cores, AVX-512 with native bfloat16). Other CPUs differ by more than
+their core count and bfloat16 flag say: oneDNN's AVX2 kernels, fewer or slower cores. So the
+plan times a small convolution workload on this CPU (forward and backward passes at three
+resolutions and widths of a U-Net, in the run's precision, ~0.7 s) and scales the costs by its
+time over `REFERENCE_S`, the same workload's time on the reference machine.
+
+Checked on the reference machine against the real step time of the 3-class MRI plan (ratios
+to its mixed-bfloat16 step on 2 cores, `trainer.time_budget=40s`): float32 1.41 by the probe
+against 1.50 for the step; oneDNN held to its AVX2 kernels (`ONEDNN_MAX_CPU_ISA=AVX2`, float32)
+2.95 against 2.68; one core 1.71 against 1.64. The fixed rule (float32 1.5x, 2 / cores) says
+1.5, 1.5 and 2.0.
+
+The result is cached per CPU model, core count, precision and kernel settings
+(`$ZOO_CACHE_DIR/cpu_probe.json`, default ~/.cache/segzoo), so repeated runs on one machine
+plan alike; delete the file to measure again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+# The probe's time on the reference machine: AMD EPYC, 2 cores, AVX-512 + bfloat16, mixed
+# bfloat16, oneDNN (2026-12-04: 0.0170-0.0173 s in three processes; float32 0.0248-0.0264 s).
+REFERENCE_S = 0.0170
+# (batch, height, width, channels) of the probe's inputs: a U-Net's full-resolution stage
+# (memory bound), a middle one and the bottleneck (compute bound).
+PROBE_SHAPES = ((4, 192, 192, 16), (4, 48, 48, 64), (4, 24, 24, 128))
+CACHE_NAME = "cpu_probe.json"
+
+
+def probe_seconds(bf16: bool, repeats: int = 15) -> float:
+    """Seconds of one forward + backward pass of the probe's convolutions: the fastest of
+    `repeats`, which a moment's load on the machine leaves alone.
+
+    Args:
+        bf16: compute in bfloat16 (the plan's mixed_bfloat16), else float32.
+        repeats: timed passes after two untimed ones (tracing, kernel selection).
+    """
+    import tensorflow as tf
+
+    dtype = tf.bfloat16 if bf16 else tf.float32
+    gen = tf.random.Generator.from_seed(0)
+    inputs = [gen.normal(shape) for shape in PROBE_SHAPES]
+    kernels = [tf.Variable(gen.normal((3, 3, s[-1], s[-1])) * 0.1) for s in PROBE_SHAPES]
+
+    @tf.function
+    def step() -> list[tf.Tensor]:
+        with tf.GradientTape() as tape:
+            loss = tf.constant(0.0)
+            for x, k in zip(inputs, kernels):
+                kernel = tf.cast(k, dtype)
+                y = tf.nn.relu(tf.nn.conv2d(tf.cast(x, dtype), kernel, 1, "SAME"))
+                y = tf.nn.conv2d(y, kernel, 1, "SAME")
+                loss += tf.reduce_mean(tf.square(tf.cast(y, tf.float32)))
+        return tape.gradient(loss, kernels)
+
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for grad in step():
+            grad.numpy()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def probe_key(bf16: bool, cores: int) -> str:
+    """What the probe's time depends on: CPU model, cores, precision, TF and oneDNN settings."""
+    import tensorflow as tf
+
+    onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "-")
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "-")
+    precision = "bfloat16" if bf16 else "float32"
+    return f"{_cpu_model()} | {cores} cores | {precision} | tf {tf.__version__} | {onednn} {isa}"
+
+
+def cpu_slowdown(
+    bf16: bool,
+    cores: int,
+    *,
+    cache: bool = True,
+    measure: Callable[[bool], float] | None = None,
+) -> float:
+    """This CPU's step time over the reference machine's, from the probe (cached).
+
+    Args:
+        bf16: the run computes in bfloat16.
+        cores: CPU cores the process gets (part of the cache key; the probe runs on them).
+        cache: read and write `$ZOO_CACHE_DIR/cpu_probe.json`.
+        measure: the timing function (None: `probe_seconds`; tests pass a fake one).
+
+    Returns:
+        The factor the planner multiplies its reference step costs by (1.0: as fast as the
+        reference machine in mixed bfloat16 on 2 cores).
+    """
+    root = Path(os.environ.get("ZOO_CACHE_DIR", Path.home() / ".cache" / "segzoo"))
+    path = root / CACHE_NAME
+    key = probe_key(bf16, cores)
+    known: dict[str, float] = {}
+    if cache and path.is_file():
+        try:
+            known = {str(k): float(v) for k, v in json.loads(path.read_text()).items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            known = {}  # a damaged cache is measured again
+    seconds = known.get(key)
+    if seconds is None or seconds <= 0:
+        seconds = float((measure or probe_seconds)(bf16))
+        if cache:
+            known[key] = seconds
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
+                tmp.replace(path)  # atomic: concurrent runs never read half a file
+            except OSError:
+                pass  # a read-only cache: the plan still has its measurement
+    return seconds / REFERENCE_S
