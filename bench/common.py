@@ -144,6 +144,7 @@ def machine_facts() -> dict[str, Any]:
         "keras_backend": keras.backend.backend(),
         "onednn": onednn,
         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+        "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         # 0 = TensorFlow's default (one thread per usable core).
         "intra_op_threads": intra,
         "inter_op_threads": inter,

@@ -57,7 +57,8 @@ def markers(section: str) -> tuple[str, str]:
 DOC_START, DOC_END = markers("tables")
 # What makes two machines' Dice at equal time incomparable: the CPU's vector units (TensorFlow
 # uses oneDNN only with AVX-512) and whether oneDNN ran.
-MACHINE_KEYS = ("cpu_flags", "onednn")
+# oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA) makes another kind of machine out of the same CPU.
+MACHINE_KEYS = ("cpu_flags", "onednn", "ONEDNN_MAX_CPU_ISA")
 QUIET = ["trainer.tensorboard=false", "trainer.num_overlays=0", "trainer.verbose=0"]
 # The earlier folder defaults, pinned for the "default" recipe (they are not the defaults now).
 PREVIOUS_DEFAULT = ["data.image_size=[256,256]", "data.resize=resize"]
@@ -166,6 +167,9 @@ def run_one(
 
     k = SOURCES[dataset].num_classes if dataset in SOURCES else 1
     rec: dict[str, Any] = {"dataset": dataset, "recipe": recipe, "budget_s": budget, "seed": seed}
+    scale = getattr(opts, "time_scale", 1.0)
+    if scale != 1:  # the budget the run gets; budget_s stays the nominal one
+        rec["time_scale"], budget = scale, budget * scale
     work = Path(tempfile.mkdtemp(prefix=f"q_{dataset}_{recipe}_"))
     try:
         if recipe == "baseline":
@@ -262,7 +266,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         if "dice" in r:
             key = (r["dataset"], r["recipe"], r["budget_s"])
             cells.setdefault(key, []).append(r["dice"])
-            ratios.setdefault(key, []).append(float(r.get("train_time_s") or 0) / r["budget_s"])
+            given = r["budget_s"] * r.get("time_scale", 1.0)
+            ratios.setdefault(key, []).append(float(r.get("train_time_s") or 0) / given)
     out: dict[str, Any] = {}
     for (d, rec, b), values in sorted(cells.items()):
         cell = {"median": round(statistics.median(values), 4), "n": len(values)}
@@ -281,10 +286,17 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
             f"the parts were measured on different machines ({', '.join(MACHINE_KEYS)}: "
             f"{sorted(kinds)}): their times are not comparable, report them separately"
         )
-    variants = {tuple(p.get("settings", {}).get("overrides") or ()) for p in results}
+    variants = {
+        (
+            tuple(p.get("settings", {}).get("overrides") or ()),
+            p.get("settings", {}).get("time_scale", 1.0),
+        )
+        for p in results
+    }
     if len(variants) > 1:
         raise SystemExit(
-            f"the parts were run with different --set overrides ({sorted(variants)}): "
+            f"the parts were run with different --set overrides or --time-scale "
+            f"({sorted(variants)}): "
             "they measure different recipes, report them separately"
         )
     merged = {**results[0], "datasets": {}, "runs": []}
@@ -327,6 +339,12 @@ def markdown(result: dict[str, Any]) -> str:
         + (
             f" Variant: {' '.join(result['settings']['overrides'])} on every default and auto run."
             if result["settings"].get("overrides")
+            else ""
+        )
+        + (
+            f" Budgets emulated: each run trained for {scale:g}x the budget shown "
+            "(--time-scale), the steps a CPU that much slower gets in the budget shown."
+            if (scale := result["settings"].get("time_scale", 1.0)) != 1
             else ""
         ),
         "",
@@ -413,6 +431,14 @@ def _parser() -> argparse.ArgumentParser:
         help="a Hydra override appended to every train.py run (default and auto), to measure a "
         "variant, e.g. --set trainer.optimizer=adamw; recorded in the JSON's settings",
     )
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="train each run for this share of its budget, reported as the budget: a slower "
+        "machine's steps on a faster one (0.53 with ONEDNN_MAX_CPU_ISA=AVX2 on the table's "
+        "machine for the AVX2 EPYC, docs/quality.md)",
+    )
     p.add_argument("--smoke", action="store_true", help="stand-in data, a 30 s budget, tiny model")
     p.add_argument(
         "--calibrated",
@@ -426,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench.quality_data import SOURCES, prepare
 
     args = _parser().parse_args(argv)
+    if not 0 < args.time_scale <= 100:
+        raise SystemExit(f"--time-scale must be in (0, 100], got {args.time_scale:g}")
     bad = [s for s in args.set if "=" not in s or s.startswith("=")]
     if bad:
         raise SystemExit(f"--set takes KEY=VALUE (a Hydra override), got {bad[0]!r}")
@@ -461,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
             "smoke": args.smoke, "cores": args.cores, "seeds": len(args.seeds),
             "budgets_s": args.budgets, "recipes": args.recipes,
             "sizing": "calibrated epochs" if args.calibrated else "trainer.time_budget",
-            "overrides": args.set,
+            "overrides": args.set, "time_scale": args.time_scale,
         },
         "datasets": {},
         "runs": [],

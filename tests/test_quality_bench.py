@@ -165,6 +165,48 @@ def test_report_keeps_variants_apart():
         quality.main(["--set", "adamw"])
 
 
+def test_time_scale_trains_for_a_share_of_the_budget_shown(tmp_path, monkeypatch):
+    """--time-scale 0.5: each run trains 90 s for the 3-minute cell, reported as 3 minutes;
+    the budget check and the merge know it."""
+    import argparse
+
+    for split in ("train", "val"):
+        (tmp_path / split / "images").mkdir(parents=True)
+        (tmp_path / split / "images" / "a.png").write_bytes(b"")
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def capture(args, *rest, **kw):
+        seen.append(list(args))
+        raise Stop
+
+    monkeypatch.setattr(quality, "train_py", capture)
+    monkeypatch.setattr(quality.subprocess, "run", capture)
+    opts = argparse.Namespace(cores=2, calibrated=False, smoke=False, set=[], time_scale=0.5)
+    for recipe in ("auto", "baseline"):
+        with pytest.raises(Stop):
+            quality.run_one("dsb2018_nuclei", tmp_path, recipe, 180.0, 0, opts)
+    assert "trainer.time_budget=90s" in seen[0] and "recipe=auto" in seen[0]
+    assert seen[1][seen[1].index("--budget") + 1] == "90.0"
+
+    run = {"dataset": "dsb2018_nuclei", "recipe": "auto", "budget_s": 180.0, "seed": 0,
+           "dice": 0.9, "train_time_s": 90.0, "time_scale": 0.5}  # fmt: skip
+    scaled = {"settings": {"seeds": 1, "cores": 2, "time_scale": 0.5}, "runs": [run]}
+    merged = quality.merge([scaled])
+    assert merged["summary"]["dsb2018_nuclei"]["auto"]["180"]["time_ratio"] == 1.0
+    text = quality.markdown(merged)
+    assert "| 3 min |" in text and "| auto | 90.0 |" in text  # on time: no asterisk
+    assert "each run trained for 0.5x the budget shown" in text
+    full = {"settings": {"seeds": 1, "cores": 2}, "runs": [{**run, "time_scale": 1.0}]}
+    with pytest.raises(SystemExit, match="--time-scale"):
+        quality.merge([scaled, full])
+    with pytest.raises(SystemExit, match="--time-scale must be in \\(0, 100\\], got 0"):
+        quality.main(["--time-scale", "0"])
+
+
 def test_report_keeps_machines_apart_and_fills_a_named_section(tmp_path):
     import json
 
