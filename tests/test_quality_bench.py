@@ -349,8 +349,10 @@ def test_mri_tissue_builder_gives_the_most_probable_class(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "result,section", [("quality.json", "tables"), ("quality_avx2.json", "avx2")]
-)
+    "result,section",
+    [("quality.json", "tables"), ("quality_avx2.json", "avx2"),
+     ("quality_avx2_emulated.json", "avx2_emulated")],
+)  # fmt: skip
 def test_doc_tables_are_the_report_of_the_stored_results(result, section):
     # docs/quality.md's tables are rendered from bench/results, never edited by hand.
     import json
