@@ -77,7 +77,7 @@ def test_plan_counts_the_measured_slowdown(plain_fp, slowdown, width, optimizer)
         assert narrow == 299 and f"~{narrow} steps (< 400)" in reasons["trainer.optimizer"]
 
 
-def _apply(tmp_path, monkeypatch, extra, seconds):
+def _apply(tmp_path, monkeypatch, extra, seconds, run_dir=None, cache=True):
     from zoo.recipe import apply, probe
 
     calls = []
@@ -95,7 +95,8 @@ def _apply(tmp_path, monkeypatch, extra, seconds):
     user = ["trainer.time_budget=45s", *extra]
     base = ["recipe=auto", "recipe.device=cpu", "data=folder", f"data.root={tmp_path / 'data'}"]
     cfg = compose(base + user)
-    planned, outcome = apply.apply_recipe(cfg, explicit=user_keys_from_overrides(user))
+    explicit = user_keys_from_overrides(user)
+    planned, outcome = apply.apply_recipe(cfg, explicit=explicit, run_dir=run_dir, cache=cache)
     return planned, outcome, calls
 
 
@@ -121,3 +122,23 @@ def test_recipe_auto_plans_from_this_cpus_measured_speed(tmp_path, monkeypatch):
         planned, outcome, calls = _apply(tmp_path, monkeypatch, extra, 4 * REFERENCE_S)
         assert calls == [] and planned.model.encoder_kwargs == {"base_width": 32}, extra
         assert "speed probe" not in outcome.recipe.table()
+
+
+def test_a_resumed_run_plans_with_the_factor_its_first_session_recorded(tmp_path, monkeypatch):
+    # The first session times its CPU at 4x (width 16, as above) and records the factor in
+    # recipe.json. Resumed where the probe would read 1x (another node, no cache), the plan
+    # keeps 4x and so the same model; a fresh run directory times the CPU again (width 32).
+    run = tmp_path / "run"
+    planned, outcome, calls = _apply(tmp_path, monkeypatch, [], 4 * REFERENCE_S, run, False)
+    assert calls == [True] and planned.model.encoder_kwargs == {"base_width": 16}
+    recorded = json.loads((run / "recipe.json").read_text())
+    assert recorded["cpu_slowdown"] == pytest.approx(4.0)
+    planned, outcome, calls = _apply(tmp_path, monkeypatch, [], REFERENCE_S, run, False)
+    assert calls == [] and planned.model.encoder_kwargs == {"base_width": 16}
+    assert "as this run's recipe.json recorded it" in outcome.recipe.table()
+    planned, outcome, calls = _apply(tmp_path, monkeypatch, [], REFERENCE_S, tmp_path / "new")
+    assert calls == [True] and planned.model.encoder_kwargs == {"base_width": 32}
+    # A recipe.json without a usable factor (an older run, a damaged file) is timed afresh.
+    (run / "recipe.json").write_text(json.dumps({**recorded, "cpu_slowdown": None}))
+    planned, outcome, calls = _apply(tmp_path, monkeypatch, [], REFERENCE_S, run, False)
+    assert calls == [True] and planned.model.encoder_kwargs == {"base_width": 32}

@@ -14,6 +14,7 @@ Only `data=folder` is planned: the fingerprint reads the files. Other data keeps
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Collection
@@ -45,12 +46,14 @@ class AppliedRecipe:
     fingerprint: Fingerprint | None
     applied: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    cpu_slowdown: float | None = None  # the speed probe's factor the plan counted
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "recipe": self.recipe.as_dict() if self.recipe else None,
             "applied": self.applied,
             "note": self.note,
+            "cpu_slowdown": self.cpu_slowdown,
             "table": self.recipe.table() if self.recipe else self.note,
         }
 
@@ -90,6 +93,20 @@ def _planned_bf16(cfg: DictConfig, users: set[str]) -> str | None:
     if "trainer.precision" in users and "bfloat16" not in str(cfg.trainer.precision):
         return None
     return cpu_bf16()
+
+
+def _recorded_slowdown(run_dir: str | os.PathLike | None) -> float | None:
+    """The speed probe's factor in the run directory's recipe.json (an earlier session), or
+    None."""
+    path = Path(run_dir) / "recipe.json" if run_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text()).get("cpu_slowdown")
+    except (OSError, ValueError, AttributeError):
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    return float(value) if ok else None
 
 
 def cpu_cores() -> int:
@@ -158,7 +175,7 @@ def apply_recipe(
         explicit: dotted keys set on the command line (they keep their values).
         run_dir: where fingerprint.json and recipe.json go (None: not written).
         write: False on processes that must not write the run directory (non-chief workers).
-        cache: use the fingerprint cache.
+        cache: use the fingerprint and CPU speed caches.
 
     Returns:
         (config, AppliedRecipe), or (cfg, None) without `recipe=...`.
@@ -211,13 +228,17 @@ def apply_recipe(
     strategy = OmegaConf.select(cfg, "strategy.name")
     device = detect_device(device_setting, strategy)
     bf16 = _planned_bf16(cfg, users) if device == "cpu" else None
-    slowdown = None
+    slowdown = recorded = None
     # Workers of one multi-worker run must build the same model: none times its own CPU.
     probe = selected.get("cpu_probe", True) and strategy != "multi_worker"
     if device == "cpu" and budget_s is not None and probe:
         from zoo.recipe.probe import cpu_slowdown
 
-        slowdown = cpu_slowdown(bf16 is not None, cpu_cores(), cache=cache)
+        # A resumed run plans with the factor its first session counted, so it builds the
+        # same model wherever it resumes (another node, an emptied cache).
+        slowdown = recorded = _recorded_slowdown(run_dir)
+        if slowdown is None:
+            slowdown = cpu_slowdown(bf16 is not None, cpu_cores(), cache=cache)
     recipe = plan_recipe(
         fp,
         budget_s=budget_s,
@@ -235,7 +256,8 @@ def apply_recipe(
     if slowdown is not None:
         recipe.notes.append(
             f"step estimates: this CPU ran the speed probe {slowdown:.2f}x as long as the "
-            "reference machine (recipe.cpu_probe)"
+            "reference machine (recipe.cpu_probe"
+            + ("; as this run's recipe.json recorded it)" if recorded is not None else ")")
         )
     # The run's length is the user's when epochs or a budget is set (command line or config).
     length_set = any(OmegaConf.select(cfg, k) is not None for k in LENGTH_KEYS)
@@ -249,7 +271,7 @@ def apply_recipe(
         OmegaConf.update(planned, key, value, merge=False, force_add=True)
     applied.update(fix)
     log.info("%s", recipe.table())
-    outcome = AppliedRecipe(recipe, fp, applied)
+    outcome = AppliedRecipe(recipe, fp, applied, cpu_slowdown=slowdown)
     if run_dir is not None and write:
         from zoo.outputs import write_json
 

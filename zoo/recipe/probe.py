@@ -16,7 +16,8 @@ against 1.50 for the step; oneDNN held to its AVX2 kernels (`ONEDNN_MAX_CPU_ISA=
 
 The result is cached per CPU model, core count, precision and kernel settings
 (`$ZOO_CACHE_DIR/cpu_probe.json`, default ~/.cache/segzoo), so repeated runs on one machine
-plan alike; delete the file to measure again.
+plan alike; delete the file to measure again. The factor a run counted is in its recipe.json,
+and a resumed run plans with it (`zoo.recipe.apply`).
 """
 
 from __future__ import annotations
