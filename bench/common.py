@@ -87,16 +87,6 @@ class Settings:
 # --------------------------------------------------------------------------- machine facts
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _cpu_flags() -> list[str]:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -111,6 +101,9 @@ def _cpu_flags() -> list[str]:
 
 def machine_facts() -> dict[str, Any]:
     """CPU, cores, library versions and thread settings of this process."""
+    from zoo.recipe.probe import cpu_model  # zoo first: its TensorFlow start-up settings
+
+    # isort: split
     import keras
     import tensorflow as tf
 
@@ -133,7 +126,7 @@ def machine_facts() -> dict[str, Any]:
     intra = tf.config.threading.get_intra_op_parallelism_threads()
     inter = tf.config.threading.get_inter_op_parallelism_threads()
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_flags": _cpu_flags(),
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,

@@ -23,9 +23,13 @@ from zoo.errors import MissingFileError
 from zoo.recipe.fingerprint import FINGERPRINT_VERSION, Fingerprint, fingerprint_arrays
 
 
+def cache_root() -> Path:
+    """The recipe's cache folder: $ZOO_CACHE_DIR, default ~/.cache/segzoo."""
+    return Path(os.environ.get("ZOO_CACHE_DIR", Path.home() / ".cache" / "segzoo"))
+
+
 def _cache_dir() -> Path:
-    root = Path(os.environ.get("ZOO_CACHE_DIR", Path.home() / ".cache" / "segzoo"))
-    return root / "fingerprints"
+    return cache_root() / "fingerprints"
 
 
 def folder_key(pairs: Sequence[tuple[Path, Path]], num_val: int, settings: dict[str, Any]) -> str:

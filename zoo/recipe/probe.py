@@ -74,7 +74,8 @@ def probe_seconds(bf16: bool, repeats: int = 15) -> float:
     return min(times)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what `platform` reports."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -93,7 +94,7 @@ def probe_key(bf16: bool, cores: int) -> str:
     onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "-")
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "-")
     precision = "bfloat16" if bf16 else "float32"
-    return f"{_cpu_model()} | {cores} cores | {precision} | tf {tf.__version__} | {onednn} {isa}"
+    return f"{cpu_model()} | {cores} cores | {precision} | tf {tf.__version__} | {onednn} {isa}"
 
 
 def cpu_slowdown(
@@ -115,8 +116,9 @@ def cpu_slowdown(
         The factor the planner multiplies its reference step costs by (1.0: as fast as the
         reference machine in mixed bfloat16 on 2 cores).
     """
-    root = Path(os.environ.get("ZOO_CACHE_DIR", Path.home() / ".cache" / "segzoo"))
-    path = root / CACHE_NAME
+    from zoo.recipe.folder import cache_root
+
+    path = cache_root() / CACHE_NAME
     key = probe_key(bf16, cores)
     known: dict[str, float] = {}
     if cache and path.is_file():
@@ -128,12 +130,13 @@ def cpu_slowdown(
     if seconds is None or seconds <= 0:
         seconds = float((measure or probe_seconds)(bf16))
         if cache:
+            from zoo.errors import OutputError
+            from zoo.outputs import write_json
+
             known[key] = seconds
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
-                tmp.replace(path)  # atomic: concurrent runs never read half a file
-            except OSError:
+                write_json(path, known)  # atomic: concurrent runs never read half a file
+            except (OSError, OutputError):
                 pass  # a read-only cache: the plan still has its measurement
     return seconds / REFERENCE_S
