@@ -360,6 +360,7 @@ def test_yaml_configs_match_schemas(tmp_path):
     [
         ({"name": "nope"}, r"data.name='nope'.*shapes, folder"),
         ({"weight_map": "border"}, r"data.weight_map='border'.*unet_border"),
+        ({"mask_interpolation": "cubic"}, r"data.mask_interpolation='cubic'.*linear, nearest"),
         ({"bogus": 1}, r"Unknown key data.bogus"),
         ({"augment": {"flip": True}}, r"Unknown key data.augment.flip"),
         ({"augment": {"scale": [0.5, 2.0]}}, r"data.augment.scale"),

@@ -274,6 +274,7 @@ def build_datasets(
             augment_cfg=c.augment,
             num_parallel_calls=c.num_parallel_calls,
             draws=draws,
+            mask_interpolation=c.mask_interpolation,
         )
 
     train_ds = train_at(int(start_step))
@@ -289,6 +290,7 @@ def build_datasets(
             size=size,
             num_parallel_calls=c.num_parallel_calls,
             cache=n_val * per_window <= VAL_CACHE_BYTES,
+            mask_interpolation=c.mask_interpolation,
         )
         if n_val != val_store.size:  # crop mode: larger images are validated window by window
             log.info(

@@ -15,6 +15,7 @@ from zoo.errors import ConfigError
 from zoo.outputs import to_plain
 
 WEIGHT_MAPS = ("none", "class_balance", "unet_border")
+MASK_INTERPOLATIONS = ("linear", "nearest")  # zoo.data.resample
 RESIZE_MODES = ("resize", "crop")
 MASK_TYPES = ("class", "instance")
 # "auto": binary for num_classes 1, multiclass otherwise (what a config without `mode` means).
@@ -72,6 +73,9 @@ class DataConfig:
     channels: int = 3
     batch_size: int = 16  # per replica; the app passes the global batch size
     weight_map: str = "none"
+    # How masks are resampled wherever images are resized (crops, resize mode, data.resample):
+    # nearest | linear (outlines stay where the resized image shows them); zoo.data.resample.
+    mask_interpolation: str = "nearest"
     w0: float = 10.0
     sigma: float = 5.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -287,6 +291,10 @@ def _check(c: DataConfig) -> None:
     if c.channels != 3 and not isinstance(c, FolderDataConfig):
         raise bad(
             "channels", c.channels, f"3: data={c.name} has RGB images (other counts: data=folder)"
+        )
+    if c.mask_interpolation not in MASK_INTERPOLATIONS:
+        raise bad(
+            "mask_interpolation", c.mask_interpolation, f"one of {', '.join(MASK_INTERPOLATIONS)}"
         )
     if c.weight_map not in WEIGHT_MAPS:
         raise bad("weight_map", c.weight_map, f"one of {', '.join(WEIGHT_MAPS)}")

@@ -1,10 +1,11 @@
-"""Elastic deformation: a smooth random displacement field applied to image, weight and mask.
+"""Geometric warps of image, weight and mask: elastic deformation and rotation by any angle.
 
-The original U-Net paper's augmentation for training from a few microscopy images: random
-displacements on a coarse grid (a few control points per side, Gaussian with a standard
-deviation of some pixels), interpolated bicubically to one displacement per pixel; the image
-is resampled bilinearly, the label mask by nearest neighbour so it keeps its class values.
-Points displaced outside the image are reflected back in at the border (as `rotate`).
+Elastic deformation is the original U-Net paper's augmentation for training from a few
+microscopy images: random displacements on a coarse grid (a few control points per side,
+Gaussian with a standard deviation of some pixels), interpolated bicubically to one
+displacement per pixel. Both warps resample the image bilinearly and the label mask by nearest
+neighbour so it keeps its class values; points from outside the image are reflected back in
+at the border.
 
 Reference:
     Ronneberger, Fischer and Brox, "U-Net: Convolutional Networks for Biomedical Image
@@ -77,3 +78,28 @@ def warp(x: tf.Tensor, field: tf.Tensor, interpolation: str) -> tf.Tensor:
     top = at(y0, x0) * (1.0 - fx) + at(y0, x1) * fx
     bottom = at(y1, x0) * (1.0 - fx) + at(y1, x1) * fx
     return tf.cast(top * (1.0 - fy) + bottom * fy, x.dtype)
+
+
+def rotate(x: tf.Tensor, angle: tf.Tensor, interpolation: str) -> tf.Tensor:
+    """Rotate an (h, w, C) tensor by `angle` radians (counter-clockwise on screen) about its
+    centre; pixels from outside are filled by reflecting the image at its border.
+
+    `interpolation` is "BILINEAR" (images, weight maps) or "NEAREST" (label masks, which must
+    keep their class values).
+    """
+    h = tf.cast(tf.shape(x)[0], tf.float32)
+    w = tf.cast(tf.shape(x)[1], tf.float32)
+    cy, cx = (h - 1.0) / 2.0, (w - 1.0) / 2.0
+    c, s = tf.cos(angle), tf.sin(angle)
+    # The transform maps each output pixel (x, y) to the input point it samples: rows
+    # [a0, a1, a2] (x) and [b0, b1, b2] (y); a turn by -angle in image coordinates (y down).
+    transform = tf.stack([c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy, 0.0, 0.0])[None]
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(x, tf.float32)[None],
+        transforms=transform,
+        output_shape=tf.shape(x)[:2],
+        fill_value=0.0,
+        interpolation=interpolation,
+        fill_mode="REFLECT",
+    )
+    return tf.cast(out[0], x.dtype)

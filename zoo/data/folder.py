@@ -234,7 +234,12 @@ def _fit(sample, c: FolderDataConfig):
     image, mask, instances = sample
     target = _target(image.shape[:2], c)
     image = _resize(image, target, nearest=False)
-    mask = _resize(mask, target, nearest=True)
+    if c.mask_interpolation == "linear" and mask.shape[:2] != target:
+        from zoo.data.resample import resize_labels_np  # imports TensorFlow: not at module level
+
+        mask = resize_labels_np(mask, target)
+    else:
+        mask = _resize(mask, target, nearest=True)
     if instances is not None:
         instances = _resize(instances, target, nearest=True)
     return image, mask, instances

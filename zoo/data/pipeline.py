@@ -21,6 +21,8 @@ import tensorflow as tf
 
 from zoo.data import elastic
 from zoo.data.config import AugmentConfig
+from zoo.data.elastic import rotate
+from zoo.data.resample import resize_triplet
 
 # Salts keep the permutation and augmentation streams independent for the same (seed, epoch).
 _PERM_SALT = 0x5EED
@@ -134,16 +136,6 @@ def _window(h: tf.Tensor, w: tf.Tensor, size: tuple[int, int]) -> tuple[tf.Tenso
     return tf.minimum(h, size[0]), tf.minimum(w, size[1])
 
 
-def _resize_triplet(image, mask, weight, size):
-    # Nearest for the weight too: it stays aligned with the mask (ignored pixels keep weight 0).
-    image = tf.image.resize(image, size, method="bilinear")
-    # Every mask channel (K labels in multilabel data) is resized like one mask.
-    k = mask.shape[-1]
-    labels = tf.concat([tf.cast(mask, tf.float32), weight], axis=-1)
-    labels = tf.image.resize(labels, size, method="nearest")
-    return image, tf.cast(tf.round(labels[..., :k]), tf.int32), labels[..., k:]
-
-
 def _starts(n: int, s: int) -> list[int]:
     """Window starts along a side of n pixels: windows of s that cover it, the last one flush
     with the far edge (one window at 0 when the side is not longer than s)."""
@@ -169,15 +161,17 @@ def eval_windows(hw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(rows, np.int64).reshape(-1, 3)
 
 
-def window_view(image, mask, weight, y0, x0, size: tuple[int, int]):
+def window_view(
+    image, mask, weight, y0, x0, size: tuple[int, int], mask_interpolation: str = "nearest"
+):
     """Validation transform: the base window at (y0, x0), resized to `size` (identity if the
-    window already is)."""
+    window already is; the mask by `mask_interpolation`, `zoo.data.resample`)."""
     shape = tf.shape(mask, out_type=tf.int64)
     ch, cw = _window(shape[0], shape[1], size)
     image = image[y0 : y0 + ch, x0 : x0 + cw]
     mask = mask[y0 : y0 + ch, x0 : x0 + cw]
     weight = weight[y0 : y0 + ch, x0 : x0 + cw]
-    image, mask, weight = _resize_triplet(image, mask, weight, size)
+    image, mask, weight = resize_triplet(image, mask, weight, size, mask_interpolation)
     return _finish(image, mask, weight, size)
 
 
@@ -188,32 +182,15 @@ def _finish(image, mask, weight, size):
     return {"image": image, "mask": mask, "weight": weight}
 
 
-def rotate(x: tf.Tensor, angle: tf.Tensor, interpolation: str) -> tf.Tensor:
-    """Rotate an (h, w, C) tensor by `angle` radians (counter-clockwise on screen) about its
-    centre; pixels from outside are filled by reflecting the image at its border.
-
-    `interpolation` is "BILINEAR" (images, weight maps) or "NEAREST" (label masks, which must
-    keep their class values).
-    """
-    h = tf.cast(tf.shape(x)[0], tf.float32)
-    w = tf.cast(tf.shape(x)[1], tf.float32)
-    cy, cx = (h - 1.0) / 2.0, (w - 1.0) / 2.0
-    c, s = tf.cos(angle), tf.sin(angle)
-    # The transform maps each output pixel (x, y) to the input point it samples: rows
-    # [a0, a1, a2] (x) and [b0, b1, b2] (y); a turn by -angle in image coordinates (y down).
-    transform = tf.stack([c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy, 0.0, 0.0])[None]
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.cast(x, tf.float32)[None],
-        transforms=transform,
-        output_shape=tf.shape(x)[:2],
-        fill_value=0.0,
-        interpolation=interpolation,
-        fill_mode="REFLECT",
-    )
-    return tf.cast(out[0], x.dtype)
-
-
-def augment(image, mask, weight, key: tf.Tensor, size: tuple[int, int], cfg: AugmentConfig):
+def augment(
+    image,
+    mask,
+    weight,
+    key: tf.Tensor,
+    size: tuple[int, int],
+    cfg: AugmentConfig,
+    mask_interpolation: str = "nearest",
+):
     """Random resized crop, flips, rot90, rotation, elastic deformation (all fields together);
     gamma, brightness, contrast and noise (image only).
 
@@ -227,6 +204,7 @@ def augment(image, mask, weight, key: tf.Tensor, size: tuple[int, int], cfg: Aug
         key: int64 (2,) stateless seed of this sample (derived from seed, epoch, index).
         size: output (height, width).
         cfg: augmentation options.
+        mask_interpolation: how the resized crop resamples the mask (`zoo.data.resample`).
 
     Returns:
         dict with "image", "mask", "weight" of spatial size `size`.
@@ -249,7 +227,7 @@ def augment(image, mask, weight, key: tf.Tensor, size: tuple[int, int], cfg: Aug
     image = image[y0 : y0 + ch, x0 : x0 + cw]
     mask = mask[y0 : y0 + ch, x0 : x0 + cw]
     weight = weight[y0 : y0 + ch, x0 : x0 + cw]
-    image, mask, weight = _resize_triplet(image, mask, weight, size)
+    image, mask, weight = resize_triplet(image, mask, weight, size, mask_interpolation)
     if not cfg.enabled:
         return _finish(image, mask, weight, size)
     # One stacked tensor so geometric ops are applied identically to every field.
@@ -342,6 +320,7 @@ def train_stream(
     augment_cfg: AugmentConfig,
     num_parallel_calls: int = -1,
     draws: int = 1,
+    mask_interpolation: str = "nearest",
 ) -> tf.data.Dataset:
     """The infinite training stream of batches, starting at batch `start_step`.
 
@@ -368,7 +347,8 @@ def train_stream(
 
     def load(epoch, draw):
         image, mask, weight = store.load(draw % images)
-        return augment(image, mask, weight, sample_key(seed, epoch, draw), size, augment_cfg)
+        key = sample_key(seed, epoch, draw)
+        return augment(image, mask, weight, key, size, augment_cfg, mask_interpolation)
 
     ds = tf.data.Dataset.counter(start=first_epoch, dtype=tf.int64).flat_map(epoch_items)
     ds = ds.map(load, num_parallel_calls=_calls(num_parallel_calls), deterministic=True)
@@ -384,13 +364,14 @@ def eval_stream(
     size: tuple[int, int],
     num_parallel_calls: int = -1,
     cache: bool = True,
+    mask_interpolation: str = "nearest",
 ) -> tf.data.Dataset:
     """A finite, ordered, unaugmented dataset of batches (last batch may be smaller): every
     image whole, or covered by `size` windows where it is larger (`eval_windows`)."""
 
     def load(row):
         image, mask, weight = store.load(row[0])
-        return window_view(image, mask, weight, row[1], row[2], size)
+        return window_view(image, mask, weight, row[1], row[2], size, mask_interpolation)
 
     ds = tf.data.Dataset.from_tensor_slices(eval_windows(store.hw, size))
     ds = ds.map(load, num_parallel_calls=_calls(num_parallel_calls), deterministic=True)

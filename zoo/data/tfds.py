@@ -29,7 +29,12 @@ def _convert(example, c: PetsDataConfig) -> tuple[np.ndarray, np.ndarray]:
     h, w = c.image_size
     image = Image.fromarray(np.asarray(example["image"], np.uint8)).resize((w, h), Image.BILINEAR)
     trimap = np.asarray(example["segmentation_mask"])[..., 0].astype(np.uint8)
-    trimap = np.asarray(Image.fromarray(trimap).resize((w, h), Image.NEAREST))
+    if c.mask_interpolation == "linear":  # the trimap's labels, as the image moves
+        from zoo.data.resample import resize_labels_np
+
+        trimap = resize_labels_np(trimap, (h, w))
+    else:
+        trimap = np.asarray(Image.fromarray(trimap).resize((w, h), Image.NEAREST))
     border = 1
     if c.border_as_ignore and c.ignore_index is not None:
         border = c.ignore_index
