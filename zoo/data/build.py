@@ -97,6 +97,7 @@ class DataBundle:
     info: DataInfo
     _val_store: Any = field(default=None, repr=False)
     train_at: Any = field(default=None, repr=False)
+    mask_interpolation: str = field(default="nearest", repr=False)  # val_images as `val`
 
     def val_images(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """First `n` validation samples: images f32 (n,H,W,C), masks int32 (n,H,W,1), or
@@ -107,7 +108,13 @@ class DataBundle:
             k = self.info.num_classes if self.info.mode == "multilabel" else 1
             return empty, np.zeros((0, h, w, k), np.int32)
         # An uncached copy: a partial read of `val` would leave its cache half-filled.
-        ds = pipeline.eval_stream(self._val_store, batch_size=int(n), size=(h, w), cache=False)
+        ds = pipeline.eval_stream(
+            self._val_store,
+            batch_size=int(n),
+            size=(h, w),
+            cache=False,
+            mask_interpolation=self.mask_interpolation,
+        )
         batch = next(iter(ds))
         return batch["image"].numpy(), batch["mask"].numpy()
 
@@ -335,4 +342,4 @@ def build_datasets(
         steps,
         c.weight_map,
     )
-    return DataBundle(train_ds, val_ds, info, val_store, train_at)
+    return DataBundle(train_ds, val_ds, info, val_store, train_at, c.mask_interpolation)
