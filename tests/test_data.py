@@ -430,6 +430,42 @@ def test_folder_ratio_split_binary_0_255(tmp_path):
     np.testing.assert_array_equal(again.val_images(3)[0], images)
 
 
+def test_folder_reads_gif_images_and_masks_and_refuses_animations(tmp_path):
+    # DRIVE-style: TIFF images with 0/255 GIF masks (palette mode, gray palette): read as 0/1.
+    import tifffile
+
+    from zoo.data.io import read_image_raw
+
+    rng = np.random.default_rng(3)
+    pairs = {f"s{i}": rand_pair(rng) for i in range(5)}
+    for stem, (img, mask) in pairs.items():
+        (tmp_path / "images").mkdir(exist_ok=True)
+        (tmp_path / "masks").mkdir(exist_ok=True)
+        tifffile.imwrite(tmp_path / "images" / f"{stem}.tif", img, photometric="rgb")
+        Image.fromarray(mask).convert("P").save(tmp_path / "masks" / f"{stem}.gif")
+    assert Image.open(tmp_path / "masks" / "s0.gif").mode == "P"
+    bundle = build_datasets(folder_cfg(tmp_path, val_ratio=0.4), global_batch_size=2)
+    images, masks = bundle.val_images(2)
+    for img, m in zip(images, masks):
+        stem = min(pairs, key=lambda s: np.abs(pairs[s][0] / 255.0 - img).max())
+        np.testing.assert_allclose(img, pairs[stem][0] / 255.0, atol=1e-6)
+        np.testing.assert_array_equal(m[..., 0], pairs[stem][1] // 255)
+    # A palette GIF: its colors as an image, its indices as a mask.
+    indices = rng.integers(0, 3, (12, 10), dtype=np.uint8)
+    pal = Image.fromarray(indices, "P")
+    pal.putpalette([0, 0, 0, 255, 0, 0, 0, 0, 255] + [0] * 759)
+    pal.save(tmp_path / "pal.gif")
+    np.testing.assert_array_equal(read_mask(tmp_path / "pal.gif"), indices)
+    colors = read_image_raw(tmp_path / "pal.gif")
+    np.testing.assert_array_equal(colors[..., 0], np.where(indices == 1, 255, 0))
+    np.testing.assert_array_equal(colors[..., 2], np.where(indices == 2, 255, 0))
+    # Two frames: which one is the mask is not ours to guess.
+    frames = [Image.fromarray(m, "L").convert("P") for m in (pairs["s0"][1], pairs["s1"][1])]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    with pytest.raises(ValueError, match=r"'.*anim\.gif' has 2 frames; expected one image"):
+        read_mask(tmp_path / "anim.gif")
+
+
 def test_crop_mode_validates_every_pixel_of_larger_images(tmp_path, monkeypatch):
     # A 40x24 validation image with 16x16 windows: rows start at 0, 16, 24 (the last flush
     # with the edge), columns at 0, 8; a 16x16 one is one window; a 10x16 one (shorter than

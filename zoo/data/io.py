@@ -32,8 +32,9 @@ from PIL import Image
 
 from zoo.errors import DataError, MissingFileError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy")
-MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".npy", ".jpg", ".jpeg")
+# GIF: some public sets ship their annotations as GIFs (DRIVE's vessel masks).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".npy")
+MASK_SUFFIXES = (".png", ".bmp", ".gif", ".tif", ".tiff", ".npy", ".jpg", ".jpeg")
 JPEG_SUFFIXES = (".jpg", ".jpeg")  # lossy (a 0/255 mask holds 3, 251, ...): binary masks only
 TIFF_SUFFIXES = (".tif", ".tiff")
 MAX_PIXELS = 2**30  # about 32k x 32k (3 GiB as uint8 RGB)
@@ -95,6 +96,12 @@ def _pillow(path: Path, what: str, max_pixels: int) -> np.ndarray:
         with img:
             if img.width * img.height > max_pixels:
                 raise _too_large(path, what, img.width * img.height, max_pixels)
+            frames = getattr(img, "n_frames", 1)
+            if frames > 1:  # an animation: which frame is meant is the user's call
+                raise DataError(
+                    f"{what.capitalize()} '{path}' has {frames} frames; expected one image "
+                    "(save the frame you mean as its own file)"
+                )
             try:
                 img.load()
             except Exception as e:
@@ -175,7 +182,7 @@ def decode(
     """The values stored in an image or mask file, as an array; no intensity rule applied.
 
     Args:
-        path: PNG, JPEG, BMP, TIFF or ``.npy`` file.
+        path: PNG, JPEG, BMP, GIF, TIFF or ``.npy`` file.
         what: "image" (Pillow's palette, CMYK, 1-bit and gray+alpha modes are converted to
             L, RGB or RGBA; 1-bit TIFFs become 0/255) or "mask" (values as stored: palette
             indices, 16-bit ids).
