@@ -22,6 +22,15 @@ class DataError(UserError, ValueError):
     """A dataset, image or mask that cannot be used as it is (names the file or value)."""
 
 
+class UnreadableFileError(DataError):
+    """A file exists but cannot be decoded (what `data.skip_corrupt` may skip)."""
+
+    @classmethod
+    def from_error(cls, path: object, what: str, err: BaseException) -> UnreadableFileError:
+        """The one line naming the file, what it was read as and the decoder's complaint."""
+        return cls(f"Cannot read {what} '{path}': {type(err).__name__}: {err}")
+
+
 class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the user named does not exist."""
 

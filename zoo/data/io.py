@@ -4,10 +4,11 @@ Training data (`zoo.data.folder`), evaluation, prediction (`python -m zoo.predic
 inference (`zoo.inference`) all read files here:
 
 - `decode` turns a file into its stored values, once, for every format: TIFF through tifffile
-  (memory-mapped when asked and the layout allows; otherwise decoded, into an anonymous
-  temporary map when memory-mapping was asked for), ``.npy`` with NumPy (memory-mapped when
-  asked), PNG/JPEG/BMP through Pillow with its decompression-bomb limit raised deliberately
-  to `max_pixels` (default 2**30, about 32k x 32k) and checked by us instead;
+  (`zoo.data.tiff`: memory-mapped when asked and the layout allows; otherwise decoded, into an
+  anonymous temporary map when memory-mapping was asked for), ``.npy`` with NumPy
+  (memory-mapped when asked), PNG/JPEG/BMP/GIF through Pillow with its decompression-bomb
+  limit raised deliberately to `max_pixels` (default 2**30, about 32k x 32k) and checked by
+  us instead;
 - `check_intensity` is the intensity rule (docs/data.md, "Image intensities"): uint8 and
   uint16 pixels are scaled by their type's full range, floats must be finite and lie in
   [0, 1], signed and 32/64-bit integers are refused; floats are scanned in row blocks, so a
@@ -30,23 +31,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from zoo.errors import DataError, MissingFileError
+from zoo.data.tiff import TIFF_SUFFIXES, read_tiff
+from zoo.errors import DataError, MissingFileError, UnreadableFileError
 
 # GIF: some public sets ship their annotations as GIFs (DRIVE's vessel masks).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".npy")
 MASK_SUFFIXES = (".png", ".bmp", ".gif", ".tif", ".tiff", ".npy", ".jpg", ".jpeg")
 JPEG_SUFFIXES = (".jpg", ".jpeg")  # lossy (a 0/255 mask holds 3, 251, ...): binary masks only
-TIFF_SUFFIXES = (".tif", ".tiff")
 MAX_PIXELS = 2**30  # about 32k x 32k (3 GiB as uint8 RGB)
 _ROW_BLOCK_BYTES = 64 * 2**20  # float images are checked this much at a time
-
-
-class UnreadableFileError(DataError):
-    """A file exists but cannot be decoded (what `skip_corrupt` may skip)."""
-
-
-def _unreadable(path: Path, what: str, err: BaseException) -> UnreadableFileError:
-    return UnreadableFileError(f"Cannot read {what} '{path}': {type(err).__name__}: {err}")
 
 
 # --------------------------------------------------------------------------- Pillow
@@ -92,7 +85,7 @@ def _pillow(path: Path, what: str, max_pixels: int) -> np.ndarray:
         try:
             img = Image.open(path)
         except Exception as e:  # Pillow raises many types for broken files
-            raise _unreadable(path, what, e) from None
+            raise UnreadableFileError.from_error(path, what, e) from None
         with img:
             if img.width * img.height > max_pixels:
                 raise _too_large(path, what, img.width * img.height, max_pixels)
@@ -105,7 +98,7 @@ def _pillow(path: Path, what: str, max_pixels: int) -> np.ndarray:
             try:
                 img.load()
             except Exception as e:
-                raise _unreadable(path, what, e) from None
+                raise UnreadableFileError.from_error(path, what, e) from None
             if what == "mask":
                 return np.asarray(img)
             mode = img.mode
@@ -126,51 +119,6 @@ def _pillow(path: Path, what: str, max_pixels: int) -> np.ndarray:
                     target = "RGB"
                 img = img.convert(target)
             return np.asarray(img)
-
-
-# --------------------------------------------------------------------------- TIFF
-
-
-def _tiff(path: Path, what: str, memmap: bool) -> np.ndarray | None:
-    """tifffile's decoding (memory-mapped when asked), or None for Pillow to decode.
-
-    Gray and RGB(A) images (photometric minisblack/rgb) and palette masks (indices) are read
-    by tifffile; other photometric interpretations (palette images, CMYK, YCbCr, min-is-white)
-    need a color conversion, which Pillow does.
-    """
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            photometric = getattr(series.keyframe, "photometric", None)
-            plain = {tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB}
-            if what == "mask":
-                plain.add(tifffile.PHOTOMETRIC.PALETTE)
-            if photometric not in plain:
-                return None
-            axes, shape = series.axes, series.shape
-            arr = None
-            if memmap:
-                try:
-                    arr = tifffile.memmap(path, mode="r")
-                except ValueError:  # compressed or not contiguous: decode into a temp map
-                    arr = None
-            if arr is None:
-                arr = series.asarray(out="memmap" if memmap else None)
-    except Exception as e:  # tifffile raises many types for broken files
-        raise _unreadable(path, what, e) from None
-    # Drop leading length-1 axes (a single page, plane, time point).
-    while arr.ndim > 2 and arr.shape[0] == 1 and axes[0] not in "YX":
-        arr, axes = arr[0], axes[1:]
-    if axes in ("CYX", "SYX"):  # planar samples: viewed as (H, W, C), not copied
-        arr, axes = np.moveaxis(arr, 0, -1), "YXS"
-    if axes not in ("YX", "YXS", "YXC"):
-        raise DataError(
-            f"{what.capitalize()} '{path}' has TIFF axes {series.axes} and shape {shape}; "
-            "expected a 2-D image (YX) with optional samples (YXS)"
-        )
-    return arr
 
 
 # --------------------------------------------------------------------------- decoding
@@ -210,9 +158,9 @@ def decode(
         try:
             arr = np.load(path, mmap_mode="r" if memmap else None, allow_pickle=False)
         except Exception as e:  # numpy raises several types for broken files
-            raise _unreadable(path, what, e) from None
+            raise UnreadableFileError.from_error(path, what, e) from None
     elif suffix in TIFF_SUFFIXES:
-        arr = _tiff(path, what, memmap)
+        arr = read_tiff(path, what, memmap)
     if arr is None:
         arr = _pillow(path, what, max_pixels)
     if arr.ndim not in (2, 3) or min(arr.shape[:2], default=0) < 1:
