@@ -8,11 +8,14 @@ without one (``zoo.create_encoder(name, input_shape=...)``) it returns a standal
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
+
+from zoo.layers.spatial import ChannelAffine
 
 Features = dict[int, Any]
 
@@ -52,6 +55,37 @@ def run_encoder(
         return body(inputs)
     image = keras.Input(shape=tuple(input_shape), name="image")
     return keras.Model(image, body(image), name=name)
+
+
+def check_input_range(input_range: Any) -> tuple[float, float] | None:
+    """Validate an encoder's `input_range` argument: None or ``[low, high]``, low < high."""
+    if input_range is None:
+        return None
+    try:
+        low, high = (float(v) for v in input_range)
+    except (TypeError, ValueError):
+        low = high = float("nan")
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(
+            "Invalid value for argument `input_range`: expected None or [low, high], two "
+            f"finite numbers with low < high. Received: input_range={input_range!r}"
+        )
+    return low, high
+
+
+def apply_input_range(x: Any, input_range: Any, name: str) -> Any:
+    """Map intensities linearly so that ``low -> 0`` and ``high -> 1`` (identity for None).
+
+    Computed in float32 whatever the precision policy: the values it spreads out (e.g. a
+    12-bit camera's counts in a 16-bit file, at most 0.06 of [0, 1]) differ by less than
+    bfloat16's resolution near them.
+    """
+    bounds = check_input_range(input_range)
+    if bounds is None:
+        return x
+    low, high = bounds
+    scale = 1.0 / (high - low)
+    return ChannelAffine(scale, -low * scale, name=f"{name}_input_range", dtype="float32")(x)
 
 
 def check_output_stride(output_stride: int) -> None:

@@ -17,7 +17,12 @@ import keras
 
 from zoo import pretrained
 from zoo.checks import check_positive
-from zoo.encoders._common import check_output_stride, run_encoder
+from zoo.encoders._common import (
+    apply_input_range,
+    check_input_range,
+    check_output_stride,
+    run_encoder,
+)
 from zoo.layers import ChannelAffine, FoldedOffset, batch_norm, conv_bn_act
 from zoo.registry import register_encoder
 
@@ -127,8 +132,11 @@ def resnet_features(
 NORMALIZATIONS = ("weights", None)
 
 
-def _resnet(encoder, blocks, inputs, input_shape, base_width, output_stride, weights, norm, name):
+def _resnet(
+    encoder, blocks, inputs, input_shape, base_width, output_stride, weights, norm, name, span
+):
     check_positive("base_width", base_width)
+    check_input_range(span)
     if norm not in NORMALIZATIONS:
         raise ValueError(
             "Invalid value for argument `input_normalization`: expected one of "
@@ -143,6 +151,7 @@ def _resnet(encoder, blocks, inputs, input_shape, base_width, output_stride, wei
     torch_padding = weights is not None
 
     def body(x):
+        x = apply_input_range(x, span, name)  # before the weights' normalization
         features = resnet_features(
             x, blocks, int(base_width), output_stride, name, normalization, torch_padding
         )
@@ -171,6 +180,7 @@ def resnet18(
     output_stride: int = 32,
     weights: str | None = None,
     input_normalization: str | None = "weights",
+    input_range: Sequence[float] | None = None,
     name: str = "encoder",
 ):
     """ResNet-18 encoder. Returns ``{stride: features}`` for a tensor, or a `keras.Model`.
@@ -189,6 +199,9 @@ def resnet18(
         input_normalization: "weights" (the pretrained weights' normalization inside the
             model, none for random weights) or None (never: the caller normalizes, as with
             segmentation_models_pytorch).
+        input_range: None, or ``[low, high]``: intensities are mapped linearly so that low
+            -> 0 and high -> 1, inside the model, before the weights' normalization (for data
+            that use a small part of [0, 1], such as 12-bit counts in 16-bit files).
         name: prefix of every layer name.
     """
     return _resnet(
@@ -201,6 +214,7 @@ def resnet18(
         weights,
         input_normalization,
         name,
+        input_range,
     )
 
 
@@ -220,6 +234,7 @@ def resnet34(
     output_stride: int = 32,
     weights: str | None = None,
     input_normalization: str | None = "weights",
+    input_range: Sequence[float] | None = None,
     name: str = "encoder",
 ):
     """ResNet-34 encoder; arguments as `resnet18`."""
@@ -233,6 +248,7 @@ def resnet34(
         weights,
         input_normalization,
         name,
+        input_range,
     )
 
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import keras
 
 from zoo.checks import check_positive
-from zoo.encoders._common import run_encoder
+from zoo.encoders._common import apply_input_range, check_input_range, run_encoder
 from zoo.layers import conv_bn_act
 from zoo.registry import register_encoder
 
@@ -48,12 +48,15 @@ def vgg_features(x, convs: Sequence[int], base_width: int = 64, name: str = "enc
     return features
 
 
-def _vgg(encoder: str, inputs, input_shape, base_width: int, name: str):
+def _vgg(encoder: str, inputs, input_shape, base_width: int, input_range, name: str):
     check_positive("base_width", base_width)
+    check_input_range(input_range)
     convs = STAGES[encoder]
-    return run_encoder(
-        inputs, input_shape, name, lambda x: vgg_features(x, convs, int(base_width), name)
-    )
+
+    def body(x):
+        return vgg_features(apply_input_range(x, input_range, name), convs, int(base_width), name)
+
+    return run_encoder(inputs, input_shape, name, body)
 
 
 def _register(encoder: str):
@@ -73,6 +76,7 @@ def _register(encoder: str):
         *,
         input_shape: Sequence[int | None] = (None, None, 3),
         base_width: int = 64,
+        input_range: Sequence[float] | None = None,
         name: str = "encoder",
     ):
         """VGG-BN encoder. Returns ``{stride: features}`` for a tensor, or a `keras.Model`.
@@ -82,9 +86,12 @@ def _register(encoder: str):
             input_shape: shape of the standalone model's input (any number of channels).
             base_width: channels of the first stage (64 = torchvision); stages double it up
                 to 8x.
+            input_range: None, or ``[low, high]``: intensities are mapped linearly so that
+                low -> 0 and high -> 1 before the first convolution, inside the model (for
+                data that use a small part of [0, 1], such as 12-bit counts in 16-bit files).
             name: prefix of every layer name.
         """
-        return _vgg(encoder, inputs, input_shape, base_width, name)
+        return _vgg(encoder, inputs, input_shape, base_width, input_range, name)
 
     builder.__name__ = builder.__qualname__ = encoder
     return builder

@@ -43,6 +43,8 @@ The rules, and why (docs/quality.md has the measured effect):
   fluorescence-like data validates and saves a moving average of the weights (momentum 0.99);
   other data its plain weights, with batch-norm statistics re-measured over about one pass of
   training batches (at most 16) before each validation (precise BN).
+- input scale (`zoo.recipe.intensity`): intensities spanning under a quarter of [0, 1] (12-bit
+  counts in 16-bit files) are mapped to 0..1 by the encoder (`input_range`), inside the model.
 - precision: mixed bfloat16 on CPUs with native bfloat16 math (AVX512-BF16, AMX): 1.5-1.6x
   faster steps measured for the planned U-Nets on 2 cores; float32 elsewhere on CPU (emulated
   bfloat16 is slower). Accelerators keep the configured precision.
@@ -57,6 +59,7 @@ from typing import Any
 from zoo.recipe.batch import plan_batch
 from zoo.recipe.choices import Choice, Recipe, covered
 from zoo.recipe.fingerprint import Fingerprint
+from zoo.recipe.intensity import input_span, span_why
 from zoo.recipe.loss import plan_loss
 from zoo.recipe.optimizer import plan_optimizer
 from zoo.recipe.resolution import plan_resample, plan_size, short_side, spans_image
@@ -261,8 +264,10 @@ def plan_recipe(
         )
     else:
         choose("data.augment.scale", [0.6, 1.0], "no objects measured: moderate zoom")
+    # Jitter in units of what the model sees: [0, p99.5], or the span `input_range` spreads.
+    span = input_span(fp)
     top = max(fp.intensity.get("p99_5", [1.0]) or [1.0])
-    top = min(max(float(top), 1e-3), 1.0)
+    top = span[1] - span[0] if span else min(max(float(top), 1e-3), 1.0)
     spread = fp.intensity.get("foreground_median_sd") or []
     if fluo:
         bright, contrast = 0.15, 0.3
@@ -294,7 +299,7 @@ def plan_recipe(
         why_c = "mild contrast jitter"
     choose(
         "data.augment.brightness",
-        round(bright * top, 4),
+        float(f"{bright * top:.3g}"),  # 3 digits: a 16-bit span may be 0.005 wide
         f"{bright:g} of the used intensity range ({top:.3g})" + why_b,
     )
     choose("data.augment.contrast", contrast, why_c)
@@ -311,10 +316,9 @@ def plan_recipe(
             if vgg
             else "accelerator: ResNet-34 (a common, well-studied encoder)",
         )
+        kwargs = {"base_width": width, **({"input_range": list(span)} if span else {})}
         choose(
-            "model.encoder_kwargs",
-            {"base_width": width},
-            f"{why}: width {width} (default 64)",
+            "model.encoder_kwargs", kwargs, f"{why}: width {width} (default 64)" + span_why(span)
         )
         if vgg:  # each block as wide as the encoder stage it joins (16 ... 128 at width 16)
             chans = [width * 2 ** (depth - 1 - i) for i in range(depth)]
