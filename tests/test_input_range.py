@@ -114,29 +114,60 @@ def test_recipe_spreads_16_bit_counts_and_leaves_8_bit_data_alone():
     )
 
 
-def test_recipe_auto_composes_the_planned_input_range(tmp_path, monkeypatch):
-    # The override goes through Hydra and the config schema like every planned key.
+def _sixteen_bit_folder(root):
     from PIL import Image
 
+    images, masks = _squares(n=8)
+    for i, (im, mask) in enumerate(zip(images, masks)):
+        split = "train" if i < 6 else "val"
+        for sub in ("images", "masks"):
+            (root / split / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((100 + 2 * im).astype(np.uint16)).save(root / split / "images" / f"{i}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / split / "masks" / f"{i}.png")
+    return root
+
+
+def test_recipe_auto_composes_the_planned_input_range(tmp_path, monkeypatch):
+    # The override goes through Hydra and the config schema like every planned key.
     from tests.test_recipe import compose
     from zoo.config import validate
     from zoo.recipe.apply import apply_recipe
 
     monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
-    images, masks = _squares(n=8)
-    for i, (im, mask) in enumerate(zip(images, masks)):
-        split = "train" if i < 6 else "val"
-        for sub in ("images", "masks"):
-            (tmp_path / "data" / split / sub).mkdir(parents=True, exist_ok=True)
-        Image.fromarray((100 + 2 * im).astype(np.uint16)).save(
-            tmp_path / "data" / split / "images" / f"{i}.png"
-        )
-        Image.fromarray(mask.astype(np.uint8) * 255).save(
-            tmp_path / "data" / split / "masks" / f"{i}.png"
-        )
-    cfg = compose(["recipe=auto", "data=folder", f"data.root={tmp_path / 'data'}"])
+    root = _sixteen_bit_folder(tmp_path / "data")
+    cfg = compose(["recipe=auto", "data=folder", f"data.root={root}"])
     planned, outcome = apply_recipe(cfg, explicit=set(), run_dir=tmp_path / "run")
     run = validate(planned, set())
     low, high = run.model.kwargs["encoder_kwargs"]["input_range"]
     assert 100 / 65535 <= low < high <= 610 / 65535
     assert "model.encoder_kwargs" in outcome.applied
+
+
+@pytest.mark.parametrize(
+    "encoder, kept",
+    [("resnet18", {"base_width", "input_range"}), ("mit_b0", None), ("keras_mobilenetv2", None)],
+)
+def test_planned_encoder_kwargs_fit_an_encoder_set_on_the_command_line(
+    tmp_path, monkeypatch, encoder, kept
+):
+    # The plan's width and input_range are VGG/ResNet arguments: an encoder typed on the
+    # command line gets those it takes, and builds (a Mix Transformer has no base_width).
+    from tests.test_recipe import compose
+    from zoo.config import validate
+    from zoo.recipe import user_keys_from_overrides
+    from zoo.recipe.apply import apply_recipe
+
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    root = _sixteen_bit_folder(tmp_path / "data")
+    user = [f"model.encoder={encoder}"]
+    cfg = compose(["recipe=auto", "data=folder", f"data.root={root}", *user])
+    planned, outcome = apply_recipe(cfg, explicit=user_keys_from_overrides(user))
+    kwargs = planned.model.encoder_kwargs
+    if kept is None:
+        assert kwargs is None and "model.encoder_kwargs" not in outcome.applied
+        assert any(f"model.encoder={encoder}" in n for n in outcome.recipe.notes)
+    else:
+        assert set(kwargs) == kept
+    run = validate(planned, set(user))
+    model = zoo.create_model("unet", **{**run.model.kwargs, "input_shape": (64, 64, 3)})
+    assert model.count_params() > 0

@@ -14,6 +14,7 @@ Only `data=folder` is planned: the fingerprint reads the files. Other data keeps
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -160,6 +161,31 @@ def _user_flips(cfg: DictConfig, users: set[str]) -> dict[str, bool]:
     return out
 
 
+def _fit_user_encoder(recipe: Recipe, cfg: DictConfig, users: set[str]) -> None:
+    """Keep only the planned `encoder_kwargs` that an encoder set on the command line takes
+    (a Mix Transformer has no `base_width`, a keras-hub backbone no `input_range`)."""
+    choice = next((c for c in recipe.choices if c.key == "model.encoder_kwargs"), None)
+    if choice is None or choice.user or not covered("model.encoder", users):
+        return
+    from zoo.registry import ENCODERS
+
+    encoder = str(cfg.model.encoder)
+    if encoder not in ENCODERS.list():
+        return  # building the model names the valid encoders
+    accepted = inspect.signature(ENCODERS.get(encoder).obj).parameters
+    dropped = sorted(k for k in choice.value if k not in accepted)
+    if not dropped:
+        return
+    choice.value = {k: v for k, v in choice.value.items() if k in accepted}
+    choice.reason += f"; not {', '.join(dropped)}, which {encoder} does not take"
+    if not choice.value:
+        recipe.choices.remove(choice)
+        recipe.notes.append(
+            f"model.encoder={encoder} (command line) takes none of the planned encoder_kwargs "
+            f"({', '.join(dropped)}): its defaults stay"
+        )
+
+
 def apply_recipe(
     cfg: DictConfig,
     *,
@@ -253,6 +279,7 @@ def apply_recipe(
         optimizer=_user_optimizer(cfg, users),
         cpu_slowdown=slowdown,
     )
+    _fit_user_encoder(recipe, cfg, users)
     if slowdown is not None:
         recipe.notes.append(
             f"step estimates: this CPU ran the speed probe {slowdown:.2f}x as long as the "
