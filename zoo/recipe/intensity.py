@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from zoo.recipe.fingerprint import Fingerprint
 
-# Below this span (of [0, 1]) the plan sets `input_range`; the real sets of the quality table
-# span 0.66 and more, and keep the plain input.
+# Below this span (of [0, 1]) the plan sets `input_range` (U-Net plans only); the real sets
+# of the quality table span 0.64 and more, and keep the plain input.
 INPUT_RANGE_BELOW = 0.25
 
 
