@@ -73,14 +73,14 @@ def check_input_range(input_range: Any) -> tuple[float, float] | None:
     return low, high
 
 
-def apply_input_range(x: Any, input_range: Any, name: str) -> Any:
-    """Map intensities linearly so that ``low -> 0`` and ``high -> 1`` (identity for None).
+def apply_input_range(x: Any, bounds: tuple[float, float] | None, name: str) -> Any:
+    """Map intensities linearly so that ``low -> 0`` and ``high -> 1`` (identity for None);
+    `bounds` as `check_input_range` returns them.
 
     Computed in float32 whatever the precision policy: the values it spreads out (e.g. a
     12-bit camera's counts in a 16-bit file, at most 0.06 of [0, 1]) differ by less than
     bfloat16's resolution near them.
     """
-    bounds = check_input_range(input_range)
     if bounds is None:
         return x
     low, high = bounds

@@ -136,7 +136,7 @@ def _resnet(
     encoder, blocks, inputs, input_shape, base_width, output_stride, weights, norm, name, span
 ):
     check_positive("base_width", base_width)
-    check_input_range(span)
+    bounds = check_input_range(span)
     if norm not in NORMALIZATIONS:
         raise ValueError(
             "Invalid value for argument `input_normalization`: expected one of "
@@ -151,7 +151,7 @@ def _resnet(
     torch_padding = weights is not None
 
     def body(x):
-        x = apply_input_range(x, span, name)  # before the weights' normalization
+        x = apply_input_range(x, bounds, name)  # before the weights' normalization
         features = resnet_features(
             x, blocks, int(base_width), output_stride, name, normalization, torch_padding
         )

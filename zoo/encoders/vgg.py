@@ -50,11 +50,11 @@ def vgg_features(x, convs: Sequence[int], base_width: int = 64, name: str = "enc
 
 def _vgg(encoder: str, inputs, input_shape, base_width: int, input_range, name: str):
     check_positive("base_width", base_width)
-    check_input_range(input_range)
+    bounds = check_input_range(input_range)
     convs = STAGES[encoder]
 
     def body(x):
-        return vgg_features(apply_input_range(x, input_range, name), convs, int(base_width), name)
+        return vgg_features(apply_input_range(x, bounds, name), convs, int(base_width), name)
 
     return run_encoder(inputs, input_shape, name, body)
 
