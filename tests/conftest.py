@@ -26,6 +26,16 @@ if "ZOO_CACHE_DIR" not in os.environ:
     # xdist workers may inherit the folder: only its creator (the last to exit) removes it.
     atexit.register(lambda: os.getpid() == _creator and shutil.rmtree(_cache, True))
 
+# Each xdist worker is a TensorFlow process whose ops would each use every core: two workers on
+# two cores ran four busy threads. Per worker cores // workers (TensorFlow reads the variable
+# when it starts, and the train.py processes that tests start inherit it) measured on 2 cores:
+# the default suite 20:40 -> 15:32, the slow tests 26:40 -> 23:31 (two halves). A value the
+# user set wins.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+if _workers > 1:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, (_cores or 1) // _workers)))
+
 # `zoo` first, as a user's script would: it makes TensorFlow's start-up choices (oneDNN on x86)
 # that only hold when made before TensorFlow is imported.
 import zoo  # noqa: E402, F401
