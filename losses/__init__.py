@@ -1,6 +1,6 @@
 """Loss terms as Keras loss layers and losses, and the composition wrapper (docs/losses.md).
 
-Terms: wbce, wce, focal, dice, jaccard, tversky, one file each (`losses/dice.py`: the pure
+Terms: wbce, wce, focal, dice, jaccard, tversky, lovasz, one file each (`losses/dice.py`: the pure
 function, its option table and its layer; the `keras.losses.Loss` twin is derived). Each is a
 loss layer (`losses.get(name)`, seed style `layer([y_true, y_weight, y_pred])`) and a
 `keras.losses.Loss` (`losses.get_loss(name)`), both on the pure functions in `losses.functional`.
@@ -17,6 +17,7 @@ from losses.deep import NearestDownsample, level_weights
 from losses.dice import Dice, DiceLoss
 from losses.focal import Focal, FocalLoss
 from losses.jaccard import Jaccard, JaccardLoss
+from losses.lovasz import Lovasz, LovaszLoss
 from losses.registry import LOSSES, get, get_loss, list_losses, register_loss
 from losses.spec import parse_spec
 from losses.tversky import Tversky, TverskyLoss
@@ -33,6 +34,8 @@ __all__ = [
     "JaccardLoss",
     "LossLayer",
     "LossTerms",
+    "Lovasz",
+    "LovaszLoss",
     "NearestDownsample",
     "TermLoss",
     "Tversky",

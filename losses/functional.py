@@ -16,7 +16,9 @@ mode, besides `ignore_index`) are refused, never computed with: see `losses.labe
 
 Under `tf.distribute` every sum is taken over the *global* batch (an all-reduce in the replica
 context), so a replica's loss equals the single-device loss of the global batch; see
-`losses.distribution.global_sum`.
+`losses.distribution.global_sum`. The one exception is `lovasz` with `reduction="batch"`: it
+sorts the pixels, which no sum can join across replicas, so each replica sorts its own share
+and the replicas' losses are averaged (`reduction="image"` is exact).
 
 This module gathers what the term files define (`losses/wbce.py`, ... one file per term) and
 the shared helpers (`losses.core`), so ``losses.functional.dice(...)`` is the pure function.
@@ -27,6 +29,7 @@ from losses.dice import dice
 from losses.focal import focal
 from losses.jaccard import jaccard
 from losses.labels import check_labels, label_bounds, label_error, label_range
+from losses.lovasz import lovasz
 from losses.modes import BINARY, MODES, MULTICLASS, MULTILABEL, validate_mode
 from losses.options import check_class_options
 from losses.tversky import tversky
@@ -48,6 +51,7 @@ __all__ = [
     "label_bounds",
     "label_error",
     "label_range",
+    "lovasz",
     "prepare",
     "tversky",
     "validate_mode",

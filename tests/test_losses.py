@@ -15,7 +15,7 @@ import losses
 from losses import functional as F
 
 RNG = np.random.default_rng(0)
-TERMS = ["wbce", "wce", "focal", "dice", "jaccard", "tversky"]
+TERMS = ["wbce", "wce", "focal", "dice", "jaccard", "tversky", "lovasz"]
 MODES_OF = {
     "wbce": ["binary", "multilabel"],
     "wce": ["multiclass"],
@@ -23,6 +23,7 @@ MODES_OF = {
     "dice": ["binary", "multiclass", "multilabel"],
     "jaccard": ["binary", "multiclass", "multilabel"],
     "tversky": ["binary", "multiclass", "multilabel"],
+    "lovasz": ["binary", "multiclass", "multilabel"],
 }
 CASES = [(t, m) for t in TERMS for m in MODES_OF[t]]
 
@@ -88,6 +89,8 @@ def np_loss(term, y, x, w=None, mode="binary", ignore=None, **o):
     # Region terms: explicit per-class (and per-image) loops.
     p = np_softmax(x) if mode == "multiclass" else np_sigmoid(x)
     ww = np.broadcast_to(ww, p.shape)
+    if term == "lovasz":
+        return np_lovasz(t, x, p, ww, mode, o.get("classes"), o.get("reduction", "batch"))
     smooth, eps = o.get("smooth", 1.0), o.get("eps", 1e-7)
     classes = o.get("classes") or range(x.shape[-1])
     groups = [slice(None)] if o.get("reduction", "batch") == "batch" else range(x.shape[0])
@@ -111,6 +114,44 @@ def np_loss(term, y, x, w=None, mode="binary", ignore=None, **o):
                 a, b, gm = o.get("alpha", 0.5), o.get("beta", 0.5), o.get("gamma", 1.0)
                 ti = (tp + smooth) / (tp + a * fp + b * fn + smooth + eps)
                 vals.append((1 - ti) ** gm)
+        if vals:
+            per_group.append(np.mean(vals))
+    return float(np.mean(per_group)) if per_group else 0.0
+
+
+def np_lovasz_extension(errors, t, w):
+    """The Lovasz extension of the weighted Jaccard loss as a sum over level sets.
+
+    For errors m >= 0, f(m) = sum_k (m_(k) - m_(k+1)) D(S_k): S_k the k largest errors,
+    D(S) = w(S) / (w(gt) + w(S minus gt)) the set's Jaccard loss (0 / 0 = 0), m_(n+1) = 0.
+    """
+    order = np.argsort(-errors, kind="stable")
+    m = np.append(errors[order], 0.0)
+    total = 0.0
+    for k in range(1, len(order) + 1):
+        s = np.zeros(len(errors), bool)
+        s[order[:k]] = True
+        den = (w * t).sum() + (w * (1 - t) * s).sum()
+        total += (m[k - 1] - m[k]) * ((w * s).sum() / den if den > 0 else 0.0)
+    return total
+
+
+def np_lovasz(t, x, p, ww, mode, classes, reduction):
+    """Lovasz hinge (sigmoid modes) / Lovasz-softmax (multiclass), rows by image or batch."""
+    if mode == "multiclass":
+        err = np.abs(t - p)
+    else:
+        err = np.maximum(1.0 - x * (2 * t - 1), 0.0)
+    groups = [slice(None)] if reduction == "batch" else range(x.shape[0])
+    chans = classes if classes is not None else range(x.shape[-1])
+    per_group = []
+    for g in groups:
+        vals = []
+        for c in chans:
+            e, tc, wc = (a[g, ..., c].ravel() for a in (err, t, ww))
+            if wc.sum() == 0 or (mode == "multiclass" and classes is None and (wc * tc).sum() == 0):
+                continue  # no pixel counts, or (multiclass) the class is absent
+            vals.append(np_lovasz_extension(e, tc, wc))
         if vals:
             per_group.append(np.mean(vals))
     return float(np.mean(per_group)) if per_group else 0.0
@@ -192,6 +233,7 @@ OPTIONS = {
     "dice": [{}, {"smooth": 0.0, "reduction": "image", "classes": [0, 2]}],
     "jaccard": [{}, {"smooth": 0.5, "reduction": "image"}],
     "tversky": [{}, {"alpha": 0.3, "beta": 0.7, "gamma": 0.75, "reduction": "image"}],
+    "lovasz": [{}, {"reduction": "image", "classes": [0, 2]}],
 }
 
 
@@ -290,7 +332,7 @@ def test_loss_in_compile_with_sample_weight_map():
 # --------------------------------------------------------------------------- invariants
 
 
-@pytest.mark.parametrize("term", ["dice", "jaccard", "tversky"])
+@pytest.mark.parametrize("term", ["dice", "jaccard", "tversky", "lovasz"])
 @pytest.mark.parametrize("mode", ["binary", "multiclass", "multilabel"])
 def test_perfect_prediction_is_zero(term, mode):
     y, _, w = make_batch(mode, ignore=255)
@@ -420,6 +462,7 @@ EXPECTED_CLASSES = {  # the serialization names .keras files already hold
     "dice": ("Dice", "DiceLoss"),
     "jaccard": ("Jaccard", "JaccardLoss"),
     "tversky": ("Tversky", "TverskyLoss"),
+    "lovasz": ("Lovasz", "LovaszLoss"),
 }
 
 
