@@ -30,6 +30,7 @@ from losses.focal import focal
 from losses.jaccard import jaccard
 from losses.labels import check_labels, label_bounds, label_error, label_range
 from losses.lovasz import lovasz
+from losses.mcc import mcc
 from losses.modes import BINARY, MODES, MULTICLASS, MULTILABEL, validate_mode
 from losses.options import check_class_options
 from losses.tversky import tversky
@@ -52,6 +53,7 @@ __all__ = [
     "label_error",
     "label_range",
     "lovasz",
+    "mcc",
     "prepare",
     "tversky",
     "validate_mode",

@@ -10,7 +10,7 @@ import tensorflow as tf
 import losses
 from losses import WeightedBCE
 
-VALID = "dice, focal, jaccard, tversky, wbce, wce"
+VALID = "dice, focal, jaccard, lovasz, mcc, tversky, wbce, wce"
 
 
 def tiny_model(channels=1, size=16, name="tiny", l2=None):
@@ -330,11 +330,19 @@ def test_mirrored_strategy_every_term_with_an_image_left_out(mirrored_strategy, 
     counts: equal to one device, and Dice per image equal to NumPy over the other images."""
     channels = 1 if mode == "binary" else 3
     if mode == "binary":
-        spec = "wbce+focal+dice+jaccard+tversky"
-        options = {"dice": {"reduction": "image", "smooth": 0.0}, "tversky": {"alpha": 0.3}}
+        spec = "wbce+focal+dice+jaccard+tversky+mcc+lovasz"
+        options = {
+            "dice": {"reduction": "image", "smooth": 0.0},
+            "tversky": {"alpha": 0.3},
+            "lovasz": {"reduction": "image"},  # exact over replicas ("batch" is their mean)
+        }
     else:
-        spec = "wce+focal+dice+jaccard"
-        options = {"wce": {"class_weights": [0.5, 1.0, 2.0]}, "dice": {"reduction": "image"}}
+        spec = "wce+focal+dice+jaccard+mcc+lovasz"
+        options = {
+            "wce": {"class_weights": [0.5, 1.0, 2.0]},
+            "dice": {"reduction": "image"},
+            "lovasz": {"reduction": "image"},
+        }
     data = batch(channels=channels, mode=mode, ignore=255, seed=6)
     data["mask"][1] = 255  # all of image 1 ignored (on replica 0)
     single = tiny_model(channels)

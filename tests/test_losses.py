@@ -15,7 +15,7 @@ import losses
 from losses import functional as F
 
 RNG = np.random.default_rng(0)
-TERMS = ["wbce", "wce", "focal", "dice", "jaccard", "tversky", "lovasz"]
+TERMS = ["wbce", "wce", "focal", "dice", "jaccard", "tversky", "lovasz", "mcc"]
 MODES_OF = {
     "wbce": ["binary", "multilabel"],
     "wce": ["multiclass"],
@@ -24,6 +24,7 @@ MODES_OF = {
     "jaccard": ["binary", "multiclass", "multilabel"],
     "tversky": ["binary", "multiclass", "multilabel"],
     "lovasz": ["binary", "multiclass", "multilabel"],
+    "mcc": ["binary", "multiclass", "multilabel"],
 }
 CASES = [(t, m) for t in TERMS for m in MODES_OF[t]]
 
@@ -106,7 +107,13 @@ def np_loss(term, y, x, w=None, mode="binary", ignore=None, **o):
                 (wc * pc * (1 - tc)).sum(),
                 (wc * (1 - pc) * tc).sum(),
             )
-            if term == "dice":
+            if term == "mcc":
+                e = o.get("eps", 1e-5)
+                tn = (wc * (1 - pc) * (1 - tc)).sum()
+                tp, fp, fn, tn = tp + e, fp + e, fn + e, tn + e
+                num = tp * tn - fp * fn
+                vals.append(1 - num / np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
+            elif term == "dice":
                 vals.append(1 - (2 * tp + smooth) / (2 * tp + fp + fn + smooth + eps))
             elif term == "jaccard":
                 vals.append(1 - (tp + smooth) / (tp + fp + fn + smooth + eps))
@@ -234,6 +241,7 @@ OPTIONS = {
     "jaccard": [{}, {"smooth": 0.5, "reduction": "image"}],
     "tversky": [{}, {"alpha": 0.3, "beta": 0.7, "gamma": 0.75, "reduction": "image"}],
     "lovasz": [{}, {"reduction": "image", "classes": [0, 2]}],
+    "mcc": [{}, {"eps": 0.0, "reduction": "image", "classes": [0, 2]}],
 }
 
 
@@ -463,6 +471,7 @@ EXPECTED_CLASSES = {  # the serialization names .keras files already hold
     "jaccard": ("Jaccard", "JaccardLoss"),
     "tversky": ("Tversky", "TverskyLoss"),
     "lovasz": ("Lovasz", "LovaszLoss"),
+    "mcc": ("MCC", "MCCLoss"),
 }
 
 
