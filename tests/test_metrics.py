@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from torch_ref import requires_reference, run_reference
 
 from zoo.metrics import ConfusionMatrix
 
@@ -125,3 +126,40 @@ def test_exact_across_replicas(mirrored_strategy):
         strategy.run(metric.update_state, args=(m, lg))
     np.testing.assert_allclose(metric.counts.numpy(), single.counts.numpy())
     assert float(metric.result()["dice"]) == pytest.approx(float(single.result()["dice"]))
+
+
+@requires_reference("torch", "segmentation_models_pytorch")
+def test_matches_segmentation_models_pytorch_metrics():
+    # smp.metrics on the same predictions: binary "micro" is the foreground score, multiclass
+    # and multilabel "macro" the class mean (every class occurs here), and leaving out class 0
+    # is background_class=0. Dice is smp's f1_score.
+    rng = np.random.default_rng(5)
+    cases, arrays, ours = [], {}, []
+    for i, (mode, k, ignore, background) in enumerate(
+        [
+            ("binary", 1, None, None),
+            ("multiclass", 4, None, None),
+            ("multiclass", 4, 255, None),
+            ("multiclass", 4, 255, 0),
+            ("multilabel", 3, None, None),
+        ]
+    ):
+        shape = (6, 8, 9, k if mode == "multilabel" else 1)
+        mask = rng.integers(0, max(k, 2) if mode != "multilabel" else 2, size=shape)
+        if ignore is not None:
+            mask[rng.random(shape) < 0.2] = ignore
+        logits = rng.normal(size=(6, 8, 9, k)).astype(np.float32)
+        arrays[f"x{i}"], arrays[f"y{i}"] = logits, mask
+        cases.append(
+            {"mode": mode, "num_classes": k, "ignore_index": ignore, "skip_first": background == 0}
+        )
+        metric = ConfusionMatrix(
+            k, ignore, multilabel=mode == "multilabel", background_class=background
+        )
+        for j in range(0, 6, 3):
+            metric.update_state(mask[j : j + 3], logits[j : j + 3])
+        ours.append({key: float(v) for key, v in metric.result().items()})
+    ref = run_reference("smp_metrics", arrays, cases=cases)
+    for i, got in enumerate(ours):
+        assert got["iou"] == pytest.approx(float(ref[f"iou{i}"]), abs=1e-6), cases[i]
+        assert got["dice"] == pytest.approx(float(ref[f"f1{i}"]), abs=1e-6), cases[i]
