@@ -103,9 +103,9 @@ class Lovasz(LossLayer):
     Options: `reduction` (`"batch"`: the pixels of the whole batch sorted together, as
     segmentation_models_pytorch's `per_image=False`; `"image"`: per image, then the mean),
     `classes` (the channels averaged; None: every channel, in multiclass mode the classes
-    present in the mask). All modes;
-    multilabel masks give one hinge per label, averaged. Per-pixel weights weight the counts
-    of the Jaccard index; weight 0 and `ignore_index` leave a pixel out.
+    present in the mask). All modes; multilabel masks give one hinge per label, averaged.
+    Per-pixel weights weight the counts of the Jaccard index; weight 0 and `ignore_index`
+    leave a pixel out.
 
     Example:
 
