@@ -19,42 +19,36 @@ from _protocol import parse
 from segmentation_models_pytorch.losses import LovaszLoss, MCCLoss
 
 inputs, options, save = parse()
+
+
+def smp_loss(case: dict, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The case's smp loss of logits `x` (NCHW) against `target` (smp's layout)."""
+    if case["loss"] == "mcc":
+        return MCCLoss()(torch.sigmoid(x), target.float())
+    if case["loss"] == "lovasz":
+        kwargs = {"per_image": case["per_image"], "ignore_index": case["ignore_index"]}
+        if case.get("per_channel"):
+            fn = LovaszLoss("binary", **kwargs)
+            parts = [fn(x[:, c : c + 1], target[:, c : c + 1]) for c in range(x.shape[1])]
+            return torch.stack(parts).mean()
+        return LovaszLoss(case["mode"], **kwargs)(x, target)
+    kwargs = dict(case["kwargs"])
+    if "pos_weight" in kwargs:
+        kwargs["pos_weight"] = torch.tensor(kwargs["pos_weight"])
+    cls = getattr(smp_losses, case["cls"])
+    if case["cls"] == "SoftBCEWithLogitsLoss":
+        return cls(**kwargs)(x, target.float())
+    if case["cls"] == "SoftCrossEntropyLoss":
+        return cls(**kwargs)(x, target)
+    return cls(mode=case["mode"], **kwargs)(x, target)
+
+
 out = {}
 for i, case in enumerate(options["cases"]):
     x = torch.from_numpy(inputs[f"x{i}"]).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
     y = torch.from_numpy(inputs[f"y{i}"].astype(np.int64))
-    if case["loss"] == "smp":
-        kwargs = dict(case["kwargs"])
-        if "pos_weight" in kwargs:
-            kwargs["pos_weight"] = torch.tensor(kwargs["pos_weight"])
-        cls = getattr(smp_losses, case["cls"])
-        if case["cls"] in ("SoftBCEWithLogitsLoss", "SoftCrossEntropyLoss"):
-            loss_fn = cls(**kwargs)
-        else:
-            loss_fn = cls(mode=case["mode"], **kwargs)
-        if case["mode"] == "multiclass":
-            target = y[..., 0]
-        else:
-            target = y.permute(0, 3, 1, 2)
-            if case["cls"] == "SoftBCEWithLogitsLoss":
-                target = target.float()
-        loss = loss_fn(x, target)
-    elif case["loss"] == "mcc":
-        loss = MCCLoss()(torch.sigmoid(x), y.permute(0, 3, 1, 2).float())
-    elif case["mode"] == "multiclass":
-        kwargs = {"per_image": case["per_image"], "ignore_index": case["ignore_index"]}
-        loss = LovaszLoss("multiclass", **kwargs)(x, y[..., 0])
-    elif case.get("per_channel"):
-        kwargs = {"per_image": case["per_image"], "ignore_index": case["ignore_index"]}
-        y = y.permute(0, 3, 1, 2)
-        parts = [
-            LovaszLoss("binary", **kwargs)(x[:, c : c + 1], y[:, c : c + 1])
-            for c in range(x.shape[1])
-        ]
-        loss = torch.stack(parts).mean()
-    else:
-        kwargs = {"per_image": case["per_image"], "ignore_index": case["ignore_index"]}
-        loss = LovaszLoss(case["mode"], **kwargs)(x, y.permute(0, 3, 1, 2))
+    target = y[..., 0] if case["mode"] == "multiclass" else y.permute(0, 3, 1, 2)
+    loss = smp_loss(case, x, target)
     loss.backward()
     out[f"loss{i}"] = loss.detach().numpy()
     out[f"grad{i}"] = x.grad.permute(0, 2, 3, 1).numpy()
