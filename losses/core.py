@@ -134,21 +134,31 @@ def _select(values: Any, classes: Sequence[int] | None) -> Any:
     return ops.take(values, list(classes), axis=-1)
 
 
-def region_loss(per_class: Any, n: Any, reduction: str, classes: Sequence[int] | None) -> Any:
+def region_loss(
+    per_class: Any,
+    n: Any,
+    reduction: str,
+    classes: Sequence[int] | None,
+    class_weights: Sequence[float] | None = None,
+) -> Any:
     """Mean of the per-class losses over the classes (and images) that have pixels that count.
 
     A class with n = 0 is an empty set: it is left out of the mean, and if nothing is left the
-    loss is 0 with a zero gradient. `classes` restricts the mean to those channels.
+    loss is 0 with a zero gradient. `classes` restricts the mean to those channels;
+    `class_weights` (one per channel) makes it a weighted mean.
     """
     per_class, n = _select(per_class, classes), _select(n, classes)
     counts = n > 0
     per_class = ops.where(counts, per_class, ops.zeros_like(per_class))
     valid = ops.cast(counts, "float32")
+    if class_weights is not None:
+        valid = valid * _select(ops.convert_to_tensor(list(class_weights), "float32"), classes)
+    per_class = per_class * valid
     if reduction == "batch":
         # Statistics were summed over the global batch already: identical on every replica.
         return safe_div(ops.sum(per_class), ops.sum(valid))
     # Mean over the images of the global batch that have pixels that count, of the per-image
-    # mean over its classes that do.
+    # (weighted) mean over its classes that do.
     classes_per_image = ops.sum(valid, axis=-1)
     per_image = safe_div(ops.sum(per_class, axis=-1), classes_per_image)
     images = ops.sum(ops.cast(classes_per_image > 0, "float32"))

@@ -8,13 +8,21 @@ from typing import Any
 from losses.base import LossLayer, register_term
 from losses.core import REDUCTIONS, prepare, region_loss, region_stats, safe_div
 from losses.modes import BINARY, MODES, validate_mode
-from losses.options import ClassIndices, OneOf, OrNone, check_class_options, non_negative
+from losses.options import (
+    ClassIndices,
+    ClassWeights,
+    OneOf,
+    OrNone,
+    check_class_options,
+    non_negative,
+)
 
 OPTIONS = {
     "smooth": non_negative,
     "eps": non_negative,
     "reduction": OneOf(REDUCTIONS),
     "classes": OrNone(ClassIndices()),
+    "class_weights": OrNone(ClassWeights()),
 }
 
 
@@ -29,16 +37,17 @@ def dice(
     eps: float = 1e-7,
     reduction: str = "batch",
     classes: Sequence[int] | None = None,
+    class_weights: Sequence[float] | None = None,
 ) -> Any:
     """Soft Dice loss: 1 - mean_c (2 tp_c + smooth) / (2 tp_c + fp_c + fn_c + smooth + eps)."""
     validate_mode(mode, MODES, "dice")
     target, logits, w = prepare(
         y_true, y_pred, weight, mode=mode, ignore_index=ignore_index, term="dice"
     )
-    check_class_options("dice", logits.shape[-1], classes=classes)
+    check_class_options("dice", logits.shape[-1], classes=classes, class_weights=class_weights)
     tp, fp, fn, n = region_stats(target, logits, w, mode, reduction)
     score = safe_div(2.0 * tp + smooth, 2.0 * tp + fp + fn + smooth + eps)
-    return region_loss(1.0 - score, n, reduction, classes)
+    return region_loss(1.0 - score, n, reduction, classes, class_weights)
 
 
 @register_term
@@ -47,8 +56,8 @@ class Dice(LossLayer):
 
     Options: `smooth` (added to numerator and denominator, default 1), `eps` (denominator
     floor, default 1e-7), `reduction` ("batch": statistics over the whole batch, default;
-    "image": one score per image, averaged), `classes` (subset of channel indices averaged).
-    All modes.
+    "image": one score per image, averaged), `classes` (subset of channel indices averaged),
+    `class_weights` (one weight per channel: a weighted mean over the classes). All modes.
 
     Example:
 

@@ -8,13 +8,21 @@ from typing import Any
 from losses.base import LossLayer, register_term
 from losses.core import REDUCTIONS, prepare, region_loss, region_stats, safe_div
 from losses.modes import BINARY, MODES, validate_mode
-from losses.options import ClassIndices, OneOf, OrNone, check_class_options, non_negative
+from losses.options import (
+    ClassIndices,
+    ClassWeights,
+    OneOf,
+    OrNone,
+    check_class_options,
+    non_negative,
+)
 
 OPTIONS = {
     "smooth": non_negative,
     "eps": non_negative,
     "reduction": OneOf(REDUCTIONS),
     "classes": OrNone(ClassIndices()),
+    "class_weights": OrNone(ClassWeights()),
 }
 
 
@@ -29,23 +37,24 @@ def jaccard(
     eps: float = 1e-7,
     reduction: str = "batch",
     classes: Sequence[int] | None = None,
+    class_weights: Sequence[float] | None = None,
 ) -> Any:
     """Soft Jaccard (IoU) loss: 1 - mean_c (tp_c + smooth) / (tp_c + fp_c + fn_c + smooth + eps)."""
     validate_mode(mode, MODES, "jaccard")
     target, logits, w = prepare(
         y_true, y_pred, weight, mode=mode, ignore_index=ignore_index, term="jaccard"
     )
-    check_class_options("jaccard", logits.shape[-1], classes=classes)
+    check_class_options("jaccard", logits.shape[-1], classes=classes, class_weights=class_weights)
     tp, fp, fn, n = region_stats(target, logits, w, mode, reduction)
     score = safe_div(tp + smooth, tp + fp + fn + smooth + eps)
-    return region_loss(1.0 - score, n, reduction, classes)
+    return region_loss(1.0 - score, n, reduction, classes, class_weights)
 
 
 @register_term
 class Jaccard(LossLayer):
     """Soft Jaccard (IoU) loss on logits, as a loss layer (term `jaccard`).
 
-    Options: `smooth`, `eps`, `reduction`, `classes` (as `dice`). All modes.
+    Options: `smooth`, `eps`, `reduction`, `classes`, `class_weights` (as `dice`). All modes.
 
     Example:
 

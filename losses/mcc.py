@@ -10,12 +10,20 @@ from keras import ops
 from losses.base import LossLayer, register_term
 from losses.core import REDUCTIONS, TINY, prepare, region_loss, region_stats, safe_div
 from losses.modes import BINARY, MODES, validate_mode
-from losses.options import ClassIndices, OneOf, OrNone, check_class_options, non_negative
+from losses.options import (
+    ClassIndices,
+    ClassWeights,
+    OneOf,
+    OrNone,
+    check_class_options,
+    non_negative,
+)
 
 OPTIONS = {
     "eps": non_negative,
     "reduction": OneOf(REDUCTIONS),
     "classes": OrNone(ClassIndices()),
+    "class_weights": OrNone(ClassWeights()),
 }
 
 
@@ -29,6 +37,7 @@ def mcc(
     eps: float = 1e-5,
     reduction: str = "batch",
     classes: Sequence[int] | None = None,
+    class_weights: Sequence[float] | None = None,
 ) -> Any:
     """Soft MCC loss: 1 - mean_c MCC_c, each class against the rest.
 
@@ -39,7 +48,7 @@ def mcc(
     target, logits, w = prepare(
         y_true, y_pred, weight, mode=mode, ignore_index=ignore_index, term="mcc"
     )
-    check_class_options("mcc", logits.shape[-1], classes=classes)
+    check_class_options("mcc", logits.shape[-1], classes=classes, class_weights=class_weights)
     tp, fp, fn, n = region_stats(target, logits, w, mode, reduction)
     tn = n - tp - fp - fn
     tp, fp, fn, tn = tp + eps, fp + eps, fn + eps, tn + eps
@@ -49,7 +58,7 @@ def mcc(
         ops.sqrt(ops.maximum(ops.stack([tp + fp, tp + fn, tn + fp, tn + fn]), TINY)), axis=0
     )
     score = safe_div(tp * tn - fp * fn, den)
-    return region_loss(1.0 - score, n, reduction, classes)
+    return region_loss(1.0 - score, n, reduction, classes, class_weights)
 
 
 @register_term
@@ -57,9 +66,9 @@ class MCC(LossLayer):
     """Matthews correlation coefficient loss on logits, as a loss layer (term `mcc`).
 
     Options: `eps` (added to each of tp, tn, fp, fn; default 1e-5, as smp's `MCCLoss`),
-    `reduction` and `classes` (as `dice`). All modes; several classes: one-vs-rest per class,
-    averaged. Unlike Dice it counts the true negatives, so it penalizes false positives on
-    images that are mostly background.
+    `reduction`, `classes` and `class_weights` (as `dice`). All modes; several classes:
+    one-vs-rest per class, averaged. Unlike Dice it counts the true negatives, so it
+    penalizes false positives on images that are mostly background.
 
     Example:
 

@@ -12,6 +12,7 @@ from losses.core import REDUCTIONS, TINY, prepare, region_loss, region_stats, sa
 from losses.modes import BINARY, MODES, validate_mode
 from losses.options import (
     ClassIndices,
+    ClassWeights,
     OneOf,
     OrNone,
     check_class_options,
@@ -27,6 +28,7 @@ OPTIONS = {
     "eps": non_negative,
     "reduction": OneOf(REDUCTIONS),
     "classes": OrNone(ClassIndices()),
+    "class_weights": OrNone(ClassWeights()),
 }
 
 
@@ -44,6 +46,7 @@ def tversky(
     eps: float = 1e-7,
     reduction: str = "batch",
     classes: Sequence[int] | None = None,
+    class_weights: Sequence[float] | None = None,
 ) -> Any:
     """(Focal) Tversky loss: mean_c (1 - TI_c)^gamma,
     TI_c = (tp_c + smooth) / (tp_c + alpha fp_c + beta fn_c + smooth + eps).
@@ -54,13 +57,13 @@ def tversky(
     target, logits, w = prepare(
         y_true, y_pred, weight, mode=mode, ignore_index=ignore_index, term="tversky"
     )
-    check_class_options("tversky", logits.shape[-1], classes=classes)
+    check_class_options("tversky", logits.shape[-1], classes=classes, class_weights=class_weights)
     tp, fp, fn, n = region_stats(target, logits, w, mode, reduction)
     score = safe_div(tp + smooth, tp + alpha * fp + beta * fn + smooth + eps)
     loss = 1.0 - score
     if gamma != 1.0:
         loss = ops.power(ops.maximum(loss, TINY), gamma)
-    return region_loss(loss, n, reduction, classes)
+    return region_loss(loss, n, reduction, classes, class_weights)
 
 
 @register_term
@@ -68,7 +71,8 @@ class Tversky(LossLayer):
     """(Focal) Tversky loss on logits, as a loss layer (term `tversky`).
 
     Options: `alpha` (false-positive weight), `beta` (false-negative weight), `gamma`
-    (exponent of 1 - TI; 1 = plain Tversky), `smooth`, `eps`, `reduction`, `classes`.
+    (exponent of 1 - TI; 1 = plain Tversky), `smooth`, `eps`, `reduction`, `classes`,
+    `class_weights`.
     alpha = beta = 0.5 gives Dice. All modes.
 
     Example:

@@ -95,13 +95,15 @@ def np_loss(term, y, x, w=None, mode="binary", ignore=None, **o):
     smooth, eps = o.get("smooth", 1.0), o.get("eps", 1e-7)
     classes = o.get("classes") or range(x.shape[-1])
     groups = [slice(None)] if o.get("reduction", "batch") == "batch" else range(x.shape[0])
+    class_weights = o.get("class_weights") or [1.0] * x.shape[-1]
     per_group = []
     for g in groups:
-        vals = []
+        vals, cws = [], []
         for c in classes:
             pc, tc, wc = p[g, ..., c], t[g, ..., c], ww[g, ..., c]
             if wc.sum() == 0:  # no pixel of this class (image) counts: an empty set, left out
                 continue
+            cws.append(class_weights[c])
             tp, fp, fn = (
                 (wc * pc * tc).sum(),
                 (wc * pc * (1 - tc)).sum(),
@@ -121,8 +123,8 @@ def np_loss(term, y, x, w=None, mode="binary", ignore=None, **o):
                 a, b, gm = o.get("alpha", 0.5), o.get("beta", 0.5), o.get("gamma", 1.0)
                 ti = (tp + smooth) / (tp + a * fp + b * fn + smooth + eps)
                 vals.append((1 - ti) ** gm)
-        if vals:
-            per_group.append(np.mean(vals))
+        if sum(cws) > 0:  # a weighted class mean; classes of weight 0 do not count
+            per_group.append(np.dot(vals, cws) / sum(cws))
     return float(np.mean(per_group)) if per_group else 0.0
 
 
@@ -237,11 +239,23 @@ OPTIONS = {
     "wbce": [{}, {"pos_weight": 2.5, "label_smoothing": 0.1, "normalization": "mean"}],
     "wce": [{}, {"class_weights": [0.5, 1.0, 2.0], "normalization": "mean"}],
     "focal": [{}, {"alpha": None, "gamma": 1.5, "normalization": "mean"}],
-    "dice": [{}, {"smooth": 0.0, "reduction": "image", "classes": [0, 2]}],
-    "jaccard": [{}, {"smooth": 0.5, "reduction": "image"}],
-    "tversky": [{}, {"alpha": 0.3, "beta": 0.7, "gamma": 0.75, "reduction": "image"}],
+    "dice": [
+        {},
+        {"smooth": 0.0, "reduction": "image", "classes": [0, 2]},
+        {"class_weights": [0.5, 0.0, 2.0], "reduction": "image"},
+    ],
+    "jaccard": [{}, {"smooth": 0.5, "reduction": "image"}, {"class_weights": [2.0, 1.0, 0.5]}],
+    "tversky": [
+        {},
+        {"alpha": 0.3, "beta": 0.7, "gamma": 0.75, "reduction": "image"},
+        {"gamma": 0.75, "class_weights": [1.0, 3.0, 0.5], "classes": [1, 2]},
+    ],
     "lovasz": [{}, {"reduction": "image", "classes": [0, 2]}],
-    "mcc": [{}, {"eps": 0.0, "reduction": "image", "classes": [0, 2]}],
+    "mcc": [
+        {},
+        {"eps": 0.0, "reduction": "image", "classes": [0, 2]},
+        {"class_weights": [0.5, 1.0, 2.0]},
+    ],
 }
 
 
@@ -251,6 +265,8 @@ def test_matches_numpy_reference(term, mode):
     for opts in OPTIONS[term]:
         if mode == "binary" and opts.get("classes"):
             opts = {**opts, "classes": [0]}
+        if mode == "binary" and opts.get("class_weights"):
+            opts = {**opts, "class_weights": opts["class_weights"][:1]}
         for weight in (None, w):
             got = value(term, y, x, weight, mode=mode, ignore_index=255, **opts)
             want = np_loss(term, y, x, weight, mode=mode, ignore=255, **opts)
@@ -421,6 +437,8 @@ def test_registry_lists_and_errors():
         ("focal", {"alpha": 1.5}, "alpha"),
         ("tversky", {"gamma": 0.0}, "gamma"),
         ("wce", {"class_weights": [1.0, float("nan")]}, "class_weights"),
+        ("dice", {"class_weights": [1.0, -0.5]}, "class_weights"),
+        ("mcc", {"class_weights": "12"}, "class_weights"),
         ("dice", {"smoth": 1.0}, "Unknown option"),
         ("dice", {"ignore_index": 2.5}, "ignore_index"),
         ("dice", {"loss_weight": 0.0}, "loss_weight"),

@@ -28,7 +28,23 @@ CASES = [
         {"smooth": 0.0, "classes": [0, 2]},
         None,
     ),
+    (
+        "DiceLoss",
+        "multiclass",
+        {"class_weights": [0.5, 1.0, 2.0, 0.25], "classes": [0, 2, 3], "ignore_index": 255},
+        "dice",
+        {"smooth": 0.0, "class_weights": [0.5, 1.0, 2.0, 0.25], "classes": [0, 2, 3]},
+        255,
+    ),
     ("JaccardLoss", "binary", {"smooth": 1.0}, "jaccard", {"smooth": 1.0}, None),
+    (
+        "JaccardLoss",
+        "multilabel",
+        {"class_weights": [3.0, 1.0, 0.5, 1.0]},
+        "jaccard",
+        {"smooth": 0.0, "class_weights": [3.0, 1.0, 0.5, 1.0]},
+        None,
+    ),
     ("JaccardLoss", "multiclass", {}, "jaccard", {"smooth": 0.0}, None),
     (
         "TverskyLoss",
@@ -41,9 +57,9 @@ CASES = [
     (
         "TverskyLoss",
         "multilabel",
-        {"alpha": 0.3, "beta": 0.7},
+        {"alpha": 0.3, "beta": 0.7, "class_weights": [1.0, 2.0, 0.5, 0.5]},
         "tversky",
-        {"alpha": 0.3, "beta": 0.7, "smooth": 0.0},
+        {"alpha": 0.3, "beta": 0.7, "smooth": 0.0, "class_weights": [1.0, 2.0, 0.5, 0.5]},
         None,
     ),
     # smp's focal alpha defaults to None, ours to 0.25 (torchvision's and Lin et al.'s).
