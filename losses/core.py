@@ -128,6 +128,13 @@ def region_stats(
     return tp, fp, fn, n
 
 
+def overlap_loss(score: Any, log_loss: bool, eps: float) -> Any:
+    """`1 - score`, or `-log(score)` (floored at `eps`) with `log_loss`, as smp's option."""
+    if log_loss:
+        return -ops.log(ops.maximum(score, max(eps, TINY)))
+    return 1.0 - score
+
+
 def _select(values: Any, classes: Sequence[int] | None) -> Any:
     if classes is None:
         return values

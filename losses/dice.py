@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from losses.base import LossLayer, register_term
-from losses.core import REDUCTIONS, prepare, region_loss, region_stats, safe_div
+from losses.core import REDUCTIONS, overlap_loss, prepare, region_loss, region_stats, safe_div
 from losses.modes import BINARY, MODES, validate_mode
 from losses.options import (
     ClassIndices,
@@ -14,6 +14,7 @@ from losses.options import (
     OneOf,
     OrNone,
     check_class_options,
+    flag,
     non_negative,
 )
 
@@ -23,6 +24,7 @@ OPTIONS = {
     "reduction": OneOf(REDUCTIONS),
     "classes": OrNone(ClassIndices()),
     "class_weights": OrNone(ClassWeights()),
+    "log_loss": flag,
 }
 
 
@@ -38,6 +40,7 @@ def dice(
     reduction: str = "batch",
     classes: Sequence[int] | None = None,
     class_weights: Sequence[float] | None = None,
+    log_loss: bool = False,
 ) -> Any:
     """Soft Dice loss: 1 - mean_c (2 tp_c + smooth) / (2 tp_c + fp_c + fn_c + smooth + eps)."""
     validate_mode(mode, MODES, "dice")
@@ -47,7 +50,7 @@ def dice(
     check_class_options("dice", logits.shape[-1], classes=classes, class_weights=class_weights)
     tp, fp, fn, n = region_stats(target, logits, w, mode, reduction)
     score = safe_div(2.0 * tp + smooth, 2.0 * tp + fp + fn + smooth + eps)
-    return region_loss(1.0 - score, n, reduction, classes, class_weights)
+    return region_loss(overlap_loss(score, log_loss, eps), n, reduction, classes, class_weights)
 
 
 @register_term
@@ -57,7 +60,8 @@ class Dice(LossLayer):
     Options: `smooth` (added to numerator and denominator, default 1), `eps` (denominator
     floor, default 1e-7), `reduction` ("batch": statistics over the whole batch, default;
     "image": one score per image, averaged), `classes` (subset of channel indices averaged),
-    `class_weights` (one weight per channel: a weighted mean over the classes). All modes.
+    `class_weights` (one weight per channel: a weighted mean over the classes), `log_loss`
+    (`-log(score)` instead of `1 - score`, floored at `eps`). All modes.
 
     Example:
 

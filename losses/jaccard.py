@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from losses.base import LossLayer, register_term
-from losses.core import REDUCTIONS, prepare, region_loss, region_stats, safe_div
+from losses.core import REDUCTIONS, overlap_loss, prepare, region_loss, region_stats, safe_div
 from losses.modes import BINARY, MODES, validate_mode
 from losses.options import (
     ClassIndices,
@@ -14,6 +14,7 @@ from losses.options import (
     OneOf,
     OrNone,
     check_class_options,
+    flag,
     non_negative,
 )
 
@@ -23,6 +24,7 @@ OPTIONS = {
     "reduction": OneOf(REDUCTIONS),
     "classes": OrNone(ClassIndices()),
     "class_weights": OrNone(ClassWeights()),
+    "log_loss": flag,
 }
 
 
@@ -38,6 +40,7 @@ def jaccard(
     reduction: str = "batch",
     classes: Sequence[int] | None = None,
     class_weights: Sequence[float] | None = None,
+    log_loss: bool = False,
 ) -> Any:
     """Soft Jaccard (IoU) loss: 1 - mean_c (tp_c + smooth) / (tp_c + fp_c + fn_c + smooth + eps)."""
     validate_mode(mode, MODES, "jaccard")
@@ -47,14 +50,15 @@ def jaccard(
     check_class_options("jaccard", logits.shape[-1], classes=classes, class_weights=class_weights)
     tp, fp, fn, n = region_stats(target, logits, w, mode, reduction)
     score = safe_div(tp + smooth, tp + fp + fn + smooth + eps)
-    return region_loss(1.0 - score, n, reduction, classes, class_weights)
+    return region_loss(overlap_loss(score, log_loss, eps), n, reduction, classes, class_weights)
 
 
 @register_term
 class Jaccard(LossLayer):
     """Soft Jaccard (IoU) loss on logits, as a loss layer (term `jaccard`).
 
-    Options: `smooth`, `eps`, `reduction`, `classes`, `class_weights` (as `dice`). All modes.
+    Options: `smooth`, `eps`, `reduction`, `classes`, `class_weights`, `log_loss` (as `dice`).
+    All modes.
 
     Example:
 

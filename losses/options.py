@@ -132,6 +132,18 @@ class ClassWeights(Check):
         check_class_options(term, num_classes, class_weights=value)
 
 
+class Flag(Check):
+    """True or False (not 0 / 1 or a string: a YAML `"false"` would read as true)."""
+
+    expected = "True or False"
+
+    def convert(self, value: Any) -> bool:
+        if type(value).__name__ not in ("bool", "bool_"):
+            raise ValueError(value)
+        return bool(value)
+
+
+flag = Flag()
 positive = Number(0.0, open_low=True)
 non_negative = Number(0.0)
 fraction = Number(0.0, 1.0)

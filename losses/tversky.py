@@ -8,7 +8,7 @@ from typing import Any
 from keras import ops
 
 from losses.base import LossLayer, register_term
-from losses.core import REDUCTIONS, TINY, prepare, region_loss, region_stats, safe_div
+from losses.core import REDUCTIONS, TINY, overlap_loss, prepare, region_loss, region_stats, safe_div
 from losses.modes import BINARY, MODES, validate_mode
 from losses.options import (
     ClassIndices,
@@ -16,6 +16,7 @@ from losses.options import (
     OneOf,
     OrNone,
     check_class_options,
+    flag,
     non_negative,
     positive,
 )
@@ -29,6 +30,7 @@ OPTIONS = {
     "reduction": OneOf(REDUCTIONS),
     "classes": OrNone(ClassIndices()),
     "class_weights": OrNone(ClassWeights()),
+    "log_loss": flag,
 }
 
 
@@ -47,6 +49,7 @@ def tversky(
     reduction: str = "batch",
     classes: Sequence[int] | None = None,
     class_weights: Sequence[float] | None = None,
+    log_loss: bool = False,
 ) -> Any:
     """(Focal) Tversky loss: mean_c (1 - TI_c)^gamma,
     TI_c = (tp_c + smooth) / (tp_c + alpha fp_c + beta fn_c + smooth + eps).
@@ -60,7 +63,7 @@ def tversky(
     check_class_options("tversky", logits.shape[-1], classes=classes, class_weights=class_weights)
     tp, fp, fn, n = region_stats(target, logits, w, mode, reduction)
     score = safe_div(tp + smooth, tp + alpha * fp + beta * fn + smooth + eps)
-    loss = 1.0 - score
+    loss = overlap_loss(score, log_loss, eps)
     if gamma != 1.0:
         loss = ops.power(ops.maximum(loss, TINY), gamma)
     return region_loss(loss, n, reduction, classes, class_weights)
@@ -72,7 +75,7 @@ class Tversky(LossLayer):
 
     Options: `alpha` (false-positive weight), `beta` (false-negative weight), `gamma`
     (exponent of 1 - TI; 1 = plain Tversky), `smooth`, `eps`, `reduction`, `classes`,
-    `class_weights`.
+    `class_weights`, `log_loss` (`(-log TI_c)^gamma` instead).
     alpha = beta = 0.5 gives Dice. All modes.
 
     Example:

@@ -93,6 +93,10 @@ def np_loss(term, y, x, w=None, mode="binary", ignore=None, **o):
     if term == "lovasz":
         return np_lovasz(t, x, p, ww, mode, o.get("classes"), o.get("reduction", "batch"))
     smooth, eps = o.get("smooth", 1.0), o.get("eps", 1e-7)
+
+    def overlap(num, den):  # 1 - score, or -log(score) (smp's log_loss, floored at eps)
+        return -np.log(max(num / den, eps)) if o.get("log_loss") else 1 - num / den
+
     classes = o.get("classes") or range(x.shape[-1])
     groups = [slice(None)] if o.get("reduction", "batch") == "batch" else range(x.shape[0])
     class_weights = o.get("class_weights") or [1.0] * x.shape[-1]
@@ -116,13 +120,12 @@ def np_loss(term, y, x, w=None, mode="binary", ignore=None, **o):
                 num = tp * tn - fp * fn
                 vals.append(1 - num / np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
             elif term == "dice":
-                vals.append(1 - (2 * tp + smooth) / (2 * tp + fp + fn + smooth + eps))
+                vals.append(overlap(2 * tp + smooth, 2 * tp + fp + fn + smooth + eps))
             elif term == "jaccard":
-                vals.append(1 - (tp + smooth) / (tp + fp + fn + smooth + eps))
+                vals.append(overlap(tp + smooth, tp + fp + fn + smooth + eps))
             else:
                 a, b, gm = o.get("alpha", 0.5), o.get("beta", 0.5), o.get("gamma", 1.0)
-                ti = (tp + smooth) / (tp + a * fp + b * fn + smooth + eps)
-                vals.append((1 - ti) ** gm)
+                vals.append(overlap(tp + smooth, tp + a * fp + b * fn + smooth + eps) ** gm)
         if sum(cws) > 0:  # a weighted class mean; classes of weight 0 do not count
             per_group.append(np.dot(vals, cws) / sum(cws))
     return float(np.mean(per_group)) if per_group else 0.0
@@ -243,12 +246,18 @@ OPTIONS = {
         {},
         {"smooth": 0.0, "reduction": "image", "classes": [0, 2]},
         {"class_weights": [0.5, 0.0, 2.0], "reduction": "image"},
+        {"log_loss": True, "smooth": 0.0},
     ],
-    "jaccard": [{}, {"smooth": 0.5, "reduction": "image"}, {"class_weights": [2.0, 1.0, 0.5]}],
+    "jaccard": [
+        {},
+        {"smooth": 0.5, "reduction": "image"},
+        {"class_weights": [2.0, 1.0, 0.5], "log_loss": True},
+    ],
     "tversky": [
         {},
         {"alpha": 0.3, "beta": 0.7, "gamma": 0.75, "reduction": "image"},
         {"gamma": 0.75, "class_weights": [1.0, 3.0, 0.5], "classes": [1, 2]},
+        {"alpha": 0.7, "beta": 0.3, "gamma": 1.5, "log_loss": True, "reduction": "image"},
     ],
     "lovasz": [{}, {"reduction": "image", "classes": [0, 2]}],
     "mcc": [
@@ -439,6 +448,8 @@ def test_registry_lists_and_errors():
         ("wce", {"class_weights": [1.0, float("nan")]}, "class_weights"),
         ("dice", {"class_weights": [1.0, -0.5]}, "class_weights"),
         ("mcc", {"class_weights": "12"}, "class_weights"),
+        ("dice", {"log_loss": "false"}, "log_loss"),
+        ("jaccard", {"log_loss": 1}, "log_loss"),
         ("dice", {"smoth": 1.0}, "Unknown option"),
         ("dice", {"ignore_index": 2.5}, "ignore_index"),
         ("dice", {"loss_weight": 0.0}, "loss_weight"),

@@ -46,6 +46,23 @@ CASES = [
         None,
     ),
     ("JaccardLoss", "multiclass", {}, "jaccard", {"smooth": 0.0}, None),
+    ("DiceLoss", "binary", {"log_loss": True}, "dice", {"smooth": 0.0, "log_loss": True}, None),
+    (
+        "JaccardLoss",
+        "multiclass",
+        {"log_loss": True, "smooth": 1.0, "ignore_index": 255},
+        "jaccard",
+        {"log_loss": True, "smooth": 1.0},
+        255,
+    ),
+    (
+        "TverskyLoss",
+        "binary",
+        {"alpha": 0.3, "beta": 0.7, "gamma": 2.0, "log_loss": True},
+        "tversky",
+        {"alpha": 0.3, "beta": 0.7, "gamma": 2.0, "smooth": 0.0, "log_loss": True},
+        None,
+    ),
     (
         "TverskyLoss",
         "binary",
