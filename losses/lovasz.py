@@ -8,8 +8,7 @@ from typing import Any
 from keras import ops
 
 from losses.base import LossLayer, register_term
-from losses.core import REDUCTIONS, prepare, probabilities, safe_div
-from losses.distribution import global_sum
+from losses.core import REDUCTIONS, prepare, probabilities, region_loss, safe_div
 from losses.modes import BINARY, MODES, MULTICLASS, validate_mode
 from losses.options import ClassIndices, OneOf, OrNone, check_class_options
 
@@ -81,19 +80,13 @@ def lovasz(
         lovasz_extension(ops.reshape(e, flat), ops.reshape(t, flat), ops.reshape(wr, flat)),
         (groups, channels),
     )
-    counts = ops.sum(wr, axis=-1) > 0  # (groups, C): rows with a pixel that counts
-    if classes is not None:
-        keep = ops.convert_to_tensor([c in set(classes) for c in range(num_classes)])
-        counts = ops.logical_and(counts, keep)
-    elif mode == MULTICLASS:  # the classes present (smp's default)
-        counts = ops.logical_and(counts, ops.sum(wr * t, axis=-1) > 0)
-    valid = ops.cast(counts, "float32")
-    per_group = safe_div(ops.sum(value * valid, axis=-1), ops.sum(valid, axis=-1))
-    group_counts = ops.cast(ops.sum(valid, axis=-1) > 0, "float32")
-    # Each replica sorts its own pixels ("batch": its share of the batch, which a sum over
-    # replicas cannot join); the mean over the global batch's groups is then exact for
-    # "image" and the replicas' mean for "batch".
-    return safe_div(global_sum(ops.sum(per_group)), global_sum(ops.sum(group_counts)))
+    n = ops.sum(wr, axis=-1)  # (groups, C): the weight of the pixels that count
+    if classes is None and mode == MULTICLASS:  # only the classes present (smp's default)
+        n = ops.where(ops.sum(wr * t, axis=-1) > 0, n, ops.zeros_like(n))
+    # The shared per-image mean, with the batch as one group for "batch": exact over the
+    # global batch for "image"; for "batch" each replica sorted its own share (a sort does
+    # not split into sums over replicas), so it is the replicas' mean.
+    return region_loss(value, n, "image", classes)
 
 
 @register_term
