@@ -14,6 +14,7 @@ from zoo.layers.blocks import (
     separable_conv_bn_act,
     upsample_conv_bn_act,
 )
+from zoo.layers.class_token import ClassToken
 from zoo.layers.dilated_conv2d import DilatedConv2D
 from zoo.layers.dilated_separable_conv2d import DilatedSeparableConv2D
 from zoo.layers.drop_path import DropPath
@@ -22,7 +23,10 @@ from zoo.layers.halving_max_pooling import HalvingMaxPooling2D
 from zoo.layers.mix_ffn import MixFFN
 from zoo.layers.overlap_patch_embedding import OverlapPatchEmbedding
 from zoo.layers.position_attention import PositionAttention
+from zoo.layers.position_embedding import PositionEmbedding
+from zoo.layers.prefix_token_readout import PrefixTokenReadout
 from zoo.layers.pyramid_pooling import pyramid_pooling
+from zoo.layers.qkv_attention import QKVAttention
 from zoo.layers.spatial import (
     BroadcastSpatial,
     ChannelAffine,
@@ -31,6 +35,7 @@ from zoo.layers.spatial import (
     FoldedOffset,
     PadToMultiple,
 )
+from zoo.layers.tokens_to_grid import TokensToGrid
 from zoo.layers.upsample_concat_conv2d import UpsampleConcatConv2D
 
 __all__ = [
@@ -40,6 +45,7 @@ __all__ = [
     "BroadcastSpatial",
     "ChannelAffine",
     "CheckDivisible",
+    "ClassToken",
     "CropToReference",
     "DilatedConv2D",
     "DilatedSeparableConv2D",
@@ -51,6 +57,10 @@ __all__ = [
     "OverlapPatchEmbedding",
     "PadToMultiple",
     "PositionAttention",
+    "PositionEmbedding",
+    "PrefixTokenReadout",
+    "QKVAttention",
+    "TokensToGrid",
     "UpsampleConcatConv2D",
     "aspp",
     "batch_norm",
