@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import zoo
+from zoo import pretrained as pretrained_weights
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -52,7 +53,7 @@ def model_table() -> str:
 
 
 def _strides(strides: tuple[int, ...]) -> str:
-    return f"{strides[0]}-{strides[-1]}"
+    return f"{strides[0]}-{strides[-1]}" if len(strides) > 1 else f"{strides[0]} (plain)"
 
 
 def encoder_table() -> str:
@@ -70,7 +71,9 @@ def encoder_table() -> str:
             else _count(zoo.create_encoder(name, input_shape=(None, None, 3)))
         )
         outs = ", ".join(map(str, sorted(info.output_strides, reverse=True)))
-        pretrained = "yes" if info.pretrained else "no"
+        # "files": no published source, but checkpoint files of its layout load (timm's ViTs).
+        files = name in pretrained_weights._ENCODERS
+        pretrained = "yes" if info.pretrained else "files" if files else "no"
         rows.append(
             f"| `{name}` | {params} | {_strides(info.strides)} | {outs} | {pretrained} | "
             f"{info.description} |"

@@ -52,6 +52,12 @@ _POINTWISE_NAMES = {
 _GLOBAL_NAMES = {
     "EfficientSelfAttention",  # zoo.layers: attention over all pixels
     "PositionAttention",
+    # A ViT's token layers: attention over all patches, a class token that summarizes the
+    # image, position embeddings resized to the whole image's grid.
+    "QKVAttention",
+    "ClassToken",
+    "PositionEmbedding",
+    "PrefixTokenReadout",
     # PyTorch's adaptive bins: where a bin's window lies depends on the whole image's size.
     "AdaptiveAveragePooling2D",
 }
@@ -109,6 +115,8 @@ def _layer_field(layer: Any, args: tuple, kwargs: dict) -> Field:
     name = type(layer).__name__
     if isinstance(layer, keras.Model):
         return _run(layer, fields[0])
+    if name == "TokensToGrid":  # [grid, prefix] out, both from attention-mixed tokens
+        return [Field(math.inf, fields[1].jump)] * 2
     if isinstance(layer, _GLOBAL) or name in _GLOBAL_NAMES:
         return Field(math.inf, fields[0].jump)
     if isinstance(layer, keras.layers.LayerNormalization):

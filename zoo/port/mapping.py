@@ -326,7 +326,13 @@ def layers_between(inputs: Any, outputs: Iterable[Any] | Mapping[Any, Any]) -> l
     a caller's graph.
     """
     stop = {id(t) for t in (inputs if isinstance(inputs, (list, tuple)) else [inputs])}
-    tensors = list(outputs.values() if isinstance(outputs, Mapping) else outputs)
+    tensors, pending = [], list(outputs.values() if isinstance(outputs, Mapping) else outputs)
+    while pending:  # nested lists and tuples (a ViT's per-block (grid, prefix) pairs) flattened
+        item = pending.pop()
+        if isinstance(item, (list, tuple)):
+            pending.extend(item)
+        else:
+            tensors.append(item)
     seen_ops: dict[int, Any] = {}
     seen_tensors: set[int] = set()
     while tensors:
