@@ -194,7 +194,7 @@ def test_unknown_model_is_one_line(tmp_path, capsys):
     )
     assert rc == 1 and "\n" not in err
     assert "model='deeplab_lite'" in err
-    assert "'deeplabv3', 'deeplabv3plus', 'fpn', 'linknet', 'manet', 'pan', 'pspnet'" in err
+    assert "'deeplabv3', 'deeplabv3plus', 'dpt', 'fpn', 'linknet', 'manet', 'pan', 'pspnet'" in err
     assert "'segformer', 'unet', 'unetplusplus', 'upernet'" in err
 
 

@@ -49,13 +49,17 @@ class SmpModel:
         table: the port table of its decoder and head (their keys under ``decoder.`` and
             ``segmentation_head.``).
         kwargs: the zoo constructor's arguments read from the state dict (decoder widths
-            and the like; not `num_classes`, `input_shape`, `encoder`).
+            and the like; not `num_classes`, `input_shape`, `encoder`); a function of two
+            arguments also gets the chosen `options` (zoo names) and ``"encoder"``.
         options: smp constructor arguments the weights do not tell (an output stride, atrous
             rates) -> the zoo argument that takes the same value; `port_smp`'s `options`
             (``--smp-arg name=value``) may set them, smp's defaults are the zoo model's.
         unused: regexes of the checkpoint's keys that smp builds but never runs (e.g. the
             encoder stages after PSPNet's `encoder_depth`), from the state dict and the zoo
             arguments; the zoo model has no such weights.
+        head_key: the classifier's weight, which tells the number of classes.
+        encoder_prefix: where the encoder's own keys sit (``encoder.model.`` for smp's timm
+            encoders).
     """
 
     arch: str
@@ -64,6 +68,8 @@ class SmpModel:
     kwargs: Callable[[dict[str, np.ndarray]], dict[str, Any]]
     options: Mapping[str, str] = field(default_factory=dict)
     unused: Callable[[dict[str, np.ndarray], dict[str, Any]], tuple[str, ...]] | None = None
+    head_key: str = "segmentation_head.0.weight"
+    encoder_prefix: str = "encoder."
 
 
 _MODELS: dict[str, SmpModel] = {}
@@ -151,6 +157,8 @@ def port_smp(
         options: smp constructor arguments that the weights do not tell, in smp's names
             (e.g. ``{"encoder_output_stride": 8}`` for a `DeepLabV3Plus`); those not given
             are smp's defaults. Which ones an architecture takes: `SmpModel.options`.
+            One mapped to ``"encoder_kwargs.NAME"`` is the encoder builder's argument NAME
+            (smp passes such arguments on to timm, e.g. a ViT's ``num_heads``).
 
     Returns:
         The zoo model (inference ready; its config records the checkpoint as
@@ -179,13 +187,13 @@ def port_smp(
         )
     source = str(checkpoint)
     state = load_state_dict(checkpoint)
-    classes = int(_key(state, HEAD_KEY, source).shape[0])
+    classes = int(_key(state, entry.head_key, source).shape[0])
     if num_classes is not None and num_classes != classes:
         raise ConfigError(
             f"Invalid value for argument `num_classes`: the checkpoint's head has {classes} "
             f"classes. Received: num_classes={num_classes!r}"
         )
-    first_conv = f"encoder.{spec.first_conv}.weight"
+    first_conv = f"{entry.encoder_prefix}{spec.first_conv}.weight"
     if first_conv not in state:
         raise PortError(
             f"Cannot port {source}: missing key {first_conv!r}, the first convolution of an "
@@ -194,10 +202,17 @@ def port_smp(
         )
     channels = int(state[first_conv].shape[1])
     try:
-        kwargs = {**entry.kwargs(state), **chosen}
+        if _takes_options(entry):
+            read = entry.kwargs(state, {**chosen, "encoder": encoder})
+        else:
+            read = entry.kwargs(state)
+        kwargs = {**read, **chosen}
     except PortError as err:
         raise PortError(f"Cannot port {source} as smp {entry.arch}: {err}") from None
-    table = get_table(spec.table).bind(ours="encoder_", theirs="encoder.") + get_table(entry.table)
+    for name in [k for k in kwargs if k.startswith("encoder_kwargs.")]:
+        kwargs.setdefault("encoder_kwargs", {})[name.split(".", 1)[1]] = kwargs.pop(name)
+    encoder_table = get_table(spec.table).bind(ours="encoder_", theirs=entry.encoder_prefix)
+    table = encoder_table + get_table(entry.table)
     if entry.unused is not None:
         table = replace(table, ignore=(*table.ignore, *entry.unused(state, kwargs)))
     return build_and_assign(
@@ -211,6 +226,14 @@ def port_smp(
         encoder=encoder,
         **kwargs,
     )
+
+
+def _takes_options(entry: SmpModel) -> bool:
+    """Whether `entry.kwargs` also takes the chosen options (``kwargs(state, options)``), for
+    an architecture whose weights leave an option to be given (DPT's readout)."""
+    import inspect
+
+    return len(inspect.signature(entry.kwargs).parameters) > 1
 
 
 def _options(entry: SmpModel, options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -279,6 +302,13 @@ def build_and_assign(
     encoder_kwargs = dict(arguments.pop("encoder_kwargs", None) or {})
     if normalization == "none":
         encoder_kwargs["input_normalization"] = None
+    else:
+        from zoo import pretrained
+
+        spec = pretrained._ENCODERS.get(arguments.get("encoder"))
+        if spec is not None and spec.normalization != pretrained.IMAGENET:
+            # An encoder whose own files use other statistics (timm's ViTs: 0.5, 0.5).
+            encoder_kwargs["input_normalization"] = "imagenet"
     with restoring_from_file():
         net = create_model(
             model,
