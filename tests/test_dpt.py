@@ -147,6 +147,8 @@ def test_dpt_argument_errors():
         build_tiny("dpt", encoder_depth=3)
     with pytest.raises(ValueError, match="encoder_depth=5"):
         build_tiny("dpt", encoder_depth=5)
+    with pytest.raises(ValueError, match="encoder has 2"):
+        build_tiny("dpt", encoder_kwargs={"embed_dim": 8, "depth": 2, "num_heads": 2})
     with pytest.raises(ValueError, match=r"encoder_output_indices=\[1, 2\]"):
         build_tiny("dpt", encoder_output_indices=[1, 2])
     with pytest.raises(ValueError, match="not encoder_kwargs"):

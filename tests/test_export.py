@@ -91,7 +91,8 @@ def trained(name: str) -> keras.Model:
     keras.utils.set_random_seed(0)
     model = build_tiny(name, num_classes=1)
     train_model = losses.attach(model, "wbce+dice", mode="binary")
-    train_model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    lr = zoo.model_info(name).metadata.get("tiny_learning_rate", 1e-2)
+    train_model.compile(optimizer=keras.optimizers.Adam(lr))
     train_model.fit(shapes_bundle().train, steps_per_epoch=TRAIN_STEPS, epochs=1, verbose=0)
     model.metadata = {"mode": "binary", "image_size": [SIZE, SIZE]}
     return model

@@ -24,7 +24,9 @@ def register_model(
     Required metadata: `output_stride` (the coarsest feature stride the decoder uses) and
     `tiny_config` (constructor kwargs for a fast smoke-test model). The entry's `divisor` (input
     sizes must be multiples of it, default arguments) is read from the class's `divisor_for`,
-    the one place a model declares it.
+    the one place a model declares it. Optional: `tiny_learning_rate`, the Adam learning rate
+    at which the tiny model learns the built-in shapes in the tests' few steps (default 1e-2;
+    transformers collapse there and take 1e-3).
 
     Example:
 

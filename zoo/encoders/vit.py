@@ -34,6 +34,7 @@ import keras
 from zoo import pretrained
 from zoo.checks import check_positive, check_positive_int, check_rate
 from zoo.layers import (
+    GELU,
     ChannelAffine,
     ClassToken,
     DropPath,
@@ -98,7 +99,7 @@ def vit_blocks(
     """The patch grid of `x` and ``(grid, prefix)`` of each block in `output_indices` (all
     blocks' last when None). Layers: ``{name}_patch_embed``, ``{name}_cls_token``,
     ``{name}_pos_embed``, ``{name}_block{b}_{norm1, attn_qkv, attn, attn_proj, add1, norm2,
-    mlp_fc1, mlp_fc2, add2}`` (b from 0, as timm's ``blocks.{b}``)."""
+    mlp_fc1, mlp_act, mlp_fc2, add2}`` (b from 0, as timm's ``blocks.{b}``)."""
     indices = list(output_indices) if output_indices is not None else [depth - 1]
     patches = keras.layers.Conv2D(
         embed_dim, patch_size, strides=patch_size, name=f"{name}_patch_embed"
@@ -118,9 +119,8 @@ def vit_blocks(
             y = DropPath(rate, name=f"{block}_drop_path1")(y)
         t = keras.layers.Add(name=f"{block}_add1")([t, y])
         y = keras.layers.LayerNormalization(epsilon=EPSILON, name=f"{block}_norm2")(t)
-        y = keras.layers.Dense(
-            int(embed_dim * mlp_ratio), activation="gelu", name=f"{block}_mlp_fc1"
-        )(y)
+        y = keras.layers.Dense(int(embed_dim * mlp_ratio), name=f"{block}_mlp_fc1")(y)
+        y = GELU(name=f"{block}_mlp_act")(y)
         y = keras.layers.Dense(embed_dim, name=f"{block}_mlp_fc2")(y)
         if rate > 0:
             y = DropPath(rate, name=f"{block}_drop_path2")(y)

@@ -48,6 +48,7 @@ _POINTWISE_NAMES = {
     "LayerScale",
     "StochasticDepth",
     "DropPath",
+    "GELU",
 }
 _GLOBAL_NAMES = {
     "EfficientSelfAttention",  # zoo.layers: attention over all pixels

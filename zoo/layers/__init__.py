@@ -19,6 +19,7 @@ from zoo.layers.dilated_conv2d import DilatedConv2D
 from zoo.layers.dilated_separable_conv2d import DilatedSeparableConv2D
 from zoo.layers.drop_path import DropPath
 from zoo.layers.efficient_self_attention import EfficientSelfAttention
+from zoo.layers.gelu import GELU
 from zoo.layers.halving_max_pooling import HalvingMaxPooling2D
 from zoo.layers.mix_ffn import MixFFN
 from zoo.layers.overlap_patch_embedding import OverlapPatchEmbedding
@@ -52,6 +53,7 @@ __all__ = [
     "DropPath",
     "EfficientSelfAttention",
     "FoldedOffset",
+    "GELU",
     "HalvingMaxPooling2D",
     "MixFFN",
     "OverlapPatchEmbedding",

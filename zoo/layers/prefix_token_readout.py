@@ -28,7 +28,7 @@ class PrefixTokenReadout(keras.layers.Layer):
 
     ```python
     y = PrefixTokenReadout("cat")([fmap, cls])
-    y = keras.layers.Dense(768, activation="gelu")(y)
+    y = GELU()(keras.layers.Dense(768)(y))
     ```
 
     Reference:

@@ -9,7 +9,7 @@ from typing import Any
 
 import keras
 
-from zoo.layers import BilinearUpsampling, PrefixTokenReadout, batch_norm
+from zoo.layers import GELU, BilinearUpsampling, PrefixTokenReadout, batch_norm
 from zoo.models.base import (
     SegmentationModel,
     check_activation,
@@ -58,6 +58,7 @@ def _residual_conv_block(x, channels: int, name: str):
     "dpt",
     output_stride=32,
     global_context=True,  # ViT attention: every pixel sees the whole image
+    tiny_learning_rate=1e-3,  # a ViT from scratch collapses to one class at 1e-2
     tiny_config={
         "encoder": "vit_tiny_patch16_224",
         "encoder_kwargs": {"embed_dim": 16, "depth": 4, "num_heads": 2, "img_size": 64},
@@ -174,6 +175,11 @@ class DPT(SegmentationModel):
                 f"encoder_kwargs['output_indices']={enc_kwargs['output_indices']!r}"
             )
         depth = enc_kwargs.get("depth", encoder_info(encoder).obj.__kwdefaults__["depth"])
+        if isinstance(depth, int) and depth < encoder_depth:
+            raise ValueError(
+                f"Invalid value for argument `encoder_depth`: DPT reads {encoder_depth} blocks "
+                f"and the encoder has {depth}. Received: encoder_depth={encoder_depth!r}"
+            )
         indices = encoder_output_indices
         if indices is None:
             indices = [int(depth / encoder_depth * k) - 1 for k in range(1, encoder_depth + 1)]
@@ -198,9 +204,8 @@ class DPT(SegmentationModel):
             y = grid
             if decoder_readout == "cat":
                 y = PrefixTokenReadout("cat", name=f"decoder_readout{i}")([y, prefix])
-                y = keras.layers.Dense(
-                    grid.shape[-1], activation="gelu", name=f"decoder_readout{i}_project"
-                )(y)
+                y = keras.layers.Dense(grid.shape[-1], name=f"decoder_readout{i}_project")(y)
+                y = GELU(name=f"decoder_readout{i}_act")(y)
             elif decoder_readout == "add":
                 y = PrefixTokenReadout("add", name=f"decoder_readout{i}")([y, prefix])
             y = keras.layers.Conv2D(mid, 1, name=f"{name}_project")(y)
