@@ -1,4 +1,5 @@
-"""SegFormer (mit_b0 / mit_b2) against segmentation_models_pytorch's Segformer, step by step.
+"""SegFormer (mit_b0 / mit_b2) and DPT (ViT-S / ViT-B) against segmentation_models_pytorch's
+Segformer and DPT, step by step.
 
 For every encoder x (size, batch) x precision, one child process builds the zoo model
 (`losses.attach(model, "wbce+dice")`, AdamW, the `bench/run.py` training path) and one, in
@@ -11,9 +12,12 @@ Reported: images/s and the paired median ratio zoo / smp (> 1: the zoo is faster
     python -m bench.segformer_bench --smp-python /path/to/torch/python \\
         --out bench/results/segformer_vs_smp.json
     python -m bench.segformer_bench --smoke --smp-python ...   # 64x64, batch 2, 1 step
+    python -m bench.segformer_bench --model dpt --smp-python ... \\
+        --out bench/results/dpt_vs_smp.json   # smp.DPT("tu-vit_*", dynamic_img_size=True)
 
-Defaults: encoders mit_b0 mit_b2; cases 512x512 batch 4 and 256x256 batch 8; float32 and
-mixed_bfloat16; 6 rounds after 1 warm-up round. `--xla` compiles the zoo side with XLA.
+Defaults: encoders mit_b0 mit_b2 (DPT: vit_small_patch16_224 vit_base_patch16_224); cases
+512x512 batch 4 and 256x256 batch 8 (DPT: 224x224 batch 4); float32 and mixed_bfloat16; 6
+rounds after 1 warm-up round. `--xla` compiles the zoo side with XLA.
 """
 
 from __future__ import annotations
@@ -36,13 +40,20 @@ def module_command(name: str, python: str) -> list[str]:
 
 
 PRECISIONS = ("float32", "mixed_bfloat16")
+MODELS = ("segformer", "dpt")
+DEFAULTS = {  # model -> (encoders, cases)
+    "segformer": (["mit_b0", "mit_b2"], [(512, 4), (256, 8)]),
+    "dpt": (["vit_small_patch16_224", "vit_base_patch16_224"], [(224, 4)]),
+}
 
 
 # --------------------------------------------------------------------------- children
 
 
-def zoo_child(encoder: str, size: int, batch: int, precision: str, xla: bool) -> None:
-    """Build the zoo SegFormer, warm up, print READY, then time one step per stdin line."""
+def zoo_child(
+    model_name: str, encoder: str, size: int, batch: int, precision: str, xla: bool
+) -> None:
+    """Build the zoo model, warm up, print READY, then time one step per stdin line."""
     import keras
     import tensorflow as tf
 
@@ -55,7 +66,7 @@ def zoo_child(encoder: str, size: int, batch: int, precision: str, xla: bool) ->
     keras.utils.set_random_seed(0)
     try:
         model = zoo.create_model(
-            "segformer", num_classes=1, input_shape=(size, size, 3), encoder=encoder
+            model_name, num_classes=1, input_shape=(size, size, 3), encoder=encoder
         )
         train_model = losses.attach(model, LOSS_SPEC)
     finally:
@@ -69,8 +80,8 @@ def zoo_child(encoder: str, size: int, batch: int, precision: str, xla: bool) ->
     _serve({"train": train, "infer": infer}, info)
 
 
-def smp_child(encoder: str, size: int, batch: int, precision: str) -> None:
-    """smp's Segformer with the same protocol (runs in the PyTorch environment)."""
+def smp_child(model_name: str, encoder: str, size: int, batch: int, precision: str) -> None:
+    """smp's Segformer or DPT with the same protocol (runs in the PyTorch environment)."""
     import segmentation_models_pytorch as smp
     import torch
 
@@ -80,7 +91,10 @@ def smp_child(encoder: str, size: int, batch: int, precision: str) -> None:
     y = (torch.rand(batch, 1, size, size) > 0.5).float()
     dice = smp.losses.DiceLoss("binary", from_logits=True)
     bce = torch.nn.BCEWithLogitsLoss()
-    model = smp.Segformer(encoder, encoder_weights=None, classes=1)
+    if model_name == "dpt":  # timm's ViT; positions resized for other sizes, as ours
+        model = smp.DPT(f"tu-{encoder}", encoder_weights=None, classes=1, dynamic_img_size=True)
+    else:
+        model = smp.Segformer(encoder, encoder_weights=None, classes=1)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -119,9 +133,10 @@ def _serve(fns: dict[str, Any], info: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- parent
 
 
-def _spawn(side: str, python: str, encoder: str, size: int, batch: int, precision: str,
-           xla: bool) -> subprocess.Popen:  # fmt: skip
-    cmd = [*module_command("segformer_bench", python), "--child", side, "--encoders", encoder]
+def _spawn(side: str, python: str, model: str, encoder: str, size: int, batch: int,
+           precision: str, xla: bool) -> subprocess.Popen:  # fmt: skip
+    cmd = [*module_command("segformer_bench", python), "--child", side, "--model", model]
+    cmd += ["--encoders", encoder]
     cmd += ["--precisions", precision]
     cmd += ["--cases", f"{size}x{batch}"] + (["--xla"] if xla else [])
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
@@ -147,7 +162,9 @@ def compare(args: argparse.Namespace, encoder: str, size: int, batch: int, preci
     procs, info = {}, {}
     try:
         for side, python in sides.items():  # one at a time: building is not timed
-            procs[side] = _spawn(side, python, encoder, size, batch, precision, args.xla)
+            procs[side] = _spawn(
+                side, python, args.model, encoder, size, batch, precision, args.xla
+            )
             info[side] = _ready(procs[side], side)
         times = {s: {"train": [], "infer": []} for s in procs}
         names = list(procs)
@@ -165,7 +182,7 @@ def compare(args: argparse.Namespace, encoder: str, size: int, batch: int, preci
                 proc.stdin.close()
             proc.wait()
     row: dict[str, Any] = {
-        "model": "segformer",
+        "model": args.model,
         "encoder": encoder,
         "size": size,
         "batch": batch,
@@ -196,28 +213,33 @@ def _case(text: str) -> tuple[int, int]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--encoders", nargs="+", default=["mit_b0", "mit_b2"])
-    p.add_argument("--cases", nargs="+", type=_case, default=[(512, 4), (256, 8)],
-                   help="SIZExBATCH pairs (default 512x4 256x8)")  # fmt: skip
+    p.add_argument("--model", choices=MODELS, default="segformer")
+    p.add_argument("--encoders", nargs="+", help="default: see the module docstring")
+    p.add_argument("--cases", nargs="+", type=_case,
+                   help="SIZExBATCH pairs (default 512x4 256x8; DPT 224x4)")  # fmt: skip
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--pause", type=float, default=0.5, help="seconds of quiet before a step")
     p.add_argument("--xla", action="store_true", help="compile the zoo side with XLA")
     p.add_argument("--smp-python", help="a Python with torch and segmentation_models_pytorch")
-    p.add_argument("--smoke", action="store_true", help="mit_b0, 64x64 batch 2, 1 round")
+    p.add_argument("--smoke", action="store_true",
+                   help="mit_b0 (DPT: vit_tiny_patch16_224), 64x64 batch 2, 1 round")  # fmt: skip
     p.add_argument("--out", help="result JSON")
     p.add_argument("--child", choices=("zoo", "smp"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    encoders, cases = DEFAULTS[args.model]
+    args.encoders, args.cases = args.encoders or encoders, args.cases or cases
     if args.child:
         (size, batch), precision = args.cases[0], args.precisions[0]
         if args.child == "zoo":
-            zoo_child(args.encoders[0], size, batch, precision, args.xla)
+            zoo_child(args.model, args.encoders[0], size, batch, precision, args.xla)
         else:
-            smp_child(args.encoders[0], size, batch, precision)
+            smp_child(args.model, args.encoders[0], size, batch, precision)
         return 0
     if args.smoke:
-        args.encoders, args.cases, args.rounds, args.warmup = ["mit_b0"], [(64, 2)], 1, 0
+        smoke = "vit_tiny_patch16_224" if args.model == "dpt" else "mit_b0"
+        args.encoders, args.cases, args.rounds, args.warmup = [smoke], [(64, 2)], 1, 0
         args.pause = 0.0
     load_start = [round(x, 2) for x in os.getloadavg()]
     rows = []

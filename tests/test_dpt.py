@@ -328,3 +328,22 @@ def test_param_counts_equal_smps_used_weights(encoder):
     total = run_reference("smp_param_count", arch="DPT", encoder=f"tu-{encoder}")["count"]
     ours = count_trainable(zoo.create_model("dpt", encoder=encoder))
     assert ours == int(theirs["count"]) < int(total)
+
+
+@pytest.mark.slow  # a TensorFlow child process: ~30 s
+def test_dpt_bench_smoke(tmp_path):
+    # bench/segformer_bench.py --model dpt runs and writes its row (zoo side; no timing asserted).
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "bench.segformer_bench", "--model", "dpt", "--smoke",
+           "--precisions", "float32", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["model"], row["encoder"], row["size"]) == ("dpt", "vit_tiny_patch16_224", 64)
+    assert row["zoo_train_img_s"] > 0 and row["zoo_infer_img_s"] > 0

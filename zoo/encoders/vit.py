@@ -33,6 +33,7 @@ import keras
 
 from zoo import pretrained
 from zoo.checks import check_positive, check_positive_int, check_rate
+from zoo.encoders._common import run_encoder
 from zoo.layers import (
     GELU,
     ChannelAffine,
@@ -189,10 +190,7 @@ def _vit(encoder, inputs, input_shape, weights, input_normalization, output_indi
         pretrained.load_native(encoder, weights, x, flat, name, normalization)
         return features
 
-    if inputs is not None:
-        return body(inputs)
-    image = keras.Input(shape=tuple(input_shape), name="image")
-    return keras.Model(image, body(image), name=name)
+    return run_encoder(inputs, input_shape, name, body)
 
 
 def _register(key: str) -> None:

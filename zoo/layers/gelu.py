@@ -5,16 +5,15 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from zoo.build_context import is_exporting
-
 
 @keras.saving.register_keras_serializable(package="zoo")
 class GELU(keras.layers.Layer):
     """``x * Phi(x)``, the exact (erf) GELU, as PyTorch's ``nn.GELU()`` and timm's ViTs use.
 
-    Training uses `keras.ops.gelu` (TensorFlow writes it with `erfc`); created inside
-    `zoo.build_context.exporting()` the layer computes the same function as ``x (1 + erf(x /
-    sqrt 2)) / 2``, since ONNX has no `erfc` op.
+    Computed as ``x (1 + erf(x / sqrt 2)) / 2``, in float32 under a mixed-precision policy:
+    TensorFlow's own `gelu` uses `erfc`, which ONNX has no op for and which runs at half the
+    speed on a CPU (a ViT-S MLP activation of 4 x 197 x 1536 values: 5.3 ms in bfloat16 with
+    `erfc`, 2.4 ms with `erf` in float32 and the casts; in float32 2.8 and 2.2 ms).
 
     Args:
         **kwargs: base layer arguments.
@@ -30,14 +29,9 @@ class GELU(keras.layers.Layer):
         Hendrycks and Gimpel, "Gaussian Error Linear Units (GELUs)", 2016.
     """
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.export_mode = is_exporting()
-
     def call(self, inputs):
-        if self.export_mode:
-            return 0.5 * inputs * (1.0 + ops.erf(inputs * (2.0**-0.5)))
-        return ops.gelu(inputs, approximate=False)
+        x = ops.cast(inputs, "float32")
+        return ops.cast(0.5 * x * (1.0 + ops.erf(x * (2.0**-0.5))), inputs.dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape

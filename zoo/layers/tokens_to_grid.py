@@ -42,9 +42,10 @@ class TokensToGrid(keras.layers.Layer):
     def call(self, inputs):
         tokens, grid = inputs
         shape, size = ops.shape(tokens), ops.shape(grid)
-        patches = tokens[:, self.num_prefix_tokens :]
+        # A split (its gradient: a concatenation), not slices (zero-filled full-size grads).
+        prefix, patches = ops.split(tokens, [self.num_prefix_tokens], axis=1)
         fmap = ops.reshape(patches, (shape[0], size[1], size[2], tokens.shape[-1]))
-        return [fmap, tokens[:, : self.num_prefix_tokens]]
+        return [fmap, prefix]
 
     def compute_output_shape(self, input_shape):
         (batch, _, channels), grid = input_shape
