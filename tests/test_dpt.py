@@ -347,3 +347,15 @@ def test_dpt_bench_smoke(tmp_path):
     (row,) = json.loads(out.read_text())["rows"]
     assert (row["model"], row["encoder"], row["size"]) == ("dpt", "vit_tiny_patch16_224", 64)
     assert row["zoo_train_img_s"] > 0 and row["zoo_infer_img_s"] > 0
+
+
+def test_dpt_traces_at_a_run_time_size():
+    # What export and serving do: one graph for every input size (sizes unknown when traced).
+    import tensorflow as tf
+
+    model = build_tiny("dpt")
+    spec = tf.TensorSpec([None, None, None, 3], tf.float32)
+    graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    for h, w in [(64, 96), (96, 64)]:
+        x = RNG.random((1, h, w, 3), dtype=np.float32)
+        np.testing.assert_allclose(np.asarray(graph(x)), np.asarray(model(x)), atol=1e-5)

@@ -42,8 +42,9 @@ class TokensToGrid(keras.layers.Layer):
     def call(self, inputs):
         tokens, grid = inputs
         shape, size = ops.shape(tokens), ops.shape(grid)
-        # A split (its gradient: a concatenation), not slices (zero-filled full-size grads).
-        prefix, patches = ops.split(tokens, [self.num_prefix_tokens], axis=1)
+        # Slices (ONNX takes them at a run-time token count, where a split with a computed
+        # size fails); only the read blocks pass here, so their gradients cost little.
+        prefix, patches = tokens[:, : self.num_prefix_tokens], tokens[:, self.num_prefix_tokens :]
         fmap = ops.reshape(patches, (shape[0], size[1], size[2], tokens.shape[-1]))
         return [fmap, prefix]
 
