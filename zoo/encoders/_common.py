@@ -94,3 +94,17 @@ def check_output_stride(output_stride: int) -> None:
             "Invalid value for argument `output_stride`: expected one of "
             f"{OUTPUT_STRIDES}. Received: output_stride={output_stride!r}"
         )
+
+
+def apply_weights_normalization(x: Any, normalization: Any, name: str) -> Any:
+    """The pretrained weights' RGB normalization inside the graph (`zoo.pretrained.
+    Normalization`, None: the identity), for a transformer whose patch embedding pads with
+    zeros, so the normalization cannot be folded into it: a gray image is seen as RGB first
+    (``{name}_gray_to_rgb``, the same function as the averaged kernel), then
+    ``{name}_preprocess`` maps each channel ``x -> (x - mean) / std``."""
+    if normalization is None:
+        return x
+    if int(x.shape[-1]) == 1:
+        x = keras.layers.Concatenate(name=f"{name}_gray_to_rgb")([x, x, x])
+    scale, offset = normalization.scale_offset(int(x.shape[-1]))
+    return ChannelAffine(scale, offset, name=f"{name}_preprocess")(x)

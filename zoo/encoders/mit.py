@@ -26,9 +26,8 @@ from collections.abc import Sequence
 import keras
 
 from zoo import pretrained
-from zoo.encoders._common import run_encoder
+from zoo.encoders._common import apply_weights_normalization, run_encoder
 from zoo.layers import (
-    ChannelAffine,
     DropPath,
     EfficientSelfAttention,
     MixFFN,
@@ -184,13 +183,7 @@ def _mit(
         normalization = None
 
     def body(x):
-        if normalization is not None:
-            if int(x.shape[-1]) == 1:
-                # The RGB normalization cannot be folded into the patch embedding's
-                # zero-padded conv: the gray image is seen as RGB (the same function).
-                x = keras.layers.Concatenate(name=f"{name}_gray_to_rgb")([x, x, x])
-            scale, offset = normalization.scale_offset(int(x.shape[-1]))
-            x = ChannelAffine(scale, offset, name=f"{name}_preprocess")(x)
+        x = apply_weights_normalization(x, normalization, name)
         features = mix_transformer_features(
             x, embed_dims, depths, num_heads, sr_ratios, mlp_ratio, drop_path_rate, name
         )

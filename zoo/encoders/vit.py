@@ -33,10 +33,9 @@ import keras
 
 from zoo import pretrained
 from zoo.checks import check_positive, check_positive_int, check_rate
-from zoo.encoders._common import run_encoder
+from zoo.encoders._common import apply_weights_normalization, run_encoder
 from zoo.layers import (
     GELU,
-    ChannelAffine,
     ClassToken,
     DropPath,
     PositionEmbedding,
@@ -166,11 +165,7 @@ def _vit(encoder, inputs, input_shape, weights, input_normalization, output_indi
         normalization = pretrained.IMAGENET
 
     def body(x):
-        if normalization is not None:
-            if int(x.shape[-1]) == 1:  # a gray image seen as RGB (see mit.py)
-                x = keras.layers.Concatenate(name=f"{name}_gray_to_rgb")([x, x, x])
-            scale, offset = normalization.scale_offset(int(x.shape[-1]))
-            x = ChannelAffine(scale, offset, name=f"{name}_preprocess")(x)
+        x = apply_weights_normalization(x, normalization, name)
         _, blocks = vit_blocks(
             x,
             embed_dim,
