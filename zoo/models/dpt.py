@@ -9,6 +9,7 @@ from typing import Any
 
 import keras
 
+from zoo.encoders.vit import uniform_output_indices
 from zoo.layers import GELU, BilinearUpsampling, PrefixTokenReadout, batch_norm
 from zoo.models.base import (
     SegmentationModel,
@@ -183,7 +184,7 @@ class DPT(SegmentationModel):
             )
         indices = encoder_output_indices
         if indices is None:
-            indices = [int(depth / encoder_depth * k) - 1 for k in range(1, encoder_depth + 1)]
+            indices = uniform_output_indices(encoder_depth, depth)
         elif not isinstance(indices, (list, tuple)) or len(indices) != encoder_depth:
             raise ValueError(
                 "Invalid value for argument `encoder_output_indices`: expected None or "
