@@ -72,7 +72,7 @@ def expected_key(path):
         return f"conv1.{param}", "conv"
     if layer == "encoder_stem_bn":
         return f"bn1.{param}", "vector"
-    m = re.fullmatch(r"encoder_stage(\d)_block(\d+)_(conv1|conv2|downsample)_(conv|bn)", layer)
+    m = re.fullmatch(r"encoder_stage(\d)_block(\d+)_(conv[123]|downsample)_(conv|bn)", layer)
     stage, block, part, kind = m.groups()
     pre = f"layer{stage}.{int(block) - 1}"
     if part == "downsample":

@@ -1,8 +1,9 @@
 """A random-init torchvision ResNet (random batch-norm statistics too): its state dict and
 its feature maps at strides 2..32 on the given [0, 1] images (ImageNet-normalized here).
 
-Options: arch ("resnet18" | "resnet34"), seed, path (where to save the state dict; .pth with
-torch.save or .safetensors), channels_last output.
+Options: arch (a torchvision ResNet / ResNeXt name), seed, path (where to save the state
+dict; .pth with torch.save or .safetensors), float64 (also the features computed in float64,
+keys ``s{stride}_f64``: a yardstick for float32 round-off), channels_last output.
 """
 
 import torch
@@ -34,15 +35,25 @@ if path.endswith(".safetensors"):
 else:
     torch.save(model.state_dict(), path)
 
-out = {}
-with torch.no_grad():
-    x = torch.from_numpy(inputs["images"]).permute(0, 3, 1, 2)
-    x = (x - mean) / std
-    x = model.relu(model.bn1(model.conv1(x)))
-    out["s2"] = x
-    x = model.layer1(model.maxpool(x))
-    out["s4"] = x
-    for stride, layer in ((8, model.layer2), (16, model.layer3), (32, model.layer4)):
-        x = layer(x)
-        out[f"s{stride}"] = x
-save(**{k: v.permute(0, 2, 3, 1).numpy() for k, v in out.items()})
+
+def features(model, dtype):
+    out = {}
+    model = model.to(dtype)
+    with torch.no_grad():
+        x = torch.from_numpy(inputs["images"]).permute(0, 3, 1, 2).to(dtype)
+        x = (x - mean.to(dtype)) / std.to(dtype)
+        x = model.relu(model.bn1(model.conv1(x)))
+        out["s2"] = x
+        x = model.layer1(model.maxpool(x))
+        out["s4"] = x
+        for stride, layer in ((8, model.layer2), (16, model.layer3), (32, model.layer4)):
+            x = layer(x)
+            out[f"s{stride}"] = x
+    return {k: v.permute(0, 2, 3, 1).numpy() for k, v in out.items()}
+
+
+out = features(model, torch.float32)
+if options.get("float64"):
+    # The same weights in float64: how far float32 itself drifts through a deep random net.
+    out.update({f"{k}_f64": v for k, v in features(model, torch.float64).items()})
+save(**out)

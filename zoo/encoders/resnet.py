@@ -1,4 +1,6 @@
-"""Native ResNet-18/34 encoders in the torchvision layout (basic blocks).
+"""Native ResNet-18/34 encoders in the torchvision layout (basic blocks), and the stages
+the deeper ResNets / ResNeXts share (`resnet_features` with ``bottleneck=True``, registered
+in `zoo.encoders.resnet_bottleneck`).
 
 Stem: 7x7/2 conv-BN-ReLU (stride 2) and a 3x3/2 max-pool; four stages of basic blocks with
 64/128/256/512 channels (times ``base_width / 64``); a 1x1 conv + BN projection shortcut where
@@ -16,14 +18,22 @@ from collections.abc import Sequence
 import keras
 
 from zoo import pretrained
-from zoo.checks import check_positive
+from zoo.checks import check_positive, check_positive_int
 from zoo.encoders._common import (
     apply_input_range,
     check_input_range,
     check_output_stride,
     run_encoder,
 )
-from zoo.layers import ChannelAffine, FoldedOffset, batch_norm, conv_bn_act
+from zoo.layers import (
+    ChannelAffine,
+    DilatedConv2D,
+    FoldedOffset,
+    GroupedConv2D,
+    batch_norm,
+    conv_bn_act,
+    squeeze_excite,
+)
 from zoo.registry import register_encoder
 
 
@@ -66,6 +76,57 @@ def basic_block(x, filters: int, strides: int, dilation: int, name: str, torch_p
     return keras.layers.Activation("relu", name=f"{name}_relu")(y)
 
 
+def bottleneck_block(
+    x,
+    planes: int,
+    strides: int,
+    dilation: int,
+    name: str,
+    groups: int = 1,
+    width_per_group: int = 64,
+    torch_padding: bool = False,
+    se_reduction: int | None = None,
+    stride_on_1x1: bool = False,
+):
+    """torchvision's Bottleneck (ResNet v1.5: the stride on the 3x3 conv): 1x1 conv-BN-ReLU
+    to ``int(planes * width_per_group / 64) * groups`` channels, a 3x3 conv (in `groups`
+    groups: ResNeXt) -BN-ReLU, a 1x1 conv-BN to ``4 * planes``; identity or 1x1 projection
+    shortcut, add, ReLU. SENet's blocks: `se_reduction` squeezes and excites the residual
+    before the add; `stride_on_1x1` strides the first 1x1 conv instead (Caffe's SE-ResNet)."""
+    width = int(planes * width_per_group / 64) * groups
+    filters = 4 * planes
+    shortcut = x
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = keras.layers.Conv2D(
+            filters, 1, strides=strides, use_bias=False, name=f"{name}_downsample_conv"
+        )(x)
+        shortcut = batch_norm(f"{name}_downsample_bn")(shortcut)
+    y = conv_bn_act(x, width, 1, f"{name}_conv1", strides if stride_on_1x1 else 1)
+    if stride_on_1x1:
+        strides = 1
+    if torch_padding and strides > 1:
+        y = keras.layers.ZeroPadding2D(1, name=f"{name}_conv2_pad")(y)
+    # Grouped (ResNeXt): TensorFlow's own grouped kernel, not Keras' XLA detour.
+    conv = GroupedConv2D if groups > 1 else DilatedConv2D if dilation != 1 else keras.layers.Conv2D
+    y = conv(
+        width,
+        3,
+        strides=strides,
+        padding="valid" if torch_padding and strides > 1 else "same",
+        dilation_rate=dilation,
+        groups=groups,
+        use_bias=False,
+        name=f"{name}_conv2_conv",
+    )(y)
+    y = batch_norm(f"{name}_conv2_bn")(y)
+    y = keras.layers.Activation("relu", name=f"{name}_conv2_relu")(y)
+    y = conv_bn_act(y, filters, 1, f"{name}_conv3", activation=None)
+    if se_reduction:
+        y = squeeze_excite(y, filters // se_reduction, f"{name}_se")
+    y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
+    return keras.layers.Activation("relu", name=f"{name}_relu")(y)
+
+
 def _stem(x, filters: int, name: str, normalization, torch_padding: bool):
     """7x7/2 conv-BN-ReLU, with the weights' normalization in front (or folded in)."""
     channels = int(x.shape[-1])
@@ -92,16 +153,25 @@ def resnet_features(
     name: str = "encoder",
     normalization: pretrained.Normalization | None = None,
     torch_padding: bool = False,
+    bottleneck: bool = False,
+    ceil_pool: bool = False,
+    **block_kwargs,
 ) -> dict:
-    """ResNet (basic blocks) feature maps keyed by stride: {2, 4, 8, 16, 32} at
-    output_stride 32; at 16 (8) the last (two last) stages are dilated instead of strided,
-    and the keys stop at 16 (8). `normalization` (the pretrained weights' preprocessing) is
-    applied first; `torch_padding` pads strided convs and the max-pool like PyTorch."""
+    """ResNet feature maps keyed by stride: {2, 4, 8, 16, 32} at output_stride 32; at 16
+    (8) the last (two last) stages are dilated instead of strided, and the keys stop at 16
+    (8). `normalization` (the pretrained weights' preprocessing) is applied first;
+    `torch_padding` pads strided convs and the max-pool like PyTorch; `ceil_pool` pools as
+    Caffe's SENets (no padding, ``ceil_mode``). Basic blocks, or with `bottleneck`
+    `bottleneck_block`s (`block_kwargs`: `groups`, `width_per_group`, SENet's options)."""
     check_output_stride(output_stride)
     features = {}
     x = _stem(x, base_width, name, normalization, torch_padding)
     features[2] = x
-    if torch_padding:
+    if ceil_pool:
+        # ceil_mode without padding: one more window reaching past the bottom / right edge.
+        x = keras.layers.ZeroPadding2D(((0, 1), (0, 1)), name=f"{name}_stem_pool_pad")(x)
+        x = keras.layers.MaxPooling2D(3, strides=2, name=f"{name}_stem_pool")(x)
+    elif torch_padding:
         # After a ReLU every value is >= 0, so zero padding is max-pool's -inf padding.
         x = keras.layers.ZeroPadding2D(1, name=f"{name}_stem_pool_pad")(x)
         x = keras.layers.MaxPooling2D(3, strides=2, name=f"{name}_stem_pool")(x)
@@ -117,14 +187,15 @@ def resnet_features(
             block_stride = 1
         stride *= block_stride
         for block in range(num_blocks):
-            x = basic_block(
-                x,
-                filters,
-                block_stride if block == 0 else 1,
-                dilation,
-                name=f"{name}_stage{stage + 1}_block{block + 1}",
-                torch_padding=torch_padding,
-            )
+            block_name = f"{name}_stage{stage + 1}_block{block + 1}"
+            strides = block_stride if block == 0 else 1
+            if bottleneck:
+                x = bottleneck_block(
+                    x, filters, strides, dilation, block_name, torch_padding=torch_padding,
+                    **block_kwargs,
+                )  # fmt: skip
+            else:
+                x = basic_block(x, filters, strides, dilation, block_name, torch_padding)
         features[stride] = x
     return features
 
@@ -133,9 +204,28 @@ NORMALIZATIONS = ("weights", None)
 
 
 def _resnet(
-    encoder, blocks, inputs, input_shape, base_width, output_stride, weights, norm, name, span
+    encoder,
+    blocks,
+    inputs,
+    input_shape,
+    base_width,
+    output_stride,
+    weights,
+    norm,
+    name,
+    span,
+    **block_kwargs,
 ):
     check_positive("base_width", base_width)
+    for key in ("groups", "width_per_group"):
+        if key in block_kwargs:
+            check_positive_int(key, block_kwargs[key])
+    if block_kwargs and int(base_width * block_kwargs["width_per_group"] / 64) < 1:
+        raise ValueError(
+            "Invalid value for argument `width_per_group`: the first stage's bottleneck "
+            f"width, int(base_width * width_per_group / 64), must be >= 1. Received: "
+            f"width_per_group={block_kwargs['width_per_group']} with base_width={base_width}"
+        )
     bounds = check_input_range(span)
     if norm not in NORMALIZATIONS:
         raise ValueError(
@@ -153,8 +243,9 @@ def _resnet(
     def body(x):
         x = apply_input_range(x, bounds, name)  # before the weights' normalization
         features = resnet_features(
-            x, blocks, int(base_width), output_stride, name, normalization, torch_padding
-        )
+            x, blocks, int(base_width), output_stride, name, normalization, torch_padding,
+            **block_kwargs,
+        )  # fmt: skip
         pretrained.load_native(encoder, weights, x, features, name, normalization)
         return features
 

@@ -12,6 +12,7 @@ from zoo.layers.blocks import (
     batch_norm,
     conv_bn_act,
     separable_conv_bn_act,
+    squeeze_excite,
     upsample_conv_bn_act,
 )
 from zoo.layers.class_token import ClassToken
@@ -20,6 +21,7 @@ from zoo.layers.dilated_separable_conv2d import DilatedSeparableConv2D
 from zoo.layers.drop_path import DropPath
 from zoo.layers.efficient_self_attention import EfficientSelfAttention
 from zoo.layers.gelu import GELU
+from zoo.layers.grouped_conv2d import GroupedConv2D
 from zoo.layers.halving_max_pooling import HalvingMaxPooling2D
 from zoo.layers.mix_ffn import MixFFN
 from zoo.layers.overlap_patch_embedding import OverlapPatchEmbedding
@@ -54,6 +56,7 @@ __all__ = [
     "EfficientSelfAttention",
     "FoldedOffset",
     "GELU",
+    "GroupedConv2D",
     "HalvingMaxPooling2D",
     "MixFFN",
     "OverlapPatchEmbedding",
@@ -69,6 +72,7 @@ __all__ = [
     "conv_bn_act",
     "pyramid_pooling",
     "separable_conv_bn_act",
+    "squeeze_excite",
     "sepconv_bn_act",
     "upsample_conv_bn_act",
 ]

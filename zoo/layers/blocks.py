@@ -175,6 +175,20 @@ def conv_bn_act(
     return x
 
 
+def squeeze_excite(x, reduced: int, name: str):
+    """Squeeze-and-excitation: the channels of `x` scaled by a gate computed from their
+    global average (1x1 conv with bias to `reduced` channels, ReLU, 1x1 conv with bias back,
+    sigmoid). Layers ``{name}_pool``, ``{name}_fc1``, ``{name}_fc2``, ``{name}_scale``.
+
+    Reference:
+        Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018.
+    """
+    s = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
+    s = keras.layers.Conv2D(reduced, 1, activation="relu", name=f"{name}_fc1")(s)
+    s = keras.layers.Conv2D(int(x.shape[-1]), 1, activation="sigmoid", name=f"{name}_fc2")(s)
+    return keras.layers.Multiply(name=f"{name}_scale")([x, s])
+
+
 def upsample_conv_bn_act(x, skips: list, filters: int, name: str, activation: str = "relu"):
     """Nearest 2x upsampling of `x`, concatenation with `skips`, then 3x3 conv -> `batch_norm`
     -> activation, the first three as one `UpsampleConcatConv2D` (same function, 2.25x fewer

@@ -177,6 +177,7 @@ class DilatedConv2D(keras.layers.Conv2D):
             and tuple(self.strides) == (1, 1)
             and self.data_format == "channels_last"
             and tuple(self.dilation_rate) != (1, 1)
+            and self.groups == 1  # the kernel-gradient matmuls assume one group
         )
         if not eligible:
             return super().convolution_op(inputs, kernel)

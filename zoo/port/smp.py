@@ -1,8 +1,9 @@
 """Whole segmentation_models_pytorch models -> zoo models (``python -m zoo.port smp``).
 
 An smp checkpoint is a state dict saved with ``torch.save(model.state_dict(), path)`` (or a
-``.safetensors`` file) of an smp model with a native encoder of ours (``resnet18``,
-``resnet34``, ``mit_b0`` ... ``mit_b5``). The zoo model is built with the architecture
+``.safetensors`` file) of an smp model with a native encoder of ours (``resnet18`` ...
+``resnet152``, ``resnext50_32x4d`` ... ``resnext101_32x48d``, ``mit_b0`` ... ``mit_b5``,
+``vit_*``). The zoo model is built with the architecture
 read from the weights (number of classes, input channels, decoder widths), its encoder
 from the encoder's port table bound to ``encoder.``, its decoder and head from the
 architecture's table (``zoo/port/tables/``). Everything is checked before anything is written: a
@@ -149,7 +150,7 @@ def port_smp(
         checkpoint: an smp model's state dict (``.pth``/``.pt``/``.bin`` from
             ``torch.save``, or ``.safetensors``).
         model: the architecture, one of `list_smp_models()`.
-        encoder: the smp encoder name, a native zoo encoder (``resnet18``, ``resnet34``).
+        encoder: the smp encoder name, a native zoo encoder (``resnet18``, ``resnext50_32x4d``).
         num_classes: checked against the weights when given (they tell it).
         normalization: "imagenet" (the model normalizes [0, 1] images inside, as smp's
             ImageNet preprocessing did outside) or "none"; default: "imagenet" for 3 input

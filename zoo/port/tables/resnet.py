@@ -1,4 +1,5 @@
-"""ResNet-18/34 (basic blocks): torchvision / timm layout -> our native `resnet18`/`resnet34`.
+"""ResNets and ResNeXts: torchvision / timm layout -> our native `resnet*` / `resnext*`; SENets:
+Cadene's pretrainedmodels layout -> our `se_resnet*` / `se_resnext*`.
 
 torchvision's ``resnet18``/``resnet34`` state dicts and timm's ``resnet18.tv_in1k`` /
 ``resnet34.tv_in1k`` (the same weights) have identical keys: ``conv1``, ``bn1``,
@@ -27,5 +28,25 @@ RESNET = register_table(
             Rule(r"stage(\d)_block(\d+)_downsample_bn", "layer{1}.{2-1}.downsample.1"),
         ),
         ignore=(r"fc\..*",),
+    ),
+)
+
+# SENets (Cadene's pretrainedmodels layout, smp's se_resnet* / se_resnext*): the stem sits
+# under ``layer0.``, and each block adds a squeeze-and-excitation module of two 1x1 convs.
+SENET = register_table(
+    "senet",
+    Table(
+        "senet (pretrainedmodels layout)",
+        (
+            Rule(r"stem_conv", "layer0.conv1"),
+            Rule(r"stem_conv_offset", "layer0.conv1.folded_offset", kind="conv"),
+            Rule(r"stem_bn", "layer0.bn1"),
+            Rule(r"stage(\d)_block(\d+)_conv(\d)_conv", "layer{1}.{2-1}.conv{3}"),
+            Rule(r"stage(\d)_block(\d+)_conv(\d)_bn", "layer{1}.{2-1}.bn{3}"),
+            Rule(r"stage(\d)_block(\d+)_se_fc(\d)", "layer{1}.{2-1}.se_module.fc{3}"),
+            Rule(r"stage(\d)_block(\d+)_downsample_conv", "layer{1}.{2-1}.downsample.0"),
+            Rule(r"stage(\d)_block(\d+)_downsample_bn", "layer{1}.{2-1}.downsample.1"),
+        ),
+        ignore=(r"last_linear\..*",),
     ),
 )

@@ -1,0 +1,186 @@
+"""SE-ResNet / SE-ResNeXt encoders (pretrainedmodels layout): the checkpoint keys, parameter
+counts, the Caffe max-pool, and smp models on them ported with equal logits."""
+
+import re
+
+import keras
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+from test_port import identifiable_state_dict
+from test_port_smp import check_parity
+from torch_ref import requires_reference, run_reference
+
+import zoo
+from zoo import port, pretrained
+
+# (blocks, groups, width per group); the SE-ResNets stride their first 1x1 conv.
+ARCHS = {
+    "se_resnet50": ((3, 4, 6, 3), 1, 64),
+    "se_resnet101": ((3, 4, 23, 3), 1, 64),
+    "se_resnet152": ((3, 8, 36, 3), 1, 64),
+    "se_resnext50_32x4d": ((3, 4, 6, 3), 32, 4),
+    "se_resnext101_32x4d": ((3, 4, 23, 3), 32, 4),
+}
+
+
+def senet_shapes(blocks, width=64, groups=1, width_per_group=64, reduction=16):
+    """Key -> shape of pretrainedmodels' SENet (from its definition), without the classifier."""
+    shapes = {"layer0.conv1.weight": (width, 3, 7, 7)}
+
+    def bn(prefix, channels):
+        for p in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{prefix}.{p}"] = (channels,)
+        shapes[f"{prefix}.num_batches_tracked"] = ()
+
+    bn("layer0.bn1", width)
+    cin = width
+    for stage, n in enumerate(blocks, start=1):
+        planes = width * 2 ** (stage - 1)
+        inner = int(planes * width_per_group / 64) * groups
+        out = 4 * planes
+        for b in range(n):
+            pre = f"layer{stage}.{b}"
+            shapes[f"{pre}.conv1.weight"] = (inner, cin, 1, 1)
+            shapes[f"{pre}.conv2.weight"] = (inner, inner // groups, 3, 3)
+            shapes[f"{pre}.conv3.weight"] = (out, inner, 1, 1)
+            for i, channels in ((1, inner), (2, inner), (3, out)):
+                bn(f"{pre}.bn{i}", channels)
+            shapes[f"{pre}.se_module.fc1.weight"] = (out // reduction, out, 1, 1)
+            shapes[f"{pre}.se_module.fc1.bias"] = (out // reduction,)
+            shapes[f"{pre}.se_module.fc2.weight"] = (out, out // reduction, 1, 1)
+            shapes[f"{pre}.se_module.fc2.bias"] = (out,)
+            if b == 0:
+                shapes[f"{pre}.downsample.0.weight"] = (out, cin, 1, 1)
+                bn(f"{pre}.downsample.1", out)
+            cin = out
+    return shapes
+
+
+def expected_key(path):
+    """Our variable path -> (their key, is a conv kernel): written apart from zoo.port."""
+    layer, var = path.split("/")
+    param = {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias"}.get(var)
+    param = param or {"moving_mean": "running_mean", "moving_variance": "running_var"}[var]
+    if layer.startswith("encoder_stem_"):
+        return f"layer0.{'conv1' if layer.endswith('conv') else 'bn1'}.{param}", var == "kernel"
+    stage, block, rest = re.fullmatch(r"encoder_stage(\d)_block(\d+)_(.*)", layer).groups()
+    pre = f"layer{stage}.{int(block) - 1}"
+    module = {
+        "downsample_conv": "downsample.0",
+        "downsample_bn": "downsample.1",
+        "se_fc1": "se_module.fc1",
+        "se_fc2": "se_module.fc2",
+    }.get(rest)
+    if module is None:
+        conv, kind = re.fullmatch(r"conv(\d)_(conv|bn)", rest).groups()
+        module = f"conv{conv}" if kind == "conv" else f"bn{conv}"
+    return f"{pre}.{module}.{param}", var == "kernel"
+
+
+@pytest.mark.parametrize("name", sorted(ARCHS))
+def test_trainable_params_equal_the_definition(name):
+    blocks, groups, wpg = ARCHS[name]
+    shapes = senet_shapes(blocks, 64, groups, wpg)
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    want = sum(int(np.prod(s)) for k, s in shapes.items() if not k.endswith(buffers))
+    encoder = zoo.create_encoder(name, input_shape=(None, None, 3))
+    assert sum(int(np.prod(v.shape)) for v in encoder.trainable_variables) == want
+
+
+@pytest.mark.parametrize(
+    "name, groups, wpg", [("se_resnet50", 1, 64), ("se_resnext50_32x4d", 4, 16)]
+)
+def test_every_key_lands_in_its_variable(name, groups, wpg):
+    shapes = senet_shapes(ARCHS[name][0], 8, groups, wpg)
+    state = identifiable_state_dict(shapes)
+    kwargs = {"base_width": 8, "groups": groups, "width_per_group": wpg}
+    model = zoo.create_encoder(name, input_shape=(32, 32, 3), **kwargs)
+    writes = port.assign(model, state, port.get_table("senet").bind(ours="encoder_"), source="x")
+    assert len(writes) == len(model.variables)
+    used = set()
+    for v in model.variables:
+        key, conv = expected_key(v.path)
+        want = state[key].transpose(2, 3, 1, 0) if conv else state[key]
+        np.testing.assert_array_equal(np.asarray(v), want, err_msg=f"{v.path} <- {key}")
+        used.add(key)
+    assert {k for k in shapes if k not in used} == {k for k in shapes if "num_batches" in k}
+
+
+@pytest.mark.parametrize("size", [(32, 32), (34, 38), (30, 42)])
+def test_stem_pool_is_caffes_ceil_mode(size):
+    # MaxPool2d(3, stride=2, ceil_mode=True), no padding, written out in NumPy: windows start
+    # at 0, 2, 4, ... and the last one may reach past the edge.
+    encoder = zoo.create_encoder("se_resnet50", input_shape=(*size, 3), base_width=8)
+    stem = encoder.get_layer("encoder_stem_relu").output
+    pooled = encoder.get_layer("encoder_stem_pool").output
+    probe = keras.Model(encoder.input, [stem, pooled])
+    x = np.random.default_rng(0).random((1, *size, 3), dtype=np.float32)
+    s, p = (np.asarray(t) for t in probe(x))
+    h, w = s.shape[1:3]
+    oh, ow = -(-(h - 3) // 2) + 1, -(-(w - 3) // 2) + 1
+    want = np.stack(
+        [
+            np.stack([s[0, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].max((0, 1)) for j in range(ow)])
+            for i in range(oh)
+        ]
+    )
+    assert p.shape[1:3] == (oh, ow)
+    np.testing.assert_array_equal(p[0], want)
+
+
+def test_published_sizes():
+    # pretrainedmodels' model cards, with the 2048 -> 1000 classifier (2,049,000 parameters).
+    published = {"se_resnet50": 28_088_024, "se_resnext50_32x4d": 27_559_896}
+    for name, total in published.items():
+        blocks, groups, wpg = ARCHS[name]
+        shapes = senet_shapes(blocks, 64, groups, wpg)
+        buffers = ("running_mean", "running_var", "num_batches_tracked")
+        count = sum(int(np.prod(s)) for k, s in shapes.items() if not k.endswith(buffers))
+        assert count == total - 2_049_000, name
+
+
+def test_se_resnet_strides_its_first_conv_and_se_resnext_its_second():
+    net = zoo.create_encoder("se_resnet50", input_shape=(64, 64, 3), base_width=8)
+    assert net.get_layer("encoder_stage2_block1_conv1_conv").strides == (2, 2)
+    assert net.get_layer("encoder_stage2_block1_conv2_conv").strides == (1, 1)
+    tiny = zoo.encoder_info("se_resnext50_32x4d").metadata["tiny_config"]
+    net = zoo.create_encoder("se_resnext50_32x4d", input_shape=(64, 64, 3), **tiny)
+    assert net.get_layer("encoder_stage2_block1_conv1_conv").strides == (1, 1)
+    assert net.get_layer("encoder_stage2_block1_conv2_conv").strides == (2, 2)
+
+
+def test_imagenet_from_the_cache_lands_in_the_encoder(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGZOO_HOME", str(tmp_path))
+    state = identifiable_state_dict(senet_shapes(ARCHS["se_resnet50"][0], 8))
+    path = tmp_path / "weights" / "smp-hub" / "se_resnet50.imagenet" / "model.safetensors"
+    path.parent.mkdir(parents=True)
+    save_file(state, str(path))
+    net = zoo.create_encoder(
+        "se_resnet50", input_shape=(32, 32, 3), base_width=8, weights="imagenet"
+    )
+    np.testing.assert_array_equal(
+        np.asarray(net.get_layer("encoder_stage4_block3_se_fc2").bias),
+        state["layer4.2.se_module.fc2.bias"],
+    )
+    assert "/resolve/main/" not in pretrained.sources("se_resnet50")["imagenet"].url
+
+
+@pytest.mark.slow  # full SE-ResNet-50 / SE-ResNeXt-50 models in both frameworks, ~1 min
+@requires_reference("torch", "segmentation_models_pytorch")
+def test_smp_models_on_senets_port_with_equal_logits(tmp_path, monkeypatch):
+    specs = [
+        ("Unet", "unet", ".pth", 2, "se_resnext50_32x4d", {}),
+        # Output stride 16: smp dilates the last stage, whose first 1x1 conv was strided.
+        ("DeepLabV3Plus", "deeplabv3plus", ".safetensors", 1, "se_resnet50", {}),
+    ]
+    check_parity(tmp_path, monkeypatch, specs, (96, 128))
+
+
+@pytest.mark.slow  # builds smp's models in the reference interpreter
+@requires_reference("torch", "segmentation_models_pytorch")
+@pytest.mark.parametrize("encoder", ["se_resnet50", "se_resnext50_32x4d"])
+def test_unet_trainable_params_equal_smp(encoder):
+    theirs = int(run_reference("smp_param_count", arch="Unet", encoder=encoder)["count"])
+    net = zoo.create_model("unet", num_classes=1, encoder=encoder)
+    assert sum(int(np.prod(v.shape)) for v in net.trainable_variables) == theirs
