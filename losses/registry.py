@@ -12,12 +12,23 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import keras
+
+
+def _natural_key(name: str) -> list:
+    return [
+        (0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)
+    ]
+
+
+def _similarity(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, str(a), b).ratio()
 
 
 @dataclass(frozen=True)
@@ -95,9 +106,15 @@ class Registry:
         """The entry registered under `name`; unknown names raise a `ValueError` with choices."""
         if name in self._entries:
             return self._entries[name]
-        choices = sorted(self._entries)
-        close = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.5)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+        choices = self.list()
+        close = difflib.get_close_matches(str(name), choices, n=3, cutoff=0.5)
+        # Every name as close as the closest ('resnet35': 'resnet34' or 'resnet50'), or the
+        # names it begins ('resnext50': 'resnext50_32x4d').
+        best = [c for c in close if _similarity(name, c) == _similarity(name, close[0])]
+        best = [c for c in choices if c.startswith(str(name))][:3] or best
+        names = [repr(c) for c in sorted(best)]
+        either = " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+        hint = f" Did you mean {either}?" if best else ""
         raise ValueError(
             f"Unknown {self.kind} {name!r}.{hint} Available {self.kind}s: {', '.join(choices)}"
         )
@@ -107,8 +124,10 @@ class Registry:
         return self.get(name).obj(**kwargs)
 
     def list(self, pattern: str = "*") -> list[str]:
-        """Sorted names matching the shell-style `pattern` (e.g. ``"resnet*"``)."""
-        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+        """Names matching the shell-style `pattern` (e.g. ``"resnet*"``), in natural order
+        (numbers by value, as timm lists: resnet18, resnet34, resnet50, resnet101)."""
+        names = (n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+        return sorted(names, key=_natural_key)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -166,7 +166,7 @@ def test_bad_common_arguments_raise(tiny):
         build_tiny(name, activation="relu")
     with pytest.raises(ValueError, match=r"input_shape=\(64, 64\)"):
         build_tiny(name, input_shape=(64, 64))
-    with pytest.raises(ValueError, match="Did you mean 'resnet34'"):
+    with pytest.raises(ValueError, match="Did you mean 'resnet34' or 'resnet50'"):
         build_tiny(name, encoder="resnet35", encoder_kwargs={})
 
 

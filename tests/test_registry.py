@@ -47,9 +47,29 @@ def test_unknown_name_lists_choices_and_suggests_closest(create, name, suggestio
     assert "fpn" in str(info.value) or "resnet18" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "name, hint",
+    [
+        ("resnet35", "Did you mean 'resnet34' or 'resnet50'?"),  # equally close: both
+        ("resnext50", "Did you mean 'resnext50_32x4d'?"),  # a name it begins
+        ("se_resnet", "Did you mean 'se_resnet101', 'se_resnet152' or 'se_resnet50'?"),
+    ],
+)
+def test_suggestions_name_every_equally_close_choice(name, hint):
+    with pytest.raises(ValueError) as info:
+        zoo.create_encoder(name)
+    assert hint in str(info.value) and "\n" not in str(info.value)
+
+
 def test_builtin_names_and_patterns():
     assert {"unet", "fpn", "deeplab_lite"} <= set(zoo.list_models())
-    assert zoo.list_encoders("resnet*") == ["resnet18", "resnet34"]
+    assert zoo.list_encoders("resnet*") == [
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet152",
+    ]
     assert set(zoo.list_encoders("keras_*")) >= {
         "keras_resnet50",
         "keras_mobilenetv2",
