@@ -120,3 +120,33 @@ def train_tiny(run_dir: Path, *overrides: str) -> None:
         cwd=root, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def unet_trains_saves_and_reloads(tmp_path, encoder: str, layer: str) -> None:
+    """A U-Net on `encoder` (its tiny configuration): one training step moves `layer`'s
+    kernel, and its .keras file reloads in safe mode, without custom_objects, to the same
+    logits."""
+    import losses
+    from zoo.saving import load_model
+
+    model = zoo.create_model(
+        "unet",
+        num_classes=1,
+        input_shape=(None, None, 3),
+        encoder=encoder,
+        encoder_kwargs=zoo.encoder_info(encoder).tiny_config,
+        decoder_channels=[16, 16, 8, 8, 8],
+    )
+    kernel = model.get_layer(layer).kernel
+    before = np.asarray(kernel).copy()
+    rng = np.random.default_rng(0)
+    images = rng.random((2, 64, 64, 3), dtype=np.float32)
+    masks = (images.mean(-1, keepdims=True) > 0.5).astype("int32")
+    train = losses.attach(model, "wbce+dice", mode="binary", weight=False)
+    train.compile(optimizer=keras.optimizers.Adam(1e-2))
+    train.fit({"image": images, "mask": masks}, epochs=1, batch_size=2, verbose=0)
+    assert np.abs(np.asarray(kernel) - before).max() > 1e-4
+    path = tmp_path / f"{encoder}_unet.keras"
+    model.save(path)
+    again = load_model(path)
+    np.testing.assert_allclose(again(images), model(images), atol=1e-5)

@@ -14,6 +14,7 @@ from zoo.recipe.intensity import INPUT_RANGE_BELOW, input_span
 
 # (encoder, decoder_channels): the recipe's CPU encoder and its accelerator one's family.
 ENCODERS = [("vgg13_bn", [16, 8, 8, 8]), ("resnet18", [16, 8, 8, 8, 8])]
+ENCODERS += [("se_resnext50_32x4d", [16, 8, 8, 8, 8]), ("efficientnet-b0", [16, 8, 8, 8, 8])]
 
 
 def _unet(encoder, decoder, **encoder_kwargs):
@@ -22,7 +23,7 @@ def _unet(encoder, decoder, **encoder_kwargs):
         num_classes=1,
         input_shape=(32, 32, 1),
         encoder=encoder,
-        encoder_kwargs={"base_width": 8, **encoder_kwargs},
+        encoder_kwargs={**zoo.encoder_info(encoder).tiny_config, **encoder_kwargs},
         decoder_channels=decoder,
     )
 

@@ -4,6 +4,7 @@ logits, and smp's named weights."""
 
 import numpy as np
 import pytest
+from helpers import unet_trains_saves_and_reloads
 from safetensors.numpy import save_file
 from test_port import expected_key, identifiable_state_dict
 from test_port_smp import check_parity
@@ -125,35 +126,7 @@ def test_dilated_grouped_stages_keep_the_resolution(output_stride):
 
 
 def test_resnext_unet_trains_saves_and_reloads(tmp_path):
-    # One step of training moves the grouped kernels; the .keras file reloads in safe mode
-    # without custom_objects and computes the same logits.
-    import keras
-
-    import losses
-    from zoo.saving import load_model
-
-    tiny = zoo.encoder_info("resnext50_32x4d").metadata["tiny_config"]
-    model = zoo.create_model(
-        "unet",
-        num_classes=1,
-        input_shape=(None, None, 3),
-        encoder="resnext50_32x4d",
-        encoder_kwargs=tiny,
-        decoder_channels=[16, 16, 8, 8, 8],
-    )
-    conv = model.get_layer("encoder_stage2_block1_conv2_conv")
-    before = np.asarray(conv.kernel).copy()
-    rng = np.random.default_rng(0)
-    images = rng.random((2, 64, 64, 3), dtype=np.float32)
-    masks = (images.mean(-1, keepdims=True) > 0.5).astype("int32")
-    train = losses.attach(model, "wbce+dice", mode="binary", weight=False)
-    train.compile(optimizer=keras.optimizers.Adam(1e-2))
-    train.fit({"image": images, "mask": masks}, epochs=1, batch_size=2, verbose=0)
-    assert np.abs(np.asarray(conv.kernel) - before).max() > 1e-4
-    path = tmp_path / "resnext_unet.keras"
-    model.save(path)
-    again = load_model(path)
-    np.testing.assert_allclose(again(images), model(images), atol=1e-5)
+    unet_trains_saves_and_reloads(tmp_path, "resnext50_32x4d", "encoder_stage2_block1_conv2_conv")
 
 
 # === smp's named weights ===

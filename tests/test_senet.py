@@ -6,6 +6,7 @@ import re
 import keras
 import numpy as np
 import pytest
+from helpers import unet_trains_saves_and_reloads
 from safetensors.numpy import save_file
 from test_port import identifiable_state_dict
 from test_port_smp import check_parity
@@ -148,6 +149,10 @@ def test_se_resnet_strides_its_first_conv_and_se_resnext_its_second():
     net = zoo.create_encoder("se_resnext50_32x4d", input_shape=(64, 64, 3), **tiny)
     assert net.get_layer("encoder_stage2_block1_conv1_conv").strides == (1, 1)
     assert net.get_layer("encoder_stage2_block1_conv2_conv").strides == (2, 2)
+
+
+def test_unet_trains_saves_and_reloads(tmp_path):
+    unet_trains_saves_and_reloads(tmp_path, "se_resnext50_32x4d", "encoder_stage3_block1_se_fc1")
 
 
 def test_imagenet_from_the_cache_lands_in_the_encoder(tmp_path, monkeypatch):

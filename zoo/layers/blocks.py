@@ -131,7 +131,9 @@ def _replicas_in_sync() -> int:
     return 0 if context is None else context.num_replicas_in_sync
 
 
-def batch_norm(name: str) -> keras.layers.BatchNormalization:
+def batch_norm(
+    name: str, momentum: float = BN_MOMENTUM, epsilon: float = BN_EPSILON
+) -> keras.layers.BatchNormalization:
     """The one BatchNormalization every zoo block uses.
 
     `synchronized=True` makes MirroredStrategy on N replicas compute the statistics of the
@@ -139,10 +141,10 @@ def batch_norm(name: str) -> keras.layers.BatchNormalization:
 
     Args:
         name: layer name, e.g. ``"encoder_stem_bn"``.
+        momentum, epsilon: Keras' (momentum = 1 - PyTorch's); PyTorch's defaults unless a
+            network was trained with others (EfficientNet: 0.99, 1e-3).
     """
-    return SyncBatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=True, name=name
-    )
+    return SyncBatchNormalization(momentum=momentum, epsilon=epsilon, synchronized=True, name=name)
 
 
 def conv_bn_act(
@@ -175,16 +177,17 @@ def conv_bn_act(
     return x
 
 
-def squeeze_excite(x, reduced: int, name: str):
+def squeeze_excite(x, reduced: int, name: str, activation: str = "relu"):
     """Squeeze-and-excitation: the channels of `x` scaled by a gate computed from their
-    global average (1x1 conv with bias to `reduced` channels, ReLU, 1x1 conv with bias back,
-    sigmoid). Layers ``{name}_pool``, ``{name}_fc1``, ``{name}_fc2``, ``{name}_scale``.
+    global average (1x1 conv with bias to `reduced` channels, `activation` (ReLU; SiLU in
+    EfficientNet), 1x1 conv with bias back, sigmoid). Layers ``{name}_pool``, ``{name}_fc1``,
+    ``{name}_fc2``, ``{name}_scale``.
 
     Reference:
         Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018.
     """
     s = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
-    s = keras.layers.Conv2D(reduced, 1, activation="relu", name=f"{name}_fc1")(s)
+    s = keras.layers.Conv2D(reduced, 1, activation=activation, name=f"{name}_fc1")(s)
     s = keras.layers.Conv2D(int(x.shape[-1]), 1, activation="sigmoid", name=f"{name}_fc2")(s)
     return keras.layers.Multiply(name=f"{name}_scale")([x, s])
 
