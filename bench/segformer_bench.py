@@ -1,5 +1,6 @@
-"""SegFormer (mit_b0 / mit_b2) and DPT (ViT-S / ViT-B) against segmentation_models_pytorch's
-Segformer and DPT, step by step.
+"""SegFormer (mit_b0 / mit_b2), DPT (ViT-S / ViT-B) and U-Net on the bottleneck ResNets
+(ResNet-50, ResNeXt-50) against segmentation_models_pytorch's Segformer, DPT and Unet, step
+by step.
 
 For every encoder x (size, batch) x precision, one child process builds the zoo model
 (`losses.attach(model, "wbce+dice")`, AdamW, the `bench/run.py` training path) and one, in
@@ -14,9 +15,12 @@ Reported: images/s and the paired median ratio zoo / smp (> 1: the zoo is faster
     python -m bench.segformer_bench --smoke --smp-python ...   # 64x64, batch 2, 1 step
     python -m bench.segformer_bench --model dpt --smp-python ... \\
         --out bench/results/dpt_vs_smp.json   # smp.DPT("tu-vit_*", dynamic_img_size=True)
+    python -m bench.segformer_bench --model unet --smp-python ... \
+        --out bench/results/bottleneck_vs_smp.json   # smp.Unet("resnet50" / "resnext50_32x4d")
 
-Defaults: encoders mit_b0 mit_b2 (DPT: vit_small_patch16_224 vit_base_patch16_224); cases
-512x512 batch 4 and 256x256 batch 8 (DPT: 224x224 batch 4); float32 and mixed_bfloat16; 6
+Defaults: encoders mit_b0 mit_b2 (DPT: vit_small_patch16_224 vit_base_patch16_224; U-Net:
+resnet50 resnext50_32x4d); cases 512x512 batch 4 and 256x256 batch 8 (DPT: 224x224 batch 4;
+U-Net: 256x256 batch 8); float32 and mixed_bfloat16; 6
 rounds after 1 warm-up round. `--xla` compiles the zoo side with XLA.
 """
 
@@ -40,10 +44,11 @@ def module_command(name: str, python: str) -> list[str]:
 
 
 PRECISIONS = ("float32", "mixed_bfloat16")
-MODELS = ("segformer", "dpt")
+MODELS = ("segformer", "dpt", "unet")
 DEFAULTS = {  # model -> (encoders, cases)
     "segformer": (["mit_b0", "mit_b2"], [(512, 4), (256, 8)]),
     "dpt": (["vit_small_patch16_224", "vit_base_patch16_224"], [(224, 4)]),
+    "unet": (["resnet50", "resnext50_32x4d"], [(256, 8)]),
 }
 
 
@@ -81,7 +86,7 @@ def zoo_child(
 
 
 def smp_child(model_name: str, encoder: str, size: int, batch: int, precision: str) -> None:
-    """smp's Segformer or DPT with the same protocol (runs in the PyTorch environment)."""
+    """smp's Segformer, DPT or Unet with the same protocol (runs in the PyTorch environment)."""
     import segmentation_models_pytorch as smp
     import torch
 
@@ -93,6 +98,8 @@ def smp_child(model_name: str, encoder: str, size: int, batch: int, precision: s
     bce = torch.nn.BCEWithLogitsLoss()
     if model_name == "dpt":  # timm's ViT; positions resized for other sizes, as ours
         model = smp.DPT(f"tu-{encoder}", encoder_weights=None, classes=1, dynamic_img_size=True)
+    elif model_name == "unet":
+        model = smp.Unet(encoder, encoder_weights=None, classes=1)
     else:
         model = smp.Segformer(encoder, encoder_weights=None, classes=1)
     model = model.to(memory_format=torch.channels_last)
@@ -238,7 +245,7 @@ def main() -> int:
             smp_child(args.model, args.encoders[0], size, batch, precision)
         return 0
     if args.smoke:
-        smoke = "vit_tiny_patch16_224" if args.model == "dpt" else "mit_b0"
+        smoke = {"dpt": "vit_tiny_patch16_224", "unet": "resnext50_32x4d"}.get(args.model, "mit_b0")
         args.encoders, args.cases, args.rounds, args.warmup = [smoke], [(64, 2)], 1, 0
         args.pause = 0.0
     load_start = [round(x, 2) for x in os.getloadavg()]

@@ -2,12 +2,13 @@
 
 An smp checkpoint is a state dict saved with ``torch.save(model.state_dict(), path)`` (or a
 ``.safetensors`` file) of an smp model with a native encoder of ours (``resnet18`` ...
-``resnet152``, ``resnext50_32x4d`` ... ``resnext101_32x48d``, ``mit_b0`` ... ``mit_b5``,
-``vit_*``). The zoo model is built with the architecture
-read from the weights (number of classes, input channels, decoder widths), its encoder
-from the encoder's port table bound to ``encoder.``, its decoder and head from the
-architecture's table (``zoo/port/tables/``). Everything is checked before anything is written: a
-missing, unexpected or mis-shaped key is one error naming it.
+``resnet152``, ``resnext50_32x4d`` ... ``resnext101_32x48d``, ``se_resnet50`` ...
+``se_resnext101_32x4d``, ``efficientnet-b0`` ... ``efficientnet-b7``, ``mit_b0`` ...
+``mit_b5``, ``vit_*``). The zoo model is built with the architecture read from the
+weights (number of classes, input channels, decoder widths), its encoder from the encoder's
+port table bound to ``encoder.``, its decoder and head from the architecture's table
+(``zoo/port/tables/``). Everything is checked before anything is written: a missing,
+unexpected or mis-shaped key is one error naming it.
 
 smp models take images normalized by the caller (``(x - mean) / std`` with ImageNet's
 statistics for ImageNet encoders); the ported model takes [0, 1] images like every zoo
