@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import keras
 
@@ -80,7 +81,6 @@ _REVISIONS = {
         "5a5dbe687d612ebc3dca248274fd1191111deda6", "ce33edb4e80c0cde268f098ae2299e23f615577d",
     )
 }  # fmt: skip
-BN = {"momentum": 0.99, "epsilon": 1e-3}
 ADVPROP = pretrained.Normalization(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 NORMALIZATIONS = ("weights", None)
 
@@ -98,10 +98,31 @@ def static_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+@dataclass(frozen=True)
+class Style:
+    """What differs between EfficientNet implementations of the same architecture.
+
+    Args:
+        size: the resolution efficientnet_pytorch's static "same" padding is computed for, or
+            None for PyTorch's symmetric ``k // 2`` (timm's).
+        epsilon: the batch norms' epsilon (momentum 0.99 in Keras' terms either way).
+        se: whether blocks squeeze and excite (not in EfficientNet-Lite).
+        activation: "silu" (EfficientNet) or "relu6" (Lite).
+        stage_names: name blocks ``block{stage}_{i}`` (timm's keys) instead of ``block{n}``.
+    """
+
+    size: int | None = None
+    epsilon: float = 1e-3
+    se: bool = True
+    activation: str = "silu"
+    stage_names: bool = False
+
+
 def _conv(x, filters, kernel, stride, size, dilation, name, depthwise=False):
     """A conv padded as efficientnet_pytorch pads it: static "same" for `size` pixels, or
-    symmetric ``k // 2 * dilation`` in a dilated stage (smp's make_dilated)."""
-    if dilation > 1:
+    symmetric ``k // 2 * dilation`` in a dilated stage (smp's make_dilated) or without a
+    `size` (timm's padding)."""
+    if dilation > 1 or size is None:
         pads = (kernel // 2 * dilation,) * 2
     else:
         pads = static_same_padding(size, kernel, stride)
@@ -113,25 +134,27 @@ def _conv(x, filters, kernel, stride, size, dilation, name, depthwise=False):
     return keras.layers.Conv2D(filters, kernel, **kwargs)(x)
 
 
-def _bn_act(x, name, activation="silu"):
-    x = batch_norm(f"{name}_bn", **BN)(x)
+def _bn_act(x, name, style: Style, activation: str | None = "style"):
+    x = batch_norm(f"{name}_bn", momentum=0.99, epsilon=style.epsilon)(x)
+    activation = style.activation if activation == "style" else activation
     if activation is None:
         return x
     return keras.layers.Activation(activation, name=f"{name}_{activation}")(x)
 
 
-def mbconv_block(x, out, kernel, stride, expand, squeeze, size, dilation, drop, name):
+def mbconv_block(x, out, kernel, stride, expand, squeeze, size, dilation, drop, name, style):
     """One mobile inverted bottleneck; `squeeze`: the SE's channels (from the block input)."""
     inputs, channels = x, int(x.shape[-1])
     hidden = channels * expand
     if expand != 1:
         x = _conv(x, hidden, 1, 1, size, 1, f"{name}_expand_conv")
-        x = _bn_act(x, f"{name}_expand")
+        x = _bn_act(x, f"{name}_expand", style)
     x = _conv(x, hidden, kernel, stride, size, dilation, f"{name}_dw_conv", depthwise=True)
-    x = _bn_act(x, f"{name}_dw")
-    x = squeeze_excite(x, squeeze, f"{name}_se", activation="silu")
+    x = _bn_act(x, f"{name}_dw", style)
+    if style.se:
+        x = squeeze_excite(x, squeeze, f"{name}_se", activation=style.activation)
     x = _conv(x, out, 1, 1, size, 1, f"{name}_project_conv")
-    x = _bn_act(x, f"{name}_project", activation=None)
+    x = _bn_act(x, f"{name}_project", style, activation=None)
     if stride == 1 and channels == out:
         if drop > 0:
             x = DropPath(drop, name=f"{name}_drop")(x)
@@ -140,45 +163,69 @@ def mbconv_block(x, out, kernel, stride, expand, squeeze, size, dilation, drop, 
 
 
 def efficientnet_features(
-    x, variant: str, width_scale: float, output_stride: int, drop_path_rate: float, name: str
+    x,
+    stages: Sequence[tuple[int, int, int, int, int, int]],
+    stem: int,
+    out_indexes: Sequence[int],
+    output_stride: int,
+    drop_path_rate: float,
+    name: str,
+    style: Style,
 ) -> dict:
     """EfficientNet feature maps keyed by stride ({2, ..., 32}; dilated stages stop at 16 or
-    8), the variant's widths times `width_scale` (1 = the original)."""
-    width, depth, size, out_indexes, _ = _VARIANTS[variant]
-    width *= width_scale
-    stages = [
-        (math.ceil(depth * r), k, s, e, round_filters(i, width), round_filters(o, width))
-        for r, k, s, e, i, o in _STAGES
-    ]
+    8): a 3x3/2 stem of `stem` channels, then `stages` of (repeats, kernel, stride,
+    expansion, input channels, output channels); the blocks numbered `out_indexes` (0-based,
+    over all blocks) give the maps at strides 4-32."""
+    check_output_stride(output_stride)
     total = sum(stage[0] for stage in stages)
-    x = _conv(x, round_filters(32, width), 3, 2, size, 1, f"{name}_stem_conv")
-    x = _bn_act(x, f"{name}_stem")
-    features, size, index = {2: x}, math.ceil(size / 2), 0
+    size = style.size
+    x = _conv(x, stem, 3, 2, size, 1, f"{name}_stem_conv")
+    x = _bn_act(x, f"{name}_stem", style)
+    features, index, stride = {2: x}, 0, 2
+    size = None if size is None else math.ceil(size / 2)
     # smp's make_dilated: the blocks after out index 1 (2) form the stride-16 (32) stage.
     rates = {16: {16: 1, 32: 2}, 8: {16: 2, 32: 4}}.get(output_stride, {16: 1, 32: 1})
-    stride = 2
-    for repeats, kernel, block_stride, expand, filters_in, filters_out in stages:
+    for number, (repeats, kernel, block_stride, expand, filters_in, filters_out) in enumerate(
+        stages
+    ):
         for r in range(repeats):
             dilation = (
                 rates[32] if index > out_indexes[2] else rates[16] if index > out_indexes[1] else 1
             )
             s = block_stride if r == 0 and dilation == 1 else 1
             squeeze = max(1, int((filters_in if r == 0 else filters_out) * 0.25))
+            block = f"{name}_block{number}_{r}" if style.stage_names else f"{name}_block{index}"
             x = mbconv_block(
                 x, filters_out, kernel, s, expand, squeeze, size, dilation,
-                drop_path_rate * index / total, f"{name}_block{index}",
+                drop_path_rate * index / total, block, style,
             )  # fmt: skip
-            size, stride = math.ceil(size / s), stride * s
+            stride *= s
+            size = None if size is None else math.ceil(size / s)
             if index in out_indexes:
                 features[stride] = x
             index += 1
     return features
 
 
+def scaled_stages(width: float, depth: float, fixed_ends: bool = False) -> list[tuple]:
+    """B0's stages with channels times `width` and repeats times `depth` (rounded up);
+    `fixed_ends` keeps the first and last stages' repeats (EfficientNet-Lite)."""
+    return [
+        (
+            r if fixed_ends and n in (0, len(_STAGES) - 1) else math.ceil(depth * r),
+            k,
+            s,
+            e,
+            round_filters(i, width),
+            round_filters(o, width),
+        )  # fmt: skip
+        for n, (r, k, s, e, i, o) in enumerate(_STAGES)
+    ]
+
+
 def _efficientnet(variant, inputs, input_shape, width_scale, output_stride, drop_path_rate,
                   weights, norm, span, name):  # fmt: skip
     check_positive("width_scale", width_scale)
-    check_output_stride(output_stride)
     bounds = check_input_range(span)
     if isinstance(drop_path_rate, bool) or not 0 <= drop_path_rate < 1:
         raise ValueError(
@@ -194,12 +241,17 @@ def _efficientnet(variant, inputs, input_shape, width_scale, output_stride, drop
     if norm is None:
         normalization = None
 
+    width, depth, size, out_indexes, _ = _VARIANTS[variant]
+    width *= width_scale
+    stages = scaled_stages(width, depth)
+
     def body(x):
         x = apply_input_range(x, bounds, name)
         x = apply_weights_normalization(x, normalization, name)
         features = efficientnet_features(
-            x, variant, width_scale, output_stride, drop_path_rate, name
-        )
+            x, stages, round_filters(32, width), out_indexes, output_stride, drop_path_rate,
+            name, Style(size=size),
+        )  # fmt: skip
         pretrained.load_native(variant, weights, x, features, name, normalization)
         return features
 
