@@ -67,6 +67,9 @@ class UNet(SegmentationModel):
             whose first stage runs at full resolution, e.g. `vgg13_bn`) in the last block,
             as the original U-Net does. Off (smp's layout): the last block has no skip.
             Encoders without stride-1 features are unaffected.
+        center_block: two 3x3 conv-BN-ReLU on the deepest features before the first block,
+            keeping their channels (smp's Unet adds them for VGG encoders; a ported smp VGG
+            U-Net has them).
 
     Example:
 
@@ -103,17 +106,20 @@ class UNet(SegmentationModel):
         activation: str | None = None,
         pad_to_divisor: bool = False,
         full_resolution_skip: bool = False,
+        center_block: bool = False,
         **kwargs,
     ):
         check_num_classes(num_classes)
         check_activation(activation)
         channels = check_channels("decoder_channels", decoder_channels)
         check_deep_supervision(deep_supervision)
-        if not isinstance(full_resolution_skip, bool):
-            raise ValueError(
-                "Invalid value for argument `full_resolution_skip`: expected true or false. "
-                f"Received: full_resolution_skip={full_resolution_skip!r}"
-            )
+        for flag, value in (("full_resolution_skip", full_resolution_skip),
+                            ("center_block", center_block)):  # fmt: skip
+            if not isinstance(value, bool):
+                raise ValueError(
+                    f"Invalid value for argument `{flag}`: expected true or false. "
+                    f"Received: {flag}={value!r}"
+                )
         depth = len(channels)
         divisor = self.divisor_for(locals())
 
@@ -124,6 +130,9 @@ class UNet(SegmentationModel):
 
         # === Decoder ===
         x = features[divisor]
+        if center_block:  # smp's, for VGG encoders: two conv-BN-ReLU at the deepest width
+            for i in (1, 2):
+                x = conv_bn_act(x, int(x.shape[-1]), 3, f"decoder_center_conv{i}")
         stages = []  # every block's output but the last, deepest first
         for i, filters in enumerate(channels):
             stride = divisor // 2 ** (i + 1)

@@ -4,8 +4,8 @@ An smp checkpoint is a state dict saved with ``torch.save(model.state_dict(), pa
 ``.safetensors`` file) of an smp model with a native encoder of ours (``resnet18`` ...
 ``resnet152``, ``resnext50_32x4d`` ... ``resnext101_32x48d``, ``se_resnet50`` ...
 ``se_resnext101_32x4d``, ``efficientnet-b0`` ... ``efficientnet-b7``,
-``timm-efficientnet-*``, ``timm-tf_efficientnet_lite*``, ``mobilenet_v2``, ``mit_b0`` ...
-``mit_b5``, ``vit_*``). The zoo model is built with the architecture read from the
+``timm-efficientnet-*``, ``timm-tf_efficientnet_lite*``, ``mobilenet_v2``, ``vgg*``,
+``mit_b0`` ... ``mit_b5``, ``vit_*``). The zoo model is built with the architecture read from the
 weights (number of classes, input channels, decoder widths), its encoder from the encoder's
 port table bound to ``encoder.``, its decoder and head from the architecture's table
 (``zoo/port/tables/``). Everything is checked before anything is written: a missing,
@@ -106,7 +106,8 @@ def _unet_kwargs(state: dict[str, np.ndarray]) -> dict[str, Any]:
         i += 1
     if not channels:
         raise PortError("missing key 'decoder.blocks.0.conv1.0.weight' (not an smp Unet?)")
-    return {"decoder_channels": channels}
+    # smp adds a center block for VGG encoders.
+    return {"decoder_channels": channels, "center_block": "decoder.center.0.0.weight" in state}
 
 
 def _fpn_kwargs(state: dict[str, np.ndarray]) -> dict[str, Any]:

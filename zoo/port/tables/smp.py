@@ -15,6 +15,8 @@ register_table(
             # UpsampleConcatConv2D's kernel is the Conv2d's over [upsampled, skip] channels.
             Rule(r"decoder_block(\d+)_conv(\d)_conv", "decoder.blocks.{1-1}.conv{2}.0"),
             Rule(r"decoder_block(\d+)_conv(\d)_bn", "decoder.blocks.{1-1}.conv{2}.1"),
+            Rule(r"decoder_center_conv(\d)_conv", "decoder.center.{1-1}.0"),
+            Rule(r"decoder_center_conv(\d)_bn", "decoder.center.{1-1}.1"),
             Rule(r"head_conv", "segmentation_head.0"),
         ),
     ),
