@@ -124,6 +124,27 @@ def register_encoder_weights(
     return spec
 
 
+def smp_hub_source(
+    encoder: str,
+    weights: str,
+    revision: str,
+    description: str,
+    license: str,
+    normalization: Normalization | None = None,
+) -> WeightsSource:
+    """segmentation_models_pytorch's file of `encoder`'s `weights` on the Hugging Face hub
+    (``smp-hub/<encoder>.<weights>``, ``model.safetensors`` at `revision`, the one smp
+    pins), cached under ``smp-hub/<encoder>.<weights>/``."""
+    repo = f"smp-hub/{encoder}.{weights}"
+    return WeightsSource(
+        url=f"https://huggingface.co/{repo}/resolve/{revision}/model.safetensors",
+        file=f"{repo}/model.safetensors",
+        description=description,
+        license=license,
+        normalization=normalization,
+    )
+
+
 def sources(encoder: str) -> dict[str, WeightsSource]:
     """The named weights registered for `encoder` (``{}`` when it has none)."""
     spec = _ENCODERS.get(encoder)

@@ -108,3 +108,21 @@ def apply_weights_normalization(x: Any, normalization: Any, name: str) -> Any:
         x = keras.layers.Concatenate(name=f"{name}_gray_to_rgb")([x, x, x])
     scale, offset = normalization.scale_offset(int(x.shape[-1]))
     return ChannelAffine(scale, offset, name=f"{name}_preprocess")(x)
+
+
+INPUT_NORMALIZATIONS = ("weights", None)
+
+
+def weights_normalization(encoder: str, weights: Any, input_normalization: Any) -> Any:
+    """The normalization native encoder `encoder`'s graph applies for `weights`
+    (`zoo.pretrained.native_normalization`, which checks them), or None when
+    `input_normalization` is None (the caller normalizes, as with smp)."""
+    from zoo import pretrained
+
+    if input_normalization not in INPUT_NORMALIZATIONS:
+        raise ValueError(
+            "Invalid value for argument `input_normalization`: expected one of "
+            f"{INPUT_NORMALIZATIONS}. Received: input_normalization={input_normalization!r}"
+        )
+    normalization = pretrained.native_normalization(encoder, weights)
+    return None if input_normalization is None else normalization

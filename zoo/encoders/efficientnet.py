@@ -35,13 +35,14 @@ from dataclasses import dataclass
 import keras
 
 from zoo import pretrained
-from zoo.checks import check_positive
+from zoo.checks import check_positive, check_rate
 from zoo.encoders._common import (
     apply_input_range,
     apply_weights_normalization,
     check_input_range,
     check_output_stride,
     run_encoder,
+    weights_normalization,
 )
 from zoo.layers import DropPath, batch_norm, squeeze_excite
 from zoo.registry import register_encoder
@@ -82,7 +83,6 @@ _REVISIONS = {
     )
 }  # fmt: skip
 ADVPROP = pretrained.Normalization(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-NORMALIZATIONS = ("weights", None)
 
 
 def round_filters(filters: float, width: float) -> int:
@@ -227,19 +227,8 @@ def _efficientnet(variant, inputs, input_shape, width_scale, output_stride, drop
                   weights, norm, span, name):  # fmt: skip
     check_positive("width_scale", width_scale)
     bounds = check_input_range(span)
-    if isinstance(drop_path_rate, bool) or not 0 <= drop_path_rate < 1:
-        raise ValueError(
-            "Invalid value for argument `drop_path_rate`: expected a rate in [0, 1). "
-            f"Received: drop_path_rate={drop_path_rate!r}"
-        )
-    if norm not in NORMALIZATIONS:
-        raise ValueError(
-            "Invalid value for argument `input_normalization`: expected one of "
-            f"{NORMALIZATIONS}. Received: input_normalization={norm!r}"
-        )
-    normalization = pretrained.native_normalization(variant, weights)
-    if norm is None:
-        normalization = None
+    check_rate("drop_path_rate", drop_path_rate)
+    normalization = weights_normalization(variant, weights, norm)
 
     width, depth, size, out_indexes, _ = _VARIANTS[variant]
     width *= width_scale
@@ -320,13 +309,10 @@ for _name, (_width, _depth, _size, _indexes, (_imagenet, _advprop)) in _VARIANTS
         first_conv="_conv_stem",
         normalization=pretrained.IMAGENET,
         sources={
-            weights: pretrained.WeightsSource(
-                url=(
-                    f"https://huggingface.co/smp-hub/{_name}.{weights}/resolve/"
-                    f"{_REVISIONS[revision]}/"
-                    "model.safetensors"
-                ),
-                file=f"smp-hub/{_name}.{weights}/model.safetensors",
+            weights: pretrained.smp_hub_source(
+                _name,
+                weights,
+                _REVISIONS[revision],
                 description=(
                     f"{what} weights of {_name} (efficientnet_pytorch's port of the TensorFlow "
                     f"originals), as segmentation_models_pytorch publishes them "

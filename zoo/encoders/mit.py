@@ -283,10 +283,10 @@ def _register(key: str) -> None:
         first_conv="patch_embed1.proj",
         normalization=pretrained.IMAGENET,
         sources={
-            "imagenet": pretrained.WeightsSource(
-                url=f"https://huggingface.co/smp-hub/{key}.imagenet/resolve/{revision}/"
-                "model.safetensors",
-                file=f"smp-hub/{key}.imagenet/model.safetensors",
+            "imagenet": pretrained.smp_hub_source(
+                key,
+                "imagenet",
+                revision,
                 description=(
                     f"the original (NVlabs SegFormer) ImageNet-1k {key} weights as "
                     f"segmentation_models_pytorch publishes them (smp-hub/{key}.imagenet)"

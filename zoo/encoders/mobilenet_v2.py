@@ -27,6 +27,7 @@ from zoo.encoders._common import (
     check_input_range,
     check_output_stride,
     run_encoder,
+    weights_normalization,
 )
 from zoo.encoders.mobilenet_lite import STAGES, _make_divisible
 from zoo.layers import batch_norm
@@ -34,7 +35,6 @@ from zoo.registry import register_encoder
 
 # torchvision's feature indices that smp returns, stride 2 ... 32.
 OUT_INDEXES = (1, 3, 6, 13, 18)
-NORMALIZATIONS = ("weights", None)
 
 
 def _conv_bn(x, filters, kernel, stride, dilation, name, depthwise=False, activation="relu6"):
@@ -127,14 +127,7 @@ def mobilenet_v2(
     """
     check_positive("width_mult", width_mult)
     bounds = check_input_range(input_range)
-    if input_normalization not in NORMALIZATIONS:
-        raise ValueError(
-            "Invalid value for argument `input_normalization`: expected one of "
-            f"{NORMALIZATIONS}. Received: input_normalization={input_normalization!r}"
-        )
-    normalization = pretrained.native_normalization("mobilenet_v2", weights)
-    if input_normalization is None:
-        normalization = None
+    normalization = weights_normalization("mobilenet_v2", weights, input_normalization)
 
     def body(x):
         x = apply_input_range(x, bounds, name)
@@ -152,12 +145,10 @@ pretrained.register_encoder_weights(
     first_conv="features.0.0",
     normalization=pretrained.IMAGENET,
     sources={
-        "imagenet": pretrained.WeightsSource(
-            url=(
-                "https://huggingface.co/smp-hub/mobilenet_v2.imagenet/resolve/"
-                "e67aa804e17f7b404b629127eabbd224c4e0690b/model.safetensors"
-            ),
-            file="smp-hub/mobilenet_v2.imagenet/model.safetensors",
+        "imagenet": pretrained.smp_hub_source(
+            "mobilenet_v2",
+            "imagenet",
+            "e67aa804e17f7b404b629127eabbd224c4e0690b",
             description=(
                 "torchvision's ImageNet-1k MobileNetV2 weights, as segmentation_models_pytorch "
                 "publishes them (smp-hub/mobilenet_v2.imagenet)"

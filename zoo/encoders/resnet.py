@@ -13,7 +13,7 @@ Reference:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 
@@ -24,6 +24,7 @@ from zoo.encoders._common import (
     check_input_range,
     check_output_stride,
     run_encoder,
+    weights_normalization,
 )
 from zoo.layers import (
     ChannelAffine,
@@ -200,9 +201,6 @@ def resnet_features(
     return features
 
 
-NORMALIZATIONS = ("weights", None)
-
-
 def _resnet(
     encoder,
     blocks,
@@ -227,17 +225,10 @@ def _resnet(
             f"width_per_group={block_kwargs['width_per_group']} with base_width={base_width}"
         )
     bounds = check_input_range(span)
-    if norm not in NORMALIZATIONS:
-        raise ValueError(
-            "Invalid value for argument `input_normalization`: expected one of "
-            f"{NORMALIZATIONS}. Received: input_normalization={norm!r}"
-        )
     # Pretrained weights come from PyTorch: their normalization goes into the graph and the
     # strided convs pad like PyTorch. Random weights keep the original graph (and .keras
     # files saved before pretrained weights existed compute what they computed).
-    normalization = pretrained.native_normalization(encoder, weights)
-    if norm is None:
-        normalization = None
+    normalization = weights_normalization(encoder, weights, norm)
     torch_padding = weights is not None
 
     def body(x):
@@ -250,6 +241,37 @@ def _resnet(
         return features
 
     return run_encoder(inputs, input_shape, name, body)
+
+
+def bottleneck_builder(
+    encoder: str, blocks: tuple[int, ...], groups: int, width: int, doc: str, **fixed
+) -> Callable:
+    """The registered builder of a bottleneck encoder (`resnet_bottleneck`, `senet`):
+    `groups` / `width` are its defaults, `fixed` the `bottleneck_block` / stem options of
+    its family (SENet's squeeze-and-excitation, stride, pool)."""
+
+    def build(
+        inputs=None,
+        *,
+        input_shape: Sequence[int | None] = (None, None, 3),
+        base_width: int = 64,
+        groups: int = groups,
+        width_per_group: int = width,
+        output_stride: int = 32,
+        weights: str | None = None,
+        input_normalization: str | None = "weights",
+        input_range: Sequence[float] | None = None,
+        name: str = "encoder",
+    ):
+        return _resnet(
+            encoder, blocks, inputs, input_shape, base_width, output_stride, weights,
+            input_normalization, name, input_range, bottleneck=True, groups=groups,
+            width_per_group=width_per_group, **fixed,
+        )  # fmt: skip
+
+    build.__name__ = build.__qualname__ = encoder
+    build.__doc__ = doc
+    return build
 
 
 _TINY = {"base_width": 8}

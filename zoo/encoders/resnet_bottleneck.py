@@ -19,10 +19,10 @@ Reference:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from zoo import pretrained
-from zoo.encoders.resnet import _resnet
+from zoo.encoders.resnet import bottleneck_builder
 from zoo.registry import register_encoder
 
 # name -> (blocks per stage, groups, width per group, {weights name: smp-hub revision}).
@@ -140,41 +140,10 @@ def _title(name: str, groups: int) -> str:
 
 
 def _builder(name: str, blocks: tuple[int, ...], groups: int, width: int) -> Callable:
-    def build(
-        inputs=None,
-        *,
-        input_shape: Sequence[int | None] = (None, None, 3),
-        base_width: int = 64,
-        groups: int = groups,
-        width_per_group: int = width,
-        output_stride: int = 32,
-        weights: str | None = None,
-        input_normalization: str | None = "weights",
-        input_range: Sequence[float] | None = None,
-        name: str = "encoder",
-    ):
-        return _resnet(
-            build.encoder_name,
-            blocks,
-            inputs,
-            input_shape,
-            base_width,
-            output_stride,
-            weights,
-            input_normalization,
-            name,
-            input_range,
-            bottleneck=True,
-            groups=groups,
-            width_per_group=width_per_group,
-        )
-
-    build.encoder_name = name
-    build.__name__ = build.__qualname__ = name
     named = " / ".join(f'"{w}"' for w in _VARIANTS[name][3])
     title = _title(name, groups)
-    build.__doc__ = _DOC.format(title=title, name=name, groups=groups, width=width, named=named)
-    return build
+    doc = _DOC.format(title=title, name=name, groups=groups, width=width, named=named)
+    return bottleneck_builder(name, blocks, groups, width, doc)
 
 
 # Few channels for the tiny configuration of tests; ResNeXts keep 4 groups.
@@ -200,12 +169,10 @@ for _name, (_blocks, _groups, _width, _revisions) in _VARIANTS.items():
         first_conv="conv1",
         normalization=pretrained.IMAGENET,
         sources={
-            _weights: pretrained.WeightsSource(
-                url=(
-                    f"https://huggingface.co/smp-hub/{_name}.{_weights}/resolve/{_revision}/"
-                    "model.safetensors"
-                ),
-                file=f"smp-hub/{_name}.{_weights}/model.safetensors",
+            _weights: pretrained.smp_hub_source(
+                _name,
+                _weights,
+                _revision,
                 description=(
                     f"{_TRAINED_ON[_weights][0]} for {_name}, as segmentation_models_pytorch "
                     f"publishes them (smp-hub/{_name}.{_weights})"

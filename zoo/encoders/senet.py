@@ -18,10 +18,10 @@ Reference:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from zoo import pretrained
-from zoo.encoders.resnet import _resnet
+from zoo.encoders.resnet import bottleneck_builder
 from zoo.registry import register_encoder
 
 # name -> (blocks per stage, groups, width per group, smp-hub revision of "imagenet").
@@ -65,43 +65,12 @@ def _title(name: str) -> str:
 
 
 def _builder(name: str, blocks: tuple[int, ...], groups: int, width: int) -> Callable:
-    def build(
-        inputs=None,
-        *,
-        input_shape: Sequence[int | None] = (None, None, 3),
-        base_width: int = 64,
-        groups: int = groups,
-        width_per_group: int = width,
-        output_stride: int = 32,
-        weights: str | None = None,
-        input_normalization: str | None = "weights",
-        input_range: Sequence[float] | None = None,
-        name: str = "encoder",
-    ):
-        return _resnet(
-            build.encoder_name,
-            blocks,
-            inputs,
-            input_shape,
-            base_width,
-            output_stride,
-            weights,
-            input_normalization,
-            name,
-            input_range,
-            bottleneck=True,
-            ceil_pool=True,
-            groups=groups,
-            width_per_group=width_per_group,
-            se_reduction=SE_REDUCTION,
-            # Caffe's SE-ResNet strides its first 1x1 conv; the SE-ResNeXt its 3x3.
-            stride_on_1x1=build.encoder_name.startswith("se_resnet"),
-        )
-
-    build.encoder_name = name
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = _DOC.format(title=_title(name), groups=groups, width=width)
-    return build
+    doc = _DOC.format(title=_title(name), groups=groups, width=width)
+    return bottleneck_builder(
+        name, blocks, groups, width, doc, ceil_pool=True, se_reduction=SE_REDUCTION,
+        # Caffe's SE-ResNet strides its first 1x1 conv; the SE-ResNeXt its 3x3.
+        stride_on_1x1=name.startswith("se_resnet"),
+    )  # fmt: skip
 
 
 _TINY = {"base_width": 8}
@@ -126,12 +95,10 @@ for _name, (_blocks, _groups, _width, _revision) in _VARIANTS.items():
         first_conv="layer0.conv1",
         normalization=pretrained.IMAGENET,
         sources={
-            "imagenet": pretrained.WeightsSource(
-                url=(
-                    f"https://huggingface.co/smp-hub/{_name}.imagenet/resolve/{_revision}/"
-                    "model.safetensors"
-                ),
-                file=f"smp-hub/{_name}.imagenet/model.safetensors",
+            "imagenet": pretrained.smp_hub_source(
+                _name,
+                "imagenet",
+                _revision,
                 description=(
                     f"the original ImageNet-1k weights of {_name} (Hu et al., Caffe, as "
                     "converted by Cadene's pretrainedmodels), as segmentation_models_pytorch "

@@ -23,16 +23,16 @@ from collections.abc import Callable, Sequence
 from itertools import accumulate
 
 from zoo import pretrained
-from zoo.checks import check_positive
+from zoo.checks import check_positive, check_rate
 from zoo.encoders._common import (
     apply_input_range,
     apply_weights_normalization,
     check_input_range,
     run_encoder,
+    weights_normalization,
 )
 from zoo.encoders.efficientnet import (
     ADVPROP,
-    NORMALIZATIONS,
     Style,
     efficientnet_features,
     round_filters,
@@ -168,17 +168,8 @@ def _build(variant, inputs, input_shape, width_scale, output_stride, drop_path_r
            norm, span, name):  # fmt: skip
     check_positive("width_scale", width_scale)
     bounds = check_input_range(span)
-    if isinstance(drop_path_rate, bool) or not 0 <= drop_path_rate < 1:
-        raise ValueError(
-            "Invalid value for argument `drop_path_rate`: expected a rate in [0, 1). "
-            f"Received: drop_path_rate={drop_path_rate!r}"
-        )
-    if norm not in NORMALIZATIONS:
-        raise ValueError(
-            "Invalid value for argument `input_normalization`: expected one of "
-            f"{NORMALIZATIONS}. Received: input_normalization={norm!r}"
-        )
-    normalization = None if norm is None else pretrained.native_normalization(variant, weights)
+    check_rate("drop_path_rate", drop_path_rate)
+    normalization = weights_normalization(variant, weights, norm)
     width, depth, _ = _VARIANTS[variant]
     lite = "lite" in variant
     stages = scaled_stages(width * width_scale, depth, fixed_ends=lite)
@@ -251,12 +242,10 @@ for _name, (_width, _depth, _revisions) in _VARIANTS.items():
         first_conv="conv_stem",
         normalization=pretrained.IMAGENET,
         sources={
-            weights: pretrained.WeightsSource(
-                url=(
-                    f"https://huggingface.co/smp-hub/{_name}.{weights}/resolve/{revision}/"
-                    "model.safetensors"
-                ),
-                file=f"smp-hub/{_name}.{weights}/model.safetensors",
+            weights: pretrained.smp_hub_source(
+                _name,
+                weights,
+                revision,
                 description=(
                     f"The {_TRAINED[weights][0]} weights of {_name} (timm's port of the "
                     f"TensorFlow originals), as segmentation_models_pytorch publishes them "

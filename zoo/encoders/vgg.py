@@ -28,6 +28,7 @@ from zoo.encoders._common import (
     apply_weights_normalization,
     check_input_range,
     run_encoder,
+    weights_normalization,
 )
 from zoo.layers import conv_bn_act
 from zoo.registry import register_encoder
@@ -47,7 +48,6 @@ _REVISIONS = {
     "vgg19": "2853d00d7bca364dbb98be4d6afa347e5aeec1f6",
     "vgg19_bn": "f09a924cb0d201ea6f61601df9559141382271d7",
 }
-NORMALIZATIONS = ("weights", None)
 
 
 def vgg_features(
@@ -75,14 +75,7 @@ def vgg_features(
 def _vgg(encoder, inputs, input_shape, base_width, input_range, weights, norm, name):
     check_positive("base_width", base_width)
     bounds = check_input_range(input_range)
-    if norm not in NORMALIZATIONS:
-        raise ValueError(
-            "Invalid value for argument `input_normalization`: expected one of "
-            f"{NORMALIZATIONS}. Received: input_normalization={norm!r}"
-        )
-    normalization = pretrained.native_normalization(encoder, weights)
-    if norm is None:
-        normalization = None
+    normalization = weights_normalization(encoder, weights, norm)
     convs, bn = STAGES[encoder], encoder.endswith("_bn")
 
     def body(x):
@@ -163,12 +156,10 @@ for _encoder in STAGES:
         first_conv="features.0",
         normalization=pretrained.IMAGENET,
         sources={
-            "imagenet": pretrained.WeightsSource(
-                url=(
-                    f"https://huggingface.co/smp-hub/{_encoder}.imagenet/resolve/"
-                    f"{_REVISIONS[_encoder]}/model.safetensors"
-                ),
-                file=f"smp-hub/{_encoder}.imagenet/model.safetensors",
+            "imagenet": pretrained.smp_hub_source(
+                _encoder,
+                "imagenet",
+                _REVISIONS[_encoder],
                 description=(
                     f"torchvision's ImageNet-1k {_encoder} weights, as "
                     f"segmentation_models_pytorch publishes them (smp-hub/{_encoder}.imagenet)"
