@@ -223,28 +223,52 @@ def scaled_stages(width: float, depth: float, fixed_ends: bool = False) -> list[
     ]
 
 
-def _efficientnet(variant, inputs, input_shape, width_scale, output_stride, drop_path_rate,
-                  weights, norm, span, name):  # fmt: skip
-    check_positive("width_scale", width_scale)
-    bounds = check_input_range(span)
-    check_rate("drop_path_rate", drop_path_rate)
-    normalization = weights_normalization(variant, weights, norm)
+def efficientnet_builder(variant: str, plan: Callable[[float], tuple], doc: str) -> Callable:
+    """The registered builder of EfficientNet `variant`: `plan(width_scale)` gives its
+    ``(stages, stem channels, out indexes, Style)`` (`efficientnet_features`' arguments),
+    the builder checks the common arguments, normalizes and loads the weights."""
 
-    width, depth, size, out_indexes, _ = _VARIANTS[variant]
-    width *= width_scale
-    stages = scaled_stages(width, depth)
+    def build(
+        inputs=None,
+        *,
+        input_shape: Sequence[int | None] = (None, None, 3),
+        width_scale: float = 1.0,
+        output_stride: int = 32,
+        drop_path_rate: float = 0.2,
+        weights: str | None = None,
+        input_normalization: str | None = "weights",
+        input_range: Sequence[float] | None = None,
+        name: str = "encoder",
+    ):
+        check_positive("width_scale", width_scale)
+        bounds = check_input_range(input_range)
+        check_rate("drop_path_rate", drop_path_rate)
+        normalization = weights_normalization(variant, weights, input_normalization)
+        stages, stem, out_indexes, style = plan(width_scale)
 
-    def body(x):
-        x = apply_input_range(x, bounds, name)
-        x = apply_weights_normalization(x, normalization, name)
-        features = efficientnet_features(
-            x, stages, round_filters(32, width), out_indexes, output_stride, drop_path_rate,
-            name, Style(size=size),
-        )  # fmt: skip
-        pretrained.load_native(variant, weights, x, features, name, normalization)
-        return features
+        def body(x):
+            x = apply_input_range(x, bounds, name)
+            x = apply_weights_normalization(x, normalization, name)
+            features = efficientnet_features(
+                x, stages, stem, out_indexes, output_stride, drop_path_rate, name, style
+            )
+            pretrained.load_native(variant, weights, x, features, name, normalization)
+            return features
 
-    return run_encoder(inputs, input_shape, name, body)
+        return run_encoder(inputs, input_shape, name, body)
+
+    build.__name__ = build.__qualname__ = variant.replace("-", "_")
+    build.__doc__ = doc
+    return build
+
+
+def _plan(variant: str) -> Callable[[float], tuple]:
+    def plan(width_scale: float) -> tuple:
+        width, depth, size, out_indexes, _ = _VARIANTS[variant]
+        width *= width_scale
+        return scaled_stages(width, depth), round_filters(32, width), out_indexes, Style(size)
+
+    return plan
 
 
 _DOC = """EfficientNet-{b} encoder (efficientnet_pytorch layout, smp's ``{name}``). Returns
@@ -268,29 +292,6 @@ _DOC = """EfficientNet-{b} encoder (efficientnet_pytorch layout, smp's ``{name}`
     """
 
 
-def _builder(variant: str) -> Callable:
-    def build(
-        inputs=None,
-        *,
-        input_shape: Sequence[int | None] = (None, None, 3),
-        width_scale: float = 1.0,
-        output_stride: int = 32,
-        drop_path_rate: float = 0.2,
-        weights: str | None = None,
-        input_normalization: str | None = "weights",
-        input_range: Sequence[float] | None = None,
-        name: str = "encoder",
-    ):
-        return _efficientnet(
-            variant, inputs, input_shape, width_scale, output_stride, drop_path_rate,
-            weights, input_normalization, input_range, name,
-        )  # fmt: skip
-
-    build.__name__ = build.__qualname__ = variant.replace("-", "_")
-    build.__doc__ = _DOC.format(b=variant[-2:].upper(), name=variant)
-    return build
-
-
 for _name, (_width, _depth, _size, _indexes, (_imagenet, _advprop)) in _VARIANTS.items():
     register_encoder(
         _name,
@@ -302,7 +303,7 @@ for _name, (_width, _depth, _size, _indexes, (_imagenet, _advprop)) in _VARIANTS
             f"EfficientNet-{_name[-2:].upper()} (efficientnet_pytorch layout, width x{_width}, "
             f"depth x{_depth}, static padding for {_size} px); smp's weights imagenet, advprop."
         ),
-    )(_builder(_name))
+    )(efficientnet_builder(_name, _plan(_name), _DOC.format(b=_name[-2:].upper(), name=_name)))
     pretrained.register_encoder_weights(
         _name,
         table="efficientnet",

@@ -274,13 +274,15 @@ def bottleneck_builder(
     return build
 
 
-_TINY = {"base_width": 8}
+TINY = {"base_width": 8}
+# Bottleneck families' tiny configurations: grouped variants keep 4 groups.
+TINY_GROUPED = {"base_width": 8, "groups": 4, "width_per_group": 16}
 
 
 @register_encoder(
     "resnet18",
     strides=(2, 4, 8, 16, 32),
-    tiny_config=_TINY,
+    tiny_config=TINY,
     output_strides=(8, 16, 32),
     pretrained=True,
     description="ResNet-18 (torchvision layout, basic blocks [2, 2, 2, 2]), 11.2M params.",
@@ -334,7 +336,7 @@ def resnet18(
 @register_encoder(
     "resnet34",
     strides=(2, 4, 8, 16, 32),
-    tiny_config=_TINY,
+    tiny_config=TINY,
     output_strides=(8, 16, 32),
     pretrained=True,
     description="ResNet-34 (torchvision layout, basic blocks [3, 4, 6, 3]), 21.3M params.",

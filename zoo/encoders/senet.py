@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from zoo import pretrained
-from zoo.encoders.resnet import bottleneck_builder
+from zoo.encoders.resnet import TINY, TINY_GROUPED, bottleneck_builder
 from zoo.registry import register_encoder
 
 # name -> (blocks per stage, groups, width per group, smp-hub revision of "imagenet").
@@ -73,15 +73,12 @@ def _builder(name: str, blocks: tuple[int, ...], groups: int, width: int) -> Cal
     )  # fmt: skip
 
 
-_TINY = {"base_width": 8}
-_TINY_GROUPED = {"base_width": 8, "groups": 4, "width_per_group": 16}
-
 for _name, (_blocks, _groups, _width, _revision) in _VARIANTS.items():
     _kind = "" if _groups == 1 else f" of {_groups} groups x {_width} channels"
     register_encoder(
         _name,
         strides=(2, 4, 8, 16, 32),
-        tiny_config=_TINY if _groups == 1 else _TINY_GROUPED,
+        tiny_config=TINY if _groups == 1 else TINY_GROUPED,
         output_strides=(8, 16, 32),
         pretrained=True,
         description=(

@@ -19,22 +19,14 @@ Reference:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from itertools import accumulate
 
 from zoo import pretrained
-from zoo.checks import check_positive, check_rate
-from zoo.encoders._common import (
-    apply_input_range,
-    apply_weights_normalization,
-    check_input_range,
-    run_encoder,
-    weights_normalization,
-)
 from zoo.encoders.efficientnet import (
     ADVPROP,
     Style,
-    efficientnet_features,
+    efficientnet_builder,
     round_filters,
     scaled_stages,
 )
@@ -164,59 +156,28 @@ _TRAINED = {  # weights -> (what, normalization: None = ImageNet's)
 }
 
 
-def _build(variant, inputs, input_shape, width_scale, output_stride, drop_path_rate, weights,
-           norm, span, name):  # fmt: skip
-    check_positive("width_scale", width_scale)
-    bounds = check_input_range(span)
-    check_rate("drop_path_rate", drop_path_rate)
-    normalization = weights_normalization(variant, weights, norm)
-    width, depth, _ = _VARIANTS[variant]
-    lite = "lite" in variant
-    stages = scaled_stages(width * width_scale, depth, fixed_ends=lite)
-    stem = 32 if lite else round_filters(32, width * width_scale)
-    # Features at the ends of timm's stages 1, 2, 4 and 6 (block numbers over all blocks).
-    ends = [n - 1 for n in accumulate(stage[0] for stage in stages)]
-    out_indexes = (ends[1], ends[2], ends[4], ends[6])
-    style = Style(
-        size=None, epsilon=1e-5, se=not lite, activation="relu6" if lite else "silu",
-        stage_names=True,
-    )  # fmt: skip
-
-    def body(x):
-        x = apply_input_range(x, bounds, name)
-        x = apply_weights_normalization(x, normalization, name)
-        features = efficientnet_features(
-            x, stages, stem, out_indexes, output_stride, drop_path_rate, name, style
-        )
-        pretrained.load_native(variant, weights, x, features, name, normalization)
-        return features
-
-    return run_encoder(inputs, input_shape, name, body)
-
-
-def _builder(variant: str) -> Callable:
-    def build(
-        inputs=None,
-        *,
-        input_shape: Sequence[int | None] = (None, None, 3),
-        width_scale: float = 1.0,
-        output_stride: int = 32,
-        drop_path_rate: float = 0.2,
-        weights: str | None = None,
-        input_normalization: str | None = "weights",
-        input_range: Sequence[float] | None = None,
-        name: str = "encoder",
-    ):
-        """EfficientNet encoder in timm's layout (smp's encoder of the same name); arguments
-        as `zoo.encoders.efficientnet`'s, `weights` one of smp's names for it or a timm /
-        smp state dict."""
-        return _build(
-            variant, inputs, input_shape, width_scale, output_stride, drop_path_rate,
-            weights, input_normalization, input_range, name,
+def _plan(variant: str) -> Callable[[float], tuple]:
+    def plan(width_scale: float) -> tuple:
+        width, depth, _ = _VARIANTS[variant]
+        lite = "lite" in variant
+        stages = scaled_stages(width * width_scale, depth, fixed_ends=lite)
+        stem = 32 if lite else round_filters(32, width * width_scale)
+        # Features at the ends of timm's stages 1, 2, 4 and 6 (block numbers over all blocks).
+        ends = [n - 1 for n in accumulate(stage[0] for stage in stages)]
+        style = Style(
+            size=None, epsilon=1e-5, se=not lite, activation="relu6" if lite else "silu",
+            stage_names=True,
         )  # fmt: skip
+        return stages, stem, (ends[1], ends[2], ends[4], ends[6]), style
 
-    build.__name__ = build.__qualname__ = variant.replace("-", "_")
-    return build
+    return plan
+
+
+_DOC = """EfficientNet encoder in timm's layout (smp's ``{name}``). Returns
+    ``{{stride: features}}`` for a tensor, or a `keras.Model`; arguments as
+    `zoo.encoders.efficientnet`'s, `weights` one of smp's names for it ({named}) or a timm /
+    smp state dict.
+    """
 
 
 for _name, (_width, _depth, _revisions) in _VARIANTS.items():
@@ -235,7 +196,11 @@ for _name, (_width, _depth, _revisions) in _VARIANTS.items():
             f"{_title} (timm layout as smp builds it, width x{_width}, depth x{_depth}); "
             f"smp's weights {', '.join(_revisions)}."
         ),
-    )(_builder(_name))
+    )(
+        efficientnet_builder(
+            _name, _plan(_name), _DOC.format(name=_name, named=", ".join(_revisions))
+        )
+    )
     pretrained.register_encoder_weights(
         _name,
         table="timm_efficientnet",
