@@ -23,6 +23,7 @@ builders skip loading (and skip checking that a local file still exists).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,8 @@ class EncoderWeights:
         sources: named weights, e.g. ``{"imagenet": WeightsSource(...)}``.
         layouts: other key layouts its files may come in (`Layout`), recognized by their
             first convolution's key.
+        rename: maps an older file's key to today's (e.g. torchvision's DenseNet files
+            from before 0.3), applied to every key before the table; None: keys as they are.
     """
 
     table: str
@@ -100,6 +103,7 @@ class EncoderWeights:
     normalization: Normalization | None
     sources: dict[str, WeightsSource]
     layouts: tuple[Layout, ...] = ()
+    rename: Callable[[str], str] | None = None
 
     @property
     def all_layouts(self) -> tuple[Layout, ...]:
@@ -117,9 +121,10 @@ def register_encoder_weights(
     normalization: Normalization | None,
     sources: dict[str, WeightsSource],
     layouts: tuple[Layout, ...] = (),
+    rename: Callable[[str], str] | None = None,
 ) -> EncoderWeights:
     """Declare that native encoder `encoder` loads PyTorch-layout weights (see `EncoderWeights`)."""
-    spec = EncoderWeights(table, first_conv, normalization, dict(sources), tuple(layouts))
+    spec = EncoderWeights(table, first_conv, normalization, dict(sources), tuple(layouts), rename)
     _ENCODERS[encoder] = spec
     return spec
 
@@ -302,7 +307,10 @@ def load_native(
         path = fetch(source, f"{weights!r} weights of encoder {encoder!r}")
     else:
         path = Path(weights).expanduser()
-    layout, state = _layout_state(encoder, spec, load_state_dict(path), path)
+    state = load_state_dict(path)
+    if spec.rename is not None:
+        state = {spec.rename(k): v for k, v in state.items()}
+    layout, state = _layout_state(encoder, spec, state, path)
     channels = int(inputs.shape[-1])
     if layout.first_conv and f"{layout.first_conv}.weight" in state:
         key = f"{layout.first_conv}.weight"
