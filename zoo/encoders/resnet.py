@@ -26,124 +26,8 @@ from zoo.encoders._common import (
     run_encoder,
     weights_normalization,
 )
-from zoo.layers import (
-    ChannelAffine,
-    DilatedConv2D,
-    FoldedOffset,
-    GroupedConv2D,
-    batch_norm,
-    conv_bn_act,
-    squeeze_excite,
-)
+from zoo.encoders._resnet_blocks import basic_block, bottleneck_block, stem
 from zoo.registry import register_encoder
-
-
-def _conv_bn_act(
-    x,
-    filters: int,
-    kernel_size: int,
-    name: str,
-    strides: int = 1,
-    dilation_rate: int = 1,
-    activation: str | None = "relu",
-    torch_padding: bool = False,
-):
-    """`conv_bn_act`; with `torch_padding`, a strided conv pads ``k // 2`` on every side
-    first (PyTorch's padding) instead of TensorFlow's "same" (one row less at the top/left
-    for even sizes), so that ported weights see the same pixels."""
-    if not (torch_padding and strides > 1):
-        return conv_bn_act(x, filters, kernel_size, name, strides, dilation_rate, activation)
-    x = keras.layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(x)
-    x = keras.layers.Conv2D(
-        filters, kernel_size, strides=strides, use_bias=False, name=f"{name}_conv"
-    )(x)
-    x = batch_norm(f"{name}_bn")(x)
-    if activation is not None:
-        x = keras.layers.Activation(activation, name=f"{name}_{activation}")(x)
-    return x
-
-
-def basic_block(x, filters: int, strides: int, dilation: int, name: str, torch_padding=False):
-    """Two 3x3 conv-BN (ReLU between), identity or 1x1 projection shortcut, add, ReLU."""
-    shortcut = x
-    if strides != 1 or x.shape[-1] != filters:
-        shortcut = keras.layers.Conv2D(
-            filters, 1, strides=strides, use_bias=False, name=f"{name}_downsample_conv"
-        )(x)
-        shortcut = batch_norm(f"{name}_downsample_bn")(shortcut)
-    y = _conv_bn_act(x, filters, 3, f"{name}_conv1", strides, dilation, torch_padding=torch_padding)
-    y = conv_bn_act(y, filters, 3, f"{name}_conv2", dilation_rate=dilation, activation=None)
-    y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
-    return keras.layers.Activation("relu", name=f"{name}_relu")(y)
-
-
-def bottleneck_block(
-    x,
-    planes: int,
-    strides: int,
-    dilation: int,
-    name: str,
-    groups: int = 1,
-    width_per_group: int = 64,
-    torch_padding: bool = False,
-    se_reduction: int | None = None,
-    stride_on_1x1: bool = False,
-):
-    """torchvision's Bottleneck (ResNet v1.5: the stride on the 3x3 conv): 1x1 conv-BN-ReLU
-    to ``int(planes * width_per_group / 64) * groups`` channels, a 3x3 conv (in `groups`
-    groups: ResNeXt) -BN-ReLU, a 1x1 conv-BN to ``4 * planes``; identity or 1x1 projection
-    shortcut, add, ReLU. SENet's blocks: `se_reduction` squeezes and excites the residual
-    before the add; `stride_on_1x1` strides the first 1x1 conv instead (Caffe's SE-ResNet)."""
-    width = int(planes * width_per_group / 64) * groups
-    filters = 4 * planes
-    shortcut = x
-    if strides != 1 or x.shape[-1] != filters:
-        shortcut = keras.layers.Conv2D(
-            filters, 1, strides=strides, use_bias=False, name=f"{name}_downsample_conv"
-        )(x)
-        shortcut = batch_norm(f"{name}_downsample_bn")(shortcut)
-    y = conv_bn_act(x, width, 1, f"{name}_conv1", strides if stride_on_1x1 else 1)
-    if stride_on_1x1:
-        strides = 1
-    if torch_padding and strides > 1:
-        y = keras.layers.ZeroPadding2D(1, name=f"{name}_conv2_pad")(y)
-    # Grouped (ResNeXt): TensorFlow's own grouped kernel, not Keras' XLA detour.
-    conv = GroupedConv2D if groups > 1 else DilatedConv2D if dilation != 1 else keras.layers.Conv2D
-    y = conv(
-        width,
-        3,
-        strides=strides,
-        padding="valid" if torch_padding and strides > 1 else "same",
-        dilation_rate=dilation,
-        groups=groups,
-        use_bias=False,
-        name=f"{name}_conv2_conv",
-    )(y)
-    y = batch_norm(f"{name}_conv2_bn")(y)
-    y = keras.layers.Activation("relu", name=f"{name}_conv2_relu")(y)
-    y = conv_bn_act(y, filters, 1, f"{name}_conv3", activation=None)
-    if se_reduction:
-        y = squeeze_excite(y, filters // se_reduction, f"{name}_se")
-    y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
-    return keras.layers.Activation("relu", name=f"{name}_relu")(y)
-
-
-def _stem(x, filters: int, name: str, normalization, torch_padding: bool):
-    """7x7/2 conv-BN-ReLU, with the weights' normalization in front (or folded in)."""
-    channels = int(x.shape[-1])
-    if normalization is None or channels != 1:
-        if normalization is not None:
-            scale, offset = normalization.scale_offset(channels)
-            x = ChannelAffine(scale, offset, name=f"{name}_preprocess")(x)
-        return _conv_bn_act(x, filters, 7, f"{name}_stem", strides=2, torch_padding=torch_padding)
-    # One channel: the RGB normalization is folded into the kernel and a fixed offset
-    # (zoo.pretrained.adapt_input_kernel), exact at the zero-padded borders too.
-    image = x
-    x = keras.layers.ZeroPadding2D(3, name=f"{name}_stem_pad")(x)
-    x = keras.layers.Conv2D(filters, 7, strides=2, use_bias=False, name=f"{name}_stem_conv")(x)
-    x = FoldedOffset(7, strides=2, padding=3, name=f"{name}_stem_conv_offset")([x, image])
-    x = batch_norm(f"{name}_stem_bn")(x)
-    return keras.layers.Activation("relu", name=f"{name}_stem_relu")(x)
 
 
 def resnet_features(
@@ -156,6 +40,8 @@ def resnet_features(
     torch_padding: bool = False,
     bottleneck: bool = False,
     ceil_pool: bool = False,
+    deep_stem: bool = False,
+    shortcut_kernel: int = 1,
     **block_kwargs,
 ) -> dict:
     """ResNet feature maps keyed by stride: {2, 4, 8, 16, 32} at output_stride 32; at 16
@@ -163,10 +49,13 @@ def resnet_features(
     (8). `normalization` (the pretrained weights' preprocessing) is applied first;
     `torch_padding` pads strided convs and the max-pool like PyTorch; `ceil_pool` pools as
     Caffe's SENets (no padding, ``ceil_mode``). Basic blocks, or with `bottleneck`
-    `bottleneck_block`s (`block_kwargs`: `groups`, `width_per_group`, SENet's options)."""
+    `bottleneck_block`s (`block_kwargs`: `groups`, `width_per_group`, SENet's options).
+    SENet-154: `deep_stem` (three 3x3 convs to ``2 * base_width`` channels) and
+    `shortcut_kernel` 3 (the projections of stages 2-4)."""
     check_output_stride(output_stride)
     features = {}
-    x = _stem(x, base_width, name, normalization, torch_padding)
+    stem_width = 2 * base_width if deep_stem else base_width
+    x = stem(x, stem_width, name, normalization, torch_padding, deep_stem)
     features[2] = x
     if ceil_pool:
         # ceil_mode without padding: one more window reaching past the bottom / right edge.
@@ -193,7 +82,7 @@ def resnet_features(
             if bottleneck:
                 x = bottleneck_block(
                     x, filters, strides, dilation, block_name, torch_padding=torch_padding,
-                    **block_kwargs,
+                    shortcut_kernel=shortcut_kernel if stage else 1, **block_kwargs,
                 )  # fmt: skip
             else:
                 x = basic_block(x, filters, strides, dilation, block_name, torch_padding)

@@ -41,6 +41,10 @@ SENET = register_table(
             Rule(r"stem_conv", "layer0.conv1"),
             Rule(r"stem_conv_offset", "layer0.conv1.folded_offset", kind="conv"),
             Rule(r"stem_bn", "layer0.bn1"),
+            # SENet-154's stem: three 3x3 convs.
+            Rule(r"stem1_conv_offset", "layer0.conv1.folded_offset", kind="conv"),
+            Rule(r"stem(\d)_conv", "layer0.conv{1}"),
+            Rule(r"stem(\d)_bn", "layer0.bn{1}"),
             Rule(r"stage(\d)_block(\d+)_conv(\d)_conv", "layer{1}.{2-1}.conv{3}"),
             Rule(r"stage(\d)_block(\d+)_conv(\d)_bn", "layer{1}.{2-1}.bn{3}"),
             Rule(r"stage(\d)_block(\d+)_se_fc(\d)", "layer{1}.{2-1}.se_module.fc{3}"),
