@@ -287,8 +287,8 @@ def test_input_normalization_none_leaves_normalizing_to_the_caller(tmp_path):
         np.asarray(inside(images, training=False)),
         atol=1e-5,
     )
-    with pytest.raises(ValueError, match=r"input_normalization='imagenet'"):
-        build_tiny("unet", encoder_kwargs={"base_width": 8, "input_normalization": "imagenet"})
+    with pytest.raises(ValueError, match=r"\('weights', 'imagenet', None\).*'caffe'"):
+        build_tiny("unet", encoder_kwargs={"base_width": 8, "input_normalization": "caffe"})
 
 
 @pytest.fixture

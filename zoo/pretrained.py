@@ -57,6 +57,8 @@ class Normalization:
 
 
 IMAGENET = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+# [0, 1] -> [-1, 1]: Inception's, also Xception's, AdvProp's and many ViTs'.
+INCEPTION = Normalization(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 @dataclass(frozen=True)

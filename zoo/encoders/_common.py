@@ -110,13 +110,15 @@ def apply_weights_normalization(x: Any, normalization: Any, name: str) -> Any:
     return ChannelAffine(scale, offset, name=f"{name}_preprocess")(x)
 
 
-INPUT_NORMALIZATIONS = ("weights", None)
+INPUT_NORMALIZATIONS = ("weights", "imagenet", None)
 
 
 def weights_normalization(encoder: str, weights: Any, input_normalization: Any) -> Any:
     """The normalization native encoder `encoder`'s graph applies for `weights`
-    (`zoo.pretrained.native_normalization`, which checks them), or None when
-    `input_normalization` is None (the caller normalizes, as with smp)."""
+    (`zoo.pretrained.native_normalization`, which checks them): with `input_normalization`
+    "weights" the weights' own (none for random weights), "imagenet" ImageNet's mean and std
+    whatever the weights (e.g. an smp model on Xception trained with ImageNet statistics),
+    None none (the caller normalizes, as with smp)."""
     from zoo import pretrained
 
     if input_normalization not in INPUT_NORMALIZATIONS:
@@ -125,4 +127,6 @@ def weights_normalization(encoder: str, weights: Any, input_normalization: Any) 
             f"{INPUT_NORMALIZATIONS}. Received: input_normalization={input_normalization!r}"
         )
     normalization = pretrained.native_normalization(encoder, weights)
+    if input_normalization == "imagenet":
+        return pretrained.IMAGENET
     return None if input_normalization is None else normalization

@@ -82,7 +82,7 @@ _REVISIONS = {
         "5a5dbe687d612ebc3dca248274fd1191111deda6", "ce33edb4e80c0cde268f098ae2299e23f615577d",
     )
 }  # fmt: skip
-ADVPROP = pretrained.Normalization(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+ADVPROP = pretrained.INCEPTION
 
 
 def round_filters(filters: float, width: float) -> int:

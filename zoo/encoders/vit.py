@@ -58,7 +58,7 @@ VARIANTS = {
     "vit_large_patch16_384": (1024, 24, 16, 16, 384),
 }
 # timm's default preprocessing of its vit_* weights.
-NORMALIZATION = pretrained.Normalization(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+NORMALIZATION = pretrained.INCEPTION
 NORMALIZATIONS = ("weights", "imagenet", None)
 
 

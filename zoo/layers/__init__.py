@@ -25,6 +25,7 @@ from zoo.layers.grouped_conv2d import GroupedConv2D
 from zoo.layers.halving_max_pooling import HalvingMaxPooling2D
 from zoo.layers.mix_ffn import MixFFN
 from zoo.layers.overlap_patch_embedding import OverlapPatchEmbedding
+from zoo.layers.padded_max_pooling import PaddedMaxPooling2D
 from zoo.layers.position_attention import PositionAttention
 from zoo.layers.position_embedding import PositionEmbedding
 from zoo.layers.prefix_token_readout import PrefixTokenReadout
@@ -61,6 +62,7 @@ __all__ = [
     "MixFFN",
     "OverlapPatchEmbedding",
     "PadToMultiple",
+    "PaddedMaxPooling2D",
     "PositionAttention",
     "PositionEmbedding",
     "PrefixTokenReadout",

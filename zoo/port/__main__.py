@@ -18,9 +18,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=int, default=None, help="checked against the weights")
     p.add_argument(
         "--normalization",
-        choices=["imagenet", "none"],
+        choices=["imagenet", "encoder", "none"],
         default=None,
-        help="normalize [0, 1] inputs inside the model (default: imagenet for 3 channels)",
+        help=(
+            "normalize [0, 1] inputs inside the model with ImageNet's statistics or those of "
+            "the encoder's pretrained weights (default: imagenet for 3 channels)"
+        ),
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 

@@ -14,7 +14,9 @@ unexpected or mis-shaped key is one error naming it.
 smp models take images normalized by the caller (``(x - mean) / std`` with ImageNet's
 statistics for ImageNet encoders); the ported model takes [0, 1] images like every zoo
 model and normalizes inside (``normalization="imagenet"``, the default for 3-channel
-checkpoints), or leaves it to the caller (``normalization="none"``, the default otherwise).
+checkpoints; ``"encoder"``: the statistics of the encoder's own pretrained weights, which smp's
+``get_preprocessing_params`` gives, e.g. [-1, 1] for Xception), or leaves it to the caller
+(``normalization="none"``, the default otherwise).
 
 Adding an architecture (e.g. one added to the zoo later): register its decoder table in
 ``zoo/port/tables/`` and an `SmpModel` here or in its own module::
@@ -38,7 +40,7 @@ from zoo.errors import ConfigError, MissingFileError, OutputError
 from zoo.port.mapping import PortError, assign, get_table
 from zoo.port.state_dict import load_state_dict
 
-NORMALIZATIONS = ("imagenet", "none")
+NORMALIZATIONS = ("imagenet", "encoder", "none")
 HEAD_KEY = "segmentation_head.0.weight"
 
 
@@ -156,8 +158,9 @@ def port_smp(
         encoder: the smp encoder name, a native zoo encoder (``resnet18``, ``resnext50_32x4d``).
         num_classes: checked against the weights when given (they tell it).
         normalization: "imagenet" (the model normalizes [0, 1] images inside, as smp's
-            ImageNet preprocessing did outside) or "none"; default: "imagenet" for 3 input
-            channels, "none" otherwise.
+            ImageNet preprocessing did outside), "encoder" (inside, with the statistics of
+            the encoder's pretrained weights, as smp's ``get_preprocessing_params``) or
+            "none"; default: "imagenet" for 3 input channels, "none" otherwise.
         options: smp constructor arguments that the weights do not tell, in smp's names
             (e.g. ``{"encoder_output_stride": 8}`` for a `DeepLabV3Plus`); those not given
             are smp's defaults. Which ones an architecture takes: `SmpModel.options`.
@@ -297,21 +300,21 @@ def build_and_assign(
             f"Invalid value for argument `normalization`: expected one of {NORMALIZATIONS}. "
             f"Received: normalization={normalization!r}"
         )
-    if normalization == "imagenet" and channels != 3:
+    if normalization != "none" and channels != 3:
         raise ConfigError(
-            f"Invalid value for argument `normalization`: ImageNet normalization is defined "
-            f"for RGB, the checkpoint's encoder takes {channels} channels; use 'none' and "
+            f"Invalid value for argument `normalization`: {normalization!r} normalization is "
+            f"defined for RGB, the checkpoint's encoder takes {channels} channels; use 'none' and "
             f"normalize as for its training. Received: normalization={normalization!r}"
         )
     encoder_kwargs = dict(arguments.pop("encoder_kwargs", None) or {})
     if normalization == "none":
         encoder_kwargs["input_normalization"] = None
-    else:
+    elif normalization == "imagenet":
         from zoo import pretrained
 
         spec = pretrained._ENCODERS.get(arguments.get("encoder"))
         if spec is not None and spec.normalization != pretrained.IMAGENET:
-            # An encoder whose own files use other statistics (timm's ViTs: 0.5, 0.5).
+            # An encoder whose own files use other statistics (timm's ViTs, Xception: 0.5).
             encoder_kwargs["input_normalization"] = "imagenet"
     with restoring_from_file():
         net = create_model(
@@ -361,7 +364,11 @@ def save(net: Any, args: Any, what: str) -> str:
     finally:
         tmp.unlink(missing_ok=True)
     inside = any(layer.name == "encoder_preprocess" for layer in net.layers)
-    how = "ImageNet normalization inside" if inside else "normalize them as for its training"
+    how = (
+        f"{args.normalization or 'imagenet'} normalization inside"
+        if inside
+        else ("normalize them as for its training")
+    )
     return (
         f"Ported {what}{net.output.shape[-1]} classes, {net.input.shape[-1]} input channels) "
         f"from {args.checkpoint} to {out}: it takes [0, 1] images ({how})"
