@@ -141,8 +141,9 @@ def smp_hub_source(
 ) -> WeightsSource:
     """segmentation_models_pytorch's file of `encoder`'s `weights` on the Hugging Face hub
     (``smp-hub/<encoder>.<weights>``, ``model.safetensors`` at `revision`, the one smp
-    pins), cached under ``smp-hub/<encoder>.<weights>/``."""
-    repo = f"smp-hub/{encoder}.{weights}"
+    pins), cached under ``smp-hub/<encoder>.<weights>/``. A ``+`` in `weights` is a ``-``
+    in the repository's name (smp's ``imagenet+background``)."""
+    repo = f"smp-hub/{encoder}.{weights.replace('+', '-')}"
     return WeightsSource(
         url=f"https://huggingface.co/{repo}/resolve/{revision}/model.safetensors",
         file=f"{repo}/model.safetensors",
