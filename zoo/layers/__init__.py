@@ -31,6 +31,7 @@ from zoo.layers.position_embedding import PositionEmbedding
 from zoo.layers.prefix_token_readout import PrefixTokenReadout
 from zoo.layers.pyramid_pooling import pyramid_pooling
 from zoo.layers.qkv_attention import QKVAttention
+from zoo.layers.selective_kernel_attention import SelectiveKernelAttention
 from zoo.layers.spatial import (
     BroadcastSpatial,
     ChannelAffine,
@@ -67,6 +68,7 @@ __all__ = [
     "PositionEmbedding",
     "PrefixTokenReadout",
     "QKVAttention",
+    "SelectiveKernelAttention",
     "TokensToGrid",
     "UpsampleConcatConv2D",
     "aspp",
