@@ -155,6 +155,7 @@ def test_dilated_output_strides_are_refused_with_the_choices():
         zoo.create_model("deeplabv3", encoder="densenet121", num_classes=2)
 
 
+@pytest.mark.slow  # 58 dense layers even when tiny: ~35 s to build, fit and reload
 def test_unet_trains_saves_and_reloads(tmp_path):
     unet_trains_saves_and_reloads(tmp_path, "densenet121", "encoder_block2_layer3_conv2")
 
