@@ -5,7 +5,7 @@ dilated path, pretrained weights, and smp models on them ported with equal logit
 import keras
 import numpy as np
 import pytest
-from helpers import unet_trains_saves_and_reloads
+from helpers import features_match_smp_encoder, unet_trains_saves_and_reloads
 from safetensors.numpy import save_file
 from test_port import identifiable_state_dict
 from test_port_smp import check_parity
@@ -272,24 +272,7 @@ def test_skresnext_unet_trains_saves_and_reloads(tmp_path):
 @requires_reference("torch", "segmentation_models_pytorch")
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_features_equal_smps_as_closely_as_its_own_float32(tmp_path, name):
-    images = np.random.default_rng(0).random((2, 64, 96, 3), dtype=np.float32)
-    path = tmp_path / f"{name}.safetensors"
-    theirs = run_reference("smp_encoder", {"images": images}, encoder=name, path=str(path))
-    encoder = zoo.create_encoder(
-        name, input_shape=(None, None, 3), weights=str(path), input_normalization="imagenet"
-    )
-    ours = encoder(images, training=False)
-    for stride in (2, 4, 8, 16, 32):
-        exact, want, got = theirs[f"s{stride}_f64"], theirs[f"s{stride}"], np.asarray(ours[stride])
-        assert got.shape == want.shape, stride
-        scale = float(np.abs(exact).max())
-        assert 0.1 < scale < 50  # unit-scale features: the tolerance means something
-        # Ours may be as far from float64 as torch's own float32, not more (a wrong weight,
-        # pixel or path is off by O(1) of the scale).
-        theirs_off = float(np.abs(want - exact).max())
-        ours_off = float(np.abs(got - exact).max())
-        print(f"{name} stride {stride}: ours {ours_off:.2e}, torch f32 {theirs_off:.2e} off f64")
-        assert ours_off < 3 * theirs_off + 1e-6 * scale, (stride, ours_off, theirs_off)
+    features_match_smp_encoder(tmp_path, name)
 
 
 @pytest.mark.slow  # full SK-ResNet-18 models in both frameworks
