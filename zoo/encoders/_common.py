@@ -130,3 +130,31 @@ def weights_normalization(encoder: str, weights: Any, input_normalization: Any) 
     if input_normalization == "imagenet":
         return pretrained.IMAGENET
     return None if input_normalization is None else normalization
+
+
+def native_encoder(
+    encoder: str,
+    inputs: Any,
+    input_shape: Sequence[int | None],
+    weights: Any,
+    input_normalization: Any,
+    input_range: Any,
+    name: str,
+    features_fn: Callable[[Any], Features],
+) -> Features | keras.Model:
+    """What every native encoder builder does around its graph: `input_range` and the
+    weights' normalization in front (both checked here, before anything is built),
+    `features_fn(x) -> {stride: map}`, then `weights` loaded into the layers between."""
+    from zoo import pretrained
+
+    bounds = check_input_range(input_range)
+    normalization = weights_normalization(encoder, weights, input_normalization)
+
+    def body(x):
+        x = apply_input_range(x, bounds, name)
+        x = apply_weights_normalization(x, normalization, name)
+        features = features_fn(x)
+        pretrained.load_native(encoder, weights, x, features, name, normalization)
+        return features
+
+    return run_encoder(inputs, input_shape, name, body)

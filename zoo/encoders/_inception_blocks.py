@@ -21,11 +21,7 @@ import keras
 from zoo import pretrained
 from zoo.checks import check_positive
 from zoo.encoders._common import (
-    apply_input_range,
-    apply_weights_normalization,
-    check_input_range,
-    run_encoder,
-    weights_normalization,
+    native_encoder,
 )
 from zoo.layers import PaddedMaxPooling2D, batch_norm
 
@@ -92,17 +88,10 @@ def build_encoder(
 ):
     """The registered builders' shared body: checks, normalization, graph, weights."""
     check_positive("width_scale", width_scale)
-    bounds = check_input_range(input_range)
-    normalization = weights_normalization(encoder, weights, input_normalization)
-
-    def body(x):
-        x = apply_input_range(x, bounds, name)
-        x = apply_weights_normalization(x, normalization, name)
-        features = features_fn(x, InceptionGraph(name, float(width_scale)))
-        pretrained.load_native(encoder, weights, x, features, name, normalization)
-        return features
-
-    return run_encoder(inputs, input_shape, name, body)
+    return native_encoder(
+        encoder, inputs, input_shape, weights, input_normalization, input_range, name,
+        lambda x: features_fn(x, InceptionGraph(name, float(width_scale))),
+    )  # fmt: skip
 
 
 def register_weights(encoder: str, first_conv: str, revisions: dict[str, str], what: str):

@@ -26,11 +26,7 @@ import keras
 from zoo import pretrained
 from zoo.checks import check_positive_int
 from zoo.encoders._common import (
-    apply_input_range,
-    apply_weights_normalization,
-    check_input_range,
-    run_encoder,
-    weights_normalization,
+    native_encoder,
 )
 from zoo.layers import batch_norm
 from zoo.registry import register_encoder
@@ -137,19 +133,12 @@ def _builder(encoder: str) -> Callable:
             ("bn_size", bn_size),
         ):
             check_positive_int(key, value)
-        bounds = check_input_range(input_range)
-        normalization = weights_normalization(encoder, weights, input_normalization)
-
-        def body(x):
-            x = apply_input_range(x, bounds, name)
-            x = apply_weights_normalization(x, normalization, name)
-            features = densenet_features(
+        return native_encoder(
+            encoder, inputs, input_shape, weights, input_normalization, input_range, name,
+            lambda x: densenet_features(
                 x, blocks, int(growth_rate), int(num_init_features), int(bn_size), name
-            )
-            pretrained.load_native(encoder, weights, x, features, name, normalization)
-            return features
-
-        return run_encoder(inputs, input_shape, name, body)
+            ),
+        )  # fmt: skip
 
     build.__name__ = build.__qualname__ = encoder
     build.__doc__ = _DOC.format(depth=encoder[8:], growth=growth, stem=stem)

@@ -36,12 +36,8 @@ import keras
 from zoo import pretrained
 from zoo.checks import check_positive_int, check_positive_ints
 from zoo.encoders._common import (
-    apply_input_range,
-    apply_weights_normalization,
-    check_input_range,
     check_output_stride,
-    run_encoder,
-    weights_normalization,
+    native_encoder,
 )
 from zoo.layers import DilatedConv2D, GroupedConv2D, batch_norm
 from zoo.registry import register_encoder
@@ -333,20 +329,13 @@ def _builder(encoder: str) -> Callable:
         blocks = check_positive_ints("k_sec", list(k_sec), 4)
         incs = check_positive_ints("inc_sec", list(inc_sec), 4)
         check_output_stride(output_stride)
-        bounds = check_input_range(input_range)
-        normalization = weights_normalization(encoder, weights, input_normalization)
-
-        def body(x):
-            x = apply_input_range(x, bounds, name)
-            x = apply_weights_normalization(x, normalization, name)
-            features = dpn_features(
+        return native_encoder(
+            encoder, inputs, input_shape, weights, input_normalization, input_range, name,
+            lambda x: dpn_features(
                 x, v.small, num_init_features, base_width, k_r, groups, blocks, incs,
                 output_stride, name,
-            )  # fmt: skip
-            pretrained.load_native(encoder, weights, x, features, name, normalization)
-            return features
-
-        return run_encoder(inputs, input_shape, name, body)
+            ),
+        )  # fmt: skip
 
     build.__name__ = build.__qualname__ = encoder
     build.__doc__ = _DOC.format(

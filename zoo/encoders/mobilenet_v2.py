@@ -22,12 +22,8 @@ import keras
 from zoo import pretrained
 from zoo.checks import check_positive
 from zoo.encoders._common import (
-    apply_input_range,
-    apply_weights_normalization,
-    check_input_range,
     check_output_stride,
-    run_encoder,
-    weights_normalization,
+    native_encoder,
 )
 from zoo.encoders.mobilenet_lite import STAGES, _make_divisible
 from zoo.layers import batch_norm
@@ -126,17 +122,10 @@ def mobilenet_v2(
         name: prefix of every layer name.
     """
     check_positive("width_mult", width_mult)
-    bounds = check_input_range(input_range)
-    normalization = weights_normalization("mobilenet_v2", weights, input_normalization)
-
-    def body(x):
-        x = apply_input_range(x, bounds, name)
-        x = apply_weights_normalization(x, normalization, name)
-        features = mobilenet_v2_features(x, float(width_mult), output_stride, name)
-        pretrained.load_native("mobilenet_v2", weights, x, features, name, normalization)
-        return features
-
-    return run_encoder(inputs, input_shape, name, body)
+    return native_encoder(
+        "mobilenet_v2", inputs, input_shape, weights, input_normalization, input_range, name,
+        lambda x: mobilenet_v2_features(x, float(width_mult), output_stride, name),
+    )  # fmt: skip
 
 
 pretrained.register_encoder_weights(

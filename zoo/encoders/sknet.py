@@ -32,12 +32,8 @@ import keras
 from zoo import pretrained
 from zoo.checks import check_positive_int
 from zoo.encoders._common import (
-    apply_input_range,
-    apply_weights_normalization,
-    check_input_range,
     check_output_stride,
-    run_encoder,
-    weights_normalization,
+    native_encoder,
 )
 from zoo.encoders._resnet_blocks import torch_conv_bn_act
 from zoo.layers import DilatedConv2D, GroupedConv2D, batch_norm, conv_bn_act
@@ -239,21 +235,15 @@ def _build(encoder: str, inputs, input_shape, base_width, groups, width_per_grou
         check_positive_int(key, value)
     _check_widths(base_width, groups, width_per_group, bottleneck)
     check_output_stride(rest["output_stride"])
-    bounds = check_input_range(rest["input_range"])
-    normalization = weights_normalization(encoder, rest["weights"], rest["input_normalization"])
     name = rest["name"]
-
-    def body(x):
-        x = apply_input_range(x, bounds, name)
-        x = apply_weights_normalization(x, normalization, name)
-        features = sknet_features(
+    return native_encoder(
+        encoder, inputs, input_shape, rest["weights"], rest["input_normalization"],
+        rest["input_range"], name,
+        lambda x: sknet_features(
             x, blocks, bottleneck, base_width, rest["output_stride"], name, groups=groups,
             width_per_group=width_per_group, rd_ratio=rd_ratio,
-        )  # fmt: skip
-        pretrained.load_native(encoder, rest["weights"], x, features, name, normalization)
-        return features
-
-    return run_encoder(inputs, input_shape, name, body)
+        ),
+    )  # fmt: skip
 
 
 def _builder(encoder: str) -> Callable:

@@ -24,11 +24,7 @@ import keras
 from zoo import pretrained
 from zoo.checks import check_positive
 from zoo.encoders._common import (
-    apply_input_range,
-    apply_weights_normalization,
-    check_input_range,
-    run_encoder,
-    weights_normalization,
+    native_encoder,
 )
 from zoo.layers import conv_bn_act
 from zoo.registry import register_encoder
@@ -74,18 +70,17 @@ def vgg_features(
 
 def _vgg(encoder, inputs, input_shape, base_width, input_range, weights, norm, name):
     check_positive("base_width", base_width)
-    bounds = check_input_range(input_range)
-    normalization = weights_normalization(encoder, weights, norm)
     convs, bn = STAGES[encoder], encoder.endswith("_bn")
-
-    def body(x):
-        x = apply_input_range(x, bounds, name)
-        x = apply_weights_normalization(x, normalization, name)
-        features = vgg_features(x, convs, int(base_width), name, bn)
-        pretrained.load_native(encoder, weights, x, features, name, normalization)
-        return features
-
-    return run_encoder(inputs, input_shape, name, body)
+    return native_encoder(
+        encoder,
+        inputs,
+        input_shape,
+        weights,
+        norm,
+        input_range,
+        name,
+        lambda x: vgg_features(x, convs, int(base_width), name, bn),
+    )
 
 
 def _params(encoder: str) -> str:

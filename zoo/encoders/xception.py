@@ -25,11 +25,7 @@ import keras
 from zoo import pretrained
 from zoo.checks import check_positive
 from zoo.encoders._common import (
-    apply_input_range,
-    apply_weights_normalization,
-    check_input_range,
-    run_encoder,
-    weights_normalization,
+    native_encoder,
 )
 from zoo.layers import PaddedMaxPooling2D, batch_norm
 from zoo.registry import register_encoder
@@ -161,17 +157,10 @@ def xception(
         name: prefix of every layer name.
     """
     check_positive("width_scale", width_scale)
-    bounds = check_input_range(input_range)
-    normalization = weights_normalization("xception", weights, input_normalization)
-
-    def body(x):
-        x = apply_input_range(x, bounds, name)
-        x = apply_weights_normalization(x, normalization, name)
-        features = xception_features(x, float(width_scale), name)
-        pretrained.load_native("xception", weights, x, features, name, normalization)
-        return features
-
-    return run_encoder(inputs, input_shape, name, body)
+    return native_encoder(
+        "xception", inputs, input_shape, weights, input_normalization, input_range, name,
+        lambda x: xception_features(x, float(width_scale), name),
+    )  # fmt: skip
 
 
 pretrained.register_encoder_weights(
