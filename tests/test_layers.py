@@ -140,3 +140,33 @@ def test_bilinear_upsampling_matches_the_closed_form():
     np.testing.assert_allclose(
         np.asarray(BilinearUpsampling(4)(x)), np.asarray(same), rtol=1e-6, atol=1e-6
     )
+
+
+@pytest.mark.parametrize("channels, size", [(3, 65), (8, 64), (16, 64)])
+def test_strided_pointwise_conv_computes_the_strided_one_and_its_gradient(channels, size):
+    """`subsample_for_pointwise` + a 1x1 conv at the stride it returns computes what the
+    strided 1x1 conv would (odd sizes too), and its kernel gradient is the closed form
+    sum over batch and pixels of x[:, ::2, ::2] * g, over several training-sized steps (the
+    strided 1x1 weight gradient itself crashes or is wrong below 16 channels in oneDNN)."""
+    import keras
+    import tensorflow as tf
+
+    from zoo.layers import subsample_for_pointwise
+
+    rng = np.random.default_rng(channels)
+    x = tf.constant(rng.random((2, size, size, channels)), tf.float32)
+    inputs = keras.Input((None, None, channels))
+    y, strides = subsample_for_pointwise(inputs, 2, "shortcut")
+    assert strides == (2 if channels >= 16 else 1)
+    conv = keras.layers.Conv2D(16, 1, strides=strides, use_bias=False)
+    model = keras.Model(inputs, conv(y))
+    kernel = np.asarray(conv.kernel)[0, 0]  # (channels, 16)
+    sub = np.asarray(x)[:, ::2, ::2]
+    np.testing.assert_allclose(model(x), sub @ kernel, atol=1e-5)
+    for step in range(10):
+        g = rng.normal(size=(2, (size + 1) // 2, (size + 1) // 2, 16)).astype("float32")
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(x) * g)
+        (grad,) = tape.gradient(loss, [conv.kernel])
+        want = np.einsum("bhwc,bhwo->co", sub, g)
+        np.testing.assert_allclose(np.asarray(grad)[0, 0], want, rtol=1e-4, atol=1e-3, err_msg=step)

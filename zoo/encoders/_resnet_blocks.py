@@ -14,6 +14,7 @@ from zoo.layers import (
     batch_norm,
     conv_bn_act,
     squeeze_excite,
+    subsample_for_pointwise,
 )
 
 
@@ -62,6 +63,8 @@ def _shortcut(x, filters: int, strides: int, dilation: int, kernel: int, name, t
     """Projection shortcut: 1x1 conv-BN, or SENet-154's 3x3 (dilated like the stage's convs,
     as smp's ``make_dilated`` does)."""
     pad = "same"
+    if kernel == 1:
+        x, strides = subsample_for_pointwise(x, strides, f"{name}_downsample")
     if kernel > 1 and torch_padding and strides > 1:
         x = keras.layers.ZeroPadding2D(kernel // 2, name=f"{name}_downsample_pad")(x)
         pad = "valid"

@@ -13,6 +13,7 @@ from zoo.layers.blocks import (
     conv_bn_act,
     separable_conv_bn_act,
     squeeze_excite,
+    subsample_for_pointwise,
     upsample_conv_bn_act,
 )
 from zoo.layers.class_token import ClassToken
@@ -77,6 +78,7 @@ __all__ = [
     "pyramid_pooling",
     "separable_conv_bn_act",
     "squeeze_excite",
+    "subsample_for_pointwise",
     "sepconv_bn_act",
     "upsample_conv_bn_act",
 ]

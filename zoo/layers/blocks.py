@@ -177,6 +177,22 @@ def conv_bn_act(
     return x
 
 
+def subsample_for_pointwise(x, strides: int, name: str):
+    """``(x, strides)`` for a 1x1 convolution of `x` with `strides`: the same inputs, except
+    that fewer than 16 channels at a stride above 1 are subsampled here (``x[:, ::s, ::s]``,
+    a 1x1 max pool) and the convolution runs at stride 1, which computes the same.
+
+    Why: oneDNN's 1x1 weight gradient at a stride above 1 writes past its workspace when the
+    input has fewer channels than its channel block (16 with AVX-512, 8 with AVX2): training
+    crashes or its gradients are wrong (uxlfoundation/oneDNN#6035). MobileOne's stem has
+    such a convolution on the image itself.
+    """
+    if strides > 1 and int(x.shape[-1]) < 16:
+        x = keras.layers.MaxPooling2D(1, strides=strides, name=f"{name}_subsample")(x)
+        strides = 1
+    return x, strides
+
+
 def squeeze_excite(x, reduced: int, name: str, activation: str = "relu"):
     """Squeeze-and-excitation: the channels of `x` scaled by a gate computed from their
     global average (1x1 conv with bias to `reduced` channels, `activation` (ReLU; SiLU in
