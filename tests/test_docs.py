@@ -26,6 +26,10 @@ def test_render_replaces_only_between_markers():
         docs.render("no markers", "t", "new")
 
 
-def test_docs_tables_are_up_to_date():
+@pytest.mark.parametrize("name", sorted(docs.TABLES))
+def test_docs_tables_are_up_to_date(name):
     # A new model or encoder file changes these tables: `python -m zoo.docs` regenerates them.
-    assert docs.update(check=True) == []
+    # One test per table, so that the two (the encoders' builds ~90 models) run side by side.
+    file, make = docs.TABLES[name]
+    text = (docs.DOCS / file).read_text()
+    assert docs.render(text, name, make()) == text, f"run `python -m zoo.docs`: {name} table"
