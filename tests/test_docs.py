@@ -26,10 +26,13 @@ def test_render_replaces_only_between_markers():
         docs.render("no markers", "t", "new")
 
 
-@pytest.mark.parametrize("name", sorted(docs.TABLES))
+@pytest.mark.parametrize(
+    "name",
+    # The encoders' table builds ~90 full-size encoders: 2 min or more on 2 cores (CI runs it).
+    [pytest.param(n, marks=pytest.mark.slow) if n == "encoders" else n for n in docs.TABLES],
+)
 def test_docs_tables_are_up_to_date(name):
     # A new model or encoder file changes these tables: `python -m zoo.docs` regenerates them.
-    # One test per table, so that the two (the encoders' builds ~90 models) run side by side.
     file, make = docs.TABLES[name]
     text = (docs.DOCS / file).read_text()
     assert docs.render(text, name, make()) == text, f"run `python -m zoo.docs`: {name} table"

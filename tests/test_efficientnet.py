@@ -126,6 +126,7 @@ def test_static_padding_is_tensorflow_same_for_the_training_size(name, size):
     assert h == math.ceil(size / 32)
 
 
+@pytest.mark.slow  # ~30-45 s to build, fit and reload on 2 cores
 def test_unet_trains_saves_and_reloads(tmp_path):
     unet_trains_saves_and_reloads(tmp_path, "efficientnet-b0", "encoder_block3_dw_conv")
 

@@ -168,6 +168,7 @@ def test_se_resnet_strides_its_first_conv_and_se_resnext_its_second():
     assert net.get_layer("encoder_stage2_block1_conv2_conv").strides == (2, 2)
 
 
+@pytest.mark.slow  # grouped SE bottlenecks even when tiny: ~35-45 s to build, fit, reload
 def test_unet_trains_saves_and_reloads(tmp_path):
     unet_trains_saves_and_reloads(tmp_path, "se_resnext50_32x4d", "encoder_stage3_block1_se_fc1")
 
