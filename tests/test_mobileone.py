@@ -4,7 +4,7 @@ models on them with equal features and logits."""
 
 import numpy as np
 import pytest
-from helpers import unet_trains_saves_and_reloads
+from helpers import features_match_smp_encoder, unet_trains_saves_and_reloads
 from safetensors.numpy import save_file
 from test_port import identifiable_state_dict
 from test_port_smp import check_parity
@@ -263,22 +263,7 @@ def test_unet_trains_saves_and_reloads(tmp_path):
 @requires_reference("torch", "segmentation_models_pytorch")
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_features_equal_smps_as_closely_as_its_own_float32(tmp_path, name):
-    images = np.random.default_rng(0).random((2, 64, 96, 3), dtype=np.float32)
-    path = tmp_path / f"{name}.safetensors"
-    theirs = run_reference("smp_encoder", {"images": images}, encoder=name, path=str(path))
-    encoder = zoo.create_encoder(
-        name, input_shape=(None, None, 3), weights=str(path), input_normalization="imagenet"
-    )
-    ours = encoder(images, training=False)
-    for stride in (2, 4, 8, 16, 32):
-        exact, want, got = theirs[f"s{stride}_f64"], theirs[f"s{stride}"], np.asarray(ours[stride])
-        assert got.shape == want.shape, stride
-        scale = float(np.abs(exact).max())
-        assert 0.1 < scale < 1e3  # features of a known size: the tolerance means something
-        theirs_off = float(np.abs(want - exact).max())
-        ours_off = float(np.abs(got - exact).max())
-        print(f"{name} s{stride}: ours {ours_off:.2e}, torch {theirs_off:.2e} off f64, {scale:.1f}")
-        assert ours_off < 3 * theirs_off + 1e-6 * scale, (stride, ours_off, theirs_off)
+    features_match_smp_encoder(tmp_path, name, max_scale=1e3)
 
 
 @pytest.mark.slow  # an smp model in float32 and float64, and its port
