@@ -277,14 +277,12 @@ def test_smp_model_logits_equal_as_closely_as_its_own_float32(tmp_path, monkeypa
     monkeypatch.setenv("SEGZOO_TORCH_PYTHON", reference_python())
     images = np.random.default_rng(0).random((2, 64, 96, 3), dtype=np.float32)
     path = tmp_path / f"{arch}.safetensors"
-    theirs = run_reference(
-        "smp_mobileone", {"images": images}, arch=arch, encoder="mobileone_s4", seed=seed,
-        path=str(path),
-    )  # fmt: skip
+    spec = {"arch": arch, "encoder": "mobileone_s4", "path": str(path)}
+    theirs = run_reference("smp_model", {"images": images}, models=[spec], seed=seed, float64=True)
     ours = np.asarray(port_smp(tmp_path, path, model, "--encoder", "mobileone_s4")(images))
-    exact = theirs["logits_f64"]
+    exact = theirs["logits_0_f64"]
     scale = float(np.abs(exact).max())
-    theirs_off = float(np.abs(theirs["logits"] - exact).max())
+    theirs_off = float(np.abs(theirs["logits_0"] - exact).max())
     ours_off = float(np.abs(ours - exact).max())
     print(f"{arch} s4: ours {ours_off:.2e}, torch f32 {theirs_off:.2e} off f64, max {scale:.2f}")
     assert scale > 0.1

@@ -5,8 +5,10 @@ preprocessing does).
 Options: models, a list of {arch (an smp class name: "Unet", "FPN", "PAN", ...), encoder,
 classes, kwargs (more constructor arguments), path (.pth with torch.save or .safetensors)};
 seed; warmup_size (height and width of the random batch-norm warm-up images, default the
-images' own size: smp's PAN cannot run below 128x128 at stride 16). Outputs logits_0,
-logits_1, ... in that order. One process for several models: smp takes seconds to import.
+images' own size: smp's PAN cannot run below 128x128 at stride 16); float64 (also output
+logits_0_f64, ...: the same model in float64, a yardstick for float32 round-off). Outputs
+logits_0, logits_1, ... in that order. One process for several models: smp takes seconds to
+import.
 """
 
 import segmentation_models_pytorch as smp
@@ -51,4 +53,7 @@ for i, spec in enumerate(options["models"]):
         torch.save(model.state_dict(), path)
     with torch.no_grad():
         outputs[f"logits_{i}"] = model((images - mean) / std).permute(0, 2, 3, 1).numpy()
+        if options.get("float64"):
+            x = (images.double() - mean.double()) / std.double()
+            outputs[f"logits_{i}_f64"] = model.double()(x).permute(0, 2, 3, 1).numpy()
 save(**outputs)
