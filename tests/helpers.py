@@ -87,6 +87,30 @@ def count_trainable(model) -> int:
     return int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
 
+def assert_params_equal_smp(specs: list[tuple], also: list[dict] = ()) -> list[int]:
+    """Each spec (zoo model, smp architecture, encoder[, reference options such as
+    used_only=True]) has as many trainable parameters as smp's model, all smp models counted
+    in one reference interpreter (ours built without drawing weights). `also`: further
+    reference requests (tests/reference/smp_param_count.py) counted in the same run, not
+    compared. Returns smp's counts: the specs', then those of `also`.
+
+    One failure lists every mismatch, e.g. "unet/resnet50: zoo 32,521,745 != smp 32,521,746".
+    """
+    from torch_ref import smp_param_counts
+
+    requests = [{"arch": s[1], "encoder": s[2], **(s[3] if len(s) > 3 else {})} for s in specs]
+    counts = smp_param_counts([*requests, *also])
+    theirs = counts[: len(specs)]
+    wrong = []
+    for spec, want in zip(specs, theirs):
+        with keras.StatelessScope():  # shapes only: no initializer runs
+            got = count_trainable(zoo.create_model(spec[0], num_classes=1, encoder=spec[2]))
+        if got != want:
+            wrong.append(f"{spec[0]}/{spec[2]}: zoo {got:,} != smp {want:,}")
+    assert not wrong, "; ".join(wrong)
+    return counts
+
+
 def all_layers(model):
     """Every layer, nested models included."""
     return list(model._flatten_layers(include_self=False, recursive=True))

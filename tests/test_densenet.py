@@ -4,11 +4,11 @@ ported with equal logits."""
 
 import numpy as np
 import pytest
-from helpers import unet_trains_saves_and_reloads
+from helpers import assert_params_equal_smp, unet_trains_saves_and_reloads
 from safetensors.numpy import save_file
 from test_port import identifiable_state_dict
 from test_port_smp import check_parity
-from torch_ref import requires_reference, run_reference
+from torch_ref import requires_reference
 
 import zoo
 from zoo import port
@@ -172,8 +172,5 @@ def test_smp_models_on_densenet_port_with_equal_logits(tmp_path, monkeypatch):
 
 @pytest.mark.slow  # full-size smp models in a torch interpreter
 @requires_reference("torch", "segmentation_models_pytorch")
-@pytest.mark.parametrize("arch, model", [("Unet", "unet"), ("FPN", "fpn")])
-def test_trainable_params_equal_smp(arch, model):
-    theirs = int(run_reference("smp_param_count", arch=arch, encoder="densenet121")["count"])
-    net = zoo.create_model(model, num_classes=1, encoder="densenet121")
-    assert sum(int(np.prod(v.shape)) for v in net.trainable_variables) == theirs
+def test_trainable_params_equal_smp():
+    assert_params_equal_smp([("unet", "Unet", "densenet121"), ("fpn", "FPN", "densenet121")])

@@ -4,11 +4,11 @@ models on them ported with equal logits."""
 
 import numpy as np
 import pytest
-from helpers import unet_trains_saves_and_reloads
+from helpers import assert_params_equal_smp, unet_trains_saves_and_reloads
 from safetensors.numpy import save_file
 from test_port import identifiable_state_dict
 from test_port_smp import check_parity
-from torch_ref import requires_reference, run_reference
+from torch_ref import requires_reference
 
 import zoo
 from zoo import port
@@ -288,8 +288,5 @@ def test_smp_models_on_dpn92_port_with_equal_logits(tmp_path, monkeypatch):
 
 @pytest.mark.slow  # full-size smp models in a torch interpreter
 @requires_reference("torch", "segmentation_models_pytorch")
-@pytest.mark.parametrize("encoder", ["dpn68", "dpn92"])
-def test_unet_trainable_params_equal_smp(encoder):
-    theirs = int(run_reference("smp_param_count", arch="Unet", encoder=encoder)["count"])
-    net = zoo.create_model("unet", num_classes=1, encoder=encoder)
-    assert sum(int(np.prod(v.shape)) for v in net.trainable_variables) == theirs
+def test_unet_trainable_params_equal_smp():
+    assert_params_equal_smp([("unet", "Unet", encoder) for encoder in ("dpn68", "dpn92")])

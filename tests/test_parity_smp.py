@@ -5,59 +5,49 @@ interpreter builds the smp model and counts, so a changed reference is noticed t
 """
 
 import pytest
-from helpers import count_trainable
-from torch_ref import requires_reference, run_reference
-
-import zoo
+from helpers import assert_params_equal_smp
+from torch_ref import requires_reference
 
 # (zoo model, smp architecture); tests/test_smp_counts.py pins the same counts without torch,
 # so the reference re-derivation of the newer ones runs with the slow tests.
-SHARED = [
-    ("unet", "Unet"),
-    ("fpn", "FPN"),
-    ("segformer", "Segformer"),
-    *(
-        pytest.param(name, arch, marks=pytest.mark.slow)
-        for name, arch in [
-            ("unetplusplus", "UnetPlusPlus"),
-            ("linknet", "Linknet"),
-            ("pspnet", "PSPNet"),
-            ("pan", "PAN"),
-            ("manet", "MAnet"),
-            ("deeplabv3", "DeepLabV3"),
-            ("deeplabv3plus", "DeepLabV3Plus"),
-            ("upernet", "UPerNet"),
-        ]
-    ),
+SHARED = [("unet", "Unet"), ("fpn", "FPN"), ("segformer", "Segformer")]
+NEWER = [
+    ("unetplusplus", "UnetPlusPlus"),
+    ("linknet", "Linknet"),
+    ("pspnet", "PSPNet"),
+    ("pan", "PAN"),
+    ("manet", "MAnet"),
+    ("deeplabv3", "DeepLabV3"),
+    ("deeplabv3plus", "DeepLabV3Plus"),
+    ("upernet", "UPerNet"),
 ]
 # smp builds encoder stages it never runs: compare with the weights its forward pass uses.
 UNUSED_STAGES = {"PSPNet"}
 
 
-@requires_reference("torch", "segmentation_models_pytorch")
-@pytest.mark.parametrize("encoder", ["resnet18", "resnet34"])
-@pytest.mark.parametrize("name, arch", SHARED)
-def test_trainable_params_equal_smp(name, arch, encoder):
-    ours = count_trainable(zoo.create_model(name, num_classes=1, encoder=encoder))
-    used_only = arch in UNUSED_STAGES
-    theirs = run_reference("smp_param_count", arch=arch, encoder=encoder, used_only=used_only)
-    assert ours == int(theirs["count"])
-    if used_only:  # and smp's total is larger
-        total = run_reference("smp_param_count", arch=arch, encoder=encoder)["count"]
-        assert int(total) > ours
+def specs(models: list[tuple[str, str]]) -> list[tuple]:
+    """Both ResNet encoders under each architecture; used parameters where smp has unused."""
+    return [
+        (name, arch, encoder, {"used_only": arch in UNUSED_STAGES})
+        for name, arch in models
+        for encoder in ("resnet18", "resnet34")
+    ]
 
 
 @requires_reference("torch", "segmentation_models_pytorch")
-@pytest.mark.parametrize(
-    "encoder",
-    [
-        "mit_b0",
-        # b0 and b2 are also pinned in tests/test_segformer.py; 13M-82M parameters take
-        # 5-15 s each to build on both sides (2 cores).
-        *(pytest.param(f"mit_b{i}", marks=pytest.mark.slow) for i in range(1, 6)),
-    ],
-)
-def test_segformer_mit_trainable_params_equal_smp(encoder):
-    ours = count_trainable(zoo.create_model("segformer", num_classes=1, encoder=encoder))
-    theirs = int(run_reference("smp_param_count", arch="Segformer", encoder=encoder)["count"])
-    assert ours == theirs
+def test_trainable_params_equal_smp():
+    # MiT-B0: SegFormer's own encoder (B1-B5 below; b0 and b2 also pinned in test_segformer.py).
+    assert_params_equal_smp([*specs(SHARED), ("segformer", "Segformer", "mit_b0")])
+
+
+@pytest.mark.slow  # 16 models and MiT-B1..B5 (13M-82M parameters) built on both sides
+@requires_reference("torch", "segmentation_models_pytorch")
+def test_newer_architectures_and_larger_mits_have_smps_trainable_params():
+    newer = specs(NEWER)
+    mits = [("segformer", "Segformer", f"mit_b{i}") for i in range(1, 6)]
+    # ... and smp's models with unused stages hold more than they use (their total counts).
+    partial = [i for i, s in enumerate(newer) if s[3]["used_only"]]
+    totals = [{"arch": newer[i][1], "encoder": newer[i][2]} for i in partial]
+    counts = assert_params_equal_smp([*newer, *mits], also=totals)
+    used = [counts[i] for i in partial]
+    assert all(t > u for t, u in zip(counts[-len(partial) :], used)), (counts, used)

@@ -5,7 +5,11 @@ dilated path, pretrained weights, and smp models on them ported with equal logit
 import keras
 import numpy as np
 import pytest
-from helpers import features_match_smp_encoder, unet_trains_saves_and_reloads
+from helpers import (
+    assert_params_equal_smp,
+    features_match_smp_encoder,
+    unet_trains_saves_and_reloads,
+)
 from safetensors.numpy import save_file
 from test_port import identifiable_state_dict
 from test_port_smp import check_parity
@@ -333,8 +337,5 @@ def test_smp_models_on_skresnext_port_as_closely_as_torchs_own_float32(tmp_path,
 
 @pytest.mark.slow  # full-size smp models in a torch interpreter
 @requires_reference("torch", "segmentation_models_pytorch")
-@pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_unet_trainable_params_equal_smp(name):
-    theirs = int(run_reference("smp_param_count", arch="Unet", encoder=name)["count"])
-    net = zoo.create_model("unet", num_classes=1, encoder=name)
-    assert sum(int(np.prod(v.shape)) for v in net.trainable_variables) == theirs
+def test_unet_trainable_params_equal_smp():
+    assert_params_equal_smp([("unet", "Unet", name) for name in sorted(CONFIGS)])

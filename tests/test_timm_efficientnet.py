@@ -4,11 +4,12 @@ with equal logits."""
 
 import numpy as np
 import pytest
+from helpers import assert_params_equal_smp
 from safetensors.numpy import save_file
 from test_efficientnet import b0_shapes
 from test_port import identifiable_state_dict
 from test_port_smp import check_parity
-from torch_ref import requires_reference, run_reference
+from torch_ref import requires_reference
 
 import zoo
 from zoo import port, pretrained
@@ -119,8 +120,8 @@ def test_smp_models_on_timm_efficientnets_port_with_equal_logits(tmp_path, monke
 
 @pytest.mark.slow  # builds smp's models in the reference interpreter
 @requires_reference("torch", "segmentation_models_pytorch", "timm")
-@pytest.mark.parametrize("encoder", ["timm-efficientnet-b1", "timm-tf_efficientnet_lite2"])
-def test_unet_params_equal_the_ones_smp_runs(encoder):
-    used = run_reference("smp_param_count", arch="Unet", encoder=encoder, used_only=True)
-    net = zoo.create_model("unet", num_classes=1, encoder=encoder)
-    assert sum(int(np.prod(v.shape)) for v in net.trainable_variables) == int(used["count"])
+def test_unet_params_equal_the_ones_smp_runs():
+    encoders = ("timm-efficientnet-b1", "timm-tf_efficientnet_lite2")
+    assert_params_equal_smp(
+        [("unet", "Unet", encoder, {"used_only": True}) for encoder in encoders]
+    )

@@ -5,12 +5,12 @@ equal logits."""
 import keras
 import numpy as np
 import pytest
-from helpers import unet_trains_saves_and_reloads
+from helpers import assert_params_equal_smp, unet_trains_saves_and_reloads
 from safetensors.numpy import save_file
 from test_port import identifiable_state_dict
 from test_port_smp import check_parity
 from test_port_smp import port as port_smp
-from torch_ref import requires_reference, run_reference
+from torch_ref import requires_reference
 
 import zoo
 from zoo import port
@@ -211,6 +211,4 @@ def test_smp_models_on_xception_port_with_equal_logits(tmp_path, monkeypatch):
 @pytest.mark.slow  # full-size smp model in a torch interpreter
 @requires_reference("torch", "segmentation_models_pytorch")
 def test_unet_trainable_params_equal_smp():
-    theirs = int(run_reference("smp_param_count", arch="Unet", encoder="xception")["count"])
-    net = zoo.create_model("unet", num_classes=1, encoder="xception")
-    assert sum(int(np.prod(v.shape)) for v in net.trainable_variables) == theirs
+    assert_params_equal_smp([("unet", "Unet", "xception")])

@@ -99,3 +99,10 @@ def run_reference(
             )
         with np.load(outputs, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
+
+
+def smp_param_counts(requests: list[dict[str, Any]]) -> list[int]:
+    """Trainable parameter counts of smp models (tests/reference/smp_param_count.py), every
+    request (arch, encoder, used_only, ...) answered by one reference interpreter: its start-up
+    (torch, smp) costs more than building most models."""
+    return [int(c) for c in run_reference("smp_param_count", models=requests)["counts"]]
