@@ -4,7 +4,11 @@ models on them with equal features and logits."""
 
 import numpy as np
 import pytest
-from helpers import features_match_smp_encoder, unet_trains_saves_and_reloads
+from helpers import (
+    assert_params_equal_smp,
+    features_match_smp_encoder,
+    unet_trains_saves_and_reloads,
+)
 from safetensors.numpy import save_file
 from test_port import identifiable_state_dict
 from test_port_smp import check_parity
@@ -261,7 +265,8 @@ def test_unet_trains_saves_and_reloads(tmp_path):
 
 @pytest.mark.slow  # full MobileOne encoders in both frameworks
 @requires_reference("torch", "segmentation_models_pytorch")
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+# S1-S3 differ only in their widths (their shapes and keys: the tests above): S1 stands for them.
+@pytest.mark.parametrize("name", ["mobileone_s0", "mobileone_s1", "mobileone_s4"])
 def test_features_equal_smps_as_closely_as_its_own_float32(tmp_path, name):
     features_match_smp_encoder(tmp_path, name, max_scale=1e3)
 
@@ -310,8 +315,5 @@ def test_smp_deeplabv3plus_on_dilated_mobileone_ports_with_equal_logits(tmp_path
 
 @pytest.mark.slow  # full-size smp models in a torch interpreter
 @requires_reference("torch", "segmentation_models_pytorch")
-@pytest.mark.parametrize("name", ["mobileone_s0", "mobileone_s4"])
-def test_unet_trainable_params_equal_smp(name):
-    theirs = int(run_reference("smp_param_count", arch="Unet", encoder=name)["count"])
-    net = zoo.create_model("unet", num_classes=1, encoder=name)
-    assert sum(int(np.prod(v.shape)) for v in net.trainable_variables) == theirs
+def test_unet_trainable_params_equal_smp():
+    assert_params_equal_smp([("unet", "Unet", name) for name in ("mobileone_s0", "mobileone_s4")])
