@@ -1,6 +1,5 @@
 """Loss specs and the composition wrapper `losses.attach`."""
 
-import inspect
 
 import keras
 import numpy as np
@@ -404,39 +403,3 @@ def test_mirrored_strategy_standalone_layer_is_replica_local_and_not_duplicated(
     got_s = model_s.evaluate(data, batch_size=4, return_dict=True, verbose=0)
     assert got_m["loss"] == pytest.approx(got_s["loss"], rel=1e-5)
     assert got_m["wbce_loss"] == pytest.approx(got_s["wbce_loss"], rel=1e-5)
-
-
-# --------------------------------------------------------------------------- registry models
-
-
-def _registered_models():
-    import zoo
-
-    return zoo.list_models()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", _registered_models())
-def test_attach_trains_every_registered_model(name):
-    import zoo
-
-    info = zoo.model_info(name)
-    # The coarsest map at least 2x2: at 1x1 a pyramid pooling module batch-normalizes 2 values
-    # per channel (UPerNet at 32x32), its gradients are noise, and whether the loss falls in 4
-    # steps turns on round-off (it rose by 4e-4 with oneDNN's AVX2 kernels).
-    size = max(64, 2 * info.divisor)
-    keras.utils.set_random_seed(0)
-    kwargs = dict(info.tiny_config)
-    if "dropout" in inspect.signature(info.obj).parameters:
-        kwargs["dropout"] = 0.0  # random masks make a 4-step loss curve noisy
-    model = zoo.create_model(name, num_classes=1, input_shape=(size, size, 3), **kwargs)
-    train = losses.attach(model, "wbce+dice")
-    train.compile(optimizer=keras.optimizers.Adam(3e-3))
-    data = batch(n=2, size=size, seed=4)
-    ds = tf.data.Dataset.from_tensor_slices(data).batch(2)
-    # Training-mode losses on the same batch (BatchNorm moving statistics need more steps).
-    history = train.fit(ds, epochs=4, verbose=0).history
-    assert history["loss"][-1] < history["loss"][0]
-    assert history["loss"][-1] == pytest.approx(
-        history["wbce_loss"][-1] + history["dice_loss"][-1], rel=1e-5
-    )
