@@ -34,12 +34,18 @@ AUTO_NAMES = (
 DEFAULT_RUN_MODELS = ("unet", "fpn", "deeplab_lite", "segformer")
 
 
-def every_model_heavy() -> list:
-    """`zoo.list_models()` as pytest params, those outside DEFAULT_RUN_MODELS marked slow."""
-    return [
-        pytest.param(n, marks=() if n in DEFAULT_RUN_MODELS else pytest.mark.slow)
-        for n in zoo.list_models()
-    ]
+def every_model_heavy(group: str | None = None) -> list:
+    """`zoo.list_models()` as pytest params, those outside DEFAULT_RUN_MODELS marked slow.
+
+    `group`: a model's tests carrying the same group run in one xdist worker (`--dist
+    loadgroup`, pyproject.toml), so what they share per process (a model trained once,
+    test_export.py) is computed once, not once per worker."""
+
+    def marks(name: str) -> list:
+        slow = [] if name in DEFAULT_RUN_MODELS else [pytest.mark.slow]
+        return slow + ([pytest.mark.xdist_group(f"{group}-{name}")] if group else [])
+
+    return [pytest.param(n, marks=marks(n)) for n in zoo.list_models()]
 
 
 def build_tiny(name: str, num_classes: int = 2, input_shape=(None, None, 3), **overrides):

@@ -139,7 +139,7 @@ def out_root(tmp_path_factory) -> str:
 # ----------------------------------------------------------------------------- export paths
 
 
-@pytest.mark.parametrize("name", every_model_heavy())
+@pytest.mark.parametrize("name", every_model_heavy(group="export"))
 def test_export_copy_computes_the_training_path_logits(name):
     # Every layer's export path (plain batch norm, identity size check, unfolded upsampling
     # convolution, bilinear resize with run-time sizes) gives the trained model's logits.
@@ -341,7 +341,7 @@ def test_bilinear_upsample_rejects_bad_size(bad):
 
 
 @pytest.mark.parametrize("fmt", FORMAT_PARAMS)
-@pytest.mark.parametrize("name", every_model_heavy())
+@pytest.mark.parametrize("name", every_model_heavy(group="export"))
 def test_float32_artifact_matches_keras(name, fmt, out_root):
     model = trained(name)
     result = exported(name, fmt, None, out_root)
@@ -378,7 +378,7 @@ def test_float32_artifact_matches_keras(name, fmt, out_root):
 
 
 @requires("litert")
-@pytest.mark.parametrize("name", every_model_heavy())
+@pytest.mark.parametrize("name", every_model_heavy(group="export"))
 def test_litert_quantized_masks_and_dice(name, out_root):
     model = trained(name)
     images, truth = validation()
