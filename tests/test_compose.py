@@ -1,6 +1,5 @@
 """Loss specs and the composition wrapper `losses.attach`."""
 
-
 import keras
 import numpy as np
 import pytest
