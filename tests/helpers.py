@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
@@ -93,14 +94,14 @@ def count_trainable(model) -> int:
     return int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
 
-def assert_params_equal_smp(specs: list[tuple], also: list[dict] = ()) -> list[int]:
+def assert_params_equal_smp(specs: list[tuple], also: Sequence[dict] = ()) -> list[int]:
     """Each spec (zoo model, smp architecture, encoder[, reference options such as
     used_only=True]) has as many trainable parameters as smp's model, all smp models counted
     in one reference interpreter (ours built without drawing weights). `also`: further
     reference requests (tests/reference/smp_param_count.py) counted in the same run, not
     compared. Returns smp's counts: the specs', then those of `also`.
 
-    One failure lists every mismatch, e.g. "unet/resnet50: zoo 32,521,745 != smp 32,521,746".
+    One failure lists every mismatch as "model/encoder: zoo <count> != smp <count>".
     """
     from torch_ref import smp_param_counts
 
