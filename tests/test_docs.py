@@ -28,7 +28,7 @@ def test_render_replaces_only_between_markers():
 
 @pytest.mark.parametrize(
     "name",
-    # The encoders' table builds ~90 full-size encoders: 2 min or more on 2 cores (CI runs it).
+    # The encoders' table builds ~90 full-size encoders (shapes only): ~40 s (CI runs it).
     [pytest.param(n, marks=pytest.mark.slow) if n == "encoders" else n for n in docs.TABLES],
 )
 def test_docs_tables_are_up_to_date(name):

@@ -13,6 +13,7 @@ from torch_ref import reference_python, requires_reference, run_reference
 
 import zoo
 from zoo import port, pretrained
+from zoo.build_context import shapes_only
 
 # torchvision's (blocks, groups, width per group) of each encoder.
 ARCHS = {
@@ -71,7 +72,7 @@ def trainable_count(shapes):
 @pytest.mark.parametrize("name", sorted(ARCHS))
 def test_trainable_params_equal_torchvision(name):
     blocks, groups, wpg = ARCHS[name]
-    with keras.StatelessScope():  # shapes only: ResNeXt-101 32x48d's 827M weights not drawn
+    with shapes_only():  # ResNeXt-101 32x48d's 827M weights not drawn
         encoder = zoo.create_encoder(name, input_shape=(None, None, 3))
     ours = sum(int(np.prod(v.shape)) for v in encoder.trainable_variables)
     assert ours == trainable_count(bottleneck_shapes(blocks, 64, groups, wpg))
@@ -229,7 +230,6 @@ def test_trainable_params_equal_smp():
 @pytest.mark.parametrize("strides, dilation", [(1, 1), (2, 1), (1, 2)])
 def test_grouped_conv_equals_keras_conv(monkeypatch, direct, strides, dilation):
     # Keras' own grouped Conv2D (its XLA path) is the reference: outputs and both gradients.
-    import keras
     import tensorflow as tf
 
     from zoo.layers import GroupedConv2D, grouped_conv2d

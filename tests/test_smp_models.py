@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import build_tiny, count_trainable, fixed_batch, pixel_loss
+from helpers import build_tiny, count_model_trainable, count_trainable, fixed_batch, pixel_loss
 
 import zoo
 
@@ -42,22 +42,21 @@ def test_documented_options_build_and_run(name, kwargs):
 
 def test_option_parameter_differences():
     # Closed forms: what each option adds or removes with resnet34 and one class.
-    base = {n: count_trainable(zoo.create_model(n)) for n in ("pspnet", "upernet", "pan")}
+    base = {n: count_model_trainable(n) for n in ("pspnet", "upernet", "pan")}
     # The paper's PSPNet: the full ResNet-34 encoder (21,284,672) and a pyramid on 512
     # channels (four 512->128 1x1 convs, BN on three, bias on the 1x1 grid), a 1024->512
     # fusion with BN and the 3x3 head.
     paper = 21_284_672 + 4 * 512 * 128 + 128 + 3 * 256 + 1024 * 512 + 1024 + 512 * 9 + 1
-    assert count_trainable(zoo.create_model("pspnet", encoder_depth=5, output_stride=8)) == paper
+    assert count_model_trainable("pspnet", encoder_depth=5, output_stride=8) == paper
     # UPerNet's LayerNorms: gamma and beta over 64 + 128 + 256 + 512 channels.
-    no_norm = count_trainable(zoo.create_model("upernet", feature_norm=False))
+    no_norm = count_model_trainable("upernet", feature_norm=False)
     assert base["upernet"] - no_norm == 2 * (64 + 128 + 256 + 512)
     # PAN's pre-BN biases: FPA 32 + 32 + 6 x 1, each GAU 32 + 32.
-    no_bias = count_trainable(zoo.create_model("pan", decoder_conv_bias=False))
+    no_bias = count_model_trainable("pan", decoder_conv_bias=False)
     assert base["pan"] - no_bias == 32 + 32 + 6 + 3 * 64
     # Options without weights of their own leave the count alone.
-    assert count_trainable(zoo.create_model("manet", pab_attention="standard")) == 31_783_633
-    rates = zoo.create_model("deeplabv3plus", atrous_rates=(6, 12, 18))
-    assert count_trainable(rates) == 22_437_457
+    assert count_model_trainable("manet", pab_attention="standard") == 31_783_633
+    assert count_model_trainable("deeplabv3plus", atrous_rates=(6, 12, 18)) == 22_437_457
 
 
 @pytest.mark.parametrize(

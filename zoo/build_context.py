@@ -5,6 +5,8 @@
   `weights="imagenet"`, a file path) are skipped: a saved model loads from its own file only,
   offline too.
 * `exporting()`: layers created inside it take their export path (`zoo.export`).
+* `shapes_only()`: models built inside it get variables with shapes and no values, for
+  counting parameters and reading shapes without drawing or allocating any weight.
 """
 
 from __future__ import annotations
@@ -58,3 +60,37 @@ def exporting() -> Iterator[None]:
 def is_exporting() -> bool:
     """True inside `exporting()`."""
     return getattr(_EXPORTING, "active", False)
+
+
+@contextlib.contextmanager
+def shapes_only() -> Iterator[None]:
+    """Within this block variables are created with their shapes and dtypes only.
+
+    No initializer runs and no weight memory is allocated: ``count_params()``, variable shapes
+    and output shapes are available, the weights are not (a model built here cannot compute).
+    Counting ResNeXt-101 32x48d's 827M parameters takes a fraction of a second.
+
+    `keras.StatelessScope()` alone defers the initializers to its exit, so it would still draw
+    every weight; with ``initialize_variables=False`` the deferred variables would stay on
+    Keras' global list and be drawn at the next scope's exit. This block leaves the list as it
+    found it.
+
+    Example:
+
+    ```python
+    with shapes_only():
+        model = zoo.create_model("unet", encoder="resnext101_32x48d", num_classes=1)
+    print(model.count_params())
+    ```
+    """
+    import keras
+
+    # Keras keeps the variables awaiting initialization in its global state (no public API).
+    from keras.src.backend.common import global_state
+
+    pending = list(global_state.get_global_attribute("uninitialized_variables") or [])
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            yield
+    finally:
+        global_state.set_global_attribute("uninitialized_variables", pending)

@@ -15,10 +15,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import keras
-
 import zoo
 from zoo import pretrained as pretrained_weights
+from zoo.build_context import shapes_only
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -37,12 +36,6 @@ def _count(model: object) -> str:
     return f"{model.count_params():,}"
 
 
-def _shapes_only() -> keras.StatelessScope:
-    """Models built in this scope have variables with shapes and no values (every initializer
-    deferred): counting them skips drawing, e.g., ResNeXt-101 32x48d's 827M weights."""
-    return keras.StatelessScope()
-
-
 def model_table() -> str:
     """Every registered model at its defaults with one class."""
     rows = [
@@ -51,7 +44,7 @@ def model_table() -> str:
     ]
     for name in zoo.list_models():
         info = zoo.model_info(name)
-        with _shapes_only():
+        with shapes_only():
             model = zoo.create_model(name, num_classes=1)
         encoder = info.obj.arguments().get("encoder", "")
         rows.append(
@@ -76,7 +69,7 @@ def encoder_table() -> str:
         # Encoders of an optional package are sized by their preset: nothing to count here.
         params = "(its preset's)"
         if not info.metadata.get("requires"):
-            with _shapes_only():
+            with shapes_only():
                 params = _count(zoo.create_encoder(name, input_shape=(None, None, 3)))
         outs = ", ".join(map(str, sorted(info.output_strides, reverse=True)))
         # "files": no published source, but checkpoint files of its layout load (timm's ViTs).
