@@ -20,6 +20,7 @@ from losses.base import PACKAGE, LossLayer, unpack_inputs
 from losses.deep import NearestDownsample
 from losses.deep import level_weights as weights_per_level
 from losses.distribution import scale_loss_for_distribution
+from losses.graph_memory import release_custom_gradient_graphs
 from losses.labels import LabelGuard, checked_step, labels_checked
 from losses.modes import BINARY, MULTICLASS, MULTILABEL, validate_mode
 from losses.registry import LOSSES
@@ -120,7 +121,12 @@ class LossModel(keras.Model):
             guard.raise_if_bad()
 
     def fit(self, *args: Any, **kwargs: Any) -> Any:
-        history = super().fit(*args, **kwargs)
+        try:
+            history = super().fit(*args, **kwargs)
+        finally:
+            # TensorFlow's gradient registry would keep this fit's graph (and weights) for
+            # the life of the process once the model is gone (losses/graph_memory.py).
+            release_custom_gradient_graphs()
         self._raise_if_bad_labels()
         return history
 
