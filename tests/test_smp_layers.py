@@ -283,9 +283,11 @@ def test_dilated_conv_without_onednn_takes_keras_route(monkeypatch):
     reason="TensorFlow runs without oneDNN here (no AVX-512): its CPU kernels take no dilation "
     "rates, so DilatedConv2D keeps Keras' SpaceToBatchND route and never takes this path",
 )
-def test_matmul_kernel_gradient_equals_convolution_gradient(h, w, ksize, rates):
+@pytest.mark.parametrize("traced", [False, True])
+def test_matmul_kernel_gradient_equals_convolution_gradient(h, w, ksize, rates, traced):
     # The bfloat16 fast path computes the kernel gradient as one matmul per tap; in float32
-    # it must give TensorFlow's own convolution gradients (input and kernel) to rounding.
+    # it must give TensorFlow's own convolution gradients (input and kernel) to rounding,
+    # eagerly and traced (where the gradient holds its inputs by weak reference).
     import tensorflow as tf
 
     from zoo.layers.dilated_conv2d import dilated_conv_matmul_grad
@@ -295,16 +297,51 @@ def test_matmul_kernel_gradient_equals_convolution_gradient(h, w, ksize, rates):
     dy = tf.constant(RNG.normal(size=(2, h, w, 4)).astype("float32"))
 
     def grads(fn):
-        with tf.GradientTape() as tape:
-            tape.watch([x, k])
-            y = fn(x, k)
-            loss = tf.reduce_sum(y * dy)
-        return [y, *tape.gradient(loss, [x, k])]
+        def run(x, k):
+            with tf.GradientTape() as tape:
+                tape.watch([x, k])
+                y = fn(x, k)
+                loss = tf.reduce_sum(y * dy)
+            return [y, *tape.gradient(loss, [x, k])]
+
+        return tf.function(run)(x, k) if traced else run(x, k)
 
     ours = grads(lambda a, b: dilated_conv_matmul_grad(a, b, rates))
     ref = grads(lambda a, b: tf.nn.conv2d(a, b, 1, "SAME", dilations=list(rates)))
     for a, b in zip(ours, ref):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(
+    not direct_dilation(), reason="without oneDNN the CPU's kernels take no dilation rates"
+)
+def test_a_traced_matmul_kernel_gradient_keeps_no_graph_alive():
+    # TensorFlow registers a traced custom gradient for good; its closure must not hold the
+    # graph (and the weights it captured) once nothing else does.
+    import gc
+    import weakref
+
+    import tensorflow as tf
+
+    from losses.graph_memory import release_custom_gradient_graphs
+    from zoo.layers.dilated_conv2d import dilated_conv_matmul_grad
+
+    x = tf.constant(_x(1, 6, 6, 4))
+    k = tf.Variable(RNG.normal(size=(3, 3, 4, 4)).astype("float32"))
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = dilated_conv_matmul_grad(x, k, (2, 2))
+        return tape.gradient(tf.reduce_sum(y), [x, k])
+
+    graph = weakref.ref(step.get_concrete_function(x).graph)
+    step(x)
+    del step
+    release_custom_gradient_graphs()
+    gc.collect()
+    assert graph() is None
 
 
 def test_wide_bfloat16_dilated_conv_takes_matmul_kernel_gradient():

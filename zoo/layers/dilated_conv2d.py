@@ -4,6 +4,7 @@ taps that can only read padding left out."""
 from __future__ import annotations
 
 import functools
+import weakref
 
 import keras
 
@@ -94,43 +95,56 @@ def dilated_conv_matmul_grad(x, kernel, rates):
     convolution kernel (``jit_bf16``) reaches ~300 GFLOP/s where its bfloat16 matmul reaches
     ~380 (docs/benchmarks.md). The same sums in another order: equal to the convolution's
     gradient up to rounding (tested).
+
+    Traced (every `fit` step), the gradient closure holds the op's inputs by weak reference:
+    TensorFlow registers a traced custom gradient for the life of the process, and strong
+    references there would keep the traced graph, weights included, alive after the model is
+    gone (losses/graph_memory.py releases the rest of what it holds). The graph, which owns
+    the inputs, is alive whenever its gradient is computed.
     """
     import tensorflow as tf
 
-    kh, kw, cin, cout = (int(d) for d in kernel.shape)
-    rh, rw = (int(r) for r in rates)
-    th, tw = (kh - 1) * rh, (kw - 1) * rw  # TF's 'same' at stride 1: total // 2 before
+    rates = [int(r) for r in rates]
 
     @tf.custom_gradient
     def conv(x, k):
-        y = tf.nn.conv2d(x, k, 1, "SAME", dilations=[rh, rw])
-
-        def grad(dy):
-            dx = tf.raw_ops.Conv2DBackpropInput(  # what TF's own Conv2D gradient runs
-                input_sizes=tf.shape(x),
-                filter=k,
-                out_backprop=dy,
-                strides=[1, 1, 1, 1],
-                padding="SAME",
-                dilations=[1, rh, rw, 1],
-            )
-            xp = tf.pad(x, [[0, 0], [th // 2, th - th // 2], [tw // 2, tw - tw // 2], [0, 0]])
-            h, w = tf.shape(x)[1], tf.shape(x)[2]
-            d = tf.reshape(dy, [-1, cout])
-            taps = [
-                tf.matmul(
-                    tf.reshape(xp[:, i * rh : i * rh + h, j * rw : j * rw + w, :], [-1, cin]),
-                    d,
-                    transpose_a=True,
-                )
-                for i in range(kh)
-                for j in range(kw)
-            ]
-            return dx, tf.reshape(tf.stack(taps), [kh, kw, cin, cout])
-
-        return y, grad
+        y = tf.nn.conv2d(x, k, 1, "SAME", dilations=rates)
+        if tf.executing_eagerly():  # recorded on the tape only: nothing outlives it
+            return y, lambda dy: _matmul_gradients(x, k, dy, rates)
+        x_ref, k_ref = weakref.ref(x), weakref.ref(k)
+        return y, lambda dy: _matmul_gradients(x_ref(), k_ref(), dy, rates)
 
     return conv(x, kernel)
+
+
+def _matmul_gradients(x, k, dy, rates):
+    """Input and kernel gradients of ``conv2d(x, k, 'SAME', dilations=rates)`` given ``dy``."""
+    import tensorflow as tf
+
+    kh, kw, cin, cout = (int(d) for d in k.shape)
+    rh, rw = rates
+    th, tw = (kh - 1) * rh, (kw - 1) * rw  # TF's 'same' at stride 1: total // 2 before
+    dx = tf.raw_ops.Conv2DBackpropInput(  # what TF's own Conv2D gradient runs
+        input_sizes=tf.shape(x),
+        filter=k,
+        out_backprop=dy,
+        strides=[1, 1, 1, 1],
+        padding="SAME",
+        dilations=[1, rh, rw, 1],
+    )
+    xp = tf.pad(x, [[0, 0], [th // 2, th - th // 2], [tw // 2, tw - tw // 2], [0, 0]])
+    h, w = tf.shape(x)[1], tf.shape(x)[2]
+    d = tf.reshape(dy, [-1, cout])
+    taps = [
+        tf.matmul(
+            tf.reshape(xp[:, i * rh : i * rh + h, j * rw : j * rw + w, :], [-1, cin]),
+            d,
+            transpose_a=True,
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return dx, tf.reshape(tf.stack(taps), [kh, kw, cin, cout])
 
 
 @keras.saving.register_keras_serializable(package="zoo")
