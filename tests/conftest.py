@@ -145,6 +145,9 @@ def _free_keras_state_after_slow_tests(request):
     if request.node.get_closest_marker("slow") is not None:
         import keras
 
+        from losses.graph_memory import release_custom_gradient_graphs
+
+        release_custom_gradient_graphs()  # graphs of plain keras fits (LossModel's release)
         keras.backend.clear_session()
         _trim_heap()
 
