@@ -70,6 +70,28 @@ def pytest_xdist_auto_num_workers(config):
     return min(workers, MAX_WORKERS)
 
 
+# Module-scoped fixtures that train a model or run a benchmark or a reference (10-70 s each):
+# every xdist worker that ran one of their tests would run them again, so their tests share
+# a worker (`--dist loadgroup`, pyproject.toml). Measured: the bench smoke ran twice (~68 s
+# each), the reliability and train references twice (~13 s each).
+SHARED_MODULE_FIXTURES = (
+    "smoke_result",  # test_bench
+    "reference",  # test_reliability, test_segformer
+    "trained_unet",  # test_train
+    "trained_global_model",  # test_inference
+    "smp_dpt",  # test_dpt
+    "two_workers",  # test_multiworker
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the node ids
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        shared = [n for n in SHARED_MODULE_FIXTURES if n in getattr(item, "fixturenames", ())]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{shared[0]}"))
+
+
 @pytest.fixture(scope="session")
 def mirrored_strategy():
     """The one MirroredStrategy over the two logical CPUs, shared by every test.
