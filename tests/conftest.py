@@ -162,8 +162,9 @@ def _free_keras_state_after_slow_tests(request):
     Keras' global state and TensorFlow's kernel cache, and hand freed heap back to the system
     (glibc keeps it otherwise). Before the release existed, the slow tests in 2 workers held
     16 + 8 GB at once without this clean-up and 3-7 GB each with it; since, one worker running
-    test_distribute and test_precision stays under 1 GB, and the clean-up takes ~1 s a test
-    (was 4-7 s). The default suite's small models skip the garbage collection it costs."""
+    test_distribute's 13 per-model runs stays under 1 GB (was 2.5 GB), and the clean-up takes
+    ~1 s a test (was 2-4 s there, 4-7 s later in a worker). The default suite's small
+    models skip the garbage collection it costs."""
     yield
     if request.node.get_closest_marker("slow") is not None:
         import keras
