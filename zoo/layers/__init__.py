@@ -24,6 +24,7 @@ from zoo.layers.efficient_self_attention import EfficientSelfAttention
 from zoo.layers.gelu import GELU
 from zoo.layers.grouped_conv2d import GroupedConv2D
 from zoo.layers.halving_max_pooling import HalvingMaxPooling2D
+from zoo.layers.layer_scale import LayerScale
 from zoo.layers.mix_ffn import MixFFN
 from zoo.layers.overlap_patch_embedding import OverlapPatchEmbedding
 from zoo.layers.padded_max_pooling import PaddedMaxPooling2D
@@ -61,6 +62,7 @@ __all__ = [
     "GELU",
     "GroupedConv2D",
     "HalvingMaxPooling2D",
+    "LayerScale",
     "MixFFN",
     "OverlapPatchEmbedding",
     "PadToMultiple",
