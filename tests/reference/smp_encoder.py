@@ -4,7 +4,8 @@ on random images): its state dict and its feature maps on the given [0, 1] image
 deep random net, in float64.
 
 Options: encoder (an smp encoder name), seed, path (.pth with torch.save or .safetensors).
-Outputs ``s{stride}`` and ``s{stride}_f64`` for strides 2 ... 32 (channels last).
+Outputs ``s{stride}`` and ``s{stride}_f64`` for strides 2 ... 32 (channels last; smp's
+timm-universal encoders that start at stride 4 give an empty stride-2 map).
 """
 
 import segmentation_models_pytorch as smp
@@ -21,10 +22,15 @@ with torch.no_grad():
     # Random affine batch norms with statistics measured on random images, as training
     # leaves them: unit-scale features, so a relative tolerance means something.
     for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
+        if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)):
             module.weight.uniform_(0.5, 1.5)
             module.bias.normal_(0.0, 0.2)
+        if isinstance(module, torch.nn.BatchNorm2d):
             module.momentum = None
+    # Layer scales (ConvNeXt's gamma) start at 1e-6: blocks would hardly count.
+    for key, p in model.named_parameters():
+        if key.endswith("gamma"):
+            p.uniform_(0.2, 1.0)
     model.train()
     for _ in range(3):
         model((torch.rand(4, 3, *size) - mean) / std)

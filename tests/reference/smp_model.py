@@ -38,6 +38,9 @@ for i, spec in enumerate(options["models"]):
                 module.bias.normal_(0.0, 0.2)
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.momentum = None
+        for key, p in model.named_parameters():
+            if key.endswith("gamma"):  # layer scales (ConvNeXt's) start at 1e-6
+                p.uniform_(0.2, 1.0)
         for p in model.segmentation_head.parameters():
             p.normal_(0.0, 0.05)
         model.train()

@@ -185,6 +185,8 @@ def port_smp(
         )
     entry = _MODELS[model]
     chosen = _options(entry, options)  # a bad option fails before any file is read
+    if encoder.startswith("tu-") and encoder[3:] in pretrained._ENCODERS:
+        encoder = encoder[3:]  # smp's timm-universal name of a native encoder (tu-convnext_*)
     spec = pretrained._ENCODERS.get(encoder)
     if spec is None:
         portable = sorted(pretrained._ENCODERS)
@@ -194,6 +196,8 @@ def port_smp(
         )
     source = str(checkpoint)
     state = load_state_dict(checkpoint)
+    if spec.rename is not None:  # the encoder's keys as its table names them
+        state = {spec.rename(k): v for k, v in state.items()}
     classes = int(_key(state, entry.head_key, source).shape[0])
     if num_classes is not None and num_classes != classes:
         raise ConfigError(
