@@ -359,3 +359,35 @@ def test_dpt_traces_at_a_run_time_size():
     for h, w in [(64, 96), (96, 64)]:
         x = RNG.random((1, h, w, 3), dtype=np.float32)
         np.testing.assert_allclose(np.asarray(graph(x)), np.asarray(model(x)), atol=1e-5)
+
+
+def test_named_weights_are_timms_tags_from_the_cache(tmp_path, monkeypatch):
+    from test_port import identifiable_state_dict
+
+    sources = zoo.pretrained.sources("vit_base_patch16_224")
+    assert sources["imagenet"].url == sources["augreg2_in21k_ft_in1k"].url  # timm's default
+    assert "/timm/vit_base_patch16_224.augreg_in21k/" in sources["augreg_in21k"].url  # smp DPT's
+    monkeypatch.setenv("SEGZOO_HOME", str(tmp_path))
+    kwargs = {"embed_dim": 16, "depth": 2, "num_heads": 2, "img_size": 64}
+    shapes = {"patch_embed.proj.weight": (16, 3, 16, 16), "patch_embed.proj.bias": (16,)}
+    shapes.update({"cls_token": (1, 1, 16), "pos_embed": (1, 17, 16)})
+    parts = {"norm1": (16,), "norm2": (16,), "attn.qkv": (48, 16), "attn.proj": (16, 16)}
+    parts.update({"mlp.fc1": (64, 16), "mlp.fc2": (16, 64)})
+    for b in range(2):
+        for part, shape in parts.items():
+            shapes[f"blocks.{b}.{part}.weight"] = shape
+            shapes[f"blocks.{b}.{part}.bias"] = shape[:1]
+    shapes.update({"norm.weight": (16,), "norm.bias": (16,), "head.weight": (10, 16)})
+    state = identifiable_state_dict(shapes)
+    scales = {}
+    for tag in ("imagenet", "dino"):  # augreg2 files: [-1, 1]; DINO's: ImageNet statistics
+        repo = sources[tag].file.rsplit("/", 1)[0]
+        path = tmp_path / "weights" / repo / "model.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(path))
+        enc = zoo.create_encoder("vit_base_patch16_224", weights=tag, **kwargs)
+        kernel = np.asarray(enc.get_layer("encoder_block1_attn_qkv").kernel)
+        np.testing.assert_array_equal(kernel, state["blocks.1.attn.qkv.weight"].T)
+        scales[tag] = np.asarray(enc.get_layer("encoder_preprocess").scale)
+    np.testing.assert_allclose(scales["imagenet"], 2.0)
+    np.testing.assert_allclose(scales["dino"], 1 / np.array([0.229, 0.224, 0.225]), rtol=1e-6)

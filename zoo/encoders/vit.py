@@ -14,10 +14,12 @@ Called like every encoder it returns ``{patch_size: grid}``, the last block's to
 it builds the blocks up to the last index only and adds ``"blocks"``: a ``(grid, prefix)``
 pair per index, the prefix being the class token ``(batch, 1, width)``.
 
-Weights (`weights` / a model's `encoder_weights`): a timm checkpoint of the same variant
-(``model.safetensors`` or ``pytorch_model.bin`` of ``timm/vit_*``), or a
-segmentation_models_pytorch DPT's (its ``encoder.model.`` part); their normalization
-(timm's ViT default, mean = std = 0.5) goes inside the graph. Parameter counts equal timm's
+Weights (`weights` / a model's `encoder_weights`): ``"imagenet"`` (timm's default weights of
+the variant, e.g. ``augreg2_in21k_ft_in1k`` for ViT-B/16), a timm tag (``"augreg_in21k"``,
+``"dino"``, ...: `TAGS`), a timm checkpoint of the same variant (``model.safetensors`` or
+``pytorch_model.bin`` of ``timm/vit_*``), or a segmentation_models_pytorch DPT's (its
+``encoder.model.`` part); their normalization (timm's ViT default, mean = std = 0.5;
+ImageNet's for DINO and MAE) goes inside the graph. Parameter counts equal timm's
 without the final norm and classifier.
 
 Reference:
@@ -59,6 +61,44 @@ VARIANTS = {
 }
 # timm's default preprocessing of its vit_* weights.
 NORMALIZATION = pretrained.INCEPTION
+# timm's pretrained tags per variant (timm 1.0): the default first (what "imagenet" and
+# smp's encoder_weights="imagenet" take), then the others, each with its license when it is
+# not Apache-2.0; DINO's and MAE's are ImageNet-normalized. (timm's "bamboo" weights, of
+# unstated license, are left out.)
+TAGS = {
+    "vit_tiny_patch16_224": ("augreg_in21k_ft_in1k", "augreg_in21k"),
+    "vit_small_patch16_224": ("augreg_in21k_ft_in1k", "augreg_in1k", "augreg_in21k", "dino"),
+    "vit_small_patch32_224": ("augreg_in21k_ft_in1k", "augreg_in21k"),
+    "vit_base_patch8_224": (
+        "augreg2_in21k_ft_in1k", "augreg_in21k", "augreg_in21k_ft_in1k", "dino",
+    ),
+    "vit_base_patch16_224": (
+        "augreg2_in21k_ft_in1k", "augreg_in1k", "augreg_in21k", "augreg_in21k_ft_in1k",
+        "dino", "mae", "orig_in21k", "orig_in21k_ft_in1k", "sam_in1k",
+    ),
+    "vit_base_patch32_224": (
+        "augreg_in21k_ft_in1k", "augreg_in1k", "augreg_in21k", "orig_in21k", "sam_in1k",
+    ),
+    "vit_base_patch16_384": ("augreg_in21k_ft_in1k", "augreg_in1k", "orig_in21k_ft_in1k"),
+    "vit_large_patch16_224": ("augreg_in21k_ft_in1k", "augreg_in21k", "mae", "orig_in21k"),
+    "vit_large_patch16_384": ("augreg_in21k_ft_in1k",),
+}  # fmt: skip
+IMAGENET_NORMALIZED = ("dino", "mae")
+LICENSES = {"mae": "CC-BY-NC-4.0: non-commercial"}
+
+
+def timm_source(key: str, tag: str) -> pretrained.WeightsSource:
+    """timm's `tag` weights of ViT `key` (``timm/<key>.<tag>``, ``model.safetensors``)."""
+    repo = f"timm/{key}.{tag}"
+    return pretrained.WeightsSource(
+        url=f"https://huggingface.co/{repo}/resolve/main/model.safetensors",
+        file=f"{repo}/model.safetensors",
+        description=f"timm's {key}.{tag} weights",
+        license=LICENSES.get(tag, "Apache-2.0 (as timm publishes them)"),
+        normalization=pretrained.IMAGENET if tag in IMAGENET_NORMALIZED else None,
+    )
+
+
 NORMALIZATIONS = ("weights", "imagenet", None)
 
 
@@ -214,7 +254,8 @@ def _register(key: str) -> None:
 
     description = (
         f"Vision Transformer (timm {key}: width {dim}, {depth} blocks, {heads} heads, "
-        f"{patch}-pixel patches, positions learned at {size}x{size}); plain, stride {patch}."
+        f"{patch}-pixel patches, positions learned at {size}x{size}); plain, stride {patch}; "
+        f"timm's weights imagenet (= {TAGS[key][0]}), {', '.join(sorted(TAGS[key][1:]))}."
     )
     builder.__name__ = builder.__qualname__ = key
     builder.__doc__ = (
@@ -230,7 +271,8 @@ def _register(key: str) -> None:
         "    mlp_ratio: MLP hidden width / embed_dim.\n"
         "    drop_path_rate: stochastic depth of the last block (linear from 0).\n"
         "    output_indices: blocks whose outputs `dpt` reads (negative: from the end).\n"
-        "    weights: None (random) or a timm / smp DPT checkpoint file of this variant.\n"
+        "    weights: None (random), 'imagenet' (timm's default weights of this variant), a\n"
+        "        timm tag of its weights, or a timm / smp DPT checkpoint file of it.\n"
         "    input_normalization: 'weights' (their normalization inside), 'imagenet' (ImageNet's\n"
         "        statistics inside, whatever the weights) or None (the caller normalizes).\n"
         "    name: prefix of every layer name.\n"
@@ -241,15 +283,19 @@ def _register(key: str) -> None:
         tiny_config={"embed_dim": 16, "depth": 4, "num_heads": 2, "img_size": 64},
         output_strides=(patch,),
         plain=True,
-        pretrained=False,
+        pretrained=True,
         description=description,
     )(builder)
+    tags = TAGS[key]
     pretrained.register_encoder_weights(
         key,
         table="vit",
         first_conv="patch_embed.proj",
         normalization=NORMALIZATION,
-        sources={},
+        sources={
+            "imagenet": timm_source(key, tags[0]),
+            **{tag: timm_source(key, tag) for tag in sorted(tags)},
+        },
         layouts=(pretrained.Layout("vit", "patch_embed.proj", prefixes=("encoder.model.",)),),
     )
 

@@ -42,7 +42,8 @@ register_table(
             Rule(_BLOCK + r"attn_(qkv|proj)", "blocks.{1}.attn.{2}"),
             Rule(_BLOCK + r"mlp_(fc\d)", "blocks.{1}.mlp.{2}"),
         ),
-        ignore=(r"norm\..*", r"fc_norm\..*", r"head\..*"),
+        # (pre_logits: the representation layer of the original in21k checkpoints.)
+        ignore=(r"norm\..*", r"fc_norm\..*", r"head\..*", r"pre_logits\..*"),
     ),
 )
 
