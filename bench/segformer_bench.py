@@ -44,6 +44,8 @@ def module_command(name: str, python: str) -> list[str]:
 
 
 PRECISIONS = ("float32", "mixed_bfloat16")
+# Our native encoders that smp builds from timm by name ("tu-convnext_tiny").
+TIMM_UNIVERSAL = ("convnext_",)
 MODELS = ("segformer", "dpt", "unet")
 DEFAULTS = {  # model -> (encoders, cases)
     "segformer": (["mit_b0", "mit_b2"], [(512, 4), (256, 8)]),
@@ -99,7 +101,9 @@ def smp_child(model_name: str, encoder: str, size: int, batch: int, precision: s
     if model_name == "dpt":  # timm's ViT; positions resized for other sizes, as ours
         model = smp.DPT(f"tu-{encoder}", encoder_weights=None, classes=1, dynamic_img_size=True)
     elif model_name == "unet":
-        model = smp.Unet(encoder, encoder_weights=None, classes=1)
+        # smp builds timm's ConvNeXt through its timm-universal encoder (tu- prefix).
+        name = f"tu-{encoder}" if encoder.startswith(TIMM_UNIVERSAL) else encoder
+        model = smp.Unet(name, encoder_weights=None, classes=1)
     else:
         model = smp.Segformer(encoder, encoder_weights=None, classes=1)
     model = model.to(memory_format=torch.channels_last)

@@ -2,6 +2,8 @@
 checkpoint key in timm's and smp's layouts, dilated output strides, pretrained weights, and
 smp's encoder and its models on them with equal features and logits."""
 
+import contextlib
+
 import keras
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from torch_ref import requires_reference, smp_param_counts
 
 import zoo
 from zoo.build_context import shapes_only
-from zoo.layers import LayerScale
+from zoo.layers import ChannelMLP, LayerScale
 
 # Trainable parameters of smp 0.6's tu-convnext_* encoders (sum of numel, printed by smp).
 SMP_ENCODER_PARAMS = {
@@ -118,8 +120,9 @@ def test_every_key_lands_in_its_variable(tmp_path, name):
         ("encoder_stage3_downsample_conv", "kernel", "stages.3.downsample.1.weight", (2, 3, 1, 0)),
         ("encoder_stage1_block0_conv_dw", "kernel", "stages.1.blocks.0.conv_dw.weight", "dw"),
         ("encoder_stage2_block0_norm", "gamma", "stages.2.blocks.0.norm.weight", None),
-        ("encoder_stage3_block0_mlp_fc1", "kernel", "stages.3.blocks.0.mlp.fc1.weight", "fc"),
-        ("encoder_stage0_block0_mlp_fc2", "bias", "stages.0.blocks.0.mlp.fc2.bias", None),
+        ("encoder_stage3_block0_mlp", "fc1_kernel", "stages.3.blocks.0.mlp.fc1.weight", "fc"),
+        ("encoder_stage1_block0_mlp", "fc2_kernel", "stages.1.blocks.0.mlp.fc2.weight", "fc"),
+        ("encoder_stage0_block0_mlp", "fc2_bias", "stages.0.blocks.0.mlp.fc2.bias", None),
         ("encoder_stage3_block0_gamma", "gamma", "stages.3.blocks.0.gamma", None),
     ]
     for layer, variable, key, order in checks:
@@ -202,6 +205,29 @@ def test_layer_scale_scales_channels_and_round_trips():
     assert again.get_config() == layer.get_config() and again.init_value == 0.5
     with pytest.raises(ValueError, match="init_value=-1"):
         LayerScale(-1)
+
+
+@pytest.mark.parametrize("mode", ["infer", "train", "export"])
+def test_channel_mlp_is_the_gelu_mlp(mode):
+    import math
+
+    from zoo.build_context import exporting
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
+    with exporting() if mode == "export" else contextlib.nullcontext():
+        layer = ChannelMLP(8, units=6)
+    layer.build(x.shape)
+    w1, b1, w2, b2 = (rng.standard_normal(v.shape).astype(np.float32) for v in layer.weights)
+    layer.set_weights([w1, b1, w2, b2])
+    h = x @ w1 + b1
+    h = 0.5 * h * (1 + np.vectorize(math.erf)(h / math.sqrt(2)))  # exact GELU
+    got = np.asarray(layer(x, training=mode == "train"))
+    np.testing.assert_allclose(got, h @ w2 + b2, rtol=1e-5, atol=1e-5)
+    again = ChannelMLP.from_config(layer.get_config())
+    assert again.get_config() == layer.get_config()
+    with pytest.raises(ValueError, match="hidden_units=0"):
+        ChannelMLP(0)
 
 
 def test_drop_path_rates_grow_linearly_as_timms():

@@ -12,7 +12,7 @@ way timm does: their downsampling convolution gets stride 1 ("same" padding, dil
 the second such stage on) and their blocks dilate the depthwise convolution by 2 or 4.
 Widths and depths follow timm, so parameter counts equal timm's (without the classifier)
 and smp's; timm's atto ... nano use 1x1 convolutions in their MLPs (``conv_mlp``), the same
-function as our `Dense` layers, whose files load all the same.
+function as our `ChannelMLP`, whose files load all the same.
 
 Pretrained weights (`weights` / a model's `encoder_weights`): ``"imagenet"`` (timm's default
 weights of the variant, the ones smp's ``encoder_weights="imagenet"`` downloads), a timm tag
@@ -35,7 +35,7 @@ import keras
 from zoo import pretrained
 from zoo.checks import check_positive, check_positive_int, check_positive_ints, check_rate
 from zoo.encoders._common import check_output_stride, native_encoder
-from zoo.layers import GELU, DropPath, LayerScale
+from zoo.layers import ChannelMLP, DropPath, LayerScale
 from zoo.registry import register_encoder
 
 EPSILON = 1e-6  # timm's LayerNorm / LayerNorm2d default
@@ -114,8 +114,9 @@ def convnext_features(
     real stride: below output stride 32 the deepest ones share a key and the last wins).
 
     Layers: ``{name}_stem_conv``, ``{name}_stem_norm``, ``{name}_stage{s}_downsample_{norm,
-    conv}`` (s = 1, 2, 3) and ``{name}_stage{s}_block{b}_{conv_dw, norm, mlp_fc1, mlp_act,
-    mlp_fc2, gamma, drop_path, add}`` (s, b from 0, as timm's ``stages.{s}.blocks.{b}``).
+    conv}`` (s = 1, 2, 3) and ``{name}_stage{s}_block{b}_{conv_dw, norm, mlp, gamma,
+    drop_path, add}`` (s, b from 0, as timm's ``stages.{s}.blocks.{b}``; ``mlp`` is a
+    `ChannelMLP`, timm's ``mlp.fc1`` and ``mlp.fc2``).
     The stochastic-depth rate grows linearly from 0 (first block) to `drop_path_rate` (last
     block); blocks with rate 0 have no `DropPath` layer.
     """
@@ -149,9 +150,7 @@ def convnext_features(
                 kernel_size, padding="same", dilation_rate=dilation, name=f"{block}_conv_dw"
             )(x)
             y = keras.layers.LayerNormalization(epsilon=EPSILON, name=f"{block}_norm")(y)
-            y = keras.layers.Dense(int(mlp_ratio * dim), name=f"{block}_mlp_fc1")(y)
-            y = GELU(name=f"{block}_mlp_act")(y)
-            y = keras.layers.Dense(dim, name=f"{block}_mlp_fc2")(y)
+            y = ChannelMLP(int(mlp_ratio * dim), name=f"{block}_mlp")(y)
             y = LayerScale(layer_scale_init, name=f"{block}_gamma")(y)
             if rate > 0:
                 y = DropPath(rate, name=f"{block}_drop_path")(y)

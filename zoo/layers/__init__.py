@@ -16,6 +16,7 @@ from zoo.layers.blocks import (
     subsample_for_pointwise,
     upsample_conv_bn_act,
 )
+from zoo.layers.channel_mlp import ChannelMLP
 from zoo.layers.class_token import ClassToken
 from zoo.layers.dilated_conv2d import DilatedConv2D
 from zoo.layers.dilated_separable_conv2d import DilatedSeparableConv2D
@@ -51,6 +52,7 @@ __all__ = [
     "BilinearUpsampling",
     "BroadcastSpatial",
     "ChannelAffine",
+    "ChannelMLP",
     "CheckDivisible",
     "ClassToken",
     "CropToReference",

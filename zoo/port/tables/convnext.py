@@ -6,7 +6,7 @@ smp's ``tu-convnext_*`` files hold the same modules under ``encoder.model.`` wit
 features-only names (``stem_0``, ``stages_1``); `zoo.encoders.convnext.smp_to_timm_key`
 renames them before this table. timm's atto ... nano hold their MLPs as 1x1 convolutions
 (``conv_mlp``, weights ``(out, in, 1, 1)``), the others as linear layers ``(out, in)``: both
-fill our `Dense` kernels. The classifier head (``head.norm``, ``head.fc``) is not built.
+fill our `ChannelMLP`'s kernels. The classifier head (``head.norm``, ``head.fc``) is not built.
 """
 
 import numpy as np
@@ -26,7 +26,15 @@ def _pointwise_dense(x: np.ndarray, ours: tuple[int, ...]) -> np.ndarray:
 TRANSFORMS["pointwise_dense"] = _pointwise_dense
 
 _BLOCK = r"stage(\d)_block(\d+)_"
-_MLP = {"kernel": ("weight", "pointwise_dense"), "bias": ("bias", "identity")}
+# Our `ChannelMLP` holds both of timm's MLP layers.
+_MLP = {
+    f"{fc}_{ours}": (f"{fc}.{theirs}", transform)
+    for fc in ("fc1", "fc2")
+    for ours, theirs, transform in (
+        ("kernel", "weight", "pointwise_dense"),
+        ("bias", "bias", "identity"),
+    )
+}
 
 register_table(
     "convnext",
@@ -39,7 +47,7 @@ register_table(
             Rule(r"stage(\d)_downsample_conv", "stages.{1}.downsample.1"),
             Rule(_BLOCK + r"conv_dw", "stages.{1}.blocks.{2}.conv_dw"),
             Rule(_BLOCK + r"norm", "stages.{1}.blocks.{2}.norm"),
-            Rule(_BLOCK + r"mlp_(fc\d)", "stages.{1}.blocks.{2}.mlp.{3}", kind=_MLP),
+            Rule(_BLOCK + r"mlp", "stages.{1}.blocks.{2}.mlp", kind=_MLP),
             Rule(
                 _BLOCK + r"gamma",
                 "stages.{1}.blocks.{2}.gamma",
