@@ -185,8 +185,11 @@ def port_smp(
         )
     entry = _MODELS[model]
     chosen = _options(entry, options)  # a bad option fails before any file is read
-    if encoder.startswith("tu-") and encoder[3:] in pretrained._ENCODERS:
-        encoder = encoder[3:]  # smp's timm-universal name of a native encoder (tu-convnext_*)
+    for prefix in ("tu-", "timm-"):  # smp's timm names of a native encoder (tu-convnext_*,
+        # and its older timm-regnet* that smp 0.6 maps to tu-regnet*)
+        rest = encoder[len(prefix) :]
+        if encoder.startswith(prefix) and encoder not in pretrained._ENCODERS:
+            encoder = rest if rest in pretrained._ENCODERS else encoder
     spec = pretrained._ENCODERS.get(encoder)
     if spec is None:
         portable = sorted(pretrained._ENCODERS)
