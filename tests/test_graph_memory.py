@@ -83,3 +83,28 @@ def test_released_registrations_compute_the_same_gradients():
         y = f(x)
     # d/dx [2 sum x^3 + 5 sum x] = 6 x^2 + 5
     np.testing.assert_allclose(tape.gradient(y, x).numpy(), 6.0 * x.numpy() ** 2 + 5.0)
+
+
+def test_fit_builds_the_optimizer_outside_the_traced_step(monkeypatch):
+    # Without a strategy Keras would create Adam's slot variables while tracing the first step,
+    # each behind a tf.cond (two per variable); LossModel builds the optimizer first.
+    from tensorflow.python.ops import cond_v2
+
+    conds = []
+    original = cond_v2.cond_v2
+    monkeypatch.setattr(cond_v2, "cond_v2", lambda *a, **k: conds.append(1) or original(*a, **k))
+    inputs = keras.Input((16, 16, 3), name="image")
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 3, padding="same")(inputs))
+    train_model = losses.attach(model, "wbce", weight=False)
+    optimizer = keras.optimizers.Adam(1e-2)
+    train_model.compile(optimizer=optimizer)
+    before = np.asarray(model.layers[-1].kernel).copy()
+    rng = np.random.default_rng(0)
+    data = {
+        "image": rng.random((4, 16, 16, 3), dtype=np.float32),
+        "mask": rng.integers(0, 2, (4, 16, 16, 1)).astype("int32"),
+    }
+    train_model.fit(data, batch_size=2, verbose=0)
+    assert conds == []
+    assert len(optimizer.variables) == 2 + 2 * 2  # iterations, learning rate; m and v per weight
+    assert np.abs(np.asarray(model.layers[-1].kernel) - before).max() > 1e-3  # it trained
