@@ -153,6 +153,22 @@ def smp_hub_source(
     )
 
 
+def timm_hub_source(
+    encoder: str, tag: str, license: str, normalization: Normalization | None = None
+) -> WeightsSource:
+    """timm's `tag` weights of `encoder` on the Hugging Face hub (``timm/<encoder>.<tag>``,
+    ``model.safetensors`` at ``main``: timm pins no revision), cached under
+    ``timm/<encoder>.<tag>/``."""
+    repo = f"timm/{encoder}.{tag}"
+    return WeightsSource(
+        url=f"https://huggingface.co/{repo}/resolve/main/model.safetensors",
+        file=f"{repo}/model.safetensors",
+        description=f"timm's {encoder}.{tag} weights",
+        license=license,
+        normalization=normalization,
+    )
+
+
 def sources(encoder: str) -> dict[str, WeightsSource]:
     """The named weights registered for `encoder` (``{}`` when it has none)."""
     spec = _ENCODERS.get(encoder)

@@ -303,13 +303,7 @@ def _register(key: str) -> None:
     )(builder)
 
     def source(tag: str) -> pretrained.WeightsSource:
-        repo = f"timm/{key}.{tag}"
-        return pretrained.WeightsSource(
-            url=f"https://huggingface.co/{repo}/resolve/main/model.safetensors",
-            file=f"{repo}/model.safetensors",
-            description=f"timm's {key}.{tag} weights",
-            license="Apache-2.0 (as timm publishes them)",
-        )
+        return pretrained.timm_hub_source(key, tag, "Apache-2.0 (as timm publishes them)")
 
     sources = {"imagenet": source(default_tag)}
     sources.update({tag: source(tag) for tag in sorted({default_tag, *tags})})

@@ -274,13 +274,8 @@ def _register(key: str) -> None:
     )(builder)
 
     def source(tag: str) -> pretrained.WeightsSource:
-        repo = f"timm/{key}.{tag}"
-        return pretrained.WeightsSource(
-            url=f"https://huggingface.co/{repo}/resolve/main/model.safetensors",
-            file=f"{repo}/model.safetensors",
-            description=f"timm's {key}.{tag} weights",
-            license=LICENSES.get(tag, "Apache-2.0 (as timm publishes them)"),
-        )
+        license = LICENSES.get(tag, "Apache-2.0 (as timm publishes them)")
+        return pretrained.timm_hub_source(key, tag, license)
 
     pretrained.register_encoder_weights(
         key,

@@ -88,14 +88,12 @@ LICENSES = {"mae": "CC-BY-NC-4.0: non-commercial"}
 
 
 def timm_source(key: str, tag: str) -> pretrained.WeightsSource:
-    """timm's `tag` weights of ViT `key` (``timm/<key>.<tag>``, ``model.safetensors``)."""
-    repo = f"timm/{key}.{tag}"
-    return pretrained.WeightsSource(
-        url=f"https://huggingface.co/{repo}/resolve/main/model.safetensors",
-        file=f"{repo}/model.safetensors",
-        description=f"timm's {key}.{tag} weights",
-        license=LICENSES.get(tag, "Apache-2.0 (as timm publishes them)"),
-        normalization=pretrained.IMAGENET if tag in IMAGENET_NORMALIZED else None,
+    """timm's `tag` weights of ViT `key`, with their license and normalization."""
+    return pretrained.timm_hub_source(
+        key,
+        tag,
+        LICENSES.get(tag, "Apache-2.0 (as timm publishes them)"),
+        pretrained.IMAGENET if tag in IMAGENET_NORMALIZED else None,
     )
 
 
