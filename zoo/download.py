@@ -50,6 +50,22 @@ class WeightsSource:
     sha256: str | None = None
 
 
+def timm_hub_source(
+    encoder: str, tag: str, license: str, normalization: Any = None
+) -> WeightsSource:
+    """timm's `tag` weights of `encoder` on the Hugging Face hub (``timm/<encoder>.<tag>``,
+    ``model.safetensors`` at ``main``: timm pins no revision), cached under
+    ``timm/<encoder>.<tag>/``."""
+    repo = f"timm/{encoder}.{tag}"
+    return WeightsSource(
+        url=f"https://huggingface.co/{repo}/resolve/main/model.safetensors",
+        file=f"{repo}/model.safetensors",
+        description=f"timm's {encoder}.{tag} weights",
+        license=license,
+        normalization=normalization,
+    )
+
+
 def cache_dir() -> Path:
     """The folder weights are cached in (see the module docstring)."""
     home = os.environ.get(HOME_ENV)

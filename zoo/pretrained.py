@@ -34,6 +34,7 @@ from zoo.download import (  # noqa: F401  (part of this API)
     cache_dir,
     cached_path,
     fetch,
+    timm_hub_source,
 )
 
 
@@ -148,22 +149,6 @@ def smp_hub_source(
         url=f"https://huggingface.co/{repo}/resolve/{revision}/model.safetensors",
         file=f"{repo}/model.safetensors",
         description=description,
-        license=license,
-        normalization=normalization,
-    )
-
-
-def timm_hub_source(
-    encoder: str, tag: str, license: str, normalization: Normalization | None = None
-) -> WeightsSource:
-    """timm's `tag` weights of `encoder` on the Hugging Face hub (``timm/<encoder>.<tag>``,
-    ``model.safetensors`` at ``main``: timm pins no revision), cached under
-    ``timm/<encoder>.<tag>/``."""
-    repo = f"timm/{encoder}.{tag}"
-    return WeightsSource(
-        url=f"https://huggingface.co/{repo}/resolve/main/model.safetensors",
-        file=f"{repo}/model.safetensors",
-        description=f"timm's {encoder}.{tag} weights",
         license=license,
         normalization=normalization,
     )
