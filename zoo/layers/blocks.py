@@ -193,18 +193,18 @@ def subsample_for_pointwise(x, strides: int, name: str):
     return x, strides
 
 
-def squeeze_excite(x, reduced: int, name: str, activation: str = "relu"):
+def squeeze_excite(x, reduced: int, name: str, activation: str = "relu", gate: str = "sigmoid"):
     """Squeeze-and-excitation: the channels of `x` scaled by a gate computed from their
     global average (1x1 conv with bias to `reduced` channels, `activation` (ReLU; SiLU in
-    EfficientNet), 1x1 conv with bias back, sigmoid). Layers ``{name}_pool``, ``{name}_fc1``,
-    ``{name}_fc2``, ``{name}_scale``.
+    EfficientNet), 1x1 conv with bias back, `gate` (sigmoid; MobileNetV3's hard sigmoid)).
+    Layers ``{name}_pool``, ``{name}_fc1``, ``{name}_fc2``, ``{name}_scale``.
 
     Reference:
         Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018.
     """
     s = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
     s = keras.layers.Conv2D(reduced, 1, activation=activation, name=f"{name}_fc1")(s)
-    s = keras.layers.Conv2D(int(x.shape[-1]), 1, activation="sigmoid", name=f"{name}_fc2")(s)
+    s = keras.layers.Conv2D(int(x.shape[-1]), 1, activation=gate, name=f"{name}_fc2")(s)
     return keras.layers.Multiply(name=f"{name}_scale")([x, s])
 
 

@@ -186,8 +186,11 @@ def port_smp(
     entry = _MODELS[model]
     chosen = _options(entry, options)  # a bad option fails before any file is read
     for prefix in ("tu-", "timm-"):  # smp's timm names of a native encoder (tu-convnext_*,
-        # and its older timm-regnet* that smp 0.6 maps to tu-regnet*)
+        # and its older timm-regnet* that smp 0.6 maps to tu-regnet*, timm-mobilenetv3_* to
+        # tu-tf_mobilenetv3_*)
         rest = encoder[len(prefix) :]
+        if prefix == "timm-" and rest.startswith("mobilenetv3"):
+            rest = f"tf_{rest}"
         if encoder.startswith(prefix) and encoder not in pretrained._ENCODERS:
             encoder = rest if rest in pretrained._ENCODERS else encoder
     spec = pretrained._ENCODERS.get(encoder)
