@@ -17,6 +17,7 @@ from zoo.layers.blocks import (
     upsample_conv_bn_act,
 )
 from zoo.layers.channel_mlp import ChannelMLP
+from zoo.layers.channel_split import ChannelSplit
 from zoo.layers.class_token import ClassToken
 from zoo.layers.dilated_conv2d import DilatedConv2D
 from zoo.layers.dilated_separable_conv2d import DilatedSeparableConv2D
@@ -53,6 +54,7 @@ __all__ = [
     "BroadcastSpatial",
     "ChannelAffine",
     "ChannelMLP",
+    "ChannelSplit",
     "CheckDivisible",
     "ClassToken",
     "CropToReference",
