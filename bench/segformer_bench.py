@@ -45,7 +45,10 @@ def module_command(name: str, python: str) -> list[str]:
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 # Our native encoders that smp builds from timm by name ("tu-convnext_tiny").
-TIMM_UNIVERSAL = ("convnext_", "regnetx_", "regnety_")
+TIMM_UNIVERSAL = (
+    "convnext_", "regnetx_", "regnety_", "mobilenetv3_", "tf_mobilenetv3_", "res2net", "res2next",
+    "resnest", "gernet_",
+)  # fmt: skip
 MODELS = ("segformer", "dpt", "unet")
 DEFAULTS = {  # model -> (encoders, cases)
     "segformer": (["mit_b0", "mit_b2"], [(512, 4), (256, 8)]),

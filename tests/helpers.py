@@ -227,3 +227,49 @@ def features_match_smp_encoder(
         ours_off = float(np.abs(got - exact).max())
         print(f"{encoder} stride {stride}: ours {ours_off:.2e}, torch f32 {theirs_off:.2e} off f64")
         assert ours_off < 3 * theirs_off + 1e-6 * scale, (stride, ours_off, theirs_off)
+
+
+def batch_norm_shapes(key: str, channels: int) -> dict[str, tuple[int, ...]]:
+    """A PyTorch ``BatchNorm2d``'s state-dict shapes under `key` (affine, running statistics,
+    counter), for the ``timm_shapes`` key tables the encoder tests write out."""
+    shapes = {f"{key}.{p}": (channels,) for p in ("weight", "bias", "running_mean", "running_var")}
+    shapes[f"{key}.num_batches_tracked"] = ()
+    return shapes
+
+
+def trainable_params(shapes: dict[str, tuple[int, ...]]) -> int:
+    """Trainable parameters of a state dict's shapes: batch-norm statistics left out."""
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    return sum(int(np.prod(s)) for k, s in shapes.items() if not k.endswith(buffers))
+
+
+def smp_file_loads_as_timm_file(tmp_path, encoder: str, state: dict, smp_key, **kwargs) -> None:
+    """`state` (timm's keys) saved as timm's file and, keys through `smp_key` plus a decoder
+    key, as an smp model's: `encoder` built on each holds identical weights."""
+    from safetensors.numpy import save_file
+
+    save_file(state, str(tmp_path / "timm.safetensors"))
+    smp = {smp_key(k): v for k, v in state.items()}
+    smp["segmentation_head.0.weight"] = np.zeros((1, 16, 3, 3), np.float32)
+    save_file(smp, str(tmp_path / "smp.safetensors"))
+    nets = [
+        zoo.create_encoder(encoder, input_shape=(32, 32, 3), weights=str(p), **kwargs)
+        for p in (tmp_path / "timm.safetensors", tmp_path / "smp.safetensors")
+    ]
+    assert nets[0].weights
+    for a, b in zip(nets[0].weights, nets[1].weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+
+
+def from_timm_cache(
+    tmp_path, monkeypatch, encoder: str, tag: str, state: dict, weights="imagenet", **kwargs
+):
+    """`encoder` built with `weights` (a name that should resolve to timm's `tag`) after
+    `state` was put where timm's `tag` weights of it are cached (``SEGZOO_HOME``, no network)."""
+    from safetensors.numpy import save_file
+
+    monkeypatch.setenv("SEGZOO_HOME", str(tmp_path))
+    path = tmp_path / "weights" / "timm" / f"{encoder}.{tag}" / "model.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return zoo.create_encoder(encoder, input_shape=(32, 32, 3), weights=weights, **kwargs)

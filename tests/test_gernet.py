@@ -6,7 +6,15 @@ import re
 
 import numpy as np
 import pytest
-from helpers import count_model_trainable, features_match_smp_encoder, unet_trains_saves_and_reloads
+from helpers import (
+    batch_norm_shapes,
+    count_model_trainable,
+    features_match_smp_encoder,
+    from_timm_cache,
+    smp_file_loads_as_timm_file,
+    trainable_params,
+    unet_trains_saves_and_reloads,
+)
 from safetensors.numpy import save_file
 from test_port import identifiable_state_dict
 from test_port_smp import check_parity
@@ -43,9 +51,7 @@ def timm_shapes(stem, stages, final, head=0):
 
     def conv_bn(key, out, cin, k, groups=1):
         shapes[f"{key}.conv.weight"] = (out, cin // groups, k, k)
-        for p in ("weight", "bias", "running_mean", "running_var"):
-            shapes[f"{key}.bn.{p}"] = (out,)
-        shapes[f"{key}.bn.num_batches_tracked"] = ()
+        shapes.update(batch_norm_shapes(f"{key}.bn", out))
 
     conv_bn("stem", stem, 3, 3)
     cin = stem
@@ -79,15 +85,10 @@ def _tiny_cfg():
     return TINY["stem_width"], stages, TINY["num_features"]
 
 
-def _trainable(shapes):
-    buffers = ("running_mean", "running_var", "num_batches_tracked")
-    return sum(int(np.prod(s)) for k, s in shapes.items() if not k.endswith(buffers))
-
-
 @pytest.mark.parametrize("name", sorted(SMP_ENCODER))
 def test_params_equal_timm_and_smp(name):
     params, channels = SMP_ENCODER[name]
-    assert _trainable(timm_shapes(*TIMM_CFG[name])) == params
+    assert trainable_params(timm_shapes(*TIMM_CFG[name])) == params
     with shapes_only():  # counts from shapes: no weight drawn
         encoder = zoo.create_encoder(name, input_shape=(None, None, 3))
     assert sum(int(np.prod(v.shape)) for v in encoder.trainable_variables) == params
@@ -122,19 +123,16 @@ def test_every_key_lands_in_its_variable(tmp_path):
 
 
 def test_smp_file_loads_as_the_timm_file(tmp_path):
-    state = identifiable_state_dict(timm_shapes(*_tiny_cfg()))
-    save_file(state, str(tmp_path / "timm.safetensors"))
     # smp 0.6 holds timm's feature wrapper: stages.{s} flattened to stages_{s}
-    smp = {"encoder.model." + re.sub(r"^stages\.", "stages_", k): v for k, v in state.items()}
-    assert "encoder.model.stages_3.0.conv1_1x1.conv.weight" in smp
-    smp["segmentation_head.0.weight"] = np.zeros((1, 16, 3, 3), np.float32)
-    save_file(smp, str(tmp_path / "smp.safetensors"))
-    nets = [
-        zoo.create_encoder("gernet_s", input_shape=(32, 32, 3), weights=str(p), **TINY)
-        for p in (tmp_path / "timm.safetensors", tmp_path / "smp.safetensors")
-    ]
-    for a, b in zip(nets[0].weights, nets[1].weights, strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+    def smp_key(key):
+        return "encoder.model." + re.sub(r"^stages\.", "stages_", key)
+
+    assert (
+        smp_key("stages.3.0.conv3_1x1.conv.weight")
+        == "encoder.model.stages_3.0.conv3_1x1.conv.weight"
+    )
+    state = identifiable_state_dict(timm_shapes(*_tiny_cfg()))
+    smp_file_loads_as_timm_file(tmp_path, "gernet_s", state, smp_key, **TINY)
 
 
 @pytest.mark.parametrize("output_stride", [32, 16, 8])
@@ -163,14 +161,10 @@ def test_output_strides_dilate_as_timm(output_stride):
 
 
 def test_imagenet_weights_are_timms_from_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEGZOO_HOME", str(tmp_path))
     sources = zoo.pretrained.sources("gernet_s")
     assert sources["imagenet"].url == sources["idstcv_in1k"].url
     state = identifiable_state_dict(timm_shapes(*_tiny_cfg(), head=1000))
-    path = tmp_path / "weights" / "timm" / "gernet_s.idstcv_in1k" / "model.safetensors"
-    path.parent.mkdir(parents=True)
-    save_file(state, str(path))
-    net = zoo.create_encoder("gernet_s", input_shape=(32, 32, 3), weights="imagenet", **TINY)
+    net = from_timm_cache(tmp_path, monkeypatch, "gernet_s", "idstcv_in1k", state, **TINY)
     np.testing.assert_allclose(
         np.asarray(net.get_layer("encoder_preprocess").scale), 1 / np.array([0.229, 0.224, 0.225])
     )

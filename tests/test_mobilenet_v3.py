@@ -6,7 +6,15 @@ features and logits."""
 import keras
 import numpy as np
 import pytest
-from helpers import count_model_trainable, features_match_smp_encoder, unet_trains_saves_and_reloads
+from helpers import (
+    batch_norm_shapes,
+    count_model_trainable,
+    features_match_smp_encoder,
+    from_timm_cache,
+    smp_file_loads_as_timm_file,
+    trainable_params,
+    unet_trains_saves_and_reloads,
+)
 from safetensors.numpy import save_file
 from test_port import identifiable_state_dict
 from test_port_smp import check_parity
@@ -62,14 +70,9 @@ def timm_shapes(arch, multiplier, minimal=False, head=0):
         if bias:
             shapes[f"{key}.bias"] = (out,)
 
-    def bn(key, c):
-        for p in ("weight", "bias", "running_mean", "running_var"):
-            shapes[f"{key}.{p}"] = (c,)
-        shapes[f"{key}.num_batches_tracked"] = ()
-
     cin = 16 if multiplier < 0.75 else divisible(16 * multiplier)
     conv("conv_stem", cin, 3, 3)
-    bn("bn1", cin)
+    shapes |= batch_norm_shapes("bn1", cin)
     for s, stage in enumerate(TIMM_ARCH[arch]):
         i = 0
         for text in stage:
@@ -83,21 +86,21 @@ def timm_shapes(arch, multiplier, minimal=False, head=0):
                 mid = cin if kind != "ir" else divisible(cin * float(opts["e"]))
                 if kind == "cn":
                     conv(f"{p}.conv", out, cin, 1)
-                    bn(f"{p}.bn1", out)
+                    shapes |= batch_norm_shapes(f"{p}.bn1", out)
                 else:
                     names = ("conv_dw", "bn1", "conv_pw", "bn2") if kind == "ds" else None
                     if kind == "ir":
                         conv(f"{p}.conv_pw", mid, cin, 1)
-                        bn(f"{p}.bn1", mid)
+                        shapes |= batch_norm_shapes(f"{p}.bn1", mid)
                         names = ("conv_dw", "bn2", "conv_pwl", "bn3")
                     conv(f"{p}.{names[0]}", mid, mid, k, groups=mid)
-                    bn(f"{p}.{names[1]}", mid)
+                    shapes |= batch_norm_shapes(f"{p}.{names[1]}", mid)
                     if se:
                         rd = divisible(mid * 0.25)
                         conv(f"{p}.se.conv_reduce", rd, mid, 1, bias=True)
                         conv(f"{p}.se.conv_expand", mid, rd, 1, bias=True)
                     conv(f"{p}.{names[2]}", out, mid, 1)
-                    bn(f"{p}.{names[3]}", out)
+                    shapes |= batch_norm_shapes(f"{p}.{names[3]}", out)
                 cin, i = out, i + 1
     if head:
         conv("conv_head", 1280, cin, 1, bias=True)
@@ -105,20 +108,17 @@ def timm_shapes(arch, multiplier, minimal=False, head=0):
     return shapes
 
 
-def _trainable(shapes):
-    buffers = ("running_mean", "running_var", "num_batches_tracked")
-    return sum(int(np.prod(s)) for k, s in shapes.items() if not k.endswith(buffers))
-
-
 @pytest.mark.parametrize("name", sorted(SMP_ENCODER_PARAMS))
 def test_params_equal_timm_and_smp(name):
     arch = "large" if "large" in name else "small"
     multiplier = int(name[-3:]) / 100
     shapes = timm_shapes(arch, multiplier, minimal="minimal" in name)
-    assert _trainable(shapes) == SMP_ENCODER_PARAMS[name]
+    assert trainable_params(shapes) == SMP_ENCODER_PARAMS[name]
     with shapes_only():  # counts from shapes: no weight drawn
         encoder = zoo.create_encoder(name, input_shape=(None, None, 3))
-    assert sum(int(np.prod(v.shape)) for v in encoder.trainable_variables) == _trainable(shapes)
+    assert sum(int(np.prod(v.shape)) for v in encoder.trainable_variables) == trainable_params(
+        shapes
+    )
     if name in SMP_CHANNELS:
         assert tuple(encoder.output[s].shape[-1] for s in (2, 4, 8, 16, 32)) == SMP_CHANNELS[name]
 
@@ -164,16 +164,9 @@ def test_every_key_lands_in_its_variable(tmp_path, name, arch, multiplier, minim
 
 def test_smp_file_loads_as_the_timm_file(tmp_path):
     state = identifiable_state_dict(timm_shapes("small", 0.5))
-    save_file(state, str(tmp_path / "timm.safetensors"))
-    smp = {"encoder.model." + k: v for k, v in state.items()}
-    smp["segmentation_head.0.weight"] = np.zeros((1, 16, 3, 3), np.float32)
-    save_file(smp, str(tmp_path / "smp.safetensors"))
-    nets = [
-        zoo.create_encoder("mobilenetv3_small_050", input_shape=(32, 32, 3), weights=str(p))
-        for p in (tmp_path / "timm.safetensors", tmp_path / "smp.safetensors")
-    ]
-    for a, b in zip(nets[0].weights, nets[1].weights, strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+    smp_file_loads_as_timm_file(
+        tmp_path, "mobilenetv3_small_050", state, lambda k: "encoder.model." + k
+    )
 
 
 def _stem_top_left_tap(name, size):
@@ -226,7 +219,6 @@ def test_output_strides_dilate_as_timms_builder(output_stride):
 
 
 def test_named_weights_are_timms_tags_with_their_normalization(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEGZOO_HOME", str(tmp_path))
     sources = zoo.pretrained.sources("mobilenetv3_large_100")
     assert sources["imagenet"].url == sources["ra_in1k"].url  # timm's default tag
     assert set(sources) == {"imagenet", "ra_in1k", "ra4_e3600_r224_in1k", "miil_in21k_ft_in1k"}
@@ -239,10 +231,7 @@ def test_named_weights_are_timms_tags_with_their_normalization(tmp_path, monkeyp
     for name, tag, weights, scale in cases:
         arch = "large" if "large" in name else "small"
         state = identifiable_state_dict(timm_shapes(arch, int(name[-3:]) / 100, head=1000))
-        path = tmp_path / "weights" / "timm" / f"{name}.{tag}" / "model.safetensors"
-        path.parent.mkdir(parents=True)
-        save_file(state, str(path))
-        net = zoo.create_encoder(name, input_shape=(32, 32, 3), weights=weights)
+        net = from_timm_cache(tmp_path, monkeypatch, name, tag, state, weights)
         np.testing.assert_allclose(np.asarray(net.get_layer("encoder_preprocess").scale), scale)
         np.testing.assert_array_equal(
             np.asarray(net.get_layer("encoder_block1_0_expand_conv").kernel),

@@ -4,7 +4,15 @@ pretrained weights, and smp's encoder and models on them with equal features and
 
 import numpy as np
 import pytest
-from helpers import count_model_trainable, features_match_smp_encoder, unet_trains_saves_and_reloads
+from helpers import (
+    batch_norm_shapes,
+    count_model_trainable,
+    features_match_smp_encoder,
+    from_timm_cache,
+    smp_file_loads_as_timm_file,
+    trainable_params,
+    unet_trains_saves_and_reloads,
+)
 from safetensors.numpy import save_file
 from test_port import identifiable_state_dict
 from test_port_smp import check_parity
@@ -31,45 +39,35 @@ def timm_shapes(widths, depths, group_widths, se, classes=0):
     """Key -> shape of timm's ``RegNet`` (its code, written out): stem, stages, head."""
     shapes = {"stem.conv.weight": (32, 3, 3, 3)}
 
-    def bn(prefix, c):
-        for p in ("weight", "bias", "running_mean", "running_var"):
-            shapes[f"{prefix}.{p}"] = (c,)
-        shapes[f"{prefix}.num_batches_tracked"] = ()
-
-    bn("stem.bn", 32)
+    shapes |= batch_norm_shapes("stem.bn", 32)
     cin = 32
     for s, (w, d, g) in enumerate(zip(widths, depths, group_widths, strict=True), 1):
         for b in range(1, d + 1):
             p = f"s{s}.b{b}"
             shapes[f"{p}.conv1.conv.weight"] = (w, cin, 1, 1)
-            bn(f"{p}.conv1.bn", w)
+            shapes |= batch_norm_shapes(f"{p}.conv1.bn", w)
             shapes[f"{p}.conv2.conv.weight"] = (w, g, 3, 3)
-            bn(f"{p}.conv2.bn", w)
+            shapes |= batch_norm_shapes(f"{p}.conv2.bn", w)
             if se:
                 r = int(round(cin * 0.25))
                 shapes[f"{p}.se.fc1.weight"], shapes[f"{p}.se.fc1.bias"] = (r, w, 1, 1), (r,)
                 shapes[f"{p}.se.fc2.weight"], shapes[f"{p}.se.fc2.bias"] = (w, r, 1, 1), (w,)
             shapes[f"{p}.conv3.conv.weight"] = (w, w, 1, 1)
-            bn(f"{p}.conv3.bn", w)
+            shapes |= batch_norm_shapes(f"{p}.conv3.bn", w)
             if b == 1:
                 shapes[f"{p}.downsample.conv.weight"] = (w, cin, 1, 1)
-                bn(f"{p}.downsample.bn", w)
+                shapes |= batch_norm_shapes(f"{p}.downsample.bn", w)
             cin = w
     if classes:
         shapes["head.fc.weight"], shapes["head.fc.bias"] = (classes, cin), (classes,)
     return shapes
 
 
-def _trainable(shapes):
-    buffers = ("running_mean", "running_var", "num_batches_tracked")
-    return sum(int(np.prod(s)) for k, s in shapes.items() if not k.endswith(buffers))
-
-
 @pytest.mark.parametrize("name", sorted(SMP_ENCODER_PARAMS))
 def test_params_equal_timm_and_smp(name):
     from zoo.encoders.regnet import VARIANTS
 
-    assert _trainable(timm_shapes(*VARIANTS[name])) == SMP_ENCODER_PARAMS[name]
+    assert trainable_params(timm_shapes(*VARIANTS[name])) == SMP_ENCODER_PARAMS[name]
     with shapes_only():  # counts from shapes: no weight drawn
         encoder = zoo.create_encoder(name, input_shape=(None, None, 3))
     got = sum(int(np.prod(v.shape)) for v in encoder.trainable_variables)
@@ -128,29 +126,16 @@ def test_smp_files_load_as_the_timm_file(tmp_path, prefix):
     state = identifiable_state_dict(
         timm_shapes(TINY["widths"], TINY["depths"], TINY["group_widths"], True)
     )
-    save_file(state, str(tmp_path / "timm.safetensors"))
-    smp = {prefix + k: v for k, v in state.items()}
-    smp["segmentation_head.0.weight"] = np.zeros((1, 16, 3, 3), np.float32)
-    save_file(smp, str(tmp_path / "smp.safetensors"))
-    nets = [
-        zoo.create_encoder("regnety_002", input_shape=(32, 32, 3), weights=str(p), **TINY)
-        for p in (tmp_path / "timm.safetensors", tmp_path / "smp.safetensors")
-    ]
-    for a, b in zip(nets[0].weights, nets[1].weights, strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+    smp_file_loads_as_timm_file(tmp_path, "regnety_002", state, lambda k: prefix + k, **TINY)
 
 
 def test_imagenet_weights_are_timms_default_from_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEGZOO_HOME", str(tmp_path))
     sources = zoo.pretrained.sources("regnety_032")
     assert sources["imagenet"].url == sources["ra_in1k"].url  # timm's default tag
     assert "MIT" in sources["pycls_in1k"].license
     shapes = timm_shapes(TINY["widths"], TINY["depths"], TINY["group_widths"], True, 1000)
     state = identifiable_state_dict(shapes)
-    path = tmp_path / "weights" / "timm" / "regnety_032.ra_in1k" / "model.safetensors"
-    path.parent.mkdir(parents=True)
-    save_file(state, str(path))
-    net = zoo.create_encoder("regnety_032", input_shape=(32, 32, 3), weights="imagenet", **TINY)
+    net = from_timm_cache(tmp_path, monkeypatch, "regnety_032", "ra_in1k", state, **TINY)
     np.testing.assert_allclose(
         np.asarray(net.get_layer("encoder_preprocess").scale), 1 / np.array([0.229, 0.224, 0.225])
     )

@@ -5,7 +5,15 @@ models on them with equal features and logits."""
 
 import numpy as np
 import pytest
-from helpers import count_model_trainable, features_match_smp_encoder, unet_trains_saves_and_reloads
+from helpers import (
+    batch_norm_shapes,
+    count_model_trainable,
+    features_match_smp_encoder,
+    from_timm_cache,
+    smp_file_loads_as_timm_file,
+    trainable_params,
+    unet_trains_saves_and_reloads,
+)
 from safetensors.numpy import save_file
 from test_port import identifiable_state_dict
 from test_port_smp import check_parity
@@ -41,50 +49,40 @@ def timm_shapes(layers, base_width, scale, cardinality, deep, planes=(64, 128, 2
     """Key -> shape of timm's ResNet with ``Bottle2neck`` blocks (its code, written out)."""
     shapes = {}
 
-    def bn(key, c):
-        for p in ("weight", "bias", "running_mean", "running_var"):
-            shapes[f"{key}.{p}"] = (c,)
-        shapes[f"{key}.num_batches_tracked"] = ()
-
     if deep:
         shapes["conv1.0.weight"] = (32, 3, 3, 3)
-        bn("conv1.1", 32)
+        shapes |= batch_norm_shapes("conv1.1", 32)
         shapes["conv1.3.weight"] = (32, 32, 3, 3)
-        bn("conv1.4", 32)
+        shapes |= batch_norm_shapes("conv1.4", 32)
         shapes["conv1.6.weight"] = (64, 32, 3, 3)
     else:
         shapes["conv1.weight"] = (64, 3, 7, 7)
-    bn("bn1", 64)
+    shapes |= batch_norm_shapes("bn1", 64)
     cin = 64
     for s, (n, p) in enumerate(zip(layers, planes), 1):
         width, out = int(np.floor(p * base_width / 64)) * cardinality, p * 4
         for b in range(n):
             k = f"layer{s}.{b}"
             shapes[f"{k}.conv1.weight"] = (width * scale, cin, 1, 1)
-            bn(f"{k}.bn1", width * scale)
+            shapes |= batch_norm_shapes(f"{k}.bn1", width * scale)
             for i in range(max(1, scale - 1)):
                 shapes[f"{k}.convs.{i}.weight"] = (width, width // cardinality, 3, 3)
-                bn(f"{k}.bns.{i}", width)
+                shapes |= batch_norm_shapes(f"{k}.bns.{i}", width)
             shapes[f"{k}.conv3.weight"] = (out, width * scale, 1, 1)
-            bn(f"{k}.bn3", out)
+            shapes |= batch_norm_shapes(f"{k}.bn3", out)
             if b == 0:
                 first = 1 if deep else 0  # avg_down: downsample.0 is the (parameter-free) pool
                 shapes[f"{k}.downsample.{first}.weight"] = (out, cin, 1, 1)
-                bn(f"{k}.downsample.{first + 1}", out)
+                shapes |= batch_norm_shapes(f"{k}.downsample.{first + 1}", out)
             cin = out
     if fc:
         shapes["fc.weight"], shapes["fc.bias"] = (fc, cin), (fc,)
     return shapes
 
 
-def _trainable(shapes):
-    buffers = ("running_mean", "running_var", "num_batches_tracked")
-    return sum(int(np.prod(s)) for k, s in shapes.items() if not k.endswith(buffers))
-
-
 @pytest.mark.parametrize("name", sorted(SMP_ENCODER_PARAMS))
 def test_params_equal_timm_and_smp(name):
-    assert _trainable(timm_shapes(*TIMM_ARGS[name])) == SMP_ENCODER_PARAMS[name]
+    assert trainable_params(timm_shapes(*TIMM_ARGS[name])) == SMP_ENCODER_PARAMS[name]
     with shapes_only():  # counts from shapes: no weight drawn
         encoder = zoo.create_encoder(name, input_shape=(None, None, 3))
     got = sum(int(np.prod(v.shape)) for v in encoder.trainable_variables)
@@ -127,16 +125,9 @@ def test_every_key_lands_in_its_variable(tmp_path, name):
 
 def test_smp_file_loads_as_the_timm_file(tmp_path):
     state = identifiable_state_dict(timm_shapes((1, 1, 1, 1), 26, 4, 1, False, TINY["planes"]))
-    save_file(state, str(tmp_path / "timm.safetensors"))
-    smp = {"encoder.model." + k: v for k, v in state.items()}
-    smp["segmentation_head.0.weight"] = np.zeros((1, 16, 3, 3), np.float32)
-    save_file(smp, str(tmp_path / "smp.safetensors"))
-    nets = [
-        zoo.create_encoder("res2net50_26w_4s", input_shape=(32, 32, 3), weights=str(p), **TINY)
-        for p in (tmp_path / "timm.safetensors", tmp_path / "smp.safetensors")
-    ]
-    for a, b in zip(nets[0].weights, nets[1].weights, strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+    smp_file_loads_as_timm_file(
+        tmp_path, "res2net50_26w_4s", state, lambda k: "encoder.model." + k, **TINY
+    )
 
 
 def test_first_block_pools_its_last_scale_counting_the_padding():
@@ -194,17 +185,13 @@ def test_output_strides_dilate_as_timm(output_stride):
 
 
 def test_imagenet_weights_are_timms_in1k_from_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEGZOO_HOME", str(tmp_path))
     sources = zoo.pretrained.sources("res2next50")
     assert sources["imagenet"].url == sources["in1k"].url
     assert "timm/res2next50.in1k" in sources["imagenet"].url
     _, base_width, scale, cardinality, deep = TIMM_ARGS["res2next50"]
     shapes = timm_shapes(TINY["depths"], base_width, scale, cardinality, deep, TINY["planes"], 1000)
     state = identifiable_state_dict(shapes)
-    path = tmp_path / "weights" / "timm" / "res2next50.in1k" / "model.safetensors"
-    path.parent.mkdir(parents=True)
-    save_file(state, str(path))
-    net = zoo.create_encoder("res2next50", input_shape=(32, 32, 3), weights="imagenet", **TINY)
+    net = from_timm_cache(tmp_path, monkeypatch, "res2next50", "in1k", state, **TINY)
     np.testing.assert_allclose(
         np.asarray(net.get_layer("encoder_preprocess").scale), 1 / np.array([0.229, 0.224, 0.225])
     )

@@ -6,7 +6,15 @@ features and logits."""
 import keras
 import numpy as np
 import pytest
-from helpers import count_model_trainable, features_match_smp_encoder, unet_trains_saves_and_reloads
+from helpers import (
+    batch_norm_shapes,
+    count_model_trainable,
+    features_match_smp_encoder,
+    from_timm_cache,
+    smp_file_loads_as_timm_file,
+    trainable_params,
+    unet_trains_saves_and_reloads,
+)
 from safetensors.numpy import save_file
 from test_port import identifiable_state_dict
 from test_port_smp import check_parity
@@ -39,17 +47,12 @@ def timm_shapes(layers, stem_width, base_width, cardinality, radix, planes=(64, 
     """Key -> shape of timm's ResNet with ``ResNestBottleneck``s (its code, written out)."""
     shapes = {}
 
-    def bn(prefix, c):
-        for p in ("weight", "bias", "running_mean", "running_var"):
-            shapes[f"{prefix}.{p}"] = (c,)
-        shapes[f"{prefix}.num_batches_tracked"] = ()
-
     shapes["conv1.0.weight"] = (stem_width, 3, 3, 3)
-    bn("conv1.1", stem_width)
+    shapes |= batch_norm_shapes("conv1.1", stem_width)
     shapes["conv1.3.weight"] = (stem_width, stem_width, 3, 3)
-    bn("conv1.4", stem_width)
+    shapes |= batch_norm_shapes("conv1.4", stem_width)
     shapes["conv1.6.weight"] = (2 * stem_width, stem_width, 3, 3)
-    bn("bn1", 2 * stem_width)
+    shapes |= batch_norm_shapes("bn1", 2 * stem_width)
     cin = 2 * stem_width
     for s, (n, p) in enumerate(zip(layers, planes, strict=True), 1):
         for b in range(n):
@@ -59,19 +62,19 @@ def timm_shapes(layers, stem_width, base_width, cardinality, radix, planes=(64, 
             attn = max(32, int(v + 4) // 8 * 8)
             attn = attn + 8 if attn < 0.9 * v else attn
             shapes[f"{key}.conv1.weight"] = (gw, cin, 1, 1)
-            bn(f"{key}.bn1", gw)
+            shapes |= batch_norm_shapes(f"{key}.bn1", gw)
             shapes[f"{key}.conv2.conv.weight"] = (gw * radix, gw // (cardinality * radix), 3, 3)
-            bn(f"{key}.conv2.bn0", gw * radix)
+            shapes |= batch_norm_shapes(f"{key}.conv2.bn0", gw * radix)
             shapes[f"{key}.conv2.fc1.weight"] = (attn, gw // cardinality, 1, 1)
             shapes[f"{key}.conv2.fc1.bias"] = (attn,)
-            bn(f"{key}.conv2.bn1", attn)
+            shapes |= batch_norm_shapes(f"{key}.conv2.bn1", attn)
             shapes[f"{key}.conv2.fc2.weight"] = (gw * radix, attn // cardinality, 1, 1)
             shapes[f"{key}.conv2.fc2.bias"] = (gw * radix,)
             shapes[f"{key}.conv3.weight"] = (4 * p, gw, 1, 1)
-            bn(f"{key}.bn3", 4 * p)
+            shapes |= batch_norm_shapes(f"{key}.bn3", 4 * p)
             if b == 0:  # every stage's first block changes the channels (and stride)
                 shapes[f"{key}.downsample.1.weight"] = (4 * p, cin, 1, 1)
-                bn(f"{key}.downsample.2", 4 * p)
+                shapes |= batch_norm_shapes(f"{key}.downsample.2", 4 * p)
             cin = 4 * p
     if classes:
         shapes["fc.weight"], shapes["fc.bias"] = (classes, cin), (classes,)
@@ -86,14 +89,9 @@ def tiny_shapes(name, classes=0):
     )  # fmt: skip
 
 
-def _trainable(shapes):
-    buffers = ("running_mean", "running_var", "num_batches_tracked")
-    return sum(int(np.prod(s)) for k, s in shapes.items() if not k.endswith(buffers))
-
-
 @pytest.mark.parametrize("name", sorted(SMP_ENCODER_PARAMS))
 def test_params_equal_timm_and_smp(name):
-    assert _trainable(timm_shapes(*TIMM_ARGS[name])) == SMP_ENCODER_PARAMS[name]
+    assert trainable_params(timm_shapes(*TIMM_ARGS[name])) == SMP_ENCODER_PARAMS[name]
     with shapes_only():  # counts from shapes: no weight drawn
         encoder = zoo.create_encoder(name, input_shape=(None, None, 3))
     got = sum(int(np.prod(v.shape)) for v in encoder.trainable_variables)
@@ -225,20 +223,10 @@ def test_every_key_lands_in_its_variable(tmp_path, name):
 def test_smp_files_load_as_the_timm_file(tmp_path, prefix):
     # smp 0.6 (tu-resnest*): encoder.model.; older smp (timm-resnest*): encoder.
     state = identifiable_state_dict(tiny_shapes("resnest50d_4s2x40d"))
-    save_file(state, str(tmp_path / "timm.safetensors"))
-    smp = {prefix + k: v for k, v in state.items()}
-    smp["segmentation_head.0.weight"] = np.zeros((1, 16, 3, 3), np.float32)
-    save_file(smp, str(tmp_path / "smp.safetensors"))
-    nets = [
-        zoo.create_encoder("resnest50d_4s2x40d", input_shape=(32, 32, 3), weights=str(p), **TINY)
-        for p in (tmp_path / "timm.safetensors", tmp_path / "smp.safetensors")
-    ]
-    for a, b in zip(nets[0].weights, nets[1].weights, strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+    smp_file_loads_as_timm_file(tmp_path, "resnest50d_4s2x40d", state, lambda k: prefix + k, **TINY)
 
 
 def test_imagenet_weights_are_timms_default_from_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEGZOO_HOME", str(tmp_path))
     sources = zoo.pretrained.sources("resnest14d")
     assert sources["imagenet"].url == sources["gluon_in1k"].url  # timm's default tag
     assert sources["imagenet"].url.endswith(
@@ -246,10 +234,7 @@ def test_imagenet_weights_are_timms_default_from_the_cache(tmp_path, monkeypatch
     )
     assert set(zoo.pretrained.sources("resnest50d")) == {"imagenet", "in1k"}
     state = identifiable_state_dict(tiny_shapes("resnest14d", 1000))
-    path = tmp_path / "weights" / "timm" / "resnest14d.gluon_in1k" / "model.safetensors"
-    path.parent.mkdir(parents=True)
-    save_file(state, str(path))
-    net = zoo.create_encoder("resnest14d", input_shape=(32, 32, 3), weights="imagenet", **TINY)
+    net = from_timm_cache(tmp_path, monkeypatch, "resnest14d", "gluon_in1k", state, **TINY)
     np.testing.assert_allclose(
         np.asarray(net.get_layer("encoder_preprocess").scale), 1 / np.array([0.229, 0.224, 0.225])
     )
