@@ -135,6 +135,21 @@ def test_smp_file_loads_as_the_timm_file(tmp_path):
     smp_file_loads_as_timm_file(tmp_path, "gernet_s", state, smp_key, **TINY)
 
 
+def test_odd_width_stem_trains_at_full_size():
+    # gernet_s's 13-channel stem feeds a strided 1x1 shortcut, whose oneDNN weight gradient
+    # corrupts the heap below 16 input channels at this size (uxlfoundation/oneDNN#6035:
+    # the process aborted): the zoo subsamples first, then convolves at stride 1.
+    import tensorflow as tf
+
+    net = zoo.create_encoder("gernet_s", input_shape=(128, 128, 3), **{**TINY, "stem_width": 13})
+    assert net.get_layer("encoder_stages0_0_shortcut_subsample").strides == (2, 2)
+    images = np.random.default_rng(0).random((8, 128, 128, 3), dtype=np.float32)
+    with tf.GradientTape() as tape:
+        loss = sum(tf.reduce_mean(f) for f in net(images, training=True).values())
+    grads = tape.gradient(loss, net.trainable_variables)
+    assert all(np.isfinite(np.asarray(g)).all() for g in grads)
+
+
 @pytest.mark.parametrize("output_stride", [32, 16, 8])
 def test_output_strides_dilate_as_timm(output_stride):
     net = zoo.create_encoder(

@@ -32,11 +32,10 @@ from collections.abc import Sequence
 
 import keras
 
-from zoo import pretrained
 from zoo.checks import check_positive, check_positive_int, check_positive_ints, check_rate
 from zoo.encoders._common import check_output_stride, native_encoder
+from zoo.encoders._timm import register_timm_encoder
 from zoo.layers import ChannelMLP, DropPath, LayerScale
-from zoo.registry import register_encoder
 
 EPSILON = 1e-6  # timm's LayerNorm / LayerNorm2d default
 # timm name -> (dims, depths, timm's default pretrained tag, the other ImageNet tags)
@@ -261,58 +260,27 @@ def _register(key: str) -> None:
 
     params = encoder_params(dims, depths)
     variant = key.split("_")[1].capitalize().replace("Xl", "XL")
-    description = (
-        f"ConvNeXt-{variant} (timm's {key}, smp's tu-{key}; widths {list(dims)}, depths "
-        f"{list(depths)}), {params / 1e6:.1f}M params; timm's weights imagenet "
-        f"(= {default_tag}){''.join(', ' + t for t in tags)}."
-    )
-    builder.__name__ = builder.__qualname__ = key
-    builder.__doc__ = (
-        f"{description}\n\n"
-        "Returns ``{stride: features}`` (strides 4, 8, 16, 32) for a tensor, or a\n"
-        "`keras.Model` without one.\n\n"
-        "Args:\n"
-        "    inputs: image tensor, or None to get a standalone model.\n"
-        "    input_shape: shape of the standalone model's input.\n"
-        "    dims: channels of the four stages.\n"
-        "    depths: blocks per stage.\n"
-        "    kernel_size: the blocks' depthwise kernel size (odd).\n"
-        "    mlp_ratio: MLP hidden width / channels.\n"
-        "    layer_scale_init: initial value of the blocks' layer scales.\n"
-        "    drop_path_rate: stochastic depth of the last block (linear from 0); 0 disables.\n"
-        "    weights: None (random), 'imagenet' (timm's default weights of this variant), a\n"
-        "        timm tag of its ImageNet weights, or the path of a timm or smp checkpoint\n"
-        "        (.safetensors, .pth, .bin). Pretrained weights bring their ImageNet\n"
-        "        normalization into the graph (inputs stay in [0, 1]); other than 3 input\n"
-        "        channels adapt the stem's convolution.\n"
-        "    input_normalization: 'weights' (the weights' normalization inside the model,\n"
-        "        none for random weights), 'imagenet' (always) or None (the caller\n"
-        "        normalizes).\n"
-        "    input_range: [low, high] intensities mapped to [0, 1] first, or None.\n"
-        "    output_stride: 32, 16 or 8; below 32 the last stages keep the stride and dilate\n"
-        "        (timm's and smp's output_stride).\n"
-        "    name: prefix of every layer name.\n"
-    )
-    register_encoder(
+    register_timm_encoder(
         key,
+        builder,
+        description=(
+            f"ConvNeXt-{variant} (timm's {key}, smp's tu-{key}; widths {list(dims)}, depths "
+            f"{list(depths)}), {params / 1e6:.1f}M params; timm's weights imagenet "
+            f"(= {default_tag}){''.join(', ' + t for t in tags)}."
+        ),
+        args=(
+            "    dims: channels of the four stages.\n"
+            "    depths: blocks per stage.\n"
+            "    kernel_size: the blocks' depthwise kernel size (odd).\n"
+            "    mlp_ratio: MLP hidden width / channels.\n"
+            "    layer_scale_init: initial value of the blocks' layer scales.\n"
+            "    drop_path_rate: stochastic depth of the last block (linear from 0); 0 disables.\n"
+        ),
+        tiny_config=TINY,
         strides=(4, 8, 16, 32),
-        tiny_config=dict(TINY),
-        output_strides=(8, 16, 32),
-        pretrained=True,
-        description=description,
-    )(builder)
-
-    def source(tag: str) -> pretrained.WeightsSource:
-        return pretrained.timm_hub_source(key, tag, "Apache-2.0 (as timm publishes them)")
-
-    sources = {"imagenet": source(default_tag)}
-    sources.update({tag: source(tag) for tag in sorted({default_tag, *tags})})
-    pretrained.register_encoder_weights(
-        key,
         table="convnext",
         first_conv="stem.0",
-        normalization=pretrained.IMAGENET,
-        sources=sources,
+        tags=(default_tag, *tags),
         # smp's encoder wraps timm's features-only model: ``encoder.model.stem_0`` ...
         rename=smp_to_timm_key,
     )

@@ -28,12 +28,11 @@ from collections.abc import Sequence
 
 import keras
 
-from zoo import pretrained
 from zoo.checks import check_positive_ints
-from zoo.encoders import regnet
+from zoo.encoders import _timm
 from zoo.encoders._common import check_output_stride, native_encoder
-from zoo.layers import DilatedConv2D, batch_norm
-from zoo.registry import register_encoder
+from zoo.encoders._timm import register_timm_encoder
+from zoo.layers import DilatedConv2D, batch_norm, subsample_for_pointwise
 
 KINDS = ("basic", "basic", "bottle", "inverted", "inverted")
 RATIOS = {"basic": 1.0, "bottle": 0.25, "inverted": 3.0}
@@ -55,6 +54,8 @@ TINY = {
 def _conv_bn(x, filters, kernel, name, strides=1, dilation=1, depthwise=False, relu=True):
     """A bias-free conv (PyTorch's ``k // 2 * dilation`` padding) -> BN (-> ReLU)."""
     padding = "same"
+    if kernel == 1:  # oneDNN's strided 1x1 gradient breaks on few channels: subsample first
+        x, strides = subsample_for_pointwise(x, strides, name)
     if strides > 1 and kernel > 1:
         x = keras.layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
         padding = "valid"
@@ -135,7 +136,7 @@ def encoder_params(stem_width, widths, depths, num_features) -> int:
 def smp_to_timm_key(key: str) -> str:
     """An smp ``tu-gernet_*`` key as timm's checkpoint names it: smp's ``encoder.`` kept, its
     ``model.`` dropped, timm's feature wrapper's ``stages_{s}`` back to ``stages.{s}``."""
-    return _STAGES.sub(r"\1stages.\2", regnet.smp_to_timm_key(key))
+    return _STAGES.sub(r"\1stages.\2", _timm.smp_to_timm_key(key))
 
 
 _STAGES = re.compile(r"(^|\.)stages_(\d)")
@@ -171,44 +172,23 @@ def _register(key: str) -> None:
         )  # fmt: skip
 
     params = encoder_params(stem_width, widths, depths, num_features)
-    description = (
-        f"GENet-{key[-1].upper()} (timm's {key}, smp's tu-{key} / timm-{key}; widths "
-        f"{list(widths)}, depths {list(depths)}, final {num_features}), {params / 1e6:.1f}M "
-        "params; timm's weights imagenet (= idstcv_in1k)."
-    )
-    builder.__name__ = builder.__qualname__ = key
-    builder.__doc__ = (
-        f"{description}\n\n"
-        "Returns ``{stride: features}`` (strides 2 ... 32) for a tensor, or a `keras.Model`\n"
-        "without one.\n\n"
-        "Args:\n"
-        "    inputs: image tensor, or None to get a standalone model.\n"
-        "    input_shape: shape of the standalone model's input.\n"
-        "    stem_width: channels of the stem conv.\n"
-        "    widths, depths: channels and blocks of the five stages.\n"
-        "    num_features: channels of the final 1x1 conv (the stride-32 features).\n"
-        "    weights: None (random), 'imagenet' (timm's idstcv_in1k weights), or the path of a\n"
-        "        timm or smp checkpoint. Pretrained weights bring ImageNet's normalization.\n"
-        "    input_normalization: 'weights', 'imagenet' or None (the caller normalizes).\n"
-        "    input_range: [low, high] intensities mapped to [0, 1] first, or None.\n"
-        "    output_stride: 32, 16 or 8; below 32 the last stages keep the stride and dilate.\n"
-        "    name: prefix of every layer name.\n"
-    )
-    register_encoder(
+    register_timm_encoder(
         key,
-        strides=(2, 4, 8, 16, 32),
-        tiny_config=dict(TINY),
-        output_strides=(8, 16, 32),
-        pretrained=True,
-        description=description,
-    )(builder)
-    source = pretrained.timm_hub_source(key, "idstcv_in1k", "Apache-2.0 (as timm publishes them)")
-    pretrained.register_encoder_weights(
-        key,
+        builder,
+        description=(
+            f"GENet-{key[-1].upper()} (timm's {key}, smp's tu-{key} / timm-{key}; widths "
+            f"{list(widths)}, depths {list(depths)}, final {num_features}), "
+            f"{params / 1e6:.1f}M params; timm's weights imagenet (= idstcv_in1k)."
+        ),
+        args=(
+            "    stem_width: channels of the stem conv.\n"
+            "    widths, depths: channels and blocks of the five stages.\n"
+            "    num_features: channels of the final 1x1 conv (the stride-32 features).\n"
+        ),
+        tiny_config=TINY,
         table="gernet",
         first_conv="stem.conv",
-        normalization=pretrained.IMAGENET,
-        sources={"imagenet": source, "idstcv_in1k": source},
+        tags=("idstcv_in1k",),
         rename=smp_to_timm_key,
     )
 

@@ -41,10 +41,9 @@ import keras
 from zoo import pretrained
 from zoo.checks import check_positive, check_rate
 from zoo.encoders._common import check_output_stride, native_encoder
+from zoo.encoders._timm import register_timm_encoder
 from zoo.encoders.efficientnet import round_filters
-from zoo.encoders.regnet import smp_to_timm_key
 from zoo.layers import DropPath, batch_norm, squeeze_excite
-from zoo.registry import register_encoder
 
 STEM = 16
 SE_RATIO = 0.25
@@ -298,50 +297,24 @@ def _register(key: str) -> None:
         if tags
         else "no published weights"
     )
-    description = (
-        f"MobileNetV3-{size} x{multiplier:g}{form} ({port}; timm's {key}, {smp_names}), "
-        f"{encoder_params(plan, multiplier) / 1e6:.2f}M params; {named}."
-    )
-    builder.__name__ = builder.__qualname__ = key
-    builder.__doc__ = (
-        f"{description}\n\n"
-        "Returns ``{stride: features}`` (strides 2 ... 32) for a tensor, or a `keras.Model`\n"
-        "without one.\n\n"
-        "Args:\n"
-        "    inputs: image tensor, or None to get a standalone model.\n"
-        "    input_shape: shape of the standalone model's input.\n"
-        "    width_scale: channels times this (on top of the variant's multiplier), rounded\n"
-        "        to multiples of 8 as timm rounds them.\n"
-        "    drop_path_rate: stochastic depth of the last residual block (linear from 0).\n"
-        "    weights: None (random), 'imagenet' (timm's default weights of this variant), a\n"
-        "        timm tag of its ImageNet weights, or the path of a timm or smp checkpoint.\n"
-        "        Pretrained weights bring their normalization into the graph.\n"
-        "    input_normalization: 'weights', 'imagenet' or None (the caller normalizes).\n"
-        "    input_range: [low, high] intensities mapped to [0, 1] first, or None.\n"
-        "    output_stride: 32, 16 or 8; below 32 the last blocks keep the stride and dilate.\n"
-        "    name: prefix of every layer name.\n"
-    )
-    register_encoder(
+    register_timm_encoder(
         key,
-        strides=(2, 4, 8, 16, 32),
+        builder,
+        description=(
+            f"MobileNetV3-{size} x{multiplier:g}{form} ({port}; timm's {key}, {smp_names}), "
+            f"{encoder_params(plan, multiplier) / 1e6:.2f}M params; {named}."
+        ),
+        args=(
+            "    width_scale: channels times this (on top of the variant's multiplier), rounded\n"
+            "        to multiples of 8 as timm rounds them.\n"
+            "    drop_path_rate: stochastic depth of the last residual block (linear from 0).\n"
+        ),
         tiny_config={"width_scale": 0.25},
-        output_strides=(8, 16, 32),
-        pretrained=bool(tags),
-        description=description,
-    )(builder)
-
-    def source(tag: str) -> pretrained.WeightsSource:
-        return pretrained.timm_hub_source(
-            key, tag, "Apache-2.0 (as timm publishes them)", _NORMALIZATION.get(tag)
-        )
-
-    pretrained.register_encoder_weights(
-        key,
         table="mobilenet_v3",
         first_conv="conv_stem",
+        tags=tags,
         normalization=pretrained.INCEPTION if tf_port else pretrained.IMAGENET,
-        sources={"imagenet": source(tags[0]), **{t: source(t) for t in tags}} if tags else {},
-        rename=smp_to_timm_key,
+        tag_normalization=_NORMALIZATION,
     )
 
 

@@ -24,16 +24,20 @@ Reference:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import keras
 
-from zoo import pretrained
 from zoo.checks import check_positive_ints
 from zoo.encoders._common import check_output_stride, native_encoder
-from zoo.layers import DilatedConv2D, GroupedConv2D, batch_norm, squeeze_excite
-from zoo.registry import register_encoder
+from zoo.encoders._timm import TIMM_LICENSE, register_timm_encoder
+from zoo.layers import (
+    DilatedConv2D,
+    GroupedConv2D,
+    batch_norm,
+    squeeze_excite,
+    subsample_for_pointwise,
+)
 
 STEM_WIDTH = 32
 SE_RATIO = 0.25
@@ -89,6 +93,8 @@ TINY = {"widths": (8, 16, 24, 32), "depths": (1, 2, 1, 1), "group_widths": (8, 8
 def _conv(x, filters: int, kernel: int, name: str, strides=1, dilation=1, groups=1):
     """A bias-free conv padded as PyTorch's ``padding=kernel // 2 * dilation``."""
     padding = "same"
+    if kernel == 1:  # oneDNN's strided 1x1 gradient breaks on few channels: subsample first
+        x, strides = subsample_for_pointwise(x, strides, name)
     if strides > 1:
         if kernel > 1:
             x = keras.layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
@@ -208,16 +214,6 @@ def encoder_params(widths, depths, group_widths, se: bool) -> int:
     return total
 
 
-def smp_to_timm_key(key: str) -> str:
-    """An smp ``tu-regnet*`` key (timm's model under the encoder's ``model.``) as timm's own
-    checkpoint names it, smp's ``encoder.`` kept; older smp files (``timm-regnet*``) have no
-    ``model.``."""
-    return _SMP_KEY.sub(r"\1", key)
-
-
-_SMP_KEY = re.compile(r"^(encoder\.)?model\.")
-
-
 def _register(key: str) -> None:
     widths, depths, group_widths, se = VARIANTS[key]
 
@@ -241,49 +237,23 @@ def _register(key: str) -> None:
     params = encoder_params(widths, depths, group_widths, se)
     family = "RegNetY" if se else "RegNetX"
     flops = f"{int(key.split('_')[1]) / 10:g}GF"
-    description = (
-        f"{family}-{flops} (timm's {key}, smp's tu-{key} / timm-{key}; widths {list(widths)}, "
-        f"depths {list(depths)}), {params / 1e6:.1f}M params; timm's weights imagenet "
-        f"(= {tags[0]}){''.join(', ' + t for t in sorted(tags[1:]))}."
-    )
-    builder.__name__ = builder.__qualname__ = key
-    builder.__doc__ = (
-        f"{description}\n\n"
-        "Returns ``{stride: features}`` (strides 2 ... 32) for a tensor, or a `keras.Model`\n"
-        "without one.\n\n"
-        "Args:\n"
-        "    inputs: image tensor, or None to get a standalone model.\n"
-        "    input_shape: shape of the standalone model's input.\n"
-        "    widths, depths: channels and blocks of the four stages.\n"
-        "    group_widths: channels per group of each stage's 3x3 convolutions.\n"
-        "    weights: None (random), 'imagenet' (timm's default weights of this variant), a\n"
-        "        timm tag of its ImageNet weights, or the path of a timm or smp checkpoint.\n"
-        "        Pretrained weights bring their ImageNet normalization into the graph.\n"
-        "    input_normalization: 'weights', 'imagenet' or None (the caller normalizes).\n"
-        "    input_range: [low, high] intensities mapped to [0, 1] first, or None.\n"
-        "    output_stride: 32, 16 or 8; below 32 the last stages keep the stride and dilate.\n"
-        "    name: prefix of every layer name.\n"
-    )
-    register_encoder(
+    register_timm_encoder(
         key,
-        strides=(2, 4, 8, 16, 32),
-        tiny_config=dict(TINY),
-        output_strides=(8, 16, 32),
-        pretrained=True,
-        description=description,
-    )(builder)
-
-    def source(tag: str) -> pretrained.WeightsSource:
-        license = LICENSES.get(tag, "Apache-2.0 (as timm publishes them)")
-        return pretrained.timm_hub_source(key, tag, license)
-
-    pretrained.register_encoder_weights(
-        key,
+        builder,
+        description=(
+            f"{family}-{flops} (timm's {key}, smp's tu-{key} / timm-{key}; widths "
+            f"{list(widths)}, depths {list(depths)}), {params / 1e6:.1f}M params; timm's "
+            f"weights imagenet (= {tags[0]}){''.join(', ' + t for t in sorted(tags[1:]))}."
+        ),
+        args=(
+            "    widths, depths: channels and blocks of the four stages.\n"
+            "    group_widths: channels per group of each stage's 3x3 convolutions.\n"
+        ),
+        tiny_config=TINY,
         table="regnet",
         first_conv="stem.conv",
-        normalization=pretrained.IMAGENET,
-        sources={"imagenet": source(tags[0]), **{t: source(t) for t in sorted(tags)}},
-        rename=smp_to_timm_key,
+        tags=tags,
+        license=lambda tag: LICENSES.get(tag, TIMM_LICENSE),
     )
 
 

@@ -32,13 +32,17 @@ from collections.abc import Sequence
 
 import keras
 
-from zoo import pretrained
 from zoo.checks import check_positive_ints
 from zoo.encoders._common import check_output_stride, native_encoder
 from zoo.encoders._resnet_blocks import stem
-from zoo.encoders.regnet import smp_to_timm_key
-from zoo.layers import ChannelSplit, DilatedConv2D, GroupedConv2D, batch_norm
-from zoo.registry import register_encoder
+from zoo.encoders._timm import register_timm_encoder
+from zoo.layers import (
+    ChannelSplit,
+    DilatedConv2D,
+    GroupedConv2D,
+    batch_norm,
+    subsample_for_pointwise,
+)
 
 PLANES = (64, 128, 256, 512)
 EXPANSION = 4
@@ -60,6 +64,8 @@ TINY = {"depths": (1, 1, 1, 1), "planes": (16, 32, 48, 64)}
 def _conv_bn(x, filters, kernel, name, strides=1, dilation=1, groups=1, relu=True):
     """A bias-free conv (PyTorch's ``k // 2 * dilation`` padding) -> BN -> ReLU."""
     padding = "same"
+    if kernel == 1:  # oneDNN's strided 1x1 gradient breaks on few channels: subsample first
+        x, strides = subsample_for_pointwise(x, strides, name)
     if strides > 1 and kernel > 1:
         x = keras.layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
         padding = "valid"
@@ -198,44 +204,23 @@ def _register(key: str) -> None:
     params = encoder_params(depths, PLANES, base_width, scale, cardinality, deep)
     d = "; deep stem, average-pool shortcuts" if deep else ""
     old = f" / timm-{key}" if not deep else ""
-    description = (
-        f"{family}-{sum(depths) * 3 + 2} (timm's {key}, smp's tu-{key}{old}; {scale} scales of "
-        f"width {base_width}{f' x {cardinality} groups' if cardinality > 1 else ''}{d}), "
-        f"{params / 1e6:.1f}M params; timm's weights imagenet (= in1k)."
-    )
-    builder.__name__ = builder.__qualname__ = key
-    builder.__doc__ = (
-        f"{description}\n\n"
-        "Returns ``{stride: features}`` (strides 2 ... 32) for a tensor, or a `keras.Model`\n"
-        "without one.\n\n"
-        "Args:\n"
-        "    inputs: image tensor, or None to get a standalone model.\n"
-        "    input_shape: shape of the standalone model's input.\n"
-        "    depths: blocks of the four stages.\n"
-        "    planes: the stages' bottleneck planes (outputs: 4x; 64, 128, 256, 512).\n"
-        "    weights: None (random), 'imagenet' (timm's in1k weights), or the path of a timm\n"
-        "        or smp checkpoint. Pretrained weights bring ImageNet's normalization.\n"
-        "    input_normalization: 'weights', 'imagenet' or None (the caller normalizes).\n"
-        "    input_range: [low, high] intensities mapped to [0, 1] first, or None.\n"
-        "    output_stride: 32, 16 or 8; below 32 the last stages keep the stride and dilate.\n"
-        "    name: prefix of every layer name.\n"
-    )
-    register_encoder(
+    register_timm_encoder(
         key,
-        strides=(2, 4, 8, 16, 32),
-        tiny_config=dict(TINY),
-        output_strides=(8, 16, 32),
-        pretrained=True,
-        description=description,
-    )(builder)
-    source = pretrained.timm_hub_source(key, "in1k", "not stated (timm lists it as unknown)")
-    pretrained.register_encoder_weights(
-        key,
+        builder,
+        description=(
+            f"{family}-{sum(depths) * 3 + 2} (timm's {key}, smp's tu-{key}{old}; {scale} scales "
+            f"of width {base_width}{f' x {cardinality} groups' if cardinality > 1 else ''}{d}), "
+            f"{params / 1e6:.1f}M params; timm's weights imagenet (= in1k)."
+        ),
+        args=(
+            "    depths: blocks of the four stages.\n"
+            "    planes: the stages' bottleneck planes (outputs: 4x; 64, 128, 256, 512).\n"
+        ),
+        tiny_config=TINY,
         table="res2net_d" if deep else "res2net",
         first_conv="conv1.0" if deep else "conv1",
-        normalization=pretrained.IMAGENET,
-        sources={"imagenet": source, "in1k": source},
-        rename=smp_to_timm_key,
+        tags=("in1k",),
+        license=lambda tag: "not stated (timm lists it as unknown)",
     )
 
 

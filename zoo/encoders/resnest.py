@@ -36,12 +36,10 @@ from collections.abc import Sequence
 
 import keras
 
-from zoo import pretrained
 from zoo.checks import check_positive_int, check_positive_ints
 from zoo.encoders._common import check_output_stride, native_encoder
-from zoo.encoders.regnet import smp_to_timm_key
+from zoo.encoders._timm import register_timm_encoder
 from zoo.layers import DilatedConv2D, GroupedConv2D, SelectiveKernelAttention, batch_norm
-from zoo.registry import register_encoder
 
 PLANES = (64, 128, 256, 512)
 # timm name -> (blocks per stage, stem width, base width, cardinality, radix, avd_first, timm's
@@ -278,50 +276,27 @@ def _register(key: str) -> None:
                         cardinality, radix, weights, input_normalization, input_range,
                         output_stride, name)  # fmt: skip
 
-    description = (
-        f"ResNeSt (timm's {key}, smp's tu-{key} / timm-{key}; blocks {list(depths)}, radix "
-        f"{radix}, {cardinality}x{base_width}d, stem width {stem_width}), {millions}M params; "
-        f"timm's weights imagenet (= {tag})."
-    )
-    builder.__name__ = builder.__qualname__ = key
-    builder.__doc__ = (
-        f"{description}\n\n"
-        "Returns ``{stride: features}`` (strides 2 ... 32) for a tensor, or a `keras.Model`\n"
-        "without one.\n\n"
-        "Args:\n"
-        "    inputs: image tensor, or None to get a standalone model.\n"
-        "    input_shape: shape of the standalone model's input.\n"
-        "    widths: planes of the four stages (their outputs have 4x the channels).\n"
-        "    depths: blocks of the four stages.\n"
-        "    stem_width: channels of the first two stem convs (the third has twice).\n"
-        "    base_width, cardinality: the split-attention convs have\n"
-        "        ``int(planes * base_width / 64) * cardinality`` channels, in `cardinality`\n"
-        "        groups per split.\n"
-        "    radix: splits of each split-attention conv (1: a sigmoid gate).\n"
-        "    weights: None (random), 'imagenet' (timm's weights of this variant), its timm\n"
-        "        tag, or the path of a timm or smp checkpoint. Pretrained weights bring their\n"
-        "        ImageNet normalization into the graph.\n"
-        "    input_normalization: 'weights', 'imagenet' or None (the caller normalizes).\n"
-        "    input_range: [low, high] intensities mapped to [0, 1] first, or None.\n"
-        "    output_stride: 32, 16 or 8; below 32 the last stages keep the stride and dilate.\n"
-        "    name: prefix of every layer name.\n"
-    )
-    register_encoder(
+    register_timm_encoder(
         key,
-        strides=(2, 4, 8, 16, 32),
-        tiny_config=dict(TINY),
-        output_strides=(8, 16, 32),
-        pretrained=True,
-        description=description,
-    )(builder)
-    source = pretrained.timm_hub_source(key, tag, "Apache-2.0 (as timm publishes them)")
-    pretrained.register_encoder_weights(
-        key,
+        builder,
+        description=(
+            f"ResNeSt (timm's {key}, smp's tu-{key} / timm-{key}; blocks {list(depths)}, "
+            f"radix {radix}, {cardinality}x{base_width}d, stem width {stem_width}), "
+            f"{millions}M params; timm's weights imagenet (= {tag})."
+        ),
+        args=(
+            "    widths: planes of the four stages (their outputs have 4x the channels).\n"
+            "    depths: blocks of the four stages.\n"
+            "    stem_width: channels of the first two stem convs (the third has twice).\n"
+            "    base_width, cardinality: the split-attention convs have\n"
+            "        ``int(planes * base_width / 64) * cardinality`` channels, in `cardinality`\n"
+            "        groups per split.\n"
+            "    radix: splits of each split-attention conv (1: a sigmoid gate).\n"
+        ),
+        tiny_config=TINY,
         table="resnest",
         first_conv="conv1.0",
-        normalization=pretrained.IMAGENET,
-        sources={"imagenet": source, tag: source},
-        rename=smp_to_timm_key,
+        tags=(tag,),
     )
 
 

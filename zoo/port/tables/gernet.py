@@ -3,7 +3,7 @@
 ``final_conv``) -> our native `gernet_*` encoders.
 
 smp's ``tu-gernet_*`` files hold the same modules under ``encoder.model.`` (older
-``timm-gernet_*`` ones under ``encoder.``); `zoo.encoders.regnet.smp_to_timm_key` drops the
+``timm-gernet_*`` ones under ``encoder.``); `zoo.encoders._timm.smp_to_timm_key` drops the
 ``model.``. The classifier head (``head.fc``) is not built.
 """
 

@@ -4,7 +4,7 @@
 timm builds MobileNetV3 with its EfficientNet builder, so the keys are timm EfficientNet's
 (``conv_stem``, ``bn1``, ``blocks.{stage}.{i}.conv_dw`` ...) plus the final 1x1 block,
 ``blocks.{last}.0.conv`` / ``bn1``. smp's files hold them under ``encoder.model.``
-(`zoo.encoders.regnet.smp_to_timm_key` drops the ``model.``). The classifier head
+(`zoo.encoders._timm.smp_to_timm_key` drops the ``model.``). The classifier head
 (``conv_head``, ``classifier``) is not built.
 """
 

@@ -2,7 +2,7 @@
 ``se.fc1`` / ``se.fc2``, ``downsample.{conv, bn}``) -> our native `regnet*` encoders.
 
 smp's ``tu-regnet*`` files hold the same modules under ``encoder.model.`` (older
-``timm-regnet*`` files under ``encoder.``); `zoo.encoders.regnet.smp_to_timm_key` drops the
+``timm-regnet*`` files under ``encoder.``); `zoo.encoders._timm.smp_to_timm_key` drops the
 ``model.``. The classifier head (``head.fc``) is not built.
 """
 

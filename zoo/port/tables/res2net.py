@@ -4,7 +4,7 @@
 (``conv1.{0,1,3,4,6}``, then ``bn1``) and average-pool shortcuts (``downsample.{1,2}``).
 
 smp's ``tu-res2net*`` files hold the same modules under ``encoder.model.`` (older
-``timm-res2net*`` ones under ``encoder.``); `zoo.encoders.regnet.smp_to_timm_key` drops the
+``timm-res2net*`` ones under ``encoder.``); `zoo.encoders._timm.smp_to_timm_key` drops the
 ``model.``. The classifier (``fc``) is not built.
 """
 

@@ -6,7 +6,7 @@ timm's ``ResNet`` with a deep stem: ``conv1.{0,3,6}`` (convs), ``conv1.{1,4}`` a
 / ``bn0`` / ``fc1`` / ``bn1`` / ``fc2``, ``conv3`` / ``bn3``, and the average-pool shortcut
 ``downsample.{1,2}`` (``downsample.0`` is its pool, weightless). smp's files hold them under
 ``encoder.model.`` (older ``timm-resnest*`` files under ``encoder.``);
-`zoo.encoders.regnet.smp_to_timm_key` drops the ``model.``. The classifier ``fc`` is not
+`zoo.encoders._timm.smp_to_timm_key` drops the ``model.``. The classifier ``fc`` is not
 built. Our block numbers count from 1, timm's from 0.
 """
 
