@@ -39,7 +39,13 @@ import keras
 from zoo.checks import check_positive_int, check_positive_ints
 from zoo.encoders._common import check_output_stride, native_encoder
 from zoo.encoders._timm import register_timm_encoder
-from zoo.layers import DilatedConv2D, GroupedConv2D, SelectiveKernelAttention, batch_norm
+from zoo.layers import (
+    ChannelSplit,
+    DilatedConv2D,
+    GroupedConv2D,
+    SelectiveKernelAttention,
+    batch_norm,
+)
 
 PLANES = (64, 128, 256, 512)
 # timm name -> (blocks per stage, stem width, base width, cardinality, radix, avd_first, timm's
@@ -91,23 +97,14 @@ def _conv_bn(x, filters: int, kernel: int, name: str, strides=1, relu=True):
 
 def split_attention(x, width: int, dilation: int, cardinality: int, radix: int, name: str):
     """timm's ``SplitAttn`` (stride 1: the block's average pool strides): `width` output
-    channels. Layers ``{name}_{conv, bn0, relu0, split{r}, sum, pool, fc1, bn1, relu1, fc2}``
+    channels. Layers ``{name}_{conv, bn0, relu0, split, sum, pool, fc1, bn1, relu1, fc2}``
     and the softmax over the splits ``{name}_attn`` (radix 1: a sigmoid gate)."""
     y = _conv(x, width * radix, 3, f"{name}_conv", dilation=dilation, groups=cardinality * radix)
     y = batch_norm(f"{name}_bn0")(y)
     y = keras.layers.ReLU(name=f"{name}_relu0")(y)
     splits = [y]
-    if radix > 1:
-        # Split r is channels [r * width, (r + 1) * width): the channels-last map read as
-        # channels-first crops the channel axis, a plain slice (no custom or Lambda layer).
-        splits = [
-            keras.layers.Cropping2D(
-                ((0, 0), (r * width, (radix - 1 - r) * width)),
-                data_format="channels_first",
-                name=f"{name}_split{r}",
-            )(y)
-            for r in range(radix)
-        ]
+    if radix > 1:  # split r: channels [r * width, (r + 1) * width)
+        splits = ChannelSplit(radix, name=f"{name}_split")(y)
         a = keras.layers.Add(name=f"{name}_sum")(splits)
     else:
         a = y

@@ -11,7 +11,8 @@ from zoo.checks import check_positive_int
 class ChannelSplit(keras.layers.Layer):
     """Splits the last axis into `num_splits` equal consecutive parts (a list of tensors).
 
-    What ``torch.split(x, width, dim=1)`` does inside a block (Res2Net's scales), as a layer,
+    What ``torch.split(x, width, dim=1)`` does inside a block (Res2Net's scales, ResNeSt's
+    radix splits), as a layer,
     so the functional graph keeps one conv and one batch norm before the split (the
     checkpoints' layout) and saves without a Lambda.
 
