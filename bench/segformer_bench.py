@@ -260,9 +260,17 @@ def main() -> int:
     for encoder in args.encoders:
         for size, batch in args.cases:
             for precision in args.precisions:
-                row = compare(args, encoder, size, batch, precision)
-                rows.append(row)
                 text = f"{encoder} {size}x{size} b{batch} {precision:<14}"
+                try:
+                    row = compare(args, encoder, size, batch, precision)
+                except RuntimeError as error:  # a side crashed: record it, measure the rest
+                    case = {"model": args.model, "encoder": encoder, "size": size}
+                    rows.append({**case, "batch": batch, "precision": precision,
+                                 "error": str(error)})  # fmt: skip
+                    print(f"{text} {error}", flush=True)
+                    _write(args, load_start, rows)
+                    continue
+                rows.append(row)
                 for kind in ("train", "infer"):
                     text += f" {kind} zoo {row[f'zoo_{kind}_img_s']:6.2f} img/s"
                     if "smp_train_img_s" in row:
@@ -271,6 +279,11 @@ def main() -> int:
                             f" (x{row[f'{kind}_zoo_over_smp']:.2f})"
                         )
                 print(text, flush=True)
+                _write(args, load_start, rows)  # after every row: a later crash keeps these
+    return 0
+
+
+def _write(args: argparse.Namespace, load_start: list[float], rows: list[dict]) -> None:
     result = {
         "rounds": args.rounds,
         "warmup": args.warmup,
@@ -286,7 +299,6 @@ def main() -> int:
         from bench.common import write_json
 
         write_json(Path(args.out), result)
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,9 +12,8 @@ class ChannelSplit(keras.layers.Layer):
     """Splits the last axis into `num_splits` equal consecutive parts (a list of tensors).
 
     What ``torch.split(x, width, dim=1)`` does inside a block (Res2Net's scales, ResNeSt's
-    radix splits), as a layer,
-    so the functional graph keeps one conv and one batch norm before the split (the
-    checkpoints' layout) and saves without a Lambda.
+    radix splits), as a layer, so the functional graph keeps one conv and one batch norm
+    before the split (the checkpoints' layout) and saves without a Lambda.
 
     Args:
         num_splits: how many parts (at least 2); it must divide the channels.
