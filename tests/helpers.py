@@ -104,8 +104,9 @@ def count_model_trainable(name: str, **kwargs) -> int:
 
 def assert_params_equal_smp(specs: list[tuple], also: Sequence[dict] = ()) -> list[int]:
     """Each spec (zoo model, smp architecture, encoder[, reference options such as
-    used_only=True]) has as many trainable parameters as smp's model, all smp models counted
-    in one reference interpreter (ours built without drawing weights). `also`: further
+    used_only=True, or ``encoder="tu-..."`` where smp names it otherwise]) has as many
+    trainable parameters as smp's model, all smp models counted in one reference
+    interpreter (ours built without drawing weights). `also`: further
     reference requests (tests/reference/smp_param_count.py) counted in the same run, not
     compared. Returns smp's counts: the specs', then those of `also`.
 

@@ -11,7 +11,7 @@ from helpers import features_match_smp_encoder, unet_trains_saves_and_reloads
 from safetensors.numpy import save_file
 from test_port import identifiable_state_dict
 from test_port_smp import check_parity
-from torch_ref import requires_reference, smp_param_counts
+from torch_ref import requires_reference
 
 import zoo
 from zoo.build_context import shapes_only
@@ -291,13 +291,11 @@ def test_every_smp_architecture_on_convnext_ports_with_equal_logits(tmp_path, mo
 @pytest.mark.slow  # full-size smp models in a torch interpreter
 @requires_reference("torch", "segmentation_models_pytorch")
 def test_model_params_equal_smps():
-    from helpers import count_model_trainable
+    from helpers import assert_params_equal_smp
 
     specs = [("unet", "Unet", "convnext_tiny"), ("fpn", "FPN", "convnext_small")]
     specs += [
         ("upernet", "UPerNet", "convnext_base"),
         ("deeplabv3plus", "DeepLabV3Plus", "convnext_nano"),
     ]
-    theirs = smp_param_counts([{"arch": a, "encoder": f"tu-{e}"} for _, a, e in specs])
-    ours = [count_model_trainable(m, num_classes=1, encoder=e) for m, _, e in specs]
-    assert ours == theirs
+    assert_params_equal_smp([(m, a, e, {"encoder": f"tu-{e}"}) for m, a, e in specs])

@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 from helpers import (
+    assert_params_equal_smp,
     batch_norm_shapes,
-    count_model_trainable,
     features_match_smp_encoder,
     from_timm_cache,
     smp_file_loads_as_timm_file,
@@ -18,7 +18,7 @@ from helpers import (
 from safetensors.numpy import save_file
 from test_port import identifiable_state_dict
 from test_port_smp import check_parity
-from torch_ref import requires_reference, smp_param_counts
+from torch_ref import requires_reference
 
 import zoo
 from zoo.build_context import shapes_only
@@ -233,6 +233,4 @@ def test_smp_models_on_gernets_port_with_equal_logits(tmp_path, monkeypatch):
 @requires_reference("torch", "segmentation_models_pytorch")
 def test_model_params_equal_smps():
     specs = [("unet", "Unet", "gernet_l"), ("fpn", "FPN", "gernet_s")]
-    theirs = smp_param_counts([{"arch": a, "encoder": f"tu-{e}"} for _, a, e in specs])
-    ours = [count_model_trainable(m, num_classes=1, encoder=e) for m, _, e in specs]
-    assert ours == theirs
+    assert_params_equal_smp([(m, a, e, {"encoder": f"tu-{e}"}) for m, a, e in specs])

@@ -5,8 +5,8 @@ pretrained weights, and smp's encoder and models on them with equal features and
 import numpy as np
 import pytest
 from helpers import (
+    assert_params_equal_smp,
     batch_norm_shapes,
-    count_model_trainable,
     features_match_smp_encoder,
     from_timm_cache,
     smp_file_loads_as_timm_file,
@@ -16,7 +16,7 @@ from helpers import (
 from safetensors.numpy import save_file
 from test_port import identifiable_state_dict
 from test_port_smp import check_parity
-from torch_ref import requires_reference, smp_param_counts
+from torch_ref import requires_reference
 
 import zoo
 from zoo.build_context import shapes_only
@@ -191,6 +191,4 @@ def test_smp_models_on_regnets_port_with_equal_logits(tmp_path, monkeypatch):
 def test_model_params_equal_smps():
     specs = [("unet", "Unet", "regnety_016"), ("fpn", "FPN", "regnetx_080")]
     specs += [("deeplabv3plus", "DeepLabV3Plus", "regnety_032")]
-    theirs = smp_param_counts([{"arch": a, "encoder": f"tu-{e}"} for _, a, e in specs])
-    ours = [count_model_trainable(m, num_classes=1, encoder=e) for m, _, e in specs]
-    assert ours == theirs
+    assert_params_equal_smp([(m, a, e, {"encoder": f"tu-{e}"}) for m, a, e in specs])
