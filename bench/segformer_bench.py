@@ -47,7 +47,7 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 # Our native encoders that smp builds from timm by name ("tu-convnext_tiny").
 TIMM_UNIVERSAL = (
     "convnext_", "regnetx_", "regnety_", "mobilenetv3_", "tf_mobilenetv3_", "res2net", "res2next",
-    "resnest", "gernet_",
+    "resnest", "gernet_", "efficientnetv2_", "tf_efficientnetv2_",
 )  # fmt: skip
 MODELS = ("segformer", "dpt", "unet")
 DEFAULTS = {  # model -> (encoders, cases)

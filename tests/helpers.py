@@ -198,6 +198,7 @@ def features_match_smp_encoder(
     max_scale=50.0,
     smp_name: str | None = None,
     strides=(2, 4, 8, 16, 32),
+    output_stride: int = 32,
 ) -> None:
     """Our `encoder` with the weights of a random smp one (batch-norm statistics fitted to
     random images, tests/reference/smp_encoder.py) gives its features at strides 2-32 as
@@ -206,21 +207,26 @@ def features_match_smp_encoder(
     weight, pixel or path is off by O(1) of the scale. `max_scale` bounds the features' size
     (MobileOne's unnormalized branch sums reach hundreds). `smp_name`: smp's name of the
     encoder when it differs (``tu-convnext_atto``); `strides`: the ones we have (smp's
-    stride-2 map of an encoder that starts at stride 4 is empty)."""
+    stride-2 map of an encoder that starts at stride 4 is empty); `output_stride` 16 or 8:
+    both dilated, our deepest map (keyed by the output stride) is smp's last one."""
     from torch_ref import run_reference
 
     images = np.random.default_rng(0).random((2, *size, 3), dtype=np.float32)
     path = tmp_path / f"{encoder}.safetensors"
+    dilated = {"output_stride": output_stride} if output_stride != 32 else {}
     theirs = run_reference(
-        "smp_encoder", {"images": images}, encoder=smp_name or encoder, path=str(path)
+        "smp_encoder", {"images": images}, encoder=smp_name or encoder, path=str(path), **dilated
     )
     net = zoo.create_encoder(
-        encoder, input_shape=(None, None, 3), weights=str(path), input_normalization="imagenet"
-    )
+        encoder, input_shape=(None, None, 3), weights=str(path), input_normalization="imagenet",
+        **dilated,
+    )  # fmt: skip
     ours = net(images, training=False)
-    assert sorted(ours) == sorted(strides)
-    for stride in strides:
-        exact, want, got = theirs[f"s{stride}_f64"], theirs[f"s{stride}"], np.asarray(ours[stride])
+    assert sorted(ours) == [s for s in sorted(strides) if s <= output_stride]
+    pairs = [(s, s) for s in strides if s < output_stride] + [(output_stride, max(strides))]
+    for stride, smps in pairs:
+        exact, want = theirs[f"s{smps}_f64"], theirs[f"s{smps}"]
+        got = np.asarray(ours[stride])
         assert got.shape == want.shape, stride
         scale = float(np.abs(exact).max())
         assert 0.1 < scale < max_scale  # features of a known size: the tolerance means something

@@ -127,7 +127,7 @@ _UNIT = pretrained.Normalization(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 _NORMALIZATION = {_IN1K: pretrained.INCEPTION, _RA4: pretrained.INCEPTION, _MIIL: _UNIT}
 
 
-def _conv(x, filters: int, kernel: int, stride: int, dilation: int, tf_padding: bool, name,
+def timm_conv(x, filters: int, kernel: int, stride: int, dilation: int, tf_padding: bool, name,
           depthwise: bool = False):  # fmt: skip
     """A bias-free conv padded as timm pads it: TensorFlow's "same" for the ``tf_`` ports,
     else PyTorch's symmetric ``k // 2 * dilation`` (the same as "same" at stride 1)."""
@@ -141,7 +141,8 @@ def _conv(x, filters: int, kernel: int, stride: int, dilation: int, tf_padding: 
     return keras.layers.Conv2D(filters, kernel, use_bias=False, name=name, **kwargs)(x)
 
 
-def _bn_act(x, name: str, epsilon: float, activation: str | None):
+def timm_bn_act(x, name: str, epsilon: float, activation: str | None):
+    """Batch norm ``{name}_bn`` with timm's per-variant `epsilon`, then `activation` (or none)."""
     x = batch_norm(f"{name}_bn", epsilon=epsilon)(x)
     if activation is None:
         return x
@@ -166,19 +167,19 @@ def mobilenet_v3_block(
     inputs, width = x, int(x.shape[-1])
     act = "relu" if block.relu else activation
     if block.kind == "cn":
-        x = _conv(x, channels, block.kernel, stride, dilation, tf_padding, f"{name}_conv")
-        return _bn_act(x, name, epsilon, act)
+        x = timm_conv(x, channels, block.kernel, stride, dilation, tf_padding, f"{name}_conv")
+        return timm_bn_act(x, name, epsilon, act)
     if block.kind == "ir":
         width = round_filters(width * block.expand, 1.0)
-        x = _conv(x, width, 1, 1, 1, tf_padding, f"{name}_expand_conv")
-        x = _bn_act(x, f"{name}_expand", epsilon, act)
-    x = _conv(x, width, block.kernel, stride, dilation, tf_padding, f"{name}_dw_conv", True)
-    x = _bn_act(x, f"{name}_dw", epsilon, act)
+        x = timm_conv(x, width, 1, 1, 1, tf_padding, f"{name}_expand_conv")
+        x = timm_bn_act(x, f"{name}_expand", epsilon, act)
+    x = timm_conv(x, width, block.kernel, stride, dilation, tf_padding, f"{name}_dw_conv", True)
+    x = timm_bn_act(x, f"{name}_dw", epsilon, act)
     if block.se:
         squeeze = round_filters(width * SE_RATIO, 1.0)
         x = squeeze_excite(x, squeeze, f"{name}_se", gate="hard_sigmoid")
-    x = _conv(x, channels, 1, 1, 1, tf_padding, f"{name}_project_conv")
-    x = _bn_act(x, f"{name}_project", epsilon, None)
+    x = timm_conv(x, channels, 1, 1, 1, tf_padding, f"{name}_project_conv")
+    x = timm_bn_act(x, f"{name}_project", epsilon, None)
     if stride == 1 and int(inputs.shape[-1]) == channels:
         if drop > 0:
             x = DropPath(drop, name=f"{name}_drop")(x)
@@ -202,8 +203,8 @@ def mobilenet_v3_features(
     activation = "relu" if relu else "hard_swish"
     epsilon = 1e-3 if tf_port else 1e-5
     stem = STEM if multiplier < 0.75 else round_filters(STEM, multiplier)  # timm's fix_stem
-    x = _conv(x, stem, 3, 2, 1, tf_port, f"{name}_stem_conv")
-    x = _bn_act(x, f"{name}_stem", epsilon, activation)
+    x = timm_conv(x, stem, 3, 2, 1, tf_port, f"{name}_stem_conv")
+    x = timm_bn_act(x, f"{name}_stem", epsilon, activation)
     features, stride, dilation = {}, 2, 1
     if plan[0][0].stride > 1:  # the first block downsamples: the stride-2 map is the stem's
         features[2] = x
