@@ -44,10 +44,12 @@ def module_command(name: str, python: str) -> list[str]:
 
 
 PRECISIONS = ("float32", "mixed_bfloat16")
-# Our native encoders that smp builds from timm by name ("tu-convnext_tiny").
+# Our native encoders that smp builds from timm by name ("tu-convnext_tiny"). "efficientnet_"
+# (underscore) is timm's efficientnet_b0; efficientnet-b0 and timm-efficientnet-b0 are smp's own.
 TIMM_UNIVERSAL = (
     "convnext_", "regnetx_", "regnety_", "mobilenetv3_", "tf_mobilenetv3_", "res2net", "res2next",
-    "resnest", "gernet_", "efficientnetv2_", "tf_efficientnetv2_",
+    "resnest", "gernet_", "efficientnetv2_", "tf_efficientnetv2_", "efficientnet_",
+    "tf_efficientnet_",
 )  # fmt: skip
 MODELS = ("segformer", "dpt", "unet")
 DEFAULTS = {  # model -> (encoders, cases)

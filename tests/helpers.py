@@ -207,8 +207,9 @@ def features_match_smp_encoder(
     weight, pixel or path is off by O(1) of the scale. `max_scale` bounds the features' size
     (MobileOne's unnormalized branch sums reach hundreds). `smp_name`: smp's name of the
     encoder when it differs (``tu-convnext_atto``); `strides`: the ones we have (smp's
-    stride-2 map of an encoder that starts at stride 4 is empty); `output_stride` 16 or 8:
-    both dilated, our deepest map (keyed by the output stride) is smp's last one."""
+    stride-2 map of an encoder that starts at stride 4 is empty). `output_stride` 16 or 8:
+    both dilated (smp's argument); our deepest map (keyed by the output stride) is compared
+    with smp's last, the levels smp keeps between them at that size are not compared."""
     from torch_ref import run_reference
 
     images = np.random.default_rng(0).random((2, *size, 3), dtype=np.float32)
@@ -222,11 +223,11 @@ def features_match_smp_encoder(
         **dilated,
     )  # fmt: skip
     ours = net(images, training=False)
-    assert sorted(ours) == [s for s in sorted(strides) if s <= output_stride]
-    pairs = [(s, s) for s in strides if s < output_stride] + [(output_stride, max(strides))]
-    for stride, smps in pairs:
-        exact, want = theirs[f"s{smps}_f64"], theirs[f"s{smps}"]
-        got = np.asarray(ours[stride])
+    strides = [s for s in strides if s <= output_stride]
+    assert sorted(ours) == sorted(strides)
+    for stride in strides:
+        level = stride if stride < output_stride else 32  # smp's deepest map at that size
+        exact, want, got = theirs[f"s{level}_f64"], theirs[f"s{level}"], np.asarray(ours[stride])
         assert got.shape == want.shape, stride
         scale = float(np.abs(exact).max())
         assert 0.1 < scale < max_scale  # features of a known size: the tolerance means something

@@ -4,9 +4,10 @@ on random images): its state dict and its feature maps on the given [0, 1] image
 deep random net, in float64.
 
 Options: encoder (an smp encoder name), seed, path (.pth with torch.save or .safetensors),
-output_stride (default 32; 16 or 8 dilate the last stages, the maps keep their names).
+output_stride (smp's argument, passed on when given: 16 or 8 dilate the last stages).
 Outputs ``s{stride}`` and ``s{stride}_f64`` for strides 2 ... 32 (channels last; smp's
-timm-universal encoders that start at stride 4 give an empty stride-2 map).
+timm-universal encoders that start at stride 4 give an empty stride-2 map; below output
+stride 32 the keys name the level, the deepest maps keep the output stride's size).
 """
 
 import segmentation_models_pytorch as smp
@@ -15,9 +16,8 @@ from _protocol import parse
 
 inputs, options, save = parse()
 torch.manual_seed(options.get("seed", 0))
-model = smp.encoders.get_encoder(
-    options["encoder"], weights=None, output_stride=options.get("output_stride", 32)
-)
+dilated = {"output_stride": options["output_stride"]} if "output_stride" in options else {}
+model = smp.encoders.get_encoder(options["encoder"], weights=None, **dilated)
 mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 size = tuple(inputs["images"].shape[1:3])

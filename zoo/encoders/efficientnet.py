@@ -103,32 +103,42 @@ class Style:
     """What differs between EfficientNet implementations of the same architecture.
 
     Args:
-        size: the resolution efficientnet_pytorch's static "same" padding is computed for, or
-            None for PyTorch's symmetric ``k // 2`` (timm's).
+        size: the resolution efficientnet_pytorch's static "same" padding is computed for,
+            None for PyTorch's symmetric ``k // 2`` (timm's), or "same" for TensorFlow's
+            dynamic "same" of every input size (more on the bottom / right where the stride
+            needs it: timm's ``tf_`` ports, ``pad_type='same'``).
         epsilon: the batch norms' epsilon (momentum 0.99 in Keras' terms either way).
         se: whether blocks squeeze and excite (not in EfficientNet-Lite).
         activation: "silu" (EfficientNet) or "relu6" (Lite).
         stage_names: name blocks ``block{stage}_{i}`` (timm's keys) instead of ``block{n}``.
+        timm_dilation: below output stride 32, dilate as timm's builder (its
+            ``output_stride``, smp's ``tu-`` encoders): the block that loses its stride keeps
+            the old rate, the blocks after it take the new one. False: smp's
+            ``make_dilated`` (every block after an out index dilates, strides dropped).
     """
 
-    size: int | None = None
+    size: int | str | None = None
     epsilon: float = 1e-3
     se: bool = True
     activation: str = "silu"
     stage_names: bool = False
+    timm_dilation: bool = False
 
 
 def _conv(x, filters, kernel, stride, size, dilation, name, depthwise=False):
     """A conv padded as efficientnet_pytorch pads it: static "same" for `size` pixels, or
     symmetric ``k // 2 * dilation`` in a dilated stage (smp's make_dilated) or without a
-    `size` (timm's padding)."""
-    if dilation > 1 or size is None:
-        pads = (kernel // 2 * dilation,) * 2
-    else:
-        pads = static_same_padding(size, kernel, stride)
-    if max(pads) > 0:
-        x = keras.layers.ZeroPadding2D((pads, pads), name=f"{name}_pad")(x)
+    `size` (timm's padding); TensorFlow's own "same" for `size` "same"."""
+    padding = "same" if size == "same" else "valid"
+    if size != "same":
+        if dilation > 1 or size is None:
+            pads = (kernel // 2 * dilation,) * 2
+        else:
+            pads = static_same_padding(size, kernel, stride)
+        if max(pads) > 0:
+            x = keras.layers.ZeroPadding2D((pads, pads), name=f"{name}_pad")(x)
     kwargs = {"strides": stride, "dilation_rate": dilation, "use_bias": False, "name": name}
+    kwargs["padding"] = padding
     if depthwise:
         return keras.layers.DepthwiseConv2D(kernel, **kwargs)(x)
     return keras.layers.Conv2D(filters, kernel, **kwargs)(x)
@@ -175,24 +185,33 @@ def efficientnet_features(
     """EfficientNet feature maps keyed by stride ({2, ..., 32}; dilated stages stop at 16 or
     8): a 3x3/2 stem of `stem` channels, then `stages` of (repeats, kernel, stride,
     expansion, input channels, output channels); the blocks numbered `out_indexes` (0-based,
-    over all blocks) give the maps at strides 4-32."""
+    over all blocks) give the maps at strides 4-32 (one still at stride 2 replaces the
+    stem's map: timm's stride-2 feature is its first stage's). smp's dilation reads the
+    stride-8 and -16 ones as ``out_indexes[1]``, ``[2]``; `style.timm_dilation` none."""
     check_output_stride(output_stride)
     total = sum(stage[0] for stage in stages)
     size = style.size
     x = _conv(x, stem, 3, 2, size, 1, f"{name}_stem_conv")
     x = _bn_act(x, f"{name}_stem", style)
-    features, index, stride = {2: x}, 0, 2
-    size = None if size is None else math.ceil(size / 2)
+    features, index, stride, rate = {2: x}, 0, 2, 1
+    size = math.ceil(size / 2) if isinstance(size, int) else size
     # smp's make_dilated: the blocks after out index 1 (2) form the stride-16 (32) stage.
     rates = {16: {16: 1, 32: 2}, 8: {16: 2, 32: 4}}.get(output_stride, {16: 1, 32: 1})
     for number, (repeats, kernel, block_stride, expand, filters_in, filters_out) in enumerate(
         stages
     ):
         for r in range(repeats):
-            dilation = (
-                rates[32] if index > out_indexes[2] else rates[16] if index > out_indexes[1] else 1
-            )
-            s = block_stride if r == 0 and dilation == 1 else 1
+            s = block_stride if r == 0 else 1
+            if style.timm_dilation:  # this block keeps the rate, the next ones take the new
+                dilation = rate
+                if s > 1 and stride * s > output_stride:
+                    rate, s = rate * s, 1
+            else:
+                dilation = (
+                    rates[32] if index > out_indexes[2]
+                    else rates[16] if index > out_indexes[1] else 1
+                )  # fmt: skip
+                s = s if dilation == 1 else 1
             squeeze = max(1, int((filters_in if r == 0 else filters_out) * 0.25))
             block = f"{name}_block{number}_{r}" if style.stage_names else f"{name}_block{index}"
             x = mbconv_block(
@@ -200,7 +219,7 @@ def efficientnet_features(
                 drop_path_rate * index / total, block, style,
             )  # fmt: skip
             stride *= s
-            size = None if size is None else math.ceil(size / s)
+            size = math.ceil(size / s) if isinstance(size, int) else size
             if index in out_indexes:
                 features[stride] = x
             index += 1
@@ -223,10 +242,13 @@ def scaled_stages(width: float, depth: float, fixed_ends: bool = False) -> list[
     ]
 
 
-def efficientnet_builder(variant: str, plan: Callable[[float], tuple], doc: str) -> Callable:
+def efficientnet_builder(
+    variant: str, plan: Callable[[float], tuple], doc: str, drop_path: float = 0.2
+) -> Callable:
     """The registered builder of EfficientNet `variant`: `plan(width_scale)` gives its
     ``(stages, stem channels, out indexes, Style)`` (`efficientnet_features`' arguments),
-    the builder checks the common arguments, normalizes and loads the weights."""
+    the builder checks the common arguments, normalizes and loads the weights; `drop_path`:
+    its default `drop_path_rate` (smp's efficientnet-b* 0.2, timm's own 0)."""
 
     def build(
         inputs=None,
@@ -234,7 +256,7 @@ def efficientnet_builder(variant: str, plan: Callable[[float], tuple], doc: str)
         input_shape: Sequence[int | None] = (None, None, 3),
         width_scale: float = 1.0,
         output_stride: int = 32,
-        drop_path_rate: float = 0.2,
+        drop_path_rate: float = drop_path,
         weights: str | None = None,
         input_normalization: str | None = "weights",
         input_range: Sequence[float] | None = None,

@@ -156,14 +156,20 @@ _TRAINED = {  # weights -> (what, normalization: None = ImageNet's)
 }
 
 
+def timm_layout(width: float, depth: float, lite: bool) -> tuple[list, int, list[int]]:
+    """timm's EfficientNet (Lite: `lite`) stages, stem channels (Lite's fixed 32) and the
+    number of each stage's last block (counted over all blocks)."""
+    stages = scaled_stages(width, depth, fixed_ends=lite)
+    stem = 32 if lite else round_filters(32, width)
+    return stages, stem, [n - 1 for n in accumulate(stage[0] for stage in stages)]
+
+
 def _plan(variant: str) -> Callable[[float], tuple]:
     def plan(width_scale: float) -> tuple:
         width, depth, _ = _VARIANTS[variant]
         lite = "lite" in variant
-        stages = scaled_stages(width * width_scale, depth, fixed_ends=lite)
-        stem = 32 if lite else round_filters(32, width * width_scale)
         # Features at the ends of timm's stages 1, 2, 4 and 6 (block numbers over all blocks).
-        ends = [n - 1 for n in accumulate(stage[0] for stage in stages)]
+        stages, stem, ends = timm_layout(width * width_scale, depth, lite)
         style = Style(
             size=None, epsilon=1e-5, se=not lite, activation="relu6" if lite else "silu",
             stage_names=True,
