@@ -237,6 +237,28 @@ def features_match_smp_encoder(
         assert ours_off < 3 * theirs_off + 1e-6 * scale, (stride, ours_off, theirs_off)
 
 
+def divisible(v: float, divisor: int = 8, limit: float = 0.9) -> int:
+    """timm's make_divisible: the nearest multiple of `divisor`, at least `divisor`, plus one
+    more where that falls `limit` below `v` (timm's round_limit; 0: never)."""
+    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new + divisor if new < limit * v else new
+
+
+def stem_top_left_tap(name: str, size: int, **kwargs) -> float:
+    """The stem's output at (0, 0) of encoder `name` (built with `kwargs`) when its kernel only
+    keeps the top-left tap, on a `size`-square image whose pixel (0, 0) is 1: 1 where the tap
+    reads the pixel, 0 where it reads padding."""
+    net = zoo.create_encoder(name, input_shape=(size, size, 3), input_normalization=None, **kwargs)
+    stem = net.get_layer("encoder_stem_conv")
+    kernel = np.zeros(stem.kernel.shape, np.float32)
+    kernel[0, 0, 0, :] = 1.0
+    stem.kernel.assign(kernel)
+    image = np.zeros((1, size, size, 3), np.float32)
+    image[0, 0, 0, 0] = 1.0
+    probe = keras.Model(net.input, net.get_layer("encoder_stem_bn").input)
+    return float(np.asarray(probe(image))[0, 0, 0, 0])
+
+
 def batch_norm_shapes(key: str, channels: int) -> dict[str, tuple[int, ...]]:
     """A PyTorch ``BatchNorm2d``'s state-dict shapes under `key` (affine, running statistics,
     counter), for the ``timm_shapes`` key tables the encoder tests write out."""

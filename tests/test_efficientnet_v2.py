@@ -5,15 +5,16 @@ features and logits."""
 
 import math
 
-import keras
 import numpy as np
 import pytest
 from helpers import (
     assert_params_equal_smp,
     batch_norm_shapes,
+    divisible,
     features_match_smp_encoder,
     from_timm_cache,
     smp_file_loads_as_timm_file,
+    stem_top_left_tap,
     trainable_params,
     unet_trains_saves_and_reloads,
 )
@@ -81,12 +82,6 @@ for _size in ("s", "m", "l", "xl"):
     TIMM_VARIANTS[f"efficientnetv2_{_size}"] = TIMM_VARIANTS[f"tf_efficientnetv2_{_size}"] = (
         _size, 1.0, 1.0,
     )  # fmt: skip
-
-
-def divisible(v, divisor=8, limit=0.9):
-    """timm's make_divisible: nearest multiple of 8, at least 8, never `limit` below."""
-    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
-    return new + divisor if new < limit * v else new
 
 
 def timm_shapes(name, width_scale=1.0, head=0):
@@ -214,21 +209,7 @@ def test_smp_file_loads_as_the_timm_file(tmp_path):
     )
 
 
-def _stem_top_left_tap(name, size):
-    """The stem's output at (0, 0) when its kernel only keeps the top-left tap, of an image
-    whose pixel (0, 0) is 1: 1 where the tap reads the pixel, 0 where it reads padding."""
-    net = zoo.create_encoder(
-        name, input_shape=(size, size, 3), input_normalization=None,
-        **zoo.encoder_info(name).tiny_config,
-    )  # fmt: skip
-    stem = net.get_layer("encoder_stem_conv")
-    kernel = np.zeros(stem.kernel.shape, np.float32)
-    kernel[0, 0, 0, :] = 1.0
-    stem.kernel.assign(kernel)
-    image = np.zeros((1, size, size, 3), np.float32)
-    image[0, 0, 0, 0] = 1.0
-    probe = keras.Model(net.input, net.get_layer("encoder_stem_bn").input)
-    return float(np.asarray(probe(image))[0, 0, 0, 0])
+TINY = {"width_scale": 0.25, "depth_scale": 0.25}  # both variants' tiny_config
 
 
 @pytest.mark.parametrize("size", [32, 33])
@@ -236,8 +217,10 @@ def test_paddings_are_pytorchs_and_tensorflows(size):
     # PyTorch pads 1 on every side of a 3x3/2 conv: the top-left tap of output (0, 0) reads
     # padding. TensorFlow's "same" pads (0, 1) on an even size: it reads pixel (0, 0); on an
     # odd size (1, 1), like PyTorch.
-    assert _stem_top_left_tap("efficientnetv2_rw_t", size) == 0.0
-    assert _stem_top_left_tap("tf_efficientnetv2_b0", size) == (1.0 if size % 2 == 0 else 0.0)
+    assert stem_top_left_tap("efficientnetv2_rw_t", size, **TINY) == 0.0
+    assert stem_top_left_tap("tf_efficientnetv2_b0", size, **TINY) == (
+        1.0 if size % 2 == 0 else 0.0
+    )
 
 
 @pytest.mark.parametrize("output_stride", [32, 16, 8])

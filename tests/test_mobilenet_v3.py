@@ -3,15 +3,16 @@ parameter counts, every checkpoint key in timm's and smp's layouts, both padding
 output strides, pretrained weights, and smp's encoders and models on them with equal
 features and logits."""
 
-import keras
 import numpy as np
 import pytest
 from helpers import (
     assert_params_equal_smp,
     batch_norm_shapes,
+    divisible,
     features_match_smp_encoder,
     from_timm_cache,
     smp_file_loads_as_timm_file,
+    stem_top_left_tap,
     trainable_params,
     unet_trains_saves_and_reloads,
 )
@@ -53,12 +54,6 @@ TIMM_ARCH = {
         ["ir_r2_k5_s1_e3_c48_se0.25"], ["ir_r3_k5_s2_e6_c96_se0.25"], ["cn_r1_k1_s1_c576"],
     ],
 }  # fmt: skip
-
-
-def divisible(v, divisor=8):
-    """timm's make_divisible: nearest multiple of 8, at least 8, never 10% below."""
-    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
-    return new + divisor if new < 0.9 * v else new
 
 
 def timm_shapes(arch, multiplier, minimal=False, head=0):
@@ -169,27 +164,13 @@ def test_smp_file_loads_as_the_timm_file(tmp_path):
     )
 
 
-def _stem_top_left_tap(name, size):
-    """The stem's output at (0, 0) when its kernel only keeps the top-left tap, of an image
-    whose pixel (0, 0) is 1: 1 where the tap reads the pixel, 0 where it reads padding."""
-    net = zoo.create_encoder(name, input_shape=(size, size, 3), input_normalization=None)
-    stem = net.get_layer("encoder_stem_conv")
-    kernel = np.zeros(stem.kernel.shape, np.float32)
-    kernel[0, 0, 0, :] = 1.0
-    stem.kernel.assign(kernel)
-    image = np.zeros((1, size, size, 3), np.float32)
-    image[0, 0, 0, 0] = 1.0
-    probe = keras.Model(net.input, net.get_layer("encoder_stem_bn").input)
-    return float(np.asarray(probe(image))[0, 0, 0, 0])
-
-
 @pytest.mark.parametrize("size", [32, 33])
 def test_paddings_are_pytorchs_and_tensorflows(size):
     # PyTorch pads 1 on every side of a 3x3/2 conv: the top-left tap of output (0, 0) reads
     # padding. TensorFlow's "same" pads (0, 1) on an even size: it reads pixel (0, 0); on an
     # odd size (1, 1), like PyTorch.
-    assert _stem_top_left_tap("mobilenetv3_small_050", size) == 0.0
-    assert _stem_top_left_tap("tf_mobilenetv3_small_075", size) == (1.0 if size % 2 == 0 else 0.0)
+    assert stem_top_left_tap("mobilenetv3_small_050", size) == 0.0
+    assert stem_top_left_tap("tf_mobilenetv3_small_075", size) == (1.0 if size % 2 == 0 else 0.0)
 
 
 @pytest.mark.parametrize("output_stride", [32, 16, 8])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from helpers import (
     assert_params_equal_smp,
+    divisible,
     features_match_smp_encoder,
     unet_trains_saves_and_reloads,
 )
@@ -29,12 +30,6 @@ CONFIGS = {
     "timm-skresnext50_32x4d": ((3, 4, 6, 3), True, 32, 4, 1 / 16, 23_939_056),
 }
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def divisible(v, divisor=8):
-    """timm's make_divisible (rd_divisor 8: SelectiveKernel's default, smp passes none)."""
-    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
-    return new + divisor if new < 0.9 * v else new
 
 
 def timm_shapes(name, width=64, groups=None, width_per_group=None):

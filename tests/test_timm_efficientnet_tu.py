@@ -3,15 +3,16 @@ tf_efficientnet_l2, tf_efficientnet_lite*: smp's tu- encoders): parameter counts
 checkpoint key in timm's and smp's layouts, both paddings, timm's dilation, each tag's
 normalization, and smp's encoders and models on them with equal features and logits."""
 
-import keras
 import numpy as np
 import pytest
 from helpers import (
     assert_params_equal_smp,
     batch_norm_shapes,
+    divisible,
     features_match_smp_encoder,
     from_timm_cache,
     smp_file_loads_as_timm_file,
+    stem_top_left_tap,
     trainable_params,
     unet_trains_saves_and_reloads,
 )
@@ -60,12 +61,6 @@ TIMM_ARCH = [
     "ir_r3_k3_s2_e6_c80_se0.25", "ir_r3_k5_s1_e6_c112_se0.25", "ir_r4_k5_s2_e6_c192_se0.25",
     "ir_r1_k3_s1_e6_c320_se0.25",
 ]  # fmt: skip
-
-
-def divisible(v, divisor=8):
-    """timm's make_divisible: nearest multiple of 8, at least 8, never 10% below."""
-    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
-    return new + divisor if new < 0.9 * v else new
 
 
 def timm_shapes(name, width_scale=1.0, head=0):
@@ -178,31 +173,19 @@ def test_smp_file_loads_as_the_timm_file(tmp_path):
     )
 
 
-def _stem_top_left_tap(name, size):
-    """The stem's output at (0, 0) when its kernel only keeps the top-left tap, of an image
-    whose pixel (0, 0) is 1: 1 where the tap reads the pixel, 0 where it reads padding."""
-    net = zoo.create_encoder(
-        name, input_shape=(size, size, 3), input_normalization=None, width_scale=0.25
-    )
-    stem = net.get_layer("encoder_stem_conv")
-    kernel = np.zeros(stem.kernel.shape, np.float32)
-    kernel[0, 0, 0, :] = 1.0
-    stem.kernel.assign(kernel)
-    image = np.zeros((1, size, size, 3), np.float32)
-    image[0, 0, 0, 0] = 1.0
-    probe = keras.Model(net.input, net.get_layer("encoder_stem_bn").input)
-    return float(np.asarray(probe(image))[0, 0, 0, 0])
-
-
 @pytest.mark.parametrize("size", [32, 33])
 def test_paddings_and_epsilons_are_pytorchs_and_tensorflows(size):
     # PyTorch pads 1 on every side of a 3x3/2 conv: the top-left tap of output (0, 0) reads
     # padding. TensorFlow's "same" pads (0, 1) on an even size: it reads pixel (0, 0); on an
     # odd size (1, 1), like PyTorch.
-    assert _stem_top_left_tap("efficientnet_b0", size) == 0.0
-    assert _stem_top_left_tap("tf_efficientnet_b0", size) == (1.0 if size % 2 == 0 else 0.0)
-    assert _stem_top_left_tap("efficientnet_lite0", size) == 0.0
-    assert _stem_top_left_tap("tf_efficientnet_lite0", size) == (1.0 if size % 2 == 0 else 0.0)
+    assert stem_top_left_tap("efficientnet_b0", size, width_scale=0.25) == 0.0
+    assert stem_top_left_tap("tf_efficientnet_b0", size, width_scale=0.25) == (
+        1.0 if size % 2 == 0 else 0.0
+    )
+    assert stem_top_left_tap("efficientnet_lite0", size, width_scale=0.25) == 0.0
+    assert stem_top_left_tap("tf_efficientnet_lite0", size, width_scale=0.25) == (
+        1.0 if size % 2 == 0 else 0.0
+    )
     for name, epsilon in [("efficientnet_b0", 1e-5), ("tf_efficientnet_lite1", 1e-3)]:
         with shapes_only():
             net = zoo.create_encoder(name, input_shape=(None, None, 3))
