@@ -332,15 +332,15 @@ def test_time_budget_under_multi_worker_plans_and_stops_together(tmp_path):
     for i in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}
         cmd = train_cmd(tmp_path / "mw", 2, "strategy=multi_worker", "strategy.timeout_s=120",
-                        "trainer.time_budget=40s")  # fmt: skip
+                        "trainer.time_budget=25s")  # fmt: skip
         cmds.append(["env", f"TF_CONFIG={json.dumps(tf_config)}",
                      *[a for a in cmd if not a.startswith(length_keys)]])  # fmt: skip
     results = run_all(cmds)
     plans = []
     for code, out in results:
         assert code == 0, out[-3000:]
-        plans.append(next(line.split("Budget 40s: ")[1].split(" s/step -> ")[1]
-                          for line in out.splitlines() if "Budget 40s: " in line))  # fmt: skip
+        plans.append(next(line.split("Budget 25s: ")[1].split(" s/step -> ")[1]
+                          for line in out.splitlines() if "Budget 25s: " in line))  # fmt: skip
     assert plans[0] == plans[1]  # "<steps> steps in all, validation every <n> steps, ..."
     metrics = json.loads((tmp_path / "mw" / "metrics.json").read_text())
     assert metrics["budget"]["plan"] is not None and metrics["steps"] > 5
