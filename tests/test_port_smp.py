@@ -15,6 +15,7 @@ from test_pretrained import random_torchvision_state
 from torch_ref import reference_python, requires_reference, run_reference
 
 from zoo.port.__main__ import main
+from zoo.port.smp import port_smp
 from zoo.saving import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,13 +28,16 @@ def port(tmp_path, checkpoint, model, *extra, name=None):
     return load_model(out)
 
 
-def check_parity(tmp_path, monkeypatch, specs, size, rtol=1e-4):
+def check_parity(tmp_path, monkeypatch, specs, size, rtol=1e-4, via_cli=False):
     """Random smp models (reference interpreter) -> `zoo.port smp` -> equal logits.
 
     specs: (smp arch, zoo model, checkpoint suffix, classes, encoder, smp kwargs[, smp
     options]) tuples; the options (smp arguments the weights do not tell) go to smp and to
     the port (``--smp-arg``). rtol: the largest difference allowed, relative to the largest
-    logit (at least 1).
+    logit (at least 1). via_cli: port with ``python -m zoo.port smp`` and load the saved
+    .keras file (the architectures' tests here); otherwise `port_smp` in process, which is what
+    the command runs before it saves: the encoder families' tests need no save and reload,
+    which cost a third of their time (each family's saving is tested on its own U-Net).
     """
     monkeypatch.setenv("SEGZOO_TORCH_PYTHON", reference_python())
     images = np.random.default_rng(0).random((2, *size, 3), dtype=np.float32)
@@ -52,7 +56,10 @@ def check_parity(tmp_path, monkeypatch, specs, size, rtol=1e-4):
     for i, (arch, model, _, classes, encoder, _, options) in enumerate(specs):
         extra = [a for k, v in options.items() for a in ("--smp-arg", f"{k}={v!r}")]
         path = models[i]["path"]
-        ours = port(tmp_path, path, model, "--encoder", encoder, *extra, name=Path(path).stem)
+        if via_cli:
+            ours = port(tmp_path, path, model, "--encoder", encoder, *extra, name=Path(path).stem)
+        else:
+            ours = port_smp(path, model, encoder, options=options or None)
         assert ours.output.shape[-1] == classes  # read from the weights
         want = theirs[f"logits_{i}"]
         got = np.asarray(ours(images, training=False))
@@ -79,7 +86,7 @@ def test_small_smp_models_port_with_equal_logits(tmp_path, monkeypatch):
         # A CNN encoder: five levels (stride 2 too) into the all-MLP decoder.
         ("Segformer", "segformer", ".pth", 3, "resnet18", {"decoder_segmentation_channels": 32}),
     ]
-    check_parity(tmp_path, monkeypatch, specs, (64, 96))
+    check_parity(tmp_path, monkeypatch, specs, (64, 96), via_cli=True)
 
 
 @pytest.mark.slow  # full ResNet-34 models, ~1 min on 2 cores
@@ -141,7 +148,7 @@ PARITY_SPECS = [
 @pytest.mark.slow  # eight smp models built, ported and run: ~1-2 min
 @requires_reference("torch", "segmentation_models_pytorch")
 def test_smp_parity_architectures_port_with_equal_logits(tmp_path, monkeypatch):
-    check_parity(tmp_path, monkeypatch, PARITY_SPECS, (128, 160))
+    check_parity(tmp_path, monkeypatch, PARITY_SPECS, (128, 160), via_cli=True)
 
 
 @pytest.mark.slow  # eight full ResNet-34 models at smp's defaults, ~2 min on 2 cores

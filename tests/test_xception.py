@@ -197,7 +197,7 @@ def test_smp_models_on_xception_port_with_equal_logits(tmp_path, monkeypatch):
         ("Unet", "unet", ".pth", 2, "xception", {}),
         ("FPN", "fpn", ".safetensors", 1, "xception", {}),
     ]
-    check_parity(tmp_path, monkeypatch, specs, (96, 128))
+    check_parity(tmp_path, monkeypatch, specs, (96, 128), via_cli=True)  # Unet.keras: below
     # smp's preprocessing for Xception is [-1, 1] (its weights'): `--normalization encoder`
     # puts that inside; on images mapped accordingly it equals the ImageNet port.
     imagenet = load_model(tmp_path / "Unet.keras")
