@@ -54,9 +54,9 @@ def check_parity(tmp_path, monkeypatch, specs, size, rtol=1e-4, via_cli=False):
     ]
     theirs = run_reference("smp_model", {"images": images}, models=models)
     for i, (arch, model, _, classes, encoder, _, options) in enumerate(specs):
-        extra = [a for k, v in options.items() for a in ("--smp-arg", f"{k}={v!r}")]
         path = models[i]["path"]
         if via_cli:
+            extra = [a for k, v in options.items() for a in ("--smp-arg", f"{k}={v!r}")]
             ours = port(tmp_path, path, model, "--encoder", encoder, *extra, name=Path(path).stem)
         else:
             ours = port_smp(path, model, encoder, options=options or None)
