@@ -8,11 +8,12 @@ plan times a small convolution workload on this CPU (forward and backward passes
 resolutions and widths of a U-Net, in the run's precision, ~0.7 s) and scales the costs by its
 time over `REFERENCE_S`, the same workload's time on the reference machine.
 
-Checked on the reference machine against the real step time of the 3-class MRI plan (ratios
-to its mixed-bfloat16 step on 2 cores, `trainer.time_budget=40s`): float32 1.41 by the probe
-against 1.50 for the step; oneDNN held to its AVX2 kernels (`ONEDNN_MAX_CPU_ISA=AVX2`, float32)
-2.95 against 2.68; one core 1.71 against 1.64. The fixed rule (float32 1.5x, 2 / cores) says
-1.5, 1.5 and 2.0.
+Checked on the reference machine (2026-12-07) against the real training step of the
+planned U-Nets (Keras `train_on_batch`, the nuclei's 6 x 128x128 and the MRI's 4 x 233x197 at
+width 16), as ratios to the same run's mixed-bfloat16 probe and step on 2 cores: float32 1.63
+by the probe against 1.57 / 1.66 for the steps; oneDNN held to its AVX2 kernels
+(`ONEDNN_MAX_CPU_ISA=AVX2`, float32) 1.96 against 1.85 / 2.07; one core 1.85 against 1.75 /
+1.78. The fixed rule (float32 1.5x, 2 / cores) says 1.5, 1.5 and 2.0.
 
 The result is cached per CPU model, core count, precision and kernel settings
 (`$ZOO_CACHE_DIR/cpu_probe.json`, default ~/.cache/segzoo), so repeated runs on one machine
@@ -28,9 +29,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# The probe's time on the reference machine: AMD EPYC, 2 cores, AVX-512 + bfloat16, mixed
-# bfloat16, oneDNN (2026-12-04: 0.0170-0.0173 s in three processes; float32 0.0248-0.0264 s).
-REFERENCE_S = 0.0170
+# The probe's time on the reference machine, the one `zoo.recipe.width.CPU_STEP_US_PER_PIXEL`
+# was measured on (its planned U-Nets' steps run at those costs): AMD EPYC (Zen 4), 2 cores,
+# AVX-512 + bfloat16, mixed bfloat16, oneDNN: 0.0309-0.0315 s in five processes (2026-12-07;
+# float32 0.0505-0.0523), ~330 GFLOP/s for the probe's 10.2 GFLOP, near the 404 GFLOP/s of a
+# 4096^2 bfloat16 matmul there. The value before, 0.0170 s (2026-12-04), was timed on a faster
+# machine reporting the same CPU name, whose MRI plan stepped in ~0.11 s (from the ratios it was
+# checked with) against the 0.196 s the costs come from: with it every CPU counted ~1.7-1.9x
+# slower than it is (the 3-minute nuclei plan got width 16 where ~500 steps of width 32 fit).
+REFERENCE_S = 0.0312
 # (batch, height, width, channels) of the probe's inputs: a U-Net's full-resolution stage
 # (memory bound), a middle one and the bottleneck (compute bound).
 PROBE_SHAPES = ((4, 192, 192, 16), (4, 48, 48, 64), (4, 24, 24, 128))
