@@ -502,9 +502,9 @@ def test_plan_for_unoriented_fluorescence_squares(plain_fp):
     "short, user, steps, want",
     [
         (True, None, None, {"optimizer": "sgd", "learning_rate": 1e-2, "momentum": 0.99}),
-        (True, None, 400, {"optimizer": "sgd", "learning_rate": 1e-2, "momentum": 0.99}),
+        (True, None, 600, {"optimizer": "sgd", "learning_rate": 1e-2, "momentum": 0.99}),
         # Too few steps for momentum 0.99's ~100-step horizon: AdamW's short-schedule peak.
-        (True, None, 399, {"optimizer": "adamw", "learning_rate": 2e-3}),
+        (True, None, 599, {"optimizer": "adamw", "learning_rate": 2e-3}),
         (False, None, None, {"optimizer": "adamw", "learning_rate": 1e-3}),
         (False, None, 100, {"optimizer": "adamw", "learning_rate": 1e-3}),
         (True, "adam", None, {"learning_rate": 2e-3}),  # the user's optimizer: not chosen again
@@ -546,24 +546,24 @@ def test_cpu_width_follows_the_steps_that_fit(plain_fp, budget, bf16, cores, wid
         assert reason.startswith(f"~{int(0.9 * budget / step)} steps of width 32")
 
 
-@pytest.mark.parametrize("budget, width", [(300, 16), (301, 32)])
+@pytest.mark.parametrize("budget, width", [(500, 16), (501, 32)])
 def test_cpu_width_waits_until_the_narrow_net_has_seen_the_data(plain_fp, budget, width):
     # 200 images of 64x64, batch 16 (the CPU cap): a step sees 16 / 200 = 0.08 of them. Width
-    # 16 steps cost 65536 px x 1.1 us = 0.0721 s (bfloat16, 2 cores): 90% of 300 s holds 3745
-    # of them, 299.6 passes (< 300: width 16, though ~1248 width-32 steps fit); 301 s holds
-    # 3757, 300.6 passes.
+    # 16 steps cost 65536 px x 1.1 us = 0.0721 s (bfloat16, 2 cores): 90% of 500 s holds 6242
+    # of them, 499.4 passes (< 500: width 16, though ~2080 width-32 steps fit); 501 s holds
+    # 6254, 500.3 passes.
     many = Fingerprint.from_dict({**plain_fp.as_dict(), "num_train": 200})
     r = plan_recipe(many, budget_s=budget, cores=2, cpu_bf16="avx512_bf16")
     assert r.get("data.batch_size") == 16
     assert r.get("model.encoder_kwargs") == {"base_width": width}
     reason = {c.key: c.reason for c in r.choices}["model.encoder_kwargs"]
     passes = int(int(0.9 * budget / (65536 * 1.1e-6)) * 0.08)
-    assert passes == (299 if budget == 300 else 300)
+    assert passes == (499 if budget == 500 else 500)
     if width == 16:
-        assert reason.startswith("~3745 steps of width 16 fit 300 s, ~299 passes over the")
+        assert reason.startswith("~6242 steps of width 16 fit 500 s, ~499 passes over the")
     else:
-        assert reason.startswith("~1252 steps of width 32 fit 301 s (>= 400); width 16 would")
-        assert "pass ~300 times" in reason
+        assert reason.startswith("~2084 steps of width 32 fit 501 s (>= 400); width 16 would")
+        assert "pass ~500 times" in reason
 
 
 def test_plan_for_oriented_data_keeps_orientation(oriented_fp):
@@ -618,7 +618,7 @@ def test_plan_sizes_for_large_and_odd_images():
     assert r.get("data.image_size") == [160, 160] and r.get("data.resize") == "crop"
     # Batch 4 (128k px / 160^2 = 5.1 -> 4). A pass is every image's pixels: 200 x 1024^2 px
     # against 4 x 160^2 px a step, 0.000488 of them; 90% of an hour holds 3240 s / (102400 px
-    # x 1.1 us x 1.5 float32) = 19176 width-16 steps, 9 passes (< 300): width 16, though
+    # x 1.1 us x 1.5 float32) = 19176 width-16 steps, 9 passes (< 500): width 16, though
     # ~6392 width-32 steps fit.
     assert r.get("data.batch_size") == 4
     assert r.get("model.encoder_kwargs") == {"base_width": 16}
@@ -628,12 +628,12 @@ def test_plan_sizes_for_large_and_odd_images():
     assert chans == [128, 64, 32, 16] and all(type(c) is int for c in chans)
     assert (r.get("trainer.optimizer"), r.get("trainer.learning_rate")) == ("adamw", 1e-3)
     assert "trainer.momentum" not in r.overrides()
-    # A minute holds 54 s / 0.16896 s = 319 width-16 steps (< 400): AdamW at 2e-3, not SGD;
+    # A minute holds 54 s / 0.16896 s = 319 width-16 steps (< 600): AdamW at 2e-3, not SGD;
     # three minutes hold 958: SGD.
     r = plan_recipe(big, budget_s=60)
     assert (r.get("trainer.optimizer"), r.get("trainer.learning_rate")) == ("adamw", 2e-3)
     reason = {c.key: c.reason for c in r.choices}["trainer.optimizer"]
-    assert reason.startswith("short CPU schedule of ~319 steps (< 400)")
+    assert reason.startswith("short CPU schedule of ~319 steps (< 600)")
     assert plan_recipe(big, budget_s=180).get("trainer.optimizer") == "sgd"
     odd = _fp(image_size_min=[100, 100], image_size_median=[100, 100], image_size_max=[100, 100])
     r = plan_recipe(odd, budget_s=60)
